@@ -1,0 +1,23 @@
+# Thin wrappers; every target installs what is missing first.
+.PHONY: deps lab lab-down test test-unit lint bench
+
+deps:
+	./scripts/install-deps
+
+lab: deps
+	.venv/bin/knet lab up --nodes 3 --demo
+
+lab-down: deps
+	.venv/bin/knet lab down
+
+test: deps
+	.venv/bin/python -m pytest -q tests
+
+test-unit: deps
+	.venv/bin/python -m pytest -q tests/unit
+
+lint: deps
+	.venv/bin/ruff check .
+
+bench: deps
+	.venv/bin/python -m bench.cni

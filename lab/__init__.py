@@ -1,0 +1,1 @@
+"""The one-machine lab: nodes, pods and clients as network namespaces."""
