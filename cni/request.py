@@ -1,0 +1,77 @@
+"""The request a runtime makes: CNI_* environment variables plus the network config on stdin."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from cni.errors import DECODE_FAILURE, INVALID_ENVIRONMENT, CniError
+
+COMMANDS = ("ADD", "DEL", "CHECK", "VERSION", "STATUS", "GC")
+# Which variables each command needs (spec 1.1, "Parameters"); DEL may omit CNI_NETNS.
+_REQUIRED = {
+    "ADD": ("CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME"),
+    "DEL": ("CNI_CONTAINERID", "CNI_IFNAME"),
+    "CHECK": ("CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME"),
+    "VERSION": (),
+    "STATUS": (),
+    "GC": (),
+}
+
+
+@dataclass
+class Request:
+    command: str
+    container_id: str = ""
+    netns: str = ""
+    ifname: str = ""
+    args: dict[str, str] = field(default_factory=dict)
+    path: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+
+
+def parse_env(env: Mapping[str, str]) -> Request:
+    command = env.get("CNI_COMMAND", "")
+    if command not in COMMANDS:
+        raise CniError(INVALID_ENVIRONMENT, f"CNI_COMMAND is {command or 'not set'}; expected one of "
+                       + ", ".join(COMMANDS))
+    missing = [v for v in _REQUIRED[command] if not env.get(v)]
+    if missing:
+        raise CniError(INVALID_ENVIRONMENT, f"{command} needs the environment variable(s) "
+                       + ", ".join(missing))
+    ifname = env.get("CNI_IFNAME", "")
+    if ifname and (len(ifname) > 15 or "/" in ifname or ifname in (".", "..") or " " in ifname):
+        raise CniError(INVALID_ENVIRONMENT, f"CNI_IFNAME {ifname!r} is not a valid interface name")
+    return Request(
+        command=command,
+        container_id=env.get("CNI_CONTAINERID", ""),
+        netns=env.get("CNI_NETNS", ""),
+        ifname=ifname,
+        args=parse_cni_args(env.get("CNI_ARGS", "")),
+        path=[p for p in env.get("CNI_PATH", "").split(":") if p],
+        env=dict(env),
+    )
+
+
+def parse_cni_args(raw: str) -> dict[str, str]:
+    """CNI_ARGS is "K1=V1;K2=V2"; a pair without '=' is an error, as in libcni."""
+    out: dict[str, str] = {}
+    for pair in filter(None, raw.split(";")):
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise CniError(INVALID_ENVIRONMENT, f"CNI_ARGS: {pair!r} is not KEY=VALUE")
+        out[key] = value
+    return out
+
+
+def parse_stdin(data: bytes) -> dict:
+    if not data.strip():
+        raise CniError(DECODE_FAILURE, "no network configuration on stdin")
+    try:
+        conf = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CniError(DECODE_FAILURE, f"network configuration on stdin is not valid JSON: {e}") from None
+    if not isinstance(conf, dict):
+        raise CniError(DECODE_FAILURE, "network configuration on stdin must be a JSON object")
+    return conf
