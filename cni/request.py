@@ -10,13 +10,14 @@ from cni.errors import DECODE_FAILURE, INVALID_ENVIRONMENT, CniError
 
 COMMANDS = ("ADD", "DEL", "CHECK", "VERSION", "STATUS", "GC")
 # Which variables each command needs (spec 1.1, "Parameters"); DEL may omit CNI_NETNS.
+# CNI_PATH is required as the reference plugins' skeleton requires it (delegated IPAM needs it).
 _REQUIRED = {
-    "ADD": ("CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME"),
-    "DEL": ("CNI_CONTAINERID", "CNI_IFNAME"),
-    "CHECK": ("CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME"),
+    "ADD": ("CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME", "CNI_PATH"),
+    "DEL": ("CNI_CONTAINERID", "CNI_IFNAME", "CNI_PATH"),
+    "CHECK": ("CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME", "CNI_PATH"),
     "VERSION": (),
-    "STATUS": (),
-    "GC": (),
+    "STATUS": ("CNI_PATH",),
+    "GC": ("CNI_PATH",),
 }
 
 

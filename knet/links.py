@@ -27,14 +27,19 @@ def iproute(netns: str | None = None) -> Iterator[IPRoute]:
         ipr.close()
 
 
-def index(ipr: IPRoute, ifname: str) -> int | None:
-    found = ipr.link_lookup(ifname=ifname)
-    return found[0] if found else None
-
-
 def get_link(ipr: IPRoute, ifname: str):
-    idx = index(ipr, ifname)
-    return ipr.link("get", index=idx)[0] if idx else None
+    """The link message for a name, or None. One RTM_GETLINK by name (link_lookup dumps all links)."""
+    try:
+        return ipr.link("get", ifname=ifname)[0]
+    except NetlinkError as e:
+        if e.code in (errno.ENODEV, errno.ENOENT):
+            return None
+        raise
+
+
+def index(ipr: IPRoute, ifname: str) -> int | None:
+    link = get_link(ipr, ifname)
+    return link["index"] if link is not None else None
 
 
 def mac_of(link) -> str:
