@@ -88,6 +88,17 @@ def pod_routes(conf: NetConf, ipam_result: dict) -> list[dict]:
     return out
 
 
+def enable_forwarding(ips: list[dict]) -> None:
+    """A gateway bridge routes for its pods (the reference plugin does the same)."""
+    families = {ipaddress.ip_interface(e["address"]).version for e in ips}
+    paths = {4: "/proc/sys/net/ipv4/ip_forward", 6: "/proc/sys/net/ipv6/conf/all/forwarding"}
+    for family in families:
+        with open(paths[family], "r+") as f:
+            if f.read().strip() != "1":
+                f.seek(0)
+                f.write("1")
+
+
 def setup(conf: NetConf, container_id: str, netns_path: str, ifname: str, ipam_result: dict) -> dict:
     """Wire the pod; on any failure remove what this call made and re-raise."""
     ips = ipam_result.get("ips", [])
@@ -103,6 +114,7 @@ def setup(conf: NetConf, container_id: str, netns_path: str, ifname: str, ipam_r
             if conf.is_gateway:
                 for cidr in _gateway_cidrs(ips):
                     links.add_address(node, conf.bridge, cidr)
+                enable_forwarding(ips)
             veth = {"ifname": host_veth, "kind": "veth", "peer": {"ifname": ifname, "net_ns_fd": fd}}
             if conf.mtu:
                 veth["mtu"] = conf.mtu

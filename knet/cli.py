@@ -1,0 +1,174 @@
+"""`knet ...`: the command line (lab management, version). Thin: the work is in `lab.api`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+
+import knet
+
+DEFAULT_LAB = os.environ.get("KNET_LAB", "knet")
+
+
+def _say(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def _err(msg: str) -> None:
+    print(f"knet: {msg}", file=sys.stderr, flush=True)
+
+
+def cmd_version(_args: argparse.Namespace) -> int:
+    print(f"knet {knet.__version__}")
+    return 0
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from lab import api, demo
+    lab = api.up(args.name, args.nodes, cni_type=args.cni_type, recreate=args.recreate, progress=_say)
+    if args.demo:
+        return 0 if demo.run(lab, _say) else 1
+    return 0
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    from lab import api
+    removed = api.down(args.name, progress=_say)
+    if not removed:
+        _say(f"lab {args.name}: nothing to remove")
+    return 0
+
+
+def cmd_list(_args: argparse.Namespace) -> int:
+    from lab import api, state
+    for name in api.list_labs():
+        tag = "" if state.exists(name) else "  (leftovers, no lab.json: knet lab down --name " + name + ")"
+        print(name + tag)
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from lab import api
+    data = api.status(args.name)
+    if args.json:
+        print(json.dumps(data, indent=2, sort_keys=True))
+        return 0
+    print(f"lab {data['name']}  cni {data.get('cni_type', '?')}  state {data['state_dir']}")
+    print(f"  ctl {data['ctl']['ip']} ({data['ctl']['netns']})   "
+          f"client {data['client']['ip']} ({data['client']['netns']})")
+    rows = [("NODE", "NETNS", "IP", "POD SUBNET", "NS", "AGENT")]
+    for short, n in sorted(data["nodes"].items(), key=lambda kv: kv[1]["index"]):
+        rows.append((short, n["netns"], n["ip"], n["pod_subnet"], "up" if n["up"] else "MISSING",
+                     "up" if n["agent"] else "-"))
+    _table(rows)
+    if data["pods"]:
+        rows = [("POD", "NODE", "IP", "NETNS", "NS")]
+        for key, p in sorted(data["pods"].items()):
+            rows.append((key, p["node"], p.get("ip") or "-", p["netns"], "up" if p["up"] else "MISSING"))
+        print()
+        _table(rows)
+    else:
+        print("no pods (knet lab pod add node1 NAME)")
+    return 0
+
+
+def _table(rows: list[tuple[str, ...]]) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+
+
+def cmd_pod_add(args: argparse.Namespace) -> int:
+    from lab import api
+    rec = api.get(args.name).add_pod(args.node, args.pod, args.namespace, args.cmd, args.port)
+    print(f"pod {args.namespace}/{args.pod} on {rec['node']}: {rec['ip']} (netns {rec['netns']}, "
+          f"container {rec['container_id'][:12]}, CNI ADD {rec['cni_add_ms']:.0f} ms)")
+    return 0
+
+
+def cmd_pod_del(args: argparse.Namespace) -> int:
+    from lab import api
+    api.get(args.name).del_pod(args.pod, args.namespace, None if args.node == "-" else args.node)
+    print(f"pod {args.namespace}/{args.pod} deleted")
+    return 0
+
+
+def cmd_exec(args: argparse.Namespace) -> int:
+    from lab import api
+    argv = list(args.command)
+    if argv and argv[0] == "--":
+        argv = argv[1:]
+    if not argv:
+        _err("exec: no command given (knet lab exec TARGET -- CMD ...)")
+        return 2
+    proc = api.get(args.name).exec(args.target, argv, args.namespace, capture_output=False)
+    return proc.returncode
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="knet", description="knet: Kubernetes pod networking in Python")
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("version", help="print the version").set_defaults(func=cmd_version)
+
+    lab = sub.add_parser("lab", help="the one-machine lab (network namespaces)")
+    labsub = lab.add_subparsers(dest="lab_command", required=True)
+
+    def named(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        sp.add_argument("--name", default=DEFAULT_LAB, help=f"lab name (default {DEFAULT_LAB}; env KNET_LAB)")
+        return sp
+
+    up = named(labsub.add_parser("up", help="create the lab"))
+    up.add_argument("--nodes", type=int, default=3)
+    up.add_argument("--demo", action="store_true", help="add pods and ping across them")
+    up.add_argument("--cni-type", default="knet-cni", help="CNI plugin type in the conflist (e.g. bridge)")
+    up.add_argument("--recreate", action="store_true", help="remove an existing lab of that name first")
+    up.set_defaults(func=cmd_up)
+
+    named(labsub.add_parser("down", help="remove the lab (also leftovers of a crash)")).set_defaults(func=cmd_down)
+    labsub.add_parser("list", help="list labs").set_defaults(func=cmd_list)
+    st = named(labsub.add_parser("status", help="nodes and pods"))
+    st.add_argument("--json", action="store_true")
+    st.set_defaults(func=cmd_status)
+
+    pod = labsub.add_parser("pod", help="add or delete pods")
+    podsub = pod.add_subparsers(dest="pod_command", required=True)
+    add = named(podsub.add_parser("add", help="create a pod on a node (runs the node's CNI conflist)"))
+    add.add_argument("node", help="node1, node2, ... (or 1, 2, ...)")
+    add.add_argument("pod")
+    add.add_argument("--namespace", default="default")
+    add.add_argument("--cmd", help="shell command to run inside the pod's namespace")
+    add.add_argument("--port", action="append", default=[], metavar="HOST:CONTAINER[/PROTO]",
+                     help="port mapping (portmap plugin); repeatable")
+    add.set_defaults(func=cmd_pod_add)
+    rm = named(podsub.add_parser("del", help="delete a pod"))
+    rm.add_argument("node", help="its node, or - to look it up")
+    rm.add_argument("pod")
+    rm.add_argument("--namespace", default="default")
+    rm.set_defaults(func=cmd_pod_del)
+
+    ex = named(labsub.add_parser("exec", help="run a command inside a node, pod, client or ctl"))
+    ex.add_argument("--namespace", default="default", help="pod namespace")
+    ex.add_argument("target", help="node1 | POD | NAMESPACE/POD | client | ctl | underlay")
+    ex.add_argument("command", nargs=argparse.REMAINDER)
+    ex.set_defaults(func=cmd_exec)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    from lab import api, cniexec, pods, topology
+    try:
+        return args.func(args)
+    except (api.LabError, pods.PodError, topology.PlanError, cniexec.CniExecError, LookupError,
+            FileExistsError) as e:
+        _err(str(e.args[0]) if isinstance(e, LookupError) and e.args else str(e))
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,47 @@
+from cni.masq import chain_name, jump_rules, parse_comment, render_setup
+from cni.result import format_result, normalize_prev_result
+
+RESULT = {
+    "interfaces": [{"name": "cni0", "mac": "aa"}, {"name": "veth1", "mac": "bb"},
+                   {"name": "eth0", "mac": "cc", "sandbox": "/run/netns/p"}],
+    "ips": [{"address": "10.1.0.2/24", "gateway": "10.1.0.1", "interface": 2},
+            {"address": "fd00::2/64", "interface": 2}],
+    "routes": [{"dst": "0.0.0.0/0", "gw": "10.1.0.1"}],
+}
+
+
+def test_1x_result_has_no_ip_version():
+    out = format_result(RESULT, "1.0.0")
+    assert out["cniVersion"] == "1.0.0" and out["dns"] == {}
+    assert all("version" not in ip for ip in out["ips"])
+
+
+def test_0x_result_has_ip_version():
+    out = format_result(RESULT, "0.4.0")
+    assert [ip["version"] for ip in out["ips"]] == ["4", "6"]
+    assert normalize_prev_result(out)["ips"] == RESULT["ips"]
+
+
+def test_chain_name_is_stable_and_short():
+    name = chain_name("knet", "abc")
+    assert name == chain_name("knet", "abc") != chain_name("knet", "abd")
+    assert name.startswith("CNI-") and len(name) == 28
+
+
+def test_masq_rules_golden():
+    chain = chain_name("knet", "c1")
+    assert render_setup("knet", "c1", ["10.1.0.2/24"]) == (
+        "*nat\n"
+        f":{chain} - [0:0]\n"
+        f'-A {chain} -d 10.1.0.0/24 -m comment --comment "name: \\"knet\\" id: \\"c1\\"" -j ACCEPT\n'
+        f'-A {chain} ! -d 224.0.0.0/4 -m comment --comment "name: \\"knet\\" id: \\"c1\\"" -j MASQUERADE\n'
+        f'-A POSTROUTING -s 10.1.0.2/32 -m comment --comment "name: \\"knet\\" id: \\"c1\\"" -j {chain}\n'
+        "COMMIT\n"
+    )
+
+
+def test_comment_round_trip_and_jump_rules():
+    assert parse_comment('name: "knet" id: "c1"') == ("knet", "c1")
+    assert parse_comment("something else") is None
+    listing = "-P POSTROUTING ACCEPT\n-A POSTROUTING -s 10.1.0.2/32 -j CNI-x\n-A POSTROUTING -j CNI-y\n"
+    assert jump_rules(listing, "CNI-x") == ["-A POSTROUTING -s 10.1.0.2/32 -j CNI-x"]
