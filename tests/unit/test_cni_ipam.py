@@ -47,7 +47,7 @@ def test_round_robin_starts_after_last_reserved():
     ranges = cfg.range_sets[0]
     order = [str(a) for a, _ in iter_candidates(ranges, "10.1.0.4")]
     assert order == ["10.1.0.5", "10.1.0.6", "10.1.0.1", "10.1.0.2", "10.1.0.3", "10.1.0.4"]
-    assert [str(a) for a, _ in iter_candidates(ranges, None)][0] == "10.1.0.1"
+    assert next(str(a) for a, _ in iter_candidates(ranges, None)) == "10.1.0.1"
 
 
 def test_multiple_ranges_in_a_set():

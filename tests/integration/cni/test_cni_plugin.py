@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import ipaddress
 import json
+import os
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from knet import links, netns
+from tests.integration.cni.conftest import KNET_CNI
 from tests.netutil import icmp_echo, tcp_request, tcp_server, udp_exchange
 
 pytestmark = pytest.mark.integration
@@ -107,7 +108,7 @@ def test_portmap_chained_after_knet(agent_node):
     pod, client = node.new_pod(), node.new_pod()
     # a small "outside" link: client 172.30.0.2 <-> node 172.30.0.1
     with links.iproute(node.name) as ipr:
-        fd = __import__("os").open(netns.path(client), __import__("os").O_RDONLY)
+        fd = os.open(netns.path(client), os.O_RDONLY)
         ipr.link("add", ifname="ext0", kind="veth", peer={"ifname": "ext0", "net_ns_fd": fd})
         links.set_up(ipr, "ext0")
         links.add_address(ipr, "ext0", "172.30.0.1/24")
@@ -210,7 +211,6 @@ def test_reference_conflist_with_only_type_changed(agent_node, tmp_path):
     pod = node.new_pod()
     rc, res = node.cni("ADD", conf, "ref", pod)
     assert rc == 0, res
-    assert ipaddress.ip_interface(res["ips"][0]["address"]) in ipaddress.ip_network("10.10.0.0/16") or True
     assert res["ips"][0]["address"] == "10.10.0.2/16"
     assert node.cni("DEL", conf, "ref", pod)[0] == 0
 
@@ -253,7 +253,7 @@ def test_bad_input_leaves_nothing_behind(node, case, code, tmp_path):
 
 
 def test_knet_cni_executable_runs_via_subprocess_and_version():
-    out = subprocess.run([__import__("tests.integration.cni.conftest", fromlist=["KNET_CNI"]).KNET_CNI],
+    out = subprocess.run([KNET_CNI],
                          input=b'{"cniVersion":"0.4.0"}', env={"CNI_COMMAND": "VERSION"}, capture_output=True)
     assert out.returncode == 0
     assert json.loads(out.stdout)["cniVersion"] == "0.4.0"
