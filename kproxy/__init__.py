@@ -1,0 +1,1 @@
+"""kproxy: a kube-proxy with iptables, userspace and eBPF data paths."""

@@ -1,0 +1,1 @@
+"""iptables data path: kube-proxy's chain layout, applied with iptables-restore."""
