@@ -14,7 +14,11 @@ DEFAULT_LAB = os.environ.get("KNET_LAB", "knet")
 
 
 def _say(msg: str) -> None:
-    print(msg, flush=True)
+    try:
+        print(msg, flush=True)
+    except BrokenPipeError:
+        # `knet lab up | head`: the reader left, the work goes on (and must not be half done).
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def _err(msg: str) -> None:

@@ -152,3 +152,151 @@ def delete_link(ipr: IPRoute, ifname: str) -> bool:
             raise
         return False
     return True
+
+
+# --- overlay helpers (VXLAN device, neighbour and FDB entries) used by flannel_py -----------------
+
+NUD_PERMANENT = 0x80
+NUD_NOARP = 0x40
+NTF_SELF = 0x02
+
+
+def mtu_of(ipr: IPRoute, ifname: str) -> int | None:
+    link = get_link(ipr, ifname)
+    return link.get("IFLA_MTU") if link is not None else None
+
+
+def vxlan_attrs(link) -> dict | None:
+    """IFLA_VXLAN_* attributes of a vxlan link message (None if the link is not vxlan)."""
+    if link is None or link.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND") != "vxlan":
+        return None
+    data = link.get_nested("IFLA_LINKINFO", "IFLA_INFO_DATA")
+    return dict(data["attrs"]) if data is not None else {}
+
+
+def ensure_vxlan(ipr: IPRoute, name: str, vni: int, port: int, local: str, underlay: str,
+                 mtu: int, learning: bool = False) -> tuple[int, bool]:
+    """A vxlan device with exactly these parameters, up; returns (index, created).
+
+    An existing device with the same VNI/port/local/underlay is kept as it is (its MAC, and
+    every neighbour and FDB entry on it, survive a daemon restart); any other device of that
+    name is replaced.
+    """
+    underlay_idx = index(ipr, underlay)
+    if underlay_idx is None:
+        raise ValueError(f"underlay interface {underlay} does not exist")
+    link = get_link(ipr, name)
+    attrs = vxlan_attrs(link)
+    created = False
+    if link is not None and (attrs is None or attrs.get("IFLA_VXLAN_ID") != vni
+                             or attrs.get("IFLA_VXLAN_PORT") != port
+                             or attrs.get("IFLA_VXLAN_LOCAL") != local
+                             or attrs.get("IFLA_VXLAN_LINK") != underlay_idx
+                             or bool(attrs.get("IFLA_VXLAN_LEARNING")) != learning):
+        delete_link(ipr, name)
+        link = None
+    if link is None:
+        try:
+            ipr.link("add", ifname=name, kind="vxlan", vxlan_id=vni, vxlan_port=port, vxlan_local=local,
+                     vxlan_link=underlay_idx, vxlan_learning=1 if learning else 0, mtu=mtu)
+            created = True
+        except NetlinkError as e:
+            if e.code != errno.EEXIST:
+                raise
+        link = get_link(ipr, name)
+    idx = link["index"]
+    if link.get("IFLA_MTU") != mtu:
+        ipr.link("set", index=idx, mtu=mtu)
+    ipr.link("set", index=idx, state="up")
+    return idx, created
+
+
+def del_address(ipr: IPRoute, ifname: str, cidr: str) -> None:
+    iface = ipaddress.ip_interface(cidr)
+    try:
+        ipr.addr("del", index=index(ipr, ifname), address=str(iface.ip), prefixlen=iface.network.prefixlen)
+    except NetlinkError as e:
+        if e.code not in (errno.EADDRNOTAVAIL, errno.ENODEV):
+            raise
+
+
+def del_route(ipr: IPRoute, dst: str, gateway: str | None = None, ifname: str | None = None) -> None:
+    """Delete a main-table route; already gone is fine."""
+    net = ipaddress.ip_network(dst, strict=False)
+    kwargs: dict = {"dst": str(net.network_address), "dst_len": net.prefixlen}
+    if gateway:
+        kwargs["gateway"] = gateway
+    if ifname:
+        kwargs["oif"] = index(ipr, ifname)
+    try:
+        ipr.route("del", **kwargs)
+    except NetlinkError as e:
+        if e.code not in (errno.ESRCH, errno.ENOENT):
+            raise
+
+
+def routes_via(ipr: IPRoute, ifname: str) -> list[dict]:
+    """Main-table IPv4 unicast routes whose output device is ifname ({"dst", "gw", "oif"})."""
+    idx = index(ipr, ifname)
+    return [r for r in routes(ipr) if idx is not None and r["oif"] == idx]
+
+
+def default_route_ifname(ipr: IPRoute) -> str | None:
+    for r in routes(ipr):
+        if r["dst"] == "0.0.0.0/0" and r["oif"]:
+            link = ipr.link("get", index=r["oif"])[0]
+            return link.get("IFLA_IFNAME")
+    return None
+
+
+def neighbours(ipr: IPRoute, ifname: str, permanent_only: bool = True) -> list[tuple[str, str]]:
+    """(ip, mac) of the IPv4 neighbour entries on a device (by default only permanent ones)."""
+    idx = index(ipr, ifname)
+    if idx is None:
+        return []
+    out = []
+    for n in ipr.neigh("dump", ifindex=idx, family=2):
+        if permanent_only and not n["state"] & NUD_PERMANENT:
+            continue
+        if n.get("NDA_DST") and n.get("NDA_LLADDR"):
+            out.append((n.get("NDA_DST"), n.get("NDA_LLADDR").lower()))
+    return out
+
+
+def set_neigh(ipr: IPRoute, ifname: str, ip: str, mac: str) -> None:
+    """`ip neigh replace <ip> lladdr <mac> dev <ifname> nud permanent`."""
+    ipr.neigh("replace", dst=ip, lladdr=mac, ifindex=index(ipr, ifname), state=NUD_PERMANENT)
+
+
+def del_neigh(ipr: IPRoute, ifname: str, ip: str) -> None:
+    try:
+        ipr.neigh("del", dst=ip, ifindex=index(ipr, ifname))
+    except NetlinkError as e:
+        if e.code not in (errno.ENOENT, errno.ESRCH):
+            raise
+
+
+def fdb_entries(ipr: IPRoute, ifname: str) -> list[tuple[str, str]]:
+    """(mac, dst) of the device's FDB entries that point at a remote (vxlan) endpoint."""
+    idx = index(ipr, ifname)
+    if idx is None:
+        return []
+    out = []
+    for n in ipr.fdb("dump", ifindex=idx):
+        if n["ifindex"] == idx and n.get("NDA_DST") and n.get("NDA_LLADDR"):
+            out.append((n.get("NDA_LLADDR").lower(), n.get("NDA_DST")))
+    return out
+
+
+def set_fdb(ipr: IPRoute, ifname: str, mac: str, dst: str) -> None:
+    """`bridge fdb replace <mac> dev <ifname> dst <dst> self permanent`."""
+    ipr.fdb("replace", ifindex=index(ipr, ifname), lladdr=mac, dst=dst,
+            state=NUD_PERMANENT | NUD_NOARP, flags=NTF_SELF)
+
+
+def del_fdb(ipr: IPRoute, ifname: str, mac: str, dst: str) -> None:
+    try:
+        ipr.fdb("del", ifindex=index(ipr, ifname), lladdr=mac, dst=dst)
+    except NetlinkError as e:
+        if e.code not in (errno.ENOENT, errno.ESRCH):
+            raise

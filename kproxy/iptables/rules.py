@@ -76,6 +76,12 @@ def _match(sp: ServicePort) -> str:
     return f"-m {sp.proto} -p {sp.proto}"
 
 
+def _reject(sp: ServicePort) -> str:
+    # A TCP client gets a RST at once; an ICMP error can be swallowed by the ICMP rate limit
+    # (e.g. right after a redirect), leaving the client to time out.
+    return "REJECT --reject-with tcp-reset" if sp.protocol == "TCP" else "REJECT"
+
+
 def _probability(n_left: int) -> str:
     return f"-m statistic --mode random --probability {1.0 / n_left:0.10f} "
 
@@ -162,10 +168,10 @@ def render_service(sp: ServicePort, cfg: Config) -> ServiceRules:
                                   f"-d {cip}/32 --dport {sp.port} -j {internal_chain}")
         else:
             out.filter_services.append(f"-A KUBE-SERVICES -m comment --comment {_q(sp.key + ' has no endpoints')} "
-                                       f"{m} -d {cip}/32 --dport {sp.port} -j REJECT")
+                                       f"{m} -d {cip}/32 --dport {sp.port} -j {_reject(sp)}")
     external_dsts = [(ip, "external IP") for ip in sp.external_ips] + \
                     [(ip, "loadbalancer IP") for ip in sp.load_balancer_ips]
-    no_eps_target = "DROP" if (sp.external_local and cluster_eps) else "REJECT"
+    no_eps_target = "DROP" if (sp.external_local and cluster_eps) else _reject(sp)
     no_eps_note = _q(sp.key + (" has no local endpoints" if no_eps_target == "DROP" else " has no endpoints"))
     for ip, kind in external_dsts:
         if external_eps:

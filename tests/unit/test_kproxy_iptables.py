@@ -68,7 +68,7 @@ def test_no_endpoints_rejects_and_has_no_nat_chains():
     sp = services()[3]
     r = render_service(sp, CFG)
     assert r.nat_chains == {} and r.nat_shared == [] and r.nat_nodeports == []
-    assert len(r.filter_services) == 1 and r.filter_services[0].endswith("-j REJECT")
+    assert len(r.filter_services) == 1 and r.filter_services[0].endswith("-j REJECT --reject-with tcp-reset")
     assert len(r.filter_external) == 2
 
 

@@ -1,0 +1,1 @@
+"""userspace data path: the daemon itself proxies service traffic (asyncio)."""

@@ -1,0 +1,192 @@
+"""The lab's Python API (what the CLI, the tests and the benchmarks call).
+
+    lab = up("kt1a2b", nodes=3)          # -> Lab
+    pod = lab.add_pod("node1", "web")    # -> dict with ip, netns, container_id, result, pids
+    lab.exec("web", ["ping", "-c1", ip])
+    lab.del_pod("web")
+    down("kt1a2b")
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from knet import netns
+from lab import kernel, pods, state, topology
+
+Progress = Callable[[str], None]
+
+
+# Only names a lab makes count as leftovers, so a foreign "x-foo" namespace never looks like a lab.
+_LAB_NETNS_RE = re.compile(r"^([a-z][a-z0-9]{0,11})-(underlay|ctl|client|node[0-9]+|pod-.+)$")
+
+
+class LabError(RuntimeError):
+    pass
+
+
+def _quiet(_msg: str) -> None:
+    pass
+
+
+@dataclass
+class Lab:
+    name: str
+    root: str = topology.STATE_ROOT
+
+    @property
+    def state_dir(self) -> str:
+        return topology.state_dir(self.name, self.root)
+
+    def data(self) -> dict:
+        """The current lab.json (re-read every time: other processes add pods)."""
+        return state.load(self.name, self.root)
+
+    @property
+    def nodes(self) -> dict[str, dict]:
+        return self.data()["nodes"]
+
+    def pods(self) -> dict[str, dict]:
+        return self.data()["pods"]
+
+    def node(self, ref: str | int) -> dict:
+        nodes = self.nodes
+        key = ref if ref in nodes else f"node{ref}"
+        if key not in nodes:
+            raise LabError(f"lab {self.name} has no node {ref!r}")
+        return nodes[key]
+
+    def pod(self, pod: str, namespace: str = "default") -> dict:
+        found = pods.find(self.data(), pod, namespace)
+        if found is None:
+            raise LabError(f"pod {namespace}/{pod} not found in lab {self.name}")
+        return found
+
+    def add_pod(self, node: str | int, pod: str, namespace: str = "default", cmd: str | None = None,
+                ports: Sequence[str | dict] = ()) -> dict:
+        mappings = [p if isinstance(p, dict) else pods.parse_port(p) for p in ports]
+        return pods.add(self.name, str(node), pod, namespace, cmd, mappings, self.root)
+
+    def del_pod(self, pod: str, namespace: str = "default", node: str | None = None) -> dict | None:
+        return pods.delete(self.name, pod, namespace, node, self.root)
+
+    def netns(self, target: str, namespace: str = "default") -> str:
+        """Namespace name of a target: node1 / 1, ctl, client, underlay, a pod name or ns/pod."""
+        data = self.data()
+        if target in ("ctl", "client"):
+            return data[target]["netns"]
+        if target == "underlay":
+            return data["underlay"]["netns"]
+        if target in data["nodes"]:
+            return data["nodes"][target]["netns"]
+        if target.isdigit() and f"node{target}" in data["nodes"]:
+            return data["nodes"][f"node{target}"]["netns"]
+        ns, _, pod = target.rpartition("/")
+        record = pods.find(data, pod, ns or namespace)
+        if record is None:
+            raise LabError(f"no node, pod or role {target!r} in lab {self.name}")
+        return record["netns"]
+
+    def exec(self, target: str, argv: Sequence[str], namespace: str = "default",
+             **kwargs) -> subprocess.CompletedProcess:
+        return netns.run(self.netns(target, namespace), list(argv), **kwargs)
+
+    def down(self, progress: Progress = _quiet) -> list[str]:
+        return down(self.name, self.root, progress)
+
+
+def exists(name: str, root: str = topology.STATE_ROOT) -> bool:
+    return state.exists(name, root) or bool(kernel.lab_netns(name))
+
+
+def get(name: str = "knet", root: str = topology.STATE_ROOT) -> Lab:
+    topology.validate_name(name)
+    state.load(name, root)  # raises LookupError with a hint when there is no such lab
+    return Lab(name, root)
+
+
+def up(name: str = "knet", nodes: int = 3, cni_type: str = "knet-cni", recreate: bool = False,
+       progress: Progress = _quiet, root: str = topology.STATE_ROOT, agents: bool = True) -> Lab:
+    """Build the lab; on any failure everything made so far is removed again."""
+    t0 = time.monotonic()
+    p = topology.plan(name, nodes, cni_type, root)
+    if exists(name, root):
+        if not recreate:
+            raise LabError(f"lab {name} already exists (knet lab down --name {name}, or --recreate)")
+        progress(f"lab {name} exists: recreating")
+        down(name, root, progress)
+    # A state dir without a lab is debris (e.g. of a killed `down`): stale IPAM reservations in it
+    # would leak into the new lab.
+    shutil.rmtree(p.state_dir, ignore_errors=True)
+    os.makedirs(p.state_dir, exist_ok=True)
+    state.write_owner(name, root)  # before any namespace: leftovers always have an owner record
+    progress(f"lab {name}: {nodes} node(s), cni plugin {cni_type}, state in {p.state_dir}")
+    try:
+        kernel.build(p, progress)
+        for n in p.nodes:
+            os.makedirs(os.path.dirname(n.conflist_path), exist_ok=True)
+            os.makedirs(n.ipam_dir, exist_ok=True)
+            with open(n.conflist_path, "w") as f:
+                json.dump(n.conflist, f, indent=2)
+                f.write("\n")
+        progress(f"cni: {', '.join(n.conflist_path for n in p.nodes)}")
+        desc = topology.describe(p)
+        desc["agents"] = {}
+        if agents and cni_type == "knet-cni":
+            desc["agents"] = kernel.start_agents(p, progress)
+        desc["created"] = time.time()
+        state.save(desc, name, root)
+    except BaseException:
+        kernel.teardown(name, root)  # first: a failing progress callback must not stop it
+        with contextlib.suppress(Exception):
+            progress(f"lab {name}: setup failed, removed what was made")
+        raise
+    progress(f"lab {name} is up in {time.monotonic() - t0:.1f}s")
+    return Lab(name, root)
+
+
+def down(name: str = "knet", root: str = topology.STATE_ROOT, progress: Progress = _quiet) -> list[str]:
+    """Remove everything of the lab (found by prefix, so a crashed run is covered too)."""
+    topology.validate_name(name)
+    return kernel.teardown(name, root, progress)
+
+
+def list_labs(root: str = topology.STATE_ROOT) -> list[str]:
+    """Labs with a state dir or with lab-shaped namespaces (the latter: leftovers of a crash)."""
+    names = set(state.list_labs(root))
+    for ns in netns.list_names():
+        m = _LAB_NETNS_RE.match(ns)
+        if m:
+            names.add(m[1])
+    return sorted(names)
+
+
+def sweep(name_prefix: str, root: str = topology.STATE_ROOT, progress: Progress = _quiet) -> list[str]:
+    """Remove labs named `name_prefix*` whose creating process is gone (test sessions use this to
+    clear leftovers of crashed runs without touching a lab a concurrent session is using)."""
+    removed = []
+    for lab in list_labs(root):
+        if lab.startswith(name_prefix) and not state.owner_alive(lab, root):
+            down(lab, root, progress)
+            removed.append(lab)
+    return removed
+
+
+def status(name: str = "knet", root: str = topology.STATE_ROOT) -> dict:
+    """lab.json plus what is actually alive (namespaces present, agent sockets reachable)."""
+    data = state.load(name, root)
+    present = set(kernel.lab_netns(name))
+    for n in data["nodes"].values():
+        n["up"] = n["netns"] in present
+        n["agent"] = os.path.exists(n["agent_socket"])
+    for p in data["pods"].values():
+        p["up"] = p["netns"] in present
+    return data

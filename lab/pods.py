@@ -1,0 +1,167 @@
+"""The lab's container runtime: a pod is a namespace with a pause process, wired by the node's
+CNI conflist exactly as containerd/CRI-O would wire it (see `lab.cniexec`)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import time
+
+from knet import netns
+from lab import cniexec, state, topology
+
+PAUSE = ["sleep", "infinity"]
+_PORT_RE = re.compile(r"^(?:(?P<ip>[0-9.]+):)?(?P<host>\d+):(?P<ctr>\d+)(?:/(?P<proto>tcp|udp|sctp))?$")
+
+
+class PodError(RuntimeError):
+    pass
+
+
+def parse_port(spec: str) -> dict:
+    """`[HOSTIP:]HOST:CONTAINER[/proto]` -> a CNI portMappings entry (pure)."""
+    m = _PORT_RE.match(spec.strip().lower())
+    if not m:
+        raise PodError(f"invalid port mapping {spec!r}: expected HOST:CONTAINER[/tcp|udp|sctp]")
+    host, ctr = int(m["host"]), int(m["ctr"])
+    if not (0 < host < 65536 and 0 < ctr < 65536):
+        raise PodError(f"invalid port mapping {spec!r}: ports must be 1..65535")
+    entry = {"hostPort": host, "containerPort": ctr, "protocol": m["proto"] or "tcp"}
+    if m["ip"]:
+        entry["hostIP"] = m["ip"]
+    return entry
+
+
+def pod_key(namespace: str, pod: str) -> str:
+    return f"{namespace}/{pod}"
+
+
+def first_ip(result: dict) -> str | None:
+    for entry in result.get("ips") or []:
+        addr = entry.get("address", "")
+        if addr:
+            return addr.split("/")[0]
+    return None
+
+
+def host_veth(result: dict, bridge: str = "cni0") -> str | None:
+    """The node-side end of the pod's veth: the result's non-sandbox interface besides the bridge."""
+    for iface in result.get("interfaces") or []:
+        if not iface.get("sandbox") and iface.get("name") not in (None, "", bridge):
+            return iface["name"]
+    return None
+
+
+def _node(data: dict, node: str) -> tuple[str, dict]:
+    nodes = data["nodes"]
+    key = node if node in nodes else f"node{node}"
+    if key not in nodes:
+        raise PodError(f"lab {data['name']} has no node {node!r} (nodes: {', '.join(sorted(nodes))})")
+    return key, nodes[key]
+
+
+def _conflist(node: dict) -> dict:
+    with open(node["conflist"]) as f:
+        return json.load(f)
+
+
+def _runtime_conf(lab: str, namespace: str, pod: str, ports: list[dict]) -> cniexec.RuntimeConf:
+    cid = topology.container_id(lab, namespace, pod)
+    caps = {"portMappings": ports} if ports else {}
+    return cniexec.RuntimeConf(container_id=cid, netns=netns.path(topology.pod_netns(lab, namespace, pod)),
+                               ifname="eth0", args=cniexec.k8s_args(namespace, pod, cid),
+                               capability_args=caps)
+
+
+def add(lab: str, node: str, pod: str, namespace: str = "default", cmd: str | None = None,
+        ports: list[dict] | None = None, root: str = topology.STATE_ROOT) -> dict:
+    """Create the pod's namespace and pause process, run CNI ADD, record it in lab.json."""
+    topology.validate_label("pod name", pod)
+    topology.validate_label("namespace", namespace)
+    data = state.load(lab, root)
+    node_key, node_info = _node(data, node)
+    key = pod_key(namespace, pod)
+    if key in data["pods"]:
+        raise PodError(f"pod {key} already exists on {data['pods'][key]['node']}")
+    podns = topology.pod_netns(lab, namespace, pod)
+    try:
+        netns.create(podns)  # the atomic claim: a concurrent add of the same pod fails here
+    except FileExistsError:
+        raise PodError(f"pod {key}: namespace {podns} already exists") from None
+    ports = list(ports or [])
+    rt = _runtime_conf(lab, namespace, pod, ports)
+    conflist = _conflist(node_info)
+    added = False
+    try:
+        pause = netns.spawn(podns, PAUSE)
+        t0 = time.monotonic()
+        try:
+            result = cniexec.add_list(conflist, rt, exec_netns=node_info["netns"])
+        except cniexec.CniExecError as e:
+            raise PodError(f"pod {key}: CNI ADD failed: {e}") from e
+        added = True
+        cni_ms = (time.monotonic() - t0) * 1000
+        record = {
+            "node": node_key, "namespace": namespace, "name": pod, "netns": podns,
+            "container_id": rt.container_id, "ip": first_ip(result), "result": result,
+            "host_veth": host_veth(result, conflist["plugins"][0].get("bridge", "cni0")),
+            "ports": ports, "pids": {"pause": pause.pid},
+            "cni_add_ms": round(cni_ms, 1),
+        }
+        if cmd:
+            log = os.path.join(state_dir_pods(lab, root), f"{namespace}-{pod}.log")
+            proc = netns.spawn(podns, ["sh", "-c", cmd], log_path=log)
+            record["cmd"] = cmd
+            record["log"] = log
+            record["pids"]["cmd"] = proc.pid
+        with state.update(lab, root) as d:
+            d["pods"][key] = record
+        return record
+    except BaseException:
+        if added:
+            with contextlib.suppress(cniexec.CniExecError):
+                cniexec.del_list(conflist, rt, result, exec_netns=node_info["netns"])
+        netns.delete(podns)
+        raise
+
+
+def state_dir_pods(lab: str, root: str = topology.STATE_ROOT) -> str:
+    d = os.path.join(topology.state_dir(lab, root), "pods")
+    os.makedirs(d, exist_ok=True)
+    return d
+
+
+def find(data: dict, pod: str, namespace: str = "default") -> dict | None:
+    return data["pods"].get(pod_key(namespace, pod))
+
+
+def delete(lab: str, pod: str, namespace: str = "default", node: str | None = None,
+           root: str = topology.STATE_ROOT) -> dict | None:
+    """CNI DEL (reverse order, cached result as prevResult), then kill the pod's processes and
+    remove its namespace. A pod left half-made by a crash (namespace but no record) is cleaned
+    up too when its node is given. Returns the removed record (None if there was none)."""
+    data = state.load(lab, root)
+    key = pod_key(namespace, pod)
+    record = data["pods"].get(key)
+    if record is None and node in (None, "-"):
+        if not netns.exists(topology.pod_netns(lab, namespace, pod)):
+            raise PodError(f"pod {key} not found in lab {lab}")
+        raise PodError(f"pod {key} is not recorded; give its node to clean it up")
+    node_key, node_info = _node(data, record["node"] if record else node)
+    if record and node not in (None, "-") and _node(data, node)[0] != node_key:
+        raise PodError(f"pod {key} is on {node_key}, not {node}")
+    rt = _runtime_conf(lab, namespace, pod, record.get("ports", []) if record else [])
+    error: cniexec.CniExecError | None = None
+    try:
+        cniexec.del_list(_conflist(node_info), rt, record["result"] if record else None,
+                         exec_netns=node_info["netns"])
+    except cniexec.CniExecError as e:
+        error = e
+    netns.delete(topology.pod_netns(lab, namespace, pod))
+    with state.update(lab, root) as d:
+        d["pods"].pop(key, None)
+    if error:
+        raise PodError(f"pod {key} removed, but CNI DEL reported: {error}") from error
+    return record
