@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import ipaddress
+import os
 from collections.abc import Iterator
 
 from pyroute2 import IPRoute
@@ -46,6 +47,13 @@ def mac_of(link) -> str:
     return link.get("IFLA_ADDRESS") or link.get("address")
 
 
+def random_mac() -> str:
+    """A random unicast, locally administered MAC address."""
+    octets = bytearray(os.urandom(6))
+    octets[0] = (octets[0] & 0xFE) | 0x02
+    return ":".join(f"{b:02x}" for b in octets)
+
+
 def set_up(ipr: IPRoute, ifname: str) -> None:
     ipr.link("set", index=index(ipr, ifname), state="up")
 
@@ -55,7 +63,9 @@ def ensure_bridge(ipr: IPRoute, name: str, mtu: int | None = None, promisc: bool
     idx = index(ipr, name)
     if idx is None:
         try:
-            kwargs = {"ifname": name, "kind": "bridge"}
+            # An explicit MAC: otherwise the bridge takes its lowest port's MAC and changes it
+            # whenever that port goes, leaving every pod with a stale gateway neighbour entry.
+            kwargs = {"ifname": name, "kind": "bridge", "address": random_mac()}
             if mtu:
                 kwargs["mtu"] = mtu
             ipr.link("add", **kwargs)

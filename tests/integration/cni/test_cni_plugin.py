@@ -257,3 +257,20 @@ def test_knet_cni_executable_runs_via_subprocess_and_version():
                          input=b'{"cniVersion":"0.4.0"}', env={"CNI_COMMAND": "VERSION"}, capture_output=True)
     assert out.returncode == 0
     assert json.loads(out.stdout)["cniVersion"] == "0.4.0"
+
+
+def test_bridge_mac_is_stable_when_pods_go(agent_node):
+    """The gateway MAC must not follow the lowest port MAC (pods would keep a stale neighbour)."""
+    node = agent_node
+    pods = [node.new_pod() for _ in range(3)]
+    host_macs = []
+    for i, p in enumerate(pods):
+        rc, res = node.cni("ADD", node.conf(), f"m{i}", p)
+        assert rc == 0
+        host_macs.append(res["interfaces"][1]["mac"])
+    with links.iproute(node.name) as ipr:
+        before = links.mac_of(links.get_link(ipr, "cni0"))
+    lowest = host_macs.index(min(host_macs))  # the port a MAC-less bridge would copy
+    assert node.cni("DEL", node.conf(), f"m{lowest}", pods[lowest])[0] == 0
+    with links.iproute(node.name) as ipr:
+        assert links.mac_of(links.get_link(ipr, "cni0")) == before

@@ -43,7 +43,7 @@ def named_server(ns: str, name: str, proto: str = "TCP", port: int = 8080):
         while not stop.is_set():
             try:
                 if proto == "UDP":
-                    data, peer = srv.recvfrom(2048)
+                    _, peer = srv.recvfrom(2048)
                     srv.sendto(f"{name} {peer[0]}".encode(), peer)
                     continue
                 conn, peer = srv.accept()
