@@ -1,0 +1,214 @@
+"""`kproxy`: watch Services and EndpointSlices and keep one data path in line with them.
+
+    kproxy --mode iptables|userspace|ebpf --kubeconfig FILE --node-name node1 --cluster-cidr 10.244.0.0/16
+
+Sync model (as kube-proxy's): nothing is programmed before both informers have listed; after
+that, changes are batched (`--min-sync-period`) and applied incrementally — only the services
+whose objects changed are recomputed, and the backend writes only what differs; every
+`--sync-period` a full sync rewrites everything, which repairs drift (rules or map entries
+removed by hand). SIGTERM leaves the iptables/eBPF state in place, so traffic keeps flowing
+while the daemon restarts; the restarted daemon's first (full) sync rewrites identical state.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+
+from knet import logs, metrics
+from knet.kube import client as kube_client
+from knet.kube import threadsafe
+from knet.kube.informer import Informer
+from knet.kube.models import EndpointSlice, Service
+from kproxy.build import service_ports
+from kproxy.iptables.rules import Config
+from kproxy.model import ServicePort
+
+log = logging.getLogger("knet.kproxy")
+SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = metrics.Registry()
+        self.sync_seconds = self.registry.histogram(
+            "kproxy_sync_proxy_rules_duration_seconds", "Time to apply one sync to the data path", ["mode", "kind"])
+        self.entries = self.registry.gauge("kproxy_programmed_entries", "Rules or map entries programmed", ["mode"])
+        self.services = self.registry.gauge("kproxy_service_ports", "Service ports being proxied", ["mode"])
+        self.last_sync = self.registry.gauge("kproxy_sync_proxy_rules_last_timestamp_seconds",
+                                             "Unix time of the last successful sync", ["mode"])
+        self.errors = self.registry.counter("kproxy_sync_errors_total", "Failed syncs", ["mode"])
+
+
+def make_backend(args: argparse.Namespace, cfg: Config):
+    if args.mode == "iptables":
+        from kproxy.iptables.backend import IptablesBackend
+        return IptablesBackend(cfg)
+    if args.mode == "userspace":
+        from kproxy.userspace.backend import UserspaceBackend
+        return UserspaceBackend(cfg, udp_idle_timeout=args.udp_idle_timeout)
+    from kproxy.ebpf.backend import EbpfBackend  # raises with a clear message when bcc can't load
+    return EbpfBackend(cfg, cgroup=args.cgroup, external_ifaces=args.external_iface)
+
+
+class Proxier:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.cfg = Config(node_name=args.node_name, cluster_cidr=args.cluster_cidr,
+                          masquerade_all=args.masquerade_all)
+        self.backend = make_backend(args, self.cfg)
+        self.metrics = Metrics()
+        self.ports: dict[str, list[ServicePort]] = {}  # service "ns/name" -> its ports
+        self.dirty: set[str] = set()
+        self.wake = asyncio.Event()
+        self.stopping = asyncio.Event()
+        self.last_ok = 0.0
+        self.services: Informer[Service] | None = None
+        self.slices: Informer[EndpointSlice] | None = None
+
+    # -- informer callbacks (run on the loop via threadsafe)
+    def _touch_service(self, svc: Service, *_: object) -> None:
+        self.dirty.add(f"{svc.metadata.namespace}/{svc.metadata.name}")
+        self.wake.set()
+
+    def _touch_slice(self, sl: EndpointSlice, *_: object) -> None:
+        name = sl.metadata.labels.get(SERVICE_NAME_LABEL) if sl.metadata.labels else None
+        if name:
+            self.dirty.add(f"{sl.metadata.namespace}/{name}")
+            self.wake.set()
+
+    def _recompute(self, keys: set[str]) -> None:
+        assert self.services is not None and self.slices is not None
+        for key in keys:
+            ns, _, name = key.partition("/")
+            svc = self.services.get(name, ns)
+            if svc is None:
+                self.ports.pop(key, None)
+                continue
+            slices = self.slices.list(namespace=ns, selector={SERVICE_NAME_LABEL: name})
+            self.ports[key] = service_ports(svc, slices)
+
+    async def _apply(self, full: bool) -> None:
+        ports = [p for plist in self.ports.values() for p in plist]
+        start = time.monotonic()
+        mode = self.args.mode
+        try:
+            if asyncio.iscoroutinefunction(self.backend.sync):
+                result = await self.backend.sync(ports, full)
+            else:
+                result = await asyncio.to_thread(self.backend.sync, ports, full)
+        except Exception:
+            self.metrics.errors.inc(1, mode)
+            log.exception("sync failed (full=%s); retrying", full)
+            await asyncio.sleep(1)
+            raise
+        took = time.monotonic() - start
+        self.last_ok = time.time()
+        self.metrics.sync_seconds.observe(took, mode, "full" if full else "partial")
+        self.metrics.entries.set(self.backend.entries(), mode)
+        self.metrics.services.set(len(ports), mode)
+        self.metrics.last_sync.set(self.last_ok, mode)
+        log.info("sync full=%s service_ports=%d written=%d rules=%d seconds=%.3f", full, len(ports),
+                 result.services_written, result.rules, took)
+
+    def health(self) -> tuple[bool, str]:
+        if not self.last_ok:
+            return False, "no sync yet"
+        age = time.time() - self.last_ok
+        limit = 2 * self.args.sync_period + 30
+        return (age < limit, f"last sync {age:.1f}s ago")
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        api = kube_client.api_client_from_args(self.args)
+        svc_cb, sl_cb = threadsafe(loop, self._touch_service), threadsafe(loop, self._touch_slice)
+        self.services = Informer(api, Service, on_add=svc_cb, on_update=svc_cb, on_delete=svc_cb).start()
+        self.slices = Informer(api, EndpointSlice, on_add=sl_cb, on_update=sl_cb, on_delete=sl_cb).start()
+        log.info("waiting for the informers to sync")
+        while not (await self.services.wait_synced_async(1) and await self.slices.wait_synced_async(1)):
+            if self.stopping.is_set():
+                return
+        self.dirty = set(self.services.keys())
+        next_full = 0.0
+        while not self.stopping.is_set():
+            full = time.monotonic() >= next_full
+            keys, self.dirty = self.dirty, set()
+            self.wake.clear()
+            self._recompute(keys if not full else keys | set(self.ports) | set(self.services.keys()))
+            try:
+                await self._apply(full)
+            except Exception:
+                self.dirty |= keys
+                continue
+            if full:
+                next_full = time.monotonic() + self.args.sync_period
+            # Batch: let changes arriving in a burst accumulate, then sync once.
+            await asyncio.sleep(self.args.min_sync_period)
+            timeout = max(0.0, next_full - time.monotonic())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wait_any(), timeout)
+
+    async def _wait_any(self) -> None:
+        waiters = [asyncio.ensure_future(self.wake.wait()), asyncio.ensure_future(self.stopping.wait())]
+        try:
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waiters:
+                w.cancel()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        for inf in (self.services, self.slices):
+            if inf is not None:
+                inf.stop(timeout=0)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="kproxy", description="knet's kube-proxy")
+    p.add_argument("--mode", choices=["iptables", "userspace", "ebpf"], default="iptables")
+    kube_client.add_arguments(p)
+    p.add_argument("--node-name", required=True, help="this node's name (for Local traffic policies)")
+    p.add_argument("--cluster-cidr", default=None, help="pod network; off-cluster traffic to ClusterIPs is masqueraded")
+    p.add_argument("--masquerade-all", action="store_true")
+    p.add_argument("--sync-period", type=float, default=30.0, help="seconds between full syncs")
+    p.add_argument("--min-sync-period", type=float, default=0.1, help="batching window for changes")
+    p.add_argument("--udp-idle-timeout", type=float, default=60.0, help="userspace: idle UDP flow lifetime")
+    p.add_argument("--cgroup", default=None, help="ebpf: cgroup v2 directory of this node's pods")
+    p.add_argument("--external-iface", action="append", default=[], help="ebpf: node interface(s) facing clients")
+    p.add_argument("--metrics-bind-address", default="0.0.0.0:10249")
+    p.add_argument("--log-level", default="info")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logs.setup("kproxy", args.log_level)
+    try:
+        proxier_box: list[Proxier] = []
+
+        async def amain() -> None:
+            proxier = Proxier(args)
+            proxier_box.append(proxier)
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, proxier.stop)
+            metrics.serve(proxier.metrics.registry, args.metrics_bind_address, proxier.health)
+            log.info("starting mode=%s node=%s", args.mode, args.node_name)
+            await proxier.run()
+            if hasattr(proxier.backend, "close"):
+                proxier.backend.close()
+            log.info("stopped; data path left in place")
+
+        asyncio.run(amain())
+    except Exception as e:
+        logging.getLogger("knet.kproxy").error("fatal: %s", e)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,56 @@
+from knet.kube.models import EndpointSlice, Service
+from kproxy.build import service_ports
+
+
+def svc(**spec) -> Service:
+    body = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "node-js", "namespace": "default"},
+            "spec": {"clusterIP": "10.0.0.20", "ports": [{"name": "http", "port": 80, "targetPort": "www"}],
+                     **spec}}
+    return Service.model_validate(body)
+
+
+def slice_(endpoints, ports=None) -> EndpointSlice:
+    return EndpointSlice.model_validate({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "addressType": "IPv4",
+        "metadata": {"name": "node-js-abc", "namespace": "default",
+                     "labels": {"kubernetes.io/service-name": "node-js"}},
+        "endpoints": endpoints, "ports": ports or [{"name": "http", "port": 8080, "protocol": "TCP"}]})
+
+
+def test_named_target_port_resolves_per_slice_and_conditions_carry_over():
+    sl = slice_([{"addresses": ["10.244.1.5"], "nodeName": "node1"},
+                 {"addresses": ["10.244.2.5"], "conditions": {"ready": False, "serving": True, "terminating": True},
+                  "nodeName": "node2"}])
+    (sp,) = service_ports(svc(), [sl])
+    assert sp.key == "default/node-js:http" and sp.cluster_ips == ("10.0.0.20",)
+    assert [(e.ip, e.port, e.ready, e.terminating) for e in sp.endpoints] == [
+        ("10.244.1.5", 8080, True, False), ("10.244.2.5", 8080, False, True)]
+
+
+def test_ports_match_by_name_and_protocol():
+    s = svc(ports=[{"name": "http", "port": 80}, {"name": "admin", "port": 8888}])
+    sl = slice_([{"addresses": ["10.244.1.5"]}], ports=[{"name": "http", "port": 80}, {"name": "admin", "port": 9000}])
+    http, admin = service_ports(s, [sl])
+    assert http.endpoints[0].port == 80 and admin.endpoints[0].port == 9000
+
+
+def test_headless_and_external_name_are_not_proxied():
+    assert service_ports(svc(clusterIP="None"), []) == []
+    assert service_ports(svc(type="ExternalName", externalName="foo.bar.example.com", clusterIP=None), []) == []
+
+
+def test_node_port_lb_affinity_and_policies():
+    s = Service.model_validate({
+        "metadata": {"name": "lb", "namespace": "default"},
+        "spec": {"type": "LoadBalancer", "clusterIP": "10.0.0.30", "ports": [{"port": 80, "nodePort": 30080}],
+                 "sessionAffinity": "ClientIP", "externalTrafficPolicy": "Local", "externalIPs": ["192.168.33.200"]},
+        "status": {"loadBalancer": {"ingress": [{"ip": "192.168.33.240"}]}}})
+    (sp,) = service_ports(s, [])
+    assert sp.node_port == 30080 and sp.load_balancer_ips == ("192.168.33.240",)
+    assert sp.affinity_seconds == 10800 and sp.external_local and not sp.internal_local
+    assert sp.external_ips == ("192.168.33.200",) and sp.endpoints == ()
+
+
+def test_cluster_ip_service_has_no_node_port_even_if_set():
+    (sp,) = service_ports(svc(ports=[{"port": 80, "nodePort": 30001}]), [])
+    assert sp.node_port is None
