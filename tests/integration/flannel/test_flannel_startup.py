@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tests.integration.flannel.topo import Topo, wait_for
+from flannel_py.testbed import Topo, wait_for
 
 pytestmark = pytest.mark.integration
 

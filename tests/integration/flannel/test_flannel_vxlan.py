@@ -14,8 +14,8 @@ from scapy.all import AsyncSniffer, conf
 from scapy.layers.inet import IP, UDP
 from scapy.layers.vxlan import VXLAN
 
+from flannel_py.testbed import PREFIX, Node, Topo, wait_for
 from knet import links, netns
-from tests.integration.flannel.topo import PREFIX, Node, Topo, wait_for
 from tests.netutil import icmp_echo, tcp_request, tcp_server, udp_exchange
 
 pytestmark = pytest.mark.integration
@@ -247,3 +247,15 @@ def test_ip_masq_for_traffic_leaving_the_cluster(vxlan_cluster: Topo):
     # Pod -> outside the cluster Network (the etcd host on the LAN): source becomes the node's.
     with tcp_server(vxlan_cluster.ctl, "192.168.33.2") as port:
         assert tcp_request(n1.pod, "192.168.33.2", port, b"x") == f"from {n1.ip}:x".encode()
+
+
+def test_own_lease_deleted_while_running_is_taken_back(vxlan_cluster: Topo):
+    n1, n2 = vxlan_cluster.nodes[1], vxlan_cluster.nodes[2]
+    subnet = n1.subnet()
+    key = f"{PREFIX}/subnets/{subnet.network_address}-{subnet.prefixlen}"
+    vxlan_cluster.etcdctl("del", key)
+    # The daemon notices through its watch and writes the same subnet back under a new etcd lease.
+    wait_for(lambda: key in vxlan_cluster.subnet_keys(), timeout=3, what="lease re-acquired")
+    assert n1.subnet() == subnet and lease(vxlan_cluster, n1)["PublicIP"] == n1.ip
+    wait_for(lambda: has_remote(n2, str(subnet), n1.ip, vtep_mac(n1)), timeout=3, what="n1 back on n2")
+    assert_pods_talk(n2, n1)

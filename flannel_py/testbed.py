@@ -1,11 +1,13 @@
-"""A mini cluster for the flannel_py tests, built directly with knet.netns/knet.links.
+"""A mini cluster for the flannel_py tests and bench/overlay.py, built with knet.netns/knet.links.
+
+Deliberately independent of the lab package: it proves the daemon alone, with nothing else running.
 
     <p>-ul   : bridge br0 = the nodes' LAN (192.168.33.0/24); no link to the root namespace
     <p>-ctl  : eth0 192.168.33.2, etcd on :2379 (as in the lab)
     <p>-nI   : eth0 192.168.33.(10+I), flannel-py, bridge cni0 (.1 of its subnet)
     <p>-nI-p : a pod: eth0 = .10 of the node subnet, default route via cni0
 
-Every namespace carries the prefix (`ktf` + hex) and `cleanup()` removes all of them, killing
+Every namespace carries the prefix (tests: `ktf` + hex) and `cleanup()` removes all of them, killing
 whatever runs inside (etcd, daemons), whether the tests passed or not.
 """
 
@@ -50,8 +52,8 @@ class Node:
 
 
 class Topo:
-    def __init__(self, tag: str = "") -> None:
-        self.prefix = f"ktf{tag}{secrets.token_hex(3)}"
+    def __init__(self, tag: str = "", prefix: str | None = None) -> None:
+        self.prefix = prefix or f"ktf{tag}{secrets.token_hex(3)}"
         self.tmp = tempfile.mkdtemp(prefix=f"{self.prefix}-")
         self.ul = f"{self.prefix}-ul"
         self.ctl = f"{self.prefix}-ctl"

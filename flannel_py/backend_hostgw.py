@@ -1,0 +1,61 @@
+"""host-gw data path: a plain route per remote node subnet via that node's PublicIP.
+
+Needs every node on one L2 segment (the next hop must be directly reachable), as in flanneld.
+Only routes to subnets inside the cluster Network that leave through the underlay with a
+gateway are ours; reconcile never touches any other route of the node.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from ipaddress import IPv4Address, IPv4Network
+
+from flannel_py.backend_vxlan import Changes
+from flannel_py.desired import Desired, Route, desired_hostgw, diff
+from flannel_py.lease import Lease, LeaseAttrs, hostgw_attrs
+from knet import links
+
+log = logging.getLogger(__name__)
+
+
+class HostGwBackend:
+    def __init__(self, network: IPv4Network, underlay: str, public_ip: IPv4Address, netns: str | None = None) -> None:
+        self.network = network
+        self.underlay = underlay
+        self.public_ip = public_ip
+        self.netns = netns
+        self.mtu = 0
+
+    def prepare(self) -> LeaseAttrs:
+        with links.iproute(self.netns) as ipr:
+            mtu = links.mtu_of(ipr, self.underlay)
+        if mtu is None:
+            raise ValueError(f"underlay interface {self.underlay} does not exist")
+        self.mtu = mtu  # no encapsulation: pods get the full underlay MTU
+        log.info("host-gw backend dev=%s public_ip=%s mtu=%d", self.underlay, self.public_ip, self.mtu)
+        return hostgw_attrs(self.public_ip)
+
+    def configure(self, own: Lease) -> None:
+        return None
+
+    def desired(self, own: Lease, leases: list[Lease]) -> Desired:
+        return desired_hostgw(own, leases)
+
+    def actual(self) -> Desired:
+        with links.iproute(self.netns) as ipr:
+            found = links.routes_via(ipr, self.underlay)
+        ours = {Route(r["dst"], r["gw"]) for r in found
+                if r["gw"] and ipaddress.ip_network(r["dst"]).subnet_of(self.network)}
+        return Desired(routes=frozenset(ours))
+
+    def reconcile(self, own: Lease, leases: list[Lease]) -> Changes:
+        routes = diff(self.desired(own, leases).routes, self.actual().routes)
+        with links.iproute(self.netns) as ipr:
+            for r in sorted(routes.remove):
+                links.del_route(ipr, r.dst, gateway=r.gateway, ifname=self.underlay)
+                log.info("route removed dst=%s via=%s dev=%s", r.dst, r.gateway, self.underlay)
+            for r in sorted(routes.add):
+                links.add_route(ipr, r.dst, gateway=r.gateway, ifname=self.underlay, replace=True)
+                log.info("route added dst=%s via=%s dev=%s", r.dst, r.gateway, self.underlay)
+        return Changes(added=len(routes.add), removed=len(routes.remove))

@@ -1,0 +1,91 @@
+"""flannel's lease value: the JSON stored at <prefix>/subnets/<a.b.c.d>-<len>.
+
+    {"PublicIP":"192.168.33.10","PublicIPv6":null,"BackendType":"vxlan",
+     "BackendData":{"VNI":1,"VtepMAC":"7a:1c:..."}}
+
+Encoding writes exactly flanneld's field names and order so other tools (and flanneld itself)
+read our leases. Decoding is tolerant of what flanneld may add (PublicIPv6, BackendV6Data,
+unknown keys) but rejects values that cannot be used, with a message naming the problem: a
+corrupt lease must be skipped by its readers, never crash them.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Network
+from typing import Any
+
+from flannel_py.config import HOST_GW, VXLAN
+
+_MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+
+
+class LeaseError(ValueError):
+    """A lease value that cannot be used."""
+
+
+@dataclass(frozen=True)
+class LeaseAttrs:
+    public_ip: IPv4Address
+    backend_type: str
+    vni: int | None = None
+    vtep_mac: str | None = None
+
+    def encode(self) -> str:
+        doc: dict[str, Any] = {"PublicIP": str(self.public_ip), "PublicIPv6": None,
+                               "BackendType": self.backend_type}
+        if self.backend_type == VXLAN:
+            doc["BackendData"] = {"VNI": self.vni, "VtepMAC": self.vtep_mac}
+        return json.dumps(doc, separators=(",", ":"))
+
+
+@dataclass(frozen=True)
+class Lease:
+    subnet: IPv4Network
+    attrs: LeaseAttrs
+
+
+def decode(raw: str | bytes) -> LeaseAttrs:
+    """Parse a lease value; LeaseError says what is wrong with a bad one."""
+    try:
+        doc = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise LeaseError(f"lease value is not JSON: {e}") from None
+    if not isinstance(doc, dict):
+        raise LeaseError(f"lease value is a JSON {type(doc).__name__}, not an object")
+    public_ip = doc.get("PublicIP")
+    if not isinstance(public_ip, str):
+        raise LeaseError("lease has no PublicIP string")
+    try:
+        ip = IPv4Address(public_ip)
+    except ValueError:
+        raise LeaseError(f"lease PublicIP {public_ip!r} is not an IPv4 address") from None
+    backend = doc.get("BackendType") or ""
+    if not isinstance(backend, str):
+        raise LeaseError(f"lease BackendType {backend!r} is not a string")
+    if backend != VXLAN:
+        # host-gw (and other backends' data) needs nothing but the PublicIP.
+        return LeaseAttrs(ip, backend)
+    data = doc.get("BackendData")
+    if not isinstance(data, dict):
+        raise LeaseError("vxlan lease has no BackendData object")
+    vni = data.get("VNI")
+    if isinstance(vni, bool) or not isinstance(vni, int) or not 0 <= vni < 1 << 24:
+        raise LeaseError(f"vxlan lease VNI {vni!r} is not an integer in 0..16777215")
+    mac = data.get("VtepMAC")
+    if not isinstance(mac, str) or not _MAC.match(mac.lower()):
+        raise LeaseError(f"vxlan lease VtepMAC {mac!r} is not a MAC address")
+    mac = mac.lower()
+    if int(mac[:2], 16) & 1 or mac == "00:00:00:00:00:00":
+        raise LeaseError(f"vxlan lease VtepMAC {mac} is not a unicast address")
+    return LeaseAttrs(ip, VXLAN, vni, mac)
+
+
+def vxlan_attrs(public_ip: IPv4Address, vni: int, vtep_mac: str) -> LeaseAttrs:
+    return LeaseAttrs(public_ip, VXLAN, vni, vtep_mac.lower())
+
+
+def hostgw_attrs(public_ip: IPv4Address) -> LeaseAttrs:
+    return LeaseAttrs(public_ip, HOST_GW)

@@ -1,0 +1,200 @@
+"""Subnet lease management against etcd: acquire (race-free), renew, watch everyone's leases.
+
+Acquire, as flanneld does it:
+  1. a lease already carrying our PublicIP is ours again (a restart keeps its subnet): rewrite it
+     with our current attributes under a fresh etcd lease, guarded by its mod_revision;
+  2. else the subnet from our previous subnet.env, if it is still free;
+  3. else the lowest free subnet.
+A new key is written only if absent (an etcd transaction on create_revision == 0), so two nodes
+starting at the same moment cannot both get one subnet: the loser lists again and moves on.
+
+The renewer and the watcher run in their own threads and report to the daemon's queue; both
+survive etcd outages by retrying, and the watcher resumes from the last revision it has seen
+(or lists again when that revision was compacted), so no event is lost across an outage.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from ipaddress import IPv4Network
+
+from flannel_py.config import NetworkConfig
+from flannel_py.lease import Lease, LeaseAttrs, LeaseError, decode
+from flannel_py.registry import Compacted, Created, KeyValue, Progress, Registry, WatchEvent
+from flannel_py.subnets import allocate, is_allocatable, parse_subnet_key, subnet_key
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Acquired:
+    lease: Lease
+    key: str
+    etcd_lease: int
+    how: str  # "reused", "previous" or "new"
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    kvs: list[KeyValue]
+    revision: int
+
+
+@dataclass(frozen=True)
+class LeaseLost:
+    etcd_lease: int
+
+
+def parse_entry(key: str, value: bytes) -> Lease:
+    """The Lease stored at a key; ValueError (LeaseError) with the reason for a bad one."""
+    return Lease(parse_subnet_key(key), decode(value))
+
+
+def parse_entries(kvs: list[KeyValue]) -> tuple[dict[str, tuple[Lease, KeyValue]], set[IPv4Network]]:
+    """Usable leases by key, plus every subnet whose key exists (usable or not): those are taken."""
+    good: dict[str, tuple[Lease, KeyValue]] = {}
+    taken: set[IPv4Network] = set()
+    for kv in kvs:
+        try:
+            subnet = parse_subnet_key(kv.key)
+        except ValueError as e:
+            log.warning("skipping key with a bad name key=%s error=%s", kv.key, e)
+            continue
+        taken.add(subnet)
+        try:
+            good[kv.key] = (Lease(subnet, decode(kv.value)), kv)
+        except LeaseError as e:
+            log.warning("skipping corrupt lease key=%s error=%s", kv.key, e)
+    return good, taken
+
+
+def acquire(reg: Registry, cfg: NetworkConfig, attrs: LeaseAttrs, ttl: int,
+            previous: IPv4Network | None = None, tries: int = 20) -> Acquired:
+    value = attrs.encode()
+    lost: set[IPv4Network] = set()
+    for _ in range(tries):
+        kvs, _rev = reg.list_subnets()
+        good, taken = parse_entries(kvs)
+        mine = [(lease, kv) for lease, kv in good.values()
+                if lease.attrs.public_ip == attrs.public_ip and is_allocatable(cfg, lease.subnet)]
+        if mine:
+            mine.sort(key=lambda item: (item[0].subnet != previous, item[0].subnet))
+            lease, kv = mine[0]
+            etcd_lease = reg.grant(ttl)
+            if reg.replace_if_unchanged(kv.key, value, etcd_lease, kv.mod_revision):
+                if kv.lease and kv.lease != etcd_lease:
+                    # The key has moved to the new etcd lease; the old one holds nothing now.
+                    with contextlib.suppress(Exception):
+                        reg.revoke(kv.lease)
+                return Acquired(Lease(lease.subnet, attrs), kv.key, etcd_lease, "reused")
+            _quiet_revoke(reg, etcd_lease)
+            continue
+        subnet = allocate(cfg, taken, preferred=previous, exclude=lost)
+        key = reg.subnet_key(subnet_key(subnet))
+        etcd_lease = reg.grant(ttl)
+        if reg.create_if_absent(key, value, etcd_lease):
+            return Acquired(Lease(subnet, attrs), key, etcd_lease, "previous" if subnet == previous else "new")
+        log.info("subnet taken by another node meanwhile, trying again subnet=%s", subnet)
+        _quiet_revoke(reg, etcd_lease)
+        lost.add(subnet)
+    raise RuntimeError(f"could not acquire a subnet lease after {tries} attempts (heavy contention?)")
+
+
+def _quiet_revoke(reg: Registry, etcd_lease: int) -> None:
+    with contextlib.suppress(Exception):
+        reg.revoke(etcd_lease)
+
+
+def renew_interval(ttl: int) -> float:
+    """Renew at a third of the TTL (at most hourly): two renewals can fail before expiry."""
+    return max(0.5, min(ttl / 3.0, 3600.0))
+
+
+class Renewer(threading.Thread):
+    """Keeps the etcd lease behind our subnet key alive; reports LeaseLost when it is gone."""
+
+    def __init__(self, make_registry: Callable[[], Registry], ttl: int, out: queue.Queue,
+                 stop: threading.Event) -> None:
+        super().__init__(name="renewer", daemon=True)
+        self.make_registry = make_registry
+        self.ttl = ttl
+        self.out = out
+        self.stop = stop
+        self.etcd_lease = 0
+        self._lock = threading.Lock()
+
+    def set_lease(self, etcd_lease: int) -> None:
+        with self._lock:
+            self.etcd_lease = etcd_lease
+
+    def run(self) -> None:
+        reg = self.make_registry()
+        interval = renew_interval(self.ttl)
+        wait, failing = interval, False
+        while not self.stop.wait(wait):
+            with self._lock:
+                current = self.etcd_lease
+            try:
+                ttl = reg.keepalive(current)
+            except Exception as e:  # an outage must never end renewal
+                if not failing:
+                    log.warning("lease renewal failed, retrying etcd_lease=%x error=%s", current, e)
+                failing, wait = True, min(1.0, interval)
+                continue
+            if failing:
+                log.info("lease renewal works again etcd_lease=%x ttl=%d", current, ttl)
+            failing, wait = False, interval
+            if ttl < 0:
+                log.error("etcd lease is gone (expired or revoked) etcd_lease=%x", current)
+                self.out.put(LeaseLost(current))
+                wait = min(1.0, interval)
+
+
+class Watcher(threading.Thread):
+    """List once, then watch the subnets prefix forever, resuming from the last revision."""
+
+    def __init__(self, make_registry: Callable[[], Registry], out: queue.Queue, stop: threading.Event,
+                 idle_timeout: float = 30.0) -> None:
+        super().__init__(name="watcher", daemon=True)
+        self.make_registry = make_registry
+        self.out = out
+        self.stop = stop
+        self.idle_timeout = idle_timeout
+        self.revision: int | None = None
+
+    def run(self) -> None:
+        reg = self.make_registry()
+        backoff, outage = 0.1, False
+        while not self.stop.is_set():
+            try:
+                if self.revision is None:
+                    kvs, rev = reg.list_subnets()
+                    self.out.put(Snapshot(kvs, rev))
+                    self.revision = rev
+                    log.info("subnets listed count=%d revision=%d", len(kvs), rev)
+                for item in reg.watch(reg.subnets_prefix, self.revision + 1, self.idle_timeout):
+                    if isinstance(item, Created):
+                        if outage:
+                            log.info("etcd reachable again, watch resumed from_revision=%d", self.revision + 1)
+                        backoff, outage = 0.1, False
+                    elif isinstance(item, Progress):
+                        self.revision = max(self.revision, item.revision)
+                    elif isinstance(item, WatchEvent):
+                        self.out.put(item)
+                        self.revision = max(self.revision, item.revision)
+                    if self.stop.is_set():
+                        return
+            except Compacted as e:
+                log.warning("watch revision compacted, listing again error=%s", e)
+                self.revision = None
+            except Exception as e:  # the watcher must outlive any outage or bad response
+                if not outage:
+                    log.warning("etcd watch interrupted, retrying error=%s", e)
+                outage = True
+                self.stop.wait(backoff)
+                backoff = min(backoff * 2, 1.0)
