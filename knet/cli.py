@@ -32,7 +32,8 @@ def cmd_version(_args: argparse.Namespace) -> int:
 
 def cmd_up(args: argparse.Namespace) -> int:
     from lab import api, demo
-    lab = api.up(args.name, args.nodes, cni_type=args.cni_type, recreate=args.recreate, progress=_say)
+    lab = api.up(args.name, args.nodes, cni_type=args.cni_type, recreate=args.recreate, progress=_say,
+                 overlay=args.overlay)
     if args.demo:
         return 0 if demo.run(lab, _say) else 1
     return 0
@@ -129,6 +130,10 @@ def parser() -> argparse.ArgumentParser:
     up.add_argument("--demo", action="store_true", help="add pods and ping across them")
     up.add_argument("--cni-type", default="knet-cni", help="CNI plugin type in the conflist (e.g. bridge)")
     up.add_argument("--recreate", action="store_true", help="remove an existing lab of that name first")
+    up.add_argument("--overlay", choices=["vxlan", "host-gw", "static"],
+                    default=os.environ.get("KNET_LAB_OVERLAY", "vxlan"),
+                    help="pod network between nodes: flannel_py vxlan (default) or host-gw with subnets "
+                         "leased from etcd, or static subnets and routes (no etcd)")
     up.set_defaults(func=cmd_up)
 
     named(labsub.add_parser("down", help="remove the lab (also leftovers of a crash)")).set_defaults(func=cmd_down)

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from knet import netns
 from lab import kernel, pods, state, topology
+from lab import overlay as lab_overlay
 
 Progress = Callable[[str], None]
 
@@ -114,10 +115,11 @@ def get(name: str = "knet", root: str = topology.STATE_ROOT) -> Lab:
 
 
 def up(name: str = "knet", nodes: int = 3, cni_type: str = "knet-cni", recreate: bool = False,
-       progress: Progress = _quiet, root: str = topology.STATE_ROOT, agents: bool = True) -> Lab:
+       progress: Progress = _quiet, root: str = topology.STATE_ROOT, agents: bool = True,
+       overlay: str = "vxlan") -> Lab:
     """Build the lab; on any failure everything made so far is removed again."""
     t0 = time.monotonic()
-    p = topology.plan(name, nodes, cni_type, root)
+    p = topology.plan(name, nodes, cni_type, root, overlay)
     if exists(name, root):
         if not recreate:
             raise LabError(f"lab {name} already exists (knet lab down --name {name}, or --recreate)")
@@ -131,6 +133,7 @@ def up(name: str = "knet", nodes: int = 3, cni_type: str = "knet-cni", recreate:
     progress(f"lab {name}: {nodes} node(s), cni plugin {cni_type}, state in {p.state_dir}")
     try:
         kernel.build(p, progress)
+        leases = lab_overlay.start(p, progress) if p.overlay != "static" else {}
         for n in p.nodes:
             os.makedirs(os.path.dirname(n.conflist_path), exist_ok=True)
             os.makedirs(n.ipam_dir, exist_ok=True)
@@ -139,6 +142,9 @@ def up(name: str = "knet", nodes: int = 3, cni_type: str = "knet-cni", recreate:
                 f.write("\n")
         progress(f"cni: {', '.join(n.conflist_path for n in p.nodes)}")
         desc = topology.describe(p)
+        for short, lease in leases.items():
+            desc["nodes"][short]["pod_subnet"] = lease["pod_subnet"]
+            desc["nodes"][short]["mtu"] = lease["mtu"]
         desc["agents"] = {}
         if agents and cni_type == "knet-cni":
             desc["agents"] = kernel.start_agents(p, progress)

@@ -24,7 +24,7 @@ def run(lab: Lab, out: Callable[[str], None] = print) -> bool:
             f"CNI ADD {(time.monotonic() - t0) * 1000:.0f} ms)")
     checks = [
         ("demo-a", "demo-b", "same node (bridge cni0 on node1)"),
-        ("demo-a", "demo-c", "across nodes (node1 -> underlay -> node2)"),
+        ("demo-a", "demo-c", "across nodes (node1 -> overlay -> node2)"),
         ("demo-c", "demo-b", "across nodes, the other way"),
     ]
     ok = True

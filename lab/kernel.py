@@ -82,9 +82,15 @@ def build(p: topology.Plan, progress: Progress = _quiet) -> None:
             for r in m.routes:
                 links.add_route(ipr, r.dst, gateway=r.via, ifname="eth0")
     for n in p.nodes:
+        with ns_iproute(n.netns) as ipr:
+            # A real node has a default route; lab nodes must not. Service addresses that no proxy
+            # rule catches still have to be routed (out of the LAN, where nobody answers), so the
+            # proxies' REJECT rules in FORWARD see them instead of an early "no route".
+            links.add_route(ipr, topology.SERVICE_CIDR, ifname="eth0")
         sysctl(n.netns, "net.ipv4.ip_forward", "1")
-        _no_masq_between_pods(n.netns)
-        progress(f"{n.short}: {n.netns} eth0 {n.cidr}, pods {n.pod_subnet}, "
+        if p.overlay == "static":
+            _no_masq_between_pods(n.netns)
+        progress(f"{n.short}: {n.netns} eth0 {n.cidr}, pods {n.pod_subnet or 'leased by ' + p.overlay}, "
                  f"routes {', '.join(f'{r.dst} via {r.via}' for r in n.routes) or '-'}")
     progress(f"ctl: {p.ctl.netns} eth0 {p.ctl.cidr}; client: {p.client.netns} eth0 {p.client.cidr}")
 

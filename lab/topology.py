@@ -18,6 +18,11 @@ UNDERLAY_BRIDGE = "underlay"
 CTL_IP = "192.168.33.2"
 CLIENT_IP = "192.168.33.100"
 POD_CIDR = "10.244.0.0/16"
+SERVICE_CIDR = "10.96.0.0/12"
+ETCD_URL = "http://192.168.33.2:2379"
+# "vxlan" and "host-gw": flannel_py leases each node's subnet from etcd and programs the routes;
+# "static": fixed 10.244.<i>.0/24 subnets and host-gw routes written by the lab (no etcd needed).
+OVERLAYS = ("vxlan", "host-gw", "static")
 CNI_NETWORK = "knet"
 CONFLIST_NAME = "10-knet.conflist"
 # Node i is 192.168.33.(10+i) and the client is .100, so at most 89 nodes fit; keep a round margin.
@@ -64,29 +69,30 @@ def container_id(lab: str, namespace: str, pod: str) -> str:
     return hashlib.sha256(f"knet-lab/{lab}/{namespace}/{pod}".encode()).hexdigest()
 
 
-def conflist(lab: str, index: int, cni_type: str = "knet-cni", root: str = STATE_ROOT) -> dict:
-    """The node's CNI network configuration list (what /etc/cni/net.d holds on a real node)."""
+def conflist(lab: str, index: int, cni_type: str = "knet-cni", root: str = STATE_ROOT,
+             overlay: str = "static") -> dict:
+    """The node's CNI network configuration list (what /etc/cni/net.d holds on a real node).
+
+    With an overlay the plugin runs in flannel mode: subnet, MTU and masquerading come from the
+    node's subnet.env, so every node's config is the same but for its paths."""
     node_dir = os.path.join(state_dir(lab, root), f"node{index}")
+    main: dict = {
+        "type": cni_type,
+        "bridge": "cni0",
+        "isGateway": True,
+        "hairpinMode": True,
+        "agentSocket": os.path.join(node_dir, "cni.sock"),
+        "ipam": {"type": "host-local", "dataDir": os.path.join(node_dir, "ipam")},
+    }
+    if overlay == "static":
+        main["ipMasq"] = True
+        main["ipam"].update({"ranges": [[{"subnet": pod_subnet(index)}]], "routes": [{"dst": "0.0.0.0/0"}]})
+    else:
+        main["subnetFile"] = os.path.join(node_dir, "subnet.env")
     return {
         "cniVersion": "1.0.0",
         "name": CNI_NETWORK,
-        "plugins": [
-            {
-                "type": cni_type,
-                "bridge": "cni0",
-                "isGateway": True,
-                "ipMasq": True,
-                "hairpinMode": True,
-                "agentSocket": os.path.join(node_dir, "cni.sock"),
-                "ipam": {
-                    "type": "host-local",
-                    "ranges": [[{"subnet": pod_subnet(index)}]],
-                    "routes": [{"dst": "0.0.0.0/0"}],
-                    "dataDir": os.path.join(node_dir, "ipam"),
-                },
-            },
-            {"type": "portmap", "capabilities": {"portMappings": True}, "snat": True},
-        ],
+        "plugins": [main, {"type": "portmap", "capabilities": {"portMappings": True}, "snat": True}],
     }
 
 
@@ -143,6 +149,10 @@ class Node(Member):
     def agent_log(self) -> str:
         return os.path.join(self.dir, "cni-agent.log")
 
+    @property
+    def subnet_file(self) -> str:
+        return os.path.join(self.dir, "subnet.env")
+
 
 @dataclass
 class Plan:
@@ -152,6 +162,7 @@ class Plan:
     ctl: Member
     client: Member
     nodes: list[Node]
+    overlay: str = "static"
 
     @property
     def members(self) -> list[Member]:
@@ -170,19 +181,26 @@ class Plan:
                         + ", ".join(n.short for n in self.nodes) + ")")
 
 
-def plan(name: str, nodes: int = 3, cni_type: str = "knet-cni", root: str = STATE_ROOT) -> Plan:
+def plan(name: str, nodes: int = 3, cni_type: str = "knet-cni", root: str = STATE_ROOT,
+         overlay: str = "static") -> Plan:
     validate_name(name)
     if not isinstance(nodes, int) or isinstance(nodes, bool) or not 1 <= nodes <= MAX_NODES:
         raise PlanError(f"node count must be 1..{MAX_NODES}, got {nodes!r}")
+    if overlay not in OVERLAYS:
+        raise PlanError(f"overlay must be one of {', '.join(OVERLAYS)}, got {overlay!r}")
     base = state_dir(name, root)
     node_list = []
     for i in range(1, nodes + 1):
-        # host-gw: every other node's pod subnet is reached through that node's underlay address.
-        routes = [Route(pod_subnet(j), node_ip(j)) for j in range(1, nodes + 1) if j != i]
+        routes: list[Route] = []
+        if overlay == "static":
+            # host-gw by hand: every other node's pod subnet via that node's underlay address.
+            routes = [Route(pod_subnet(j), node_ip(j)) for j in range(1, nodes + 1) if j != i]
         node_list.append(Node(role="node", short=f"node{i}", netns=f"{name}-node{i}", ip=node_ip(i),
-                              routes=routes, index=i, pod_subnet=pod_subnet(i),
+                              routes=routes, index=i,
+                              # with an overlay the subnet is leased at start-up (filled in by lab.api)
+                              pod_subnet=pod_subnet(i) if overlay == "static" else "",
                               dir=os.path.join(base, f"node{i}"),
-                              conflist=conflist(name, i, cni_type, root)))
+                              conflist=conflist(name, i, cni_type, root, overlay)))
     return Plan(
         name=name,
         state_dir=base,
@@ -190,6 +208,7 @@ def plan(name: str, nodes: int = 3, cni_type: str = "knet-cni", root: str = STAT
         ctl=Member(role="ctl", short="ctl", netns=f"{name}-ctl", ip=CTL_IP),
         client=Member(role="client", short="client", netns=f"{name}-client", ip=CLIENT_IP),
         nodes=node_list,
+        overlay=overlay,
     )
 
 
@@ -202,6 +221,8 @@ def describe(p: Plan) -> dict:
         "ctl": {"netns": p.ctl.netns, "ip": p.ctl.ip},
         "client": {"netns": p.client.netns, "ip": p.client.ip},
         "pod_cidr": POD_CIDR,
+        "service_cidr": SERVICE_CIDR,
+        "overlay": p.overlay,
         "cni_type": p.nodes[0].conflist["plugins"][0]["type"],
         "nodes": {
             n.short: {

@@ -16,10 +16,18 @@ pytestmark = pytest.mark.integration
 def test_topology_in_the_kernel(lab: api.Lab) -> None:
     names = set(netns.list_names(f"{lab.name}-"))
     assert {f"{lab.name}-{n}" for n in ("underlay", "ctl", "client", "node1", "node2", "node3")} <= names
+    nodes = lab.nodes
+    subnets = {short: n["pod_subnet"] for short, n in nodes.items()}
+    assert len(set(subnets.values())) == 3  # every node leased its own /24 of the cluster network
+    assert all(ipaddress.ip_network(s).subnet_of(ipaddress.ip_network("10.244.0.0/16")) for s in subnets.values())
     with kernel.ns_iproute(f"{lab.name}-node2") as ipr:
         assert [a for a in links.addresses(ipr, "eth0") if "." in a] == ["192.168.33.12/24"]
         got = {(r["dst"], r["gw"]) for r in links.routes(ipr)}
-        assert {("10.244.1.0/24", "192.168.33.11"), ("10.244.3.0/24", "192.168.33.13")} <= got
+        # the overlay (flannel_py, vxlan): other nodes' subnets via their VTEP address (.0) on flannel.1
+        for other in ("node1", "node3"):
+            net = ipaddress.ip_network(subnets[other])
+            assert (str(net), str(net.network_address)) in got
+        assert links.index(ipr, "flannel.1") is not None
         assert not any(r["dst"] == "0.0.0.0/0" for r in links.routes(ipr))
     with netns.enter(f"{lab.name}-node2"), open("/proc/sys/net/ipv4/ip_forward") as f:
         assert f.read().strip() == "1"
@@ -29,9 +37,10 @@ def test_topology_in_the_kernel(lab: api.Lab) -> None:
 
 
 def test_pods_get_addresses_from_their_node_subnet(lab: api.Lab, pods: dict[str, dict]) -> None:
-    assert ipaddress.ip_address(pods["a1"]["ip"]) in ipaddress.ip_network("10.244.1.0/24")
-    assert ipaddress.ip_address(pods["a2"]["ip"]) in ipaddress.ip_network("10.244.1.0/24")
-    assert ipaddress.ip_address(pods["b1"]["ip"]) in ipaddress.ip_network("10.244.2.0/24")
+    subnets = {short: ipaddress.ip_network(n["pod_subnet"]) for short, n in lab.nodes.items()}
+    assert ipaddress.ip_address(pods["a1"]["ip"]) in subnets["node1"]
+    assert ipaddress.ip_address(pods["a2"]["ip"]) in subnets["node1"]
+    assert ipaddress.ip_address(pods["b1"]["ip"]) in subnets["node2"]
     assert len({p["ip"] for p in pods.values()}) == 3
     recorded = lab.pods()
     assert {k for k in recorded if k.startswith("default/")} >= {"default/a1", "default/a2", "default/b1"}
