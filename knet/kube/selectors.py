@@ -126,7 +126,8 @@ class Selector:
         return "Selector(<nothing>)" if self.is_nothing else f"Selector({str(self)!r})"
 
 
-def label_selector_matches(selector: LabelSelector | Mapping[str, Any] | None, labels: Mapping[str, str] | None) -> bool:
+def label_selector_matches(selector: LabelSelector | Mapping[str, Any] | None,
+                           labels: Mapping[str, str] | None) -> bool:
     """metav1.LabelSelector semantics: None matches nothing, {} matches everything."""
     return Selector.from_label_selector(selector).matches(labels)
 
