@@ -27,3 +27,6 @@ def setup(component: str, level: str = "info", stream=None) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # urllib3 logs each of its own connection retries while an API server is down; the informers
+    # already log one line per backoff step, which is the useful one.
+    logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
