@@ -1,0 +1,1 @@
+"""kproxy's ebpf data path (bcc): see backend.py for the design."""

@@ -1,0 +1,250 @@
+"""The ebpf data path: service translation by BPF programs (bcc) from maps updated in place.
+
+Where translation happens, and why there:
+- Pods -> ClusterIP (and -> node ports / LB / external IPs): cgroup v2 socket hooks on the node's
+  pod cgroup. connect4 / sendmsg4 replace the service address by a backend before the first
+  packet exists, so there is no per-packet NAT, no conntrack entry and no reverse translation on
+  the wire; recvmsg4 / getpeername4 show the service address back to the application (unconnected
+  UDP replies come "from" the VIP). A service without endpoints fails connect()/sendto() with
+  ECONNREFUSED at once (bpf_set_retval), the socket-level equivalent of kube-proxy's REJECT.
+  Affinity identifies a pod by its network namespace cookie (one pod, one netns, one IP).
+- Outside -> node port / LB / external IP: tc on the node's external interfaces. Ingress DNATs
+  to a backend and records the flow in an LRU conntrack map; egress gives replies the frontend
+  address back. Under externalTrafficPolicy Cluster the packet gets mark 0x4000 and the kernel's
+  MASQUERADE (the KUBE-POSTROUTING chain shared with iptables mode) SNATs it, so a remote
+  backend's replies come back through this node and through the egress program; under Local
+  only local endpoints are used and nothing is masqueraded (the client address is kept).
+- No endpoints for external traffic: the tc program lets the packet through untranslated and
+  the same filter rules as iptables mode reject it (REJECT, or DROP for Local without local
+  endpoints) — the kernel builds the RST / ICMP error, which is simpler and more correct than
+  forging one in tc.
+
+Maps are sized for 10,000 service ports (maps.py). A sync updates them in place, in an order
+that never exposes a half-written service (maps.plan); a full sync rewrites every entry and
+deletes entries nobody owns, repairing tampering. The programs are attached only after the
+first sync has filled the maps, so a restarted daemon replaces its predecessor's programs
+(atomically: single-program cgroup attachment and tc filter replace) with fully populated ones.
+close() leaves programs attached (traffic keeps flowing while the daemon restarts); cleanup()
+removes everything.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from collections.abc import Iterable
+
+from kproxy.ebpf import maps
+from kproxy.ebpf.loader import CGROUP_PROGRAMS, Datapath, EbpfUnavailable, attach_type_value, detach_cgroup_all
+from kproxy.iptables.backend import JUMPS as IPTABLES_JUMPS
+from kproxy.iptables.backend import SyncResult, _run
+from kproxy.iptables.rules import FILTER_BASE, MASQ_MARK, Config, filter_static, nat_static, render_service
+from kproxy.model import ServicePort, cluster_endpoints, local_endpoints
+
+log = logging.getLogger("knet.kproxy.ebpf")
+# The filter jumps (rejects for services without endpoints) and the masquerade jump; the nat
+# KUBE-SERVICES jumps of iptables mode are not needed: nothing is DNATed by netfilter here.
+JUMPS = tuple(j for j in IPTABLES_JUMPS if j[0] == "filter" or j[1] == "POSTROUTING")
+
+__all__ = ["EbpfBackend", "EbpfUnavailable"]
+
+
+def check_cgroup(path: str) -> str:
+    """A cgroup v2 directory that is not a hierarchy root (hooks on a root would translate every
+    process on the machine)."""
+    path = os.path.abspath(path)
+    if not os.path.exists(path) and path.startswith("/sys/") and not (
+            os.path.isdir("/sys/fs/cgroup") and os.listdir("/sys/fs/cgroup")):
+        raise ValueError(f"{path} is not visible: /sys/fs/cgroup is empty here, as under `ip netns exec` (it "
+                         "remounts /sys); start kproxy with `nsenter --net=/run/netns/NAME` instead")
+    if not os.path.isfile(os.path.join(path, "cgroup.procs")) or \
+            not os.path.isfile(os.path.join(path, "cgroup.controllers")):
+        raise ValueError(f"{path} is not a cgroup v2 directory")
+    if not os.path.isfile(os.path.join(path, "cgroup.type")):  # only non-root cgroups have it
+        raise ValueError(f"{path} is the root of a cgroup v2 hierarchy; give the pods' own cgroup")
+    return path
+
+
+def local_ipv4() -> list[str]:
+    """This namespace's IPv4 addresses except loopback: where node ports listen (kube-proxy's
+    default, nodePortAddresses unset)."""
+    from knet import links
+    with links.iproute() as ipr:
+        addrs = [a.get("IFA_ADDRESS") for a in ipr.get_addr(family=socket.AF_INET)]
+    return sorted({a for a in addrs if a and not a.startswith("127.")})
+
+
+class EbpfBackend:
+    name = "ebpf"
+
+    def __init__(self, cfg: Config, cgroup: str | None, external_ifaces: Iterable[str] = (),
+                 node_ips: Iterable[str] | None = None, binary: str = "iptables") -> None:
+        """Compile and load the programs (raises EbpfUnavailable when bcc cannot) in the calling
+        thread's network namespace (the node's). `cgroup`: the cgroup v2 directory holding this
+        node's pods (socket hooks); `external_ifaces`: interfaces where node port / LB traffic
+        arrives (tc); `node_ips`: node port addresses (None: every local IPv4 address, re-read
+        at each full sync)."""
+        if not cgroup:
+            raise ValueError("ebpf mode needs the cgroup v2 directory of this node's pods (--cgroup)")
+        self.cfg = cfg
+        self.cgroup = check_cgroup(cgroup)
+        self.external_ifaces = list(external_ifaces)
+        self.fixed_node_ips = sorted(node_ips) if node_ips is not None else None
+        self.node_ips: list[str] = list(self.fixed_node_ips or [])
+        self.binary = binary
+        from knet import links
+        with links.iproute() as ipr:
+            for ifname in self.external_ifaces:
+                if links.index(ipr, ifname) is None:
+                    raise ValueError(f"external interface {ifname} does not exist in this network namespace")
+        self.dp = Datapath(masq_mark=int(MASQ_MARK, 16))
+        self.ids = maps.SetIds()
+        self.addr_refs = maps.AddrRefs()
+        self.ports: dict[str, ServicePort] = {}
+        self.progs: dict[str, maps.Program] = {}
+        self.rejects: dict[str, list[str]] = {}  # service port -> its filter lines (no endpoints)
+        self.applied_rejects: str | None = None
+        self.attached = False
+        self.closed = False
+
+    # -- compile
+    def _compile(self, sp: ServicePort) -> maps.Program:
+        prog = maps.compile_port(sp, self.cfg.node_name, self.node_ips, self.ids)
+        for kind in ("cluster", "local"):
+            own = maps.owner(sp, kind)
+            if self.ids.by_owner.get(own) not in prog.sets:
+                self.ids.release(own)
+        return prog
+
+    def _forget(self, sp: ServicePort) -> None:
+        for kind in ("cluster", "local"):
+            self.ids.release(maps.owner(sp, kind))
+
+    def _reject_lines(self, sp: ServicePort) -> list[str]:
+        # Only services lacking endpoints on some path have filter rules; skip rendering the rest.
+        cluster = cluster_endpoints(sp)
+        local = local_endpoints(sp, self.cfg.node_name)
+        internal = local if sp.internal_local else cluster
+        external = local if sp.external_local else cluster
+        if (internal or not sp.cluster_ips) and (external or not sp.externally_accessible):
+            return []
+        r = render_service(sp, self.cfg)
+        return r.filter_services + r.filter_external
+
+    # -- iptables (rejects and masquerade only)
+    def _ensure_jumps(self) -> None:
+        for table, chain, spec in JUMPS:
+            _run([self.binary, "-w", "5", "-t", table, "-N", spec[-1]])
+            if _run([self.binary, "-w", "5", "-t", table, "-C", chain, *spec]).returncode != 0:
+                proc = _run([self.binary, "-w", "5", "-t", table, "-I", chain, *spec])
+                if proc.returncode != 0:
+                    raise RuntimeError(f"cannot add jump {table}/{chain} -> {spec[-1]}: {proc.stderr.strip()}")
+
+    def _sync_iptables(self, full: bool) -> None:
+        services = [line for k in sorted(self.rejects) for line in self.rejects[k] if " KUBE-SERVICES " in line]
+        external = [line for k in sorted(self.rejects) for line in self.rejects[k] if " KUBE-SERVICES " not in line]
+        text = "\n".join(["*filter", *[f":{c} - [0:0]" for c in FILTER_BASE], *filter_static(), *services,
+                          *external, "COMMIT", "*nat", ":KUBE-POSTROUTING - [0:0]", ":KUBE-MARK-MASQ - [0:0]",
+                          *nat_static(), "COMMIT"]) + "\n"
+        if not full and text == self.applied_rejects:
+            return
+        if full:
+            self._ensure_jumps()
+        proc = _run([f"{self.binary}-restore", "--noflush", "-w", "5"], text)
+        if proc.returncode != 0:
+            raise RuntimeError(f"iptables-restore failed: {proc.stderr.strip()[:2000]}")
+        self.applied_rejects = text
+
+    # -- sync
+    def sync(self, ports: list[ServicePort], full: bool = False) -> SyncResult:
+        start = time.monotonic()
+        new = {sp.key: sp for sp in ports}
+        full = full or not self.attached  # the first sync is always full
+        if full and self.fixed_node_ips is None:
+            self.node_ips = local_ipv4()  # a full sync recompiles every service port with them
+        changed = {k for k in new.keys() | self.ports.keys()
+                   if new.get(k) != self.ports.get(k) or (k in new and k not in self.progs)}
+        old_progs = self.progs
+        progs = dict(old_progs)
+        for k in (new.keys() | changed) if full else changed:
+            if k in self.ports and k in changed:
+                self._forget(self.ports[k])  # its protocol may have changed, and with it the owner names
+            if k in new:
+                progs[k] = self._compile(new[k])
+                self.rejects[k] = self._reject_lines(new[k])
+                if not self.rejects[k]:
+                    del self.rejects[k]
+            else:
+                progs.pop(k, None)
+                self.rejects.pop(k, None)
+        saved_refs = dict(self.addr_refs.count)
+        try:
+            if full:
+                kernel = {name: self.dp.keys(name) for name in ("services", "slots", "members")}
+                ops = maps.plan_full(progs.values(), kernel)
+                self.addr_refs.reset(progs.values())
+            else:
+                addrs = self.addr_refs.change((old_progs.get(k), progs.get(k)) for k in changed)
+                ops = maps.plan([old_progs[k] for k in changed if k in old_progs],
+                                [progs[k] for k in changed if k in progs], addrs)
+            self.dp.apply(ops)
+            self._sync_iptables(full)
+            if not self.attached:
+                self._attach()
+        except Exception:
+            # The daemon retries the same changes against the state we last completed.
+            self.addr_refs.count = saved_refs
+            raise
+        self.ports, self.progs = new, progs
+        return SyncResult(full=full, services_written=len(new) if full else len(changed), rules=len(ops),
+                          seconds=time.monotonic() - start)
+
+    def _attach(self) -> None:
+        # A previous kproxy's programs may still be attached (it leaves them on exit): take over
+        # its flow/affinity/UDP-socket state before and again right after replacing them (the
+        # second pass catches entries made in between, without overwriting ours), so established
+        # node-port flows keep their backend and their reverse translation.
+        old = self.dp.predecessor_maps(self.cgroup, self.external_ifaces)
+        try:
+            copied = self.dp.carry_over(old)
+            self.dp.attach_cgroup(self.cgroup)
+            for ifname in self.external_ifaces:
+                self.dp.attach_tc(ifname)
+            copied += self.dp.carry_over(old, keep_newer=True)
+        finally:
+            for fds in old.values():
+                for fd, _, _ in fds:
+                    os.close(fd)
+        if old:
+            log.info("took over %d flow/affinity entries from the previous programs", copied)
+        self.attached = True
+        log.info("ebpf programs attached: cgroup %s, interfaces %s", self.cgroup, ",".join(self.external_ifaces) or "-")
+
+    def entries(self) -> int:
+        """Map entries this backend owns (frontends, slots, members)."""
+        return sum(p.entries() for p in self.progs.values())
+
+    def close(self) -> None:
+        """Release fds; the programs stay attached so traffic keeps flowing across a restart."""
+        if not self.closed:
+            self.closed = True
+            self.dp.close()
+
+    def cleanup(self) -> None:
+        """Detach every program (also a predecessor's) and remove the filter/masquerade rules."""
+        self.dp.detach_cgroup(self.cgroup)
+        if os.path.isdir(self.cgroup):
+            detach_cgroup_all(self.cgroup, [attach_type_value(at) for _, at in CGROUP_PROGRAMS])
+        for ifname in self.external_ifaces:
+            self.dp.detach_tc(ifname)
+        self.attached = False
+        for table, chain, spec in JUMPS:
+            _run([self.binary, "-w", "5", "-t", table, "-D", chain, *spec])
+        for table, chains in (("filter", FILTER_BASE), ("nat", ("KUBE-POSTROUTING", "KUBE-MARK-MASQ"))):
+            for c in chains:
+                _run([self.binary, "-w", "5", "-t", table, "-F", c])
+            for c in chains:
+                _run([self.binary, "-w", "5", "-t", table, "-X", c])
+        self.close()

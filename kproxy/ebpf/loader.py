@@ -1,0 +1,438 @@
+"""Compile, load and attach kproxy.c with bcc; raw map access; cgroup/tc attachment helpers.
+
+bcc is imported here only, so the pure planner (maps.py) and its unit tests need no bcc.
+Everything that touches links (tc) acts on the calling thread's network namespace.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes as ct
+import errno
+import logging
+import os
+import platform
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from kproxy.ebpf import maps
+
+log = logging.getLogger("knet.kproxy.ebpf")
+SOURCE = Path(__file__).with_name("kproxy.c")
+TC_PRIO = 0xC1  # our filters' priority on clsact; a fixed value so a restart replaces them in place
+TC_HANDLE = 1
+TC_INGRESS, TC_EGRESS = 0xFFFFFFF2, 0xFFFFFFF3
+# (program, attach type name in bcc's BPFAttachType)
+CGROUP_PROGRAMS = (
+    ("sock_connect4", "CGROUP_INET4_CONNECT"),
+    ("sock_sendmsg4", "CGROUP_UDP4_SENDMSG"),
+    ("sock_recvmsg4", "CGROUP_UDP4_RECVMSG"),
+    ("sock_getpeername4", "CGROUP_INET4_GETPEERNAME"),
+)
+TC_PROGRAMS = (("tc_ingress", TC_INGRESS), ("tc_egress", TC_EGRESS))
+
+
+class EbpfUnavailable(RuntimeError):
+    """bcc cannot compile or load the programs on this machine (the message says what is missing)."""
+
+
+# -- raw bpf(2) for what bcc does not wrap (attachment queries, objects by id) ------------------
+_SYS_BPF = {"x86_64": 321, "aarch64": 280, "armv7l": 386, "ppc64le": 361, "s390x": 351}.get(platform.machine(), 321)
+_BPF_PROG_DETACH, _BPF_PROG_GET_FD_BY_ID, _BPF_MAP_GET_FD_BY_ID = 9, 13, 14
+_BPF_OBJ_GET_INFO_BY_FD, _BPF_PROG_QUERY = 15, 16
+_BPF_NOEXIST = 1
+# Maps the programs fill themselves (flows, affinity, UDP sockets): a restarted daemon copies
+# them from its predecessor's programs, so established flows keep their backends.
+STATE_MAPS = ("ct", "affinity", "sock_fwd", "sock_rev")
+_libc = ct.CDLL(None, use_errno=True)
+_libc.syscall.restype = ct.c_long
+
+
+def _bpf(cmd: int, attr: ct.Array) -> int:
+    res = _libc.syscall(ct.c_long(_SYS_BPF), ct.c_long(cmd), attr, ct.c_uint(ct.sizeof(attr)))
+    if res < 0:
+        err = ct.get_errno()
+        raise OSError(err, os.strerror(err))
+    return res
+
+
+def attach_type_value(name: str) -> int:
+    from bcc import BPFAttachType
+    return int(getattr(BPFAttachType, name))
+
+
+def cgroup_prog_ids(cgroup: str, attach_type: int) -> list[int]:
+    """Ids of the programs attached to a cgroup for one attach type (BPF_PROG_QUERY)."""
+    fd = os.open(cgroup, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        ids = (ct.c_uint32 * 64)()
+        attr = (ct.c_uint8 * 64)()
+        ct.memmove(ct.byref(attr, 0), ct.byref(ct.c_uint32(fd)), 4)
+        ct.memmove(ct.byref(attr, 4), ct.byref(ct.c_uint32(attach_type)), 4)
+        ct.memmove(ct.byref(attr, 16), ct.byref(ct.c_uint64(ct.addressof(ids))), 8)
+        ct.memmove(ct.byref(attr, 24), ct.byref(ct.c_uint32(64)), 4)
+        _bpf(_BPF_PROG_QUERY, attr)
+        count = ct.c_uint32.from_buffer(attr, 24).value
+        return list(ids[:count])
+    finally:
+        os.close(fd)
+
+
+def detach_cgroup_all(cgroup: str, attach_types: Iterable[int]) -> int:
+    """Detach every program of these types from a cgroup, by id (works for programs a previous
+    daemon attached, whose fds are long gone). Returns how many were detached."""
+    done = 0
+    for at in attach_types:
+        for prog_id in cgroup_prog_ids(cgroup, at):
+            attr = (ct.c_uint8 * 16)()
+            ct.memmove(ct.byref(attr, 0), ct.byref(ct.c_uint32(prog_id)), 4)
+            try:
+                prog_fd = _bpf(_BPF_PROG_GET_FD_BY_ID, attr)
+            except OSError:
+                continue
+            try:
+                cg = os.open(cgroup, os.O_RDONLY | os.O_DIRECTORY)
+                try:
+                    dattr = (ct.c_uint8 * 16)()
+                    for off, val in ((0, cg), (4, prog_fd), (8, at)):
+                        ct.memmove(ct.byref(dattr, off), ct.byref(ct.c_uint32(val)), 4)
+                    _bpf(_BPF_PROG_DETACH, dattr)
+                    done += 1
+                finally:
+                    os.close(cg)
+            finally:
+                os.close(prog_fd)
+    return done
+
+
+def _put_u32(buf: ct.Array, off: int, value: int) -> None:
+    ct.memmove(ct.byref(buf, off), ct.byref(ct.c_uint32(value)), 4)
+
+
+def _fd_by_id(cmd: int, obj_id: int) -> int:
+    attr = (ct.c_uint8 * 16)()
+    _put_u32(attr, 0, obj_id)
+    return _bpf(cmd, attr)
+
+
+def _obj_info(fd: int, info: ct.Array) -> None:
+    attr = (ct.c_uint8 * 16)()
+    _put_u32(attr, 0, fd)
+    _put_u32(attr, 4, ct.sizeof(info))
+    ct.memmove(ct.byref(attr, 8), ct.byref(ct.c_uint64(ct.addressof(info))), 8)
+    _bpf(_BPF_OBJ_GET_INFO_BY_FD, attr)
+
+
+def prog_map_ids(prog_id: int) -> list[int]:
+    """The maps a loaded program uses (bpf_prog_info.nr_map_ids / map_ids)."""
+    fd = _fd_by_id(_BPF_PROG_GET_FD_BY_ID, prog_id)
+    try:
+        ids = (ct.c_uint32 * 64)()
+        info = (ct.c_uint8 * 256)()
+        _put_u32(info, 52, 64)  # nr_map_ids: room in ids
+        ct.memmove(ct.byref(info, 56), ct.byref(ct.c_uint64(ct.addressof(ids))), 8)
+        _obj_info(fd, info)
+        return list(ids[:min(64, ct.c_uint32.from_buffer(info, 52).value)])
+    finally:
+        os.close(fd)
+
+
+def open_map(map_id: int) -> tuple[int, str, int, int]:
+    """(fd, name, key size, value size) of a map by id; the caller closes the fd."""
+    fd = _fd_by_id(_BPF_MAP_GET_FD_BY_ID, map_id)
+    info = (ct.c_uint8 * 128)()
+    try:
+        _obj_info(fd, info)
+    except OSError:
+        os.close(fd)
+        raise
+    name = bytes(info[24:40]).split(b"\0", 1)[0].decode()
+    return fd, name, ct.c_uint32.from_buffer(info, 8).value, ct.c_uint32.from_buffer(info, 12).value
+
+
+def tc_prog_ids(ifname: str) -> list[int]:
+    """Ids of our programs on an interface's clsact hooks (`tc filter show` prints them; the
+    netlink attribute is not decoded by pyroute2). Runs in the caller's network namespace."""
+    import re
+    import subprocess
+    out = []
+    for hook in ("ingress", "egress"):
+        proc = subprocess.run(["tc", "filter", "show", "dev", ifname, hook], capture_output=True, text=True)
+        for line in proc.stdout.splitlines():
+            if "knet-tc_" in line:
+                m = re.search(r"\bid (\d+)", line)
+                if m:
+                    out.append(int(m.group(1)))
+    return out
+
+
+def tc_filters(ipr, ifname: str) -> list[tuple[int, str]]:
+    """(parent, program name) of the bpf filters on an interface's clsact hooks."""
+    from knet import links
+    idx = links.index(ipr, ifname)
+    out = []
+    if idx is None:
+        return out
+    for parent in (TC_INGRESS, TC_EGRESS):
+        try:
+            flts = ipr.get_filters(index=idx, parent=parent)
+        except Exception:  # no clsact qdisc: no filters
+            continue
+        for f in flts:
+            name = f.get_nested("TCA_OPTIONS", "TCA_BPF_NAME")
+            if name:
+                out.append((parent, name))
+    return out
+
+
+class Datapath:
+    """The loaded programs and maps of one kproxy instance."""
+
+    def __init__(self, masq_mark: int = 0x4000) -> None:
+        try:
+            from bcc import BPF
+        except ImportError as e:
+            raise EbpfUnavailable(
+                f"ebpf mode needs bcc's Python module, which is not importable ({e}): install the Debian "
+                "package python3-bpfcc and run scripts/install-deps (it links bcc into the venv)") from e
+        headers = Path(f"/lib/modules/{os.uname().release}/build")
+        cflags = [f"-DFE_MAX={maps.FE_MAX}", f"-DSLOT_MAX={maps.SLOT_MAX}", f"-DAFF_MAX={maps.AFF_MAX}",
+                  f"-DSOCK_MAX={maps.SOCK_MAX}", f"-DCT_MAX={maps.CT_MAX}", f"-DMASQ_MARK={masq_mark:#x}"]
+        try:
+            self.bpf = BPF(src_file=str(SOURCE).encode(), cflags=cflags)
+        except Exception as e:
+            hint = "" if headers.exists() else (
+                f"; kernel headers missing: {headers} does not exist (install linux-headers-amd64 and run "
+                "scripts/install-deps, which links the Debian headers there)")
+            raise EbpfUnavailable(f"bcc cannot compile {SOURCE.name}: {e}{hint}") from e
+        try:
+            self.cgroup_fns = {name: self.bpf.load_func(name.encode(), BPF.CGROUP_SOCK_ADDR,
+                                                        attach_type=attach_type_value(at))
+                               for name, at in CGROUP_PROGRAMS}
+            self.tc_fns = {name: self.bpf.load_func(name.encode(), BPF.SCHED_CLS) for name, _ in TC_PROGRAMS}
+        except Exception as e:
+            raise EbpfUnavailable(
+                f"the kernel refused kproxy's BPF programs ({e}); ebpf mode needs Linux >= 5.18 "
+                "(bpf_set_retval, cgroup getpeername hooks, netns cookies) and CAP_BPF/CAP_NET_ADMIN") from e
+        self.fds: dict[str, int] = {}
+        for name, (kt, vt) in maps.LAYOUT.items():
+            table = self.bpf[name.encode()]
+            if (ct.sizeof(table.Key), ct.sizeof(table.Leaf)) != (ct.sizeof(kt), ct.sizeof(vt)):
+                raise EbpfUnavailable(f"map {name}: kproxy.c and maps.py disagree on the struct sizes")
+            self.fds[name] = table.map_fd
+        for name in ("affinity", "sock_fwd", "sock_rev", "ct"):
+            self.fds[name] = self.bpf[name.encode()].map_fd
+        self.cgroups: list[str] = []
+        self.ifaces: list[str] = []
+
+    # -- attachment
+    def attach_cgroup(self, cgroup: str) -> None:
+        """Attach the socket hooks (replacing what a previous kproxy attached: a single-program
+        attachment is swapped atomically, so a restart never leaves pods without translation)."""
+        from bcc import BPF
+        fd = os.open(cgroup, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            for name, at in CGROUP_PROGRAMS:
+                BPF.attach_func(self.cgroup_fns[name], fd, attach_type_value(at))
+        finally:
+            os.close(fd)
+        self.cgroups.append(cgroup)
+
+    def detach_cgroup(self, cgroup: str) -> None:
+        from bcc import BPF
+        try:
+            fd = os.open(cgroup, os.O_RDONLY | os.O_DIRECTORY)
+        except FileNotFoundError:
+            return
+        try:
+            for name, at in CGROUP_PROGRAMS:
+                try:
+                    BPF.detach_func(self.cgroup_fns[name], fd, attach_type_value(at))
+                except Exception as e:  # already gone (replaced by another instance): fine
+                    log.debug("detach %s from %s: %s", name, cgroup, e)
+        finally:
+            os.close(fd)
+        if cgroup in self.cgroups:
+            self.cgroups.remove(cgroup)
+
+    def attach_tc(self, ifname: str) -> None:
+        from pyroute2.netlink.exceptions import NetlinkError
+
+        from knet import links
+        with links.iproute() as ipr:
+            idx = links.index(ipr, ifname)
+            if idx is None:
+                raise ValueError(f"external interface {ifname} does not exist in this network namespace")
+            try:
+                ipr.tc("add", "clsact", idx)
+            except NetlinkError as e:
+                if e.code != errno.EEXIST:
+                    raise
+            for name, parent in TC_PROGRAMS:
+                fn = self.tc_fns[name]
+                ipr.tc("replace-filter", "bpf", idx, TC_HANDLE, fd=fn.fd, name=f"knet-{name}", parent=parent,
+                       prio=TC_PRIO, classid=1, direct_action=True)
+        self.ifaces.append(ifname)
+
+    def detach_tc(self, ifname: str) -> None:
+        from pyroute2.netlink.exceptions import NetlinkError
+
+        from knet import links
+        with links.iproute() as ipr:
+            idx = links.index(ipr, ifname)
+            if idx is None:
+                return
+            for _, parent in TC_PROGRAMS:
+                try:
+                    ipr.tc("del-filter", "bpf", idx, TC_HANDLE, parent=parent, prio=TC_PRIO)
+                except NetlinkError as e:
+                    if e.code not in (errno.ENOENT, errno.EINVAL):
+                        raise
+            if not tc_filters(ipr, ifname):
+                with contextlib.suppress(NetlinkError):
+                    ipr.tc("del", "clsact", idx)
+        if ifname in self.ifaces:
+            self.ifaces.remove(ifname)
+
+    # -- a predecessor's state
+    def predecessor_maps(self, cgroup: str, ifaces: Iterable[str]) -> dict[str, list[tuple[int, int, int]]]:
+        """STATE_MAPS of the programs currently attached (by a previous kproxy) to our cgroup and
+        interfaces: name -> [(fd, key size, value size)]. Not ours; the caller closes the fds."""
+        prog_ids: list[int] = []
+        for _, at in CGROUP_PROGRAMS:
+            with contextlib.suppress(OSError):
+                prog_ids += cgroup_prog_ids(cgroup, attach_type_value(at))
+        for ifname in ifaces:
+            prog_ids += tc_prog_ids(ifname)
+        own = set()
+        for fd in self.fds.values():
+            with contextlib.suppress(OSError):
+                info = (ct.c_uint8 * 128)()
+                _obj_info(fd, info)
+                own.add(ct.c_uint32.from_buffer(info, 4).value)
+        found: dict[str, list[tuple[int, int, int]]] = {}
+        seen: set[int] = set()
+        for prog_id in prog_ids:
+            try:
+                map_ids = prog_map_ids(prog_id)
+            except OSError:
+                continue  # detached meanwhile
+            for map_id in map_ids:
+                if map_id in seen or map_id in own:
+                    continue
+                seen.add(map_id)
+                try:
+                    fd, name, ksize, vsize = open_map(map_id)
+                except OSError:
+                    continue
+                if name in STATE_MAPS:
+                    found.setdefault(name, []).append((fd, ksize, vsize))
+                else:
+                    os.close(fd)
+        return found
+
+    def carry_over(self, old: dict[str, list[tuple[int, int, int]]], keep_newer: bool = False) -> int:
+        """Copy entries of a predecessor's state maps into ours (same name and struct sizes).
+        keep_newer: do not overwrite entries our programs made already. Returns entries copied."""
+        from bcc.libbcc import lib
+        copied = 0
+        for name, fds in old.items():
+            table = self.bpf[name.encode()]
+            ksize, vsize = ct.sizeof(table.Key), ct.sizeof(table.Leaf)
+            for fd, okey, oval in fds:
+                if (okey, oval) != (ksize, vsize):
+                    log.warning("previous %s map has another layout; its entries are not carried over", name)
+                    continue
+                cur, nxt, val = (ct.c_uint8 * ksize)(), (ct.c_uint8 * ksize)(), (ct.c_uint8 * vsize)()
+                rc = lib.bpf_get_next_key(fd, None, nxt)
+                while rc == 0:
+                    if lib.bpf_lookup_elem(fd, nxt, val) == 0 and lib.bpf_update_elem(
+                            self.fds[name], nxt, val, _BPF_NOEXIST if keep_newer else 0) == 0:
+                        copied += 1
+                    ct.memmove(cur, nxt, ksize)
+                    rc = lib.bpf_get_next_key(fd, cur, nxt)
+        return copied
+
+    # -- maps
+    def update(self, name: str, pairs: list[tuple[object, object]]) -> None:
+        """Write (key, value) pairs (readable tuples) in order."""
+        if not pairs:
+            return
+        from bcc.libbcc import lib
+        pack_k, pack_v = maps.PACK[name]
+        fd = self.fds[name]
+        kt, vt = maps.LAYOUT[name]
+        if len(pairs) > 64:
+            # One syscall for many entries; the kernel applies them in array order.
+            keys = (kt * len(pairs))(*[pack_k(k) for k, _ in pairs])
+            vals = (vt * len(pairs))(*[pack_v(v) for _, v in pairs])
+            count = ct.c_uint32(len(pairs))
+            if lib.bpf_update_batch(fd, keys, vals, ct.byref(count)) == 0:
+                return
+            err = ct.get_errno()
+            log.debug("batch update of %s failed (%s) after %d; per entry", name, os.strerror(err), count.value)
+            pairs = pairs[count.value:]
+        for k, v in pairs:
+            ck, cv = pack_k(k), pack_v(v)
+            if lib.bpf_update_elem(fd, ct.byref(ck), ct.byref(cv), 0) != 0:
+                err = ct.get_errno()
+                raise OSError(err, f"bpf map {name}: update of {k} failed: {os.strerror(err)}")
+
+    def delete(self, name: str, keys: list[object]) -> None:
+        from bcc.libbcc import lib
+        pack_k, _ = maps.PACK[name]
+        fd = self.fds[name]
+        for k in keys:
+            ck = pack_k(k)
+            if lib.bpf_delete_elem(fd, ct.byref(ck)) != 0 and ct.get_errno() != errno.ENOENT:
+                err = ct.get_errno()
+                raise OSError(err, f"bpf map {name}: delete of {k} failed: {os.strerror(err)}")
+
+    def raw_keys(self, name: str) -> Iterator[ct.Structure]:
+        """Every key of a daemon-written map (get_next_key walk; entries added meanwhile may be
+        missed, which a full sync tolerates: it only deletes what it found and does not want)."""
+        from bcc.libbcc import lib
+        kt, _ = maps.LAYOUT[name]
+        fd = self.fds[name]
+        cur, nxt = kt(), kt()
+        if lib.bpf_get_next_key(fd, None, ct.byref(nxt)) != 0:
+            return
+        while True:
+            yield kt.from_buffer_copy(nxt)
+            ct.memmove(ct.byref(cur), ct.byref(nxt), ct.sizeof(kt))
+            if lib.bpf_get_next_key(fd, ct.byref(cur), ct.byref(nxt)) != 0:
+                return
+
+    def keys(self, name: str) -> set:
+        unpack_k, _ = maps.UNPACK[name]
+        return {unpack_k(k) for k in self.raw_keys(name)}
+
+    def lookup(self, name: str, key: object) -> object | None:
+        from bcc.libbcc import lib
+        pack_k, _ = maps.PACK[name]
+        _, unpack_v = maps.UNPACK[name]
+        _, vt = maps.LAYOUT[name]
+        ck, cv = pack_k(key), vt()
+        if lib.bpf_lookup_elem(self.fds[name], ct.byref(ck), ct.byref(cv)) != 0:
+            return None
+        return unpack_v(cv)
+
+    def apply(self, ops: maps.Ops) -> None:
+        """Apply in plan order: set entries, then frontends, then deletions."""
+        for group in (ops.puts_sets, ops.puts_frontends):
+            run: list[tuple[object, object]] = []
+            current = None
+            for name, k, v in group:
+                if name != current and run:
+                    self.update(current, run)
+                    run = []
+                current = name
+                run.append((k, v))
+            if run and current is not None:
+                self.update(current, run)
+        for name in ("services", "slots", "members"):
+            self.delete(name, [k for m, k in ops.deletes if m == name])
+
+    def close(self) -> None:
+        """Release our fds; attached programs (and the maps they use) stay in the kernel."""
+        self.bpf.cleanup()
