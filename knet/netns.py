@@ -135,12 +135,22 @@ def run(name: str, argv: Sequence[str], **kwargs) -> subprocess.CompletedProcess
 
 
 def spawn(name: str, argv: Sequence[str], log_path: str | None = None,
-          env: dict[str, str] | None = None) -> subprocess.Popen:
-    """Start a detached long-running process inside the namespace (its own session)."""
+          env: dict[str, str] | None = None, cgroup: str | None = None,
+          keep_mounts: bool = False) -> subprocess.Popen:
+    """Start a detached long-running process inside the namespace (its own session).
+
+    `cgroup`: the child joins it before it execs. `keep_mounts`: enter only the network
+    namespace (nsenter) instead of `ip netns exec`, whose private mount namespace hides
+    /sys/fs/cgroup and /run/netns bind mounts made later by others."""
+    from knet.cgroups import join_argv
+
+    cmd = ["nsenter", f"--net={path(name)}", "--", *argv] if keep_mounts else exec_argv(name, argv)
+    if cgroup:
+        cmd = join_argv(cgroup, cmd)
     out = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115
     try:
-        return subprocess.Popen(exec_argv(name, argv), stdin=subprocess.DEVNULL, stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True, env=env)
+        return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True, env=env)
     finally:
         if log_path:
             out.close()
