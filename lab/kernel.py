@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from pyroute2 import IPRoute
 
-from knet import links, netns
+from knet import cgroups, links, netns
 from lab import topology
 
 Progress = Callable[[str], None]
@@ -159,8 +159,30 @@ def lab_netns(lab: str) -> list[str]:
     return netns.list_names(topology.prefix(lab))
 
 
+def lab_cgroup(lab: str) -> str | None:
+    """The lab's cgroup v2 directory (None where cgroup v2 is not mounted)."""
+    return cgroups.path_for(f"knet-{lab}")
+
+
+def node_cgroup(lab: str, short: str) -> str | None:
+    """Where a node's pods (and node processes that use services) run: kproxy's eBPF socket hooks
+    attach here, so they see exactly this node's pods and nothing of the host."""
+    base = lab_cgroup(lab)
+    return os.path.join(base, short) if base else None
+
+
+def ensure_node_cgroups(p: topology.Plan) -> dict[str, str]:
+    out = {}
+    for n in p.nodes:
+        path = node_cgroup(p.name, n.short)
+        if path:
+            out[n.short] = cgroups.ensure(path)
+    return out
+
+
 def teardown(lab: str, root: str = topology.STATE_ROOT, progress: Progress = _quiet) -> list[str]:
-    """Kill every process in, and delete, every namespace named `<lab>-*`; remove the state dir.
+    """Kill every process in, and delete, every namespace named `<lab>-*`; remove the state dir
+    and the lab's cgroups (removing a cgroup detaches the BPF programs attached to it).
 
     Pods go first so their processes and veths disappear before the nodes do."""
     names = lab_netns(lab)
@@ -175,6 +197,9 @@ def teardown(lab: str, root: str = topology.STATE_ROOT, progress: Progress = _qu
         # A namespace still mounted elsewhere: try the plain umount path once more.
         for name in left:
             subprocess.run(["ip", "netns", "del", name], capture_output=True)
+    cg = lab_cgroup(lab)
+    if cg:
+        cgroups.remove(cg)
     shutil.rmtree(topology.state_dir(lab, root), ignore_errors=True)
     if names:
         progress(f"removed {len(names)} namespaces of lab {lab}")
