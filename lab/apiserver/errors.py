@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+MODIFIED_MSG = "the object has been modified; please apply your changes to the latest version and try again"
 REASONS = {
     400: "BadRequest", 401: "Unauthorized", 403: "Forbidden", 404: "NotFound", 405: "MethodNotAllowed",
     406: "NotAcceptable", 409: "Conflict", 410: "Expired", 415: "UnsupportedMediaType", 422: "Invalid",

@@ -6,9 +6,9 @@ fields); storage, verbs, watch and tables are generic.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-VERBS = ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"]
+VERBS = ("create", "delete", "deletecollection", "get", "list", "patch", "update", "watch")
 SUB_VERBS = {"status": ["get", "patch", "update"], "scale": ["get", "patch", "update"], "binding": ["create"]}
 # Subresources with a kind of their own (group, version, kind); the rest return the parent kind.
 SUB_KINDS = {"scale": ("autoscaling", "v1", "Scale"), "binding": ("", "v1", "Binding")}
@@ -26,7 +26,7 @@ class ResourceType:
     categories: tuple[str, ...] = ()
     # Field selectors kube-apiserver supports for this kind, besides metadata.name / metadata.namespace.
     fields: tuple[str, ...] = ()
-    list_kind: str = field(default="", compare=False)
+    verbs: tuple[str, ...] = tuple(VERBS)
 
     @property
     def api_version(self) -> str:
@@ -63,6 +63,8 @@ RESOURCES: tuple[ResourceType, ...] = (
     ResourceType("", "v1", "configmaps", "ConfigMap", True, ("cm",)),
     ResourceType("", "v1", "serviceaccounts", "ServiceAccount", True, ("sa",)),
     ResourceType("", "v1", "events", "Event", True, ("ev",), fields=_EVENT_FIELDS),
+    # The legacy way to bind a pod (POST a Binding named like the pod); pods/binding is the other.
+    ResourceType("", "v1", "bindings", "Binding", True, verbs=("create",)),
     ResourceType("", "v1", "replicationcontrollers", "ReplicationController", True, ("rc",), ("status", "scale"),
                  _ALL, ("status.replicas",)),
     ResourceType("apps", "v1", "deployments", "Deployment", True, ("deploy",), ("status", "scale"), _ALL),
@@ -110,7 +112,7 @@ def resource_list(group: str, version: str) -> dict | None:
     out = []
     for r in items:
         entry = {"name": r.plural, "singularName": r.singular, "namespaced": r.namespaced, "kind": r.kind,
-                 "verbs": VERBS}
+                 "verbs": list(r.verbs)}
         if r.short_names:
             entry["shortNames"] = list(r.short_names)
         if r.categories:

@@ -1,0 +1,132 @@
+"""One watch response: registry events -> JSON lines on a chunked HTTP response, with Table
+rendering for kubectl, BOOKMARK events for clients that allow them, a clean end on timeout or
+server shutdown, and errors reported in-band once the stream has started (as kube-apiserver does).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from aiohttp import web
+
+from lab.apiserver import tables
+from lab.apiserver.errors import ApiError
+from lab.apiserver.resources import ResourceType
+from lab.apiserver.storage import StoreError
+
+log = logging.getLogger("lab.apiserver")
+
+BOOKMARK_INTERVAL = 60.0  # kube-apiserver sends a bookmark about once a minute
+
+
+async def until_stopping(events: AsyncIterator[tuple[str, Any]], stopping: asyncio.Event,
+                         tick: float) -> AsyncIterator[tuple[str, Any]]:
+    """The events, plus ("TICK", None) after `tick` seconds without one, until `stopping` is set:
+    then the watch ends cleanly (a complete chunked response) instead of being cut."""
+    stop = asyncio.ensure_future(stopping.wait())
+    nxt: asyncio.Future | None = None
+    try:
+        while True:
+            if nxt is None:
+                nxt = asyncio.ensure_future(anext(events))
+            done, _ = await asyncio.wait({nxt, stop}, timeout=tick, return_when=asyncio.FIRST_COMPLETED)
+            if not done:
+                yield "TICK", None
+                continue
+            if not nxt.done():
+                return  # stopping
+            try:
+                item = nxt.result()
+            except StopAsyncIteration:
+                return
+            nxt = None
+            yield item
+    finally:
+        stop.cancel()
+        if nxt is not None and not nxt.done():
+            nxt.cancel()  # and wait for it: the generator must not be running when it is closed
+            with contextlib.suppress(BaseException):
+                await nxt
+
+
+class WatchStream:
+    def __init__(self, resp: web.StreamResponse, rt: ResourceType, client_rv: int, bookmarks: bool,
+                 table_version: str | None, include: str) -> None:
+        self.resp, self.rt = resp, rt
+        self.bookmarks = bookmarks
+        self.table_version, self.include = table_version, include
+        self.progress = self.sent = client_rv  # revision reached / last told to the client
+        self.first = True
+        self.last_bookmark = time.monotonic()
+
+    async def _line(self, etype: str, obj: Any) -> None:
+        await self.resp.write(json.dumps({"type": etype, "object": obj}, separators=(",", ":")).encode() + b"\n")
+
+    async def event(self, etype: str, obj: Any) -> None:
+        if etype == "PROGRESS":
+            self.progress = max(self.progress, obj)
+            return
+        if etype == "TICK":
+            if time.monotonic() - self.last_bookmark >= BOOKMARK_INTERVAL:
+                await self.bookmark()
+            return
+        if etype != "ERROR":
+            rv = int(obj["metadata"].get("resourceVersion") or 0)
+            self.progress = self.sent = max(self.progress, rv)
+            if self.table_version is not None:
+                obj = tables.table(self.rt, [obj], {"resourceVersion": str(rv)}, self.include, self.table_version,
+                                   with_columns=self.first)
+                self.first = False
+        await self._line(etype, obj)
+
+    async def bookmark(self) -> None:
+        """Tell the client how far the stream has got, if that is further than it knows."""
+        self.last_bookmark = time.monotonic()
+        if not self.bookmarks or self.progress <= self.sent:
+            return
+        self.sent = self.progress
+        await self._line("BOOKMARK", {"kind": self.rt.kind, "apiVersion": self.rt.api_version,
+                                      "metadata": {"resourceVersion": str(self.progress)}})
+
+    async def error(self, path: str, e: Exception) -> None:
+        if isinstance(e, StoreError):
+            log.error("watch %s: %s", path, e)
+        else:
+            log.exception("watch %s failed", path)
+        await self._line("ERROR", ApiError(500, f"watch of {self.rt.plural} failed: {e}", "InternalError").status())
+
+
+async def serve(request: web.Request, rt: ResourceType, events: AsyncIterator[tuple[str, Any]], timeout: float,
+                stopping: asyncio.Event, client_rv: int) -> web.StreamResponse:
+    resp = web.StreamResponse(headers={"Content-Type": "application/json", "Cache-Control": "no-cache"})
+    resp.enable_chunked_encoding()
+    await resp.prepare(request)
+    q = request.query
+    out = WatchStream(resp, rt, client_rv, q.get("allowWatchBookmarks") in ("1", "true", "True"),
+                      tables.table_version(request.headers.get("Accept", "")), q.get("includeObject", "Metadata"))
+    stream = until_stopping(events, stopping, min(BOOKMARK_INTERVAL, 10.0))
+    try:
+        with contextlib.suppress(ConnectionResetError):
+            try:
+                async with asyncio.timeout(timeout):
+                    async for etype, obj in stream:
+                        await out.event(etype, obj)
+                        if etype == "ERROR":
+                            break
+                await out.bookmark()  # the server ended the stream: where to resume from
+            except TimeoutError:
+                await out.bookmark()  # timeoutSeconds elapsed: the client re-watches from here
+            except Exception as e:
+                await out.error(request.path, e)
+    finally:
+        await stream.aclose()  # explicitly, in this order: `async for` does not close generators
+        await events.aclose()
+    with contextlib.suppress(ConnectionResetError):
+        await resp.write_eof()
+    return resp

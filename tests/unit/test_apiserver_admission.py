@@ -1,0 +1,224 @@
+"""Admission: defaults, validation causes (field + message as kube-apiserver words them), and
+ClusterIP / nodePort allocation."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from lab.apiserver import admission
+from lab.apiserver.allocator import NodePortRange, ServiceCIDR
+from lab.apiserver.resources import by_kind
+
+CFG = admission.Config(ServiceCIDR.parse("10.96.0.0/12"), NodePortRange(30000, 32767))
+SVC, POD, DEP = by_kind("", "Service"), by_kind("", "Pod"), by_kind("apps", "Deployment")
+
+
+def admit(rt, obj, old=None, used_ips=(), used_ports=()):
+    """defaults + validation (+ allocation for Services); returns (object, causes)."""
+    admission.default(rt, obj, old)
+    causes = admission.validate(rt, obj, old, CFG)
+    if not causes and rt.kind == "Service":
+        causes = admission.assign_service(obj, old, CFG, set(used_ips), set(used_ports))
+    return obj, causes
+
+
+def fields(causes):
+    return [c["field"] for c in causes]
+
+
+def service(name="s", ns="default", **spec):
+    spec.setdefault("ports", [{"port": 80}])
+    return {"metadata": {"name": name, "namespace": ns}, "spec": spec}
+
+
+def test_service_defaults():
+    obj, causes = admit(SVC, service(ports=[{"port": 80}, {"port": 53, "protocol": "UDP", "name": "dns",
+                                                           "targetPort": "dns"}]))
+    assert fields(causes) == ["spec.ports[0].name"]  # two ports need names
+    obj, causes = admit(SVC, service(ports=[{"port": 80, "name": "http"}]))
+    assert causes == []
+    spec = obj["spec"]
+    assert spec["type"] == "ClusterIP" and spec["sessionAffinity"] == "None"
+    assert spec["ports"] == [{"port": 80, "name": "http", "protocol": "TCP", "targetPort": 80}]
+    assert CFG.service_cidr.contains(spec["clusterIP"]) and spec["clusterIPs"] == [spec["clusterIP"]]
+    obj, _ = admit(SVC, service(sessionAffinity="ClientIP"))
+    assert obj["spec"]["sessionAffinityConfig"]["clientIP"]["timeoutSeconds"] == 10800
+
+
+def test_cluster_ip_allocation_rules():
+    # explicit IP honoured, unless taken or outside the range
+    obj, causes = admit(SVC, service(clusterIP="10.96.5.5"))
+    assert causes == [] and obj["spec"]["clusterIP"] == "10.96.5.5"
+    _, causes = admit(SVC, service(clusterIP="10.96.5.5"), used_ips={"10.96.5.5"})
+    assert fields(causes) == ["spec.clusterIP"] and "already allocated" in causes[0]["message"]
+    assert causes[0]["message"] == 'Invalid value: "10.96.5.5": provided IP is already allocated'
+    for bad in ("10.112.0.1", "10.96.0.0", "nonsense"):
+        _, causes = admit(SVC, service(clusterIP=bad))
+        assert fields(causes) == ["spec.clusterIP"], bad
+    # headless: no address, and not for NodePort
+    obj, causes = admit(SVC, service(clusterIP="None"))
+    assert causes == [] and obj["spec"]["clusterIP"] == "None"
+    _, causes = admit(SVC, service(clusterIP="None", type="NodePort"))
+    assert fields(causes) == ["spec.clusterIP"]
+    # ExternalName gets none
+    obj, causes = admit(SVC, {"metadata": {"name": "ext", "namespace": "d"},
+                              "spec": {"type": "ExternalName", "externalName": "foo.bar.example.com"}})
+    assert causes == [] and "clusterIP" not in obj["spec"]
+    # the DNS service gets the tenth address when it leaves it to the server, or asks for it
+    obj, _ = admit(SVC, service("kube-dns", "kube-system"))
+    assert obj["spec"]["clusterIP"] == "10.96.0.10"
+    obj, _ = admit(SVC, service("kube-dns", "kube-system", clusterIP="10.96.0.10"))
+    assert obj["spec"]["clusterIP"] == "10.96.0.10"
+    obj, _ = admit(SVC, service("other"))
+    assert obj["spec"]["clusterIP"] != "10.96.0.10"
+
+
+def test_allocator_never_duplicates_and_keeps_the_static_band_for_last():
+    cidr = ServiceCIDR.parse("10.0.0.0/24")
+    used: set[str] = {cidr.api_service_ip}
+    rng = random.Random(1)
+    for _ in range(253):
+        ip = cidr.pick(used, rng)
+        assert ip is not None and ip not in used and cidr.contains(ip)
+        if len(used) < 253 - 16:  # the lower band (the first 16) is used only once the rest is full
+            assert int(ip.rsplit(".", 1)[1]) > 16
+        used.add(ip)
+    assert cidr.pick(used, rng) is None and len(used) == 254
+    ports = NodePortRange.parse("30000-30099")
+    taken: set[int] = set()
+    for _ in range(100):
+        port = ports.pick(taken, rng)
+        assert port is not None and port not in taken
+        taken.add(port)
+    assert ports.pick(taken, rng) is None
+    with pytest.raises(ValueError):
+        NodePortRange.parse("40000-30000")
+    with pytest.raises(ValueError):
+        ServiceCIDR.parse("10.0.0.0/30")
+
+
+def test_node_port_rules():
+    obj, causes = admit(SVC, service(type="NodePort", ports=[{"port": 80, "name": "a"},
+                                                             {"port": 81, "name": "b", "nodePort": 30001}]),
+                        used_ports={30002})
+    assert causes == []
+    ports = [p["nodePort"] for p in obj["spec"]["ports"]]
+    assert ports[1] == 30001 and 30000 <= ports[0] <= 32767 and ports[0] not in (30001, 30002)
+    assert obj["spec"]["externalTrafficPolicy"] == "Cluster"
+    _, causes = admit(SVC, service(type="NodePort", ports=[{"port": 80, "nodePort": 30001}]), used_ports={30001})
+    assert fields(causes) == ["spec.ports[0].nodePort"] and "already allocated" in causes[0]["message"]
+    _, causes = admit(SVC, service(type="NodePort", ports=[{"port": 80, "nodePort": 40000}]))
+    assert causes[0]["message"] == ("Invalid value: 40000: provided port is not in the valid range. "
+                                    "The range of valid ports is 30000-32767")
+    _, causes = admit(SVC, service(ports=[{"port": 80, "nodePort": 30005}]))
+    assert fields(causes) == ["spec.ports[0].nodePort"] and "Forbidden" in causes[0]["message"]
+    # TCP and UDP of one port may share a node port
+    obj, causes = admit(SVC, service(type="NodePort", ports=[
+        {"port": 53, "name": "dns", "nodePort": 30053},
+        {"port": 53, "name": "dns-udp", "protocol": "UDP", "nodePort": 30053}]))
+    assert causes == []
+
+
+def test_service_update_keeps_allocations_and_ip_is_immutable():
+    old, _ = admit(SVC, service(type="NodePort"))
+    new, causes = admit(SVC, service(type="NodePort"), old=old, used_ips=old["spec"]["clusterIPs"],
+                        used_ports=[old["spec"]["ports"][0]["nodePort"]])
+    assert causes == [] and new["spec"]["clusterIP"] == old["spec"]["clusterIP"]
+    assert new["spec"]["ports"][0]["nodePort"] == old["spec"]["ports"][0]["nodePort"]
+    _, causes = admit(SVC, service(clusterIP="10.96.9.9"), old=old)
+    assert fields(causes) == ["spec.clusterIP"] and "immutable" in causes[0]["message"]
+    to_cluster_ip, causes = admit(SVC, service(type="ClusterIP", ports=[dict(old["spec"]["ports"][0])]), old=old)
+    assert causes == [] and "nodePort" not in to_cluster_ip["spec"]["ports"][0]
+
+
+def test_service_validation_causes():
+    cases = [
+        (service(ports=[{"port": 0}]), "spec.ports[0].port"),
+        (service(ports=[{"port": 80, "protocol": "ICMP"}]), "spec.ports[0].protocol"),
+        (service(ports=[{"port": 80, "name": "a"}, {"port": 80, "name": "b"}]), "spec.ports[1]"),
+        (service(ports=[{"port": 80, "targetPort": "not_a_name!"}]), "spec.ports[0].targetPort"),
+        (service(type="Bogus"), "spec.type"),
+        (service(sessionAffinity="Sticky"), "spec.sessionAffinity"),
+        (service(selector={"app": "bad value!"}), "spec.selector"),
+        (service(externalIPs=["1.2.3"]), "spec.externalIPs[0]"),
+        (service("Bad_Name"), "metadata.name"),
+        ({"metadata": {"name": "noports", "namespace": "d"}, "spec": {}}, "spec.ports"),
+    ]
+    for obj, field in cases:
+        _, causes = admit(SVC, obj)
+        assert field in fields(causes), (obj, causes)
+
+
+def test_pod_defaults_and_validation():
+    obj, causes = admit(POD, {"metadata": {"name": "p"}, "spec": {"containers": [
+        {"name": "c", "image": "agnhost:2.40", "ports": [{"containerPort": 8080, "name": "http"}],
+         "readinessProbe": {"httpGet": {"port": "http"}}}]}})
+    assert causes == []
+    spec = obj["spec"]
+    assert "nodeName" not in spec and spec["restartPolicy"] == "Always" and spec["dnsPolicy"] == "ClusterFirst"
+    assert spec["containers"][0]["ports"][0]["protocol"] == "TCP"
+    assert spec["containers"][0]["readinessProbe"]["httpGet"]["path"] == "/"
+    assert obj["status"]["phase"] == "Pending"
+    bad = {"metadata": {"name": "p"}, "spec": {"restartPolicy": "Sometimes", "containers": [
+        {"name": "c", "ports": [{"containerPort": 0}, {"containerPort": 1, "name": "x", "protocol": "IP"}]},
+        {"name": "c", "image": "i", "readinessProbe": {}}]}}
+    _, causes = admit(POD, bad)
+    assert set(fields(causes)) == {"spec.containers[0].image", "spec.containers[0].ports[0].containerPort",
+                                   "spec.containers[0].ports[1].protocol", "spec.containers[1].name",
+                                   "spec.containers[1].readinessProbe", "spec.restartPolicy"}
+    # a bound pod stays on its node
+    old, _ = admit(POD, {"metadata": {"name": "p"}, "spec": {"nodeName": "n1", "containers": [
+        {"name": "c", "image": "i"}]}})
+    _, causes = admit(POD, {"metadata": {"name": "p"}, "spec": {"nodeName": "n2", "containers": [
+        {"name": "c", "image": "i"}]}}, old=old)
+    assert fields(causes) == ["spec.nodeName"]
+
+
+def test_deployment_defaults_and_selector_rules():
+    template = {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "c", "image": "i"}]}}
+    obj, causes = admit(DEP, {"metadata": {"name": "d"},
+                              "spec": {"selector": {"matchLabels": {"app": "web"}}, "template": template}})
+    assert causes == [] and obj["spec"]["replicas"] == 1
+    assert obj["spec"]["strategy"] == {"type": "RollingUpdate",
+                                       "rollingUpdate": {"maxUnavailable": "25%", "maxSurge": "25%"}}
+    _, causes = admit(DEP, {"metadata": {"name": "d"},
+                            "spec": {"selector": {"matchLabels": {"app": "db"}}, "template": template}})
+    assert fields(causes) == ["spec.template.metadata.labels"]
+    _, causes = admit(DEP, {"metadata": {"name": "d"}, "spec": {"template": template}})
+    assert fields(causes) == ["spec.selector"]
+    _, causes = admit(DEP, {"metadata": {"name": "d"}, "spec": {"replicas": -1, "selector": {
+        "matchLabels": {"app": "web"}}, "template": template}})
+    assert fields(causes) == ["spec.replicas"]
+    rc = by_kind("", "ReplicationController")
+    obj, causes = admit(rc, {"metadata": {"name": "r"}, "spec": {"template": template}})
+    assert causes == [] and obj["spec"]["selector"] == {"app": "web"} and obj["metadata"]["labels"] == {"app": "web"}
+
+
+def test_networking_kinds():
+    np = by_kind("networking.k8s.io", "NetworkPolicy")
+    obj, causes = admit(np, {"metadata": {"name": "n"}, "spec": {"egress": [{"ports": [{"port": 53}]}]}})
+    assert causes == [] and obj["spec"]["policyTypes"] == ["Ingress", "Egress"]
+    assert obj["spec"]["podSelector"] == {} and obj["spec"]["egress"][0]["ports"][0]["protocol"] == "TCP"
+    _, causes = admit(np, {"metadata": {"name": "n"}, "spec": {"ingress": [{"from": [
+        {"ipBlock": {"cidr": "10.0.0.0/16", "except": ["10.1.0.0/24"]}, "podSelector": {}}],
+        "ports": [{"port": 80, "endPort": 70}]}]}})
+    assert set(fields(causes)) == {"spec.ingress[0].from[0]", "spec.ingress[0].from[0].ipBlock.except[0]",
+                                   "spec.ingress[0].ports[0].endPort"}
+    ing = by_kind("networking.k8s.io", "Ingress")
+    _, causes = admit(ing, {"metadata": {"name": "i"}, "spec": {"rules": [{"host": "a.whale.hey", "http": {
+        "paths": [{"path": "/", "pathType": "Prefix", "backend": {"service": {"name": "s", "port": {"number": 80}}}},
+                  {"path": "x", "pathType": "Exact", "backend": {"service": {"name": "s", "port": {}}}},
+                  {"path": "/", "backend": {"service": {"name": "s", "port": {"name": "http"}}}}]}}]}})
+    assert set(fields(causes)) == {"spec.rules[0].http.paths[1].path", "spec.rules[0].http.paths[1].backend"
+                                   ".service.port", "spec.rules[0].http.paths[2].pathType"}
+    eps = by_kind("discovery.k8s.io", "EndpointSlice")
+    _, causes = admit(eps, {"metadata": {"name": "e"}, "addressType": "IPv4", "endpoints": [
+        {"addresses": ["10.0.0.1"]}, {"addresses": ["fe80::1"]}, {"addresses": []}]})
+    assert fields(causes) == ["endpoints[1].addresses[0]", "endpoints[2].addresses"]
+    secret = by_kind("", "Secret")
+    obj, causes = admit(secret, {"metadata": {"name": "s"}, "stringData": {"k": "v"}})
+    assert causes == [] and obj["data"] == {"k": "dg=="} and obj["type"] == "Opaque"
+    _, causes = admit(secret, {"metadata": {"name": "s"}, "data": {"k": "%%%"}})
+    assert fields(causes) == ["data[k]"] and "redacted" in causes[0]["message"]  # secrets never echoed
