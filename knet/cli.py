@@ -33,9 +33,27 @@ def cmd_version(_args: argparse.Namespace) -> int:
 def cmd_up(args: argparse.Namespace) -> int:
     from lab import api, demo
     lab = api.up(args.name, args.nodes, cni_type=args.cni_type, recreate=args.recreate, progress=_say,
-                 overlay=args.overlay)
+                 overlay=args.overlay, control_plane=not args.no_control_plane)
     if args.demo:
         return 0 if demo.run(lab, _say) else 1
+    return 0
+
+
+def cmd_kubeconfig(args: argparse.Namespace) -> int:
+    from lab import controlplane, state
+    data = state.load(args.name)
+    path = (data.get("control_plane") or {}).get("kubeconfig") or controlplane.kubeconfig_path(args.name)
+    if not os.path.exists(path):
+        _err(f"lab {args.name} has no control plane (knet lab up without --no-control-plane)")
+        return 1
+    print(path)
+    return 0
+
+
+def cmd_agent_restart(args: argparse.Namespace) -> int:
+    from lab import controlplane
+    pid = controlplane.restart_agent(args.name, args.node if args.node.startswith("node") else f"node{args.node}")
+    print(f"node agent on {args.node} restarted (pid {pid}); it adopts the node's pods")
     return 0
 
 
@@ -64,6 +82,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"lab {data['name']}  cni {data.get('cni_type', '?')}  state {data['state_dir']}")
     print(f"  ctl {data['ctl']['ip']} ({data['ctl']['netns']})   "
           f"client {data['client']['ip']} ({data['client']['netns']})")
+    cp = data.get("control_plane")
+    if cp:
+        print(f"  apiserver {cp['apiserver']['lab_url']} (host {cp['apiserver']['host_url']})   "
+              f"kubectl --kubeconfig {cp['kubeconfig']} get nodes,pods -o wide")
     rows = [("NODE", "NETNS", "IP", "POD SUBNET", "NS", "AGENT")]
     for short, n in sorted(data["nodes"].items(), key=lambda kv: kv[1]["index"]):
         rows.append((short, n["netns"], n["ip"], n["pod_subnet"], "up" if n["up"] else "MISSING",
@@ -134,7 +156,14 @@ def parser() -> argparse.ArgumentParser:
                     default=os.environ.get("KNET_LAB_OVERLAY", "vxlan"),
                     help="pod network between nodes: flannel_py vxlan (default) or host-gw with subnets "
                          "leased from etcd, or static subnets and routes (no etcd)")
+    up.add_argument("--no-control-plane", action="store_true",
+                    help="only the network: no etcd/API server/controllers/node agents (pods via `knet lab pod`)")
     up.set_defaults(func=cmd_up)
+    named(labsub.add_parser("kubeconfig", help="print the path of the lab's admin kubeconfig")).set_defaults(
+        func=cmd_kubeconfig)
+    ar = named(labsub.add_parser("agent-restart", help="restart a node's agent (it adopts the running pods)"))
+    ar.add_argument("node")
+    ar.set_defaults(func=cmd_agent_restart)
 
     named(labsub.add_parser("down", help="remove the lab (also leftovers of a crash)")).set_defaults(func=cmd_down)
     labsub.add_parser("list", help="list labs").set_defaults(func=cmd_list)
@@ -169,10 +198,11 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     from lab import api, cniexec, pods, topology
+    from lab.controlplane import ControlPlaneError
     try:
         return args.func(args)
     except (api.LabError, pods.PodError, topology.PlanError, cniexec.CniExecError, LookupError,
-            FileExistsError) as e:
+            FileExistsError, ControlPlaneError) as e:
         _err(str(e.args[0]) if isinstance(e, LookupError) and e.args else str(e))
         return 1
     except KeyboardInterrupt:

@@ -116,8 +116,9 @@ def get(name: str = "knet", root: str = topology.STATE_ROOT) -> Lab:
 
 def up(name: str = "knet", nodes: int = 3, cni_type: str = "knet-cni", recreate: bool = False,
        progress: Progress = _quiet, root: str = topology.STATE_ROOT, agents: bool = True,
-       overlay: str = "vxlan") -> Lab:
-    """Build the lab; on any failure everything made so far is removed again."""
+       overlay: str = "vxlan", control_plane: bool = False) -> Lab:
+    """Build the lab; on any failure everything made so far is removed again. `control_plane`:
+    also etcd, the API server, the controllers and the node agents (lab.controlplane)."""
     t0 = time.monotonic()
     p = topology.plan(name, nodes, cni_type, root, overlay)
     if exists(name, root):
@@ -150,6 +151,8 @@ def up(name: str = "knet", nodes: int = 3, cni_type: str = "knet-cni", recreate:
             desc["agents"] = kernel.start_agents(p, progress)
         desc["created"] = time.time()
         state.save(desc, name, root)
+        if control_plane:
+            _start_control_plane(p, name, root, progress)
     except BaseException:
         kernel.teardown(name, root)  # first: a failing progress callback must not stop it
         with contextlib.suppress(Exception):
@@ -159,10 +162,23 @@ def up(name: str = "knet", nodes: int = 3, cni_type: str = "knet-cni", recreate:
     return Lab(name, root)
 
 
+def _start_control_plane(p: topology.Plan, name: str, root: str, progress: Progress) -> None:
+    """After lab.json exists (the node agents read it). Kept apart so overlay/proxy hooks merge."""
+    from lab import controlplane
+
+    info = controlplane.start_control_plane(p, progress)
+    with state.update(name, root) as d:
+        d["control_plane"] = info
+
+
 def down(name: str = "knet", root: str = topology.STATE_ROOT, progress: Progress = _quiet) -> list[str]:
     """Remove everything of the lab (found by prefix, so a crashed run is covered too)."""
     topology.validate_name(name)
-    return kernel.teardown(name, root, progress)
+    from lab import controlplane
+
+    removed = kernel.teardown(name, root, progress)
+    controlplane.remove_leftovers(name)  # the pods' /etc/netns dirs (the node agents' resolv.conf)
+    return removed
 
 
 def list_labs(root: str = topology.STATE_ROOT) -> list[str]:

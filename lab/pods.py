@@ -75,6 +75,62 @@ def _runtime_conf(lab: str, namespace: str, pod: str, ports: list[dict]) -> cnie
                                capability_args=caps)
 
 
+def sandbox_add(lab: str, node_key: str, node_info: dict, pod: str, namespace: str = "default",
+                ports: list[dict] | None = None, exec_netns: str | None = "node") -> dict:
+    """The runtime's RunPodSandbox: the pod's namespace held by a pause process, wired by the
+    node's CNI conflist. Returns the pod record (not yet in lab.json); on failure nothing is left.
+
+    `exec_netns` is where the plugins run: "node" (the node's namespace, for a caller in the root
+    namespace) or None (the caller's own, e.g. the node agent, which lives in the node)."""
+    key = pod_key(namespace, pod)
+    podns = topology.pod_netns(lab, namespace, pod)
+    try:
+        netns.create(podns)  # the atomic claim: a concurrent add of the same pod fails here
+    except FileExistsError:
+        raise PodError(f"pod {key}: namespace {podns} already exists") from None
+    ports = list(ports or [])
+    rt = _runtime_conf(lab, namespace, pod, ports)
+    where = node_info["netns"] if exec_netns == "node" else exec_netns
+    try:
+        pause = netns.spawn(podns, PAUSE)
+        t0 = time.monotonic()
+        try:
+            conflist = _conflist(node_info)
+            result = cniexec.add_list(conflist, rt, exec_netns=where)
+        except cniexec.CniExecError as e:
+            raise PodError(f"pod {key}: CNI ADD failed: {e}") from e
+        except (OSError, ValueError) as e:
+            raise PodError(f"pod {key}: cannot read the CNI configuration {node_info['conflist']}: {e}") from e
+    except BaseException:
+        netns.delete(podns)  # add_list already ran DEL for a failed ADD
+        raise
+    return {
+        "node": node_key, "namespace": namespace, "name": pod, "netns": podns,
+        "container_id": rt.container_id, "ip": first_ip(result), "result": result,
+        "host_veth": host_veth(result, conflist["plugins"][0].get("bridge", "cni0")),
+        "ports": ports, "pids": {"pause": pause.pid},
+        "cni_add_ms": round((time.monotonic() - t0) * 1000, 1),
+    }
+
+
+def sandbox_del(lab: str, node_info: dict, pod: str, namespace: str = "default", record: dict | None = None,
+                exec_netns: str | None = "node") -> cniexec.CniExecError | None:
+    """The runtime's StopPodSandbox + RemovePodSandbox: CNI DEL (reverse order, the cached result as
+    prevResult), then the namespace and every process in it. Returns DEL's error, if any (the
+    namespace is removed regardless, so nothing leaks on our side)."""
+    rt = _runtime_conf(lab, namespace, pod, (record or {}).get("ports", []))
+    where = node_info["netns"] if exec_netns == "node" else exec_netns
+    error: cniexec.CniExecError | None = None
+    try:
+        cniexec.del_list(_conflist(node_info), rt, (record or {}).get("result"), exec_netns=where)
+    except cniexec.CniExecError as e:
+        error = e
+    except (OSError, ValueError) as e:
+        error = cniexec.CniExecError("?", "DEL", 1, f"cannot read the CNI configuration: {e}")
+    netns.delete(topology.pod_netns(lab, namespace, pod))
+    return error
+
+
 def add(lab: str, node: str, pod: str, namespace: str = "default", cmd: str | None = None,
         ports: list[dict] | None = None, root: str = topology.STATE_ROOT) -> dict:
     """Create the pod's namespace and pause process, run CNI ADD, record it in lab.json."""
@@ -85,34 +141,11 @@ def add(lab: str, node: str, pod: str, namespace: str = "default", cmd: str | No
     key = pod_key(namespace, pod)
     if key in data["pods"]:
         raise PodError(f"pod {key} already exists on {data['pods'][key]['node']}")
-    podns = topology.pod_netns(lab, namespace, pod)
+    record = sandbox_add(lab, node_key, node_info, pod, namespace, ports)
     try:
-        netns.create(podns)  # the atomic claim: a concurrent add of the same pod fails here
-    except FileExistsError:
-        raise PodError(f"pod {key}: namespace {podns} already exists") from None
-    ports = list(ports or [])
-    rt = _runtime_conf(lab, namespace, pod, ports)
-    conflist = _conflist(node_info)
-    added = False
-    try:
-        pause = netns.spawn(podns, PAUSE)
-        t0 = time.monotonic()
-        try:
-            result = cniexec.add_list(conflist, rt, exec_netns=node_info["netns"])
-        except cniexec.CniExecError as e:
-            raise PodError(f"pod {key}: CNI ADD failed: {e}") from e
-        added = True
-        cni_ms = (time.monotonic() - t0) * 1000
-        record = {
-            "node": node_key, "namespace": namespace, "name": pod, "netns": podns,
-            "container_id": rt.container_id, "ip": first_ip(result), "result": result,
-            "host_veth": host_veth(result, conflist["plugins"][0].get("bridge", "cni0")),
-            "ports": ports, "pids": {"pause": pause.pid},
-            "cni_add_ms": round(cni_ms, 1),
-        }
         if cmd:
             log = os.path.join(state_dir_pods(lab, root), f"{namespace}-{pod}.log")
-            proc = netns.spawn(podns, ["sh", "-c", cmd], log_path=log)
+            proc = netns.spawn(record["netns"], ["sh", "-c", cmd], log_path=log)
             record["cmd"] = cmd
             record["log"] = log
             record["pids"]["cmd"] = proc.pid
@@ -120,10 +153,8 @@ def add(lab: str, node: str, pod: str, namespace: str = "default", cmd: str | No
             d["pods"][key] = record
         return record
     except BaseException:
-        if added:
-            with contextlib.suppress(cniexec.CniExecError):
-                cniexec.del_list(conflist, rt, result, exec_netns=node_info["netns"])
-        netns.delete(podns)
+        with contextlib.suppress(cniexec.CniExecError):
+            sandbox_del(lab, node_info, pod, namespace, record)
         raise
 
 
@@ -152,14 +183,7 @@ def delete(lab: str, pod: str, namespace: str = "default", node: str | None = No
     node_key, node_info = _node(data, record["node"] if record else node)
     if record and node not in (None, "-") and _node(data, node)[0] != node_key:
         raise PodError(f"pod {key} is on {node_key}, not {node}")
-    rt = _runtime_conf(lab, namespace, pod, record.get("ports", []) if record else [])
-    error: cniexec.CniExecError | None = None
-    try:
-        cniexec.del_list(_conflist(node_info), rt, record["result"] if record else None,
-                         exec_netns=node_info["netns"])
-    except cniexec.CniExecError as e:
-        error = e
-    netns.delete(topology.pod_netns(lab, namespace, pod))
+    error = sandbox_del(lab, node_info, pod, namespace, record)
     with state.update(lab, root) as d:
         d["pods"].pop(key, None)
     if error:

@@ -1,0 +1,296 @@
+"""One thread per pod (the kubelet's pod worker): make or adopt the sandbox, start the containers,
+restart them (restartPolicy, CrashLoopBackOff, failed liveness), run the probes, report status,
+and on removal stop everything and give the sandbox back (CNI DEL, namespace removed)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from knet.kube import client
+from knet.kube.models import Container, Pod
+from lab.agent import images, podenv
+from lab.agent.containers import Backoff, Process
+from lab.agent.probes import LIVENESS, READINESS, STARTUP, Tracker, run_probe
+from lab.agent.status import ContainerState, comparable, now, pod_status
+
+if TYPE_CHECKING:
+    from lab.agent.runtime import Runtime
+
+log = logging.getLogger("lab.agent.pod")
+
+
+class PodWorker(threading.Thread):
+    def __init__(self, rt: Runtime, pod: Pod, saved: dict[str, Any] | None = None) -> None:
+        super().__init__(name=f"pod {pod.key}", daemon=True)
+        self.rt, self.pod, self.saved = rt, pod, saved
+        self.key, self.uid = pod.key, pod.metadata.uid or ""
+        self.ns, self.name = pod.namespace or "default", pod.name
+        self.podns = rt.pod_netns(self.ns, self.name)
+        self.record: dict[str, Any] | None = None
+        self.states = {c.name: ContainerState(c.name, c.image) for c in pod.spec.containers}
+        self.procs: dict[str, Process | None] = {}
+        self.backoffs = {c.name: Backoff() for c in pod.spec.containers}
+        self.next_start: dict[str, float] = {}
+        self.run_since: dict[str, float] = {}
+        self.trackers: dict[tuple[str, str], Tracker] = {}
+        self.lock = threading.Lock()
+        self.wake = threading.Event()
+        self.stopping = threading.Event()
+        self.done = threading.Event()
+        self.start_time = saved.get("start_time") if saved else None
+        self.reported: Any = comparable(pod.status.to_dict()) if saved else None
+
+    # --- called from the agent's informer thread -------------------------------------------------
+
+    def update(self, pod: Pod) -> None:
+        self.pod = pod
+        self.wake.set()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.wake.set()
+
+    # --- the thread ------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        try:
+            while not self.stopping.is_set():
+                try:
+                    self._setup()
+                    break
+                except Exception as e:
+                    log.warning("pod %s: sandbox not made: %s; retrying", self.key, e)
+                    self._report_waiting("ContainerCreating", f"sandbox: {e}")
+                    self.stopping.wait(2.0)
+            if not self.stopping.is_set():
+                threading.Thread(target=self._probe_loop, name=f"probes {self.key}", daemon=True).start()
+            while not self.stopping.is_set():
+                self._tick()
+                self.wake.wait(0.25)
+                self.wake.clear()
+        except Exception:
+            log.exception("pod %s: worker failed", self.key)
+        finally:
+            try:
+                self._teardown()
+            finally:
+                self.done.set()
+
+    def _setup(self) -> None:
+        saved = self.saved
+        if saved and saved.get("uid") == self.uid and os.path.exists(f"/run/netns/{self.podns}"):
+            self.record = saved["record"]
+            self._adopt(saved)
+            log.info("pod %s: adopted sandbox %s (%s) and %d running container(s)", self.key, self.podns,
+                     self.record.get("ip"), sum(1 for p in self.procs.values() if p))
+            return
+        if os.path.exists(f"/run/netns/{self.podns}"):
+            log.info("pod %s: removing a stale sandbox %s first", self.key, self.podns)
+            self.rt.sandbox_del(self.ns, self.name, saved.get("record") if saved else None)
+        ports = [{"hostPort": p.host_port, "containerPort": p.container_port, "protocol": p.protocol.lower(),
+                  **({"hostIP": p.host_ip} if p.host_ip else {})}
+                 for c in self.pod.spec.containers for p in c.ports if p.host_port]
+        self.record = self.rt.sandbox_add(self.ns, self.name, ports, self.uid)
+        self.start_time = now()
+        self.rt.write_dns_files(self.pod, self.podns, self.record.get("ip"))
+        log.info("pod %s: sandbox %s ip %s (CNI ADD %.0f ms)", self.key, self.podns, self.record.get("ip"),
+                 self.record.get("cni_add_ms", 0))
+        self._save()
+
+    def _adopt(self, saved: dict[str, Any]) -> None:
+        ready_now = {c.name: c.ready for c in self.pod.status.container_statuses}
+        for c in self.pod.spec.containers:
+            info = saved.get("containers", {}).get(c.name)
+            st = self.states[c.name]
+            if not info:
+                continue
+            st.restart_count = info.get("restart_count", 0)
+            st.last_terminated = info.get("last_terminated")
+            st.ever_started = True
+            proc = Process.adopt(info["pid"], info.get("started"))
+            self.procs[c.name] = proc
+            if proc is None:
+                continue  # died while no agent watched: restarted by the first tick
+            st.running, st.pid, st.started_at = True, proc.pid, info.get("started_at")
+            self.run_since[c.name] = time.monotonic()
+            # Probe at once, from the state the API shows: an agent restart must not flap readiness.
+            self._new_trackers(c, time.monotonic(), adopted_ready=ready_now.get(c.name, False))
+
+    def _save(self) -> None:
+        data = {"uid": self.uid, "namespace": self.ns, "name": self.name, "record": self.record,
+                "start_time": self.start_time,
+                "containers": {n: {"pid": p.pid, "started": p.started, "restart_count": self.states[n].restart_count,
+                                   "started_at": self.states[n].started_at,
+                                   "last_terminated": self.states[n].last_terminated}
+                               for n, p in self.procs.items() if p is not None}}
+        self.rt.save_pod_state(self.ns, self.name, data)
+
+    # --- containers ------------------------------------------------------------------------------
+
+    def _new_trackers(self, c: Container, started: float, adopted_ready: bool | None = None) -> None:
+        with self.lock:
+            for kind in (READINESS, LIVENESS, STARTUP):
+                self.trackers.pop((c.name, kind), None)
+            for kind, probe in ((READINESS, c.readiness_probe), (LIVENESS, c.liveness_probe),
+                                (STARTUP, c.startup_probe)):
+                if probe is None:
+                    continue
+                t = Tracker(probe, kind, started)
+                if adopted_ready is not None:
+                    t.started = started - probe.initial_delay_seconds  # due now
+                    if kind == READINESS:
+                        t.result = adopted_ready
+                self.trackers[(c.name, kind)] = t
+
+    def _start(self, c: Container) -> None:
+        st = self.states[c.name]
+        pod = self.pod
+        ip = (self.record or {}).get("ip")
+        links = (pod.spec.model_extra or {}).get("enableServiceLinks", True) is not False
+        # The Services that exist now: a container started later sees later ones (as in Kubernetes).
+        svc_env = podenv.service_env(self.rt.services(), self.ns, links)
+        env = podenv.container_env(c, pod, svc_env, ip, self.rt.node_ip)
+        argv = images.container_argv(c)
+        proc = Process.spawn(self.podns, argv, env, self.rt.log_path(self.ns, self.name, c.name), c.working_dir)
+        if st.ever_started:
+            st.restart_count += 1
+        st.ever_started, st.running, st.pid, st.started_at = True, True, proc.pid, now()
+        st.terminated, st.waiting_reason, st.waiting_message = None, "", ""
+        self.procs[c.name] = proc
+        self.run_since[c.name] = time.monotonic()
+        self._new_trackers(c, time.monotonic())
+        log.info("pod %s: started container %s (pid %d): %s", self.key, c.name, proc.pid, " ".join(argv)[:200])
+        self._save()
+
+    def _exited(self, c: Container, proc: Process, reason: str | None = None) -> None:
+        st = self.states[c.name]
+        code = proc.exit_code()
+        code = 137 if reason == "Unhealthy" and code is None else (code if code is not None else 0)
+        term = {"exitCode": code, "reason": reason or ("Completed" if code == 0 else "Error"),
+                "startedAt": st.started_at, "finishedAt": now()}
+        self.procs[c.name] = None
+        st.running, st.ready, st.pid = False, False, None
+        policy = self.pod.spec.restart_policy
+        if policy == "Always" or (policy == "OnFailure" and code != 0):
+            ran = time.monotonic() - self.run_since.get(c.name, time.monotonic())
+            delay = 0.0 if reason == "Unhealthy" else self.backoffs[c.name].on_exit(ran)
+            self.next_start[c.name] = time.monotonic() + delay
+            st.last_terminated, st.terminated = term, None
+            st.waiting_reason = "CrashLoopBackOff" if delay else "ContainerCreating"
+            st.waiting_message = f"back-off {delay:.0f}s restarting failed container={c.name}" if delay else ""
+        else:
+            st.terminated = term
+        log.info("pod %s: container %s exited with %d (%s)", self.key, c.name, code, term["reason"])
+
+    def _tick(self) -> None:
+        pod = self.pod
+        t = time.monotonic()
+        for c in pod.spec.containers:
+            st = self.states.setdefault(c.name, ContainerState(c.name, c.image))
+            proc = self.procs.get(c.name)
+            if proc is not None and proc.alive():
+                with self.lock:
+                    live = self.trackers.get((c.name, LIVENESS))
+                    ready_t = self.trackers.get((c.name, READINESS))
+                    startup = self.trackers.get((c.name, STARTUP))
+                if live is not None and not live.result:
+                    log.info("pod %s: container %s failed liveness (%s): restarting", self.key, c.name,
+                             live.last_message)
+                    proc.stop(grace=min(float(pod.spec.termination_grace_period_seconds or 2), 2.0))
+                    self._exited(c, proc, "Unhealthy")
+                    continue
+                st.started = startup is None or startup.result
+                st.ready = st.started and (ready_t is None or ready_t.result)
+                continue
+            if proc is not None:
+                self._exited(c, proc)
+            if st.terminated is None and t >= self.next_start.get(c.name, 0.0):
+                try:
+                    self._start(c)
+                except OSError as e:
+                    st.waiting_reason, st.waiting_message = "RunContainerError", str(e)
+                    self.next_start[c.name] = t + self.backoffs[c.name].on_exit(0)
+        self._report()
+
+    # --- probes ----------------------------------------------------------------------------------
+
+    def _probe_loop(self) -> None:
+        while not self.stopping.is_set():
+            with self.lock:
+                trackers = list(self.trackers.items())
+            due = min(trackers, key=lambda kv: kv[1].next_due(), default=None)
+            if due is None:
+                self.stopping.wait(0.5)
+                continue
+            (cname, _kind), tracker = due
+            delay = tracker.next_due() - time.monotonic()
+            if delay > 0:
+                self.stopping.wait(min(delay, 0.5))  # re-plan often: containers restart, trackers change
+                continue
+            container = next((c for c in self.pod.spec.containers if c.name == cname), None)
+            if container is None:
+                tracker.last_run = time.monotonic()
+                continue
+            ok, msg = run_probe(tracker.probe, container, (self.record or {}).get("ip"), self.podns)
+            with self.lock:
+                current = self.trackers.get(due[0]) is tracker
+                flipped = tracker.record(ok, time.monotonic(), msg)
+            if current and flipped:
+                log.info("pod %s: %s probe of %s %s%s", self.key, tracker.kind, cname,
+                         "succeeded" if ok else "failed", f": {msg}" if msg else "")
+                self.wake.set()
+
+    # --- status ----------------------------------------------------------------------------------
+
+    def _report(self) -> None:
+        ip = (self.record or {}).get("ip")
+        status = pod_status(self.pod, [self.states[c.name] for c in self.pod.spec.containers if c.name in self.states],
+                            self.record is not None, [ip] if ip else [], self.rt.node_ip, self.start_time)
+        if comparable(status) == self.reported:
+            return
+        try:
+            client.patch_status(self.rt.api, "Pod", self.name, status, self.ns)
+            self.reported = comparable(status)
+        except client.ApiException as e:
+            if e.status == 404:
+                self.stop()  # the pod is gone; the DELETE event is on its way
+                return
+            log.warning("pod %s: status update failed: %s %s", self.key, e.status, e.reason)
+
+    def _report_waiting(self, reason: str, message: str) -> None:
+        for st in self.states.values():
+            st.waiting_reason, st.waiting_message = reason, message[:300]
+        with contextlib.suppress(Exception):
+            self._report()
+
+    # --- removal ---------------------------------------------------------------------------------
+
+    def _teardown(self) -> None:
+        if not self.stopping.is_set():
+            return  # the thread died on a bug: leave the pod running for the next agent to adopt
+        grace = min(float(self.pod.spec.termination_grace_period_seconds or 0), 2.0)
+        for proc in self.procs.values():
+            if proc is not None:
+                proc.stop(grace)
+        error = self.rt.sandbox_del(self.ns, self.name, self.record)
+        if error:
+            log.warning("pod %s: CNI DEL: %s", self.key, error)
+        shutil.rmtree(f"/etc/netns/{self.podns}", ignore_errors=True)
+        self.rt.forget_pod(self.ns, self.name)
+        log.info("pod %s: removed (processes stopped, CNI DEL, namespace %s gone)", self.key, self.podns)
+
+
+def load_state(path: str) -> dict[str, Any] | None:
+    try:
+        with open(path) as f:
+            data = json.load(f)
+        return data if isinstance(data, dict) else None
+    except (OSError, ValueError):
+        return None

@@ -1,0 +1,121 @@
+"""The node agent's runtime side: pod sandboxes through the lab's runtime code (`lab.pods`: the
+pause namespace and the node's CNI conflist run plugin by plugin as containerd would), per-pod
+state files for adoption after a restart, the pod's resolv.conf/hosts, and lab.json records (so
+`knet lab exec <ns>/<pod>` and `knet lab status` see the agent's pods too)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from kubernetes.client import ApiClient
+
+from knet.kube import Informer
+from knet.kube.models import Pod, Service
+from lab import cniexec, pods, state, topology
+from lab.agent import podenv
+
+log = logging.getLogger("lab.agent")
+
+
+@dataclass
+class Runtime:
+    api: ApiClient
+    prefix: str                     # the lab's name: pod namespaces are <prefix>-pod-<ns>-<name>
+    node_name: str
+    node_info: dict[str, Any]       # {"netns": ..., "conflist": ...} (lab.json's node entry)
+    state_dir: str                  # per-pod state files and container logs
+    node_ip: str | None = None
+    service_cidr: str = topology.SERVICE_CIDR
+    cluster_domain: str = podenv.CLUSTER_DOMAIN
+    lab_root: str | None = None     # set: record pods in the lab's lab.json
+    service_informer: Informer[Service] | None = None
+    etc_netns: str = "/etc/netns"
+    _dns_default: str = field(init=False, default="")
+
+    def __post_init__(self) -> None:
+        self._dns_default = podenv.dns_service_ip(self.service_cidr)
+        os.makedirs(os.path.join(self.state_dir, "pods"), exist_ok=True)
+        os.makedirs(os.path.join(self.state_dir, "logs"), exist_ok=True)
+
+    # --- naming, files ---------------------------------------------------------------------------
+
+    def pod_netns(self, namespace: str, name: str) -> str:
+        return topology.pod_netns(self.prefix, namespace, name)
+
+    def state_path(self, namespace: str, name: str) -> str:
+        return os.path.join(self.state_dir, "pods", f"{namespace}_{name}.json")
+
+    def log_path(self, namespace: str, name: str, container: str) -> str:
+        return os.path.join(self.state_dir, "logs", f"{namespace}_{name}_{container}.log")
+
+    def saved_pods(self) -> dict[str, dict[str, Any]]:
+        """ns/name -> the state file of every pod this node's agent has made."""
+        out = {}
+        d = os.path.join(self.state_dir, "pods")
+        for fname in sorted(os.listdir(d)):
+            if not fname.endswith(".json"):
+                continue
+            try:
+                with open(os.path.join(d, fname)) as f:
+                    data = json.load(f)
+                out[f"{data['namespace']}/{data['name']}"] = data
+            except (OSError, ValueError, KeyError):
+                log.warning("unreadable pod state %s: ignored", fname)
+        return out
+
+    def save_pod_state(self, namespace: str, name: str, data: dict[str, Any]) -> None:
+        path = self.state_path(namespace, name)
+        tmp = f"{path}.tmp"
+        with open(tmp, "w") as f:
+            json.dump(data, f)
+        os.replace(tmp, path)
+
+    def services(self) -> list[Service]:
+        return self.service_informer.list() if self.service_informer is not None else []
+
+    def dns_ip(self) -> str:
+        """kube-dns's ClusterIP when that Service exists, else the tenth service address (where
+        the kubelet's --cluster-dns points; kdns takes it when it comes)."""
+        for svc in self.services():
+            if svc.namespace == "kube-system" and svc.name == "kube-dns" and svc.cluster_ips:
+                return svc.cluster_ips[0]
+        return self._dns_default
+
+    def write_dns_files(self, pod: Pod, podns: str, pod_ip: str | None) -> None:
+        """/etc/netns/<podns>/{resolv.conf,hosts}: what `ip netns exec <podns>` mounts over /etc."""
+        d = os.path.join(self.etc_netns, podns)
+        os.makedirs(d, exist_ok=True)
+        resolv = podenv.resolv_conf(pod, self.dns_ip(), self.cluster_domain)
+        if resolv is not None:
+            with open(os.path.join(d, "resolv.conf"), "w") as f:
+                f.write(resolv)
+        with open(os.path.join(d, "hosts"), "w") as f:
+            f.write(podenv.hosts_file(pod, pod_ip, self.cluster_domain))
+
+    # --- sandboxes -------------------------------------------------------------------------------
+
+    def sandbox_add(self, namespace: str, name: str, ports: list[dict], uid: str) -> dict[str, Any]:
+        record = pods.sandbox_add(self.prefix, self.node_name, self.node_info, name, namespace, ports,
+                                  exec_netns=None)  # we run in the node's namespace already
+        record.update(managed_by="knet-node-agent", uid=uid)
+        if self.lab_root is not None:
+            with contextlib.suppress(OSError, LookupError), state.update(self.prefix, self.lab_root) as d:
+                d["pods"][pods.pod_key(namespace, name)] = record
+        return record
+
+    def sandbox_del(self, namespace: str, name: str, record: dict[str, Any] | None) -> cniexec.CniExecError | None:
+        return pods.sandbox_del(self.prefix, self.node_info, name, namespace, record, exec_netns=None)
+
+    def forget_pod(self, namespace: str, name: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.state_path(namespace, name))
+        if self.lab_root is not None:
+            with contextlib.suppress(OSError, LookupError), state.update(self.prefix, self.lab_root) as d:
+                rec = d["pods"].get(pods.pod_key(namespace, name))
+                if rec is not None and rec.get("managed_by") == "knet-node-agent":
+                    del d["pods"][pods.pod_key(namespace, name)]

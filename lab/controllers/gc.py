@@ -1,0 +1,52 @@
+"""Garbage collection by ownerReferences, the sweeping half.
+
+The API server deletes dependents synchronously with their owner (background propagation); this
+sweep catches what that missed (a server stopped mid-cascade, an owner deleted by writing etcd
+directly): a dependent whose every owner is gone — checked against the server, not only the cache,
+because a brand-new owner may not have reached our cache yet — is deleted."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from kubernetes.client import ApiClient
+
+from knet.kube import Informer, client
+from lab.controllers.workqueue import Controller
+
+log = logging.getLogger("lab.controllers.gc")
+
+
+class GarbageCollector(Controller):
+    name = "garbagecollector"
+    resync = 20.0
+
+    def __init__(self, api: ApiClient, dependents: dict[str, Informer[Any]], owners: dict[str, Informer[Any]]) -> None:
+        """dependents: kind -> informer of objects that may have owners; owners: kind -> informer."""
+        super().__init__()
+        self.api, self.dependents, self.owners = api, dependents, owners
+
+    def all_keys(self) -> list[str]:
+        return ["*"]
+
+    def _owner_gone(self, kind: str, ns: str | None, name: str, uid: str) -> bool:
+        inf = self.owners.get(kind)
+        if inf is None:
+            return False  # an owner kind we do not watch: never guess
+        cached = inf.get(name, ns)
+        if cached is not None and cached.metadata.uid == uid:
+            return False
+        live = client.get(self.api, kind, name, ns)
+        return live is None or (live.get("metadata") or {}).get("uid") != uid
+
+    def sync(self, key: str) -> None:
+        for kind, inf in self.dependents.items():
+            for obj in inf.list():
+                refs = obj.metadata.owner_references
+                if not refs or obj.is_terminating:
+                    continue
+                if all(self._owner_gone(r.kind, obj.namespace, r.name, r.uid) for r in refs):
+                    log.info("deleting %s %s: its owner %s is gone", kind, obj.key,
+                             ", ".join(f"{r.kind}/{r.name}" for r in refs))
+                    client.delete(self.api, kind, obj.name, obj.namespace)

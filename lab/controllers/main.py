@@ -1,0 +1,134 @@
+"""`knet-controllers`: the lab's kube-controller-manager + kube-scheduler in one process.
+
+    knet-controllers --kubeconfig controllers.kubeconfig [--lb-pool 192.168.33.200-192.168.33.250]
+                     [--metrics 127.0.0.1:10257] [--controllers scheduler,replicaset,...]
+
+Each controller is a worker thread fed by shared informers (one watch per kind for the process);
+they talk to the API server only through the `kubernetes` client (knet.kube), as they would to a
+real cluster's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+
+from knet import logs, metrics
+from knet.kube import InformerFactory, add_arguments, api_client_from_args
+from knet.kube.models import (
+    Deployment,
+    Endpoints,
+    EndpointSlice,
+    Node,
+    Pod,
+    ReplicaSet,
+    ReplicationController,
+    Service,
+)
+from lab.controllers.deployment import DeploymentController
+from lab.controllers.endpoints import EndpointSliceController
+from lab.controllers.gc import GarbageCollector
+from lab.controllers.loadbalancer import DEFAULT_POOL, LoadBalancerController, Pool
+from lab.controllers.replicas import ReplicaController
+from lab.controllers.scheduler import Scheduler
+from lab.controllers.workqueue import Controller
+
+log = logging.getLogger("lab.controllers")
+ALL = ("scheduler", "replicaset", "deployment", "endpointslice", "loadbalancer", "garbagecollector")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="knet-controllers", description="the knet lab's controllers and scheduler")
+    add_arguments(p)
+    p.add_argument("--lb-pool", default=DEFAULT_POOL, help="LoadBalancer addresses: A-B ranges or CIDRs, "
+                                                          f"comma-separated (default {DEFAULT_POOL})")
+    p.add_argument("--controllers", default=",".join(ALL), help=f"which to run (default all: {','.join(ALL)})")
+    p.add_argument("--metrics", default="", metavar="ADDR:PORT", help="serve /metrics and /healthz here")
+    p.add_argument("--log-level", default="info")
+    return p
+
+
+def build(factory: InformerFactory, api, pool: Pool, which: set[str]) -> list[Controller]:
+    pods = factory.informer(Pod)
+    nodes = factory.informer(Node)
+    services = factory.informer(Service)
+    rses = factory.informer(ReplicaSet)
+    rcs = factory.informer(ReplicationController)
+    deployments = factory.informer(Deployment)
+    out: list[Controller] = []
+    if "scheduler" in which:
+        out.append(Scheduler(api, pods, nodes))
+    if "replicaset" in which:
+        out.append(ReplicaController(api, pods, rses, rcs))
+    if "deployment" in which:
+        out.append(DeploymentController(api, pods, rses, deployments))
+    if "endpointslice" in which:
+        out.append(EndpointSliceController(api, pods, services, factory.informer(EndpointSlice),
+                                           factory.informer(Endpoints)))
+    if "loadbalancer" in which:
+        out.append(LoadBalancerController(api, services, pool))
+    if "garbagecollector" in which:
+        out.append(GarbageCollector(api, {"Pod": pods, "ReplicaSet": rses},
+                                    {"ReplicaSet": rses, "ReplicationController": rcs, "Deployment": deployments}))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logs.setup("controllers", args.log_level)
+    for noisy in ("urllib3", "kubernetes"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    which = {c.strip() for c in args.controllers.split(",") if c.strip()}
+    unknown = which - set(ALL)
+    if unknown:
+        print(f"knet-controllers: unknown controllers {sorted(unknown)} (known: {', '.join(ALL)})", file=sys.stderr)
+        return 2
+    try:
+        pool = Pool(args.lb_pool)
+    except ValueError as e:
+        print(f"knet-controllers: --lb-pool: {e}", file=sys.stderr)
+        return 2
+    api = api_client_from_args(args)
+    factory = InformerFactory(api)
+    controllers = build(factory, api, pool, which)
+    reg = metrics.Registry()
+    syncs = reg.counter("knet_controller_syncs_total", "syncs per controller", ["controller"])
+    errors = reg.counter("knet_controller_sync_errors_total", "failed syncs per controller", ["controller"])
+    depth = reg.gauge("knet_controller_queue_depth", "keys waiting per controller", ["controller"])
+    if args.metrics:
+        def health() -> tuple[bool, str]:
+            for c in controllers:
+                syncs.values[(c.name,)] = c.syncs
+                errors.values[(c.name,)] = c.errors
+                depth.set(len(c.queue), c.name)
+            synced = all(i.synced.is_set() for i in factory.informers)
+            return synced, "ok" if synced else "informers not synced"
+        metrics.serve(reg, args.metrics, health)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    factory.start()
+    log.info("waiting for the informers to list (%s)", ", ".join(i.name for i in factory.informers))
+    while not factory.wait_synced(1.0):
+        if stop.is_set():
+            factory.stop()
+            return 0
+    # Only now: a controller acting on a partial view would create pods that already exist.
+    for c in controllers:
+        c.start()
+        c.queue.add_all(c.all_keys())
+    log.info("controllers running: %s; LoadBalancer pool %s (%d addresses)", ", ".join(c.name for c in controllers),
+             args.lb_pool, len(pool))
+    stop.wait()
+    log.info("stopping")
+    for c in controllers:
+        c.stop()
+    factory.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
