@@ -33,7 +33,8 @@ def cmd_version(_args: argparse.Namespace) -> int:
 def cmd_up(args: argparse.Namespace) -> int:
     from lab import api, demo
     lab = api.up(args.name, args.nodes, cni_type=args.cni_type, recreate=args.recreate, progress=_say,
-                 overlay=args.overlay, control_plane=not args.no_control_plane)
+                 overlay=args.overlay, control_plane=not args.no_control_plane,
+                 proxy_mode=None if args.no_control_plane or args.proxy_mode == "none" else args.proxy_mode)
     if args.demo:
         return 0 if demo.run(lab, _say) else 1
     return 0
@@ -156,6 +157,9 @@ def parser() -> argparse.ArgumentParser:
                     default=os.environ.get("KNET_LAB_OVERLAY", "vxlan"),
                     help="pod network between nodes: flannel_py vxlan (default) or host-gw with subnets "
                          "leased from etcd, or static subnets and routes (no etcd)")
+    up.add_argument("--proxy-mode", choices=["iptables", "userspace", "ebpf", "none"],
+                    default=os.environ.get("KNET_PROXY_MODE", "iptables"),
+                    help="kproxy data path on every node (needs the control plane)")
     up.add_argument("--no-control-plane", action="store_true",
                     help="only the network: no etcd/API server/controllers/node agents (pods via `knet lab pod`)")
     up.set_defaults(func=cmd_up)

@@ -116,7 +116,7 @@ def get(name: str = "knet", root: str = topology.STATE_ROOT) -> Lab:
 
 def up(name: str = "knet", nodes: int = 3, cni_type: str = "knet-cni", recreate: bool = False,
        progress: Progress = _quiet, root: str = topology.STATE_ROOT, agents: bool = True,
-       overlay: str = "vxlan", control_plane: bool = False) -> Lab:
+       overlay: str = "vxlan", control_plane: bool = False, proxy_mode: str | None = None) -> Lab:
     """Build the lab; on any failure everything made so far is removed again. `control_plane`:
     also etcd, the API server, the controllers and the node agents (lab.controlplane)."""
     t0 = time.monotonic()
@@ -153,6 +153,8 @@ def up(name: str = "knet", nodes: int = 3, cni_type: str = "knet-cni", recreate:
         state.save(desc, name, root)
         if control_plane:
             _start_control_plane(p, name, root, progress)
+            if proxy_mode:
+                _start_proxies(p, name, root, proxy_mode, progress)
     except BaseException:
         kernel.teardown(name, root)  # first: a failing progress callback must not stop it
         with contextlib.suppress(Exception):
@@ -169,6 +171,15 @@ def _start_control_plane(p: topology.Plan, name: str, root: str, progress: Progr
     info = controlplane.start_control_plane(p, progress)
     with state.update(name, root) as d:
         d["control_plane"] = info
+
+
+def _start_proxies(p: topology.Plan, name: str, root: str, mode: str, progress: Progress) -> None:
+    from lab import proxy
+
+    kubeconfigs = state.load(name, root)["control_plane"]["kubeconfigs"]
+    info = proxy.start(p, mode, kubeconfigs["kproxy"], progress)
+    with state.update(name, root) as d:
+        d["proxy"] = {"mode": mode, "nodes": info}
 
 
 def down(name: str = "knet", root: str = topology.STATE_ROOT, progress: Progress = _quiet) -> list[str]:

@@ -9,8 +9,8 @@ import os
 import re
 import time
 
-from knet import netns
-from lab import cniexec, state, topology
+from knet import cgroups, netns
+from lab import cniexec, kernel, state, topology
 
 PAUSE = ["sleep", "infinity"]
 _PORT_RE = re.compile(r"^(?:(?P<ip>[0-9.]+):)?(?P<host>\d+):(?P<ctr>\d+)(?:/(?P<proto>tcp|udp|sctp))?$")
@@ -75,6 +75,12 @@ def _runtime_conf(lab: str, namespace: str, pod: str, ports: list[dict]) -> cnie
                                capability_args=caps)
 
 
+def _node_cgroup(lab: str, node_key: str) -> str | None:
+    """The node's pod cgroup (made on demand): kproxy's eBPF hooks see the processes in it."""
+    path = kernel.node_cgroup(lab, node_key)
+    return cgroups.ensure(path) if path else None
+
+
 def sandbox_add(lab: str, node_key: str, node_info: dict, pod: str, namespace: str = "default",
                 ports: list[dict] | None = None, exec_netns: str | None = "node") -> dict:
     """The runtime's RunPodSandbox: the pod's namespace held by a pause process, wired by the
@@ -92,7 +98,7 @@ def sandbox_add(lab: str, node_key: str, node_info: dict, pod: str, namespace: s
     rt = _runtime_conf(lab, namespace, pod, ports)
     where = node_info["netns"] if exec_netns == "node" else exec_netns
     try:
-        pause = netns.spawn(podns, PAUSE)
+        pause = netns.spawn(podns, PAUSE, cgroup=_node_cgroup(lab, node_key))
         t0 = time.monotonic()
         try:
             conflist = _conflist(node_info)
@@ -145,7 +151,7 @@ def add(lab: str, node: str, pod: str, namespace: str = "default", cmd: str | No
     try:
         if cmd:
             log = os.path.join(state_dir_pods(lab, root), f"{namespace}-{pod}.log")
-            proc = netns.spawn(record["netns"], ["sh", "-c", cmd], log_path=log)
+            proc = netns.spawn(record["netns"], ["sh", "-c", cmd], log_path=log, cgroup=_node_cgroup(lab, node_key))
             record["cmd"] = cmd
             record["log"] = log
             record["pids"]["cmd"] = proc.pid

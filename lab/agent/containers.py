@@ -12,7 +12,7 @@ import subprocess
 import time
 from collections.abc import Sequence
 
-from knet import netns
+from knet import cgroups, netns
 
 
 def start_time(pid: int) -> int | None:
@@ -33,10 +33,13 @@ class Process:
 
     @classmethod
     def spawn(cls, pod_netns: str, argv: Sequence[str], env: dict[str, str], log_path: str,
-              cwd: str | None = None) -> Process:
+              cwd: str | None = None, cgroup: str | None = None) -> Process:
         os.makedirs(os.path.dirname(log_path), exist_ok=True)
+        cmd = netns.exec_argv(pod_netns, list(argv))
+        if cgroup:
+            cmd = cgroups.join_argv(cgroup, cmd)  # joins before exec: the pid stays the container's
         with open(log_path, "ab") as out:
-            popen = subprocess.Popen(netns.exec_argv(pod_netns, list(argv)), stdin=subprocess.DEVNULL, stdout=out,
+            popen = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out,
                                      stderr=subprocess.STDOUT, start_new_session=True, env=env,
                                      cwd=cwd if cwd and os.path.isdir(cwd) else "/")
         # `ip netns exec` execs the command in place: the pid is the container's own.

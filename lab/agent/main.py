@@ -33,7 +33,7 @@ from typing import Any
 from knet import logs, metrics
 from knet.kube import InformerFactory, add_arguments, api_client_from_args, client
 from knet.kube.models import Pod, Service
-from lab import state, topology
+from lab import kernel, state, topology
 from lab.agent.containers import Process
 from lab.agent.podworker import PodWorker
 from lab.agent.runtime import Runtime
@@ -48,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_arguments(p)
     p.add_argument("--node-name", required=True)
     p.add_argument("--lab", help="lab name: node facts and the CNI conflist come from its lab.json")
+    p.add_argument("--cgroup", default=None,
+                   help="cgroup v2 directory for the pods' processes (default with --lab: the lab's node cgroup)")
     p.add_argument("--lab-root", default=topology.STATE_ROOT)
     p.add_argument("--conflist", help="CNI conflist (default: the lab node's)")
     p.add_argument("--state-dir", help="pod state and logs (default: <lab node dir>/agent)")
@@ -110,7 +112,8 @@ class Agent:
         self.services = self.factory.informer(Service)
         prefix = args.netns_prefix or args.lab or "knet"
         self.rt = Runtime(self.api, prefix, self.node, info, state_dir, self.node_ip, args.service_cidr,
-                          args.cluster_domain, args.lab_root if args.lab else None, self.services)
+                          args.cluster_domain, args.lab_root if args.lab else None, self.services,
+                          cgroup=args.cgroup or (kernel.node_cgroup(args.lab, self.node) if args.lab else None))
         self.workers: dict[str, PodWorker] = {}
         self.saved: dict[str, dict[str, Any]] = {}
         self.lock = threading.Lock()

@@ -158,7 +158,8 @@ class PodWorker(threading.Thread):
         svc_env = podenv.service_env(self.rt.services(), self.ns, links)
         env = podenv.container_env(c, pod, svc_env, ip, self.rt.node_ip)
         argv = images.container_argv(c)
-        proc = Process.spawn(self.podns, argv, env, self.rt.log_path(self.ns, self.name, c.name), c.working_dir)
+        proc = Process.spawn(self.podns, argv, env, self.rt.log_path(self.ns, self.name, c.name), c.working_dir,
+                             cgroup=self.rt.cgroup)
         if st.ever_started:
             st.restart_count += 1
         st.ever_started, st.running, st.pid, st.started_at = True, True, proc.pid, now()

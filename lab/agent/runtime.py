@@ -35,6 +35,7 @@ class Runtime:
     lab_root: str | None = None     # set: record pods in the lab's lab.json
     service_informer: Informer[Service] | None = None
     etc_netns: str = "/etc/netns"
+    cgroup: str | None = None       # the node's pod cgroup: every container process runs in it
     _dns_default: str = field(init=False, default="")
 
     def __post_init__(self) -> None:

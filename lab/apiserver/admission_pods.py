@@ -214,8 +214,8 @@ def validate_workload(c: Causes, obj: dict, old: dict | None, kind: str) -> None
         c.labels("spec.selector", sel)
         if not sel:
             c.required("spec.selector")
-        elif template is not None and not selectors.matches(tuple(
-                selectors.Requirement(k, "=", (str(v),)) for k, v in sel.items()), tlabels):
+        elif template is not None and not selectors.map_selector_matches({k: str(v) for k, v in sel.items()},
+                                                                          tlabels):
             c.invalid("spec.template.metadata.labels", tlabels, "`selector` does not match template `labels`")
     else:
         sel = spec.get("selector")
@@ -225,7 +225,7 @@ def validate_workload(c: Causes, obj: dict, old: dict | None, kind: str) -> None
                           else "empty selector is not valid")
             else:
                 try:
-                    ok = selectors.matches(selectors.from_object(sel), tlabels)
+                    ok = selectors.Selector.from_object(sel).matches(tlabels)
                 except selectors.SelectorError:
                     ok = True  # reported above
                 if not ok:

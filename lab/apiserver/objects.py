@@ -118,7 +118,7 @@ def scale_selector(rt: ResourceType, obj: dict) -> str:
     if rt.kind == "ReplicationController":
         return ",".join(f"{k}={v}" for k, v in sorted((sel or {}).items()))
     try:
-        return selectors.to_string(selectors.from_object(sel))
+        return str(selectors.Selector.from_object(sel))
     except selectors.SelectorError:
         return ""
 

@@ -18,7 +18,8 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from lab.apiserver import admission, objects, patch, selectors
+from knet.kube import selectors
+from lab.apiserver import admission, objects, patch
 from lab.apiserver import admission_services as svc_admission
 from lab.apiserver.errors import MODIFIED_MSG, ApiError, already_exists, bad_request, conflict, gone, invalid, not_found
 from lab.apiserver.lifecycle import IPS, PORTS, Lifecycle
@@ -36,9 +37,9 @@ class Query:
 
     def __init__(self, rt: ResourceType, params: dict[str, str]) -> None:
         try:
-            self.labels = selectors.parse_labels(params.get("labelSelector"))
-            self.fields = selectors.parse_fields(params.get("fieldSelector"))
-            selectors.check_fields(self.fields, {"metadata.name", "metadata.namespace", *rt.fields}, rt.kind)
+            self.labels = selectors.Selector.parse(params.get("labelSelector"))
+            self.fields = selectors.parse_field_selector(params.get("fieldSelector"))
+            selectors.check_field_selector(self.fields, {"metadata.name", "metadata.namespace", *rt.fields}, rt.kind)
         except selectors.SelectorError as e:
             raise bad_request(f"unable to parse requirement: {e}" if "requirement" not in str(e) else str(e)) from None
         self.rv = params.get("resourceVersion") or None
@@ -55,8 +56,8 @@ class Query:
     def matches(self, obj: dict | None) -> bool:
         if obj is None:
             return False
-        return selectors.matches(self.labels, (obj.get("metadata") or {}).get("labels")) and \
-            selectors.fields_match(self.fields, obj)
+        return self.labels.matches((obj.get("metadata") or {}).get("labels")) and \
+            selectors.field_selector_matches(self.fields, obj)
 
 
 class Registry(Lifecycle):
