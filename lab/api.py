@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from knet import netns
+from knet import cgroups, netns
 from lab import kernel, pods, state, topology
 from lab import overlay as lab_overlay
 
@@ -98,7 +98,26 @@ class Lab:
 
     def exec(self, target: str, argv: Sequence[str], namespace: str = "default",
              **kwargs) -> subprocess.CompletedProcess:
-        return netns.run(self.netns(target, namespace), list(argv), **kwargs)
+        """Run argv in the target's namespace; in a pod, also in its node's pod cgroup (as
+        `kubectl exec` joins the container), so service traffic meets what pods meet."""
+        ns = self.netns(target, namespace)
+        cmd = netns.exec_argv(ns, list(argv))
+        record = self._pod_record(target, namespace)
+        cg = kernel.node_cgroup(self.name, record["node"]) if record and record.get("node") else None
+        if cg and os.path.isdir(cg):
+            cmd = cgroups.join_argv(cg, cmd)
+        kwargs.setdefault("capture_output", True)
+        kwargs.setdefault("text", True)
+        return subprocess.run(cmd, **kwargs)
+
+    def _pod_record(self, target: str, namespace: str) -> dict | None:
+        if target in ("ctl", "client", "underlay") or target.isdigit():
+            return None
+        data = self.data()
+        if target in data["nodes"]:
+            return None
+        ns, _, pod = target.rpartition("/")
+        return pods.find(data, pod, ns or namespace)
 
     def down(self, progress: Progress = _quiet) -> list[str]:
         return down(self.name, self.root, progress)

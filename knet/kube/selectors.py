@@ -16,22 +16,32 @@ Semantics (those of k8s.io/apimachinery):
 - A map selector (Service.spec.selector, ReplicationController.spec.selector) is matchLabels
   alone, but a None or empty map matches nothing: a Service without a selector has hand-written
   Endpoints and selects no pods; an RC's selector is defaulted by the server from its template.
-- The string form (`labelSelector=` of list/watch): `a=b`, `a==b`, `a!=b` (true when a is absent),
-  `a in (x,y)`, `a notin (x,y)`, `a`, `!a`, `a>1`, `a<1`, joined by commas. "" = everything.
-- Field selectors: `path=value`, `path==value`, `path!=value`, joined by commas, on dotted paths
-  of the object's JSON (`metadata.name`, `metadata.namespace`, `spec.nodeName`, `status.phase`).
+- The string form (`labelSelector=` of list/watch, the grammar of labels.Parse): `a=b`, `a==b`,
+  `a!=b` (true when a is absent), `a in (x,y)`, `a notin (x,y)`, `a`, `!a`, `a>1`, `a<1`, joined by
+  commas. "" = everything. Keys and values must be valid label keys and values.
+- Field selectors (fields.ParseSelector): `path=value`, `path==value`, `path!=value`, joined by
+  commas (a backslash escapes `,`, `=`, `!` and `\\` in values), on dotted paths of the object's
+  JSON (`metadata.name`, `metadata.namespace`, `spec.nodeName`, `status.phase`).
+
+Parse errors raise SelectorError (a ValueError) with upstream's wording: the lab API server
+answers them with a 400 BadRequest Status.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from knet.kube.models.meta import LabelSelector
 
 _OPS = ("in", "notin", "=", "!=", "exists", "!", "gt", "lt")
+_EXPRESSION_OPS = {"In": "in", "NotIn": "notin", "Exists": "exists", "DoesNotExist": "!"}
+
+
+class SelectorError(ValueError):
+    """A selector that does not parse (the API server's 400 BadRequest)."""
 
 
 @dataclass(frozen=True)
@@ -93,9 +103,29 @@ class Selector:
             return cls.nothing()
         if not isinstance(selector, LabelSelector):
             selector = LabelSelector.model_validate(selector)
-        reqs = [Requirement(k, "=", (v,)) for k, v in sorted(selector.match_labels.items())]
-        op_map = {"In": "in", "NotIn": "notin", "Exists": "exists", "DoesNotExist": "!"}
-        reqs += [Requirement(e.key, op_map[e.operator], tuple(e.values)) for e in selector.match_expressions]
+        return cls._build(selector.match_labels,
+                          ((e.key, e.operator, e.values) for e in selector.match_expressions))
+
+    @classmethod
+    def from_object(cls, obj: Mapping[str, Any] | None) -> Selector:
+        """A metav1.LabelSelector's JSON as the API server holds it, not validated (the server's
+        validation reports faults itself): null parts are empty, matchLabels values compare as
+        strings, and only an unknown operator raises SelectorError. None selects nothing."""
+        if obj is None:
+            return cls.nothing()
+        return cls._build({k: str(v) for k, v in (obj.get("matchLabels") or {}).items()},
+                          ((e.get("key", ""), e.get("operator"), e.get("values") or ())
+                           for e in obj.get("matchExpressions") or []))
+
+    @classmethod
+    def _build(cls, match_labels: Mapping[str, str],
+               expressions: Iterable[tuple[str, Any, Iterable[str]]]) -> Selector:
+        reqs = [Requirement(k, "=", (v,)) for k, v in sorted(match_labels.items())]
+        for key, operator, values in expressions:
+            op = _EXPRESSION_OPS.get(operator)
+            if op is None:
+                raise SelectorError(f"{operator!r} is not a valid label selector operator")
+            reqs.append(Requirement(key, op, tuple(values)))
         return cls(tuple(reqs))
 
     @classmethod
@@ -106,8 +136,8 @@ class Selector:
 
     @classmethod
     def parse(cls, text: str | None) -> Selector:
-        """The `labelSelector` query string. Raises ValueError on bad syntax."""
-        return cls(tuple(_parse_label_requirements(text or "")))
+        """The `labelSelector` query string. Raises SelectorError on bad syntax or invalid keys/values."""
+        return cls(_parse_label_requirements(text or ""))
 
     def matches(self, labels: Mapping[str, str] | None) -> bool:
         if self.is_nothing:
@@ -149,55 +179,74 @@ def to_query(selector: LabelSelector | Mapping[str, str] | str | None) -> str | 
 
 # --- string parsing ----------------------------------------------------------------------------
 
-_KEY = r"[A-Za-z0-9][-A-Za-z0-9_./]*"
-_VALUE = r"[-A-Za-z0-9_.]*"
-_SET_RE = re.compile(rf"^\s*({_KEY})\s+(in|notin)\s*\(([^)]*)\)\s*$")
-_CMP_RE = re.compile(rf"^\s*({_KEY})\s*(==|=|!=|>|<)\s*({_VALUE})\s*$")
-_EXISTS_RE = re.compile(rf"^\s*(!?)\s*({_KEY})\s*$")
+_KEY_RE = re.compile(r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
+_VALUE_RE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
+# One requirement: optional "!", key, then an operator and its operand(s) or nothing.
+_REQ_RE = re.compile(r"""\s*(?P<not>!)?\s*(?P<key>[^\s!=<>,()]+)\s*
+    (?:(?P<op>==|=|!=|<|>)\s*(?P<value>[^\s,()]*)
+      |\s(?P<setop>in|notin)\s*\((?P<set>[^()]*)\)
+    )?\s*(?:,|$)""", re.VERBOSE)
 
 
-def _split_top_level(text: str) -> list[str]:
-    """Split on commas that are not inside parentheses."""
-    parts, depth, start = [], 0, 0
-    for i, ch in enumerate(text):
-        if ch == "(":
-            depth += 1
-        elif ch == ")":
-            depth -= 1
-            if depth < 0:
-                raise ValueError(f"unbalanced ')' in selector {text!r}")
-        elif ch == "," and depth == 0:
-            parts.append(text[start:i])
-            start = i + 1
-    if depth:
-        raise ValueError(f"unbalanced '(' in selector {text!r}")
-    parts.append(text[start:])
-    return parts
+def valid_label_key(key: str) -> bool:
+    """A qualified name: an optional DNS-subdomain prefix and `/`, then a name of at most 63
+    alphanumerics, '-', '_' or '.', starting and ending alphanumeric."""
+    return bool(_KEY_RE.match(key)) and len(key.split("/")[0]) <= 253
 
 
-def _parse_label_requirements(text: str) -> list[Requirement]:
+def valid_label_value(value: str) -> bool:
+    """Empty, or at most 63 alphanumerics, '-', '_' or '.', starting and ending alphanumeric."""
+    return len(value) <= 63 and bool(_VALUE_RE.match(value))
+
+
+def _parse_label_requirements(text: str) -> tuple[Requirement, ...]:
+    """`a=b,c!=d,e in (f,g),!h,i` -> requirements (all must match); "" selects everything."""
     if not text.strip():
-        return []
-    reqs = []
-    for part in _split_top_level(text):
-        if m := _SET_RE.match(part):
-            values = tuple(v.strip() for v in m.group(3).split(","))
-            if any(not re.fullmatch(_VALUE, v) for v in values):
-                raise ValueError(f"invalid value in {part.strip()!r}")
-            reqs.append(Requirement(m.group(1), m.group(2), values))
-        elif m := _CMP_RE.match(part):
-            key, op, value = m.groups()
-            if op in (">", "<"):
-                if not re.fullmatch(r"-?\d+", value):
-                    raise ValueError(f"{part.strip()!r}: {op} needs an integer")
-                op = "gt" if op == ">" else "lt"
-            reqs.append(Requirement(key, "=" if op == "==" else op, (value,)))
-        elif m := _EXISTS_RE.match(part):
-            reqs.append(Requirement(m.group(2), "!" if m.group(1) else "exists"))
-        else:
-            raise ValueError(f"invalid label selector requirement {part.strip()!r}")
-    return reqs
+        return ()
+    out: list[Requirement] = []
+    pos = 0
+    text = text.strip()
+    while pos < len(text):
+        m = _REQ_RE.match(text, pos)
+        if not m or m.end() == pos:
+            raise SelectorError(f"unable to parse requirement: {text[pos:]!r}")
+        out.append(_requirement(m))
+        pos = m.end()
+        if text[pos - 1] == "," and pos == len(text):
+            raise SelectorError("found '', expected: identifier after ','")
+    return tuple(out)
 
+
+def _requirement(m: re.Match) -> Requirement:
+    key = m["key"]
+    if not valid_label_key(key):
+        raise SelectorError(f"invalid label key {key!r}")
+    if m["not"]:
+        if m["op"] or m["setop"]:
+            raise SelectorError(f"'!' must be followed by a bare key, not an operator: {key}")
+        return Requirement(key, "!")
+    if m["setop"]:
+        values = tuple(v.strip() for v in m["set"].split(",")) if m["set"].strip() else ()
+        if not values:
+            raise SelectorError(f"for 'in', 'notin' operators, values set can't be empty: {key}")
+        for v in values:
+            if not valid_label_value(v):
+                raise SelectorError(f"invalid label value {v!r}")
+        return Requirement(key, m["setop"], values)
+    op = m["op"]
+    if op is None:
+        return Requirement(key, "exists")
+    value = m["value"]
+    if op in ("<", ">"):
+        if not re.fullmatch(r"-?\d+", value or ""):
+            raise SelectorError(f"for 'gt', 'lt' operators, exactly one integer value is required: {value!r}")
+        return Requirement(key, "gt" if op == ">" else "lt", (value,))
+    if not valid_label_value(value):
+        raise SelectorError(f"invalid label value {value!r}")
+    return Requirement(key, "=" if op in ("=", "==") else "!=", (value,))
+
+
+# --- field selectors ---------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class FieldRequirement:
@@ -206,27 +255,89 @@ class FieldRequirement:
     value: str
 
     def matches(self, obj: Mapping[str, Any]) -> bool:
-        found: Any = obj
-        for part in self.path.split("."):
-            found = found.get(part) if isinstance(found, Mapping) else None
-        # An absent field compares as "" (so `spec.nodeName=` selects unscheduled pods, as upstream).
-        actual = "" if found is None else (str(found).lower() if isinstance(found, bool) else str(found))
-        return (actual == self.value) == (self.op == "=")
+        return (field_value(obj, self.path) == self.value) == (self.op == "=")
+
+
+def field_value(obj: Mapping[str, Any], path: str) -> str:
+    """The string a field selector compares against. An absent field reads as "" (so
+    `spec.nodeName=` selects unscheduled pods, as upstream); booleans as "true"/"false"."""
+    cur: Any = obj
+    for part in path.split("."):
+        if not isinstance(cur, Mapping):
+            return ""
+        cur = cur.get(part)
+    if cur is None:
+        return ""
+    if isinstance(cur, bool):
+        return "true" if cur else "false"
+    if isinstance(cur, Mapping) and path == "source":  # Event.source is an object; the selector means component
+        return str(cur.get("component", ""))
+    return str(cur)
 
 
 def parse_field_selector(text: str | None) -> list[FieldRequirement]:
-    """The `fieldSelector` query string. Raises ValueError on bad syntax."""
-    reqs = []
-    for part in (text or "").split(","):
-        if not part.strip():
+    """The `fieldSelector` query string: `metadata.name=x,spec.nodeName!=` (a backslash escapes
+    `,`, `=`, `!` and `\\` in values). Raises SelectorError on bad syntax."""
+    if text is None or not text.strip():
+        return []
+    out = []
+    for term in _split_unescaped(text, ","):
+        if not term.strip():
             continue
-        m = re.match(r"^\s*([A-Za-z0-9_.]+)\s*(==|=|!=)\s*(.*?)\s*$", part)
-        if not m:
-            raise ValueError(f"invalid field selector requirement {part.strip()!r}")
-        path, op, value = m.groups()
-        reqs.append(FieldRequirement(path, "!=" if op == "!=" else "=", value))
-    return reqs
+        for op in ("!=", "==", "="):
+            idx = _find_unescaped(term, op)
+            if idx >= 0:
+                path, value = term[:idx].strip(), _unescape(term[idx + len(op):])
+                if not path:
+                    raise SelectorError(f"invalid field selector term {term!r}")
+                out.append(FieldRequirement(path, "!=" if op == "!=" else "=", value))
+                break
+        else:
+            raise SelectorError(f"invalid selector: '{term}'; can't understand '{term}'")
+    return out
 
 
-def field_selector_matches(requirements: list[FieldRequirement], obj: Mapping[str, Any]) -> bool:
+def _split_unescaped(text: str, sep: str) -> list[str]:
+    parts, cur, i = [], "", 0
+    while i < len(text):
+        c = text[i]
+        if c == "\\" and i + 1 < len(text):
+            cur += text[i:i + 2]
+            i += 2
+            continue
+        if c == sep:
+            parts.append(cur)
+            cur = ""
+        else:
+            cur += c
+        i += 1
+    parts.append(cur)
+    return parts
+
+
+def _find_unescaped(text: str, op: str) -> int:
+    i = 0
+    while i < len(text):
+        if text[i] == "\\":
+            i += 2
+            continue
+        if text.startswith(op, i):
+            return i
+        i += 1
+    return -1
+
+
+def _unescape(text: str) -> str:
+    return re.sub(r"\\(.)", r"\1", text)
+
+
+def field_selector_matches(requirements: Iterable[FieldRequirement], obj: Mapping[str, Any]) -> bool:
     return all(r.matches(obj) for r in requirements)
+
+
+def check_field_selector(requirements: Iterable[FieldRequirement], allowed: set[str], kind: str) -> None:
+    """Raise SelectorError for a field the kind does not support selecting on (as the API server)."""
+    for r in requirements:
+        if r.path not in allowed:
+            raise SelectorError(f'"{r.path}" is not a known field selector: only "{kind}" fields '
+                                f'{", ".join(sorted(allowed))} are supported')

@@ -11,11 +11,13 @@ Modules, from the wire inward:
     mirror.py     Endpoints -> EndpointSlice mirroring for selector-less Services
     admission.py  defaults and validation (pure); allocator.py: ClusterIP / nodePort choice (pure)
     patch.py      merge, strategic-merge and JSON patch (pure)
-    selectors.py  label and field selector parsing and matching (pure)
     storage.py    etcd access (etcd3gw for unary calls, an async stream for watches)
     resources.py  the kinds served: group, version, plural, scope, short names, subresources
     errors.py     ApiError -> metav1.Status
     auth.py       bearer tokens file, kubeconfigs
+
+Label and field selectors (parsing, matching, the 400 messages) are knet.kube.selectors, the one
+implementation every component shares.
 
 Controllers (scheduler, ReplicaSet/Deployment, EndpointSlice, LoadBalancer) are not part of the
 server: they are clients of it, like kube-controller-manager. Only what must be synchronous with a

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from knet.kube import selectors
 from lab.apiserver import admission_other as other
 from lab.apiserver import admission_pods as pods
 from lab.apiserver import admission_services as services
-from lab.apiserver import selectors
 from lab.apiserver.allocator import DEFAULT_SERVICE_CIDR, NodePortRange, ServiceCIDR
 from lab.apiserver.resources import ResourceType
 from lab.apiserver.validation import Causes, get

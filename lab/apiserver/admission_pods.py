@@ -7,7 +7,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from lab.apiserver import selectors
+from knet.kube import selectors
 from lab.apiserver.validation import Causes, get
 
 RESTART_POLICIES = ("Always", "OnFailure", "Never")

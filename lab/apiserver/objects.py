@@ -11,7 +11,7 @@ import secrets
 import uuid
 from typing import Any
 
-from lab.apiserver import selectors
+from knet.kube import selectors
 from lab.apiserver.resources import ResourceType
 
 # kube-apiserver's generateName alphabet (no vowels, so no words; no 0/1/3 look-alikes).

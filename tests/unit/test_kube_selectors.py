@@ -1,5 +1,5 @@
 """knet.kube.selectors: the semantics table of label selectors, map selectors, string and field
-selectors."""
+selectors (the lab API server's `?labelSelector=` / `?fieldSelector=` included)."""
 
 from __future__ import annotations
 
@@ -7,12 +7,18 @@ import pytest
 
 from knet.kube.models import LabelSelector
 from knet.kube.selectors import (
+    FieldRequirement,
     Selector,
+    SelectorError,
+    check_field_selector,
     field_selector_matches,
+    field_value,
     label_selector_matches,
     map_selector_matches,
     parse_field_selector,
     to_query,
+    valid_label_key,
+    valid_label_value,
 )
 
 WEB = {"app": "web", "tier": "frontend", "env": "prod"}
@@ -109,15 +115,79 @@ def test_map_selector(selector, labels, expected):
     ("replicas>2", {"replicas": "x"}, False),
     ("app.kubernetes.io/name=proxy", {"app.kubernetes.io/name": "proxy"}, True),
     ("a=", {"a": ""}, True),
+    ("app!=web", NONE, True),  # != matches objects without the key, as in Kubernetes
+    ("env in (prod)", NONE, False),
+    ("env notin (prod)", NONE, True),
+    ("tier", {"tier": ""}, True),
+    ("!tier,app=web", {"app": "web"}, True),
+    ("app.kubernetes.io/name=web, tier", {"app.kubernetes.io/name": "web", "tier": "fe"}, True),
+    ("! tier", DB, False),
+    ("a in (x,)", {"a": ""}, True),  # an empty value in a set is a value
+    ("n>-3", {"n": "-2"}, True),
 ])
 def test_selector_string(text, labels, expected):
     assert Selector.parse(text).matches(labels) is expected
 
 
-@pytest.mark.parametrize("text", ["app in (web", "app in web)", "=web", "app=we b", "app in (a b)", "a>b", "a b"])
+@pytest.mark.parametrize("text", ["app in (web", "app in web)", "=web", "app=we b", "app in (a b)", "a>b", "a b",
+                                  "a=b,", "a in b", "!a=b", "a in ()", "a in ( )", "a=b c", "Bad Key=1", "n>x",
+                                  "a=in valid", "a_=1", "Example.com/a", "a/b/c", "a=-b", "a=" + "x" * 64, "a,,b"])
 def test_selector_string_errors(text):
-    with pytest.raises(ValueError):
+    with pytest.raises(SelectorError):  # a ValueError; the API server answers it with 400
         Selector.parse(text)
+
+
+@pytest.mark.parametrize("text,message", [
+    ("a b", "unable to parse requirement: 'a b'"),
+    ("a=b,", "found '', expected: identifier after ','"),
+    ("Bad_=1", "invalid label key 'Bad_'"),
+    ("a=-b", "invalid label value '-b'"),
+    ("!a=b", "'!' must be followed by a bare key, not an operator: a"),
+    ("a in ()", "for 'in', 'notin' operators, values set can't be empty: a"),
+    ("n>x", "for 'gt', 'lt' operators, exactly one integer value is required: 'x'"),
+])
+def test_selector_string_error_messages(text, message):
+    with pytest.raises(SelectorError) as e:
+        Selector.parse(text)
+    assert str(e.value) == message
+
+
+@pytest.mark.parametrize("key,ok", [
+    ("app", True), ("app.kubernetes.io/name", True), ("a_b.c-d", True), ("A", True), ("x" * 63, True),
+    ("x" * 64, False), ("a_", False), ("-a", False), ("Example.com/a", False), ("a/b/c", False), ("", False),
+    ("/a", False), ("a" * 254 + "/b", False), ("a" * 253 + "/b", True),
+])
+def test_valid_label_key(key, ok):
+    assert valid_label_key(key) is ok
+
+
+@pytest.mark.parametrize("value,ok", [
+    ("", True), ("web", True), ("a-b_c.d", True), ("x" * 63, True), ("x" * 64, False), ("-a", False),
+    ("a.", False), ("a b", False), ("a/b", False),
+])
+def test_valid_label_value(value, ok):
+    assert valid_label_value(value) is ok
+
+
+def test_selector_round_trip():
+    sel = Selector.from_object({"matchLabels": {"app": "web"},
+                                "matchExpressions": [{"key": "env", "operator": "In", "values": ["a", "b"]},
+                                                     {"key": "gone", "operator": "DoesNotExist"}]})
+    assert sel.matches({"app": "web", "env": "a"})
+    assert not sel.matches({"app": "web", "env": "a", "gone": "1"})
+    assert str(sel) == "app=web,env in (a,b),!gone"
+    assert Selector.parse(str(sel)).requirements == sel.requirements
+
+
+def test_selector_from_object_is_the_unvalidated_json():
+    # What the API server holds before (or beside) validation: null parts are empty, values compare
+    # as strings, faults other than an unknown operator are left to validation.
+    assert Selector.from_object({"matchLabels": None, "matchExpressions": None}).is_everything()
+    assert Selector.from_object({"matchLabels": {"n": 1}}).matches({"n": "1"})
+    assert not Selector.from_object({"matchExpressions": [{"key": "a", "operator": "In"}]}).matches({"a": "x"})
+    assert str(Selector.from_object(None)) == "" and not Selector.from_object(None).matches({})
+    with pytest.raises(SelectorError, match="'Bogus' is not a valid label selector operator"):
+        Selector.from_object({"matchExpressions": [{"key": "a", "operator": "Bogus"}]})
 
 
 def test_to_query():
@@ -147,6 +217,9 @@ POD = {"metadata": {"name": "web-0", "namespace": "default"},
     ("status.phase!=Succeeded,status.phase!=Failed", True),
     ("spec.hostNetwork=true", True),
     ("spec.schedulerName=", True),  # absent compares as ""
+    ("spec.nodeName!=", True),
+    ("metadata.name=web-0,", True),  # empty terms are skipped
+    ("metadata.name= web-0", False),  # values are not trimmed (fields.ParseSelector)
 ])
 def test_field_selector(text, expected):
     assert field_selector_matches(parse_field_selector(text), POD) is expected
@@ -158,3 +231,33 @@ def test_field_selector_unscheduled_pods():
     assert not field_selector_matches(reqs, POD)
     with pytest.raises(ValueError):
         parse_field_selector("spec.nodeName")
+
+
+def test_field_selector_escapes_and_parts():
+    assert parse_field_selector(r"metadata.name=a\,b") == [FieldRequirement("metadata.name", "=", "a,b")]
+    assert parse_field_selector(r" metadata.name = a\=b\\") == [FieldRequirement("metadata.name", "=", " a=b\\")]
+    assert parse_field_selector("a!=b=c") == [FieldRequirement("a", "!=", "b=c")]
+    assert field_selector_matches(parse_field_selector(r"metadata.name=a\,b"), {"metadata": {"name": "a,b"}})
+    assert parse_field_selector(None) == [] and parse_field_selector(" , ") == []
+    with pytest.raises(SelectorError, match="invalid field selector term '=x'"):
+        parse_field_selector("=x")
+    with pytest.raises(SelectorError, match="invalid selector: 'bare'; can't understand 'bare'"):
+        parse_field_selector("bare")
+
+
+def test_field_value():
+    event = {"source": {"component": "kubelet"}, "involvedObject": {"kind": "Pod"}}
+    assert field_value(event, "source") == "kubelet"  # Event.source: the selector means its component
+    assert field_value(event, "involvedObject.kind") == "Pod"
+    assert field_value(event, "involvedObject.kind.x") == ""
+    assert field_value({"spec": {"unschedulable": False}}, "spec.unschedulable") == "false"
+    assert field_value({"spec": {"replicas": 3}}, "spec.replicas") == "3"
+
+
+def test_check_field_selector():
+    allowed = {"metadata.name", "spec.nodeName"}
+    check_field_selector(parse_field_selector("metadata.name=a,spec.nodeName!=b"), allowed, "Pod")
+    with pytest.raises(SelectorError) as e:
+        check_field_selector(parse_field_selector("spec.bogus=1"), allowed, "Pod")
+    assert str(e.value) == ('"spec.bogus" is not a known field selector: only "Pod" fields '
+                            'metadata.name, spec.nodeName are supported')

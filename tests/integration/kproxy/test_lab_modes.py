@@ -1,0 +1,193 @@
+"""kproxy in the lab, one suite for all three data paths (the same assertions for each).
+
+A 3-node lab per mode with the control plane: Services and EndpointSlices come from the lab API
+server, pods from the node agents, and every probe is a real client: curl inside a pod (in the
+node's pod cgroup, as a container runs) or in the lab's outside client namespace.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import secrets
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from knet.kube import client
+from lab import api, controlplane
+from tests.integration.controlplane.cp_helpers import wait_for
+
+pytestmark = pytest.mark.integration
+MODES = ["iptables", "userspace", "ebpf"]
+NODE_IPS = {"node1": "192.168.33.11", "node2": "192.168.33.12", "node3": "192.168.33.13"}
+AGNHOST = "registry.k8s.io/e2e-test-images/agnhost:2.39"
+
+
+class ServiceLab:
+    def __init__(self, lab: api.Lab, mode: str) -> None:
+        self.lab = lab
+        self.mode = mode
+        kubeconfig = controlplane.kubeconfig_path(lab.name)
+        controlplane.loopback_only(kubeconfig)  # this process is in the root namespace
+        self.api = client.new_api_client(kubeconfig)
+
+    def deployment(self, name: str, replicas: int, node: str | None = None, labels: dict | None = None) -> None:
+        labels = labels or {"app": name}
+        spec: dict = {"containers": [{"name": "netexec", "image": AGNHOST,
+                                      "args": ["netexec", "--http-port=8080", "--udp-port=8081"],
+                                      "ports": [{"name": "http", "containerPort": 8080},
+                                                {"name": "udp", "containerPort": 8081, "protocol": "UDP"}],
+                                      "readinessProbe": {"httpGet": {"path": "/hostname", "port": 8080},
+                                                         "periodSeconds": 1}}]}
+        if node:
+            spec["nodeSelector"] = {"kubernetes.io/hostname": node}
+        client.create(self.api, "Deployment", {
+            "metadata": {"name": name},
+            "spec": {"replicas": replicas, "selector": {"matchLabels": labels},
+                     "template": {"metadata": {"labels": labels}, "spec": spec}}}, "default")
+
+    def service(self, name: str, selector: dict, **spec) -> dict:
+        body = {"metadata": {"name": name},
+                "spec": {"selector": selector, "ports": [{"name": "http", "port": 80, "targetPort": "http"}],
+                         **spec}}
+        return client.create(self.api, "Service", body, "default")
+
+    def client_pod(self, name: str, node: str) -> None:
+        client.create(self.api, "Pod", {"metadata": {"name": name, "labels": {"role": "client"}}, "spec": {
+            "nodeSelector": {"kubernetes.io/hostname": node},
+            "containers": [{"name": "c", "image": AGNHOST, "args": ["pause"]}]}}, "default")
+
+    def ready(self, selector: str, count: int) -> list[dict]:
+        def check():
+            pods = client.list_objects(self.api, "Pod", "default", label_selector=selector)["items"]
+            ready = [p for p in pods if any(c["type"] == "Ready" and c["status"] == "True"
+                                            for c in p.get("status", {}).get("conditions", []))]
+            return ready if len(ready) == count else None
+        return wait_for(check, 40, f"{count} ready pods for {selector}")
+
+    def endpoints(self, service: str, count: int) -> None:
+        def check():
+            slices = client.list_objects(self.api, "EndpointSlice", "default",
+                                         label_selector=f"kubernetes.io/service-name={service}")["items"]
+            ready = [e for s in slices for e in s.get("endpoints") or [] if e.get("conditions", {}).get("ready")]
+            return len(ready) == count
+        wait_for(check, 30, f"{count} ready endpoints of {service}")
+
+    def curl(self, where: str, url: str, timeout: float = 2.0) -> str | None:
+        """The body, or None when the request failed (refused, dropped, timed out)."""
+        r = self.lab.exec(where, ["curl", "-s", "-m", str(timeout), url])
+        return r.stdout.strip() if r.returncode == 0 else None
+
+
+@pytest.fixture(scope="module", params=MODES)
+def slab(request: pytest.FixtureRequest) -> Iterator[ServiceLab]:
+    mode = request.param
+    if mode == "ebpf":
+        try:
+            import bcc  # noqa: F401
+        except ImportError:
+            pytest.fail("bcc is not importable: scripts/install-deps links Debian's python3-bpfcc into .venv")
+    name = "kt" + secrets.token_hex(2)
+    request.addfinalizer(lambda: api.down(name))
+    lab = api.up(name, nodes=3, control_plane=True, proxy_mode=mode)
+    s = ServiceLab(lab, mode)
+    s.deployment("web", 3)
+    s.deployment("solo", 1, node="node1", labels={"app": "solo"})
+    for node in ("node1", "node3"):
+        s.client_pod(f"client-{node}", node)
+    s.service("web", {"app": "web"}, type="NodePort")
+    s.service("sticky", {"app": "web"}, sessionAffinity="ClientIP",
+              sessionAffinityConfig={"clientIP": {"timeoutSeconds": 3}})
+    s.service("solo-local", {"app": "solo"}, type="NodePort", externalTrafficPolicy="Local")
+    s.service("lb", {"app": "web"}, type="LoadBalancer")
+    s.service("nobody", {"app": "nobody"})
+    s.ready("app=web", 3)
+    s.ready("app=solo", 1)
+    s.ready("role=client", 2)
+    s.endpoints("web", 3)
+    s.endpoints("solo-local", 1)
+    try:
+        yield s
+    finally:
+        s.api.close()
+
+
+def svc(s: ServiceLab, name: str) -> dict:
+    return client.get(s.api, "Service", name, "default")
+
+
+def test_cluster_ip_from_pods_on_every_node_reaches_every_backend(slab: ServiceLab) -> None:
+    vip = svc(slab, "web")["spec"]["clusterIP"]
+    for node in ("node1", "node3"):
+        seen = collections.Counter(slab.curl(f"client-{node}", f"http://{vip}/hostname") for _ in range(30))
+        assert None not in seen, f"failed requests from {node}: {seen}"
+        assert len(seen) == 3, seen
+
+
+def test_node_port_on_every_node_from_outside(slab: ServiceLab) -> None:
+    node_port = svc(slab, "web")["spec"]["ports"][0]["nodePort"]
+    for node, ip in NODE_IPS.items():
+        got = {slab.curl("client", f"http://{ip}:{node_port}/hostname") for _ in range(6)}
+        assert None not in got and got, f"NodePort on {node}: {got}"
+
+
+def test_load_balancer_address_from_outside(slab: ServiceLab) -> None:
+    def lb_ip():
+        ingress = svc(slab, "lb").get("status", {}).get("loadBalancer", {}).get("ingress") or []
+        return ingress[0].get("ip") if ingress else None
+    ip = wait_for(lb_ip, 15, "a LoadBalancer address")
+    assert wait_for(lambda: slab.curl("client", f"http://{ip}/hostname"), 10, "an answer on the LB address")
+
+
+def test_client_ip_affinity_holds(slab: ServiceLab) -> None:
+    vip = svc(slab, "sticky")["spec"]["clusterIP"]
+    seen = {slab.curl("client-node1", f"http://{vip}/hostname") for _ in range(15)}
+    assert len(seen) == 1 and None not in seen, seen
+
+
+def test_service_without_endpoints_is_refused_fast(slab: ServiceLab) -> None:
+    vip = svc(slab, "nobody")["spec"]["clusterIP"]
+    start = time.monotonic()
+    r = slab.lab.exec("client-node1", ["curl", "-s", "-m", "5", f"http://{vip}/"])
+    assert r.returncode == 7, (r.returncode, r.stderr)  # 7: connection refused, not a timeout (28)
+    assert time.monotonic() - start < 2
+
+
+def test_local_policy_only_on_the_node_with_the_pod(slab: ServiceLab) -> None:
+    node_port = svc(slab, "solo-local")["spec"]["ports"][0]["nodePort"]
+    answer = slab.curl("client", f"http://{NODE_IPS['node1']}:{node_port}/clientip")
+    assert answer is not None
+    if slab.mode != "userspace":  # the userspace proxy opens its own connection (documented)
+        assert answer.split(":")[0] == "192.168.33.100"
+    assert slab.curl("client", f"http://{NODE_IPS['node2']}:{node_port}/clientip", timeout=1.5) is None
+
+
+def test_scale_down_and_up_is_followed(slab: ServiceLab) -> None:
+    vip = svc(slab, "web")["spec"]["clusterIP"]
+    client.patch(slab.api, "Deployment", "web", {"spec": {"replicas": 1}}, "default")
+    slab.endpoints("web", 1)
+    deadline = time.monotonic() + 2.5
+    while time.monotonic() < deadline:
+        got = {slab.curl("client-node3", f"http://{vip}/hostname") for _ in range(8)}
+        if len(got) == 1 and None not in got:
+            break
+        time.sleep(0.2)
+    assert len(got) == 1 and None not in got, got
+    client.patch(slab.api, "Deployment", "web", {"spec": {"replicas": 3}}, "default")
+    slab.ready("app=web", 3)
+    slab.endpoints("web", 3)
+    wait_for(lambda: len({slab.curl("client-node3", f"http://{vip}/hostname") for _ in range(20)}) == 3,
+             10, "all three backends again")
+
+
+def test_no_kproxy_left_failing(slab: ServiceLab) -> None:
+    """Every node's kproxy is alive and synced (its log says so; its /metrics is in the node)."""
+    for short in NODE_IPS:
+        log = os.path.join(slab.lab.state_dir, short, "kproxy.log")
+        with open(log) as f:
+            text = f.read()
+        assert "sync full=True" in text and "fatal" not in text
+        metrics = slab.lab.exec(short, ["curl", "-s", f"http://{NODE_IPS[short]}:10249/metrics"]).stdout
+        assert "kproxy_sync_proxy_rules_duration_seconds_count" in metrics
