@@ -60,7 +60,7 @@ class Proxier:
         self.args = args
         self.cfg = Config(node_name=args.node_name, cluster_cidr=args.cluster_cidr,
                           masquerade_all=args.masquerade_all)
-        self.backend = make_backend(args, self.cfg)
+        self.backend = None  # made in run(): off the event loop (see there)
         self.metrics = Metrics()
         self.ports: dict[str, list[ServicePort]] = {}  # service "ns/name" -> its ports
         self.dirty: set[str] = set()
@@ -124,6 +124,10 @@ class Proxier:
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
+        # Made on a worker thread: the eBPF backend drives pyroute2's synchronous API, which runs
+        # an event loop of its own and cannot from a thread whose loop is already running. (Its
+        # sync() runs on worker threads for the same reason; the userspace backend lives here.)
+        self.backend = await asyncio.to_thread(make_backend, self.args, self.cfg)
         api = kube_client.api_client_from_args(self.args)
         svc_cb, sl_cb = threadsafe(loop, self._touch_service), threadsafe(loop, self._touch_slice)
         self.services = Informer(api, Service, on_add=svc_cb, on_update=svc_cb, on_delete=svc_cb).start()
@@ -199,8 +203,12 @@ def main(argv: list[str] | None = None) -> int:
             metrics.serve(proxier.metrics.registry, args.metrics_bind_address, proxier.health)
             log.info("starting mode=%s node=%s", args.mode, args.node_name)
             await proxier.run()
-            if hasattr(proxier.backend, "close"):
-                proxier.backend.close()
+            backend = proxier.backend
+            if backend is not None and hasattr(backend, "close"):
+                if args.mode == "userspace":
+                    backend.close()
+                else:
+                    await asyncio.to_thread(backend.close)
             log.info("stopped; data path left in place")
 
         asyncio.run(amain())

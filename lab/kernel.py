@@ -92,7 +92,10 @@ def build(p: topology.Plan, progress: Progress = _quiet) -> None:
             _no_masq_between_pods(n.netns)
         progress(f"{n.short}: {n.netns} eth0 {n.cidr}, pods {n.pod_subnet or 'leased by ' + p.overlay}, "
                  f"routes {', '.join(f'{r.dst} via {r.via}' for r in n.routes) or '-'}")
-    progress(f"ctl: {p.ctl.netns} eth0 {p.ctl.cidr}; client: {p.client.netns} eth0 {p.client.cidr}")
+    nexthops = [arg for n in p.nodes for arg in ("nexthop", "via", n.ip, "dev", "eth0")]
+    netns.run(p.client.netns, ["ip", "route", "add", topology.LB_ROUTE, *nexthops], check=True)
+    progress(f"ctl: {p.ctl.netns} eth0 {p.ctl.cidr}; client: {p.client.netns} eth0 {p.client.cidr}, "
+             f"load balancer addresses {topology.LB_ROUTE} via the nodes")
 
 
 def _no_masq_between_pods(node_ns: str) -> None:

@@ -19,6 +19,10 @@ CTL_IP = "192.168.33.2"
 CLIENT_IP = "192.168.33.100"
 POD_CIDR = "10.244.0.0/16"
 SERVICE_CIDR = "10.96.0.0/12"
+# LoadBalancer addresses (assigned from 192.168.33.200-250 by the lab's LB controller): the
+# "cloud load balancer" is the client's route for this block, spread over every node (ECMP),
+# which is what an external LB in front of kube-proxy does.
+LB_ROUTE = "192.168.33.192/26"
 ETCD_URL = "http://192.168.33.2:2379"
 # "vxlan" and "host-gw": flannel_py leases each node's subnet from etcd and programs the routes;
 # "static": fixed 10.244.<i>.0/24 subnets and host-gw routes written by the lab (no etcd needed).
