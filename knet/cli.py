@@ -34,7 +34,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     from lab import api, demo
     lab = api.up(args.name, args.nodes, cni_type=args.cni_type, recreate=args.recreate, progress=_say,
                  overlay=args.overlay, control_plane=not args.no_control_plane,
-                 proxy_mode=None if args.no_control_plane or args.proxy_mode == "none" else args.proxy_mode)
+                 proxy_mode=None if args.no_control_plane or args.proxy_mode == "none" else args.proxy_mode,
+                 network_policy=not args.no_control_plane and not args.no_network_policy)
     if args.demo:
         return 0 if demo.run(lab, _say) else 1
     return 0
@@ -140,6 +141,9 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="knet", description="knet: Kubernetes pod networking in Python")
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("version", help="print the version").set_defaults(func=cmd_version)
+    from netpolicy import explain as netpol_explain  # `knet netpol explain SRC DST PORT`
+
+    netpol_explain.add_parser(sub)
 
     lab = sub.add_parser("lab", help="the one-machine lab (network namespaces)")
     labsub = lab.add_subparsers(dest="lab_command", required=True)
@@ -160,6 +164,7 @@ def parser() -> argparse.ArgumentParser:
     up.add_argument("--proxy-mode", choices=["iptables", "userspace", "ebpf", "none"],
                     default=os.environ.get("KNET_PROXY_MODE", "iptables"),
                     help="kproxy data path on every node (needs the control plane)")
+    up.add_argument("--no-network-policy", action="store_true", help="do not run the netpolicy daemons")
     up.add_argument("--no-control-plane", action="store_true",
                     help="only the network: no etcd/API server/controllers/node agents (pods via `knet lab pod`)")
     up.set_defaults(func=cmd_up)

@@ -135,7 +135,8 @@ def get(name: str = "knet", root: str = topology.STATE_ROOT) -> Lab:
 
 def up(name: str = "knet", nodes: int = 3, cni_type: str = "knet-cni", recreate: bool = False,
        progress: Progress = _quiet, root: str = topology.STATE_ROOT, agents: bool = True,
-       overlay: str = "vxlan", control_plane: bool = False, proxy_mode: str | None = None) -> Lab:
+       overlay: str = "vxlan", control_plane: bool = False, proxy_mode: str | None = None,
+       network_policy: bool = False) -> Lab:
     """Build the lab; on any failure everything made so far is removed again. `control_plane`:
     also etcd, the API server, the controllers and the node agents (lab.controlplane)."""
     t0 = time.monotonic()
@@ -174,6 +175,8 @@ def up(name: str = "knet", nodes: int = 3, cni_type: str = "knet-cni", recreate:
             _start_control_plane(p, name, root, progress)
             if proxy_mode:
                 _start_proxies(p, name, root, proxy_mode, progress)
+            if network_policy:
+                _start_netpol(p, name, root, progress)
     except BaseException:
         kernel.teardown(name, root)  # first: a failing progress callback must not stop it
         with contextlib.suppress(Exception):
@@ -199,6 +202,15 @@ def _start_proxies(p: topology.Plan, name: str, root: str, mode: str, progress: 
     info = proxy.start(p, mode, kubeconfigs["kproxy"], progress)
     with state.update(name, root) as d:
         d["proxy"] = {"mode": mode, "nodes": info}
+
+
+def _start_netpol(p: topology.Plan, name: str, root: str, progress: Progress) -> None:
+    from lab import netpol
+
+    kubeconfigs = state.load(name, root)["control_plane"]["kubeconfigs"]
+    info = netpol.start(p, kubeconfigs["netpolicy"], progress)
+    with state.update(name, root) as d:
+        d["netpolicy"] = info
 
 
 def down(name: str = "knet", root: str = topology.STATE_ROOT, progress: Progress = _quiet) -> list[str]:
