@@ -1,0 +1,91 @@
+"""The answer cache behind the UDP fast path: query bytes (less the ID) -> response bytes (less the ID).
+
+The key is the whole query after the ID: question as asked (case included), flags and EDNS
+record (buffer size, DO bit). Everything that shapes the response is in it, so a hit is answered
+by pasting the client's ID in front of the stored bytes -- no parsing at all. A resolver that
+randomises the case of names (0x20) simply gets one entry per spelling, answered with its own
+spelling echoed as it must be.
+
+Only answers computed from the record store are stored, never forwarded ones (their TTLs count
+down). Each entry is registered under every name its answer was computed from (the question, SRV
+targets, CNAME targets in the zone), so a cluster change drops exactly the answers it can affect;
+the store reports changed names, including parents that start or stop existing.
+
+Entries are lists [response tail, hits, qtype, rcode, deps]: the hot loop bumps `hits` in place,
+and the metrics collector sums them (plus the hits of evicted entries) by type and rcode. An entry
+leaves the index of every name it was registered under when it goes, so a name that never
+changes does not collect the keys of answers that other names' changes keep dropping.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+
+class AnswerCache:
+    def __init__(self, max_entries: int = 100_000) -> None:
+        self.max_entries = max_entries
+        self.entries: dict[bytes, list] = {}  # never rebound: the hot loop holds `entries.get`
+        self.by_name: dict[str, set[bytes]] = {}
+        self.retired: dict[tuple[int, int], int] = {}  # hits of dropped entries, by (qtype, rcode)
+        self.invalidations = 0
+        self.clears = 0
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def put(self, key: bytes, tail: bytes, deps: Iterable[str], qtype: int, rcode: int) -> None:
+        if len(self.entries) >= self.max_entries:
+            # A flood of distinct questions (random names): start over rather than track ages.
+            self.clear()
+            self.clears += 1
+        deps = tuple(deps)
+        old = self.entries.get(key)
+        if old is not None:
+            self._drop(key, old)
+        self.entries[key] = [tail, 0, qtype, rcode, deps]
+        for name in deps:
+            self.by_name.setdefault(name, set()).add(key)
+
+    def invalidate(self, names: Iterable[str]) -> int:
+        dropped = 0
+        for name in names:
+            for key in self.by_name.pop(name, ()):
+                entry = self.entries.get(key)
+                if entry is not None:
+                    self._drop(key, entry)
+                    dropped += 1
+        self.invalidations += dropped
+        return dropped
+
+    def _drop(self, key: bytes, entry: list) -> None:
+        del self.entries[key]
+        self._retire(entry)
+        for name in entry[4]:
+            keys = self.by_name.get(name)
+            if keys is not None:
+                keys.discard(key)
+                if not keys:
+                    del self.by_name[name]
+
+    def clear(self) -> None:
+        for entry in self.entries.values():
+            self._retire(entry)
+        self.entries.clear()
+        self.by_name.clear()
+
+    def _retire(self, entry: list) -> None:
+        if entry[1]:
+            k = (entry[2], entry[3])
+            self.retired[k] = self.retired.get(k, 0) + entry[1]
+
+    def hits_by_type(self) -> dict[tuple[int, int], int]:
+        out = dict(self.retired)
+        for entry in list(self.entries.values()):
+            if entry[1]:
+                k = (entry[2], entry[3])
+                out[k] = out.get(k, 0) + entry[1]
+        return out
+
+    def total_hits(self) -> int:
+        return sum(self.hits_by_type().values())
