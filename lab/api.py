@@ -173,6 +173,7 @@ def up(name: str = "knet", nodes: int = 3, cni_type: str = "knet-cni", recreate:
         state.save(desc, name, root)
         if control_plane:
             _start_control_plane(p, name, root, progress)
+            _start_dns(p, name, root, progress)
             if proxy_mode:
                 _start_proxies(p, name, root, proxy_mode, progress)
             if network_policy:
@@ -202,6 +203,15 @@ def _start_proxies(p: topology.Plan, name: str, root: str, mode: str, progress: 
     info = proxy.start(p, mode, kubeconfigs["kproxy"], progress)
     with state.update(name, root) as d:
         d["proxy"] = {"mode": mode, "nodes": info}
+
+
+def _start_dns(p: topology.Plan, name: str, root: str, progress: Progress) -> None:
+    from lab import dns
+
+    kubeconfigs = state.load(name, root)["control_plane"]["kubeconfigs"]
+    info = dns.start(p, kubeconfigs, progress)
+    with state.update(name, root) as d:
+        d["dns"] = info
 
 
 def _start_netpol(p: topology.Plan, name: str, root: str, progress: Progress) -> None:

@@ -191,3 +191,20 @@ def test_no_kproxy_left_failing(slab: ServiceLab) -> None:
         assert "sync full=True" in text and "fatal" not in text
         metrics = slab.lab.exec(short, ["curl", "-s", f"http://{NODE_IPS[short]}:10249/metrics"]).stdout
         assert "kproxy_sync_proxy_rules_duration_seconds_count" in metrics
+
+
+def test_cluster_dns_through_the_service_proxy(slab: ServiceLab) -> None:
+    """Pods resolve through kube-dns's ClusterIP (kdns behind kproxy): search path, other
+    namespaces' long form, and names outside the cluster forwarded to the lab's upstream."""
+    vip = svc(slab, "web")["spec"]["clusterIP"]
+
+    def resolve(name: str) -> str | None:
+        r = slab.lab.exec("client-node3", ["getent", "hosts", name])
+        return r.stdout.split()[0] if r.returncode == 0 and r.stdout.strip() else None
+
+    assert resolve("web") == vip  # bare name via the search path
+    assert resolve("web.default") == vip
+    assert resolve("kube-dns.kube-system") == "10.96.0.10"
+    assert resolve("example.com") == "192.168.33.100"  # forwarded upstream
+    assert resolve("no-such-service") is None
+    assert slab.curl("client-node3", "http://web/hostname")  # and by name all the way to a backend
