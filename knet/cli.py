@@ -137,6 +137,12 @@ def cmd_exec(args: argparse.Namespace) -> int:
     return proc.returncode
 
 
+def cmd_uninstall_node(args: argparse.Namespace) -> int:
+    from knet import uninstall
+
+    return uninstall.main(args.rest)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="knet", description="knet: Kubernetes pod networking in Python")
     sub = p.add_subparsers(dest="command", required=True)
@@ -144,6 +150,10 @@ def parser() -> argparse.ArgumentParser:
     from netpolicy import explain as netpol_explain  # `knet netpol explain SRC DST PORT`
 
     netpol_explain.add_parser(sub)
+    un = sub.add_parser("uninstall-node", add_help=False,
+                        help="remove everything knet put on this node (see knet uninstall-node --help)")
+    un.add_argument("rest", nargs=argparse.REMAINDER)
+    un.set_defaults(func=cmd_uninstall_node)
 
     lab = sub.add_parser("lab", help="the one-machine lab (network namespaces)")
     labsub = lab.add_subparsers(dest="lab_command", required=True)

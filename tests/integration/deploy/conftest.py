@@ -1,0 +1,178 @@
+"""A 2-node lab with the control plane (`kt` + 4 hex, no overlay daemons, no CNI agents, no kproxy:
+the DaemonSet's start-up provides them) and, on it, the knet-node DaemonSet's start-up sequence
+run as the manifests say: the init container's command, then the four containers' commands, in
+node1's network namespace; kdns and knet-ingress with their Deployments' arguments in node2.
+
+What differs from a cluster, on purpose: the host root is a temp dir (every host path of the
+manifests under it); etcd is the lab's (plain http, so the TLS flags are dropped); each daemon
+gets the lab's kubeconfig of its component instead of the in-cluster service account. Everything
+is torn down at the end whatever happens (the lab by name, every process we started by pid)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import secrets
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import pytest
+
+from knet import netns
+from lab import api, controlplane, state, topology
+from tests.integration.deploy import manifests as m
+
+NAME_RE = re.compile(r"^kt[0-9a-f]{4}$")
+BIN = os.path.dirname(sys.executable)  # the venv's bin: every console script of the image is there
+TLS_FLAGS = ("--etcd-cafile=", "--etcd-certfile=", "--etcd-keyfile=")
+
+
+@dataclass
+class Deployed:
+    name: str
+    root: str
+    docs: list[dict]
+    kubeconfigs: dict[str, str]
+    admin_kubeconfig: str
+    procs: dict[str, subprocess.Popen] = field(default_factory=dict)
+    logs: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def node1(self) -> str:
+        return f"{self.name}-node1"
+
+    @property
+    def node2(self) -> str:
+        return f"{self.name}-node2"
+
+    def host(self, path: str) -> str:
+        return os.path.join(self.root, path.lstrip("/"))
+
+    def log(self, what: str) -> str:
+        with open(self.logs[what], errors="replace") as f:
+            return f.read()
+
+    def apiserver_log(self) -> str:
+        with open(os.path.join(topology.state_dir(self.name), "apiserver", "apiserver.log"), errors="replace") as f:
+            return f.read()
+
+
+def http_get(ns: str, url: str, timeout: float = 2.0) -> tuple[int, str]:
+    """A GET made from inside a lab namespace (its loopback), never from the root namespace."""
+    with netns.enter(ns):
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as r:
+                return r.status, r.read().decode(errors="replace")
+        except urllib.error.HTTPError as e:
+            return e.code, ""
+        except OSError:
+            return 0, ""
+
+
+def wait_for(cond, timeout: float, what: str, logs: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not within {timeout}s\n{logs[-3000:]}")
+        time.sleep(0.2)
+
+
+def _adapt(argv: list[str], d: Deployed, kubeconfig: str | None) -> list[str]:
+    """The manifest's argv, mapped onto the lab (see the module docstring)."""
+    out = [os.path.join(BIN, argv[0])]
+    for a in argv[1:]:
+        if a.startswith(TLS_FLAGS):
+            continue
+        if a.startswith("--etcd-endpoints="):
+            a = f"--etcd-endpoints={topology.ETCD_URL}"
+        for flag in ("--subnet-file=", "--socket=", "--run-dir="):
+            if a.startswith(flag):
+                a = flag + d.host(a[len(flag):])
+        out.append(a)
+    if kubeconfig:
+        out.append(f"--kubeconfig={kubeconfig}")
+    return out
+
+
+def _start(d: Deployed, key: str, ns: str, argv: list[str]) -> None:
+    d.logs[key] = os.path.join(d.root, f"{key}.log")
+    # keep_mounts: like hostNetwork pods, the daemons see the host's /run/netns and cgroups.
+    d.procs[key] = netns.spawn(ns, argv, log_path=d.logs[key], keep_mounts=True)
+
+
+def _container(d: Deployed, kind: str, name: str, cname: str, init: bool = False) -> dict:
+    spec = m.pod_spec(d.docs, kind, name)
+    return next(c for c in spec["initContainers" if init else "containers"] if c["name"] == cname)
+
+
+def _install(d: Deployed) -> None:
+    data = m.by_kind(d.docs, "ConfigMap")["knet-config"]["data"]
+    conf = json.loads(data["cni-conflist.json"])
+    plugin = conf["plugins"][0]
+    for key in ("subnetFile", "agentSocket"):
+        plugin[key] = d.host(plugin[key])
+    plugin["ipam"]["dataDir"] = d.host(plugin["ipam"]["dataDir"])
+    os.makedirs(d.host("/etc/knet"))
+    with open(d.host("/etc/knet/cni-conflist.json"), "w") as f:
+        json.dump(conf, f)
+    with open(d.host("/etc/knet/net-conf.json"), "w") as f:
+        f.write(data["net-conf.json"])
+    argv = m.argv(_container(d, "DaemonSet", "knet-node", "install-cni", init=True), d.docs)
+    kept = [a for a in argv[1:] if not a.startswith(("--host-root=", "--conflist=", "--net-conf="))]
+    argv = [sys.executable, os.path.join(m.DEPLOY, "image", "knet_install_cni.py"), *_adapt(["-", *kept], d, None)[1:]]
+    # The host root is /, the host's dirs are under the temp root: the launcher then names its
+    # library by the path it really has, as on a node.
+    argv += ["--host-root=/", f"--bin-dir={d.host('/opt/cni/bin')}", f"--conf-dir={d.host('/etc/cni/net.d')}",
+             f"--conflist={d.host('/etc/knet/cni-conflist.json')}", f"--net-conf={d.host('/etc/knet/net-conf.json')}",
+             "--etcd-timeout=20"]
+    r = netns.run(d.node1, argv, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    d.logs["install-cni"] = r.stdout
+
+
+@pytest.fixture(scope="module")
+def deployed(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployed]:
+    if os.geteuid() != 0:
+        pytest.skip("the lab needs root (network namespaces)")
+    for name in api.list_labs():  # leftovers of crashed sessions only (their owner is gone)
+        if NAME_RE.match(name) and not state.owner_alive(name):
+            api.down(name)
+    name = "kt" + secrets.token_hex(2)
+    request.addfinalizer(lambda: api.down(name))  # whatever happens, the lab goes
+    api.up(name, nodes=2, overlay="static", control_plane=True, agents=False)
+    info = state.load(name)["control_plane"]
+    admin = controlplane.kubeconfig_path(name)
+    controlplane.loopback_only(admin)
+    d = Deployed(name, str(tmp_path_factory.mktemp("hostroot")), m.render(), info["kubeconfigs"], admin)
+    try:
+        _install(d)
+        node = {c: _container(d, "DaemonSet", "knet-node", c) for c in ("flannel-py", "knet-cni-agent", "kproxy",
+                                                                        "netpolicy")}
+        _start(d, "flannel-py", d.node1, _adapt(m.argv(node["flannel-py"], d.docs, "node1"), d, None))
+        _start(d, "knet-cni-agent", d.node1, _adapt(m.argv(node["knet-cni-agent"], d.docs), d, None))
+        for c in ("kproxy", "netpolicy"):
+            _start(d, c, d.node1, _adapt(m.argv(node[c], d.docs, "node1"), d, d.kubeconfigs[c]))
+        kdns = m.pod_spec(d.docs, "Deployment", "kdns")["containers"][0]
+        _start(d, "kdns", d.node2, _adapt(m.argv(kdns, d.docs), d, d.kubeconfigs["kdns"]))
+        ing = m.pod_spec(d.docs, "Deployment", "knet-ingress")["containers"][0]
+        _start(d, "knet-ingress", d.node2, _adapt(m.argv(ing, d.docs), d, d.kubeconfigs["ingress"]))
+        yield d
+    finally:
+        for proc in d.procs.values():
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in d.procs.values():
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+        with contextlib.suppress(Exception):
+            shutil.rmtree(d.root, ignore_errors=True)

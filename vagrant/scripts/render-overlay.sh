@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Writes a kustomize overlay of deploy/ with the lab's settings into OUT_DIR.
+# Usage: render-overlay.sh OUT_DIR PROXY_MODE CP_IP IFACE IMAGE
+set -euo pipefail
+out=${1:?out dir}; mode=${2:?proxy mode}; cp_ip=${3:?control plane ip}; iface=${4:?iface}; image=${5:?image}
+repo=$(cd "$(dirname "$0")/../.." && pwd)
+mkdir -p "$out"
+base=$(realpath --relative-to="$out" "$repo/deploy")
+name=${image%:*}
+tag=${image##*:}
+if [ "$name" = "$image" ]; then tag=latest; fi
+cat >"$out/kustomization.yaml" <<YAML
+apiVersion: kustomize.config.k8s.io/v1beta1
+kind: Kustomization
+resources:
+  - $base
+configMapGenerator:
+  - name: knet-config
+    namespace: knet-system
+    behavior: merge
+    literals:
+      - proxy-mode=$mode
+      - etcd-endpoints=https://$cp_ip:2379
+      - iface=$iface
+      - external-iface=$iface
+generatorOptions:
+  disableNameSuffixHash: true
+images:
+  - name: localhost/knet
+    newName: $name
+    newTag: "$tag"
+YAML
+echo "overlay: $out/kustomization.yaml"
