@@ -215,6 +215,11 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["uninstall-node"]:  # its own parser: every option (also --help) is its own
+        from knet import uninstall
+
+        return uninstall.main(argv[1:])
     args = parser().parse_args(argv)
     from lab import api, cniexec, pods, topology
     from lab.controlplane import ControlPlaneError
