@@ -1,0 +1,283 @@
+"""Ingress objects (+ Services, EndpointSlices, Secrets, IngressClasses) -> RoutingTable (pure).
+
+Which Ingresses are ours: spec.ingressClassName (or the older kubernetes.io/ingress.class
+annotation) equal to our class; an Ingress without a class when our IngressClass carries
+`ingressclass.kubernetes.io/is-default-class: "true"`.
+
+Conflicts: Ingresses are processed oldest first (creationTimestamp, then namespace/name), and
+the first one to claim (host, pathType, path) keeps it; a later claim is ignored and reported in
+`RoutingTable.problems` (logged by the controller). The same rule settles a host's TLS secret,
+and which `defaultBackend` serves unknown hosts. Oldest-wins is what ingress-nginx does, and it is
+stable: creating a new Ingress can never take a route away from one that already serves traffic.
+
+Backends: a service port is found by number (`port.number` = the Service's `port`) or by name;
+endpoints are the EndpointSlice endpoints whose slice port has the service port's name (that is
+how a named targetPort resolves per pod), ready ones, or the serving-but-terminating ones while no
+endpoint is ready (kube-proxy's graceful-termination fallback). A backend that cannot be proxied
+(no such service or port, no endpoints, ExternalName, a `resource` backend) answers 503 with a
+body that says which.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from ingress.model import (
+    BUILTIN_DEFAULT,
+    EXACT,
+    PREFIX,
+    Route,
+    RoutingTable,
+    Server,
+    Target,
+    TlsCert,
+    Upstream,
+    host_matches,
+    is_wildcard,
+    normalize_host,
+    normalize_path,
+    valid_host,
+    valid_path,
+    wildcard_for,
+)
+from ingress.tls import load_secret
+from knet.kube.models import EndpointSlice, Ingress, IngressClass, Secret, Service
+from knet.kube.models.networking import SERVICE_NAME_LABEL, IngressBackend
+
+SSL_REDIRECT_ANNOTATIONS = ("ingress.knet.io/ssl-redirect", "nginx.ingress.kubernetes.io/ssl-redirect")
+READ_TIMEOUT_ANNOTATIONS = ("ingress.knet.io/proxy-read-timeout", "nginx.ingress.kubernetes.io/proxy-read-timeout")
+_FAR_FUTURE = datetime.datetime.max.replace(tzinfo=datetime.UTC)
+
+
+@dataclass
+class Options:
+    ingress_class: str = "knet"
+    default_backend: str | None = None  # "ns/name:port" for requests no Ingress claims
+    ssl_redirect: bool = True           # TLS hosts redirect http -> https unless annotated "false"
+
+
+@dataclass
+class Snapshot:
+    """What the compiler reads, as lookups (the daemon backs them with informer caches)."""
+
+    ingresses: list[Ingress]
+    classes: list[IngressClass]
+    service: Callable[[str, str], Service | None]
+    slices: Callable[[str, str], list[EndpointSlice]]
+    secret: Callable[[str, str], Secret | None]
+
+    @classmethod
+    def of(cls, ingresses: Iterable[Ingress] = (), classes: Iterable[IngressClass] = (),
+           services: Iterable[Service] = (), slices: Iterable[EndpointSlice] = (),
+           secrets: Iterable[Secret] = ()) -> Snapshot:
+        """A snapshot from plain object lists (tests, one-shot rendering)."""
+        svc = {(s.namespace or "default", s.name): s for s in services}
+        sec = {(s.namespace or "default", s.name): s for s in secrets}
+        by_svc: dict[tuple[str, str], list[EndpointSlice]] = {}
+        for sl in slices:
+            by_svc.setdefault((sl.namespace or "default", sl.service_name or ""), []).append(sl)
+        return cls(list(ingresses), list(classes), lambda ns, n: svc.get((ns, n)),
+                   lambda ns, n: by_svc.get((ns, n), []), lambda ns, n: sec.get((ns, n)))
+
+
+def is_ours(ing: Ingress, class_name: str, classes: Iterable[IngressClass]) -> bool:
+    if ing.class_name:
+        return ing.class_name == class_name
+    return any(c.name == class_name and c.is_default for c in classes)
+
+
+def age_key(ing: Ingress) -> tuple[datetime.datetime, str, str]:
+    ts = ing.metadata.creation_timestamp
+    if ts is not None and ts.tzinfo is None:
+        ts = ts.replace(tzinfo=datetime.UTC)
+    return (ts or _FAR_FUTURE, ing.namespace or "default", ing.name)
+
+
+def _endpoints(svc_port_name: str, slices: Iterable[EndpointSlice]) -> tuple[str, ...]:
+    ready: list[str] = []
+    terminating: list[str] = []
+    for sl in slices:
+        if sl.address_type not in ("IPv4", "IPv6"):
+            continue
+        for sp in sl.ports:
+            if (sp.name or "") != svc_port_name or sp.protocol != "TCP" or sp.port is None:
+                continue
+            for ep in sl.endpoints:
+                c = ep.conditions
+                bucket = ready if c.is_ready else terminating if (c.is_serving and c.is_terminating) else None
+                if bucket is None:
+                    continue
+                for addr in ep.addresses:
+                    v6 = ipaddress.ip_address(addr).version == 6
+                    bucket.append(f"[{addr}]:{sp.port}" if v6 else f"{addr}:{sp.port}")
+    return tuple(sorted(set(ready or terminating)))
+
+
+class _Builder:
+    def __init__(self, snap: Snapshot, options: Options) -> None:
+        self.snap = snap
+        self.options = options
+        self.table = RoutingTable()
+        self.claims: dict[tuple[str, str, str], Route] = {}   # (rule host, kind, path) -> route
+        self.host_fallback: dict[str, Route] = {}
+        self.global_fallback: Route | None = None
+        self.tls: dict[str, tuple[TlsCert, bool]] = {}         # host -> (cert, redirect)
+        self.secrets: dict[str, TlsCert] = {}
+
+    def problem(self, msg: str) -> None:
+        self.table.problems.append(msg)
+
+    # -- backends
+    def target(self, ns: str, backend: IngressBackend) -> Target:
+        if backend.service is None:
+            kind = (backend.resource or {}).get("kind", "resource")
+            return Target(status=503, message=f"{kind} backends are not supported by knet-ingress")
+        name, port = backend.service.name, backend.service.port.value
+        label = f"{ns}/{name}:{port}"
+        self.table.services.add(f"{ns}/{name}")
+        svc = self.snap.service(ns, name)
+        if svc is None:
+            return Target(service=label, status=503, message=f"service {ns}/{name} not found")
+        if svc.spec.type == "ExternalName":
+            return Target(service=label, status=503, message=f"service {ns}/{name} is an ExternalName service, "
+                                                             "which knet-ingress does not proxy to")
+        sp = next((p for p in svc.spec.ports if p.protocol == "TCP" and
+                   (p.port == port if isinstance(port, int) else p.name == port)), None)
+        if sp is None:
+            return Target(service=label, status=503, message=f"service {ns}/{name} has no TCP port {port}")
+        label = f"{ns}/{name}:{sp.port}"
+        servers = _endpoints(sp.name or "", self.snap.slices(ns, name))
+        if not servers:
+            return Target(service=label, status=503, message=f"no ready endpoints for service {label}")
+        # One upstream per service port: by-name and by-number references share it.
+        up = f"{ns}_{name}_{sp.port}"
+        self.table.upstreams[up] = Upstream(up, label, servers)
+        return Target(upstream=up, service=label)
+
+    def default_backend_option(self) -> Route | None:
+        spec = self.options.default_backend
+        if not spec:
+            return None
+        ref, _, port = spec.rpartition(":")
+        ns, _, name = ref.rpartition("/")
+        port_value: int | str = int(port) if port.isdigit() else port
+        backend = IngressBackend.model_validate(
+            {"service": {"name": name, "port": {"number" if isinstance(port_value, int) else "name": port_value}}})
+        return Route("/", PREFIX, self.target(ns or "default", backend), "")
+
+    # -- one Ingress
+    def add(self, ing: Ingress) -> None:
+        ns, key = ing.namespace or "default", f"{ing.namespace or 'default'}/{ing.name}"
+        self.table.ingresses.append(key)
+        hosts: list[str] = []
+        timeout = self.read_timeout(ing, key)
+        for rule in ing.spec.rules:
+            host = normalize_host(rule.host)
+            if host and not valid_host(host):
+                self.problem(f"{key}: invalid host {rule.host!r} ignored")
+                continue
+            if host and host not in hosts:
+                hosts.append(host)
+            for p in rule.http.paths if rule.http else []:
+                kind = EXACT if p.path_type == "Exact" else PREFIX  # ImplementationSpecific = Prefix
+                path = normalize_path(p.path, kind)
+                if not valid_path(path):
+                    self.problem(f"{key}: path {p.path!r} ignored (quotes, backslashes, spaces, control characters)")
+                    continue
+                claim = (host, kind, path)
+                if claim in self.claims:
+                    owner = self.claims[claim].ingress
+                    if owner != key:
+                        self.problem(f"conflict: {key} {host or '*'} {kind} {path} ignored, already defined by "
+                                     f"older Ingress {owner}")
+                    continue
+                self.claims[claim] = Route(path, kind, self.target(ns, p.backend), key, host, timeout)
+        if ing.spec.default_backend is not None:
+            fallback = Route("/", PREFIX, self.target(ns, ing.spec.default_backend), key, "", timeout)
+            if self.global_fallback is None:
+                self.global_fallback = fallback
+            for h in hosts:
+                self.host_fallback.setdefault(h, fallback)
+        annotations = ing.metadata.annotations
+        redirect = self.options.ssl_redirect and not any(
+            annotations.get(a, "").lower() == "false" for a in SSL_REDIRECT_ANNOTATIONS)
+        for entry in ing.spec.tls:
+            # No hosts: the certificate is for this Ingress's own hosts.
+            for h in [normalize_host(x) for x in entry.hosts] or hosts:
+                if not valid_host(h):
+                    self.problem(f"{key}: invalid TLS host {h!r} ignored")
+                    continue
+                cert = self.secret_cert(ns, entry.secret_name)
+                if h in self.tls:
+                    if self.tls[h][0].secret != cert.secret:
+                        self.problem(f"conflict: {key} TLS for {h} ignored, already defined by an older Ingress")
+                    continue
+                if cert.error:
+                    self.problem(f"{key}: TLS for {h}: {cert.error}")
+                self.tls[h] = (cert, redirect)
+
+    def read_timeout(self, ing: Ingress, key: str) -> int | None:
+        """Seconds to wait for a backend's answer (default: the controller's --read-timeout)."""
+        for a in READ_TIMEOUT_ANNOTATIONS:
+            value = ing.metadata.annotations.get(a)
+            if value is None:
+                continue
+            if value.strip().isdigit() and 1 <= int(value) <= 3600:
+                return int(value)
+            self.problem(f"{key}: annotation {a}={value!r} ignored (whole seconds, 1-3600)")
+        return None
+
+    def secret_cert(self, ns: str, name: str | None) -> TlsCert:
+        if not name:
+            return TlsCert()  # no secretName: the default certificate
+        key = f"{ns}/{name}"
+        self.table.secrets.add(key)
+        if key not in self.secrets:
+            self.secrets[key] = load_secret(self.snap.secret(ns, name), key)
+        return self.secrets[key]
+
+    # -- servers
+    def routes_for(self, host: str) -> list[Route]:
+        best: dict[tuple[str, str], tuple[int, Route]] = {}
+        for (rule_host, kind, path), route in self.claims.items():
+            if rule_host == host:
+                rank = 0
+            elif not rule_host:
+                rank = 2
+            elif host and is_wildcard(rule_host) and not is_wildcard(host) and host_matches(rule_host, host):
+                rank = 1
+            else:
+                continue
+            if (kind, path) not in best or rank < best[(kind, path)][0]:
+                best[(kind, path)] = (rank, route)
+        return sorted((r for _, r in best.values()), key=lambda r: (r.path, r.kind))
+
+    def build(self) -> RoutingTable:
+        default = self.global_fallback or self.default_backend_option() or Route("/", PREFIX, BUILTIN_DEFAULT, "")
+        hosts = {h for h, _, _ in self.claims if h} | set(self.tls) | set(self.host_fallback)
+        servers = {"": Server("", self.routes_for(""), default)}
+        for host in sorted(hosts):
+            wild = wildcard_for(host) if not is_wildcard(host) else None
+            fallback = self.host_fallback.get(host) or (self.host_fallback.get(wild) if wild else None) or default
+            tls = self.tls.get(host) or (self.tls.get(wild) if wild else None)
+            cert = tls[0] if tls else None
+            servers[host] = Server(host, self.routes_for(host), fallback, cert,
+                                   ssl_redirect=bool(tls and tls[1] and not cert.error))  # type: ignore[union-attr]
+        self.table.servers = servers
+        return self.table
+
+
+def compile_table(snap: Snapshot, options: Options | None = None) -> RoutingTable:
+    options = options or Options()
+    b = _Builder(snap, options)
+    for ing in sorted((i for i in snap.ingresses if is_ours(i, options.ingress_class, snap.classes)), key=age_key):
+        b.add(ing)
+    return b.build()
+
+
+def service_key_of_slice(sl: EndpointSlice) -> str | None:
+    name = sl.metadata.labels.get(SERVICE_NAME_LABEL)
+    return f"{sl.namespace or 'default'}/{name}" if name else None

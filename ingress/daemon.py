@@ -1,0 +1,202 @@
+"""`knet-ingress`: watch Ingresses (+ IngressClasses, Services, EndpointSlices, Secrets) and keep an
+nginx in line with them.
+
+    knet-ingress --kubeconfig FILE --ingress-class knet --http-port 80 --https-port 443 \\
+        --publish-address 192.168.33.240 --metrics-bind-address 0.0.0.0:10254
+
+Sync model (kproxy's): nothing is served before every informer has listed; then changes are
+batched (`--min-sync-period`) and each batch is one compile + at most one reload. Service,
+EndpointSlice and Secret events wake the loop only for objects some Ingress refers to. Every
+`--sync-period` a sync runs regardless (retries failed status writes, restarts a dead nginx).
+SIGTERM/SIGINT: informers stop, nginx quits gracefully (in-flight requests finish).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import resource
+import signal
+import threading
+import time
+
+from ingress.accesslog import AccessLogReader
+from ingress.compiler import Options, Snapshot, service_key_of_slice
+from ingress.controller import Controller
+from ingress.nginx import Nginx
+from ingress.nginxconf import Settings
+from knet import logs, metrics
+from knet.kube import client as kube_client
+from knet.kube import threadsafe
+from knet.kube.informer import Informer
+from knet.kube.models import EndpointSlice, Ingress, IngressClass, KubeObject, Secret, Service
+from knet.kube.models.networking import SERVICE_NAME_LABEL
+
+log = logging.getLogger("knet.ingress")
+
+
+class IngressDaemon:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.settings = Settings(run_dir=args.run_dir, http_port=args.http_port, https_port=args.https_port,
+                                 status_port=args.status_port, worker_processes=args.worker_processes,
+                                 max_body_size=args.max_body_size, header_buffer=args.max_header_size,
+                                 access_log=not args.no_access_log, rlimit_nofile=_nofile_limit())
+        self.options = Options(ingress_class=args.ingress_class, default_backend=args.default_backend_service,
+                               ssl_redirect=not args.no_ssl_redirect)
+        self.nginx = Nginx(args.run_dir, args.status_port, binary=args.nginx_binary)
+        self.api = None
+        self.controller = Controller(self.settings, self.options, self.nginx, publish=args.publish_address,
+                                     publish_service=args.publish_service, status_writer=self._write_status)
+        self.wake = asyncio.Event()
+        self.stopping = asyncio.Event()
+        self.informers: dict[str, Informer] = {}
+
+    # -- informer callbacks (on the loop)
+    def _touch(self, *_: object) -> None:
+        self.wake.set()
+
+    def _touch_if_referenced(self, obj: KubeObject, *_: object) -> None:
+        table = self.controller.table
+        if isinstance(obj, EndpointSlice):
+            key = service_key_of_slice(obj)
+            if key in table.services:
+                self.wake.set()
+        elif isinstance(obj, Service):
+            if obj.key in table.services or obj.key == self.args.publish_service:
+                self.wake.set()
+        elif isinstance(obj, Secret) and obj.key in table.secrets:
+            self.wake.set()
+
+    def snapshot(self) -> Snapshot:
+        i = self.informers
+        return Snapshot(
+            ingresses=i["ingress"].list(), classes=i["class"].list(),
+            service=lambda ns, n: i["service"].get(n, ns),
+            slices=lambda ns, n: i["slice"].list(namespace=ns, selector={SERVICE_NAME_LABEL: n}),
+            secret=lambda ns, n: i["secret"].get(n, ns))
+
+    def _write_status(self, namespace: str, name: str, entries: list[dict]) -> None:
+        kube_client.patch_status(self.api, "Ingress", name, {"loadBalancer": {"ingress": entries}}, namespace)
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.api = kube_client.api_client_from_args(self.args)
+        touch, filtered = threadsafe(loop, self._touch), threadsafe(loop, self._touch_if_referenced)
+        kinds = {"ingress": (Ingress, touch), "class": (IngressClass, touch), "service": (Service, filtered),
+                 "slice": (EndpointSlice, filtered), "secret": (Secret, filtered)}
+        for name, (model, cb) in kinds.items():
+            self.informers[name] = Informer(self.api, model, on_add=cb, on_update=cb, on_delete=cb).start()
+        log.info("waiting for the informers to sync")
+        for inf in self.informers.values():
+            while not await inf.wait_synced_async(1):
+                if self.stopping.is_set():
+                    return
+        result = await asyncio.to_thread(self.controller.start, self.snapshot())
+        log.info("serving config=%s ingresses=%d", result.digest, len(self.controller.table.ingresses))
+        # Events that arrived while the first config was built were filtered against an empty
+        # table: one more sync picks them up (free when nothing changed).
+        self.wake.set()
+        reader = AccessLogReader(self.settings.access_log_path, self.controller.metrics.requests.observe,
+                                 reopen=self.nginx.reopen_logs)
+        tail_stop = threading.Event()
+        tail = threading.Thread(target=reader.run, args=(tail_stop,), name="access-log", daemon=True)
+        tail.start()
+        next_full = time.monotonic() + self.args.sync_period
+        try:
+            while not self.stopping.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wait_any(), max(0.0, next_full - time.monotonic()))
+                if self.stopping.is_set():
+                    break
+                # Batch: let a burst of changes (a rollout's endpoint updates) land in one reload.
+                await asyncio.sleep(self.args.min_sync_period)
+                self.wake.clear()
+                try:
+                    await asyncio.to_thread(self.controller.sync, self.snapshot())
+                except Exception:
+                    log.exception("sync failed; retrying")
+                    await asyncio.sleep(1)
+                    self.wake.set()
+                if time.monotonic() >= next_full:
+                    next_full = time.monotonic() + self.args.sync_period
+        finally:
+            tail_stop.set()
+
+    async def _wait_any(self) -> None:
+        waiters = [asyncio.ensure_future(self.wake.wait()), asyncio.ensure_future(self.stopping.wait())]
+        try:
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waiters:
+                w.cancel()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        for inf in self.informers.values():
+            inf.stop(timeout=0)
+
+
+def _nofile_limit() -> int:
+    """worker_rlimit_nofile: as high as our hard limit allows (workers, not root, cannot raise it)."""
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    return 65536 if hard == resource.RLIM_INFINITY else min(hard, 65536)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="knet-ingress", description="knet's ingress controller (drives nginx)")
+    kube_client.add_arguments(p)
+    p.add_argument("--ingress-class", default="knet", help="IngressClass name served (default: knet)")
+    p.add_argument("--http-port", type=int, default=80)
+    p.add_argument("--https-port", type=int, default=443)
+    p.add_argument("--publish-address", action="append", default=[],
+                   help="address written to status.loadBalancer.ingress of served Ingresses (repeatable)")
+    p.add_argument("--publish-service", default=None,
+                   help="ns/name of a LoadBalancer Service whose addresses to publish instead")
+    p.add_argument("--default-backend-service", default=None,
+                   help="ns/name:port answering requests no Ingress claims (default: a built-in 404)")
+    p.add_argument("--metrics-bind-address", default="0.0.0.0:10254", help="/metrics and /healthz")
+    p.add_argument("--run-dir", default="/run/knet-ingress", help="nginx config, pid, logs, certificates")
+    p.add_argument("--status-port", type=int, default=10246, help="nginx's internal status port on 127.0.0.1")
+    p.add_argument("--nginx-binary", default="nginx")
+    p.add_argument("--worker-processes", default="auto")
+    p.add_argument("--max-body-size", default="1m", help="larger request bodies get 413")
+    p.add_argument("--max-header-size", default="8k", help="a larger request header line gets 431")
+    p.add_argument("--no-ssl-redirect", action="store_true", help="do not redirect TLS hosts from http to https")
+    p.add_argument("--no-access-log", action="store_true", help="no access log (and no per-request metrics)")
+    p.add_argument("--sync-period", type=float, default=60.0, help="seconds between unconditional syncs")
+    p.add_argument("--min-sync-period", type=float, default=0.2, help="batching window for changes")
+    p.add_argument("--log-level", default="info")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logs.setup("knet-ingress", args.log_level)
+    daemon: IngressDaemon | None = None
+    try:
+        async def amain() -> None:
+            nonlocal daemon
+            daemon = IngressDaemon(args)
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, daemon.stop)
+            metrics.serve(daemon.controller.metrics.registry, args.metrics_bind_address, daemon.controller.healthy)
+            log.info("starting class=%s http=%d https=%d", args.ingress_class, args.http_port, args.https_port)
+            await daemon.run()
+
+        asyncio.run(amain())
+    except Exception as e:
+        log.error("fatal: %s", e)
+        return 1
+    finally:
+        if daemon is not None:
+            daemon.nginx.stop()
+            log.info("stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
