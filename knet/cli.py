@@ -35,7 +35,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     lab = api.up(args.name, args.nodes, cni_type=args.cni_type, recreate=args.recreate, progress=_say,
                  overlay=args.overlay, control_plane=not args.no_control_plane,
                  proxy_mode=None if args.no_control_plane or args.proxy_mode == "none" else args.proxy_mode,
-                 network_policy=not args.no_control_plane and not args.no_network_policy)
+                 network_policy=not args.no_control_plane and not args.no_network_policy,
+                 ingress=not args.no_control_plane and not args.no_ingress)
     if args.demo:
         return 0 if demo.run(lab, _say) else 1
     return 0
@@ -175,6 +176,7 @@ def parser() -> argparse.ArgumentParser:
                     default=os.environ.get("KNET_PROXY_MODE", "iptables"),
                     help="kproxy data path on every node (needs the control plane)")
     up.add_argument("--no-network-policy", action="store_true", help="do not run the netpolicy daemons")
+    up.add_argument("--no-ingress", action="store_true", help="do not run the ingress controller")
     up.add_argument("--no-control-plane", action="store_true",
                     help="only the network: no etcd/API server/controllers/node agents (pods via `knet lab pod`)")
     up.set_defaults(func=cmd_up)

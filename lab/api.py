@@ -136,7 +136,7 @@ def get(name: str = "knet", root: str = topology.STATE_ROOT) -> Lab:
 def up(name: str = "knet", nodes: int = 3, cni_type: str = "knet-cni", recreate: bool = False,
        progress: Progress = _quiet, root: str = topology.STATE_ROOT, agents: bool = True,
        overlay: str = "vxlan", control_plane: bool = False, proxy_mode: str | None = None,
-       network_policy: bool = False) -> Lab:
+       network_policy: bool = False, ingress: bool = False) -> Lab:
     """Build the lab; on any failure everything made so far is removed again. `control_plane`:
     also etcd, the API server, the controllers and the node agents (lab.controlplane)."""
     t0 = time.monotonic()
@@ -178,6 +178,8 @@ def up(name: str = "knet", nodes: int = 3, cni_type: str = "knet-cni", recreate:
                 _start_proxies(p, name, root, proxy_mode, progress)
             if network_policy:
                 _start_netpol(p, name, root, progress)
+            if ingress and proxy_mode:
+                _start_ingress(p, name, root, progress)
     except BaseException:
         kernel.teardown(name, root)  # first: a failing progress callback must not stop it
         with contextlib.suppress(Exception):
@@ -212,6 +214,15 @@ def _start_dns(p: topology.Plan, name: str, root: str, progress: Progress) -> No
     info = dns.start(p, kubeconfigs, progress)
     with state.update(name, root) as d:
         d["dns"] = info
+
+
+def _start_ingress(p: topology.Plan, name: str, root: str, progress: Progress) -> None:
+    from lab import ingress as lab_ingress
+
+    kubeconfigs = state.load(name, root)["control_plane"]["kubeconfigs"]
+    info = lab_ingress.start(p, kubeconfigs, progress)
+    with state.update(name, root) as d:
+        d["ingress"] = info
 
 
 def _start_netpol(p: topology.Plan, name: str, root: str, progress: Progress) -> None:
