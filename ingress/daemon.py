@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
 import resource
 import signal
@@ -27,7 +26,7 @@ from ingress.compiler import Options, Snapshot, service_key_of_slice
 from ingress.controller import Controller
 from ingress.nginx import Nginx
 from ingress.nginxconf import Settings
-from knet import logs, metrics
+from knet import aio, logs, metrics
 from knet.kube import client as kube_client
 from knet.kube import threadsafe
 from knet.kube.informer import Informer
@@ -107,8 +106,7 @@ class IngressDaemon:
         next_full = time.monotonic() + self.args.sync_period
         try:
             while not self.stopping.is_set():
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wait_any(), max(0.0, next_full - time.monotonic()))
+                await aio.wait_any(self.wake, self.stopping, timeout=max(0.0, next_full - time.monotonic()))
                 if self.stopping.is_set():
                     break
                 # Batch: let a burst of changes (a rollout's endpoint updates) land in one reload.
@@ -124,14 +122,6 @@ class IngressDaemon:
                     next_full = time.monotonic() + self.args.sync_period
         finally:
             tail_stop.set()
-
-    async def _wait_any(self) -> None:
-        waiters = [asyncio.ensure_future(self.wake.wait()), asyncio.ensure_future(self.stopping.wait())]
-        try:
-            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for w in waiters:
-                w.cancel()
 
     def stop(self) -> None:
         self.stopping.set()

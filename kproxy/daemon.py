@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
 import signal
 import time
 
-from knet import logs, metrics
+from knet import aio, logs, metrics
 from knet.kube import client as kube_client
 from knet.kube import threadsafe
 from knet.kube.informer import Informer
@@ -153,16 +152,7 @@ class Proxier:
             # Batch: let changes arriving in a burst accumulate, then sync once.
             await asyncio.sleep(self.args.min_sync_period)
             timeout = max(0.0, next_full - time.monotonic())
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wait_any(), timeout)
-
-    async def _wait_any(self) -> None:
-        waiters = [asyncio.ensure_future(self.wake.wait()), asyncio.ensure_future(self.stopping.wait())]
-        try:
-            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for w in waiters:
-                w.cancel()
+            await aio.wait_any(self.wake, self.stopping, timeout=timeout)
 
     def stop(self) -> None:
         self.stopping.set()

@@ -25,7 +25,7 @@ import logging
 import signal
 import time
 
-from knet import logs, metrics
+from knet import aio, logs, metrics
 from knet.kube import client as kube_client
 from knet.kube import threadsafe
 from knet.kube.informer import Informer
@@ -176,16 +176,7 @@ class Enforcer:
                 with contextlib.suppress(Exception):
                     await asyncio.to_thread(self.read_drops)
             timeout = max(0.05, min(next_check, next_drops) - time.monotonic())
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wait_any(), timeout)
-
-    async def _wait_any(self) -> None:
-        waiters = [asyncio.ensure_future(self.wake.wait()), asyncio.ensure_future(self.stopping.wait())]
-        try:
-            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for w in waiters:
-                w.cancel()
+            await aio.wait_any(self.wake, self.stopping, timeout=timeout)
 
     def stop(self) -> None:
         self.stopping.set()
