@@ -1,5 +1,5 @@
 # Thin wrappers; every target installs what is missing first.
-.PHONY: deps lab lab-down test test-unit lint bench
+.PHONY: deps lab lab-down test test-unit lint bench bench-proxy
 
 deps:
 	./scripts/install-deps
@@ -21,3 +21,7 @@ lint: deps
 
 bench: deps
 	.venv/bin/python -m bench.cni
+
+# kproxy's data paths vs direct pod access, and sync cost by size (--plot needs the bench extra).
+bench-proxy: deps
+	.venv/bin/python -m bench.proxy_modes

@@ -6,9 +6,12 @@ the node's pod cgroup under /sys/fs/cgroup, which `ip netns exec`'s private /sys
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import sys
 import time
+from collections.abc import Iterable
 
 from knet import netns
 from lab import kernel, topology
@@ -21,10 +24,15 @@ class ProxyError(RuntimeError):
     pass
 
 
-def kproxy_argv(p: topology.Plan, n: topology.Node, mode: str, kubeconfig: str) -> list[str]:
+def kproxy_argv(p: topology.Plan, n: topology.Node, mode: str, kubeconfig: str,
+                sync_period: float | None = None) -> list[str]:
+    """`sync_period`: seconds between full syncs (None: kproxy's default); tests of drift repair
+    shorten it so they need not wait out the default."""
     argv = [os.path.join(os.path.dirname(sys.executable), "kproxy"), "--mode", mode, "--kubeconfig", kubeconfig,
             "--node-name", n.short, "--cluster-cidr", topology.POD_CIDR,
             "--metrics-bind-address", f"{n.ip}:{METRICS_PORT}"]
+    if sync_period is not None:
+        argv += ["--sync-period", str(sync_period)]
     if mode == "ebpf":
         cg = kernel.node_cgroup(p.name, n.short)
         if not cg:
@@ -33,27 +41,35 @@ def kproxy_argv(p: topology.Plan, n: topology.Node, mode: str, kubeconfig: str) 
     return argv
 
 
-def start(p: topology.Plan, mode: str, kubeconfig: str, progress=print, wait: float = 30.0) -> dict[str, dict]:
-    """Start kproxy on every node and wait until each has done its first sync."""
+def start(p: topology.Plan, mode: str, kubeconfig: str, progress=print, wait: float = 30.0,
+          sync_period: float | None = None, nodes: Iterable[str] | None = None) -> dict[str, dict]:
+    """Start kproxy on every node (or on `nodes`, short names) and wait until each has done its
+    first sync."""
     if mode not in MODES:
         raise ProxyError(f"proxy mode must be one of {', '.join(MODES)}")
     kernel.ensure_node_cgroups(p)
+    wanted = set(nodes) if nodes is not None else None
     procs = {}
     for n in p.nodes:
+        if wanted is not None and n.short not in wanted:
+            continue
         log = os.path.join(n.dir, "kproxy.log")
-        procs[n.short] = (netns.spawn(n.netns, kproxy_argv(p, n, mode, kubeconfig), log_path=log,
-                                      keep_mounts=True), log)
+        # The log is appended to: a restarted kproxy's first sync is looked for after what its
+        # predecessor wrote, not found in the predecessor's lines.
+        offset = os.path.getsize(log) if os.path.exists(log) else 0
+        procs[n.short] = (netns.spawn(n.netns, kproxy_argv(p, n, mode, kubeconfig, sync_period), log_path=log,
+                                      keep_mounts=True), log, offset)
     deadline = time.monotonic() + wait
     pending = dict(procs)
     while pending:
-        for short, (proc, log) in list(pending.items()):
-            if proc.poll() is not None:
-                with open(log, errors="replace") as f:
-                    tail = f.read()[-1200:]
-                raise ProxyError(f"kproxy ({mode}) on {short} exited with {proc.returncode}:\n{tail}")
+        for short, (proc, log, offset) in list(pending.items()):
             with open(log, errors="replace") as f:
-                if "msg=\"sync full=True" in f.read():
-                    del pending[short]
+                f.seek(offset)
+                text = f.read()
+            if proc.poll() is not None:
+                raise ProxyError(f"kproxy ({mode}) on {short} exited with {proc.returncode}:\n{text[-1200:]}")
+            if "msg=\"sync full=True" in text:
+                del pending[short]
         if pending:
             if time.monotonic() > deadline:
                 raise ProxyError(f"kproxy ({mode}) did not sync within {wait:.0f}s on {', '.join(sorted(pending))}")
@@ -62,9 +78,15 @@ def start(p: topology.Plan, mode: str, kubeconfig: str, progress=print, wait: fl
     return {k: {"pid": v[0].pid, "log": v[1], "mode": mode} for k, v in procs.items()}
 
 
-def stop(p: topology.Plan) -> None:
-    """Stop every node's kproxy (the data path stays, as after a SIGTERM on a real node)."""
+def stop(p: topology.Plan, nodes: Iterable[str] | None = None, wait: float = 0.0) -> list[int]:
+    """Stop every node's kproxy, or those of `nodes` (short names), with SIGTERM (the data path
+    stays, as after a SIGTERM on a real node). `wait`: seconds to wait for them to exit (a
+    restart must: the successor binds the same metrics address). Returns the pids signalled."""
+    wanted = set(nodes) if nodes is not None else None
+    pids = []
     for n in p.nodes:
+        if wanted is not None and n.short not in wanted:
+            continue
         for pid in netns.pids(n.netns):
             try:
                 with open(f"/proc/{pid}/cmdline", "rb") as f:
@@ -72,4 +94,23 @@ def stop(p: topology.Plan) -> None:
             except OSError:
                 continue
             if any(part.endswith(b"/kproxy") for part in cmd[:2]):
-                os.kill(pid, 15)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGTERM)
+                    pids.append(pid)
+    deadline = time.monotonic() + wait
+    while wait and time.monotonic() < deadline and any(os.path.exists(f"/proc/{pid}") and not _zombie(pid)
+                                                       for pid in pids):
+        time.sleep(0.05)
+    left = [pid for pid in pids if os.path.exists(f"/proc/{pid}") and not _zombie(pid)]
+    if wait and left:
+        raise ProxyError(f"kproxy pid(s) {', '.join(map(str, left))} still running {wait:.0f}s after SIGTERM")
+    return pids
+
+
+def _zombie(pid: int) -> bool:
+    """Exited but not yet reaped (by the process that started it, possibly not this one)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return False
