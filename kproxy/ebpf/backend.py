@@ -8,6 +8,8 @@ Where translation happens, and why there:
   UDP replies come "from" the VIP). A service without endpoints fails connect()/sendto() with
   ECONNREFUSED at once (bpf_set_retval), the socket-level equivalent of kube-proxy's REJECT.
   Affinity identifies a pod by its network namespace cookie (one pod, one netns, one IP).
+  A connected UDP socket is translated once, at connect(); when its backend is removed, the
+  sync aborts it (sockterm.py) so the application reconnects to a live one.
 - Outside -> node port / LB / external IP: tc on the node's external interfaces. Ingress DNATs
   to a backend and records the flow in an LRU conntrack map; egress gives replies the frontend
   address back. Under externalTrafficPolicy Cluster the packet gets mark 0x4000 and the kernel's
@@ -36,7 +38,7 @@ import socket
 import time
 from collections.abc import Iterable
 
-from kproxy.ebpf import maps
+from kproxy.ebpf import maps, sockterm
 from kproxy.ebpf.loader import CGROUP_PROGRAMS, Datapath, EbpfUnavailable, attach_type_value, detach_cgroup_all
 from kproxy.iptables.backend import JUMPS as IPTABLES_JUMPS
 from kproxy.iptables.backend import SyncResult, _run
@@ -197,7 +199,12 @@ class EbpfBackend:
             # The daemon retries the same changes against the state we last completed.
             self.addr_refs.count = saved_refs
             raise
+        stale = set().union(*(sockterm.stale_targets(self.ports.get(k), new.get(k)) for k in changed))
         self.ports, self.progs = new, progs
+        if stale:
+            # After the maps: a client reconnecting on the error must find the new backends.
+            aborted = sockterm.terminate(self.cgroup, stale)
+            log.info("aborted %d connected UDP sockets to %d removed endpoints", aborted, len(stale))
         return SyncResult(full=full, services_written=len(new) if full else len(changed), rules=len(ops),
                           seconds=time.monotonic() - start)
 

@@ -50,7 +50,7 @@ PLAIN_IMAGE = "registry.example/knet/multi"  # any non-agnhost image: a plain HT
 # glibc's resolver), kept across requests; JSON lines in and out. A broken connection is
 # reported, never silently replaced (the next "keep" opens a new one, with a new source port).
 POD_CLIENT = r"""
-import json, socket, sys
+import errno, json, socket, sys
 conns, connected = {}, {}
 udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 
@@ -93,11 +93,23 @@ for line in sys.stdin:
             key = (req["host"], req["port"])
             s = connected.get(key)
             if s is None:
-                s = connected[key] = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-                s.connect(key)
+                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                try:
+                    s.connect(key)
+                except OSError:
+                    s.close()
+                    raise
+                connected[key] = s
             s.settimeout(req.get("timeout", 0.5))
-            s.send(b"hostname")
-            out = {"ok": s.recv(2048).decode()}
+            try:
+                s.send(b"hostname")
+                out = {"ok": s.recv(2048).decode(), "sport": s.getsockname()[1]}
+            except (ConnectionAbortedError, OSError) as e:
+                # An aborted socket (the kernel disconnected it) is replaced, as resolvers do;
+                # a timeout or a refusal (ICMP unreachable) keeps the socket.
+                if isinstance(e, ConnectionAbortedError) or e.errno in (errno.EDESTADDRREQ, errno.ENOTCONN):
+                    connected.pop(key).close()
+                raise
     except Exception as e:
         out = {"err": f"{type(e).__name__}: {e}"}
     print(json.dumps(out), flush=True)
@@ -396,47 +408,56 @@ def test_s24_kproxy_restart_keeps_established_connections(sl: ScenarioLab) -> No
 
 
 @pytest.mark.parametrize("socket_kind", ["sendto", "connected"])
-def test_udp_stale_flows_move_to_the_new_backend(sl: ScenarioLab, socket_kind: str,
-                                                 request: pytest.FixtureRequest) -> None:
+def test_udp_stale_flows_move_to_the_new_backend(sl: ScenarioLab, socket_kind: str) -> None:
     """A UDP client keeps sending from one socket to the ClusterIP while its only backend is
     deleted and the Deployment replaces it: within ~2 s of the new endpoint being ready, the
-    same socket's datagrams reach the new pod (iptables: kproxy deletes the conntrack entries
-    pointing at the old endpoint; userspace: the proxy drops its flows to it; ebpf: sendmsg
-    translates every datagram from the current maps). Both an unconnected socket (sendto) and a
-    connected one (as glibc's resolver uses).
+    client's datagrams reach the new pod. Both an unconnected socket (sendto) and a connected
+    one (as glibc's resolver uses).
 
-    Known gap, kept visible: in ebpf mode a *connected* UDP socket was translated once, at
-    connect(), and the kernel runs no sendmsg hook for connected sockets, so it stays pinned to
-    the deleted backend until the application reconnects (Cilium closes such sockets with
-    bpf_sock_destroy from a socket iterator; kproxy does not yet)."""
-    if sl.mode == "ebpf" and socket_kind == "connected":
-        request.applymarker(pytest.mark.xfail(strict=True, reason="ebpf: connected UDP sockets keep the backend "
-                                              "chosen at connect() (no socket termination on endpoint removal)"))
+    iptables: kproxy deletes the conntrack entries pointing at the old endpoint; userspace: the
+    proxy drops its flows to it; both keep the same client socket. ebpf: sendmsg translates
+    every unconnected datagram from the current maps; a connected socket was translated once,
+    at connect(), so kproxy aborts it when its backend goes (the client sees one error,
+    ECONNABORTED or EDESTADDRREQ, and reconnects, as a resolver does)."""
     vip = vip_of(sl, "udp")
     old = sl.ready("app=udp", 1)[0]["metadata"]["name"]
     connected = socket_kind == "connected"
     c = PodClient(sl, "client-node1")
     try:
-        first = wait_for(lambda: c.udp(vip, 53, connected=connected).get("ok"), 10, "a UDP answer through the VIP")
-        assert first == old
+        first = wait_for(lambda: (r := c.udp(vip, 53, connected=connected)).get("ok") and r, 10,
+                         "a UDP answer through the VIP")
+        assert first["ok"] == old
         client.delete(sl.api, "Pod", old, "default")
-        ready_at = answered_at = new = answer = None
+        ready_at = answered_at = new = None
+        errors: list[str] = []
+        reply: dict = {}
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            answer = c.udp(vip, 53, timeout=0.2, connected=connected).get("ok")
+            reply = c.udp(vip, 53, timeout=0.2, connected=connected)
             now = time.monotonic()
+            if "err" in reply and "timed out" not in reply["err"]:
+                errors.append(reply["err"])
             if ready_at is None:
                 new = next((ref for ref in ready_endpoint_pods(sl, "udp") if ref != old), None)
                 ready_at = now if new else None
-            if ready_at is not None and answer and answer != old:
+            if ready_at is not None and reply.get("ok") and reply["ok"] != old:
                 answered_at = now
                 break
             if ready_at is not None and now - ready_at > 4:
                 break
         assert ready_at is not None, "the replacement pod never became a ready endpoint"
-        assert answered_at is not None, f"the UDP socket never reached the new backend {new} (last answer {answer})"
-        assert answer == new
+        assert answered_at is not None, f"the UDP socket never reached the new backend {new} (last reply {reply})"
+        assert reply["ok"] == new
         assert answered_at - ready_at < 2.5, f"{answered_at - ready_at:.1f}s after the new endpoint was ready"
+        if connected and sl.mode == "ebpf":
+            # The abort shows on the next recv (ECONNABORTED) or, if it came between two
+            # requests, on the next send of the now disconnected socket (EDESTADDRREQ).
+            aborted = [e for e in errors if e.startswith("ConnectionAbortedError") or "[Errno 89]" in e]
+            assert len(aborted) == 1, f"the connected socket was not aborted exactly once: {errors}"
+            assert reply["sport"] != first["sport"], "the answer came on the aborted socket"
+        elif connected:
+            assert reply["sport"] == first["sport"], "the client socket was replaced"
+            assert not any(e.startswith("ConnectionAbortedError") or "[Errno 89]" in e for e in errors), errors
     finally:
         c.close()
 
