@@ -47,7 +47,11 @@ class AnswerCache:
         for name in deps:
             self.by_name.setdefault(name, set()).add(key)
 
-    def invalidate(self, names: Iterable[str]) -> int:
+    def invalidate(self, names: Iterable[str]) -> list[bytes]:
+        """Drop every answer computed from one of the names; returns the keys of the dropped
+        answers that were asked again after being cached (hits > 0): the ones worth recomputing
+        before the next query arrives."""
+        popular: list[bytes] = []
         dropped = 0
         for name in names:
             for key in self.by_name.pop(name, ()):
@@ -55,8 +59,10 @@ class AnswerCache:
                 if entry is not None:
                     self._drop(key, entry)
                     dropped += 1
+                    if entry[1]:
+                        popular.append(key)
         self.invalidations += dropped
-        return dropped
+        return popular
 
     def _drop(self, key: bytes, entry: list) -> None:
         del self.entries[key]

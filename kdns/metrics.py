@@ -140,6 +140,9 @@ class _Collector:
             out.append(f"kdns_cache_entries{_labels(cache=cache)} {s.get(cache + '_entries', 0)}")
         family("kdns_cache_invalidations_total", "counter", "Answer cache entries dropped by cluster changes")
         out.append(f"kdns_cache_invalidations_total {s.get('invalidations', 0)}")
+        family("kdns_cache_refreshed_total", "counter",
+               "Invalidated answers recomputed before the next query asked for them")
+        out.append(f"kdns_cache_refreshed_total {s.get('refreshed', 0)}")
 
         family("kdns_forward_requests_total", "counter", "Upstream queries, by upstream and outcome")
         for (up, what), n in sorted(s.get("forward", {}).items()):

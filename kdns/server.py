@@ -45,6 +45,8 @@ from kdns.wire import FORMERR, NOTIMP, REFUSED, SERVFAIL, FormError, Query, Repl
 
 log = logging.getLogger("knet.kdns")
 BATCH = 256  # datagrams handled per wake-up before letting other callbacks (TCP, timers) run
+REFRESH_BATCH = 64  # answers recomputed per loop callback after an invalidation (~2-3 ms of the lock)
+REFRESH_MAX = 10_000  # queued recomputations at most; beyond that, misses rebuild them
 perf = time.perf_counter
 
 
@@ -68,6 +70,9 @@ class Server:
         self.tcp_idle = tcp_idle
         self.max_tcp = max_tcp
         self.pending: set[asyncio.Task] = set()
+        self.refresh_keys: set[bytes] = set()  # answers to recompute after an invalidation
+        self.refresh_scheduled = False
+        self.refreshed = 0
         self.tcp_open = 0
         self.udp_socks: list[socket.socket] = []
         self.tcp_servers: list[asyncio.base_events.Server] = []
@@ -129,9 +134,53 @@ class Server:
 
     def invalidate(self, names: set[str]) -> None:
         """The store changed these names: drop every cached answer computed from them. Call with
-        `lock` held, together with the store update."""
-        if names:
-            self.cache.invalidate(names)
+        `lock` held, together with the store update.
+
+        Dropped answers that clients were using are recomputed soon after, on the loop, in small
+        batches (`refresh`): the next query for a popular name after a cluster change is then a
+        cache hit again instead of a slow-path miss. Dropping first keeps correctness simple: no
+        stale answer survives the invalidation, whatever the refresh manages to do."""
+        if not names:
+            return
+        popular = self.cache.invalidate(names)
+        if popular and len(self.refresh_keys) < REFRESH_MAX:
+            self.refresh_keys.update(popular[:REFRESH_MAX - len(self.refresh_keys)])
+            if not self.refresh_scheduled and self.loop is not None and not self.closing:
+                self.refresh_scheduled = True
+                with contextlib.suppress(RuntimeError):  # the loop is closed: shutting down
+                    self.loop.call_soon_threadsafe(self._refresh_batch)
+
+    def _refresh_batch(self) -> None:
+        with self.lock:
+            self.refresh_scheduled = False
+            left = self.refresh(REFRESH_BATCH)
+            if left and not self.closing and self.loop is not None:
+                self.refresh_scheduled = True
+                self.loop.call_soon(self._refresh_batch)  # yield to queries and events in between
+
+    def refresh(self, limit: int | None = None) -> int:
+        """Recompute up to `limit` queued answers (with `lock` held); returns how many are left.
+        A key answered meanwhile by a client query is skipped (already fresh)."""
+        keys = self.refresh_keys
+        done = 0
+        while keys and (limit is None or done < limit):
+            key = keys.pop()
+            done += 1
+            if key in self.cache.entries:
+                continue
+            data = b"\0\0" + key
+            try:
+                q = wire.parse_query(data)
+            except FormError:
+                continue
+            res = resolve(self.store, q.qname, q.qtype, q.qclass)
+            if res.forward or res.chase:
+                continue
+            res.reply.ra = self.forwarder is not None
+            response, _ = wire.build(q, res.reply, q.udp_limit)
+            self.cache.put(key, response[2:], res.deps, q.qtype, res.reply.rcode)
+            self.refreshed += 1
+        return len(keys)
 
     # --- UDP -----------------------------------------------------------------------------------
 
@@ -363,6 +412,7 @@ class Server:
             "answer_misses": sum(self.stats.queries.values()),
             "answer_entries": len(self.cache),
             "invalidations": self.cache.invalidations,
+            "refreshed": self.refreshed,
             "forward_hits": fwd.hits if fwd else 0,
             "forward_misses": fwd.misses if fwd else 0,
             "forward_entries": len(fwd.cache) if fwd else 0,

@@ -173,3 +173,51 @@ def test_cache_index_does_not_grow_with_churn(server):
                                                       service("web", "default", f"10.96.0.{21 - i % 2}")))
     assert sum(len(keys) for keys in server.cache.by_name.values()) <= 2
     assert all(server.cache.entries.get(k) is not None for keys in server.cache.by_name.values() for k in keys)
+
+
+def test_popular_answers_are_recomputed_after_a_change(server):
+    fqdn = f"web.default.svc.{Z}"
+    q, once = query(fqdn), query(f"_http._tcp.{fqdn}", SRV)
+    ask(server, q)
+    ask(server, q)  # asked again from the cache: popular
+    ask(server, once)  # asked once: not worth recomputing
+    server.invalidate(server.store.update_service("default/web", service("web", "default", "10.96.0.21",
+                                                                         [("http", 80, "TCP")])))
+    assert q[2:] not in server.cache.entries and once[2:] not in server.cache.entries
+    assert server.refresh() == 0
+    assert q[2:] in server.cache.entries and once[2:] not in server.cache.entries
+    assert addresses(ask(server, q)) == ["10.96.0.21"]  # served by the fast path, new address
+    server.invalidate(server.store.update_service("default/web", None))
+    server.refresh()
+    assert ask(server, q).header.rcode == wire.NXDOMAIN
+    assert server.refreshed == 2
+
+
+def test_refresh_runs_on_the_loop_in_batches(server):
+    import asyncio
+
+    from kdns import server as server_mod
+    keys = []
+    for i in range(server_mod.REFRESH_BATCH * 2 + 5):  # more spellings than one batch holds
+        spelled = "".join(c.upper() if (i >> k) & 1 else c for k, c in enumerate("webdefault"))
+        name = f"{spelled[:3]}.{spelled[3:]}.svc.{Z}"
+        q = query(name, qid=i)
+        ask(server, q)
+        ask(server, q)
+        keys.append(q[2:])
+    assert len(set(keys)) == len(keys)
+
+    async def change() -> list[int]:
+        server.loop = asyncio.get_running_loop()
+        with server.lock:
+            server.invalidate(server.store.update_service("default/web", service("web", "default", "10.96.0.22")))
+        cached_after = []
+        for _ in range(4):
+            await asyncio.sleep(0)
+            cached_after.append(sum(k in server.cache.entries for k in keys))
+        return cached_after
+
+    counts = asyncio.run(change())
+    assert counts[0] == server_mod.REFRESH_BATCH  # one batch per callback: queries get the lock in between
+    assert counts[-1] == len(keys)
+    assert all(b"\x0a\x60\x00\x16" in server.cache.entries[k][0] for k in keys)  # 10.96.0.22

@@ -132,6 +132,32 @@ def test_changes_and_deletes_follow_within_a_second(kdns, kube, world):
     kc.delete(kube, "Service", name, "default")
 
 
+def test_popular_answers_are_recomputed_after_a_change(kdns, kube, world):
+    """A name clients keep asking is answered again right after a cluster change: kdns recomputes
+    the dropped answer on its own (kdns_cache_refreshed_total), with the new records."""
+    name = f"hot-{random.randrange(10**6)}"
+    fqdn = f"{name}.default.svc.{Z}"
+    make_service(kube, "default", name, [], clusterIP="None")
+    make_slice(kube, "default", name, [{"addresses": ["10.244.6.1"]}])
+    try:
+        assert poll(lambda: kdns.short(fqdn), lambda r: r == ["10.244.6.1"]) == ["10.244.6.1"]
+        assert kdns.short(fqdn) == ["10.244.6.1"]  # a cache hit: the answer is in use
+        before = metric(kdns, "kdns_cache_refreshed_total")
+        kc.patch(kube, "EndpointSlice", f"{name}-1", {"endpoints": [{"addresses": ["10.244.6.2"]}]}, "default")
+        assert poll(lambda: metric(kdns, "kdns_cache_refreshed_total"), lambda n: n > before) > before
+        assert kdns.short(fqdn) == ["10.244.6.2"]
+    finally:
+        kc.delete(kube, "Service", name, "default")
+        kc.delete(kube, "EndpointSlice", f"{name}-1", "default")
+
+
+def metric(kdns, name: str) -> float:
+    _, text = kdns.get("/metrics")
+    found = re.search(rf"^{name} (\S+)$", text, re.M)
+    assert found, f"{name} missing from /metrics"
+    return float(found.group(1))
+
+
 def test_garbage_flood_then_good_answers(kdns, world):
     rnd = random.Random(5)
     good = query(f"_http._tcp.web.default.svc.{Z}", SRV)
