@@ -217,26 +217,37 @@ static __always_inline void remember_rev(__u64 cookie, struct backend *b, __u8 p
     sock_rev.update(&rk, &rv);
 }
 
-// connect(): TCP, SCTP and connected UDP.
-int sock_connect4(struct bpf_sock_addr *ctx) {
-    __u32 vip = ctx->user_ip4;
-    __u16 vport = (__u16)ctx->user_port;
-    __u8 proto = (__u8)ctx->protocol;
-    struct fe_val fe;
-    if (lookup_service(vip, vport, proto, SCOPE_SOCK, &fe) < 0)
-        return 1;
-    if (fe.count == 0) {
-        // kube-proxy rejects connections to services without endpoints; ECONNREFUSED is what a
-        // TCP RST gives the client (a plain `return 0` would surface as EPERM).
+// The service a socket call addresses: 1 (and *fe) for a service with endpoints; 0 for one
+// without, and the call fails with ECONNREFUSED (kube-proxy rejects such connections; that is
+// what a TCP RST gives the client, where a plain `return 0` would surface as EPERM); -1 for an
+// address that is no service (left alone).
+static __always_inline int sock_frontend(struct bpf_sock_addr *ctx, struct fe_val *fe) {
+    if (lookup_service(ctx->user_ip4, (__u16)ctx->user_port, (__u8)ctx->protocol, SCOPE_SOCK, fe) < 0)
+        return -1;
+    if (fe->count == 0) {
         bpf_set_retval(-ECONNREFUSED);
         return 0;
     }
+    return 1;
+}
+
+// Send the call to backend b, remembering the service address for the replies' source.
+static __always_inline void steer(struct bpf_sock_addr *ctx, __u64 cookie, struct backend *b) {
+    remember_rev(cookie, b, (__u8)ctx->protocol, ctx->user_ip4, (__u16)ctx->user_port);
+    ctx->user_ip4 = b->ip;
+    ctx->user_port = (__u32)b->port;
+}
+
+// connect(): TCP, SCTP and connected UDP.
+int sock_connect4(struct bpf_sock_addr *ctx) {
+    struct fe_val fe;
+    int found = sock_frontend(ctx, &fe);
+    if (found <= 0)
+        return found < 0;  // not a service: allow untouched; no endpoints: refused
     struct backend b;
     if (pick(&fe, bpf_get_netns_cookie(ctx), KIND_SOCK, &b) < 0)
         return 1;
-    remember_rev(bpf_get_socket_cookie(ctx), &b, proto, vip, vport);
-    ctx->user_ip4 = b.ip;
-    ctx->user_port = (__u32)b.port;
+    steer(ctx, bpf_get_socket_cookie(ctx), &b);
     return 1;
 }
 
@@ -244,23 +255,17 @@ int sock_connect4(struct bpf_sock_addr *ctx) {
 // stays a member (so a flow sticks to its backend and moves on when the endpoint goes away, the
 // socket-level equivalent of flushing stale UDP conntrack entries).
 int sock_sendmsg4(struct bpf_sock_addr *ctx) {
-    __u32 vip = ctx->user_ip4;
-    __u16 vport = (__u16)ctx->user_port;
-    __u8 proto = (__u8)ctx->protocol;
     struct fe_val fe;
-    if (lookup_service(vip, vport, proto, SCOPE_SOCK, &fe) < 0)
-        return 1;
-    if (fe.count == 0) {
-        bpf_set_retval(-ECONNREFUSED);
-        return 0;
-    }
+    int found = sock_frontend(ctx, &fe);
+    if (found <= 0)
+        return found < 0;
     __u64 cookie = bpf_get_socket_cookie(ctx);
     struct sock_key fk;
     __builtin_memset(&fk, 0, sizeof(fk));
     fk.cookie = cookie;
-    fk.ip = vip;
-    fk.port = vport;
-    fk.proto = proto;
+    fk.ip = ctx->user_ip4;
+    fk.port = (__u16)ctx->user_port;
+    fk.proto = (__u8)ctx->protocol;
     struct backend b;
     struct backend *known = sock_fwd.lookup(&fk);
     if (known && is_member(fe.set, known->ip, known->port)) {
@@ -270,9 +275,7 @@ int sock_sendmsg4(struct bpf_sock_addr *ctx) {
             return 1;
         sock_fwd.update(&fk, &b);
     }
-    remember_rev(cookie, &b, proto, vip, vport);
-    ctx->user_ip4 = b.ip;
-    ctx->user_port = (__u32)b.port;
+    steer(ctx, cookie, &b);
     return 1;
 }
 
