@@ -366,19 +366,24 @@ static __always_inline int parse(struct __sk_buff *skb, struct flow *f) {
     return 0;
 }
 
+// The conntrack-map key of a parsed packet seen in one direction.
+static __always_inline void ct_key_of(struct flow *f, __u8 dir, struct ct_key *k) {
+    __builtin_memset(k, 0, sizeof(*k));
+    k->saddr = f->saddr;
+    k->daddr = f->daddr;
+    k->sport = f->sport;
+    k->dport = f->dport;
+    k->proto = f->proto;
+    k->dir = dir;
+}
+
 // External interface, ingress: node port / LB / external IP -> backend.
 int tc_ingress(struct __sk_buff *skb) {
     struct flow f;
     if (parse(skb, &f) < 0)
         return TC_ACT_OK;
     struct ct_key ck;
-    __builtin_memset(&ck, 0, sizeof(ck));
-    ck.saddr = f.saddr;
-    ck.daddr = f.daddr;
-    ck.sport = f.sport;
-    ck.dport = f.dport;
-    ck.proto = f.proto;
-    ck.dir = DIR_IN;
+    ct_key_of(&f, DIR_IN, &ck);
     struct ct_val cv;
     struct ct_val *known = ct.lookup(&ck);
     // An established flow keeps its backend (terminating endpoints finish their connections);
@@ -433,13 +438,7 @@ int tc_egress(struct __sk_buff *skb) {
     if (parse(skb, &f) < 0)
         return TC_ACT_OK;
     struct ct_key ck;
-    __builtin_memset(&ck, 0, sizeof(ck));
-    ck.saddr = f.saddr;
-    ck.daddr = f.daddr;
-    ck.sport = f.sport;
-    ck.dport = f.dport;
-    ck.proto = f.proto;
-    ck.dir = DIR_OUT;
+    ct_key_of(&f, DIR_OUT, &ck);
     struct ct_val *fe = ct.lookup(&ck);
     if (!fe)
         return TC_ACT_OK;
