@@ -13,6 +13,10 @@ kdns's peak (for both servers), every answer's latency recorded (-v), percentile
 
     python -m bench.dns [--seconds 6] [--rounds 4] [--json]
 
+Forwarding: names of another zone (served by the same unbound), each asked once, so every query
+is a forwarder miss relayed to unbound; reported as kdns's rate next to unbound answering the same
+names directly.
+
 kdns is served by its real `Server` (the daemon's serving code; informers left out since they are
 idle during the run), in a child process: `python -m bench.dns --serve-kdns HOST:PORT`.
 """
@@ -41,6 +45,7 @@ from kdns.records import RecordStore
 from kdns.testing import endpoint_slice, query, service
 
 KDNS_ADDR, UNBOUND_ADDR = "127.0.0.61", "127.0.0.62"
+FWD_ZONE = "upstream.test"
 Z = "cluster.local"
 
 
@@ -109,6 +114,9 @@ def unbound_conf(store: RecordStore, directory: str, port: int) -> str:
         '  module-config: "iterator"', "  do-not-query-localhost: yes",
         # Nothing outside the local data is ever resolved: no recursion, no packets off loopback.
         '  local-zone: "." refuse', f'  local-zone: "{Z}." static',
+        # The zone kdns forwards to this unbound in the forwarding measurement (every name a miss).
+        f'  local-zone: "{FWD_ZONE}." static',
+        f"  local-data: '{FWD_ZONE}. 60 IN SOA ns.{FWD_ZONE}. host.{FWD_ZONE}. 1 3600 600 86400 30'",
     ]
     for rrsets in store.names.values():
         for rrs in rrsets.values():
@@ -119,15 +127,17 @@ def unbound_conf(store: RecordStore, directory: str, port: int) -> str:
 
 # --- the kdns child process -----------------------------------------------------------------------
 
-def serve_kdns(address: str, udp_mode: str) -> None:
+def serve_kdns(address: str, udp_mode: str, upstream: str | None = None) -> None:
+    from kdns.forward import Forwarder, Upstream
     from kdns.server import Server
     host, _, port = address.rpartition(":")
+    forwarder = Forwarder([Upstream.parse(upstream)]) if upstream else None
     store = build_store()
     if udp_mode == "thread":
         sys.setswitchinterval(0.0005)  # as the daemon does
 
     async def main() -> None:
-        server = Server(store, udp_mode=udp_mode)
+        server = Server(store, forwarder, udp_mode=udp_mode)
         gc.collect()
         gc.freeze()  # as the daemon does after its first sync
         await server.listen([(host, int(port))])
@@ -213,7 +223,7 @@ def run(seconds: float, rounds: int, server_cpu: int, client_cpu: int, udp_mode:
         with open(conf, "w") as f:
             f.write(unbound_conf(store, tmp, port))
         kdns = subprocess.Popen(["taskset", "-c", str(server_cpu), sys.executable, "-m", "bench.dns", "--serve-kdns",
-                                 f"{KDNS_ADDR}:{port}", "--udp-mode", udp_mode],
+                                 f"{KDNS_ADDR}:{port}", "--udp-mode", udp_mode, "--upstream", f"{UNBOUND_ADDR}:{port}"],
                                 stdout=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
         procs.append(kdns)
         unbound = subprocess.Popen(["taskset", "-c", str(server_cpu), "unbound", "-d", "-c", conf],
@@ -241,7 +251,9 @@ def run(seconds: float, rounds: int, server_cpu: int, client_cpu: int, udp_mode:
             lat[name] = dnsperf(client_cpu, host, port, qfile, min(seconds, 5), qps=load, verbose=True)
             answered = max(1, len(lat[name]["latencies"]))
             cpu_us[name] = round((cpu_seconds(proc.pid) - before) / answered * 1e6, 2)
+        fwd = forwarding(tmp, client_cpu, port, seconds)
         return {
+            **fwd,
             "kdns_qps": round(kdns_qps), "unbound_qps": round(unbound_qps),
             "ratio": round(kdns_qps / unbound_qps, 3) if unbound_qps else 0.0,
             "paired_ratio": round(paired, 3),
@@ -270,6 +282,20 @@ def run(seconds: float, rounds: int, server_cpu: int, client_cpu: int, udp_mode:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def forwarding(tmp: str, client_cpu: int, port: int, seconds: float) -> dict:
+    """Names outside the cluster zone, each asked once: every query is a forwarder miss, sent by
+    kdns to the upstream (this unbound). Compared with unbound answering the same queries
+    directly: the ratio is what forwarding through kdns leaves of the upstream's rate (a Python
+    server relaying to a C one: a small fraction; the figure to watch is kdns's own rate)."""
+    qfile = os.path.join(tmp, "forward.txt")
+    with open(qfile, "w") as f:  # more distinct names than kdns can ask in `seconds`
+        f.writelines(f"n{i}.{FWD_ZONE} A\n" for i in range(400_000))
+    via = dnsperf(client_cpu, KDNS_ADDR, port, qfile, seconds, outstanding=500)
+    direct = dnsperf(client_cpu, UNBOUND_ADDR, port, qfile, seconds, outstanding=500)
+    return {"forward_qps": round(via["qps"]), "forward_lost": via["lost"], "upstream_direct_qps": round(direct["qps"]),
+            "forward_ratio": round(via["qps"] / direct["qps"], 3) if direct["qps"] else 0.0}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seconds", type=float, default=6.0, help="length of each peak-throughput run")
@@ -279,9 +305,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true")
     p.add_argument("--udp-mode", choices=["loop", "thread"], default="thread", help="kdns's UDP fast path")
     p.add_argument("--serve-kdns", metavar="HOST:PORT", help=argparse.SUPPRESS)
+    p.add_argument("--upstream", metavar="HOST:PORT", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.serve_kdns:
-        serve_kdns(args.serve_kdns, args.udp_mode)
+        serve_kdns(args.serve_kdns, args.udp_mode, args.upstream)
         return 0
     for tool in ("dnsperf", "unbound", "taskset"):
         if not shutil.which(tool):
@@ -306,6 +333,9 @@ def main(argv: list[str] | None = None) -> int:
          f"(unbound/kdns {s['cpu_ratio']}: the least noise-prone comparison)"),
         ("response codes (kdns, latency run)", ", ".join(f"{k} {v}" for k, v in sorted(s["rcodes"].items()))),
         ("lost queries (peak runs)", f"kdns {s['lost']['kdns']}, unbound {s['lost']['unbound']}"),
+        ("forwarding: every query an upstream miss",
+         f"kdns {s['forward_qps']} qps ({s['forward_lost']} lost) vs unbound answering directly "
+         f"{s['upstream_direct_qps']} qps: ratio {s['forward_ratio']}"),
         ("machine load average before / after", f"{s['loadavg_1m'][0]} / {s['loadavg_1m'][1]} (2 cores)"),
     ], s, args.json)
     return 0

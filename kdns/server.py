@@ -131,6 +131,8 @@ class Server:
             srv.close()
         for task in list(self.pending):
             task.cancel()
+        if self.forwarder is not None:
+            self.forwarder.close()
 
     def invalidate(self, names: set[str]) -> None:
         """The store changed these names: drop every cached answer computed from them. Call with

@@ -65,6 +65,7 @@ class FakeUpstream:
         self.records = records if records is not None else {}
         self.ttl, self.negative_ttl, self.delay = ttl, negative_ttl, delay
         self.queries: list[tuple[str, str, int]] = []  # (transport, name, qtype)
+        self.udp_sources: set[tuple[str, int]] = set()  # client addresses of UDP queries
         self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.udp.bind((host, 0))
         self.port = self.udp.getsockname()[1]
@@ -121,6 +122,8 @@ class FakeUpstream:
                 data, addr = self.udp.recvfrom(65535)
             except OSError:
                 return
+            if addr:  # (shutdown wakes recvfrom with nothing)
+                self.udp_sources.add(addr)
             resp = self.answer(data, "udp")
             if resp is not None:
                 with contextlib.suppress(OSError):

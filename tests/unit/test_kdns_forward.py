@@ -3,12 +3,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import socket
+import time
+
 import dnslib
 import pytest
 
 from kdns import forward, wire
 from kdns.daemon import Kdns, parse_args, parse_listen, resolv_conf_upstreams
 from kdns.forward import Forwarder, Result, Upstream, aged, cache_ttl, parse_response
+from kdns.testing import FakeUpstream
 
 
 def upstream_reply(rcode: int = 0, answers: list[str] = (), soa_ttl: int | None = None, tc: bool = False) -> bytes:
@@ -93,3 +98,45 @@ def test_daemon_never_forwards_to_itself():
                          "--cluster-domain", "Example.Internal."]))
     assert k.forwarder.upstreams == [Upstream("192.0.2.1")]
     assert k.cfg.zone == "example.internal" and k.cfg.ns_addresses == ("10.96.0.10",)
+
+
+def test_queries_share_rotating_upstream_sockets():
+    """Concurrent misses go over one socket per upstream, renewed every CHANNEL_QUERIES queries
+    (a fresh source port), and every query gets its own answer back."""
+    names = {f"h{i}.example.test": [f"192.0.2.{i % 250 + 1}"] for i in range(250)}
+    with FakeUpstream(records=names) as up:
+        fwd = Forwarder([Upstream("127.0.0.1", up.port)], timeout=3.0)
+
+        async def ask_all() -> list:
+            try:
+                return await asyncio.gather(*(fwd.resolve(wire.name_to_wire(n), wire.A) for n in names))
+            finally:
+                fwd.close()
+
+        results = asyncio.run(ask_all())
+    for name, result in zip(names, results, strict=True):
+        assert result is not None and result.rcode == wire.NOERROR
+        assert [socket.inet_ntoa(rr[3]) for rr in result.answer] == names[name]
+    expected = -(-len(names) // forward.CHANNEL_QUERIES)
+    assert len(up.udp_sources) == expected, up.udp_sources
+
+
+def test_refused_upstream_fails_fast_and_the_next_one_answers():
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as closed:
+        closed.bind(("127.0.0.1", 0))
+        dead_port = closed.getsockname()[1]
+    with FakeUpstream(records={"www.example.test": ["192.0.2.9"]}) as up:
+        fwd = Forwarder([Upstream("127.0.0.1", dead_port), Upstream("127.0.0.1", up.port)], timeout=3.0)
+
+        async def ask() -> tuple:
+            try:
+                t0 = time.monotonic()
+                result = await fwd.resolve(wire.name_to_wire("www.example.test"), wire.A)
+                return result, time.monotonic() - t0
+            finally:
+                fwd.close()
+
+        result, took = asyncio.run(ask())
+    assert result is not None and socket.inet_ntoa(result.answer[0][3]) == "192.0.2.9"
+    assert took < 1.0, f"the refusing upstream cost {took:.2f}s (its ICMP error should end the wait)"
+    assert fwd.requests[(f"127.0.0.1:{dead_port}", "error")] == 1
