@@ -82,6 +82,12 @@ def _reject(sp: ServicePort) -> str:
     return "REJECT --reject-with tcp-reset" if sp.protocol == "TCP" else "REJECT"
 
 
+def _entry(chain: str, note: str, match: str, target: str) -> str:
+    """A rule of a shared chain (KUBE-SERVICES, KUBE-NODEPORTS, KUBE-EXTERNAL-SERVICES): traffic that
+    matches `match` goes to `target`, commented with `note`."""
+    return f"-A {chain} -m comment --comment {_q(note)} {match} -j {target}"
+
+
 def _probability(n_left: int) -> str:
     return f"-m statistic --mode random --probability {1.0 / n_left:0.10f} "
 
@@ -161,32 +167,30 @@ def render_service(sp: ServicePort, cfg: Config) -> ServiceRules:
             out.nat_chains[ext] = [f"-A {ext} -m comment --comment {_q('masquerade traffic for ' + note)} "
                                    f"-j KUBE-MARK-MASQ", f"-A {ext} -j {svc}"]
 
-    # Entries in the shared chains.
+    # Entries in the shared chains: a jump to the service's chain, or a reject (drop) while it has no endpoints.
     for cip in sp.cluster_ips:
+        dst = f"{m} -d {cip}/32 --dport {sp.port}"
         if internal_eps:
-            out.nat_shared.append(f"-A KUBE-SERVICES -m comment --comment {_q(sp.key + ' cluster IP')} {m} "
-                                  f"-d {cip}/32 --dport {sp.port} -j {internal_chain}")
+            out.nat_shared.append(_entry("KUBE-SERVICES", f"{sp.key} cluster IP", dst, internal_chain))
         else:
-            out.filter_services.append(f"-A KUBE-SERVICES -m comment --comment {_q(sp.key + ' has no endpoints')} "
-                                       f"{m} -d {cip}/32 --dport {sp.port} -j {_reject(sp)}")
+            out.filter_services.append(_entry("KUBE-SERVICES", f"{sp.key} has no endpoints", dst, _reject(sp)))
     external_dsts = [(ip, "external IP") for ip in sp.external_ips] + \
                     [(ip, "loadbalancer IP") for ip in sp.load_balancer_ips]
     no_eps_target = "DROP" if (sp.external_local and cluster_eps) else _reject(sp)
-    no_eps_note = _q(sp.key + (" has no local endpoints" if no_eps_target == "DROP" else " has no endpoints"))
+    no_eps_note = sp.key + (" has no local endpoints" if no_eps_target == "DROP" else " has no endpoints")
     for ip, kind in external_dsts:
+        dst = f"{m} -d {ip}/32 --dport {sp.port}"
         if external_eps:
-            out.nat_shared.append(f"-A KUBE-SERVICES -m comment --comment {_q(f'{sp.key} {kind}')} {m} "
-                                  f"-d {ip}/32 --dport {sp.port} -j {ext}")
+            out.nat_shared.append(_entry("KUBE-SERVICES", f"{sp.key} {kind}", dst, ext))
         else:
-            out.filter_external.append(f"-A KUBE-EXTERNAL-SERVICES -m comment --comment {no_eps_note} "
-                                       f"{m} -d {ip}/32 --dport {sp.port} -j {no_eps_target}")
+            out.filter_external.append(_entry("KUBE-EXTERNAL-SERVICES", no_eps_note, dst, no_eps_target))
     if sp.node_port:
         if external_eps:
-            out.nat_nodeports.append(f"-A KUBE-NODEPORTS -m comment --comment {_q(sp.key)} {m} "
-                                     f"--dport {sp.node_port} -j {ext}")
+            out.nat_nodeports.append(_entry("KUBE-NODEPORTS", sp.key, f"{m} --dport {sp.node_port}", ext))
         else:
-            out.filter_external.append(f"-A KUBE-EXTERNAL-SERVICES -m comment --comment {no_eps_note} "
-                                       f"-m addrtype --dst-type LOCAL {m} --dport {sp.node_port} -j {no_eps_target}")
+            out.filter_external.append(_entry("KUBE-EXTERNAL-SERVICES", no_eps_note,
+                                              f"-m addrtype --dst-type LOCAL {m} --dport {sp.node_port}",
+                                              no_eps_target))
     return out
 
 

@@ -15,7 +15,7 @@ import subprocess
 from dataclasses import dataclass, field
 
 from knet import netns
-from knet.kube.models import Container, Probe
+from knet.kube.models import Container, HTTPGetAction, Probe, TCPSocketAction
 
 READINESS, LIVENESS, STARTUP = "readiness", "liveness", "startup"
 
@@ -68,16 +68,26 @@ def resolve_port(port: int | str, container: Container) -> int | None:
     return next((p.container_port for p in container.ports if p.name == port), None)
 
 
+class _Unresolved(Exception):
+    """A probe's host or (named) port cannot be resolved; the message says which target."""
+
+
+def _target(action: HTTPGetAction | TCPSocketAction, container: Container, pod_ip: str | None) -> tuple[str, int]:
+    """(host, port) an httpGet or tcpSocket probe connects to: its host or else the pod's IP."""
+    port = resolve_port(action.port, container)
+    host = action.host or pod_ip
+    if port is None or not host:
+        raise _Unresolved(f"cannot resolve probe target {host}:{action.port}")
+    return host, port
+
+
 def run_probe(probe: Probe, container: Container, pod_ip: str | None, pod_netns: str) -> tuple[bool, str]:
     """(success, message). Never raises."""
     timeout = float(probe.timeout_seconds)
     try:
         if probe.http_get is not None:
             h = probe.http_get
-            port = resolve_port(h.port, container)
-            host = h.host or pod_ip
-            if port is None or not host:
-                return False, f"cannot resolve probe target {host}:{h.port}"
+            host, port = _target(h, container, pod_ip)
             cls = http.client.HTTPSConnection if h.scheme == "HTTPS" else http.client.HTTPConnection
             kwargs = {"context": _insecure()} if h.scheme == "HTTPS" else {}
             conn = cls(host, port, timeout=timeout, **kwargs)
@@ -90,11 +100,7 @@ def run_probe(probe: Probe, container: Container, pod_ip: str | None, pod_netns:
                 conn.close()
             return 200 <= code < 400, f"HTTP probe failed with statuscode: {code}" if code >= 400 else ""
         if probe.tcp_socket is not None:
-            t = probe.tcp_socket
-            port = resolve_port(t.port, container)
-            host = t.host or pod_ip
-            if port is None or not host:
-                return False, f"cannot resolve probe target {host}:{t.port}"
+            host, port = _target(probe.tcp_socket, container, pod_ip)
             with socket.create_connection((host, port), timeout=timeout):
                 return True, ""
         if probe.exec is not None:
@@ -103,6 +109,8 @@ def run_probe(probe: Probe, container: Container, pod_ip: str | None, pod_netns:
             out = (proc.stdout + proc.stderr).decode(errors="replace").strip()[-300:]
             return proc.returncode == 0, out if proc.returncode else ""
         return False, "unsupported probe handler (grpc)"
+    except _Unresolved as e:
+        return False, str(e)
     except subprocess.TimeoutExpired:
         return False, f"command timed out after {timeout:.0f}s"
     except (OSError, http.client.HTTPException) as e:

@@ -58,24 +58,23 @@ class Causes:
     # --- common checks; each returns True when the value is fine --------------------------------
 
     def dns_label(self, field: str, value: Any, required: bool = True) -> bool:
-        if value in (None, ""):
-            if required:
-                self.required(field)
-            return not required
-        if not isinstance(value, str) or len(value) > 63 or not DNS1123_LABEL.match(value):
-            self.invalid(field, value, "a lowercase RFC 1123 label must consist of lower case alphanumeric "
-                                       "characters or '-', and must start and end with an alphanumeric character")
-            return False
-        return True
+        return self._rfc1123(field, value, required, 63, DNS1123_LABEL,
+                             "a lowercase RFC 1123 label must consist of lower case alphanumeric "
+                             "characters or '-', and must start and end with an alphanumeric character")
 
     def dns_subdomain(self, field: str, value: Any, required: bool = True) -> bool:
+        return self._rfc1123(field, value, required, 253, DNS1123_SUBDOMAIN,
+                             "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric "
+                             "characters, '-' or '.', and must start and end with an alphanumeric character")
+
+    def _rfc1123(self, field: str, value: Any, required: bool, max_len: int, pattern: re.Pattern[str],
+                 detail: str) -> bool:
         if value in (None, ""):
             if required:
                 self.required(field)
             return not required
-        if not isinstance(value, str) or len(value) > 253 or not DNS1123_SUBDOMAIN.match(value):
-            self.invalid(field, value, "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric "
-                                       "characters, '-' or '.', and must start and end with an alphanumeric character")
+        if not isinstance(value, str) or len(value) > max_len or not pattern.match(value):
+            self.invalid(field, value, detail)
             return False
         return True
 

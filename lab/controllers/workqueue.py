@@ -29,12 +29,20 @@ class WorkQueue:
 
     def add(self, key: str) -> None:
         with self._cond:
-            if key in self._processing:
-                self._dirty.add(key)
-            elif key not in self._queued:
-                self._queued.add(key)
-                self._queue.append(key)
+            if self._add_locked(key):
                 self._cond.notify()
+
+    def _add_locked(self, key: str) -> bool:
+        """With the lock held: mark `key` dirty if it is being synced, else queue it unless it is
+        queued already. True when it was queued now."""
+        if key in self._processing:
+            self._dirty.add(key)
+            return False
+        if key in self._queued:
+            return False
+        self._queued.add(key)
+        self._queue.append(key)
+        return True
 
     def add_all(self, keys: Iterable[str]) -> None:
         for key in keys:
@@ -53,11 +61,7 @@ class WorkQueue:
                 now = time.monotonic()
                 while self._delayed and self._delayed[0][0] <= now:
                     _, key = heapq.heappop(self._delayed)
-                    if key in self._processing:
-                        self._dirty.add(key)
-                    elif key not in self._queued:
-                        self._queued.add(key)
-                        self._queue.append(key)
+                    self._add_locked(key)
                 if self._queue:
                     key = self._queue.pop(0)
                     self._queued.discard(key)
@@ -80,9 +84,7 @@ class WorkQueue:
             self._processing.discard(key)
             if key in self._dirty:
                 self._dirty.discard(key)
-                if key not in self._queued:
-                    self._queued.add(key)
-                    self._queue.append(key)
+                if self._add_locked(key):  # no longer processing: queued unless it is already
                     self._cond.notify()
 
     def close(self) -> None:
