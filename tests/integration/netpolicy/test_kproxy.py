@@ -1,18 +1,25 @@
-"""Policies and kproxy's iptables data path together: a ClusterIP is translated (DNAT in
-prerouting) before the forward hook, so policies judge the real backend pod, for the server's
-ingress and for the client's egress alike."""
+"""Policies and kproxy's data paths together, in iptables and ebpf mode: a ClusterIP is
+translated before the forward hook (iptables: DNAT in prerouting; ebpf: the connect/sendmsg
+socket hooks, before the first packet exists), so policies judge the real backend pod, for the
+server's ingress and for the client's egress alike.
+
+Clients run as processes in the source pod's namespace *and* its node's pod cgroup, where the
+ebpf mode's socket hooks are (a socket made by this test process would bypass them)."""
 
 from __future__ import annotations
 
 import contextlib
-import socket
+import subprocess
+import sys
 
 import pytest
 
-from knet import netns
+from knet import cgroups, netns
+from kproxy.ebpf.backend import EbpfBackend
 from kproxy.iptables.backend import IptablesBackend
 from kproxy.iptables.rules import Config
 from kproxy.model import Endpoint, ServicePort
+from lab import kernel
 from netpolicy import probe
 from netpolicy.scenarios import EGR, A, E, Step, np, pods, rule
 
@@ -20,37 +27,56 @@ pytestmark = pytest.mark.integration
 VIP = "10.96.77.77"
 
 
-@pytest.fixture
-def service(harness):
-    """Service x/web (TCP and UDP 80) -> x/a:80, programmed by kproxy (iptables) on both nodes."""
+# Prints the answering pod's name, or nothing when the connection/datagram got no answer.
+CLIENT = r"""
+import socket, sys
+vip, proto, timeout = sys.argv[1], sys.argv[2], float(sys.argv[3])
+s = socket.socket(socket.AF_INET, socket.SOCK_STREAM if proto == "TCP" else socket.SOCK_DGRAM)
+s.settimeout(timeout)
+try:
+    s.connect((vip, 80))
+    if proto == "UDP":
+        s.send(b"?")
+    print(s.recv(64).decode(), end="")
+except OSError:
+    pass
+"""
+
+
+@pytest.fixture(params=["iptables", "ebpf"])
+def service(harness, request):
+    """Service x/web (TCP and UDP 80) -> x/a:80, programmed by kproxy on both nodes in the mode."""
     ip = harness.pods["x/a"][1]
     ports = [ServicePort("x", "web", proto.lower(), proto, 80, (VIP,),
                          endpoints=(Endpoint(ip, 80, node_name=harness.nodes["x/a"]),)) for proto in ("TCP", "UDP")]
-    proxies = {n: IptablesBackend(Config(node_name=n, cluster_cidr="10.244.0.0/16")) for n in harness.backends}
+    proxies = {}
     try:
-        for node, proxy in proxies.items():
-            with netns.enter(harness.node_ns(node)):  # iptables-restore inherits this thread's namespace
-                proxy.sync(ports, full=True)
-        yield
+        for node in harness.backends:
+            cfg = Config(node_name=node, cluster_cidr="10.244.0.0/16")
+            # Made in the node's namespace: iptables-restore and the BPF loader inherit it.
+            with netns.enter(harness.node_ns(node)):
+                if request.param == "ebpf":
+                    proxies[node] = EbpfBackend(cfg, cgroups.ensure(kernel.node_cgroup(harness.lab.name, node)))
+                else:
+                    proxies[node] = IptablesBackend(cfg)
+                proxies[node].sync(ports, full=True)
+        yield request.param
     finally:
         for node, proxy in proxies.items():
             with contextlib.suppress(Exception), netns.enter(harness.node_ns(node)):
-                proxy.sync([], full=True)
+                if request.param == "ebpf":
+                    proxy.cleanup()
+                else:
+                    proxy.sync([], full=True)
 
 
 def via_service(harness, src: str, proto: str = "TCP", timeout: float = 0.5) -> str | None:
     """The name of the pod that answered on VIP:80 from pod `src`, None when nothing did."""
-    with netns.enter(harness.pods[src][0]):
-        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM if proto == "TCP" else socket.SOCK_DGRAM)
-    with s:
-        s.settimeout(timeout)
-        try:
-            s.connect((VIP, 80))
-            if proto == "UDP":
-                s.send(b"?")
-            return s.recv(64).decode()
-        except OSError:
-            return None
+    argv = netns.exec_argv(harness.pods[src][0], [sys.executable, "-S", "-c", CLIENT, VIP, proto, str(timeout)])
+    argv = cgroups.join_argv(kernel.node_cgroup(harness.lab.name, harness.nodes[src]), argv)
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    return out.stdout or None
 
 
 def answers(harness, sources, proto="TCP"):
