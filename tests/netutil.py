@@ -3,9 +3,11 @@ namespace they belong to via knet.netns.enter, then used from the test thread)."
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import socket
 import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from knet import netns
@@ -16,41 +18,60 @@ def unique(tag: str) -> str:
     return f"kt{tag}{secrets.token_hex(3)}"
 
 
-@contextmanager
-def tcp_server(ns: str, addr: str = "0.0.0.0", port: int = 0):
-    """A TCP server in `ns` that answers each connection with b"from <peer ip>:" + the data."""
+def server_socket(ns: str, kind: int = socket.SOCK_STREAM, addr: str = "0.0.0.0", port: int = 0) -> socket.socket:
+    """A socket made in `ns` and bound to addr:port (SO_REUSEADDR), listening if it is TCP, with the
+    short timeout the serving loops below poll their stop event with."""
     with netns.enter(ns):
-        srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        srv = socket.socket(socket.AF_INET, kind)
     srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     srv.bind((addr, port))
-    srv.listen(64)
+    if kind == socket.SOCK_STREAM:
+        srv.listen(256)
     srv.settimeout(0.2)
+    return srv
+
+
+def accept_loop(srv: socket.socket, stop: threading.Event, handle: Callable[[socket.socket, tuple], None]) -> None:
+    """`handle(conn, peer)` every connection to `srv` until `stop` is set."""
+    while not stop.is_set():
+        try:
+            conn, peer = srv.accept()
+        except (TimeoutError, OSError):
+            continue
+        handle(conn, peer)
+
+
+@contextmanager
+def serving(socks: list[socket.socket], *loops: Callable[[threading.Event], None]) -> Iterator[None]:
+    """Each `loop(stop)` on a thread of its own for the block; then `stop` is set, the threads are
+    given 2 s to end and `socks` are closed."""
     stop = threading.Event()
-
-    def serve() -> None:
-        while not stop.is_set():
-            try:
-                conn, peer = srv.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            with conn:
-                conn.settimeout(5)
-                try:
-                    data = conn.recv(65536)
-                    conn.sendall(f"from {peer[0]}:".encode() + data)
-                except OSError:
-                    pass
-
-    t = threading.Thread(target=serve, daemon=True)
-    t.start()
+    threads = [threading.Thread(target=loop, args=(stop,), daemon=True) for loop in loops]
+    for t in threads:
+        t.start()
     try:
-        yield srv.getsockname()[1]
+        yield
     finally:
         stop.set()
-        t.join(2)
-        srv.close()
+        for t in threads:
+            t.join(2)
+        for s in socks:
+            s.close()
+
+
+@contextmanager
+def tcp_server(ns: str, addr: str = "0.0.0.0", port: int = 0) -> Iterator[int]:
+    """A TCP server in `ns` that answers each connection with b"from <peer ip>:" + the data."""
+    srv = server_socket(ns, socket.SOCK_STREAM, addr, port)
+
+    def answer(conn: socket.socket, peer: tuple) -> None:
+        with conn, contextlib.suppress(OSError):
+            conn.settimeout(5)
+            data = conn.recv(65536)
+            conn.sendall(f"from {peer[0]}:".encode() + data)
+
+    with serving([srv], lambda stop: accept_loop(srv, stop, answer)):
+        yield srv.getsockname()[1]
 
 
 def tcp_request(ns: str, host: str, port: int, payload: bytes = b"hello", timeout: float = 3.0) -> bytes:

@@ -15,6 +15,7 @@ import pytest
 
 from knet.kube import Backoff, Informer, InformerFactory, make_configuration, new_api_client
 from knet.kube.models import Service
+from tests import informer_recorder
 
 
 class FakeAPI:
@@ -154,10 +155,10 @@ def fake():
     f.stop()
 
 
-class Recorder:
-    def __init__(self) -> None:
-        self.events: list[tuple] = []
-        self.cond = threading.Condition()
+class Recorder(informer_recorder.Recorder):
+    """Adds and updates with their resourceVersions."""
+
+    timeout = 10.0
 
     def add(self, new):
         self._rec(("add", new.name, new.metadata.resource_version))
@@ -165,24 +166,11 @@ class Recorder:
     def update(self, old, new):
         self._rec(("update", new.name, old.metadata.resource_version, new.metadata.resource_version))
 
-    def delete(self, old):
-        self._rec(("delete", old.name))
-
-    def _rec(self, ev):
-        with self.cond:
-            self.events.append(ev)
-            self.cond.notify_all()
-
-    def wait_for(self, n: int, timeout: float = 10) -> list[tuple]:
-        with self.cond:
-            assert self.cond.wait_for(lambda: len(self.events) >= n, timeout), self.events
-            return list(self.events)
-
 
 def make_informer(fake: FakeAPI, rec: Recorder, **kw) -> Informer[Service]:
     api = new_api_client(configuration=make_configuration(f"http://127.0.0.1:{fake.port}", token="sekret"))
     kw.setdefault("backoff", Backoff(initial=0.05, maximum=0.2))
-    return Informer(api, Service, on_add=rec.add, on_update=rec.update, on_delete=rec.delete, **kw)
+    return rec.informer(api, Service, **kw)
 
 
 def test_list_then_watch_add_update_delete(fake):

@@ -14,10 +14,7 @@ import glob
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -26,62 +23,12 @@ from dataclasses import dataclass
 
 import pytest
 
-from lab.apiserver import auth, pki
+from lab.apiserver import auth
+from tests.integration.apiserver_env import REPO, Etcd, start_apiserver, start_etcd, stop
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 KUBECTL_DIR = os.path.join(REPO, ".venv", "kubectl-1.20")
 ADMIN_TOKEN = "admin-" + uuid.uuid4().hex
 OTHER_TOKEN = "kproxy-" + uuid.uuid4().hex
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _tail(log: str) -> str:
-    if not log:
-        return ""
-    with open(log, errors="replace") as f:
-        return f.read()[-3000:]
-
-
-def _wait(cond, timeout: float, what: str, proc: subprocess.Popen | None = None, log: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"{what} exited: {_tail(log)}")
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} not ready in {timeout}s: {_tail(log)}")
-        time.sleep(0.05)
-
-
-def _stop(proc: subprocess.Popen) -> int | None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            return proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-    return proc.returncode
-
-
-@dataclass
-class Etcd:
-    url: str
-    proc: subprocess.Popen
-    log: str
-
-    def etcdctl(self, *args: str) -> subprocess.CompletedProcess:
-        env = dict(os.environ, ETCDCTL_API="3")
-        return subprocess.run(["etcdctl", "--endpoints", self.url, *args], capture_output=True, text=True, env=env,
-                              timeout=20)
-
-    def keys(self, prefix: str) -> list[str]:
-        out = self.etcdctl("get", "--prefix", "--keys-only", prefix).stdout
-        return [line for line in out.splitlines() if line.strip()]
 
 
 @pytest.fixture(scope="session")
@@ -89,22 +36,13 @@ def etcd() -> Iterator[Etcd]:
     if not shutil.which("etcd"):
         pytest.skip("etcd is not installed (scripts/install-deps installs it)")
     tmp = tempfile.mkdtemp(prefix="knet-apiserver-etcd-")
-    client, peer = free_port(), free_port()
-    url = f"http://127.0.0.1:{client}"
-    log = os.path.join(tmp, "etcd.log")
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(["etcd", "--name", "t", "--data-dir", os.path.join(tmp, "data"),
-                                 "--listen-client-urls", url, "--advertise-client-urls", url,
-                                 "--listen-peer-urls", f"http://127.0.0.1:{peer}",
-                                 "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
-                                 "--initial-cluster", f"t=http://127.0.0.1:{peer}"],
-                                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    e = Etcd(url, proc, log)
     try:
-        _wait(lambda: e.etcdctl("endpoint", "health").returncode == 0, 20, "etcd", proc, log)
-        yield e
+        e = start_etcd(tmp)
+        try:
+            yield e
+        finally:
+            stop(e.proc)
     finally:
-        _stop(proc)
         shutil.rmtree(tmp, ignore_errors=True)
 
 
@@ -121,24 +59,12 @@ class Server:
 
 
 def start_server(etcd: Etcd, tmp: str, prefix: str, extra: list[str] = ()) -> Server:
-    os.makedirs(tmp, exist_ok=True)
-    tokens = os.path.join(tmp, "tokens.csv")
-    with open(tokens, "w") as f:
-        f.write(f"# test tokens\n{ADMIN_TOKEN},admin,admin\n{OTHER_TOKEN},kproxy,kproxy\n")
-    certs = pki.ensure(os.path.join(tmp, "pki"), ["127.0.0.1"])
-    ready = os.path.join(tmp, "ready.json")
-    argv = [sys.executable, "-m", "lab.apiserver.main", "--etcd", etcd.url, "--etcd-prefix", prefix,
-            "--tokens", tokens, "--listen", "127.0.0.1:0", "--ready-file", ready,
-            "--tls-cert-file", certs.cert, "--tls-private-key-file", certs.key, *extra]
-    log = os.path.join(tmp, "apiserver.log")
-    with open(log, "ab") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=REPO)
-    _wait(lambda: os.path.exists(ready), 20, "knet-apiserver", proc, log)
-    with open(ready) as f:
-        url = json.load(f)["listen"][0]
+    tokens = f"# test tokens\n{ADMIN_TOKEN},admin,admin\n{OTHER_TOKEN},kproxy,kproxy\n"
+    p = start_apiserver(tmp, etcd.url, prefix, tokens, *extra)
+    url = p.urls[0]
     kubeconfig = auth.write_kubeconfig(os.path.join(tmp, "admin.kubeconfig"), url, "admin", ADMIN_TOKEN, "test",
-                                       certs.ca_pem())
-    return Server(url, prefix, kubeconfig, certs.ca_cert, tmp, proc, log, argv)
+                                       p.certs.ca_pem())
+    return Server(url, prefix, kubeconfig, p.certs.ca_cert, tmp, p.proc, p.log, p.argv)
 
 
 @pytest.fixture(scope="session")
@@ -148,7 +74,7 @@ def server(etcd: Etcd) -> Iterator[Server]:
     try:
         yield srv
     finally:
-        code = _stop(srv.proc)
+        code = stop(srv.proc)
         shutil.rmtree(tmp, ignore_errors=True)
     assert code == 0, f"knet-apiserver did not exit cleanly on SIGTERM (exit {code})"
 

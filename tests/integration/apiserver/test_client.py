@@ -448,7 +448,8 @@ def test_endpoints_mirrored_into_endpointslices(api, ns):
 
 
 def test_server_restart_keeps_state(api, ns, server, etcd, tmp_path):
-    from tests.integration.apiserver.conftest import _stop, start_server
+    from tests.integration.apiserver.conftest import start_server
+    from tests.integration.apiserver_env import stop
     client.CoreV1Api(api).create_namespaced_config_map(ns, {"metadata": {"name": "persist"}})
     second = start_server(etcd, str(tmp_path), server.prefix)
     try:
@@ -457,7 +458,7 @@ def test_server_restart_keeps_state(api, ns, server, etcd, tmp_path):
         assert client.CoreV1Api(other).read_namespaced_config_map("persist", ns).metadata.name == "persist"
         other.close()
     finally:
-        assert _stop(second.proc) == 0
+        assert stop(second.proc) == 0
 
 
 def test_watch_bookmarks_carry_filtered_progress(api, ns, server):

@@ -5,17 +5,14 @@ nothing here ever dials a lab address from the root namespace)."""
 from __future__ import annotations
 
 import os
-import re
-import secrets
 from collections.abc import Iterator
 
 import pytest
 
 from knet.kube import client
-from lab import api, controlplane, state
+from lab import api, controlplane
 from tests.integration.controlplane.cp_helpers import ControlPlaneLab
-
-NAME_RE = re.compile(r"^kt[0-9a-f]{4}$")
+from tests.integration.lab_names import new_lab_name, sweep_crashed_labs
 
 
 def _find_kubectl() -> str | None:
@@ -29,11 +26,8 @@ def _find_kubectl() -> str | None:
 def cp(request: pytest.FixtureRequest) -> Iterator[ControlPlaneLab]:
     if os.geteuid() != 0:
         pytest.skip("the lab needs root (network namespaces)")
-    for name in api.list_labs():  # leftovers of crashed sessions only (their owner is gone)
-        if NAME_RE.match(name) and not state.owner_alive(name):
-            api.down(name)
-    name = "kt" + secrets.token_hex(2)
-    request.addfinalizer(lambda: api.down(name))  # whatever happens, the lab goes
+    sweep_crashed_labs()
+    name = new_lab_name(request)
     lab = api.up(name, nodes=2, overlay="static", control_plane=True)
     kubeconfig = controlplane.kubeconfig_path(name)
     controlplane.loopback_only(kubeconfig)

@@ -13,8 +13,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
-import secrets
 import shutil
 import subprocess
 import sys
@@ -28,8 +26,8 @@ import pytest
 from knet import netns
 from lab import api, controlplane, state, topology
 from tests.integration.deploy import manifests as m
+from tests.integration.lab_names import new_lab_name, sweep_crashed_labs
 
-NAME_RE = re.compile(r"^kt[0-9a-f]{4}$")
 BIN = os.path.dirname(sys.executable)  # the venv's bin: every console script of the image is there
 TLS_FLAGS = ("--etcd-cafile=", "--etcd-certfile=", "--etcd-keyfile=")
 
@@ -141,11 +139,8 @@ def _install(d: Deployed) -> None:
 def deployed(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployed]:
     if os.geteuid() != 0:
         pytest.skip("the lab needs root (network namespaces)")
-    for name in api.list_labs():  # leftovers of crashed sessions only (their owner is gone)
-        if NAME_RE.match(name) and not state.owner_alive(name):
-            api.down(name)
-    name = "kt" + secrets.token_hex(2)
-    request.addfinalizer(lambda: api.down(name))  # whatever happens, the lab goes
+    sweep_crashed_labs()
+    name = new_lab_name(request)
     api.up(name, nodes=2, overlay="static", control_plane=True, agents=False)
     info = state.load(name)["control_plane"]
     admin = controlplane.kubeconfig_path(name)

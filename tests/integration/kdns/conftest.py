@@ -8,13 +8,10 @@ whatever happened. Nothing leaves the machine: upstream forwarding goes to `Fake
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 import secrets
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,49 +26,9 @@ import pytest
 from kdns.testing import FakeUpstream
 from knet import netns
 from knet.kube import client as kc
+from tests.integration.apiserver_env import HOST, free_port, start, start_apiserver, start_etcd, stop, tail, wait_for
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-HOST = "127.0.0.1"
 OWNERS = "/run/knet/kdns-tests"  # namespace name -> pid of the test session that made it
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
-
-
-def wait_for(cond: Callable[[], bool], timeout: float, what: str, proc: subprocess.Popen | None = None,
-             log: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"{what} exited ({proc.returncode}): {tail(log)}")
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} not ready in {timeout}s: {tail(log)}")
-        time.sleep(0.05)
-
-
-def tail(path: str, n: int = 3000) -> str:
-    with contextlib.suppress(OSError), open(path, errors="replace") as f:
-        return f.read()[-n:]
-    return ""
-
-
-def stop(proc: subprocess.Popen) -> int | None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            return proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-    return proc.returncode
-
-
-def start(argv: list[str], log: str) -> subprocess.Popen:
-    with open(log, "ab") as out:
-        return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=REPO)
 
 
 @pytest.fixture(scope="session")
@@ -140,33 +97,20 @@ def apiserver(workdir: str, dns_netns: str) -> Iterator[ApiServer]:
     if not shutil.which("etcd"):
         pytest.skip("etcd is not installed (scripts/install-deps installs it)")
     from lab.apiserver import auth
-    client_port, peer_port = free_port(), free_port()
-    url, peer = f"http://{HOST}:{client_port}", f"http://{HOST}:{peer_port}"
-    etcd_log = os.path.join(workdir, "etcd.log")
-    etcd = start(["etcd", "--name", "kdns", "--data-dir", os.path.join(workdir, "etcd"),
-                  "--listen-client-urls", url, "--advertise-client-urls", url, "--listen-peer-urls", peer,
-                  "--initial-advertise-peer-urls", peer, "--initial-cluster", f"kdns={peer}"], etcd_log)
-    procs = [etcd]
+    etcd = start_etcd(workdir)
     try:
         token = uuid.uuid4().hex
-        tokens = os.path.join(workdir, "tokens.csv")
-        with open(tokens, "w") as f:
-            f.write(f"{token},admin,admin\n")
-        ready = os.path.join(workdir, "apiserver.ready")
-        log = os.path.join(workdir, "apiserver.log")
-        api = start([sys.executable, "-m", "lab.apiserver.main", "--etcd", url, "--etcd-prefix", "/registry",
-                     "--tokens", tokens, "--listen", f"{HOST}:0", "--listen-netns", f"{dns_netns}={HOST}:0",
-                     "--ready-file", ready], log)
-        procs.append(api)
-        wait_for(lambda: os.path.exists(ready), 40, "knet-apiserver", api, log)
-        with open(ready) as f:
-            root_url, ns_url = json.load(f)["listen"][:2]
-        yield ApiServer(
-            auth.write_kubeconfig(os.path.join(workdir, "admin.kubeconfig"), root_url, "admin", token),
-            auth.write_kubeconfig(os.path.join(workdir, "netns.kubeconfig"), ns_url, "admin", token))
+        api = start_apiserver(workdir, etcd.url, "/registry", f"{token},admin,admin\n", "--listen-netns",
+                              f"{dns_netns}={HOST}:0", tls=False)
+        try:
+            root_url, ns_url = api.urls[:2]
+            yield ApiServer(
+                auth.write_kubeconfig(os.path.join(workdir, "admin.kubeconfig"), root_url, "admin", token),
+                auth.write_kubeconfig(os.path.join(workdir, "netns.kubeconfig"), ns_url, "admin", token))
+        finally:
+            stop(api.proc)
     finally:
-        for p in reversed(procs):
-            stop(p)
+        stop(etcd.proc)
 
 
 @pytest.fixture(scope="session")

@@ -20,7 +20,8 @@ import pytest
 
 from kdns.testing import FakeUpstream
 from knet import netns
-from tests.integration.kdns.conftest import ApiServer, start, stop, tail, wait_for
+from tests.integration.apiserver_env import start, stop, tail, wait_for
+from tests.integration.kdns.conftest import ApiServer
 
 pytestmark = pytest.mark.integration
 DNS_IP = "10.96.0.10"

@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import socket
 import threading
 import time
-from contextlib import contextmanager
 
 import pytest
 
@@ -21,63 +19,10 @@ from kproxy.iptables.rules import Config
 from kproxy.model import Endpoint, ServicePort
 from kproxy.userspace.backend import UserspaceBackend
 from tests.integration.cni.conftest import _make_node
+from tests.integration.kproxy.kproxy_helpers import ask, named_server
 
 pytestmark = pytest.mark.integration
 VIP = "10.96.7.7"
-
-
-@contextmanager
-def named_server(ns: str, name: str, proto: str = "TCP", port: int = 8080):
-    """A server in `ns` answering every request with its own name and the peer it saw."""
-    with netns.enter(ns):
-        kind = socket.SOCK_STREAM if proto == "TCP" else socket.SOCK_DGRAM
-        srv = socket.socket(socket.AF_INET, kind)
-    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    srv.bind(("0.0.0.0", port))
-    srv.settimeout(0.2)
-    stop = threading.Event()
-
-    def serve() -> None:
-        if proto == "TCP":
-            srv.listen(128)
-        while not stop.is_set():
-            try:
-                if proto == "UDP":
-                    _, peer = srv.recvfrom(2048)
-                    srv.sendto(f"{name} {peer[0]}".encode(), peer)
-                    continue
-                conn, peer = srv.accept()
-            except (TimeoutError, OSError):
-                continue
-            with conn:
-                conn.settimeout(2)
-                try:
-                    conn.recv(1024)
-                    conn.sendall(f"{name} {peer[0]}".encode())
-                except OSError:
-                    pass
-
-    t = threading.Thread(target=serve, daemon=True)
-    t.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        t.join(2)
-        srv.close()
-
-
-def ask(ns: str, host: str, port: int, proto: str = "TCP", timeout: float = 2.0) -> str:
-    with netns.enter(ns):
-        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM if proto == "TCP" else socket.SOCK_DGRAM)
-    with s:
-        s.settimeout(timeout)
-        if proto == "UDP":
-            s.sendto(b"q", (host, port))
-            return s.recvfrom(2048)[0].decode()
-        s.connect((host, port))
-        s.sendall(b"q")
-        return s.recv(1024).decode()
 
 
 class Harness:

@@ -34,6 +34,8 @@ from kproxy.ebpf.backend import EbpfBackend
 from kproxy.iptables.rules import Config
 from kproxy.model import Endpoint, ServicePort
 from tests.integration.cni.conftest import _make_node
+from tests.integration.kproxy.kproxy_helpers import ask, named_server
+from tests.netutil import accept_loop, server_socket, serving
 
 pytestmark = pytest.mark.integration
 CGROUP2 = "/sys/fs/cgroup/unified"
@@ -107,63 +109,17 @@ class PodClient:
 @contextlib.contextmanager
 def servers(ns: str, name: str, port: int = 8080) -> Iterator[None]:
     """TCP and UDP servers in `ns` answering "<name> <peer ip>"."""
-    with netns.enter(ns):
-        tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    tcp.bind(("0.0.0.0", port))
-    tcp.listen(256)
-    udp.bind(("0.0.0.0", port))
-    for s in (tcp, udp):
-        s.settimeout(0.2)
-    stop = threading.Event()
-
-    def serve_tcp() -> None:
-        while not stop.is_set():
-            try:
-                conn, peer = tcp.accept()
-            except (TimeoutError, OSError):
-                continue
-            with conn:
-                conn.settimeout(2)
-                with contextlib.suppress(OSError):
-                    conn.recv(1024)
-                    conn.sendall(f"{name} {peer[0]}".encode())
-
-    def serve_udp() -> None:
-        while not stop.is_set():
-            try:
-                _, peer = udp.recvfrom(2048)
-                udp.sendto(f"{name} {peer[0]}".encode(), peer)
-            except (TimeoutError, OSError):
-                continue
-
-    threads = [threading.Thread(target=f, daemon=True) for f in (serve_tcp, serve_udp)]
-    for t in threads:
-        t.start()
-    try:
+    with named_server(ns, name, "TCP", port), named_server(ns, name, "UDP", port):
         yield
-    finally:
-        stop.set()
-        for t in threads:
-            t.join(2)
-        tcp.close()
-        udp.close()
 
 
 @contextlib.contextmanager
 def echo_server(ns: str, name: str, port: int = 9090) -> Iterator[None]:
     """A TCP server in `ns` answering every message on a connection with its name (long-lived
     connections, for the restart test)."""
-    with netns.enter(ns):
-        srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    srv.bind(("0.0.0.0", port))
-    srv.listen(64)
-    srv.settimeout(0.2)
-    stop = threading.Event()
+    srv = server_socket(ns, port=port)
 
-    def handle(conn: socket.socket) -> None:
+    def handle(conn: socket.socket, stop: threading.Event) -> None:
         with conn:
             conn.settimeout(0.2)
             while not stop.is_set():
@@ -176,38 +132,11 @@ def echo_server(ns: str, name: str, port: int = 9090) -> Iterator[None]:
                 except OSError:
                     return
 
-    def serve() -> None:
-        while not stop.is_set():
-            try:
-                conn, _ = srv.accept()
-            except (TimeoutError, OSError):
-                continue
-            threading.Thread(target=handle, args=(conn,), daemon=True).start()
+    def serve(stop: threading.Event) -> None:
+        accept_loop(srv, stop, lambda conn, _: threading.Thread(target=handle, args=(conn, stop), daemon=True).start())
 
-    t = threading.Thread(target=serve, daemon=True)
-    t.start()
-    try:
+    with serving([srv], serve):
         yield
-    finally:
-        stop.set()
-        t.join(2)
-        srv.close()
-
-
-def ask(ns: str, host: str, port: int, proto: str = "TCP", timeout: float = 2.0) -> str:
-    """One request from a namespace that is not in the pods' cgroup (the outside client)."""
-    with netns.enter(ns):
-        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM if proto == "TCP" else socket.SOCK_DGRAM)
-    with s:
-        s.settimeout(timeout)
-        if proto == "UDP":
-            s.sendto(b"q", (host, port))
-            data, peer = s.recvfrom(2048)
-            assert peer == (host, port), f"reply from {peer}, not the frontend"
-            return data.decode()
-        s.connect((host, port))
-        s.sendall(b"q")
-        return s.recv(1024).decode()
 
 
 @contextlib.contextmanager

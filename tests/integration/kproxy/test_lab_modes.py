@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import collections
 import os
-import secrets
 import time
 from collections.abc import Iterator
 
@@ -18,6 +17,7 @@ import pytest
 from knet.kube import client
 from lab import api, controlplane
 from tests.integration.controlplane.cp_helpers import wait_for
+from tests.integration.lab_names import new_lab_name
 
 pytestmark = pytest.mark.integration
 MODES = ["iptables", "userspace", "ebpf"]
@@ -81,18 +81,21 @@ class ServiceLab:
         return r.stdout.strip() if r.returncode == 0 else None
 
 
-@pytest.fixture(scope="module", params=MODES)
-def slab(request: pytest.FixtureRequest) -> Iterator[ServiceLab]:
-    mode = request.param
-    if mode == "ebpf":
+def up_lab(request: pytest.FixtureRequest, **kw) -> api.Lab:
+    """A lab for the proxy mode `request.param` (`kw`: api.up's), torn down with the fixture."""
+    if request.param == "ebpf":
         try:
             import bcc  # noqa: F401
         except ImportError:
             pytest.fail("bcc is not importable: scripts/install-deps links Debian's python3-bpfcc into .venv")
-    name = "kt" + secrets.token_hex(2)
-    request.addfinalizer(lambda: api.down(name))
+    return api.up(new_lab_name(request), **kw)
+
+
+@pytest.fixture(scope="module", params=MODES)
+def slab(request: pytest.FixtureRequest) -> Iterator[ServiceLab]:
+    mode = request.param
     # the ingress controller (nginx) only in one mode's lab: it is proven on its own elsewhere
-    lab = api.up(name, nodes=3, control_plane=True, proxy_mode=mode, ingress=mode == "iptables")
+    lab = up_lab(request, nodes=3, control_plane=True, proxy_mode=mode, ingress=mode == "iptables")
     s = ServiceLab(lab, mode)
     s.deployment("web", 3)
     s.deployment("solo", 1, node="node1", labels={"app": "solo"})

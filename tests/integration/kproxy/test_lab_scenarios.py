@@ -21,7 +21,6 @@ import itertools
 import json
 import os
 import re
-import secrets
 import shlex
 import subprocess
 import sys
@@ -36,7 +35,7 @@ from knet import cgroups, netns
 from knet.kube import client
 from lab import api, kernel, proxy, state, topology
 from tests.integration.controlplane.cp_helpers import wait_for
-from tests.integration.kproxy.test_lab_modes import MODES, NODE_IPS, ServiceLab, svc
+from tests.integration.kproxy.test_lab_modes import MODES, NODE_IPS, ServiceLab, svc, up_lab
 
 pytestmark = pytest.mark.integration
 NODES = ("node1", "node2")
@@ -166,15 +165,8 @@ class PodClient:
 @pytest.fixture(scope="module", params=MODES)
 def sl(request: pytest.FixtureRequest) -> Iterator[ScenarioLab]:
     mode = request.param
-    if mode == "ebpf":
-        try:
-            import bcc  # noqa: F401
-        except ImportError:
-            pytest.fail("bcc is not importable: scripts/install-deps links Debian's python3-bpfcc into .venv")
-    name = "kt" + secrets.token_hex(2)
-    request.addfinalizer(lambda: api.down(name))
     # kproxy is started here rather than by api.up: the short sync period is a test setting.
-    lab = api.up(name, nodes=len(NODES), control_plane=True)
+    lab = up_lab(request, nodes=len(NODES), control_plane=True)
     s = ScenarioLab(lab, mode)
     s.start_kproxy()
     # Everything at once, so the pods start while kproxy programs the services.

@@ -8,54 +8,16 @@ import contextlib
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
-import sys
 import tempfile
-import time
 import uuid
 from collections.abc import Iterator
 
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+from tests.integration.apiserver_env import Etcd, free_port, start_apiserver, start_etcd, stop, tail
+
 TOKEN = "kube-informer-" + uuid.uuid4().hex
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _tail(path: str) -> str:
-    try:
-        with open(path, errors="replace") as f:
-            return f.read()[-3000:]
-    except FileNotFoundError:
-        return ""
-
-
-def _wait(cond, timeout: float, what: str, proc: subprocess.Popen, log: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if proc.poll() is not None:
-            raise RuntimeError(f"{what} exited ({proc.returncode}): {_tail(log)}")
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} not ready in {timeout}s: {_tail(log)}")
-        time.sleep(0.05)
-
-
-def _stop(proc: subprocess.Popen | None) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(5)
 
 
 class Cluster:
@@ -64,33 +26,18 @@ class Cluster:
     def __init__(self, tmp: str) -> None:
         self.tmp = tmp
         self.prefix = "/registry-" + uuid.uuid4().hex[:8]
-        self.etcd_port, self.peer_port, self.api_port = free_port(), free_port(), free_port()
-        self.etcd_url = f"http://127.0.0.1:{self.etcd_port}"
+        self.api_port = free_port()
         self.url = f"https://127.0.0.1:{self.api_port}"
-        self.etcd: subprocess.Popen | None = None
+        self.etcd: Etcd | None = None
         self.apiserver: subprocess.Popen | None = None
         self.api_log = os.path.join(tmp, "apiserver.log")
         self.kubeconfig = os.path.join(tmp, "kubeconfig")
 
     def start_etcd(self) -> None:
-        log = os.path.join(self.tmp, "etcd.log")
-        peer = f"http://127.0.0.1:{self.peer_port}"
-        with open(log, "ab") as out:
-            self.etcd = subprocess.Popen(
-                ["etcd", "--name", "k", "--data-dir", os.path.join(self.tmp, "etcd"),
-                 "--listen-client-urls", self.etcd_url, "--advertise-client-urls", self.etcd_url,
-                 "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
-                 "--initial-cluster", f"k={peer}", "--log-level", "error"],
-                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        _wait(lambda: self.etcdctl("endpoint", "health", check=False).returncode == 0, 20, "etcd", self.etcd, log)
+        self.etcd = start_etcd(self.tmp, "--log-level", "error")
 
     def etcdctl(self, *args: str, check: bool = True, stdin: str | None = None) -> subprocess.CompletedProcess:
-        proc = subprocess.run(["etcdctl", "--endpoints", self.etcd_url, "--dial-timeout", "2s", *args],
-                              capture_output=True, text=True, input=stdin, timeout=20,
-                              env=dict(os.environ, ETCDCTL_API="3"))
-        if check and proc.returncode != 0:
-            raise AssertionError(f"etcdctl {args}: {proc.stderr}")
-        return proc
+        return self.etcd.etcdctl(*args, check=check, stdin=stdin)
 
     def revision(self) -> int:
         out = json.loads(self.etcdctl("endpoint", "status", "-w", "json").stdout)
@@ -103,33 +50,20 @@ class Cluster:
         return rev
 
     def start_apiserver(self) -> None:
-        from lab.apiserver import pki
-
-        tokens = os.path.join(self.tmp, "tokens.csv")
-        with open(tokens, "w") as f:
-            f.write(f"{TOKEN},informer-test,informer-test\n")
-        certs = pki.ensure(os.path.join(self.tmp, "pki"), ["127.0.0.1"])
-        ready = os.path.join(self.tmp, "ready.json")
-        if os.path.exists(ready):
-            os.unlink(ready)
-        argv = [sys.executable, "-m", "lab.apiserver.main", "--etcd", self.etcd_url, "--etcd-prefix", self.prefix,
-                "--tokens", tokens, "--listen", f"127.0.0.1:{self.api_port}", "--ready-file", ready,
-                "--tls-cert-file", certs.cert, "--tls-private-key-file", certs.key]
-        with open(self.api_log, "ab") as out:
-            self.apiserver = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                              cwd=REPO)
-        _wait(lambda: os.path.exists(ready), 30, "knet-apiserver", self.apiserver, self.api_log)
+        p = start_apiserver(self.tmp, self.etcd.url, self.prefix, f"{TOKEN},informer-test,informer-test\n",
+                            listen=f"127.0.0.1:{self.api_port}")
+        self.apiserver = p.proc
         # A kubeconfig as kubectl would have it (CA file + bearer token): the informer is configured
         # exactly as on a real cluster.
         with open(self.kubeconfig, "w") as f:
             json.dump({"apiVersion": "v1", "kind": "Config", "current-context": "lab",
                        "clusters": [{"name": "lab", "cluster": {"server": self.url,
-                                                                "certificate-authority": certs.ca_cert}}],
+                                                                "certificate-authority": p.certs.ca_cert}}],
                        "users": [{"name": "u", "user": {"token": TOKEN}}],
                        "contexts": [{"name": "lab", "context": {"cluster": "lab", "user": "u"}}]}, f)
 
     def stop_apiserver(self) -> None:
-        _stop(self.apiserver)
+        stop(self.apiserver)
         self.apiserver = None
 
     def restart_apiserver(self) -> None:
@@ -143,7 +77,8 @@ class Cluster:
 
     def stop(self) -> None:
         self.stop_apiserver()
-        _stop(self.etcd)
+        if self.etcd is not None:
+            stop(self.etcd.proc)
 
 
 @pytest.fixture(scope="module")
@@ -188,4 +123,4 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     report = outcome.get_result()
     cluster = getattr(item, "funcargs", {}).get("cluster")
     if report.failed and isinstance(cluster, Cluster):
-        report.sections.append(("knet-apiserver log (tail)", _tail(cluster.api_log)))
+        report.sections.append(("knet-apiserver log (tail)", tail(cluster.api_log)))

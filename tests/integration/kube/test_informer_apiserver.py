@@ -6,15 +6,15 @@ restart, and a 410 relist after etcd compaction."""
 from __future__ import annotations
 
 import logging
-import threading
 import time
 
 import pytest
 
-from knet.kube import Backoff, Informer, InformerFactory
+from knet.kube import Backoff, InformerFactory
 from knet.kube import client as kc
 from knet.kube.client import ApiException
 from knet.kube.models import Pod, Service, parse
+from tests.informer_recorder import Recorder
 
 pytestmark = pytest.mark.integration
 
@@ -27,38 +27,6 @@ def svc(name: str, port: int = 80, labels: dict | None = None) -> dict:
 def pod(name: str, node: str) -> dict:
     return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": {"app": "x"}},
             "spec": {"nodeName": node, "containers": [{"name": "c", "image": "agnhost"}]}}
-
-
-class Recorder:
-    def __init__(self) -> None:
-        self.events: list[tuple] = []
-        self.cond = threading.Condition()
-
-    def add(self, new):
-        self._rec(("add", new.name))
-
-    def update(self, old, new):
-        self._rec(("update", new.name, old, new))
-
-    def delete(self, old):
-        self._rec(("delete", old.name))
-
-    def _rec(self, ev):
-        with self.cond:
-            self.events.append(ev)
-            self.cond.notify_all()
-
-    def wait_for(self, n: int, timeout: float = 15) -> list[tuple]:
-        with self.cond:
-            assert self.cond.wait_for(lambda: len(self.events) >= n, timeout), self.names()
-            return list(self.events)
-
-    def names(self, start: int = 0) -> list[tuple[str, str]]:
-        with self.cond:
-            return [(e[0], e[1]) for e in self.events[start:]]
-
-    def informer(self, api, kind=Service, **kw) -> Informer:
-        return Informer(api, kind, on_add=self.add, on_update=self.update, on_delete=self.delete, **kw)
 
 
 def test_initial_list_then_add_update_delete(api, ns):

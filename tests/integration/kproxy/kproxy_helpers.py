@@ -1,0 +1,53 @@
+"""Helpers for the kproxy data-path tests (a module of its own, not conftest, so the tests can
+import it by a name no other test directory uses): backends that say who they are, and the
+request that asks them."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+from collections.abc import Iterator
+
+from knet import netns
+from tests.netutil import accept_loop, server_socket, serving
+
+
+@contextlib.contextmanager
+def named_server(ns: str, name: str, proto: str = "TCP", port: int = 8080) -> Iterator[None]:
+    """A TCP or UDP server in `ns` answering every request with "<name> <peer ip>"."""
+    srv = server_socket(ns, socket.SOCK_STREAM if proto == "TCP" else socket.SOCK_DGRAM, port=port)
+
+    def answer(conn: socket.socket, peer: tuple) -> None:
+        with conn, contextlib.suppress(OSError):
+            conn.settimeout(2)
+            conn.recv(1024)
+            conn.sendall(f"{name} {peer[0]}".encode())
+
+    def serve_udp(stop: threading.Event) -> None:
+        while not stop.is_set():
+            try:
+                _, peer = srv.recvfrom(2048)
+                srv.sendto(f"{name} {peer[0]}".encode(), peer)
+            except (TimeoutError, OSError):
+                continue
+
+    with serving([srv], (lambda stop: accept_loop(srv, stop, answer)) if proto == "TCP" else serve_udp):
+        yield
+
+
+def ask(ns: str, host: str, port: int, proto: str = "TCP", timeout: float = 2.0) -> str:
+    """One request from `ns` (a client outside the pods' cgroup): the answer. A UDP answer must
+    come from the address asked (the service's frontend), not from the backend behind it."""
+    with netns.enter(ns):
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM if proto == "TCP" else socket.SOCK_DGRAM)
+    with s:
+        s.settimeout(timeout)
+        if proto == "UDP":
+            s.sendto(b"q", (host, port))
+            data, peer = s.recvfrom(2048)
+            assert peer == (host, port), f"reply from {peer}, not the frontend"
+            return data.decode()
+        s.connect((host, port))
+        s.sendall(b"q")
+        return s.recv(1024).decode()
