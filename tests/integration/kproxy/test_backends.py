@@ -150,3 +150,24 @@ def test_resync_repairs_tampering(harness):
             ask(client, VIP, 80, timeout=1)
         h.sync(ports, full=True)
         assert ask(client, VIP, 80).split()[0] == "a"
+
+
+def test_cleanup_removes_every_chain_and_jump(harness):
+    """Uninstall: nothing of kproxy stays in the node's tables (one restore per table, fast even
+    with many services)."""
+    if harness.mode != "iptables":
+        pytest.skip("iptables backend cleanup")
+    h = harness
+    h.pod("a")
+    ports = [ServicePort("default", f"web{i}", "", "TCP", 80, (f"10.96.8.{i}",), node_port=30100 + i,
+                         endpoints=(Endpoint(h.pods["a"], 8080, node_name="node1"),)) for i in range(1, 60)]
+    h.sync(ports, full=True)
+
+    def kube_lines() -> list[str]:
+        out = netns.run(h.node.name, ["iptables-save"], check=True, capture_output=True, text=True).stdout
+        return [line for line in out.splitlines() if "KUBE-" in line]
+
+    assert len(kube_lines()) > 200
+    with netns.enter(h.node.name):
+        h.backend.cleanup()
+    assert kube_lines() == []
