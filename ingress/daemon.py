@@ -17,7 +17,6 @@ import argparse
 import asyncio
 import logging
 import resource
-import signal
 import threading
 import time
 
@@ -26,7 +25,7 @@ from ingress.compiler import Options, Snapshot, service_key_of_slice
 from ingress.controller import Controller
 from ingress.nginx import Nginx
 from ingress.nginxconf import Settings
-from knet import aio, logs, metrics
+from knet import aio, daemon
 from knet.kube import client as kube_client
 from knet.kube import threadsafe
 from knet.kube.informer import Informer
@@ -88,11 +87,8 @@ class IngressDaemon:
                  "slice": (EndpointSlice, filtered), "secret": (Secret, filtered)}
         for name, (model, cb) in kinds.items():
             self.informers[name] = Informer(self.api, model, on_add=cb, on_update=cb, on_delete=cb).start()
-        log.info("waiting for the informers to sync")
-        for inf in self.informers.values():
-            while not await inf.wait_synced_async(1):
-                if self.stopping.is_set():
-                    return
+        if not await daemon.wait_synced(self.informers.values(), self.stopping):
+            return
         result = await asyncio.to_thread(self.controller.start, self.snapshot())
         log.info("serving config=%s ingresses=%d", result.digest, len(self.controller.table.ingresses))
         # Events that arrived while the first config was built were filtered against an empty
@@ -164,28 +160,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logs.setup("knet-ingress", args.log_level)
-    daemon: IngressDaemon | None = None
-    try:
-        async def amain() -> None:
-            nonlocal daemon
-            daemon = IngressDaemon(args)
-            loop = asyncio.get_running_loop()
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(sig, daemon.stop)
-            metrics.serve(daemon.controller.metrics.registry, args.metrics_bind_address, daemon.controller.healthy)
-            log.info("starting class=%s http=%d https=%d", args.ingress_class, args.http_port, args.https_port)
-            await daemon.run()
+    ingress_daemon: IngressDaemon | None = None
 
-        asyncio.run(amain())
-    except Exception as e:
-        log.error("fatal: %s", e)
-        return 1
+    async def amain() -> None:
+        nonlocal ingress_daemon
+        ingress_daemon = IngressDaemon(args)
+        daemon.serve(ingress_daemon.stop, ingress_daemon.controller.metrics.registry, ingress_daemon.controller.healthy,
+                     args.metrics_bind_address)
+        log.info("starting class=%s http=%d https=%d", args.ingress_class, args.http_port, args.https_port)
+        await ingress_daemon.run()
+
+    try:
+        return daemon.run("knet-ingress", args.log_level, amain)
     finally:
-        if daemon is not None:
-            daemon.nginx.stop()
+        if ingress_daemon is not None:
+            ingress_daemon.nginx.stop()
             log.info("stopped")
-    return 0
 
 
 if __name__ == "__main__":

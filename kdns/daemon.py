@@ -20,7 +20,6 @@ import argparse
 import asyncio
 import gc
 import logging
-import signal
 import sys
 from collections.abc import Callable
 
@@ -28,7 +27,7 @@ from kdns.forward import Forwarder, Upstream
 from kdns.metrics import Stats
 from kdns.records import SERVICE_NAME_LABEL, Config, RecordStore
 from kdns.server import Server
-from knet import logs, metrics
+from knet import daemon
 from knet.kube import client as kube_client
 from knet.kube import threadsafe
 from knet.kube.informer import Informer
@@ -208,27 +207,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logs.setup("kdns", args.log_level)
-    try:
-        async def amain() -> None:
-            kdns = Kdns(args)
-            loop = asyncio.get_running_loop()
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(sig, kdns.stop)
-            kdns.stats.loop = loop
-            if args.metrics_bind_address:
-                metrics.serve(kdns.stats.registry, args.metrics_bind_address, kdns.health)
-            try:
-                await kdns.run()
-            finally:
-                kdns.stop()
-            log.info("stopped")
 
-        asyncio.run(amain())
-    except Exception as e:
-        log.error("fatal: %s", e)
-        return 1
-    return 0
+    async def amain() -> None:
+        kdns = Kdns(args)
+        kdns.stats.loop = asyncio.get_running_loop()
+        daemon.serve(kdns.stop, kdns.stats.registry, kdns.health, args.metrics_bind_address or None)
+        try:
+            await kdns.run()
+        finally:
+            kdns.stop()
+        log.info("stopped")
+
+    return daemon.run("kdns", args.log_level, amain)
 
 
 if __name__ == "__main__":

@@ -15,10 +15,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import signal
 import time
 
-from knet import aio, logs, metrics
+from knet import aio, daemon, metrics
 from knet.kube import client as kube_client
 from knet.kube import threadsafe
 from knet.kube.informer import Informer
@@ -131,10 +130,8 @@ class Proxier:
         svc_cb, sl_cb = threadsafe(loop, self._touch_service), threadsafe(loop, self._touch_slice)
         self.services = Informer(api, Service, on_add=svc_cb, on_update=svc_cb, on_delete=svc_cb).start()
         self.slices = Informer(api, EndpointSlice, on_add=sl_cb, on_update=sl_cb, on_delete=sl_cb).start()
-        log.info("waiting for the informers to sync")
-        while not (await self.services.wait_synced_async(1) and await self.slices.wait_synced_async(1)):
-            if self.stopping.is_set():
-                return
+        if not await daemon.wait_synced((self.services, self.slices), self.stopping):
+            return
         self.dirty = set(self.services.keys())
         next_full = 0.0
         while not self.stopping.is_set():
@@ -182,39 +179,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logs.setup("kproxy", args.log_level)
-    try:
-        proxier_box: list[Proxier] = []
+    # uvloop (libuv, C) in userspace mode: the proxied bytes and datagrams go through the
+    # loop, and it carries them with ~20% more new connections/s and ~70% more UDP
+    # requests/s than asyncio's pure-Python loop on the same CPU (bench/proxy_modes.py).
+    event_loop = args.event_loop or ("uvloop" if args.mode == "userspace" else "asyncio")
 
-        async def amain() -> None:
-            proxier = Proxier(args)
-            proxier_box.append(proxier)
-            loop = asyncio.get_running_loop()
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(sig, proxier.stop)
-            metrics.serve(proxier.metrics.registry, args.metrics_bind_address, proxier.health)
-            log.info("starting mode=%s node=%s", args.mode, args.node_name)
-            await proxier.run()
-            backend = proxier.backend
-            if backend is not None and hasattr(backend, "close"):
-                if args.mode == "userspace":
-                    backend.close()
-                else:
-                    await asyncio.to_thread(backend.close)
-            log.info("stopped; data path left in place")
+    async def amain() -> None:
+        proxier = Proxier(args)
+        daemon.serve(proxier.stop, proxier.metrics.registry, proxier.health, args.metrics_bind_address)
+        log.info("starting mode=%s node=%s", args.mode, args.node_name)
+        await proxier.run()
+        backend = proxier.backend
+        if backend is not None and hasattr(backend, "close"):
+            if args.mode == "userspace":
+                backend.close()
+            else:
+                await asyncio.to_thread(backend.close)
+        log.info("stopped; data path left in place")
 
-        # uvloop (libuv, C) in userspace mode: the proxied bytes and datagrams go through the
-        # loop, and it carries them with ~20% more new connections/s and ~70% more UDP
-        # requests/s than asyncio's pure-Python loop on the same CPU (bench/proxy_modes.py).
-        if (args.event_loop or ("uvloop" if args.mode == "userspace" else "asyncio")) == "uvloop":
-            import uvloop
-            uvloop.run(amain())
-        else:
-            asyncio.run(amain())
-    except Exception as e:
-        logging.getLogger("knet.kproxy").error("fatal: %s", e)
-        return 1
-    return 0
+    return daemon.run("kproxy", args.log_level, amain, event_loop=event_loop)
 
 
 if __name__ == "__main__":

@@ -22,10 +22,9 @@ import argparse
 import asyncio
 import contextlib
 import logging
-import signal
 import time
 
-from knet import aio, logs, metrics
+from knet import aio, daemon, logs, metrics
 from knet.kube import client as kube_client
 from knet.kube import threadsafe
 from knet.kube.informer import Informer
@@ -152,10 +151,8 @@ class Enforcer:
                           for kind in (Pod, Namespace, NetworkPolicy)]
         if not self.backend.ensure_bridge_netfilter():
             log.warning("bridged same-node pod traffic will bypass the policies")
-        log.info("waiting for the informers to sync")
-        while not all([await inf.wait_synced_async(1) for inf in self.informers]):
-            if self.stopping.is_set():
-                return
+        if not await daemon.wait_synced(self.informers, self.stopping):
+            return
         await self.sync(full=True)
         next_check = time.monotonic() + self.args.sync_period
         next_drops = 0.0
@@ -200,27 +197,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logs.setup("netpolicy", args.log_level)
     if args.cleanup:
+        logs.setup("netpolicy", args.log_level)
         NftBackend(args.netns).remove()
         log.info("removed the netpolicy table; pods are no longer isolated")
         return 0
-    try:
-        async def amain() -> None:
-            enforcer = Enforcer(args)
-            loop = asyncio.get_running_loop()
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(sig, enforcer.stop)
-            metrics.serve(enforcer.metrics.registry, args.metrics_bind_address, enforcer.health)
-            log.info("starting node=%s", args.node_name)
-            await enforcer.run()
-            log.info("stopped; rules left in place")
 
-        asyncio.run(amain())
-    except Exception as e:
-        log.error("fatal: %s", e)
-        return 1
-    return 0
+    async def amain() -> None:
+        enforcer = Enforcer(args)
+        daemon.serve(enforcer.stop, enforcer.metrics.registry, enforcer.health, args.metrics_bind_address)
+        log.info("starting node=%s", args.node_name)
+        await enforcer.run()
+        log.info("stopped; rules left in place")
+
+    return daemon.run("netpolicy", args.log_level, amain)
 
 
 if __name__ == "__main__":
