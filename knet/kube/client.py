@@ -188,11 +188,20 @@ def replace_status(api: ApiClient, kind: str | type[KubeObject], obj: KubeObject
 
 
 def delete(api: ApiClient, kind: str | type[KubeObject], name: str, namespace: str | None = None, *,
-           missing_ok: bool = True) -> dict[str, Any] | None:
+           missing_ok: bool = True, grace_period_seconds: int | None = None,
+           uid: str | None = None) -> dict[str, Any] | None:
+    """Delete; `grace_period_seconds` (pods: 0 = at once) and a `uid` precondition (only this
+    incarnation of the object) go in the DeleteOptions body."""
     r = resource(kind)
+    options: dict[str, Any] = {}
+    if grace_period_seconds is not None:
+        options["gracePeriodSeconds"] = grace_period_seconds
+    if uid:
+        options["preconditions"] = {"uid": uid}
     try:
         return _json(r.method(api, "delete", namespace=namespace)(
-            name, **_ns(r, namespace), _preload_content=False, _request_timeout=REQUEST_TIMEOUT))
+            name, **_ns(r, namespace), **({"body": options} if options else {}), _preload_content=False,
+            _request_timeout=REQUEST_TIMEOUT))
     except ApiException as e:
         if e.status == 404 and missing_ok:
             return None

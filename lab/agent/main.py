@@ -35,7 +35,7 @@ from knet.kube import InformerFactory, add_arguments, api_client_from_args, clie
 from knet.kube.models import Pod, Service
 from lab import kernel, state, topology
 from lab.agent.containers import Process
-from lab.agent.podworker import PodWorker
+from lab.agent.podworker import PodWorker, finish_deletion
 from lab.agent.runtime import Runtime
 from lab.agent.status import now
 
@@ -115,6 +115,7 @@ class Agent:
                           args.cluster_domain, args.lab_root if args.lab else None, self.services,
                           cgroup=args.cgroup or (kernel.node_cgroup(args.lab, self.node) if args.lab else None))
         self.workers: dict[str, PodWorker] = {}
+        self.finishing: set[str] = set()  # terminating pods without a worker, being finished
         self.saved: dict[str, dict[str, Any]] = {}
         self.lock = threading.Lock()
         self.kick = threading.Event()
@@ -198,12 +199,22 @@ class Agent:
                     del self.workers[key]
                     continue
                 p = desired.get(key)
-                if p is None or p.metadata.uid != w.uid or p.is_terminating:
+                if p is not None and p.metadata.uid == w.uid and p.is_terminating:
+                    w.terminate(p)
+                elif p is None or p.metadata.uid != w.uid:
                     w.stop()
                 else:
                     w.update(p)
             for key, p in desired.items():
-                if key in self.workers or p.is_terminating:
+                if key in self.workers:
+                    continue
+                if p.is_terminating:
+                    # Being deleted and not running here (never started, or the agent restarted
+                    # meanwhile): clean up what is left and finish the deletion.
+                    if key not in self.finishing:
+                        self.finishing.add(key)
+                        threading.Thread(target=self.finish_terminating, args=(p, self.saved.pop(key, None)),
+                                         daemon=True).start()
                     continue
                 saved = self.saved.pop(key, None)
                 if saved is None and p.status.phase in ("Succeeded", "Failed"):
@@ -215,6 +226,15 @@ class Agent:
                 if key not in desired:
                     del self.saved[key]
                     threading.Thread(target=self.cleanup_orphan, args=(data,), daemon=True).start()
+
+    def finish_terminating(self, pod: Pod, saved: dict[str, Any] | None) -> None:
+        try:
+            if saved is not None:
+                self.cleanup_orphan(saved)
+            finish_deletion(self.api, pod.namespace or "default", pod.name, pod.metadata.uid or "")
+        finally:
+            with self.lock:
+                self.finishing.discard(pod.key)
 
     def cleanup_orphan(self, data: dict[str, Any]) -> None:
         """A pod deleted while no agent was running: stop what is left of it and free its address."""

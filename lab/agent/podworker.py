@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from knet.kube import client
 from knet.kube.models import Container, Pod
+from knet.kube.models.core import LifecycleHandler, Probe
 from lab.agent import images, podenv
 from lab.agent.containers import Backoff, Process
 from lab.agent.probes import LIVENESS, READINESS, STARTUP, Tracker, run_probe
@@ -44,6 +45,7 @@ class PodWorker(threading.Thread):
         self.wake = threading.Event()
         self.stopping = threading.Event()
         self.done = threading.Event()
+        self.finalize = False  # set by terminate(): delete the pod from the API after the teardown
         self.start_time = saved.get("start_time") if saved else None
         self.reported: Any = comparable(pod.status.to_dict()) if saved else None
 
@@ -56,6 +58,14 @@ class PodWorker(threading.Thread):
     def stop(self) -> None:
         self.stopping.set()
         self.wake.set()
+
+    def terminate(self, pod: Pod) -> None:
+        """The pod is being deleted gracefully: stop it within its grace period (preStop hooks,
+        SIGTERM, SIGKILL at the deadline), then delete it for good."""
+        if not self.finalize:
+            self.pod, self.finalize = pod, True
+            log.info("pod %s: terminating (grace %ss)", self.key, pod.metadata.deletion_grace_period_seconds)
+        self.stop()
 
     # --- the thread ------------------------------------------------------------------------------
 
@@ -276,7 +286,12 @@ class PodWorker(threading.Thread):
     def _teardown(self) -> None:
         if not self.stopping.is_set():
             return  # the thread died on a bug: leave the pod running for the next agent to adopt
-        grace = min(float(self.pod.spec.termination_grace_period_seconds or 0), 2.0)
+        if self.finalize:
+            deadline = time.monotonic() + float(self.pod.metadata.deletion_grace_period_seconds or 0)
+            self._pre_stop(deadline)
+            grace = max(0.1, deadline - time.monotonic())
+        else:  # removed at once (force delete, or gone while we were away)
+            grace = min(float(self.pod.spec.termination_grace_period_seconds or 0), 2.0)
         for proc in self.procs.values():
             if proc is not None:
                 proc.stop(grace)
@@ -286,6 +301,40 @@ class PodWorker(threading.Thread):
         shutil.rmtree(f"/etc/netns/{self.podns}", ignore_errors=True)
         self.rt.forget_pod(self.ns, self.name)
         log.info("pod %s: removed (processes stopped, CNI DEL, namespace %s gone)", self.key, self.podns)
+        if self.finalize:
+            finish_deletion(self.rt.api, self.ns, self.name, self.uid)
+
+    def _pre_stop(self, deadline: float) -> None:
+        """The containers' preStop hooks, each in its own thread as the kubelet runs them, all
+        bounded by the grace period (SIGTERM follows when they end or the time is up)."""
+        hooks = [(c, c.lifecycle.pre_stop) for c in self.pod.spec.containers
+                 if c.lifecycle and c.lifecycle.pre_stop and self.procs.get(c.name) is not None]
+        threads = [threading.Thread(target=self._run_hook, args=(c, h, deadline), daemon=True) for c, h in hooks]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+
+    def _run_hook(self, c: Container, hook: LifecycleHandler, deadline: float) -> None:
+        remaining = deadline - time.monotonic()
+        if hook.sleep is not None:
+            time.sleep(max(0.0, min(float(hook.sleep.seconds), remaining)))
+            return
+        probe = Probe(exec=hook.exec, http_get=hook.http_get, tcp_socket=hook.tcp_socket,
+                      timeout_seconds=max(1, int(remaining)))
+        ok, message = run_probe(probe, c, (self.record or {}).get("ip"), self.podns)
+        if not ok:
+            log.warning("pod %s: preStop hook of %s failed: %s", self.key, c.name, message)
+
+
+def finish_deletion(api: Any, namespace: str, name: str, uid: str) -> None:
+    """The last step of a graceful deletion: remove the pod object (grace 0, only this incarnation)."""
+    try:
+        client.delete(api, "Pod", name, namespace, grace_period_seconds=0, uid=uid)
+        log.info("pod %s/%s: deleted after termination", namespace, name)
+    except client.ApiException as e:
+        if e.status not in (404, 409):  # gone already / a new pod of that name
+            log.warning("pod %s/%s: final delete failed: %s %s", namespace, name, e.status, e.reason)
 
 
 def load_state(path: str) -> dict[str, Any] | None:

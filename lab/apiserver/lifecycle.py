@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +26,21 @@ log = logging.getLogger("lab.apiserver.registry")
 
 SYSTEM_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
 IPS, PORTS = "serviceips", "servicenodeports"
+
+
+def pod_grace(pod: dict, options: dict) -> int:
+    """Seconds a deleted pod gets to stop: DeleteOptions.gracePeriodSeconds, else the pod's
+    terminationGracePeriodSeconds (default 30). 0 -- deleted at once -- for a pod no node runs
+    (unscheduled) or that has finished, as kube-apiserver does."""
+    spec, status = pod.get("spec") or {}, pod.get("status") or {}
+    if not spec.get("nodeName") or status.get("phase") in ("Succeeded", "Failed"):
+        return 0
+    grace = options.get("gracePeriodSeconds")
+    if grace is None:
+        grace = spec.get("terminationGracePeriodSeconds")
+    if grace is None:
+        grace = 30
+    return max(0, int(grace))
 
 
 class Lifecycle:
@@ -50,6 +66,10 @@ class Lifecycle:
             return obj
         if rt.kind == "Namespace":
             return await self._delete_namespace(rt, name, kv)
+        if rt.kind == "Pod":
+            grace = pod_grace(kv.value, options)
+            if grace > 0:
+                return await self._terminate_pod(rt, ns, name, kv, grace)
         await self._delete_kv(rt, ns, name, kv)
         if rt.kind not in ("Pod", "Event"):
             policy = options.get("propagationPolicy") or ("Orphan" if options.get("orphanDependents") else "Background")
@@ -76,6 +96,25 @@ class Lifecycle:
             with contextlib.suppress(ApiError):
                 await self.delete(rt, objects.meta(obj).get("namespace"), objects.meta(obj)["name"], options, dry_run)
         return listed
+
+    async def _terminate_pod(self, rt: ResourceType, ns: str | None, name: str, kv: KV, grace: int) -> dict:
+        """Graceful deletion, as kube-apiserver does for a pod bound to a node: the pod stays, with
+        deletionTimestamp (now + grace) and deletionGracePeriodSeconds; its node's agent stops it
+        (preStop hooks, SIGTERM, SIGKILL at the deadline), gives the sandbox back and then deletes
+        it for good with grace 0. Meanwhile the EndpointSlice controller reports it terminating,
+        so proxies send it no new connections while it finishes the ones it has. A second delete
+        may shorten the grace period, never lengthen it."""
+        m = kv.value.get("metadata") or {}
+        current = m.get("deletionGracePeriodSeconds")
+        if m.get("deletionTimestamp") and current is not None and current <= grace:
+            return objects.with_rv(kv.value, kv.mod_revision)
+        at = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=grace)
+        new = dict(kv.value, metadata=dict(m, deletionTimestamp=at.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                                              deletionGracePeriodSeconds=grace))
+        rev = await self._txn(rt, name, self.key(rt, ns, name), new, kv, {}, [], False)
+        for hook in self.on_write:
+            await hook(rt, ns, name)
+        return objects.with_rv(new, rev)
 
     async def _delete_namespace(self, rt: ResourceType, name: str, kv: KV) -> dict:
         if name in SYSTEM_NAMESPACES[:3]:

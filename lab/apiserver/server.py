@@ -206,6 +206,11 @@ class ApiServer:
                 raise bad_request("DeleteOptions must be a JSON object")
             if q.get("propagationPolicy"):
                 options["propagationPolicy"] = q["propagationPolicy"]
+            if q.get("gracePeriodSeconds"):
+                try:
+                    options["gracePeriodSeconds"] = int(q["gracePeriodSeconds"])
+                except ValueError:
+                    raise bad_request(f"gracePeriodSeconds: not an integer: {q['gracePeriodSeconds']!r}") from None
             dry_run = dry_run or "All" in (options.get("dryRun") or [])
             if t.name is None:
                 return _json(await reg.delete_collection(rt, t.namespace, Query(rt, dict(q)), options, dry_run))

@@ -84,6 +84,29 @@ class Probe(KubeModel):
         return self
 
 
+class SleepAction(KubeModel):
+    seconds: int = Field(ge=0)
+
+
+class LifecycleHandler(KubeModel):
+    """A preStop / postStart hook: exactly one of exec, httpGet, tcpSocket (deprecated), sleep."""
+    exec: ExecAction | None = None
+    http_get: HTTPGetAction | None = None
+    tcp_socket: TCPSocketAction | None = None
+    sleep: SleepAction | None = None
+
+    @model_validator(mode="after")
+    def _one_handler(self) -> LifecycleHandler:
+        if sum(h is not None for h in (self.exec, self.http_get, self.tcp_socket, self.sleep)) != 1:
+            raise ValueError("a lifecycle handler needs exactly one of exec, httpGet, tcpSocket, sleep")
+        return self
+
+
+class Lifecycle(KubeModel):
+    pre_stop: LifecycleHandler | None = None
+    post_start: LifecycleHandler | None = None
+
+
 class Container(KubeModel):
     name: str = Field(min_length=1)
     image: str = ""
@@ -95,6 +118,7 @@ class Container(KubeModel):
     readiness_probe: Probe | None = None
     liveness_probe: Probe | None = None
     startup_probe: Probe | None = None
+    lifecycle: Lifecycle | None = None
 
 
 class PodSpec(KubeModel):

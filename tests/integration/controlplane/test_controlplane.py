@@ -206,6 +206,48 @@ def test_agent_restart_adopts_pods_without_disruption(cp: ControlPlaneLab) -> No
     wait_for(lambda: len(ready_ips(cp.pods("name=node-js"))) == 3, 20, "a replacement pod")
 
 
+def test_graceful_deletion_drains_a_pod_then_removes_it(cp: ControlPlaneLab) -> None:
+    """DELETE of a running pod: it stays, terminating (deletionTimestamp), its endpoint turns
+    not-ready but still serving and terminating, the preStop hook runs while the pod keeps
+    answering, then the agent stops it and deletes it for good; a grace-0 delete is immediate."""
+    manifest = {"apiVersion": "v1", "kind": "List", "items": [
+        {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": f"drain-{i}", "labels": {"app": "drain"}},
+         "spec": {"terminationGracePeriodSeconds": 20, "containers": [
+             {"name": "web", "image": "nginx", "ports": [{"containerPort": 80}],
+              "readinessProbe": {"httpGet": {"path": "/", "port": 80}, "periodSeconds": 1},
+              "lifecycle": {"preStop": {"sleep": {"seconds": 3}}}}]}} for i in (1, 2)] + [
+        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "drain"},
+         "spec": {"selector": {"app": "drain"}, "ports": [{"port": 80}]}}]}
+    cp.kubectl("apply", "-f", "-", input=json.dumps(manifest))
+    pods = wait_for(lambda: (p := cp.pods("app=drain")) and len(ready_ips(p)) == 2 and p, 30, "two ready pods")
+    ip = {p["metadata"]["name"]: p["status"]["podIP"] for p in pods}
+    wait_for(lambda: cp.ready_endpoints("drain") == set(ip.values()), 5, "both ready endpoints")
+    t0 = time.monotonic()
+    client.delete(cp.api, "Pod", "drain-1", "default")
+    pod = client.get(cp.api, "Pod", "drain-1", "default")
+    assert pod is not None and pod["metadata"].get("deletionTimestamp"), "a running pod is not removed at once"
+    assert pod["metadata"]["deletionGracePeriodSeconds"] == 20
+
+    def conditions() -> dict | None:
+        eps = [e for s in cp.slices("drain") for e in s.get("endpoints") or [] if e["addresses"][0] == ip["drain-1"]]
+        return eps[0]["conditions"] if eps else None
+
+    assert wait_for(lambda: (c := conditions()) and c.get("terminating") and c, 5, "a terminating endpoint") == {
+        "ready": False, "serving": True, "terminating": True}
+    assert cp.ready_endpoints("drain") == {ip["drain-2"]}
+    assert cp.http(cp.lab.netns("node1"), f"http://{ip['drain-1']}/").strip(), "it serves during preStop"
+    wait_for(lambda: client.get(cp.api, "Pod", "drain-1", "default") is None, 15, "the pod to be deleted")
+    took = time.monotonic() - t0
+    assert 2.5 < took < 12, f"the pod went {took:.1f}s after the delete (preStop sleeps 3 s)"
+    assert conditions() is None and cp.http(cp.lab.netns("node1"), f"http://{ip['drain-1']}/").startswith("<curl")
+    # Grace 0 (kubectl delete --grace-period=0 --force): gone at once, the agent cleans up after.
+    client.delete(cp.api, "Pod", "drain-2", "default", grace_period_seconds=0)
+    assert client.get(cp.api, "Pod", "drain-2", "default") is None
+    wait_for(lambda: not [n for n in netns.list_names(f"{cp.lab.name}-pod-") if "drain" in n], 10,
+             "the drained pods' namespaces removed")
+    cp.kubectl("delete", "service", "drain")
+
+
 def test_delete_removes_pods_and_their_namespaces(cp: ControlPlaneLab) -> None:
     cp.kubectl("delete", "-f", "-", input=NODE_JS % "0.2")
     wait_for(lambda: not cp.pods("name=node-js"), 10, "the pods to go with their deployment")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import os
+import threading
 import time
 from collections.abc import Iterator
 
@@ -238,3 +239,69 @@ def test_ingress_virtual_hosts_through_the_load_balancer(slab: ServiceLab) -> No
         return r.stdout.strip() if r.returncode == 0 else None
     assert wait_for(lambda: hostname_via("a.whale.hey") in web, 20, "a.whale.hey routed to the web pods")
     assert hostname_via("unknown.whale.hey") in web  # default backend: the sticky service, same pods
+
+
+def test_zero_downtime_rolling_update(slab: ServiceLab) -> None:
+    """Seed S12: a client loop against the ClusterIP (from a pod) and the NodePort (from outside,
+    through a node that may run no backend) while the Deployment rolls 0.1 -> 0.2 with maxSurge 1
+    / maxUnavailable 0: no failed request, and the version seen flips. Old pods drain: deleted
+    gracefully, their endpoints turn terminating (no new connections) while a preStop sleep keeps
+    them serving what is in flight. Then a bad image (busybox:22 crash-loops): the rollout stalls
+    and the old pods keep serving."""
+    container = {"name": "web", "image": "jonbaier/node-express-info:0.1",
+                 "ports": [{"name": "www", "containerPort": 80}],
+                 "readinessProbe": {"httpGet": {"path": "/", "port": "www"}, "periodSeconds": 1},
+                 "lifecycle": {"preStop": {"sleep": {"seconds": 2}}}}
+    client.create(slab.api, "Deployment", {"metadata": {"name": "roll"}, "spec": {
+        "replicas": 2, "selector": {"matchLabels": {"app": "roll"}},
+        "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+        "template": {"metadata": {"labels": {"app": "roll"}},
+                     "spec": {"terminationGracePeriodSeconds": 10, "containers": [container]}}}}, "default")
+    service = slab.service("roll", {"app": "roll"}, type="NodePort",
+                           ports=[{"name": "http", "port": 80, "targetPort": "www"}])
+    try:
+        slab.ready("app=roll", 2)
+        slab.endpoints("roll", 2)
+        urls = {"vip": ("client-node1", f"http://{service['spec']['clusterIP']}/"),
+                "nodeport": ("client", f"http://{NODE_IPS['node3']}:{service['spec']['ports'][0]['nodePort']}/")}
+        answers: dict[str, list] = {k: [] for k in urls}
+        stop = threading.Event()
+
+        def loop(kind: str) -> None:
+            where, url = urls[kind]
+            while not stop.is_set():
+                answers[kind].append(slab.curl(where, url, timeout=3))
+
+        threads = [threading.Thread(target=loop, args=(k,), daemon=True) for k in urls]
+        for t in threads:
+            t.start()
+
+        def versions() -> set[str]:
+            pods = client.list_objects(slab.api, "Pod", "default", label_selector="app=roll")["items"]
+            return {p["spec"]["containers"][0]["image"].rsplit(":", 1)[1] for p in pods}
+
+        try:
+            time.sleep(1)
+            client.patch(slab.api, "Deployment", "roll", {"spec": {"template": {"spec": {"containers": [
+                dict(container, image="jonbaier/node-express-info:0.2")]}}}}, "default")
+            wait_for(lambda: versions() == {"0.2"} and slab.ready("app=roll", 2), 60, "the rollout to 0.2")
+            time.sleep(1)
+            rolled = {k: len(v) for k, v in answers.items()}
+            client.patch(slab.api, "Deployment", "roll", {"spec": {"template": {"spec": {"containers": [
+                dict(container, image="busybox:22")]}}}}, "default")
+            time.sleep(4)
+            assert versions() == {"0.2", "22"}, "the bad image's pod exists (and crash-loops)"
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(10)
+        for kind, got in answers.items():
+            failed = [i for i, a in enumerate(got) if not a]
+            assert not failed, f"{kind}: {len(failed)} of {len(got)} requests failed (at {failed[:10]})"
+            seen = [a.rsplit(" ", 1)[1] for a in got]
+            assert seen[0] == "0.1" and seen[rolled[kind] - 1] == "0.2", f"{kind}: {collections.Counter(seen)}"
+            assert set(seen[rolled[kind]:]) == {"0.2"}, f"{kind}: the bad image took traffic"
+            assert len(got) - rolled[kind] >= 5, f"{kind}: too few requests during the stalled rollout"
+    finally:
+        client.delete(slab.api, "Deployment", "roll", "default")
+        client.delete(slab.api, "Service", "roll", "default")
