@@ -323,6 +323,33 @@ def test_delete_namespace_and_owner_cascade(api, ns):
     assert e.value.status == 403
 
 
+def test_graceful_pod_deletion(api, ns):
+    """A pod bound to a node is marked, not removed (its node's agent finishes the deletion); the
+    grace comes from DeleteOptions or the pod; it can be shortened, not lengthened; grace 0 and
+    unscheduled pods go at once. (No agent runs here: the marked pod stays.)"""
+    core = client.CoreV1Api(api)
+    core.create_namespaced_pod(ns, pod("bound", node="node9", terminationGracePeriodSeconds=20))
+    core.create_namespaced_pod(ns, pod("loose"))
+    t0 = time.time()
+    marked = core.delete_namespaced_pod("bound", ns)
+    assert marked.metadata.deletion_grace_period_seconds == 20
+    left = marked.metadata.deletion_timestamp.timestamp() - t0
+    assert 18 <= left <= 22, f"deletionTimestamp {left:.1f}s ahead (now + grace)"
+    assert core.read_namespaced_pod("bound", ns).metadata.deletion_timestamp is not None
+    longer = core.delete_namespaced_pod("bound", ns, body=client.V1DeleteOptions(grace_period_seconds=60))
+    assert longer.metadata.deletion_grace_period_seconds == 20, "a later delete never lengthens the grace"
+    shorter = core.delete_namespaced_pod("bound", ns, grace_period_seconds=5)
+    assert shorter.metadata.deletion_grace_period_seconds == 5
+    assert shorter.metadata.deletion_timestamp < marked.metadata.deletion_timestamp
+    with pytest.raises(ApiException) as e:  # the agent's final delete names the incarnation
+        core.delete_namespaced_pod("bound", ns, body=client.V1DeleteOptions(
+            grace_period_seconds=0, preconditions=client.V1Preconditions(uid="not-this-one")))
+    assert e.value.status == 409
+    core.delete_namespaced_pod("bound", ns, body=client.V1DeleteOptions(grace_period_seconds=0))
+    core.delete_namespaced_pod("loose", ns)
+    assert [p.metadata.name for p in core.list_namespaced_pod(ns).items] == []
+
+
 def test_service_defaults_and_allocation(api, ns, server, etcd):
     core = client.CoreV1Api(api)
     s = core.create_namespaced_service(ns, svc("plain", selector={"app": "x"}))
