@@ -177,7 +177,7 @@ def test_client_helpers_and_status_patch(api, ns):
     assert err.value.status == 409
     items = kc.list_objects(api, Pod, ns, field_selector="metadata.name=web")["items"]
     assert [i["metadata"]["name"] for i in items] == ["web"]
-    assert kc.delete(api, Pod, "web", ns) is not None
+    assert kc.delete(api, Pod, "web", ns, grace_period_seconds=0) is not None  # bound: no agent here
     assert kc.get(api, Pod, "web", ns) is None and kc.delete(api, Pod, "web", ns) is None
 
 
