@@ -69,10 +69,15 @@ def test_deployment_pods_get_ips_become_ready_and_fill_the_slice(cp: ControlPlan
     resolv = netns.run(podns, ["cat", "/etc/resolv.conf"]).stdout
     assert "nameserver 10.96.0.10" in resolv and "search default.svc.cluster.local" in resolv
     assert "ndots:5" in resolv
-    pid = int(pods[0]["status"]["containerStatuses"][0]["containerID"].removeprefix("knet://"))
-    with open(f"/proc/{pid}/environ", "rb") as f:
-        env = dict(kv.split("=", 1) for kv in f.read().decode().split("\0") if "=" in kv)
+    env = container_env(pods[0])
     assert env["KUBERNETES_SERVICE_HOST"] == "10.96.0.1" and env["HOSTNAME"] == name
+
+
+def container_env(pod: dict) -> dict[str, str]:
+    """The environment of the pod's first container process, as the agent started it."""
+    pid = int(pod["status"]["containerStatuses"][0]["containerID"].removeprefix("knet://"))
+    with open(f"/proc/{pid}/environ", "rb") as f:
+        return dict(kv.split("=", 1) for kv in f.read().decode().split("\0") if "=" in kv)
 
 
 def test_scale_is_followed_by_pods_and_slice(cp: ControlPlaneLab) -> None:
@@ -85,6 +90,14 @@ def test_scale_is_followed_by_pods_and_slice(cp: ControlPlaneLab) -> None:
     assert dep["status"]["replicas"] == 2 and dep["status"]["readyReplicas"] == 2
     assert dep["status"]["observedGeneration"] == dep["metadata"]["generation"]
     assert len(cp.slices("node-js")) == 1, "one slice, updated in place"
+    # Seed S25: a pod started after the Service sees it in its environment (service and Docker
+    # link variables), as the kubelet provides them.
+    newest = max(pods, key=lambda p: p["metadata"]["creationTimestamp"])
+    vip = client.get(cp.api, "Service", "node-js", "default")["spec"]["clusterIP"]
+    env = container_env(newest)
+    assert (env["NODE_JS_SERVICE_HOST"], env["NODE_JS_SERVICE_PORT"]) == (vip, "80")
+    assert env["NODE_JS_PORT"] == f"tcp://{vip}:80" and env["NODE_JS_PORT_80_TCP_ADDR"] == vip
+    assert (env["NODE_JS_PORT_80_TCP_PORT"], env["NODE_JS_PORT_80_TCP_PROTO"]) == ("80", "tcp")
 
 
 def test_rolling_update_keeps_ready_endpoints(cp: ControlPlaneLab) -> None:
