@@ -131,6 +131,13 @@ def catalogue() -> list[Scenario]:
         s.append(Scenario(name, steps))
 
     # --- the documentation's examples
+    # --- seed S22 (namespaces don't isolate, policies do): default deny in x, then web -> db on
+    # one port (the seed's 5432 is the matrix's 80): x/b (web) reaches x/a (db) on 80 only; other
+    # pods of x, and every pod of y and z, are dropped
+    add("seed-s22-web-to-db", [Step(lambda c: [
+        np("default-deny", types=ING),
+        np("web-to-db", select=sel({"app": "db"}), ingress=[rule([pods(app="web")], [port(80, "TCP")])])],
+        pod_labels={"x/a": {"pod": "a", "app": "db"}, "x/b": {"pod": "b", "app": "web"}})])
     add("docs-default-deny-ingress", one(np("default-deny-ingress", types=ING)))
     add("docs-allow-all-ingress", one(np("allow-all-ingress", ingress=[{}], types=ING)))
     add("docs-default-deny-egress", one(np("default-deny-egress", types=EGR)))
