@@ -8,6 +8,7 @@ node's pod cgroup, as a container runs) or in the lab's outside client namespace
 from __future__ import annotations
 
 import collections
+import json
 import os
 import threading
 import time
@@ -305,3 +306,30 @@ def test_zero_downtime_rolling_update(slab: ServiceLab) -> None:
     finally:
         client.delete(slab.api, "Deployment", "roll", "default")
         client.delete(slab.api, "Service", "roll", "default")
+
+
+def test_frontend_reaches_backend_by_name(slab: ServiceLab) -> None:
+    """Seed S20: a frontend behind NodePort 31000 calls its backend by the Service name: an
+    outside request to any node's 31000 comes back with data the frontend fetched through the
+    cluster DNS (search path) and the backend's ClusterIP."""
+    client.create(slab.api, "Deployment", {"metadata": {"name": "frontend"}, "spec": {
+        "replicas": 1, "selector": {"matchLabels": {"app": "frontend"}},
+        "template": {"metadata": {"labels": {"app": "frontend"}}, "spec": {"containers": [
+            {"name": "fe", "image": AGNHOST, "args": ["netexec", "--http-port=8080"],
+             "ports": [{"name": "http", "containerPort": 8080}]}]}}}}, "default")
+    slab.service("frontend", {"app": "frontend"}, type="NodePort",
+                 ports=[{"name": "http", "port": 80, "targetPort": "http", "nodePort": 31000}])
+    try:
+        slab.ready("app=frontend", 1)
+        slab.endpoints("frontend", 1)
+        web = {p["metadata"]["name"] for p in client.list_objects(slab.api, "Pod", "default",
+                                                                   label_selector="app=web")["items"]}
+        dial = "/dial?request=hostname&host=web&port=80&protocol=http&tries=1"
+        for ip in NODE_IPS.values():
+            body = wait_for(lambda ip=ip: slab.curl("client", f"http://{ip}:31000{dial}", timeout=5), 10,
+                            f"an answer through {ip}:31000")
+            responses = json.loads(body).get("responses") or []
+            assert len(responses) == 1 and responses[0] in web, body
+    finally:
+        client.delete(slab.api, "Deployment", "frontend", "default")
+        client.delete(slab.api, "Service", "frontend", "default")
