@@ -130,6 +130,7 @@ def test_cluster_ip_from_pods_on_every_node_reaches_every_backend(slab: ServiceL
         seen = collections.Counter(slab.curl(f"client-{node}", f"http://{vip}/hostname") for _ in range(30))
         assert None not in seen, f"failed requests from {node}: {seen}"
         assert len(seen) == 3, seen
+    assert slab.curl("client", f"http://{vip}/hostname", timeout=1) is None, "a ClusterIP is not reachable from outside"
 
 
 def test_node_port_on_every_node_from_outside(slab: ServiceLab) -> None:
@@ -140,11 +141,25 @@ def test_node_port_on_every_node_from_outside(slab: ServiceLab) -> None:
 
 
 def test_load_balancer_address_from_outside(slab: ServiceLab) -> None:
-    def lb_ip():
-        ingress = svc(slab, "lb").get("status", {}).get("loadBalancer", {}).get("ingress") or []
+    """Seed S8: an address from the lab pool in the status, reachable from outside, a node port as
+    well; a NodePort service turned LoadBalancer keeps its node port; a deleted one stops answering."""
+    def lb_ip(name: str = "lb"):
+        ingress = svc(slab, name).get("status", {}).get("loadBalancer", {}).get("ingress") or []
         return ingress[0].get("ip") if ingress else None
     ip = wait_for(lb_ip, 15, "a LoadBalancer address")
     assert wait_for(lambda: slab.curl("client", f"http://{ip}/hostname"), 10, "an answer on the LB address")
+    assert svc(slab, "lb")["spec"]["ports"][0]["nodePort"]
+    node_port = slab.service("np2lb", {"app": "web"}, type="NodePort")["spec"]["ports"][0]["nodePort"]
+    try:
+        client.patch(slab.api, "Service", "np2lb", {"spec": {"type": "LoadBalancer"}}, "default")
+        ip2 = wait_for(lambda: lb_ip("np2lb"), 15, "an address for the former NodePort service")
+        assert svc(slab, "np2lb")["spec"]["ports"][0]["nodePort"] == node_port
+        assert wait_for(lambda: slab.curl("client", f"http://{ip2}/hostname"), 10, "an answer on its address")
+        assert slab.curl("client", f"http://{NODE_IPS['node2']}:{node_port}/hostname")
+    finally:
+        client.delete(slab.api, "Service", "np2lb", "default")
+    wait_for(lambda: slab.curl("client", f"http://{ip2}/hostname", timeout=1) is None, 10,
+             "the deleted service's address to stop answering")
 
 
 def test_client_ip_affinity_holds(slab: ServiceLab) -> None:
