@@ -92,3 +92,7 @@ def test_outside_names_go_through_the_search_path_then_upstream(pod_dns, dns_net
 def test_unknown_name_fails_cleanly(pod_dns, dns_netns):
     code, out = getent(dns_netns, pod_dns, "hosts", "no-such-service")
     assert code == 2 and out == ""
+    # Seed S16: a bare name is looked up in the pod's own namespace only (redis-master lives in
+    # my-ns; this pod is in default), so it fails where the long form works.
+    code, out = getent(dns_netns, pod_dns, "hosts", "redis-master")
+    assert code == 2 and out == ""
