@@ -348,3 +348,22 @@ def test_frontend_reaches_backend_by_name(slab: ServiceLab) -> None:
     finally:
         client.delete(slab.api, "Deployment", "frontend", "default")
         client.delete(slab.api, "Service", "frontend", "default")
+
+
+def test_internal_local_policy_and_external_ips(slab: ServiceLab) -> None:
+    """internalTrafficPolicy Local: a pod reaches only endpoints on its own node (none there: no
+    answer, not a remote one). externalIPs: the service answers on an address the outside routes
+    to the nodes (192.168.33.199, in the client's route to the nodes, outside the LB pool)."""
+    solo = slab.ready("app=solo", 1)[0]["metadata"]["name"]
+    internal = slab.service("solo-internal", {"app": "solo"}, internalTrafficPolicy="Local")
+    external = slab.service("solo-external", {"app": "solo"}, externalIPs=["192.168.33.199"])
+    try:
+        slab.endpoints("solo-internal", 1)
+        vip = internal["spec"]["clusterIP"]
+        assert wait_for(lambda: slab.curl("client-node1", f"http://{vip}/hostname"), 10, "the local endpoint") == solo
+        assert slab.curl("client-node3", f"http://{vip}/hostname", timeout=1.5) is None
+        assert external["spec"]["externalIPs"] == ["192.168.33.199"]
+        assert wait_for(lambda: slab.curl("client", "http://192.168.33.199/hostname"), 10, "the external IP") == solo
+    finally:
+        for name in ("solo-internal", "solo-external"):
+            client.delete(slab.api, "Service", name, "default")
