@@ -80,6 +80,7 @@ RESOURCES: dict[str, Resource] = {
         Resource("IngressClass", "networking.k8s.io", "v1", "ingressclasses", False, "NetworkingV1Api"),
         Resource("Deployment", "apps", "v1", "deployments", True, "AppsV1Api"),
         Resource("ReplicaSet", "apps", "v1", "replicasets", True, "AppsV1Api"),
+        Resource("StatefulSet", "apps", "v1", "statefulsets", True, "AppsV1Api"),
     )
 }
 

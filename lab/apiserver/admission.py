@@ -15,7 +15,7 @@ from lab.apiserver.allocator import DEFAULT_SERVICE_CIDR, NodePortRange, Service
 from lab.apiserver.resources import ResourceType
 from lab.apiserver.validation import Causes, get
 
-WORKLOADS = ("Deployment", "ReplicaSet", "ReplicationController")
+WORKLOADS = ("Deployment", "ReplicaSet", "ReplicationController", "StatefulSet")
 
 
 @dataclass(frozen=True)

@@ -83,7 +83,11 @@ def default_workload(obj: dict, kind: str) -> None:
             ru.setdefault("maxUnavailable", "25%")
             ru.setdefault("maxSurge", "25%")
     status = obj.setdefault("status", {})
-    if kind in ("ReplicaSet", "ReplicationController"):
+    if kind == "StatefulSet":
+        spec.setdefault("podManagementPolicy", "OrderedReady")
+        spec.setdefault("updateStrategy", {"type": "RollingUpdate"})
+        spec.setdefault("revisionHistoryLimit", 10)
+    if kind in ("ReplicaSet", "ReplicationController", "StatefulSet"):
         status.setdefault("replicas", 0)  # not omitempty in Kubernetes: clients require it
 
 

@@ -17,7 +17,8 @@ from lab.apiserver.resources import ResourceType
 # kube-apiserver's generateName alphabet (no vowels, so no words; no 0/1/3 look-alikes).
 _NAME_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
 # Kinds whose status a create may not set (their status belongs to a controller / agent).
-RESET_STATUS_ON_CREATE = ("Pod", "Service", "Deployment", "ReplicaSet", "ReplicationController", "Ingress")
+RESET_STATUS_ON_CREATE = ("Pod", "Service", "Deployment", "ReplicaSet", "ReplicationController", "StatefulSet",
+                          "Ingress")
 SERVER_FIELDS = ("resourceVersion", "selfLink", "managedFields", "deletionTimestamp", "deletionGracePeriodSeconds")
 
 
@@ -59,7 +60,7 @@ def init_create(rt: ResourceType, obj: dict, namespace: str | None) -> None:
         m.pop("namespace", None)
     m["uid"] = str(uuid.uuid4())
     m["creationTimestamp"] = now()
-    if "spec" in obj or rt.kind in ("Deployment", "ReplicaSet", "ReplicationController"):
+    if "spec" in obj or rt.kind in ("Deployment", "ReplicaSet", "ReplicationController", "StatefulSet"):
         m["generation"] = 1
     if rt.kind in RESET_STATUS_ON_CREATE:
         obj["status"] = {}

@@ -219,6 +219,10 @@ PRINTERS: dict[str, tuple[list[dict], Row]] = {
     "Event": ([_col("Last Seen"), _col("Type"), _col("Reason"), _col("Object"), _col("Message")], _event),
 }
 PRINTERS["ReplicationController"] = PRINTERS["ReplicaSet"]
+PRINTERS["StatefulSet"] = ([NAME, _col("Ready"), AGE, _col("Containers", priority=1), _col("Images", priority=1)],
+                           lambda o: [_name(o), f"{_g(o, 'status', 'readyReplicas', default=0)}/"
+                                      f"{_g(o, 'spec', 'replicas', default=0)}", age(o),
+                                      *_replicas(o)[-3:-1]])
 
 
 def table(rt: ResourceType, items: list[dict], list_meta: dict, include: str = "Metadata",

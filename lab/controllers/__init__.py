@@ -1,4 +1,4 @@
 """The lab's cluster behaviour as controllers (`knet-controllers`, lab.controllers.main):
-scheduler, ReplicaSet/ReplicationController, Deployment, EndpointSlice (+ Endpoints),
+scheduler, ReplicaSet/ReplicationController, Deployment, StatefulSet, EndpointSlice (+ Endpoints),
 LoadBalancer, garbage collection. Clients of the API server like kube-controller-manager; the
 pure decisions live in functions beside each controller and are unit-tested on their own."""

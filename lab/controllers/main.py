@@ -27,6 +27,7 @@ from knet.kube.models import (
     ReplicaSet,
     ReplicationController,
     Service,
+    StatefulSet,
 )
 from lab.controllers.deployment import DeploymentController
 from lab.controllers.endpoints import EndpointSliceController
@@ -34,10 +35,11 @@ from lab.controllers.gc import GarbageCollector
 from lab.controllers.loadbalancer import DEFAULT_POOL, LoadBalancerController, Pool
 from lab.controllers.replicas import ReplicaController
 from lab.controllers.scheduler import Scheduler
+from lab.controllers.statefulset import StatefulSetController
 from lab.controllers.workqueue import Controller
 
 log = logging.getLogger("lab.controllers")
-ALL = ("scheduler", "replicaset", "deployment", "endpointslice", "loadbalancer", "garbagecollector")
+ALL = ("scheduler", "replicaset", "deployment", "statefulset", "endpointslice", "loadbalancer", "garbagecollector")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -65,6 +67,8 @@ def build(factory: InformerFactory, api, pool: Pool, which: set[str]) -> list[Co
         out.append(ReplicaController(api, pods, rses, rcs))
     if "deployment" in which:
         out.append(DeploymentController(api, pods, rses, deployments))
+    if "statefulset" in which:
+        out.append(StatefulSetController(api, pods, factory.informer(StatefulSet)))
     if "endpointslice" in which:
         out.append(EndpointSliceController(api, pods, services, factory.informer(EndpointSlice),
                                            factory.informer(Endpoints)))

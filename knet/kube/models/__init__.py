@@ -26,6 +26,9 @@ from knet.kube.models.apps import (
     ReplicationController,
     ReplicationControllerSpec,
     RollingUpdateDeployment,
+    StatefulSet,
+    StatefulSetSpec,
+    StatefulSetStatus,
 )
 from knet.kube.models.core import (
     ConfigMap,
@@ -97,7 +100,7 @@ MODELS: dict[str, type[KubeObject]] = {
     m.__name__: m
     for m in (
         Pod, Service, Endpoints, EndpointSlice, Namespace, Node, NetworkPolicy, Ingress, IngressClass,
-        Secret, ConfigMap, Deployment, ReplicaSet, ReplicationController,
+        Secret, ConfigMap, Deployment, ReplicaSet, ReplicationController, StatefulSet,
     )
 }
 
@@ -167,5 +170,6 @@ __all__ = [
     "OwnerReference", "Pod", "PodIP", "PodSpec", "PodStatus", "PodTemplateSpec", "Probe", "ReplicaSet",
     "ReplicaSetSpec", "ReplicaStatus", "ReplicationController", "ReplicationControllerSpec",
     "RollingUpdateDeployment", "Secret", "Service", "ServiceBackendPort", "ServicePort", "ServiceSpec",
-    "ServiceStatus", "TCPSocketAction", "model_for", "object_key", "parse",
+    "ServiceStatus", "StatefulSet", "StatefulSetSpec", "StatefulSetStatus", "TCPSocketAction",
+    "model_for", "object_key", "parse",
 ]

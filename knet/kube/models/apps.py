@@ -66,6 +66,36 @@ class ReplicaSet(KubeObject):
     status: ReplicaStatus = Field(default_factory=ReplicaStatus)
 
 
+class StatefulSetUpdateStrategy(KubeModel):
+    type: Literal["RollingUpdate", "OnDelete"] = "RollingUpdate"
+
+
+class StatefulSetSpec(KubeModel):
+    replicas: int = Field(default=1, ge=0)
+    selector: LabelSelector
+    template: PodTemplateSpec = Field(default_factory=PodTemplateSpec)
+    service_name: str = ""
+    pod_management_policy: Literal["OrderedReady", "Parallel"] = "OrderedReady"
+    update_strategy: StatefulSetUpdateStrategy = Field(default_factory=StatefulSetUpdateStrategy)
+    min_ready_seconds: int = Field(default=0, ge=0)
+
+
+class StatefulSetStatus(KubeModel):
+    replicas: int = 0
+    ready_replicas: int = 0
+    current_replicas: int = 0
+    updated_replicas: int = 0
+    available_replicas: int = 0
+    current_revision: str | None = None
+    update_revision: str | None = None
+    observed_generation: int | None = None
+
+
+class StatefulSet(KubeObject):
+    spec: StatefulSetSpec
+    status: StatefulSetStatus = Field(default_factory=StatefulSetStatus)
+
+
 class ReplicationControllerSpec(KubeModel):
     replicas: int = Field(default=1, ge=0)
     # A map selector (see knet.kube.selectors.map_selector_matches); the API server defaults it

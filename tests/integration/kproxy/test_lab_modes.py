@@ -367,3 +367,46 @@ def test_internal_local_policy_and_external_ips(slab: ServiceLab) -> None:
     finally:
         for name in ("solo-internal", "solo-external"):
             client.delete(slab.api, "Service", name, "default")
+
+
+def test_statefulset_pods_by_stable_name(slab: ServiceLab) -> None:
+    """Seed S17 (StatefulSet part): whaleset-0..2 made in order behind the headless sayhey-svc;
+    `whaleset-1.sayhey-svc` resolves (cluster DNS, search path) to that pod and curl by that name
+    reaches exactly it; a deleted pod comes back under its name (and its name follows its new
+    address); scaling down removes the highest ordinal."""
+    client.create(slab.api, "Service", {"metadata": {"name": "sayhey-svc"}, "spec": {
+        "clusterIP": "None", "selector": {"app": "whale"}, "ports": [{"name": "http", "port": 8080}]}}, "default")
+    client.create(slab.api, "StatefulSet", {"metadata": {"name": "whaleset"}, "spec": {
+        "replicas": 3, "serviceName": "sayhey-svc", "selector": {"matchLabels": {"app": "whale"}},
+        "template": {"metadata": {"labels": {"app": "whale"}}, "spec": {"containers": [
+            {"name": "whale", "image": AGNHOST, "args": ["netexec", "--http-port=8080"],
+             "ports": [{"name": "http", "containerPort": 8080}],
+             "readinessProbe": {"httpGet": {"path": "/hostname", "port": 8080}, "periodSeconds": 1}}]}}}}, "default")
+
+    def by_name(name: str) -> str | None:
+        return slab.curl("client-node1", f"http://{name}.sayhey-svc:8080/hostname")
+
+    try:
+        pods = sorted(slab.ready("app=whale", 3), key=lambda p: p["metadata"]["name"])
+        assert [p["metadata"]["name"] for p in pods] == ["whaleset-0", "whaleset-1", "whaleset-2"]
+        created = [p["metadata"]["creationTimestamp"] for p in pods]
+        assert created == sorted(created), "made in ordinal order"
+        assert all(p["spec"]["hostname"] == p["metadata"]["name"] and p["spec"]["subdomain"] == "sayhey-svc"
+                   for p in pods)
+        for i in range(3):
+            assert wait_for(lambda i=i: by_name(f"whaleset-{i}"), 10, f"whaleset-{i} by name") == f"whaleset-{i}"
+        client.delete(slab.api, "Pod", "whaleset-0", "default")
+        back = wait_for(lambda: (p := client.get(slab.api, "Pod", "whaleset-0", "default")) and
+                        p["metadata"]["uid"] != pods[0]["metadata"]["uid"] and p["status"].get("podIP") and p,
+                        30, "whaleset-0 made again")
+        assert wait_for(lambda: by_name("whaleset-0"), 15, "whaleset-0 by name again") == "whaleset-0"
+        resolved = slab.lab.exec("client-node1", ["getent", "hosts", "whaleset-0.sayhey-svc"]).stdout.split()
+        assert resolved[:1] == [back["status"]["podIP"]], f"whaleset-0 resolves to {resolved}"
+        client.patch(slab.api, "StatefulSet", "whaleset", {"spec": {"replicas": 2}}, "default")
+        wait_for(lambda: client.get(slab.api, "Pod", "whaleset-2", "default") is None, 20, "whaleset-2 removed")
+        sts = wait_for(lambda: (s := client.get(slab.api, "StatefulSet", "whaleset", "default"))
+                       and s["status"].get("readyReplicas") == 2 and s, 10, "the status at 2")
+        assert sts["status"]["replicas"] == 2
+    finally:
+        client.delete(slab.api, "StatefulSet", "whaleset", "default")
+        client.delete(slab.api, "Service", "sayhey-svc", "default")
