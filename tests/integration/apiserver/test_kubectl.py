@@ -114,6 +114,21 @@ def test_replication_controller_scale(kubectl, ns):
     assert got["spec"]["replicas"] == 3 and got["spec"]["selector"] == {"name": "node-js-scale"}
 
 
+def test_statefulset_apply_scale_get(kubectl, ns):
+    sts = {"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": "whaleset"},
+           "spec": {"replicas": 1, "serviceName": "sayhey-svc", "selector": {"matchLabels": {"app": "whale"}},
+                    "template": {"metadata": {"labels": {"app": "whale"}},
+                                 "spec": {"containers": [{"name": "w", "image": "whale"}]}}}}
+    kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(sts))
+    kubectl("scale", "-n", ns, "statefulset", "whaleset", "--replicas=3")
+    got = json.loads(kubectl("get", "sts", "whaleset", "-n", ns, "-o", "json").stdout)
+    assert got["spec"]["replicas"] == 3 and got["spec"]["podManagementPolicy"] == "OrderedReady"
+    assert "whaleset" in kubectl("get", "statefulsets", "-n", ns).stdout
+    bad = dict(sts, metadata={"name": "bad"}, spec=dict(sts["spec"], selector={"matchLabels": {"app": "other"}}))
+    out = kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(bad), check=False)
+    assert out.returncode != 0 and "selector" in out.stderr
+
+
 def test_validation_errors_reach_kubectl(kubectl, ns, server, etcd):
     kubectl("create", "-n", ns, "-f", "-", input=json.dumps(
         {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "fixed"},
