@@ -2,8 +2,12 @@
 
 The API server deletes dependents synchronously with their owner (background propagation); this
 sweep catches what that missed (a server stopped mid-cascade, an owner deleted by writing etcd
-directly): a dependent whose every owner is gone — checked against the server, not only the cache,
-because a brand-new owner may not have reached our cache yet — is deleted."""
+directly), and dependents made for an owner that was already gone: a controller acting on a stale
+cache (the Deployment controller making a ReplicaSet for a Deployment deleted a moment before)
+creates objects whose owner no longer exists. A dependent whose every owner is gone — checked
+against the server, not only the cache, because a brand-new owner may not have reached our cache
+yet — is deleted. Sweeps run every `resync` seconds, when an owner is deleted, and when a
+dependent appears whose owner is not in the cache, so such leftovers go within a second."""
 
 from __future__ import annotations
 
@@ -26,6 +30,18 @@ class GarbageCollector(Controller):
         """dependents: kind -> informer of objects that may have owners; owners: kind -> informer."""
         super().__init__()
         self.api, self.dependents, self.owners = api, dependents, owners
+        for inf in owners.values():
+            inf.add_handler(on_delete=lambda _o: self.enqueue("*"))
+        for inf in dependents.values():
+            inf.add_handler(on_add=self._on_dependent)
+
+    def _on_dependent(self, obj: Any) -> None:
+        for r in obj.metadata.owner_references:
+            inf = self.owners.get(r.kind)
+            cached = inf.get(r.name, obj.namespace) if inf is not None else None
+            if inf is not None and (cached is None or cached.metadata.uid != r.uid):
+                self.enqueue("*")
+                return
 
     def all_keys(self) -> list[str]:
         return ["*"]

@@ -76,7 +76,8 @@ def build(factory: InformerFactory, api, pool: Pool, which: set[str]) -> list[Co
         out.append(LoadBalancerController(api, services, pool))
     if "garbagecollector" in which:
         out.append(GarbageCollector(api, {"Pod": pods, "ReplicaSet": rses},
-                                    {"ReplicaSet": rses, "ReplicationController": rcs, "Deployment": deployments}))
+                                    {"ReplicaSet": rses, "ReplicationController": rcs, "Deployment": deployments,
+                                     "StatefulSet": factory.informer(StatefulSet)}))
     return out
 
 

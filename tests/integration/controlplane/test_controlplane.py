@@ -219,6 +219,23 @@ def test_agent_restart_adopts_pods_without_disruption(cp: ControlPlaneLab) -> No
     wait_for(lambda: len(ready_ips(cp.pods("name=node-js"))) == 3, 20, "a replacement pod")
 
 
+def test_dependent_of_a_deleted_owner_is_collected_at_once(cp: ControlPlaneLab) -> None:
+    """A controller acting on a stale cache can create a ReplicaSet for a Deployment deleted a
+    moment before: the garbage collector removes it (and so its pods) within seconds, not at its
+    next periodic sweep."""
+    rs = {"apiVersion": "apps/v1", "kind": "ReplicaSet", "metadata": {
+        "name": "stale-rs", "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment", "name": "gone",
+                                                 "uid": "00000000-0000-0000-0000-00000000dead", "controller": True}]},
+          "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "stale"}},
+                   "template": {"metadata": {"labels": {"app": "stale"}},
+                                "spec": {"containers": [{"name": "c", "image": "nginx"}]}}}}
+    t0 = time.monotonic()
+    client.create(cp.api, "ReplicaSet", rs, "default")
+    wait_for(lambda: client.get(cp.api, "ReplicaSet", "stale-rs", "default") is None, 8, "the orphan ReplicaSet gone")
+    wait_for(lambda: not cp.pods("app=stale"), 10, "its pods gone")
+    assert time.monotonic() - t0 < 15
+
+
 def test_graceful_deletion_drains_a_pod_then_removes_it(cp: ControlPlaneLab) -> None:
     """DELETE of a running pod: it stays, terminating (deletionTimestamp), its endpoint turns
     not-ready but still serving and terminating, the preStop hook runs while the pod keeps

@@ -175,7 +175,15 @@ def test_s11_endpoints_follow_delete_recreate_and_scale(slab: ServiceLab) -> Non
         slab.endpoints(name, 2)
         assert wait_for(lambda: slab.curl("client-node1", url), 10, "alpaca-prod answering") in old
         client.delete(slab.api, "Deployment", name, "default")
-        wait_for(lambda: not pod_names(slab, selector), 30, "the old pods gone")
+        try:
+            wait_for(lambda: not pod_names(slab, selector), 30, "the old pods gone")
+        except AssertionError as e:  # say what is left and who owns it
+            left = client.list_objects(slab.api, "Pod", "default", label_selector=selector)["items"]
+            rses = client.list_objects(slab.api, "ReplicaSet", "default")["items"]
+            pods = [(p["metadata"]["name"], p["metadata"].get("deletionTimestamp"),
+                     p["metadata"].get("ownerReferences")) for p in left]
+            owners = [(r["metadata"]["name"], r["metadata"].get("ownerReferences")) for r in rses]
+            raise AssertionError(f"{e}: pods {pods}; replicasets {owners}") from None
         slab.endpoints(name, 0)
         assert not ready_endpoint_pods(slab, name)
 
