@@ -45,49 +45,41 @@ HOST = "bench.test"
 BODY = "x" * 512 + "\n"   # a small page, the typical size of an API answer
 
 
-def backend_conf(run: str) -> str:
+def nginx_conf(run: str, workers: int, connections: int, http: str) -> str:
+    """A whole nginx.conf with everything under `run`; `http`: the http block's own directives."""
     return textwrap.dedent(f"""\
-        worker_processes 1;
+        worker_processes {workers};
         pid {run}/nginx.pid;
         error_log {run}/error.log warn;
-        events {{ worker_connections 4096; }}
+        events {{ worker_connections {connections}; }}
         http {{
             access_log off;
             client_body_temp_path {run}/tmp;
             proxy_temp_path {run}/tmp; fastcgi_temp_path {run}/tmp; uwsgi_temp_path {run}/tmp; scgi_temp_path {run}/tmp;
-            keepalive_requests 100000;
-            open_file_cache max=16;
-            server {{ listen 80; root {run}/www; location / {{ }} }}
-        }}
+        """) + textwrap.indent(textwrap.dedent(http), "    ") + "}\n"
+
+
+def backend_conf(run: str) -> str:
+    return nginx_conf(run, 1, 4096, f"""\
+        keepalive_requests 100000;
+        open_file_cache max=16;
+        server {{ listen 80; root {run}/www; location / {{ }} }}
         """)
 
 
 def reference_conf(run: str, backends: list[str], workers: int) -> str:
     """The hand-written minimal reverse proxy the ingress is compared with."""
-    servers = "\n".join(f"        server {b};" for b in backends)
-    return textwrap.dedent(f"""\
-        worker_processes {workers};
-        pid {run}/nginx.pid;
-        error_log {run}/error.log warn;
-        events {{ worker_connections 8192; }}
-        http {{
-            access_log off;
-            client_body_temp_path {run}/tmp;
-            proxy_temp_path {run}/tmp; fastcgi_temp_path {run}/tmp; uwsgi_temp_path {run}/tmp; scgi_temp_path {run}/tmp;
-            upstream backends {{
-        {servers}
-                keepalive 64;
-            }}
-            server {{
-                listen 8080;
-                location / {{
-                    proxy_pass http://backends;
-                    proxy_http_version 1.1;
-                    proxy_set_header Connection "";
-                }}
-            }}
-        }}
-        """)
+    upstream = "upstream backends {\n" + "".join(f"    server {b};\n" for b in backends) + "    keepalive 64;\n}\n"
+    return nginx_conf(run, workers, 8192, upstream + textwrap.dedent("""\
+        server {
+            listen 8080;
+            location / {
+                proxy_pass http://backends;
+                proxy_http_version 1.1;
+                proxy_set_header Connection "";
+            }
+        }
+        """))
 
 
 def start_nginx(ns: str, run: str, conf: str) -> None:

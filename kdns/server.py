@@ -178,9 +178,7 @@ class Server:
             res = resolve(self.store, q.qname, q.qtype, q.qclass)
             if res.forward or res.chase:
                 continue
-            res.reply.ra = self.forwarder is not None
-            response, _ = wire.build(q, res.reply, q.udp_limit)
-            self.cache.put(key, response[2:], res.deps, q.qtype, res.reply.rcode)
+            self._local_answer(q, res, q.udp_limit, key)
             self.refreshed += 1
         return len(keys)
 
@@ -333,14 +331,19 @@ class Server:
                 if cached is None:
                     return None, (q, res)
                 return self._finish(q, res, cached, limit), None
-        reply = res.reply
-        reply.ra = self.forwarder is not None
-        response, truncated = wire.build(q, reply, limit)
-        stats.count(q.qtype, reply.rcode)
-        if udp:
-            stats.truncated += truncated
-            self.cache.put(data[2:], response[2:], res.deps, q.qtype, reply.rcode)
+        response, truncated = self._local_answer(q, res, limit, data[2:] if udp else None)
+        stats.count(q.qtype, res.reply.rcode)
+        stats.truncated += truncated
         return response, None
+
+    def _local_answer(self, q: Query, res: Resolution, limit: int | None,
+                      cache_key: bytes | None) -> tuple[bytes, bool]:
+        """The wire answer from the store's records, cached under `cache_key` (UDP queries)."""
+        res.reply.ra = self.forwarder is not None
+        response, truncated = wire.build(q, res.reply, limit)
+        if cache_key is not None:
+            self.cache.put(cache_key, response[2:], res.deps, q.qtype, res.reply.rcode)
+        return response, truncated
 
     async def _complete(self, q: Query, res: Resolution, limit: int | None) -> bytes:
         assert self.forwarder is not None

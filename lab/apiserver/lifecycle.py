@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -108,9 +107,7 @@ class Lifecycle:
         current = m.get("deletionGracePeriodSeconds")
         if m.get("deletionTimestamp") and current is not None and current <= grace:
             return objects.with_rv(kv.value, kv.mod_revision)
-        at = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=grace)
-        new = dict(kv.value, metadata=dict(m, deletionTimestamp=at.strftime("%Y-%m-%dT%H:%M:%SZ"),
-                                              deletionGracePeriodSeconds=grace))
+        new = dict(kv.value, metadata=dict(m, deletionTimestamp=objects.now(grace), deletionGracePeriodSeconds=grace))
         rev = await self._txn(rt, name, self.key(rt, ns, name), new, kv, {}, [], False)
         for hook in self.on_write:
             await hook(rt, ns, name)

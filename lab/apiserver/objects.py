@@ -22,8 +22,10 @@ RESET_STATUS_ON_CREATE = ("Pod", "Service", "Deployment", "ReplicaSet", "Replica
 SERVER_FIELDS = ("resourceVersion", "selfLink", "managedFields", "deletionTimestamp", "deletionGracePeriodSeconds")
 
 
-def now() -> str:
-    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+def now(after_seconds: float = 0) -> str:
+    """The API's timestamp format, for now or `after_seconds` from now."""
+    at = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=after_seconds)
+    return at.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def parse_time(text: str | None) -> dt.datetime | None:

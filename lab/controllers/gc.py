@@ -36,22 +36,21 @@ class GarbageCollector(Controller):
             inf.add_handler(on_add=self._on_dependent)
 
     def _on_dependent(self, obj: Any) -> None:
-        for r in obj.metadata.owner_references:
-            inf = self.owners.get(r.kind)
-            cached = inf.get(r.name, obj.namespace) if inf is not None else None
-            if inf is not None and (cached is None or cached.metadata.uid != r.uid):
-                self.enqueue("*")
-                return
+        if any(r.kind in self.owners and not self._owner_cached(r.kind, obj.namespace, r.name, r.uid)
+               for r in obj.metadata.owner_references):
+            self.enqueue("*")
+
+    def _owner_cached(self, kind: str, ns: str | None, name: str, uid: str) -> bool:
+        cached = self.owners[kind].get(name, ns)
+        return cached is not None and cached.metadata.uid == uid
 
     def all_keys(self) -> list[str]:
         return ["*"]
 
     def _owner_gone(self, kind: str, ns: str | None, name: str, uid: str) -> bool:
-        inf = self.owners.get(kind)
-        if inf is None:
+        if kind not in self.owners:
             return False  # an owner kind we do not watch: never guess
-        cached = inf.get(name, ns)
-        if cached is not None and cached.metadata.uid == uid:
+        if self._owner_cached(kind, ns, name, uid):
             return False
         live = client.get(self.api, kind, name, ns)
         return live is None or (live.get("metadata") or {}).get("uid") != uid

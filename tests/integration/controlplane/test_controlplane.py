@@ -280,7 +280,7 @@ def test_graceful_deletion_drains_a_pod_then_removes_it(cp: ControlPlaneLab) -> 
 
 def test_delete_removes_pods_and_their_namespaces(cp: ControlPlaneLab) -> None:
     cp.kubectl("delete", "-f", "-", input=NODE_JS % "0.2")
-    wait_for(lambda: not cp.pods("name=node-js"), 10, "the pods to go with their deployment")
-    wait_for(lambda: not [n for n in netns.list_names(f"{cp.lab.name}-pod-")], 10, "pod namespaces removed")
+    wait_for(lambda: not cp.pods("name=node-js"), 30, "the pods to go with their deployment (drained first)")
+    wait_for(lambda: not [n for n in netns.list_names(f"{cp.lab.name}-pod-")], 30, "pod namespaces removed")
     assert not cp.slices("node-js")
     assert not [k for k in cp.lab.pods()], "lab.json has no agent pods left"
