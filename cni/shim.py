@@ -1,85 +1,142 @@
 """`knet-cni`: the executable a container runtime runs. Kept deliberately thin.
 
-Starting Python and importing pyroute2 costs far more than the work itself, so, as Cilium and
-Multus do, the executable hands the request to the node's long-running agent over a unix socket
-(`agentSocket` in the config, default /run/knet/cni.sock). Without a reachable agent in the same
-network namespace it runs the plugin in-process: slower, identical in behaviour.
-Only the standard library is imported on the fast path.
+Starting Python costs more than the work itself, so, as Cilium and Multus do, the executable
+hands the request to the node's long-running agent over a unix socket (`agentSocket` in the
+config, default /run/knet/cni.sock), importing only C modules on that path (`_socket` and, through
+`wire`, `_json`: the `socket` and `json` packages would pull in enum, re and selectors). Without a
+usable agent it runs the plugin in-process (the direct path: slower, identical in behaviour, the
+same IPAM files and locks, so both can run at once).
+
+Bounds (`wire.py` describes the exchange), so that a runtime never hangs:
+- connecting takes at most CONNECT_TIMEOUT, and the agent's READY (a worker holds the request)
+  comes within READY_TIMEOUT; otherwise the executable closes the connection and runs the request
+  itself. An agent whose READY meets a closed connection drops the request: nothing runs twice.
+- after GO the executable waits up to ANSWER_TIMEOUT for the answer (the agent's own steps are
+  bounded: iptables waits 5 s for its lock, a delegated IPAM plugin 60 s). An agent that dies
+  meanwhile sends nothing, and the executable runs the request itself (DEL, CHECK, STATUS and GC
+  are idempotent; a repeated ADD fails with "already allocated" rather than allocating twice);
+  one that is only slow gets error 11, try again later.
 """
 
 from __future__ import annotations
 
-import json
+# C modules only on the agent path (see above); the plugin itself is imported lazily, in direct().
+import _socket
 import os
-import socket
 import sys
 
+from cni.versions import LATEST_VERSION, SUPPORTED_VERSIONS, version_answer
+from cni.wire import dumps, encode_request, loads
+
 DEFAULT_AGENT_SOCKET = "/run/knet/cni.sock"
+CONNECT_TIMEOUT = 1.0
+READY_TIMEOUT = 3.0
+ANSWER_TIMEOUT = 120.0
+TRY_AGAIN_LATER = 11
+
+
+def parse_config(stdin: bytes) -> dict | None:
+    """The network configuration as a dict, or None when it is not a JSON object (the plugin
+    itself then reports the precise error)."""
+    try:
+        conf = loads(stdin)
+    except (ValueError, RecursionError):
+        return None
+    return conf if isinstance(conf, dict) else None
 
 
 def _agent_socket(stdin: bytes) -> str | None:
-    try:
-        conf = json.loads(stdin)
-        path = conf.get("agentSocket") if isinstance(conf, dict) else None
-    except (ValueError, UnicodeDecodeError):
-        path = None
+    conf = parse_config(stdin)
+    path = conf.get("agentSocket") if conf else None
     path = path if isinstance(path, str) and path else DEFAULT_AGENT_SOCKET
     return path if os.path.exists(path) else None
 
 
+def _error(stdin: bytes, code: int, msg: str) -> str:
+    conf = parse_config(stdin)
+    version = conf.get("cniVersion") if conf else None
+    return dumps({"cniVersion": version if version in SUPPORTED_VERSIONS else LATEST_VERSION,
+                  "code": code, "msg": msg})
+
+
+class _Reader:
+    """Lines and counted bytes from a socket, with one deadline for the whole read."""
+
+    def __init__(self, sock: _socket.socket) -> None:
+        self.sock, self.buf = sock, b""
+
+    def _more(self) -> bool:
+        chunk = self.sock.recv(65536)
+        self.buf += chunk
+        return bool(chunk)
+
+    def line(self, limit: int = 4096) -> bytes | None:
+        while b"\n" not in self.buf:
+            if len(self.buf) > limit or not self._more():
+                return None
+        line, _, self.buf = self.buf.partition(b"\n")
+        return line
+
+    def exactly(self, n: int) -> bytes | None:
+        while len(self.buf) < n:
+            if not self._more():
+                return None
+        out, self.buf = self.buf[:n], self.buf[n:]
+        return out
+
+
 def via_agent(path: str, env: dict[str, str], stdin: bytes) -> tuple[int, str] | None:
     """(exit status, stdout) from the agent, or None when the direct path must be taken."""
-    request = json.dumps({
-        "env": env,
-        "stdin": stdin.decode("latin-1"),
-        # The agent works in its own namespace: refuse it if that is not ours.
-        "netns_inode": os.stat("/proc/self/ns/net").st_ino,
-    }).encode()
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            s.settimeout(2.0)
-            s.connect(path)
-            s.settimeout(300.0)
-            s.sendall(request)
-            s.shutdown(socket.SHUT_WR)
-            chunks = []
-            while chunk := s.recv(65536):
-                chunks.append(chunk)
-    except OSError:
-        return None
-    try:
-        reply = json.loads(b"".join(chunks))
-    except ValueError:
-        return None
-    if not isinstance(reply, dict) or reply.get("wrong_netns") or "exit" not in reply:
-        return None
-    return int(reply["exit"]), str(reply.get("stdout", ""))
+        try:
+            sock.settimeout(CONNECT_TIMEOUT)
+            sock.connect(path)
+            # The agent works in its own namespace: it refuses a caller from another one.
+            sock.settimeout(READY_TIMEOUT)
+            sock.sendall(encode_request(env, stdin, os.stat("/proc/self/ns/net").st_ino))
+            reader = _Reader(sock)
+            if reader.line() != b"READY":
+                return None  # wrong namespace, refused, or gone: nothing was done
+            sock.sendall(b"GO\n")
+        except OSError:  # not there, not listening, or too slow to take the request
+            return None
+        try:
+            sock.settimeout(ANSWER_TIMEOUT)
+            head = reader.line()
+            code, size = (int(x) for x in head.split()) if head else (None, 0)
+            out = reader.exactly(size) if code is not None else None
+        except TimeoutError:
+            return 1, _error(stdin, TRY_AGAIN_LATER, f"knet-cni-agent at {path} took the request but "
+                             f"did not answer within {ANSWER_TIMEOUT:.0f}s; try again")
+        except (OSError, ValueError):
+            return None  # the agent went away before answering: run it here
+        return (code, out.decode(errors="replace")) if out is not None else None
+    finally:
+        sock.close()
 
 
 def _version(stdin: bytes) -> tuple[int, str] | None:
     """VERSION needs no agent and no kernel: answer it here (malformed stdin: the full path)."""
-    from cni.versions import version_answer
     if not stdin.strip():
-        return 0, json.dumps(version_answer(None))
-    try:
-        conf = json.loads(stdin)
-    except (ValueError, UnicodeDecodeError):
-        return None
-    return (0, json.dumps(version_answer(conf))) if isinstance(conf, dict) else None
+        return 0, dumps(version_answer(None))
+    conf = parse_config(stdin)
+    return (0, dumps(version_answer(conf))) if conf is not None else None
 
 
 def direct(env: dict[str, str], stdin: bytes) -> tuple[int, str]:
-    from cni.plugin import run
+    from cni.plugin import run  # the one import the agent path never pays for
     return run(env, stdin)
 
 
 def main() -> int:
+    """Run one request; stdout is flushed when this returns (the launcher then exits at once)."""
     stdin = sys.stdin.buffer.read() if not sys.stdin.isatty() else b""
     env = dict(os.environ)
     answer = None
     if env.get("CNI_COMMAND") == "VERSION":
         answer = _version(stdin)
-    elif os.environ.get("KNET_CNI_DIRECT") != "1":
+    elif env.get("KNET_CNI_DIRECT") != "1":
         path = _agent_socket(stdin)
         if path:
             answer = via_agent(path, env, stdin)

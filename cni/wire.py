@@ -1,0 +1,87 @@
+"""What crosses a process boundary: JSON, and the exchange between `knet-cni` and its agent.
+
+JSON goes through the interpreter's C codec (`_json`) directly: the `json` package would import
+`re` (and with it enum), which costs the thin executable and the direct path more than their
+whole JSON work. Output is byte for byte what `json.dumps(obj)` writes.
+
+The exchange (`shim.py` says when the executable uses it and why it is safe to fall back):
+    executable: b"KNETCNI2 <netns inode> <env bytes> <stdin bytes>\\n" env(NUL-separated) stdin
+    agent:      b"READY\\n" once a worker holds the request   (or b"WRONG-NETNS\\n", b"BAD ...\\n")
+    executable: b"GO\\n"
+    agent:      b"<exit status> <stdout bytes>\\n" stdout
+"""
+
+from __future__ import annotations
+
+import _json
+import os
+
+PROTOCOL = b"KNETCNI2"
+MAX_REQUEST = 4 * 1024 * 1024
+_WHITESPACE = " \t\n\r"
+
+
+class _ScanContext:
+    """What `_json.make_scanner` reads from a json.JSONDecoder."""
+    strict = True
+    object_hook = None
+    object_pairs_hook = None
+    parse_float = float
+    parse_int = int
+    parse_constant = float
+
+
+_scan = _json.make_scanner(_ScanContext())
+_encode = _json.make_encoder(None, None, _json.encode_basestring_ascii, None, ": ", ", ", False, False, True)
+
+
+def loads(data: bytes | str) -> object:
+    """json.loads; ValueError (or UnicodeDecodeError) when the input is not one JSON value."""
+    text = data.decode() if isinstance(data, bytes) else data
+    start = len(text) - len(text.lstrip(_WHITESPACE))
+    try:
+        value, end = _scan(text, start)
+    except StopIteration as e:
+        raise ValueError(f"expecting a value at character {e.value}") from None
+    end += len(text[end:]) - len(text[end:].lstrip(_WHITESPACE))
+    if end != len(text):
+        raise ValueError(f"extra data at character {end}")
+    return value
+
+
+def dumps(obj: object) -> str:
+    """json.dumps(obj) for plain data (dicts, lists, strings, numbers, booleans, None)."""
+    return "".join(_encode(obj, 0))
+
+
+class BadRequest(ValueError):
+    pass
+
+
+def encode_request(env: dict[str, str], stdin: bytes, netns_inode: int) -> bytes:
+    block = b"\0".join(os.fsencode(k) + b"=" + os.fsencode(v) for k, v in env.items())
+    return b"%s %d %d %d\n" % (PROTOCOL, netns_inode, len(block), len(stdin)) + block + stdin
+
+
+def parse_header(line: bytes) -> tuple[int, int, int]:
+    """(netns inode, env bytes, stdin bytes) from a request's first line."""
+    parts = line.split()
+    if len(parts) != 4 or parts[0] != PROTOCOL:
+        raise BadRequest(f"not a {PROTOCOL.decode()} request")
+    try:
+        inode, env_len, stdin_len = (int(p) for p in parts[1:])
+    except ValueError:
+        raise BadRequest("malformed header") from None
+    if min(inode, env_len, stdin_len) < 0 or env_len + stdin_len > MAX_REQUEST:
+        raise BadRequest("request too large")
+    return inode, env_len, stdin_len
+
+
+def parse_env(block: bytes) -> dict[str, str]:
+    env = {}
+    for item in filter(None, block.split(b"\0")):
+        key, sep, value = item.partition(b"=")
+        if not sep or not key:
+            raise BadRequest("malformed environment")
+        env[os.fsdecode(key)] = os.fsdecode(value)
+    return env
