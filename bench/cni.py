@@ -10,9 +10,11 @@ config on stdin, in the node's network namespace (a scratch one, `kbcni...`, alw
 - Concurrent: `--concurrency` pods (30: a kubelet starting a burst), all ADDs released at once,
   then all DELs; adds/s and dels/s per variant (median over `--concurrent-rounds`; target: agent
   adds/s >= the reference's).
-- Parts, measured in the same run: interpreter and executable starts, the agent round trip, the
-  agent's own time per ADD and DEL (its log's took_ms), the direct path's imports, host-local's
-  reserve+release, and with `--ip-masq` the masquerade rules' setup+teardown.
+- CPU per ADD+DEL (the plugin processes', plus the agent's for knet): what decides the ratios on a
+  machine whose CPUs are busy, and the concurrent rates always (a burst is CPU-bound).
+- Parts, measured in the same run (wall and CPU medians): interpreter and executable starts, the
+  agent round trip, the agent's own time per ADD and DEL (its log's took_ms), the direct path's
+  imports, host-local's reserve+release, and with `--ip-masq` the masquerade rules' setup+teardown.
 
     python -m bench.cni [--iterations N] [--concurrency C] [--concurrent-rounds R] [--ip-masq] [--json]
 """
@@ -23,6 +25,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import shutil
 import statistics
 import subprocess
@@ -68,7 +71,7 @@ class Bench:
 
     def start(self) -> None:
         netns.create(self.node)
-        agent = netns.spawn(self.node, [os.path.join(BIN, "knet-cni-agent"), "--socket", self.sock],
+        self.agent = agent = netns.spawn(self.node, [os.path.join(BIN, "knet-cni-agent"), "--socket", self.sock],
                             log_path=self.agent_log)
         deadline = time.monotonic() + 30
         while not os.path.exists(self.sock):
@@ -98,23 +101,38 @@ class Bench:
         if proc.returncode != 0:
             raise RuntimeError(f"{variant} {command} failed: {proc.stdout.decode()} {proc.stderr.decode()}")
 
-    def sequential(self, iterations: int) -> dict[str, list[float]]:
+    def agent_cpu(self) -> float:
+        """Seconds of CPU the agent has used (the namespace exec replaced itself by the agent)."""
+        with open(f"/proc/{self.agent.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def sequential(self, iterations: int) -> tuple[dict[str, list[float]], dict[str, float]]:
+        """ADD+DEL wall times by variant, and the mean CPU per ADD+DEL (plugin processes + agent)."""
         samples: dict[str, list[float]] = {v: [] for v in VARIANTS}
+        cpu = dict.fromkeys(VARIANTS, 0.0)
         with netns.enter(self.node):
             for i in range(iterations + 1):  # round 0 warms caches and is dropped
+                if i == 1:
+                    agent_before = self.agent_cpu()
                 for k in range(len(VARIANTS)):
                     variant = VARIANTS[(i + k) % len(VARIANTS)]
                     pod = self.new_pod()
                     try:
+                        before = _children_cpu()
                         start = time.perf_counter()
                         self.invoke(variant, "ADD", f"s{i}", pod)
                         self.invoke(variant, "DEL", f"s{i}", pod)
                         took = time.perf_counter() - start
+                        used = _children_cpu() - before
                     finally:
                         netns.delete(pod)
                     if i:
                         samples[variant].append(took)
-        return samples
+                        cpu[variant] += used
+        cpu_ms = {v: round(cpu[v] / iterations * 1000, 1) for v in VARIANTS}
+        cpu_ms["knet agent"] = round((self.agent_cpu() - agent_before) / iterations * 1000, 1)
+        return samples, cpu_ms
 
     def concurrent(self, variant: str, count: int, round_no: int) -> tuple[float, float]:
         """(adds/s, dels/s) for `count` calls released at once."""
@@ -162,35 +180,44 @@ class Bench:
         return out
 
 
-def _timed(fn: Callable[[], object], n: int) -> list[float]:
-    out = []
+def _children_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def _timed(fn: Callable[[], object], n: int, cpu_clock: Callable[[], float] = time.thread_time) -> str:
+    """"<wall median> / <CPU median> ms" of n calls (cpu_clock: this thread's, or the children's)."""
+    wall, cpu = [], []
     for _ in range(n):
-        start = time.perf_counter()
+        c, start = cpu_clock(), time.perf_counter()
         fn()
-        out.append(time.perf_counter() - start)
-    return out
+        wall.append(time.perf_counter() - start)
+        cpu.append(cpu_clock() - c)
+    return f"{median_ms(wall)} / {median_ms(cpu)}"
 
 
-def _exec(argv: list[str], env: dict[str, str] | None = None) -> Callable[[], object]:
-    return lambda: subprocess.run(argv, env=env, input=b"", capture_output=True, check=True)
+def _exec(argv: list[str], n: int, env: dict[str, str] | None = None) -> str:
+    return _timed(lambda: subprocess.run(argv, env=env, input=b"", capture_output=True, check=True), n,
+                  _children_cpu)
 
 
-def parts(b: Bench, n: int, ip_masq: bool, took: dict[str, list[float]]) -> dict[str, float]:
+def parts(b: Bench, n: int, ip_masq: bool, took: dict[str, list[float]]) -> dict[str, str | float]:
+    """Wall / CPU medians in ms ("a / b"), or the agent's own time per request (wall, from its log)."""
     py = os.path.join(BIN, "python3")
     root = os.path.dirname(os.path.dirname(cni.__file__))
     version_env = {"CNI_COMMAND": "VERSION", "PATH": os.environ.get("PATH", "")}
-    out = {
-        "python -I -S start": median_ms(_timed(_exec([py, "-I", "-S", "-c", "pass"]), n)),
-        "knet-cni start (VERSION, no agent)": median_ms(_timed(_exec([KNET_CNI], version_env), n)),
-        "bridge start (VERSION)": median_ms(_timed(_exec([REFERENCE], version_env), n)),
-        "direct path imports (+ start)": median_ms(_timed(_exec(
-            [py, "-I", "-S", "-c", f"import sys; sys.path.insert(0, {root!r}); import cni.plugin"]), n)),
+    out: dict[str, str | float] = {
+        "python -I -S start": _exec([py, "-I", "-S", "-c", "pass"], n),
+        "knet-cni start (VERSION, no agent)": _exec([KNET_CNI], n, version_env),
+        "bridge start (VERSION)": _exec([REFERENCE], n, version_env),
+        "direct path imports (+ start)": _exec(
+            [py, "-I", "-S", "-c", f"import sys; sys.path.insert(0, {root!r}); import cni.plugin"], n),
     }
     with netns.enter(b.node):
         env = {"CNI_COMMAND": "VERSION"}
-        out["agent round trip (VERSION)"] = median_ms(_timed(lambda: shim.via_agent(b.sock, env, b""), n))
-    out["agent ADD (IPAM + netlink + result)"] = median_ms(took.get("ADD", [0.0]))
-    out["agent DEL (netlink + IPAM)"] = median_ms(took.get("DEL", [0.0]))
+        out["agent round trip (VERSION, caller's CPU)"] = _timed(lambda: shim.via_agent(b.sock, env, b""), n)
+    out["agent ADD, its own wall time (IPAM + netlink + result)"] = median_ms(took.get("ADD", [0.0]))
+    out["agent DEL, its own wall time (netlink + IPAM)"] = median_ms(took.get("DEL", [0.0]))
     store_dir = tempfile.mkdtemp(dir=b.state)
     cfg = parse_host_local({"subnet": "10.253.0.0/16"})
     store = Store(store_dir, "parts")
@@ -199,13 +226,13 @@ def parts(b: Bench, n: int, ip_masq: bool, took: dict[str, list[float]]) -> dict
         host_local_add(cfg, store, "parts", "eth0", [])
         host_local_del(store, "parts", "eth0")
 
-    out["host-local reserve + release (flock, files)"] = median_ms(_timed(reserve_release, n))
+    out["host-local reserve + release (flock, files)"] = _timed(reserve_release, n)
     if ip_masq:
         masq = datapath.masq()
         with netns.enter(b.node):
-            out["ipMasq setup + teardown (2 iptables-restore)"] = median_ms(_timed(
+            out["ipMasq setup + teardown (2 iptables-restore)"] = _timed(
                 lambda: (masq.setup("parts", "c", ["10.253.0.9/16"]),
-                         masq.teardown("parts", "c", ["10.253.0.9/16"])), n))
+                         masq.teardown("parts", "c", ["10.253.0.9/16"])), n, _children_cpu)
     return out
 
 
@@ -214,7 +241,7 @@ def run(iterations: int, concurrency: int, concurrent_rounds: int, ip_masq: bool
     b = Bench(ip_masq)
     try:
         b.start()
-        samples = b.sequential(iterations)
+        samples, cpu_ms = b.sequential(iterations)
         took = b.agent_times()  # before the bursts, which would inflate them
         rates: dict[str, list[tuple[float, float]]] = {v: [] for v in VARIANTS}
         for r in range(concurrent_rounds):
@@ -238,6 +265,7 @@ def run(iterations: int, concurrency: int, concurrent_rounds: int, ip_masq: bool
         "reference_add_del_p95_ms": percentile_ms(samples["reference"], 95),
         "ratio": round(med["knet"] / med["reference"], 2),
         "direct_ratio": round(med["direct"] / med["reference"], 2),
+        "cpu_per_add_del_ms": cpu_ms,
         "concurrency": concurrency,
         "concurrent_adds_per_s": adds,
         "concurrent_dels_per_s": dels,
@@ -269,12 +297,16 @@ def main(argv: list[str] | None = None) -> int:
                                                   f"{s['reference_add_del_p95_ms']} ms"),
         ("ratio agent / reference (target <= 1.5)", str(s["ratio"])),
         ("ratio direct / reference (target <= 5)", str(s["direct_ratio"])),
+        ("CPU per ADD+DEL: knet executable + agent", f"{s['cpu_per_add_del_ms']['knet']} + "
+                                                     f"{s['cpu_per_add_del_ms']['knet agent']} ms"),
+        ("CPU per ADD+DEL: direct / reference", f"{s['cpu_per_add_del_ms']['direct']} / "
+                                               f"{s['cpu_per_add_del_ms']['reference']} ms"),
     ]
     for v in VARIANTS:
         rows.append((f"{s['concurrency']} concurrent: {v} ADD/s, DEL/s",
                      f"{s['concurrent_adds_per_s'][v]}, {s['concurrent_dels_per_s'][v]}"))
     rows.append(("concurrent ADD/s agent / reference (target >= 1)", str(s["concurrent_add_ratio"])))
-    rows += [(f"part: {k}", f"{v} ms") for k, v in s["parts_ms"].items()]
+    rows += [(f"part (wall / CPU): {k}", f"{v} ms") for k, v in s["parts_ms"].items()]
     rows.append(("load average before / after", f"{s['load_average']['before']} / {s['load_average']['after']}"))
     emit(rows, s, args.json)
     return 0

@@ -225,7 +225,8 @@ class Agent:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="knet-cni-agent", description=__doc__.splitlines()[0])
     p.add_argument("--socket", default="/run/knet/cni.sock")
-    p.add_argument("--concurrency", type=int, default=16)
+    p.add_argument("--concurrency", type=int, default=32,
+                   help="requests run at once (more wait; with ipMasq most of a request is iptables)")
     p.add_argument("--metrics-bind-address", default=None,
                    help="host:port for /metrics and /healthz (default: none)")
     p.add_argument("--log-level", default="info")

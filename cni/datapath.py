@@ -42,12 +42,18 @@ def open_netns(path: str) -> int:
 
 
 @contextlib.contextmanager
-def pod_socket(path: str) -> Iterator[Rtnl]:
-    os.close(open_netns(path))
+def pod_socket(path: str, fd: int | None = None) -> Iterator[Rtnl]:
+    """A netlink socket in the pod's namespace (given by path, or already open as fd)."""
+    own_fd = fd is None
+    if own_fd:
+        fd = open_netns(path)
     try:
-        sock = rtnl.in_netns(path)
+        sock = rtnl.in_netns(fd)
     except OSError as e:
         raise CniError(UNKNOWN_CONTAINER, f"cannot enter network namespace {path}: {e}") from None
+    finally:
+        if own_fd:
+            os.close(fd)
     try:
         yield sock
     finally:
@@ -137,7 +143,7 @@ def setup(conf: NetConf, container_id: str, netns_path: str, ifname: str, ipam_r
     fd = open_netns(netns_path)
     made_veth = False
     try:
-        with pod_socket(netns_path) as pod:
+        with pod_socket(netns_path, fd) as pod:
             if pod.link(ifname) is not None:
                 raise CniError(DATAPATH_FAILURE, f"interface {ifname} already exists in {netns_path}")
             bridge = ensure_bridge(node, conf)

@@ -373,17 +373,13 @@ class Rtnl:
         return out
 
 
-def in_netns(netns_path: str) -> Rtnl:
-    """A socket in another network namespace: made by this thread while it is inside it (a
-    socket stays in the namespace it was created in), so no process has to be forked. (The same
-    switch as knet.netns.enter, which would import subprocess into the direct path.)"""
+def in_netns(netns_fd: int) -> Rtnl:
+    """A socket in another network namespace (an open nsfs file): made by this thread while it is
+    inside it (a socket stays in the namespace it was created in), so no process has to be forked.
+    (The same switch as knet.netns.enter, which would import subprocess into the direct path.)"""
     own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     try:
-        target = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            _setns(target, CLONE_NEWNET)
-        finally:
-            os.close(target)
+        _setns(netns_fd, CLONE_NEWNET)
         try:
             return Rtnl()
         finally:

@@ -18,11 +18,12 @@ Bounds (`wire.py` describes the exchange), so that a runtime never hangs:
   one that is only slow gets error 11, try again later.
 """
 
-from __future__ import annotations
-
-# C modules only on the agent path (see above); the plugin itself is imported lazily, in direct().
+# Only what the interpreter has loaded at start-up (posix, sys) and two C extensions on the agent
+# path: `os` alone (its _collections_abc) would add ~15% to the executable's start, `socket` and
+# `json` more. Annotations are strings (the deploy launcher runs this file on hosts' python3 >= 3.8).
+# The plugin itself is imported lazily, in direct().
 import _socket
-import os
+import posix
 import sys
 
 from cni.versions import LATEST_VERSION, SUPPORTED_VERSIONS, version_answer
@@ -35,7 +36,15 @@ ANSWER_TIMEOUT = 120.0
 TRY_AGAIN_LATER = 11
 
 
-def parse_config(stdin: bytes) -> dict | None:
+def _exists(path: str) -> bool:
+    try:
+        posix.stat(path)
+    except OSError:
+        return False
+    return True
+
+
+def parse_config(stdin: bytes) -> "dict | None":
     """The network configuration as a dict, or None when it is not a JSON object (the plugin
     itself then reports the precise error)."""
     try:
@@ -45,11 +54,11 @@ def parse_config(stdin: bytes) -> dict | None:
     return conf if isinstance(conf, dict) else None
 
 
-def _agent_socket(stdin: bytes) -> str | None:
+def _agent_socket(stdin: bytes) -> "str | None":
     conf = parse_config(stdin)
     path = conf.get("agentSocket") if conf else None
     path = path if isinstance(path, str) and path else DEFAULT_AGENT_SOCKET
-    return path if os.path.exists(path) else None
+    return path if _exists(path) else None
 
 
 def _error(stdin: bytes, code: int, msg: str) -> str:
@@ -60,9 +69,9 @@ def _error(stdin: bytes, code: int, msg: str) -> str:
 
 
 class _Reader:
-    """Lines and counted bytes from a socket, with one deadline for the whole read."""
+    """Lines and counted bytes from a socket."""
 
-    def __init__(self, sock: _socket.socket) -> None:
+    def __init__(self, sock: "_socket.socket") -> None:
         self.sock, self.buf = sock, b""
 
     def _more(self) -> bool:
@@ -70,14 +79,14 @@ class _Reader:
         self.buf += chunk
         return bool(chunk)
 
-    def line(self, limit: int = 4096) -> bytes | None:
+    def line(self, limit: int = 4096) -> "bytes | None":
         while b"\n" not in self.buf:
             if len(self.buf) > limit or not self._more():
                 return None
         line, _, self.buf = self.buf.partition(b"\n")
         return line
 
-    def exactly(self, n: int) -> bytes | None:
+    def exactly(self, n: int) -> "bytes | None":
         while len(self.buf) < n:
             if not self._more():
                 return None
@@ -85,7 +94,8 @@ class _Reader:
         return out
 
 
-def via_agent(path: str, env: dict[str, str], stdin: bytes) -> tuple[int, str] | None:
+def via_agent(path: str, env: "dict[str, str] | dict[bytes, bytes]", stdin: bytes
+              ) -> "tuple[int, str] | None":
     """(exit status, stdout) from the agent, or None when the direct path must be taken."""
     sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
     try:
@@ -94,7 +104,7 @@ def via_agent(path: str, env: dict[str, str], stdin: bytes) -> tuple[int, str] |
             sock.connect(path)
             # The agent works in its own namespace: it refuses a caller from another one.
             sock.settimeout(READY_TIMEOUT)
-            sock.sendall(encode_request(env, stdin, os.stat("/proc/self/ns/net").st_ino))
+            sock.sendall(encode_request(env, stdin, posix.stat("/proc/self/ns/net").st_ino))
             reader = _Reader(sock)
             if reader.line() != b"READY":
                 return None  # wrong namespace, refused, or gone: nothing was done
@@ -116,7 +126,7 @@ def via_agent(path: str, env: dict[str, str], stdin: bytes) -> tuple[int, str] |
         sock.close()
 
 
-def _version(stdin: bytes) -> tuple[int, str] | None:
+def _version(stdin: bytes) -> "tuple[int, str] | None":
     """VERSION needs no agent and no kernel: answer it here (malformed stdin: the full path)."""
     if not stdin.strip():
         return 0, dumps(version_answer(None))
@@ -124,24 +134,27 @@ def _version(stdin: bytes) -> tuple[int, str] | None:
     return (0, dumps(version_answer(conf))) if conf is not None else None
 
 
-def direct(env: dict[str, str], stdin: bytes) -> tuple[int, str]:
-    from cni.plugin import run  # the one import the agent path never pays for
-    return run(env, stdin)
+def direct(stdin: bytes) -> "tuple[int, str]":
+    # Lazy imports, the point of this module: the agent path never pays for either.
+    import os
+
+    from cni.plugin import run
+    return run(dict(os.environ), stdin)
 
 
 def main() -> int:
     """Run one request; stdout is flushed when this returns (the launcher then exits at once)."""
     stdin = sys.stdin.buffer.read() if not sys.stdin.isatty() else b""
-    env = dict(os.environ)
+    environ = posix.environ  # bytes; exactly what the agent is sent
     answer = None
-    if env.get("CNI_COMMAND") == "VERSION":
+    if environ.get(b"CNI_COMMAND") == b"VERSION":
         answer = _version(stdin)
-    elif env.get("KNET_CNI_DIRECT") != "1":
+    elif environ.get(b"KNET_CNI_DIRECT") != b"1":
         path = _agent_socket(stdin)
         if path:
-            answer = via_agent(path, env, stdin)
+            answer = via_agent(path, environ, stdin)
     if answer is None:
-        answer = direct(env, stdin)
+        answer = direct(stdin)
     code, out = answer
     if out:
         sys.stdout.write(out)

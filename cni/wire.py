@@ -11,10 +11,10 @@ The exchange (`shim.py` says when the executable uses it and why it is safe to f
     agent:      b"<exit status> <stdout bytes>\\n" stdout
 """
 
-from __future__ import annotations
-
+# No `os`, `json` or `__future__`: the thin executable imports this module (see shim.py), and the
+# deploy launcher runs it on hosts' python3 >= 3.8, hence the string annotations.
 import _json
-import os
+import sys
 
 PROTOCOL = b"KNETCNI2"
 MAX_REQUEST = 4 * 1024 * 1024
@@ -35,7 +35,7 @@ _scan = _json.make_scanner(_ScanContext())
 _encode = _json.make_encoder(None, None, _json.encode_basestring_ascii, None, ": ", ", ", False, False, True)
 
 
-def loads(data: bytes | str) -> object:
+def loads(data: "bytes | str") -> object:
     """json.loads; ValueError (or UnicodeDecodeError) when the input is not one JSON value."""
     text = data.decode() if isinstance(data, bytes) else data
     start = len(text) - len(text.lstrip(_WHITESPACE))
@@ -58,12 +58,17 @@ class BadRequest(ValueError):
     pass
 
 
-def encode_request(env: dict[str, str], stdin: bytes, netns_inode: int) -> bytes:
-    block = b"\0".join(os.fsencode(k) + b"=" + os.fsencode(v) for k, v in env.items())
+def _fsencode(text: "str | bytes") -> bytes:
+    return text if isinstance(text, bytes) else text.encode(sys.getfilesystemencoding(), "surrogateescape")
+
+
+def encode_request(env: "dict[str, str] | dict[bytes, bytes]", stdin: bytes, netns_inode: int) -> bytes:
+    """The request: environment (str or, as os.environb, bytes), stdin and the caller's netns."""
+    block = b"\0".join(_fsencode(k) + b"=" + _fsencode(v) for k, v in env.items())
     return b"%s %d %d %d\n" % (PROTOCOL, netns_inode, len(block), len(stdin)) + block + stdin
 
 
-def parse_header(line: bytes) -> tuple[int, int, int]:
+def parse_header(line: bytes) -> "tuple[int, int, int]":
     """(netns inode, env bytes, stdin bytes) from a request's first line."""
     parts = line.split()
     if len(parts) != 4 or parts[0] != PROTOCOL:
@@ -77,11 +82,12 @@ def parse_header(line: bytes) -> tuple[int, int, int]:
     return inode, env_len, stdin_len
 
 
-def parse_env(block: bytes) -> dict[str, str]:
+def parse_env(block: bytes) -> "dict[str, str]":
+    encoding = sys.getfilesystemencoding()
     env = {}
     for item in filter(None, block.split(b"\0")):
         key, sep, value = item.partition(b"=")
         if not sep or not key:
             raise BadRequest("malformed environment")
-        env[os.fsdecode(key)] = os.fsdecode(value)
+        env[key.decode(encoding, "surrogateescape")] = value.decode(encoding, "surrogateescape")
     return env
