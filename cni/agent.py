@@ -79,7 +79,7 @@ class SocketPool:
 class Agent:
     def __init__(self, path: str, concurrency: int) -> None:
         self.path = path
-        self.netns_inode = os.stat("/proc/self/ns/net").st_ino
+        self.netns_inode = os.stat("/proc/thread-self/ns/net").st_ino
         self.slots = threading.BoundedSemaphore(concurrency)
         self.pool = SocketPool()
         self.stopping = threading.Event()

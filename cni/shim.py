@@ -104,7 +104,7 @@ def via_agent(path: str, env: "dict[str, str] | dict[bytes, bytes]", stdin: byte
             sock.connect(path)
             # The agent works in its own namespace: it refuses a caller from another one.
             sock.settimeout(READY_TIMEOUT)
-            sock.sendall(encode_request(env, stdin, posix.stat("/proc/self/ns/net").st_ino))
+            sock.sendall(encode_request(env, stdin, posix.stat("/proc/thread-self/ns/net").st_ino))
             reader = _Reader(sock)
             if reader.line() != b"READY":
                 return None  # wrong namespace, refused, or gone: nothing was done

@@ -64,8 +64,16 @@ class Node:
         except FileNotFoundError:
             return ""
 
-    def served_by_agent(self, command: str, container: str) -> bool:
-        return f"request command={command} container={container} ifname=" in self.agent_log_text()
+    def served_by_agent(self, command: str, container: str, wait: float = 30.0) -> bool:
+        """Whether the agent's log shows it served that request (it logs just after answering,
+        so a positive answer is waited for; pass wait=0 to check for "not served")."""
+        line = f"request command={command} container={container} ifname="
+        deadline = time.monotonic() + wait
+        while line not in self.agent_log_text():
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
+        return True
 
     def new_pod(self) -> str:
         self.counter += 1

@@ -3,16 +3,18 @@ runtime always gets its answer, no request runs twice, no reservation is lost.""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
 import stat
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from cni import wire
+from cni import shim, wire
 from knet import netns
 from tests.integration.cni.conftest import CNI_PATH, Node
 
@@ -96,6 +98,32 @@ def test_bad_requests_and_100_idle_connections_do_not_stop_the_agent(agent_node)
     assert "malformed or incomplete request" in node.agent_log_text()
 
 
+def test_100_concurrent_requests_each_get_their_answer(agent_node):
+    """Well-framed requests with bad content (malformed JSON, unknown command, missing variables),
+    100 at once: every caller gets the plugin's error, and the agent keeps serving."""
+    node = agent_node
+    full = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "x", "CNI_NETNS": "/run/netns/x", "CNI_IFNAME": "eth0",
+            "CNI_PATH": "/x"}
+    bad = [(full, b'{"cniVersion": "1.0.0", "name": ', 6),
+           ({"CNI_COMMAND": "FROB"}, b"{}", 4),
+           ({"CNI_COMMAND": "ADD"}, json.dumps(node.conf()).encode(), 4)]
+
+    def ask(i: int) -> tuple[int, str] | None:
+        env, stdin, _ = bad[i % len(bad)]
+        with netns.enter(node.name):
+            return shim.via_agent(node.agent_socket, env, stdin)
+
+    with ThreadPoolExecutor(max_workers=100) as pool:
+        answers = list(pool.map(ask, range(100)))
+    for i, answer in enumerate(answers):
+        assert answer is not None, f"request {i} was not served"
+        code, out = answer
+        assert code == 1 and json.loads(out)["code"] == bad[i % len(bad)][2]
+    assert node.agent.poll() is None
+    rc, res = node.cni("ADD", node.conf(), "after", node.new_pod())
+    assert rc == 0 and res["ips"] and node.served_by_agent("ADD", "after")
+
+
 def test_restart_keeps_every_reservation(agent_node):
     node = agent_node
     conf = node.conf()
@@ -104,7 +132,7 @@ def test_restart_keeps_every_reservation(agent_node):
     assert node.stop_agent() == 0
     assert not os.path.exists(node.agent_socket)  # gone with the agent: callers go direct at once
     rc, res_b = node.cni("ADD", conf, "b", b)
-    assert rc == 0 and not node.served_by_agent("ADD", "b")
+    assert rc == 0 and not node.served_by_agent("ADD", "b", wait=0)
     node.start_agent()
     rc, res_c = node.cni("ADD", conf, "c", c)
     assert rc == 0 and node.served_by_agent("ADD", "c")
@@ -145,7 +173,7 @@ def test_a_stopped_agent_costs_a_bounded_wait_and_the_request_runs_once(agent_no
     assert rc == 0, res
     assert took < 30  # the executable's bound (3 s) plus a loaded machine, never "forever"
     wait_for(lambda: "abandoned by the caller" in node.agent_log_text(), what="the agent to drop it")
-    assert not node.served_by_agent("ADD", "stopped")
+    assert not node.served_by_agent("ADD", "stopped", wait=0)
     assert len(os.listdir(marks)) == 1
 
 
