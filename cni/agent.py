@@ -2,12 +2,16 @@
 
 It runs in the node's network namespace with the plugin already imported and netlink sockets
 open, so a request costs only its own work. The exchange with the executable (`wire.py`; `shim.py`
-says how it is bounded) lets the executable take the direct path whenever the agent is not there or not taking work,
-without a request ever running twice. A worker thread per connection; at most `concurrency`
-requests run at once (the kernel serializes most netlink work anyway); every read from a client
-has a deadline, so clients that send half a request or vanish cost a thread for READ_TIMEOUT at
-most. IPAM state lives only in host-local's files under the same lock the direct path takes: a
-restarted agent starts from them, and both paths can run at once.
+says how it is bounded) lets the executable take the direct path whenever the agent is not there
+or not taking work, without a request ever running twice.
+
+Threads: the thread that accepts a connection serves it (a hand-over to another thread costs a
+scheduling delay, several milliseconds on a busy node), and starts another acceptor first if none
+is left idle, so slow clients never hold up the next one; spare acceptors beyond SPARE_ACCEPTORS
+exit. At most `concurrency` requests run at once (the kernel serializes most netlink work anyway);
+every read from a client has a deadline, so clients that send half a request or vanish cost a
+thread for READ_TIMEOUT at most. IPAM state lives only in host-local's files under the same lock
+the direct path takes: a restarted agent starts from them, and both paths can run at once.
 
 SIGTERM: stop accepting, refuse what has not started (the executables then run it themselves),
 let what has started finish (up to DRAIN_TIMEOUT), exit.
@@ -15,6 +19,9 @@ let what has started finish (up to DRAIN_TIMEOUT), exit.
 
 from __future__ import annotations
 
+# _thread: threading.Thread.start() waits until the new thread runs; an acceptor starting its
+# replacement must not wait for that before serving its own connection.
+import _thread
 import argparse
 import contextlib
 import logging
@@ -23,6 +30,7 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Iterator
 
 from cni import plugin
 from cni.rtnl import Rtnl
@@ -31,6 +39,7 @@ from knet import logs, metrics
 
 log = logging.getLogger("knet.cni.agent")
 MAX_CONNECTIONS = 512
+SPARE_ACCEPTORS = 2
 READ_TIMEOUT = 10.0
 DRAIN_TIMEOUT = 60.0
 
@@ -67,7 +76,7 @@ class SocketPool:
         self.free: list[Rtnl] = []
 
     @contextlib.contextmanager
-    def socket(self):
+    def socket(self) -> Iterator[Rtnl]:
         with self.lock:
             sock = self.free.pop() if self.free else None
         sock = sock or Rtnl()
@@ -83,14 +92,17 @@ class Agent:
         self.slots = threading.BoundedSemaphore(concurrency)
         self.pool = SocketPool()
         self.stopping = threading.Event()
-        self.active = 0               # connections being handled
-        self.active_changed = threading.Condition()
+        self.lock = threading.Condition()
+        self.acceptors = 0            # threads in the accept loop (serving or waiting)
+        self.idle = 0                 # of which waiting in accept()
+        self.serving = 0              # connections being served
         self.registry = metrics.Registry()
         self.requests = self.registry.counter(
             "knet_cni_agent_requests_total", "CNI requests served, by command and exit status",
             ("command", "exit"))
         self.duration = self.registry.histogram(
-            "knet_cni_agent_request_duration_seconds", "Time from GO to the answer, by command", ("command",))
+            "knet_cni_agent_request_duration_seconds", "Time from STARTED to the answer, by command",
+            ("command",))
         self.refused = self.registry.counter(
             "knet_cni_agent_refused_total", "Connections answered without running a request, by reason",
             ("reason",))
@@ -117,42 +129,67 @@ class Agent:
         return (ours and not self.stopping.is_set()), ("ok" if ours else f"{self.path} is not this agent's")
 
     def serve(self) -> None:
-        self.listener.settimeout(0.5)  # how often a stop request is noticed
+        """Accept and serve until stop(); then drain (see the module's docstring)."""
         log.info("listening socket=%s netns_inode=%d", self.path, self.netns_inode)
-        while not self.stopping.is_set():
-            try:
-                conn, _ = self.listener.accept()
-            except TimeoutError:
-                continue
-            except OSError as e:
-                log.warning("accept failed: %s", e)
-                time.sleep(0.1)
-                continue
-            with self.active_changed:
-                busy = self.active >= MAX_CONNECTIONS
-                if not busy:
-                    self.active += 1
-            if busy:
-                self._refuse(conn, "busy")
-                conn.close()
-                continue
-            threading.Thread(target=self._handle, args=(conn,), name="cni-request", daemon=True).start()
-        self._shutdown()
-
-    def stop(self) -> None:
-        self.stopping.set()
-
-    def _shutdown(self) -> None:
-        self.listener.close()
+        for _ in range(SPARE_ACCEPTORS):
+            self._start_acceptor()
+        while not self.stopping.wait(0.5):  # (a timeout keeps the main thread open to signals)
+            pass
+        # Wakes every thread blocked in accept() (it fails with EINVAL): they leave their loop.
+        with contextlib.suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)
         with contextlib.suppress(FileNotFoundError):
             if os.stat(self.path).st_ino == self.inode:  # a newer agent may have taken the path
                 os.unlink(self.path)
         deadline = time.monotonic() + DRAIN_TIMEOUT
-        with self.active_changed:
-            while self.active and time.monotonic() < deadline:
-                self.active_changed.wait(0.5)
-            left = self.active
+        with self.lock:
+            while (self.acceptors or self.serving) and time.monotonic() < deadline:
+                self.lock.wait(0.5)
+            left = self.serving
+        self.listener.close()
         log.info("stopped" + (f" with {left} request(s) unfinished" if left else ""))
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+    def _start_acceptor(self) -> None:
+        with self.lock:
+            self.acceptors += 1
+            self.idle += 1
+        _thread.start_new_thread(self._accept_loop, ())
+
+    def _accept_loop(self) -> None:
+        """Accept, serve what was accepted, repeat; leave when stopping or when spare."""
+        idle = True
+        try:
+            while not self.stopping.is_set():
+                try:
+                    conn, _ = self.listener.accept()
+                except OSError:
+                    if self.stopping.is_set():
+                        return
+                    log.warning("accept failed", exc_info=True)
+                    time.sleep(0.1)
+                    continue
+                with self.lock:
+                    self.idle -= 1
+                    idle = False
+                    self.serving += 1
+                    spawn = self.idle == 0 and self.acceptors < MAX_CONNECTIONS
+                if spawn:
+                    self._start_acceptor()
+                self._handle(conn)
+                with self.lock:
+                    self.serving -= 1
+                    if self.idle >= SPARE_ACCEPTORS:
+                        return
+                    self.idle += 1
+                    idle = True
+        finally:
+            with self.lock:
+                self.acceptors -= 1
+                self.idle -= 1 if idle else 0
+                self.lock.notify_all()
 
     def _refuse(self, conn: socket.socket, reason: str) -> None:
         self.refused.inc(1, reason)
@@ -167,14 +204,11 @@ class Agent:
             log.exception("request handler failed")
         finally:
             conn.close()
-            with self.active_changed:
-                self.active -= 1
-                self.active_changed.notify_all()
 
     def _serve_one(self, conn: socket.socket) -> None:
         buf = bytearray()
         try:
-            inode, env_len, stdin_len = parse_header(read_line(conn, buf))
+            inode, deadline, env_len, stdin_len = parse_header(read_line(conn, buf))
             env = parse_env(read_exactly(conn, buf, env_len))
             stdin = read_exactly(conn, buf, stdin_len)
         except (BadRequest, OSError) as e:
@@ -186,37 +220,42 @@ class Agent:
             with contextlib.suppress(OSError):
                 conn.sendall(b"WRONG-NETNS\n")
             return
-        command = env.get("CNI_COMMAND", "-")
+        command, container = env.get("CNI_COMMAND", "-"), env.get("CNI_CONTAINERID", "-")
         with self.slots:
             if self.stopping.is_set():
                 self._refuse(conn, "stopping")
                 return
-            try:
-                conn.sendall(b"READY\n")
-                go = read_line(conn, buf)
-            except (BadRequest, OSError):
-                go = b""
-            if go != b"GO":
+            # STARTED first, the clock second (wire.py: that order is what makes it safe).
+            started = time.monotonic_ns() < deadline
+            if started:
+                try:
+                    conn.sendall(b"STARTED\n")
+                except OSError:
+                    started = False
+            if started and time.monotonic_ns() >= deadline:
+                started = False
+                with contextlib.suppress(OSError):
+                    conn.sendall(b"ABORTED\n")
+            if not started:
                 # The executable gave up waiting and runs the request itself: do nothing.
-                self.refused.inc(1, "abandoned")
-                log.warning("request command=%s container=%s abandoned by the caller before it started",
-                            command, env.get("CNI_CONTAINERID", "-"))
+                self.refused.inc(1, "late")
+                log.warning("request command=%s container=%s dropped: the caller stopped waiting before "
+                            "it could start", command, container)
                 return
             start = time.monotonic()
             with self.pool.socket() as node:
                 code, out = plugin.run(env, stdin, node, on_bug=self._bug)
             took = time.monotonic() - start
-        self.requests.inc(1, command, str(code))
-        self.duration.observe(took, command)
         data = out.encode()
         try:
             conn.sendall(b"%d %d\n" % (code, len(data)) + data)
         except OSError as e:
             log.warning("request command=%s container=%s: the caller left before the answer: %s",
-                        command, env.get("CNI_CONTAINERID", "-"), e)
-        log.info("request command=%s container=%s ifname=%s exit=%d took_ms=%.1f%s", command,
-                 env.get("CNI_CONTAINERID", "-"), env.get("CNI_IFNAME", "-"), code, took * 1000,
-                 f" error={out[:300]}" if code else "")
+                        command, container, e)
+        self.requests.inc(1, command, str(code))
+        self.duration.observe(took, command)
+        log.info("request command=%s container=%s ifname=%s exit=%d took_ms=%.1f%s", command, container,
+                 env.get("CNI_IFNAME", "-"), code, took * 1000, f" error={out[:300]}" if code else "")
 
     def _bug(self, e: BaseException) -> None:
         log.error("unexpected failure", exc_info=e)

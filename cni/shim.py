@@ -7,12 +7,12 @@ config, default /run/knet/cni.sock), importing only C modules on that path (`_so
 usable agent it runs the plugin in-process (the direct path: slower, identical in behaviour, the
 same IPAM files and locks, so both can run at once).
 
-Bounds (`wire.py` describes the exchange), so that a runtime never hangs:
-- connecting takes at most CONNECT_TIMEOUT, and the agent's READY (a worker holds the request)
-  comes within READY_TIMEOUT; otherwise the executable closes the connection and runs the request
-  itself. An agent whose READY meets a closed connection drops the request: nothing runs twice.
-- after GO the executable waits up to ANSWER_TIMEOUT for the answer (the agent's own steps are
-  bounded: iptables waits 5 s for its lock, a delegated IPAM plugin 60 s). An agent that dies
+Bounds (`wire.py` describes the exchange and why falling back never runs a request twice), so
+that a runtime never hangs:
+- connecting takes at most CONNECT_TIMEOUT, and the agent's STARTED comes within START_TIMEOUT
+  of the executable's first attempt; otherwise the executable runs the request itself.
+- after STARTED the executable waits up to ANSWER_TIMEOUT for the answer (the agent's own steps
+  are bounded: iptables waits 5 s for its lock, a delegated IPAM plugin 60 s). An agent that dies
   meanwhile sends nothing, and the executable runs the request itself (DEL, CHECK, STATUS and GC
   are idempotent; a repeated ADD fails with "already allocated" rather than allocating twice);
   one that is only slow gets error 11, try again later.
@@ -25,13 +25,14 @@ Bounds (`wire.py` describes the exchange), so that a runtime never hangs:
 import _socket
 import posix
 import sys
+import time
 
 from cni.versions import LATEST_VERSION, SUPPORTED_VERSIONS, version_answer
 from cni.wire import dumps, encode_request, loads
 
 DEFAULT_AGENT_SOCKET = "/run/knet/cni.sock"
 CONNECT_TIMEOUT = 1.0
-READY_TIMEOUT = 3.0
+START_TIMEOUT = 3.0
 ANSWER_TIMEOUT = 120.0
 TRY_AGAIN_LATER = 11
 
@@ -94,30 +95,49 @@ class _Reader:
         return out
 
 
+def _first_line(sock: "_socket.socket", reader: _Reader, deadline_ns: int) -> "bytes | None":
+    """The agent's first line, waited for until the deadline, then looked for once more without
+    waiting (wire.py: why that last look makes giving up safe)."""
+    try:
+        sock.settimeout(max(deadline_ns - time.monotonic_ns(), 1_000_000) / 1e9)
+        return reader.line()
+    except TimeoutError:
+        pass
+    except OSError:
+        return None
+    try:
+        sock.settimeout(0.0)
+        return reader.line()
+    except OSError:  # nothing there (BlockingIOError) or gone
+        return None
+
+
 def via_agent(path: str, env: "dict[str, str] | dict[bytes, bytes]", stdin: bytes
               ) -> "tuple[int, str] | None":
     """(exit status, stdout) from the agent, or None when the direct path must be taken."""
+    deadline = time.monotonic_ns() + int(START_TIMEOUT * 1e9)
     sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
     try:
         try:
             sock.settimeout(CONNECT_TIMEOUT)
             sock.connect(path)
+            sock.settimeout(max(deadline - time.monotonic_ns(), 1_000_000) / 1e9)
             # The agent works in its own namespace: it refuses a caller from another one.
-            sock.settimeout(READY_TIMEOUT)
-            sock.sendall(encode_request(env, stdin, posix.stat("/proc/thread-self/ns/net").st_ino))
-            reader = _Reader(sock)
-            if reader.line() != b"READY":
-                return None  # wrong namespace, refused, or gone: nothing was done
-            sock.sendall(b"GO\n")
-        except OSError:  # not there, not listening, or too slow to take the request
+            sock.sendall(encode_request(env, stdin, posix.stat("/proc/thread-self/ns/net").st_ino, deadline))
+        except OSError:  # not there, not listening, or not reading: it cannot have started
             return None
+        reader = _Reader(sock)
+        if _first_line(sock, reader, deadline) != b"STARTED":
+            return None  # not started in time, wrong namespace, refused, or gone: nothing was done
         try:
             sock.settimeout(ANSWER_TIMEOUT)
             head = reader.line()
+            if head == b"ABORTED":
+                return None  # it saw the deadline pass before running anything
             code, size = (int(x) for x in head.split()) if head else (None, 0)
             out = reader.exactly(size) if code is not None else None
         except TimeoutError:
-            return 1, _error(stdin, TRY_AGAIN_LATER, f"knet-cni-agent at {path} took the request but "
+            return 1, _error(stdin, TRY_AGAIN_LATER, f"knet-cni-agent at {path} started the request but "
                              f"did not answer within {ANSWER_TIMEOUT:.0f}s; try again")
         except (OSError, ValueError):
             return None  # the agent went away before answering: run it here

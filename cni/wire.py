@@ -4,11 +4,18 @@ JSON goes through the interpreter's C codec (`_json`) directly: the `json` packa
 `re` (and with it enum), which costs the thin executable and the direct path more than their
 whole JSON work. Output is byte for byte what `json.dumps(obj)` writes.
 
-The exchange (`shim.py` says when the executable uses it and why it is safe to fall back):
-    executable: b"KNETCNI2 <netns inode> <env bytes> <stdin bytes>\\n" env(NUL-separated) stdin
-    agent:      b"READY\\n" once a worker holds the request   (or b"WRONG-NETNS\\n", b"BAD ...\\n")
-    executable: b"GO\\n"
-    agent:      b"<exit status> <stdout bytes>\\n" stdout
+The exchange: one message each way, plus the agent's STARTED, which is what makes it safe for the
+executable to give up waiting and run the request itself (`shim.py` has the bounds):
+    executable: b"KNETCNI3 <netns inode> <deadline> <env bytes> <stdin bytes>\\n" env stdin
+    agent:      b"STARTED\\n", then b"<exit status> <stdout bytes>\\n" stdout
+                (or, instead: b"WRONG-NETNS\\n", b"BAD <reason>\\n"; after STARTED: b"ABORTED\\n")
+The deadline is the caller's CLOCK_MONOTONIC time (ns; the same clock in both processes on a
+host) until which it waits for STARTED. The agent sends STARTED before it runs anything and then
+looks at the clock: past the deadline, it sends ABORTED and runs nothing. The caller, at the
+deadline, reads once more without waiting and gives up only if STARTED is not there. So either
+the caller has STARTED in hand and waits (the agent runs the request, or says ABORTED), or the
+agent's STARTED came after the caller's last look, hence after the deadline, and the agent aborts:
+a request never runs in both.
 """
 
 # No `os`, `json` or `__future__`: the thin executable imports this module (see shim.py), and the
@@ -16,7 +23,7 @@ The exchange (`shim.py` says when the executable uses it and why it is safe to f
 import _json
 import sys
 
-PROTOCOL = b"KNETCNI2"
+PROTOCOL = b"KNETCNI3"
 MAX_REQUEST = 4 * 1024 * 1024
 _WHITESPACE = " \t\n\r"
 
@@ -62,24 +69,26 @@ def _fsencode(text: "str | bytes") -> bytes:
     return text if isinstance(text, bytes) else text.encode(sys.getfilesystemencoding(), "surrogateescape")
 
 
-def encode_request(env: "dict[str, str] | dict[bytes, bytes]", stdin: bytes, netns_inode: int) -> bytes:
-    """The request: environment (str or, as os.environb, bytes), stdin and the caller's netns."""
+def encode_request(env: "dict[str, str] | dict[bytes, bytes]", stdin: bytes, netns_inode: int,
+                   deadline_ns: int) -> bytes:
+    """The request: environment (str or, as os.environb, bytes), stdin, the caller's netns, and
+    the CLOCK_MONOTONIC time after which the agent must not start it."""
     block = b"\0".join(_fsencode(k) + b"=" + _fsencode(v) for k, v in env.items())
-    return b"%s %d %d %d\n" % (PROTOCOL, netns_inode, len(block), len(stdin)) + block + stdin
+    return b"%s %d %d %d %d\n" % (PROTOCOL, netns_inode, deadline_ns, len(block), len(stdin)) + block + stdin
 
 
-def parse_header(line: bytes) -> "tuple[int, int, int]":
-    """(netns inode, env bytes, stdin bytes) from a request's first line."""
+def parse_header(line: bytes) -> "tuple[int, int, int, int]":
+    """(netns inode, deadline, env bytes, stdin bytes) from a request's first line."""
     parts = line.split()
-    if len(parts) != 4 or parts[0] != PROTOCOL:
+    if len(parts) != 5 or parts[0] != PROTOCOL:
         raise BadRequest(f"not a {PROTOCOL.decode()} request")
     try:
-        inode, env_len, stdin_len = (int(p) for p in parts[1:])
+        inode, deadline_ns, env_len, stdin_len = (int(p) for p in parts[1:])
     except ValueError:
         raise BadRequest("malformed header") from None
-    if min(inode, env_len, stdin_len) < 0 or env_len + stdin_len > MAX_REQUEST:
+    if min(inode, deadline_ns, env_len, stdin_len) < 0 or env_len + stdin_len > MAX_REQUEST:
         raise BadRequest("request too large")
-    return inode, env_len, stdin_len
+    return inode, deadline_ns, env_len, stdin_len
 
 
 def parse_env(block: bytes) -> "dict[str, str]":

@@ -36,18 +36,24 @@ def test_codec_rejects_what_json_rejects(bad):
         wire.loads(bad)
 
 
-def test_request_round_trip():
-    env = {"CNI_COMMAND": "ADD", "CNI_ARGS": "K8S_POD_NAME=a=b;X=1", "EMPTY": ""}
+@pytest.mark.parametrize("env", [
+    {"CNI_COMMAND": "ADD", "CNI_ARGS": "K8S_POD_NAME=a=b;X=1", "EMPTY": "", "UNI": "é"},
+    {b"CNI_COMMAND": b"ADD", b"RAW": b"\xff not utf-8"},  # os.environb, as the executable sends it
+])
+def test_request_round_trip(env):
     stdin = b'{"cniVersion": "1.0.0"}\0binary ok'
-    data = wire.encode_request(env, stdin, 4026531840)
+    data = wire.encode_request(env, stdin, 4026531840, 123456789)
     head, _, rest = data.partition(b"\n")
-    inode, env_len, stdin_len = wire.parse_header(head)
-    assert inode == 4026531840 and env_len + stdin_len == len(rest)
-    assert wire.parse_env(rest[:env_len]) == env and rest[env_len:] == stdin
+    inode, deadline, env_len, stdin_len = wire.parse_header(head)
+    assert (inode, deadline) == (4026531840, 123456789) and env_len + stdin_len == len(rest)
+    decoded = wire.parse_env(rest[:env_len])
+    assert {os.fsencode(k): os.fsencode(v) for k, v in decoded.items()} == \
+        {os.fsencode(k): os.fsencode(v) for k, v in env.items()}
+    assert rest[env_len:] == stdin
 
 
-@pytest.mark.parametrize("head", [b"", b"GET / HTTP/1.1", b"KNETCNI2 1 2", b"KNETCNI2 a 1 1", b"KNETCNI2 1 -1 5",
-                                  b"KNETCNI1 1 1 1", b"KNETCNI2 1 9999999 9999999"])
+@pytest.mark.parametrize("head", [b"", b"GET / HTTP/1.1", b"KNETCNI3 1 2 3", b"KNETCNI3 a 1 1 1",
+                                  b"KNETCNI3 1 1 -1 5", b"KNETCNI2 1 1 1", b"KNETCNI3 1 1 9999999 9999999"])
 def test_bad_headers(head):
     with pytest.raises(wire.BadRequest):
         wire.parse_header(head)
@@ -66,7 +72,7 @@ class FakeAgent:
         self.srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.srv.bind(path)
         self.srv.listen(8)
-        self.got_go = threading.Event()
+        self.started = threading.Event()
         self.saw_close = threading.Event()
         self.thread = threading.Thread(target=self.serve, daemon=True)
         self.thread.start()
@@ -75,9 +81,9 @@ class FakeAgent:
         conn, _ = self.srv.accept()
         with conn:
             f = conn.makefile("rb")
-            _inode, env_len, stdin_len = wire.parse_header(f.readline().rstrip(b"\n"))
+            _inode, deadline, env_len, stdin_len = wire.parse_header(f.readline().rstrip(b"\n"))
             f.read(env_len + stdin_len)
-            if self.script == "silent":  # never says READY; notes when the caller hangs up
+            if self.script == "silent":  # never starts; notes when the caller hangs up
                 conn.settimeout(10)
                 if conn.recv(1) == b"":
                     self.saw_close.set()
@@ -85,14 +91,16 @@ class FakeAgent:
             if self.script == "wrong-netns":
                 conn.sendall(b"WRONG-NETNS\n")
                 return
-            conn.sendall(b"READY\n")
-            if f.readline() == b"GO\n":
-                self.got_go.set()
-            if self.script == "answer":
+            if self.script == "last-moment":  # STARTED a little before the caller's deadline
+                time.sleep(max(0.0, (deadline - time.monotonic_ns()) / 1e9 - 0.05))
+            conn.sendall(b"STARTED\n")
+            self.started.set()
+            if self.script in ("answer", "last-moment"):
+                time.sleep(0.2 if self.script == "last-moment" else 0)  # answers after the deadline
                 out = b'{"cniVersion": "1.0.0"}'
                 conn.sendall(b"0 %d\n" % len(out) + out)
-            elif self.script == "die":
-                return
+            elif self.script == "aborted":
+                conn.sendall(b"ABORTED\n")
             elif self.script == "slow":
                 time.sleep(3)
 
@@ -102,8 +110,8 @@ class FakeAgent:
 
 @pytest.fixture
 def agent(tmp_path, monkeypatch):
-    monkeypatch.setattr(shim, "READY_TIMEOUT", 0.5)
-    monkeypatch.setattr(shim, "ANSWER_TIMEOUT", 0.5)
+    monkeypatch.setattr(shim, "START_TIMEOUT", 0.5)
+    monkeypatch.setattr(shim, "ANSWER_TIMEOUT", 1.0)
     made = []
 
     def start(script: str) -> FakeAgent:
@@ -119,32 +127,34 @@ ENV = {"CNI_COMMAND": "ADD"}
 STDIN = b'{"cniVersion": "0.4.0", "name": "n"}'
 
 
-def test_answer_after_ready_and_go(agent):
+def test_answer_after_started(agent):
     a = agent("answer")
     assert shim.via_agent(a.path, ENV, STDIN) == (0, '{"cniVersion": "1.0.0"}')
-    assert a.got_go.is_set()
+    assert a.started.is_set()
+
+
+def test_started_before_the_deadline_is_waited_for_past_it(agent):
+    assert shim.via_agent(agent("last-moment").path, ENV, STDIN) == (0, '{"cniVersion": "1.0.0"}')
 
 
 def test_agent_in_another_namespace_means_direct(agent):
     assert shim.via_agent(agent("wrong-netns").path, ENV, STDIN) is None
 
 
-def test_no_ready_in_time_means_direct_and_the_agent_sees_the_caller_leave(agent):
+def test_not_started_in_time_means_direct_and_the_agent_sees_the_caller_leave(agent):
     a = agent("silent")
     start = time.monotonic()
     assert shim.via_agent(a.path, ENV, STDIN) is None
     assert time.monotonic() - start < 5
-    assert a.saw_close.wait(10)  # so a late READY meets a closed connection: nothing runs twice
-    assert not a.got_go.is_set()
+    assert a.saw_close.wait(10)
 
 
-def test_agent_gone_after_go_means_direct(agent):
-    a = agent("die")
-    assert shim.via_agent(a.path, ENV, STDIN) is None
-    assert a.got_go.is_set()
+def test_aborted_or_gone_after_started_means_direct(agent):
+    assert shim.via_agent(agent("aborted").path, ENV, STDIN) is None
+    assert shim.via_agent(agent("die").path, ENV, STDIN) is None
 
 
-def test_agent_too_slow_after_go_is_try_again_later(agent):
+def test_agent_too_slow_after_started_is_try_again_later(agent):
     code, out = shim.via_agent(agent("slow").path, ENV, STDIN)
     err = json.loads(out)
     assert code == 1 and err["code"] == 11 and err["cniVersion"] == "0.4.0" and "try again" in err["msg"]

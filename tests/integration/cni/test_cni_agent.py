@@ -67,8 +67,8 @@ def agent_connection(node: Node) -> socket.socket:
 
 def test_bad_requests_and_100_idle_connections_do_not_stop_the_agent(agent_node):
     node = agent_node
-    garbage = [b"GET / HTTP/1.1\r\n\r\n", b"KNETCNI2 1 2\n", b"KNETCNI2 x y z\n", b"\0" * 5000,
-               b"KNETCNI2 1 100 100\nonly part of it"]
+    garbage = [b"GET / HTTP/1.1\r\n\r\n", b"KNETCNI3 1 2\n", b"KNETCNI3 x y z w\n", b"\0" * 5000,
+               b"KNETCNI3 1 1 100 100\nonly part of it"]
     for data in garbage:  # each answered (BAD) or dropped, then the connection is closed
         with agent_connection(node) as s:
             s.settimeout(30)
@@ -80,12 +80,12 @@ def test_bad_requests_and_100_idle_connections_do_not_stop_the_agent(agent_node)
             assert reply == b"" or reply.startswith(b"BAD")
     # a caller that vanishes in the middle of its request
     with agent_connection(node) as s:
-        s.sendall(wire.encode_request({"CNI_COMMAND": "ADD"}, b"{}", 1)[:20])
+        s.sendall(wire.encode_request({"CNI_COMMAND": "ADD"}, b"{}", 1, time.monotonic_ns() + 10**10)[:20])
     # 100 callers that connect and say nothing (or half a header) and stay
     idle = [agent_connection(node) for _ in range(100)]
     try:
         for i, s in enumerate(idle[::2]):
-            s.sendall(b"KNETCNI2 %d" % i)
+            s.sendall(b"KNETCNI3 %d" % i)
         pod = node.new_pod()
         rc, res = node.cni("ADD", node.conf(), "real", pod)
         assert rc == 0, res
@@ -172,7 +172,7 @@ def test_a_stopped_agent_costs_a_bounded_wait_and_the_request_runs_once(agent_no
         node.agent.send_signal(signal.SIGCONT)
     assert rc == 0, res
     assert took < 30  # the executable's bound (3 s) plus a loaded machine, never "forever"
-    wait_for(lambda: "abandoned by the caller" in node.agent_log_text(), what="the agent to drop it")
+    wait_for(lambda: "the caller stopped waiting" in node.agent_log_text(), what="the agent to drop it")
     assert not node.served_by_agent("ADD", "stopped", wait=0)
     assert len(os.listdir(marks)) == 1
 
