@@ -5,7 +5,7 @@ can find it without any state: POSTROUTING -s <pod ip> -> CNI-<hash>: accept to 
 masquerade the rest (except multicast).
 
 Every change is one `iptables-restore --noflush` (one process, one atomic commit): an iptables
-process costs ~5-10 ms here, and the reference plugin runs six of them per ADD and four per DEL.
+process costs ~5-10 ms here, and the reference plugin runs nine of them per ADD and six per DEL.
 DEL knows the pod's addresses (from IPAM), so it removes the jump rules and the chain without
 listing the table first; only when that fails (already removed, or addresses unknown) does it
 list the nat table once and remove exactly what is there.
