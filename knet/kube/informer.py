@@ -5,6 +5,13 @@
     if not services.wait_synced(60): ...        # do not program a partial view at start-up
     services.list(); services.get("web", "default")
 
+Indexes (client-go's Indexers): named functions object -> values, registered at construction
+(`indexers=`) or with `add_indexers`, kept up to date on every event, relist and malformed-object
+removal. `by_index(name, value)` returns the objects filed under a value without touching the
+rest of the cache; `knet.kube.indexes` has the standard ones (namespace, an EndpointSlice's
+Service, a Pod's node). `list()` and `keys()` copy the whole cache: they count in `scans`, so a
+test can assert that a component's event handling does none.
+
 How it talks to the server: the client's generated list method with `_preload_content=False`
 (for list and for `watch=true`), reading the raw JSON stream ourselves, rather than through
 `kubernetes.watch.Watch`, because
@@ -51,6 +58,7 @@ from kubernetes.client import ApiClient
 from kubernetes.client.exceptions import ApiException
 
 from knet.kube.events import ADD, DELETE, UPDATE, Backoff, Event, lines, relist_diff
+from knet.kube.indexes import NAMESPACE, IndexFunc, Store
 from knet.kube.models import KubeObject, LabelSelector, model_for, object_key, parse
 from knet.kube.resources import resource
 from knet.kube.selectors import Selector, to_query
@@ -83,6 +91,7 @@ class Informer(Generic[M]):
                  on_add: Callable[[M], None] | None = None,
                  on_update: Callable[[M, M], None] | None = None,
                  on_delete: Callable[[M], None] | None = None,
+                 indexers: Mapping[str, IndexFunc] | None = None,
                  watch_timeout: int = 300, page_size: int | None = 500,
                  backoff: Backoff | None = None, name: str | None = None) -> None:
         self.api = api_client
@@ -98,8 +107,9 @@ class Informer(Generic[M]):
         self.backoff = Backoff(b.initial, b.maximum, b.factor, b.rng)
         self.name = name or self._describe()
         self.synced = threading.Event()
-        self._cache: dict[str, M] = {}
-        self._lock = threading.Lock()  # guards _cache (held briefly, never during callbacks)
+        self._store: Store[M] = Store(indexers)
+        self._lock = threading.Lock()  # guards _store (held briefly, never during callbacks)
+        self.scans = 0  # list()/keys() calls: each copies the whole cache
         self._dispatch = threading.RLock()  # serializes callbacks and handler registration
         self._handlers: list[_Handler] = []
         self._rv: str | None = None
@@ -151,24 +161,53 @@ class Informer(Generic[M]):
         handler = _Handler(on_add, on_update, on_delete)
         with self._dispatch:
             if on_add:
-                for obj in self.list():
+                with self._lock:
+                    replay = list(self._store.objects.values())
+                for obj in replay:
                     self._call(on_add, obj)
             self._handlers.append(handler)
 
+    def add_indexers(self, indexers: Mapping[str, IndexFunc]) -> None:
+        """Register more indexes (objects already cached are filed at once). Re-registering a
+        name with the same function is a no-op, so parts of a process sharing an informer may
+        each ask for the standard indexes; another function under a taken name: ValueError."""
+        with self._lock:
+            self._store.add_indexers(indexers)
+
+    def by_index(self, index: str, value: str) -> list[M]:
+        """The cached objects filed under `value` in `index` (KeyError for an unknown index)."""
+        with self._lock:
+            return self._store.objects_for(index, value)
+
+    def index_keys(self, index: str, value: str) -> list[str]:
+        with self._lock:
+            return self._store.keys_for(index, value)
+
+    def index_values(self, index: str) -> list[str]:
+        """Every value of `index` that has at least one object."""
+        with self._lock:
+            return self._store.values(index)
+
     def get(self, name: str, namespace: str | None = None) -> M | None:
         with self._lock:
-            return self._cache.get(object_key(namespace, name))
+            return self._store.get(object_key(namespace, name))
 
     def get_by_key(self, key: str) -> M | None:
         with self._lock:
-            return self._cache.get(key)
+            return self._store.get(key)
 
     def list(self, namespace: str | None = None,
              selector: Selector | LabelSelector | Mapping[str, str] | None = None) -> list[M]:
         """Cached objects, optionally of one namespace and matching a selector (a dict is a map
-        selector)."""
+        selector). With the namespace index registered, `namespace=` reads only that namespace;
+        otherwise this copies the whole cache and counts in `scans`."""
         with self._lock:
-            objs = list(self._cache.values())
+            if namespace is not None and NAMESPACE in self._store.index_names:
+                objs = self._store.objects_for(NAMESPACE, namespace)
+                namespace = None
+            else:
+                self.scans += 1
+                objs = list(self._store.objects.values())
         if namespace is not None:
             objs = [o for o in objs if o.metadata.namespace == namespace]
         if selector is not None:
@@ -180,11 +219,12 @@ class Informer(Generic[M]):
 
     def keys(self) -> list[str]:
         with self._lock:
-            return list(self._cache)
+            self.scans += 1
+            return list(self._store.objects)
 
     def __len__(self) -> int:
         with self._lock:
-            return len(self._cache)
+            return len(self._store.objects)
 
     @property
     def resource_version(self) -> str | None:
@@ -296,7 +336,7 @@ class Informer(Generic[M]):
                 new[obj.key] = obj
         with self._dispatch:
             with self._lock:
-                old, self._cache = self._cache, new
+                old = self._store.replace(new)
             self._rv = rv
             events = relist_diff(old, new)
             for ev in events:
@@ -360,17 +400,13 @@ class Informer(Generic[M]):
         with self._dispatch:
             if etype == "DELETED":
                 with self._lock:
-                    old = self._cache.pop(key, None)
+                    old = self._store.pop(key)
                 if old is not None:
                     self._fire(Event(DELETE, old, None))
                 return
             new = parse(self.model, raw)
             with self._lock:
-                old = self._cache.get(key)
-                if new is None:
-                    self._cache.pop(key, None)
-                else:
-                    self._cache[key] = new
+                old = self._store.pop(key) if new is None else self._store.put(key, new)
             if new is None:
                 if old is not None:
                     self._fire(Event(DELETE, old, None))
