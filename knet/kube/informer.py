@@ -25,7 +25,10 @@ How it talks to the server: the client's generated list method with `_preload_co
 Protocol: LIST (paged, `limit`/`continue`) -> resourceVersion R -> WATCH from R with
 allowWatchBookmarks; every event (bookmarks too) advances R. The watch ends when the server's
 `timeoutSeconds` (jittered) expires -> re-watch from R. Connection errors / server restarts ->
-exponential backoff with jitter, then re-watch from R. 410 Gone (as the response status or as an
+exponential backoff with jitter, then re-watch from R; the backoff starts over after every
+successful list and every watch the server accepts, and a refused connection (nothing listens:
+the server is restarting) is retried at least every second, which costs the server nothing, so
+an informer resumes within about a second of the API server's return. 410 Gone (as the response status or as an
 ERROR event in the stream) -> relist and synthesize the difference: `on_delete` for objects that
 vanished, `on_update` for changed ones (resourceVersion differs), `on_add` for new ones.
 
@@ -64,6 +67,12 @@ from knet.kube.resources import resource
 from knet.kube.selectors import Selector, to_query
 
 log = logging.getLogger("knet.kube.informer")
+
+# The longest wait between attempts while connections are refused. A refused connect is answered
+# by the kernel (nothing listens), so retrying it often loads no server; waiting the full
+# exponential backoff there would leave an informer idle for many seconds after the API server is
+# back (issue 17: 5-24 s).
+REFUSED_RETRY_MAX = 1.0
 
 M = TypeVar("M", bound=KubeObject)
 
@@ -104,7 +113,10 @@ class Informer(Generic[M]):
         self.page_size = page_size
         # A copy: a Backoff has state, and a factory passes one template to all its informers.
         b = backoff or Backoff()
-        self.backoff = Backoff(b.initial, b.maximum, b.factor, b.rng)
+        self.backoff = Backoff(b.initial, b.maximum, b.factor, b.rng)  # errors from a reachable server
+        self._refused = Backoff(min(b.initial, REFUSED_RETRY_MAX), min(b.maximum, REFUSED_RETRY_MAX), b.factor, b.rng)
+        # A server that accepts and at once drops or expires us: reset only by a watch that works.
+        self._churn = Backoff(b.initial, b.maximum, b.factor, b.rng)
         self.name = name or self._describe()
         self.synced = threading.Event()
         self._store: Store[M] = Store(indexers)
@@ -241,25 +253,25 @@ class Informer(Generic[M]):
                 if need_list:
                     if time.monotonic() - last_list < 1.0:
                         # Relisting again right after a list: the server keeps expiring us. Back off.
-                        self._sleep(self.backoff.next())
-                    last_list = time.monotonic()
+                        self._sleep(self._churn.next())
                     self._list_and_replace()
+                    last_list = time.monotonic()  # (a failed list waits out the error backoff instead)
                     need_list = False
                     continue
                 started = time.monotonic()
                 events = self._watch()
                 # A watch that ended at once without an event is a server that accepts and drops
-                # us: back off as for an error. A normal timeout or a productive stream: go on.
+                # us: back off. A normal timeout or a productive stream: go on.
                 if events == 0 and time.monotonic() - started < 1.0:
-                    self._sleep(self.backoff.next())
+                    self._sleep(self._churn.next())
                 else:
-                    self.backoff.reset()
+                    self._churn.reset()
             except _Relist as e:
                 need_list = True
                 if e.code == 410:
                     log.info("informer %s: resourceVersion %s expired, relisting", self.name, self._rv)
                 else:
-                    self._sleep(self.backoff.next())
+                    self._sleep(self._churn.next())
             except ApiException as e:
                 if self._stop.is_set():
                     break
@@ -274,13 +286,18 @@ class Informer(Generic[M]):
             except Exception as e:  # connection refused/reset, timeouts, bad JSON: retry, never die
                 if self._stop.is_set():
                     break
-                delay = self.backoff.next()
+                delay = (self._refused if _refused(e) else self.backoff).next()
                 log.warning("informer %s: %s: %s; retrying in %.1fs", self.name, type(e).__name__, e, delay)
                 self._sleep(delay)
         log.debug("informer %s: stopped", self.name)
 
     def _sleep(self, seconds: float) -> None:
         self._stop.wait(seconds)
+
+    def _reachable(self) -> None:
+        """The server answered a list or accepted a watch: the next failure starts a new backoff."""
+        self.backoff.reset()
+        self._refused.reset()
 
     def _request(self, **kwargs: Any) -> Any:
         method = self.resource.method(self.api, "list", namespace=self.namespace)
@@ -338,6 +355,7 @@ class Informer(Generic[M]):
             with self._lock:
                 old = self._store.replace(new)
             self._rv = rv
+            self._reachable()
             events = relist_diff(old, new)
             for ev in events:
                 self._fire(ev)
@@ -350,6 +368,7 @@ class Informer(Generic[M]):
         timeout = int(self.watch_timeout * (1 + random.random() / 2))
         resp = self._request(watch=True, resource_version=self._rv, allow_watch_bookmarks=True,
                              timeout_seconds=timeout, _request_timeout=(10, timeout + 30))
+        self._reachable()
         count = 0
         try:
             for line in lines(resp):
@@ -441,3 +460,20 @@ class Informer(Generic[M]):
             if sock is not None:
                 with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
+
+
+def _refused(err: BaseException) -> bool:
+    """Was the connection refused? (urllib3 wraps it: MaxRetryError.reason -> NewConnectionError,
+    whose cause is the ConnectionRefusedError.)"""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [err]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        if isinstance(e, ConnectionRefusedError):
+            return True
+        seen.add(id(e))
+        reason = getattr(e, "reason", None)
+        todo += [e.__cause__, e.__context__, reason if isinstance(reason, BaseException) else None]
+    return False
