@@ -251,7 +251,7 @@ class IncrementalCompiler:
         pods, self.dirty_pods = self.dirty_pods, set()
         for key in pods:
             self._rebuild_pod(key)
-        return Compiled(pods=dict(self.pods), addresses=MappingProxyType(self.addresses),  # type: ignore[arg-type]
+        return Compiled(pods=dict(self.pods), addresses=MappingProxyType(self.addresses),
                         policies=tuple(sorted(self.policies)))
 
     # --- internals -----------------------------------------------------------------------------
