@@ -128,9 +128,13 @@ class IngressDaemon:
         full = full or force_full
         try:
             if full:
-                await asyncio.to_thread(self.controller.sync, self.snapshot())
+                result = await asyncio.to_thread(self.controller.sync, self.snapshot())
             elif services or secrets:
-                await asyncio.to_thread(self.controller.update, self.snapshot(full=False), services, secrets)
+                result = await asyncio.to_thread(self.controller.update, self.snapshot(full=False), services, secrets)
+            else:
+                return
+            if result.error:  # nginx kept the previous config: the next sync starts from a full compile
+                self.full = True
         except Exception:
             log.exception("sync failed; retrying")
             self.full = True

@@ -8,9 +8,10 @@ listed (a partial view would isolate pods without their allowed peers). Then the
 built once and kept up to date event by event (`netpolicy.incremental`): a changed pod or
 namespace re-evaluates only the rules whose peers it enters or leaves and the local pods their
 policies select, found through indexes, never by scanning a cache. After a short batching window
-the backend applies only the difference to the kernel (`netpolicy.backend`). Every `--sync-period` the table is checked
-against what was applied and fully re-synced when it drifted. SIGTERM leaves the rules in place,
-so pods stay protected while the daemon restarts; the next start syncs against them.
+the backend applies only the difference to the kernel (`netpolicy.backend`). Every
+`--sync-period` the table is checked against what was applied and fully re-synced when it
+drifted. SIGTERM leaves the rules in place, so pods stay protected while the daemon restarts; the
+next start syncs against them.
 
 Metrics (/metrics; /healthz): netpol_sync_duration_seconds, netpol_programming_latency_seconds
 (first change seen -> kernel updated), netpol_programmed{what=chains|sets|set_elements|rules|...},

@@ -83,6 +83,10 @@ class Store(Generic[M]):
     def index_names(self) -> list[str]:
         return list(self._funcs)
 
+    def indexes(self, name: str, fn: IndexFunc) -> bool:
+        """Is `fn` registered as `name`?"""
+        return self._funcs.get(name) is fn
+
     def keys_for(self, index: str, value: str) -> list[str]:
         return list(self._entries(index).get(value, ()))
 

@@ -28,9 +28,10 @@ allowWatchBookmarks; every event (bookmarks too) advances R. The watch ends when
 exponential backoff with jitter, then re-watch from R; the backoff starts over after every
 successful list and every watch the server accepts, and a refused connection (nothing listens:
 the server is restarting) is retried at least every second, which costs the server nothing, so
-an informer resumes within about a second of the API server's return. 410 Gone (as the response status or as an
-ERROR event in the stream) -> relist and synthesize the difference: `on_delete` for objects that
-vanished, `on_update` for changed ones (resourceVersion differs), `on_add` for new ones.
+an informer resumes within about a second of the API server's return. 410 Gone (as the response
+status or as an ERROR event in the stream) -> relist and synthesize the difference: `on_delete`
+for objects that vanished, `on_update` for changed ones (resourceVersion differs), `on_add` for
+new ones.
 
 Threads: the informer runs on its own daemon thread. Callbacks run on that thread, one at a time,
 in event order, after the cache has been updated (a callback sees the new state through
@@ -61,7 +62,7 @@ from kubernetes.client import ApiClient
 from kubernetes.client.exceptions import ApiException
 
 from knet.kube.events import ADD, DELETE, UPDATE, Backoff, Event, lines, relist_diff
-from knet.kube.indexes import NAMESPACE, IndexFunc, Store
+from knet.kube.indexes import NAMESPACE, IndexFunc, Store, by_namespace
 from knet.kube.models import KubeObject, LabelSelector, model_for, object_key, parse
 from knet.kube.resources import resource
 from knet.kube.selectors import Selector, to_query
@@ -214,7 +215,7 @@ class Informer(Generic[M]):
         selector). With the namespace index registered, `namespace=` reads only that namespace;
         otherwise this copies the whole cache and counts in `scans`."""
         with self._lock:
-            if namespace is not None and NAMESPACE in self._store.index_names:
+            if namespace is not None and self._store.indexes(NAMESPACE, by_namespace):
                 objs = self._store.objects_for(NAMESPACE, namespace)
                 namespace = None
             else:

@@ -233,4 +233,10 @@ def test_a_service_slice_or_secret_change_re_resolves_only_its_routes_without_sc
         await d.sync_once()
         assert "c.x" in d.controller.table.servers
 
+        nginx.fail_next = True  # nginx refuses an update: it keeps the old config, so the next
+        feed(i["slice"], endpoint_slice("web", ["10.244.4.4"]))  # sync must compile everything
+        await settle()
+        await d.sync_once()
+        assert d.full and "10.244.4.4" not in nginx.reloads[-1]
+
     asyncio.run(scenario())
