@@ -41,6 +41,7 @@ import time
 
 from bench.common import emit
 from kdns import wire
+from kdns.forward import Upstream
 from kdns.records import RecordStore
 from kdns.testing import endpoint_slice, query, service
 
@@ -128,16 +129,19 @@ def unbound_conf(store: RecordStore, directory: str, port: int) -> str:
 # --- the kdns child process -----------------------------------------------------------------------
 
 def serve_kdns(address: str, udp_mode: str, upstream: str | None = None) -> None:
-    from kdns.forward import Forwarder, Upstream
+    """kdns's real Server with the flags' server block: the cluster records, every other name
+    forwarded to `upstream` with the cache on."""
+    from kdns import config
     from kdns.server import Server
     host, _, port = address.rpartition(":")
-    forwarder = Forwarder([Upstream.parse(upstream)]) if upstream else None
+    args = config_args(upstream)
+    ups = [Upstream.parse(upstream)] if upstream else []
     store = build_store()
     if udp_mode == "thread":
         sys.setswitchinterval(0.0005)  # as the daemon does
 
     async def main() -> None:
-        server = Server(store, forwarder, udp_mode=udp_mode)
+        server = Server(store, config.from_flags(args, ups).blocks, udp_mode=udp_mode)
         gc.collect()
         gc.freeze()  # as the daemon does after its first sync
         await server.listen([(host, int(port))])
@@ -145,6 +149,11 @@ def serve_kdns(address: str, udp_mode: str, upstream: str | None = None) -> None
         await asyncio.Event().wait()
 
     asyncio.run(main())
+
+
+def config_args(upstream: str | None) -> argparse.Namespace:
+    from kdns.daemon import parse_args
+    return parse_args(["--listen", f"{KDNS_ADDR}:53"] + (["--upstream", upstream] if upstream else []))
 
 
 # --- measuring ------------------------------------------------------------------------------------
