@@ -444,7 +444,7 @@ def from_flags(args: argparse.Namespace, upstreams: list[Upstream]) -> Settings:
                         denial_capacity=10_000, denial_ttl=args.max_cache_ttl, denial_min_ttl=0)
     block = BlockConfig(zones=("",), port=ports.pop(), bind=tuple(h for h, _ in listen), kubernetes=kube,
                         forwards=forwards, cache=cache, autopath=args.autopath)
-    metrics = args.metrics_bind_address or None
+    metrics = "0.0.0.0:9153" if args.metrics_bind_address is None else args.metrics_bind_address or None
     return Settings((block,), health=metrics, ready=metrics, prometheus=metrics)
 
 

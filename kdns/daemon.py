@@ -83,8 +83,6 @@ def load_settings(args: argparse.Namespace) -> Settings:
             settings = dataclasses.replace(settings, prometheus=args.metrics_bind_address)
     else:
         ups = [Upstream.parse(u) for u in args.upstream] if args.upstream else resolv_conf_upstreams()
-        if args.metrics_bind_address is None:
-            args.metrics_bind_address = "0.0.0.0:9153"
         settings = config.from_flags(args, ups)
     own = set(settings.listen())
     own_hosts = {h for h, _ in own}

@@ -432,13 +432,13 @@ class Server:
             log.error("%s %s: SERVFAIL", req.q.qname or ".", qtype_label(req.q.qtype))
 
     def _log(self, req: Request, rcode: int, size: int, took: float, truncated: bool) -> None:
-        """The `log` plugin: one line per query, with CoreDNS's fields."""
+        """The `log` plugin: one line per query in CoreDNS's format,
+        `REMOTE:PORT - ID "TYPE CLASS NAME PROTO SIZE DO BUFSIZE" RCODE FLAGS RSIZE DURATION`."""
         q = req.q
-        qlog.info("%s", f"{q.qname}. {qtype_label(q.qtype)}",
-                  extra={"remote": f"{req.addr[0]}:{req.addr[1]}" if isinstance(req.addr, tuple) else str(req.addr),
-                         "id": q.id, "type": qtype_label(q.qtype), "name": q.qname + ".", "proto": req.proto,
-                         "size": len(req.data), "do": q.do, "bufsize": q.udp_size, "rcode": rcode_label(rcode),
-                         "rsize": size, "truncated": truncated, "duration": f"{took:.6f}s"})
+        remote = f"{req.addr[0]}:{req.addr[1]}" if isinstance(req.addr, tuple) else str(req.addr)
+        flags = ",".join(f for f, on in (("qr", True), ("tc", truncated), ("rd", q.flags & RD), ("ra", True)) if on)
+        qlog.info('%s - %d "%s IN %s %s %d %s %d" %s %s %d %.6fs', remote, q.id, qtype_label(q.qtype), q.qname + ".",
+                  req.proto, len(req.data), str(q.do).lower(), q.udp_size, rcode_label(rcode), flags, size, took)
 
     # --- forwarding ------------------------------------------------------------------------------
 

@@ -13,9 +13,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from kdns import config, metrics, wire
 from kdns.daemon import parse_args
 from kdns.forward import Upstream
-from kdns.records import RecordStore
+from kdns.records import Config, RecordStore
 from kdns.server import Listener, Server
-from kdns.testing import endpoint_slice, query, service
+from kdns.testing import endpoint_slice, pod, query, service
 from kdns.wire import SRV, A
 
 Z = "cluster.local"
@@ -272,3 +272,54 @@ def test_refresh_runs_on_the_loop_in_batches(server):
     assert counts[0] == server_mod.REFRESH_BATCH  # one batch per callback: queries get the lock in between
     assert counts[-1] == len(keys)
     assert all(b"\x0a\x60\x00\x16" in server.cache.entries[k][0] for k in keys)  # 10.96.0.22
+
+
+def test_autopath_walks_a_known_pods_search_path():
+    store = RecordStore(Config(pods="verified"))
+    store.update_service("default/web", service("web", "default", "10.96.0.20"))
+    server = make_server(store, flags=["--pods", "verified", "--autopath"])
+    server.pods.update("my-ns/client", pod("client", "my-ns", "10.244.1.5"))  # raw() asks from 10.244.1.5
+    # "web.default" from a pod in my-ns: its resolver asks web.default.my-ns.svc.cluster.local first.
+    q = query(f"web.default.my-ns.svc.{Z}")
+    rec = ask(server, q)
+    assert rec.header.rcode == wire.NOERROR and str(rec.q.qname) == f"web.default.my-ns.svc.{Z}."
+    assert [(str(rr.rname), dnslib.QTYPE[rr.rtype], str(rr.rdata)) for rr in rec.rr] == [
+        (f"web.default.my-ns.svc.{Z}.", "CNAME", f"web.default.svc.{Z}."),
+        (f"web.default.svc.{Z}.", "A", "10.96.0.20")]
+    assert server.stats.autopath == {0: 1}
+    assert q[2:] not in server.cache.entries  # never a fast-path answer: it depends on who asks
+    # The same question from an address that is no known pod: no autopath, the plain NXDOMAIN
+    # (which must not be cached either: the pod's next copy of it must reach autopath).
+    server.listeners[0].sock.sent.clear()
+    server._udp_miss(server.listeners[0], q, ("10.244.9.9", 5353), 0.0)
+    assert dnslib.DNSRecord.parse(server.listeners[0].sock.sent[-1]).header.rcode == wire.NXDOMAIN
+    assert q[2:] not in server.cache.entries and server.stats.autopath == {0: 1}
+    # A pod in another namespace has its own search path: web.default.my-ns... is not its first step.
+    server.pods.update("my-ns/client", None)
+    server.pods.update("other/client", pod("client", "other", "10.244.1.5"))
+    assert ask(server, q).header.rcode == wire.NXDOMAIN
+    rec = ask(server, query(f"web.default.other.svc.{Z}"))
+    assert [str(rr.rdata) for rr in rec.rr] == [f"web.default.svc.{Z}.", "10.96.0.20"]
+
+
+def test_autopath_every_step_nxdomain_returns_the_first_reply():
+    store = RecordStore(Config(pods="verified"))
+    server = make_server(store, flags=["--pods", "verified", "--autopath"])
+    server.pods.update("default/client", pod("client", "default", "10.244.1.5"))
+    rec = ask(server, query(f"nothing.default.svc.{Z}"))
+    assert rec.header.rcode == wire.NXDOMAIN and rec.rr == [] and str(rec.auth[0].rname) == f"{Z}."
+    assert server.stats.autopath == {}
+
+
+def test_reverse_zones_and_fallthrough():
+    store = RecordStore()
+    store.update_service("default/web", service("web", "default", "10.96.0.20"))
+    cfg = config.from_corefile(". {\n kubernetes cluster.local in-addr.arpa\n}")  # no fallthrough, no forward
+    server = Server(store, cfg.blocks)
+    server.listeners.append(Listener(0, "127.0.0.1", 53, Capture()))  # type: ignore[arg-type]
+    server.cache.resize(1)
+    assert [str(r.rdata) for r in ask(server, query("20.0.96.10.in-addr.arpa", wire.PTR)).rr] == [
+        f"web.default.svc.{Z}."]
+    rec = ask(server, query("9.9.9.10.in-addr.arpa", wire.PTR))  # ours, unknown: NXDOMAIN, not forwarded
+    assert rec.header.rcode == wire.NXDOMAIN and rec.header.aa and str(rec.auth[0].rname) == "in-addr.arpa."
+    assert ask(server, query("1.0.0.0.ip6.arpa", wire.PTR)).header.rcode == wire.REFUSED  # not ours, no forward
