@@ -337,6 +337,12 @@ class Server:
         return on_readable
 
     def _udp_miss(self, lst: Listener, data: bytes, addr: Any, t0: float) -> None:
+        self._query(lst, data, addr, t0, None)
+
+    def _query(self, lst: Listener, data: bytes, addr: Any, t0: float,
+               reply: Callable[[bytes | None], None] | None) -> None:
+        """A message the fast path could not answer (reply None: UDP, else TCP's)."""
+        proto = "udp" if reply is None else "tcp"
         try:
             q = wire.parse_query(data)
         except FormError:
@@ -344,17 +350,24 @@ class Server:
             if response is None:
                 self.stats.dropped += 1
             else:
+                self.stats.answer(lst.index, ".", proto, 0, FORMERR, "")
+            if reply is not None:
+                reply(response)
+            elif response is not None:
                 with contextlib.suppress(OSError):
                     lst.sock.sendto(response, addr)
-                self.stats.answer(lst.index, ".", "udp", 0, FORMERR, "")
             return
         try:
-            self._handle(Request(q, data, lst, addr, t0, None))
+            self._handle(Request(q, data, lst, addr, t0, reply))
         except Exception:  # a bug must cost one answer, never the listener
             log.exception("answering %r failed", data[:64])
             self.stats.panics += 1
-            with contextlib.suppress(OSError):
-                lst.sock.sendto(wire.error_response(data, SERVFAIL) or b"", addr)
+            response = wire.error_response(data, SERVFAIL)
+            if reply is not None:
+                reply(response)
+            elif response is not None:
+                with contextlib.suppress(OSError):
+                    lst.sock.sendto(response, addr)
 
     # --- answering -------------------------------------------------------------------------------
 
@@ -608,8 +621,8 @@ class Server:
     # --- loop detection (the `loop` plugin) ------------------------------------------------------
 
     def _loop_probe_seen(self) -> None:
-        self.loop_seen += 1
-        if self.loop_seen > 2 and self.on_loop_detected is not None:
+        self.loop_seen += 1  # sent once by kdns itself: seen again, it came back through the upstreams
+        if self.loop_seen >= 2 and self.on_loop_detected is not None:
             callback, self.on_loop_detected = self.on_loop_detected, None
             callback()
 
@@ -647,23 +660,7 @@ class Server:
                 await writer.wait_closed()
 
     def _tcp_query(self, lst: Listener, data: bytes, addr: Any, reply: Callable[[bytes | None], None]) -> None:
-        t0 = perf()
-        try:
-            q = wire.parse_query(data)
-        except FormError:
-            response = wire.error_response(data, FORMERR)
-            if response is None:
-                self.stats.dropped += 1
-            else:
-                self.stats.answer(lst.index, ".", "tcp", 0, FORMERR, "")
-            reply(response)
-            return
-        try:
-            self._handle(Request(q, data, lst, addr, t0, reply))
-        except Exception:
-            log.exception("answering %r over TCP failed", data[:64])
-            self.stats.panics += 1
-            reply(wire.error_response(data, SERVFAIL))
+        self._query(lst, data, addr, perf(), reply)
 
     # --- metrics -----------------------------------------------------------------------------------
 

@@ -83,3 +83,31 @@ def test_modes_answer_and_close(mode):
         while any(th.is_alive() for th in udp_threads) and time.monotonic() < deadline:
             time.sleep(0.02)
         assert not any(th.is_alive() for th in udp_threads)
+
+
+def test_loop_detection():
+    """Two kdns forwarding to each other (a `forward . /etc/resolv.conf` that names the other):
+    the `loop` plugin's probe comes back, and the callback that stops kdns fires."""
+    detected = threading.Event()
+
+    async def main() -> None:
+        a = Server(RecordStore(), [], udp_mode="loop")
+        b = Server(RecordStore(), [], udp_mode="loop")
+        (_, pa), = await a.listen([("127.0.0.1", 0)])
+        (_, pb), = await b.listen([("127.0.0.1", 0)])
+        for server, other in ((a, pb), (b, pa)):
+            args = parse_args(["--listen", "127.0.0.1:53", "--forward-timeout", "5"])
+            server.configure(config.from_flags(args, [Upstream("127.0.0.1", other)]).blocks)
+        a.loop_probe = "12345.67890"
+        a.on_loop_detected = detected.set
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.sendto(query("12345.67890", 13), ("127.0.0.1", pa))
+            for _ in range(100):
+                if detected.is_set():
+                    break
+                await asyncio.sleep(0.05)
+        a.close()
+        b.close()
+
+    asyncio.run(main())
+    assert detected.is_set()
