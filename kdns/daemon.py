@@ -36,7 +36,7 @@ from collections.abc import Callable
 
 from prometheus_client import exposition
 
-from kdns import autopath, config, metrics
+from kdns import autopath, config, metrics, wire
 from kdns.config import CorefileError, Settings
 from kdns.endpoints import Endpoints, Route
 from kdns.forward import Upstream
@@ -296,6 +296,7 @@ class Kdns:
             return
         name = f"{random.randrange(10**9)}.{random.randrange(10**9)}"
         self.server.loop_probe = name
+        self.server.loop_probe_wire = wire.name_to_wire(name)
         self.server.on_loop_detected = lambda: self._die(f"Loop detected for zone \".\": {name} HINFO came back "
                                                          "through the upstreams (they forward to kdns)")
         host, port = self.settings.listen()[0]

@@ -32,6 +32,7 @@ import random
 import socket
 import struct
 import time
+from bisect import bisect_left
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -88,10 +89,7 @@ class UpstreamStats:
         s = self.responses.get(rcode)
         if s is None:
             s = self.responses[rcode] = [[0] * (len(DURATION_BUCKETS) + 1), 0.0, 0]
-        i = 0
-        while i < len(DURATION_BUCKETS) and seconds > DURATION_BUCKETS[i]:
-            i += 1
-        s[0][i] += 1
+        s[0][bisect_left(DURATION_BUCKETS, seconds)] += 1
         s[1] += seconds
         s[2] += 1
 
@@ -258,7 +256,7 @@ class Relay:
         while flight.tried < len(order):
             target = order[flight.tried]
             flight.tried += 1
-            if not target.down(group.max_fails):
+            if not target.fails or not target.down(group.max_fails):
                 return target
         if flight.tried == len(order) and order and all(t.down(group.max_fails) for t in order):
             flight.tried += 1  # once per flight: every upstream is down, try one anyway
@@ -272,25 +270,35 @@ class Relay:
             self._finish(flight, None)
             return
         flight.target = target
-        if flight.group.force_tcp and flight.health is None:
+        group = flight.group
+        if group.force_tcp and flight.health is None:
             self._tcp(flight, target)
             return
-        usock = self._socket(target, flight.group, now)
+        socks = target.sockets
+        usock = None
+        if len(socks) == SOCKETS:  # the usual case: the next socket of the pool, still fresh
+            target.next = i = (target.next + 1) % SOCKETS
+            usock = socks[i]
+            if usock.used >= SOCKET_QUERIES or now - usock.born >= group.expire:
+                usock = None
         if usock is None:
-            self._error(flight, now)
-            return
+            usock = self._socket(target, group, now)
+            if usock is None:
+                self._error(flight, now)
+                return
+        waiting = usock.waiting
         qid = self.ids.next()
-        while qid in usock.waiting:
+        while qid in waiting:
             qid = self.ids.next()
         flight.qid, flight.usock, flight.sent = qid, usock, now
-        usock.waiting[qid] = flight
+        waiting[qid] = flight
         usock.used += 1
         target.stats.requests += 1
-        self.timeline[flight] = now + flight.group.timeout
+        self.timeline[flight] = now + group.timeout
         try:
             usock.sock.send(message.upstream_query(qid, flight.question, flight.do))
         except OSError:  # e.g. ICMP unreachable reported on this socket, or no route
-            usock.waiting.pop(qid, None)
+            waiting.pop(qid, None)
             self.timeline.pop(flight, None)
             self._retire(usock)
             self._error(flight, now)

@@ -63,7 +63,7 @@ class Answer:
 
     `data`: the reply without its OPT record (header counts adjusted), ID zeroed; `qend`: where the
     question ends; `ends`: the end offset of each record; `an`/`ns`/`ar`: section counts (OPT not
-    counted); `ttls`: (offset, ttl) of every record's TTL field; `ttl`: how long it may be cached
+    counted); `ttls`: the offset of every record's TTL field; `ttl`: how long it may be cached
     (0: not at all); `opt_ttl`: the upstream OPT's TTL field (extended rcode, version, DO), 0 if
     it had none."""
 
@@ -73,7 +73,7 @@ class Answer:
     an: int
     ns: int
     ar: int
-    ttls: list[tuple[int, int]]
+    ttls: list[int]
     rcode: int
     ttl: int
     opt_ttl: int
@@ -87,63 +87,63 @@ class Answer:
 
 def scan(data: bytes, question: bytes) -> Answer:
     """Check a reply against the question we sent (name wire + type + class, byte for byte) and
-    index it. FormError for anything malformed, a query, or another question."""
-    n = len(data)
-    if n < 12:
+    index it. FormError for anything malformed, a query, or another question. (Every forwarded
+    answer comes through here: one pass, no names decoded.)"""
+    if len(data) < 12:
         raise FormError("short reply")
     _, flags, qd, an, ns, ar = _H.unpack_from(data)
-    if not flags & QR or qd != 1:
-        raise FormError("not a reply to one question")
     qend = 12 + len(question)
-    if data[12:qend] != question:  # we send it lowercased; a reply echoes it byte for byte
-        raise FormError("reply to another question")
+    if not flags & QR or qd != 1 or data[12:qend] != question:  # we send it lowercased: echoed as is
+        raise FormError("not a reply to our question")
+    n = len(data)
     off = qend
     ends: list[int] = []
-    ttls: list[tuple[int, int]] = []
-    low = 0xFFFFFFFF
-    negative = 0xFFFFFFFF  # min(SOA TTL, SOA MINIMUM) of an SOA in the authority section
-    opt_ttl = 0
-    opt_at = -1
-    total = an + ns + ar
+    ttls: list[int] = []
+    low = negative = 0xFFFFFFFF  # negative: min(SOA TTL, SOA MINIMUM) of an SOA in the authority
+    opt_at, opt_ttl = -1, 0
+    an_ns = an + ns
+    total = an_ns + ar
     unpack = _RR.unpack_from
-    for i in range(total):
-        start = off
-        while True:  # the owner name: labels up to the root or a pointer
-            if off >= n:
-                raise FormError("name runs past the end")
+    i = 0
+    try:
+        while i < total:
+            start = off
             length = data[off]
-            if length == 0:
-                off += 1
-                break
-            if length >= 0xC0:
+            if length >= 0xC0:  # the usual owner: a pointer (to the question)
                 off += 2
+            else:
+                while length:  # labels up to the root or a pointer
+                    if length > 63:
+                        if length < 0xC0:
+                            raise FormError("bad label type")
+                        off += 1
+                        break
+                    off += length + 1
+                    length = data[off]
+                off += 1
+            rtype, rclass, ttl, rdlen = unpack(data, off)
+            end = off + 10 + rdlen
+            if end > n:
+                raise FormError("rdata runs past the end")
+            if rtype == OPT:
+                if i < an_ns:
+                    raise FormError("misplaced OPT")
+                opt_at, opt_ttl, total = start, ttl, i + 1  # anything after the OPT is dropped
                 break
-            if length > 63:
-                raise FormError("bad label type")
-            off += length + 1
-        if off + 10 > n:
-            raise FormError("truncated record")
-        rtype, rclass, ttl, rdlen = unpack(data, off)
-        end = off + 10 + rdlen
-        if end > n:
-            raise FormError("rdata runs past the end")
-        if rtype == OPT:
-            if i < an + ns:
-                raise FormError("misplaced OPT")
-            opt_at, opt_ttl = start, ttl
-            total = i + 1  # anything after the OPT is dropped (it would be additional data)
-            break
-        if ttl & 0x80000000:
-            ttl = 0  # RFC 2181 §8: a TTL with the top bit set counts as zero
-        ttls.append((off + 4, ttl))
-        if ttl < low:
-            low = ttl
-        if rtype == SOA and an <= i < an + ns and rclass == IN and rdlen >= 22:
-            negative = min(negative, ttl, int.from_bytes(data[end - 4:end], "big"))
-        ends.append(end)
-        off = end
+            if ttl > 0x7FFFFFFF:
+                ttl = 0  # RFC 2181 §8: a TTL with the top bit set counts as zero
+            ttls.append(off + 4)
+            if ttl < low:
+                low = ttl
+            if rtype == SOA and an <= i < an_ns and rclass == IN and rdlen >= 22:
+                negative = min(negative, ttl, int.from_bytes(data[end - 4:end], "big"))
+            ends.append(end)
+            off = end
+            i += 1
+    except (IndexError, struct.error):
+        raise FormError("record runs past the end") from None
     rcode = flags & 0xF
-    kept_ar = ar - (an + ns + ar - total) - (1 if opt_at >= 0 else 0)
+    kept_ar = total - an_ns - (1 if opt_at >= 0 else 0)
     if opt_at >= 0:
         body = b"\0\0" + data[2:6] + _COUNTS.pack(an, ns, kept_ar) + data[12:opt_at]
     else:
@@ -171,12 +171,13 @@ def render(a: Answer, qid: bytes, question: bytes, rd: int, edns: bool, do: bool
     buf[12:a.qend] = question
     if fixed_ttl is not None:
         packed = _TTL.pack(fixed_ttl)
-        for off, _ in a.ttls:
+        for off in a.ttls:
             buf[off:off + 4] = packed
     elif age > 0:
-        pack_into = _TTL.pack_into
-        for off, ttl in a.ttls:
-            pack_into(buf, off, ttl - age if ttl > age else 0)
+        pack_into, unpack_from = _TTL.pack_into, _TTL.unpack_from
+        for off in a.ttls:
+            ttl = unpack_from(buf, off)[0]
+            pack_into(buf, off, ttl - age if age < ttl <= 0x7FFFFFFF else 0)
     opt = b""
     if edns:
         opt = _OPT_HEAD + struct.pack("!HIH", OUR_UDP_SIZE, (a.opt_ttl & 0xFFFF0000) | (DO_BIT if do else 0), 0)
@@ -200,6 +201,12 @@ def render(a: Answer, qid: bytes, question: bytes, rd: int, edns: bool, do: bool
         buf += opt
         buf[10:12] = (int.from_bytes(buf[10:12], "big") + 1).to_bytes(2, "big")
     return bytes(buf), truncated
+
+
+def question_text(question: bytes) -> str:
+    """`name. TYPE` of a question's bytes, for log lines."""
+    labels, off = wire.read_name(question, 0)
+    return f"{wire.labels_to_str(labels)}. {wire.type_name(int.from_bytes(question[off:off + 2], 'big'))}"
 
 
 def failure(qid: bytes, question: bytes, rd: int, edns: bool, do: bool, rcode: int, ra: bool = True) -> bytes:

@@ -31,6 +31,7 @@ runtime metrics come from prometheus_client's standard collectors.
 from __future__ import annotations
 
 import platform
+from bisect import bisect_left
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -67,11 +68,7 @@ class Histogram:
         self.n = 0
 
     def observe(self, seconds: float, n: int = 1) -> None:
-        i = 0
-        buckets = DURATION_BUCKETS
-        while i < 16 and seconds > buckets[i]:
-            i += 1
-        self.counts[i] += n
+        self.counts[bisect_left(DURATION_BUCKETS, seconds)] += n
         self.total += seconds * n
         self.n += n
 

@@ -40,7 +40,7 @@ OUR_UDP_SIZE = 1232  # what we advertise in OPT (the DNS flag day 2020 value: no
 _H = struct.Struct("!HHHHHH")
 _RR = struct.Struct("!HHIH")
 _Q = struct.Struct("!HH")
-_OPT = struct.Struct("!HIH")  # an OPT record after its name and type: UDP size, TTL field, rdata length
+_OPT_SIZE_TTL = struct.Struct("!HI")  # an OPT record after its name and type: UDP size, TTL field
 
 
 class FormError(ValueError):
@@ -154,29 +154,28 @@ def parse_query(data: bytes) -> Query:
     if qd != 1:
         raise FormError(f"{qd} questions")
     off, labels = 12, []
-    while off < n:
-        length = data[off]
-        if length == 0 or length > 63:
-            break
-        labels.append(data[off + 1:off + 1 + length])
-        off += length + 1
-    else:
-        raise FormError("name runs past the end")
+    try:
+        length = data[12]
+        while 0 < length < 64:
+            labels.append(data[off + 1:off + 1 + length])
+            off += length + 1
+            length = data[off]
+    except IndexError:
+        raise FormError("name runs past the end") from None
     joined = b".".join(labels)
-    if length == 0 and off - 11 <= MAX_NAME and off + 5 <= n and b"\\" not in joined \
-            and joined.count(b".") == len(labels) - (1 if labels else 0):
+    if not length and off < 267 and off + 5 <= n and b"\\" not in joined \
+            and joined.count(b".") == len(labels) - (1 if labels else 0):  # < 267: a name of at most 255 bytes
         qtype, qclass = _Q.unpack_from(data, off + 1)
         q = Query(qid, flags, opcode, joined.lower().decode("latin-1"), data[12:off + 1], qtype, qclass)
         off += 5
         if not (an or ns or ar):
             return q
         if not (an or ns) and ar == 1 and off + 11 <= n and data[off] == 0 and data[off + 1] == 0 \
-                and data[off + 2] == OPT:
-            size, ttl, rdlen = _OPT.unpack_from(data, off + 3)
-            end = off + 11 + rdlen
-            if end <= n and not rdlen:
-                q.edns, q.udp_size, q.edns_version, q.do = True, size, (ttl >> 16) & 0xFF, bool(ttl & 0x8000)
-                return q
+                and data[off + 2] == OPT and data[off + 9] == 0 and data[off + 10] == 0:  # no options
+            q.edns = True
+            q.udp_size, ttl = _OPT_SIZE_TTL.unpack_from(data, off + 3)
+            q.edns_version, q.do = (ttl >> 16) & 0xFF, bool(ttl & 0x8000)
+            return q
         _read_edns(data, off, an + ns, ar, q)
         return q
     labels, off = read_name(data, 12)

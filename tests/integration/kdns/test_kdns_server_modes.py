@@ -11,7 +11,7 @@ import time
 import dnslib
 import pytest
 
-from kdns import config
+from kdns import config, wire
 from kdns.daemon import parse_args
 from kdns.forward import Upstream
 from kdns.records import RecordStore
@@ -98,7 +98,7 @@ def test_loop_detection():
         for server, other in ((a, pb), (b, pa)):
             args = parse_args(["--listen", "127.0.0.1:53", "--forward-timeout", "5"])
             server.configure(config.from_flags(args, [Upstream("127.0.0.1", other)]).blocks)
-        a.loop_probe = "12345.67890"
+        a.loop_probe, a.loop_probe_wire = "12345.67890", wire.name_to_wire("12345.67890")
         a.on_loop_detected = detected.set
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
             s.sendto(query("12345.67890", 13), ("127.0.0.1", pa))
