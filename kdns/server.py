@@ -522,7 +522,7 @@ class Server:
         configuration): straight to the cache or the relay, without the general path's objects.
         False: anything else (the general path decides, with the same result)."""
         lean = self.lean
-        if lean is None or data[2] & 0xF8 or data[4:11] != b"\0\1\0\0\0\0\0" or data[11] > 1:
+        if lean is None or len(data) < 17 or data[2] & 0xF8 or data[4:11] != b"\0\1\0\0\0\0\0" or data[11] > 1:
             return False  # a response, another opcode, other than one question and <= 1 record
         off = 12
         try:
@@ -584,8 +584,8 @@ class Server:
             response, truncated = wire.build(req.q, res.reply, req.limit)
             self._respond(req, response, res.reply.rcode, "kubernetes", truncated)
 
-    def _deliver_chased(self, ctx: tuple[Request, Reply], answer: Answer | None, age: int, fixed: int | None,
-                        plugin: str) -> None:
+    def _deliver_chased(self, ctx: tuple[Request, Reply], answer: Answer | None, age: int = 0,
+            fixed: int | None = None, plugin: str = "forward") -> None:
         req, reply = ctx
         self._compose(req, reply, answer, age, fixed, "kubernetes")
 
@@ -660,8 +660,8 @@ class Server:
         idx = walk.req.listener.index
         self.stats.autopath[idx] = self.stats.autopath.get(idx, 0) + 1
 
-    def _deliver_walk(self, ctx: tuple[Walk, str], answer: Answer | None, age: int, fixed: int | None,
-                      plugin: str) -> None:
+    def _deliver_walk(self, ctx: tuple[Walk, str], answer: Answer | None, age: int = 0,
+            fixed: int | None = None, plugin: str = "forward") -> None:
         walk, name = ctx
         if answer is not None and answer.rcode == NXDOMAIN:
             self._walk(walk)  # on to the next search domain
@@ -677,8 +677,8 @@ class Server:
             return
         self._compose(walk.req, Reply(), None, 0, None, "autopath")
 
-    def _deliver_walk_chase(self, ctx: tuple[Walk, Reply], answer: Answer | None, age: int, fixed: int | None,
-                            plugin: str) -> None:
+    def _deliver_walk_chase(self, ctx: tuple[Walk, Reply], answer: Answer | None, age: int = 0,
+            fixed: int | None = None, plugin: str = "forward") -> None:
         walk, reply = ctx
         self._autopathed(walk)
         self._compose(walk.req, reply, answer, age, fixed, "autopath")
