@@ -11,7 +11,8 @@ sees the new configuration). Without it, the flags describe one server block as 
 
 Services, EndpointSlices (and Pods with `pods verified`) come through `knet.kube` informers.
 Their callbacks hop onto the event loop, mark the service dirty, and one flush per loop turn
-recomputes the dirty services into the record store and drops the cached answers of every name
+recomputes the dirty services (each from its Service and its slices, looked up by the slice
+informer's SERVICE index: no scans) into the record store and drops the cached answers of every name
 that changed: a change is answered within one loop turn of the watch event, and nothing stale
 survives a delete. The listeners open only once the informers have listed (or after the sync
 timeout), so a starting kdns does not hand out NXDOMAINs that clients would cache.
@@ -34,6 +35,7 @@ import struct
 import sys
 from collections.abc import Callable
 
+from kubernetes.client import ApiClient
 from prometheus_client import exposition
 
 from kdns import autopath, config, metrics, wire
@@ -41,11 +43,12 @@ from kdns.config import CorefileError, Settings
 from kdns.endpoints import Endpoints, Route
 from kdns.forward import Upstream
 from kdns.metrics import Stats
-from kdns.records import SERVICE_NAME_LABEL, Config, RecordStore
+from kdns.records import Config, RecordStore
 from kdns.server import Server
 from knet import daemon
 from knet.kube import client as kube_client
 from knet.kube import threadsafe
+from knet.kube.indexes import SERVICE, by_service
 from knet.kube.informer import Informer
 from knet.kube.models import EndpointSlice, Pod, Service
 
@@ -119,9 +122,8 @@ class Kdns:
                              udp_mode=args.udp_mode, host_search=autopath.resolv_conf_search())
         self.registry = metrics.registry(metrics.Collector(self.server.snapshot))
         self.endpoints = Endpoints()
-        self.services: dict[str, Service] = {}
-        self.slices: dict[str, dict[str, EndpointSlice]] = {}  # service key -> slice key -> slice
-        self.slice_owner: dict[str, str] = {}  # slice key -> service key
+        self.services: Informer[Service] | None = None
+        self.slices: Informer[EndpointSlice] | None = None  # indexed by their Service (SERVICE)
         self.dirty: set[str] = set()
         self.flush_scheduled = False
         self.listening = False
@@ -138,27 +140,11 @@ class Kdns:
     # --- informer callbacks, on the loop ------------------------------------------------------
 
     def _service(self, svc: Service, new: Service | None = None, deleted: bool = False) -> None:
-        obj = new if new is not None else svc
-        key = obj.key
-        if deleted:
-            self.services.pop(key, None)
-        else:
-            self.services[key] = obj
-        self._mark(key)
+        self._mark(svc.key)
 
     def _slice(self, sl: EndpointSlice, new: EndpointSlice | None = None, deleted: bool = False) -> None:
-        obj = new if new is not None else sl
-        skey = obj.key
-        old_owner = self.slice_owner.pop(skey, None)
-        if old_owner is not None:
-            self.slices.get(old_owner, {}).pop(skey, None)
-            self._mark(old_owner)
-        name = obj.metadata.labels.get(SERVICE_NAME_LABEL)
-        if not deleted and name:
-            owner = f"{obj.metadata.namespace}/{name}"
-            self.slices.setdefault(owner, {})[skey] = obj
-            self.slice_owner[skey] = owner
-            self._mark(owner)
+        for key in {*by_service(sl), *(by_service(new) if new is not None else ())}:  # its Service, before and after
+            self._mark(key)
 
     def _pod(self, pod: Pod, new: Pod | None = None, deleted: bool = False) -> None:
         obj = new if new is not None else pod
@@ -177,13 +163,27 @@ class Kdns:
         """Recompute the dirty services (a burst of events costs one recompute per service)."""
         self.flush_scheduled = False
         dirty, self.dirty = self.dirty, set()
+        assert self.services is not None and self.slices is not None
         for key in dirty:
-            slices = list(self.slices.get(key, {}).values())
-            if not slices:
-                self.slices.pop(key, None)
+            svc, slices = self.services.get_by_key(key), self.slices.by_index(SERVICE, key)
             with self.server.lock:  # update and invalidation as one step for the UDP threads
-                self.server.invalidate(self.store.update_service(key, self.services.get(key), slices))
+                self.server.invalidate(self.store.update_service(key, svc, slices))
             self.stats.store_updates["service"] = self.stats.store_updates.get("service", 0) + 1
+
+    def make_informers(self, api: ApiClient | None, loop: asyncio.AbstractEventLoop) -> None:
+        """The informers with their callbacks on `loop` (not started; api None: fed by a test)."""
+        self.services = Informer(api, Service, **self._callbacks(self._service, loop))
+        self.slices = Informer(api, EndpointSlice, indexers={SERVICE: by_service},
+                               **self._callbacks(self._slice, loop))
+        self.informers = [self.services, self.slices]
+        if self.cfg.pods == "verified":
+            self.pod_informer = Informer(api, Pod, **self._callbacks(self._pod, loop))
+            self.informers.append(self.pod_informer)
+
+    @staticmethod
+    def _callbacks(fn: Callable[..., None], loop: asyncio.AbstractEventLoop) -> dict[str, Callable[..., None]]:
+        return dict(on_add=threadsafe(loop, fn), on_update=threadsafe(loop, lambda old, new: fn(old, new)),
+                    on_delete=threadsafe(loop, lambda obj: fn(obj, None, True)))
 
     # --- health ----------------------------------------------------------------------------------
 
@@ -192,7 +192,7 @@ class Kdns:
             return False, "not listening yet (informers syncing)"
         if not all(i.synced.is_set() for i in self.informers):
             return True, "serving; informers not synced"
-        return True, f"ok: {len(self.store.names)} names, {len(self.services)} services"
+        return True, f"ok: {len(self.store.names)} names, {len(self.services or ())} services"
 
     def ready(self) -> tuple[bool, str]:
         if self.listening and all(i.synced.is_set() for i in self.informers):
@@ -239,9 +239,9 @@ class Kdns:
         if k is not None:
             self.api = kube_client.new_api_client(k.kubeconfig or self.args.kubeconfig,
                                                   context=k.context or self.args.context)
-            self.informers = [Informer(self.api, Service, **self._callbacks(self._service)).start(),
-                              Informer(self.api, EndpointSlice, **self._callbacks(self._slice)).start()]
-            self._pods_informer(k.pods == "verified")
+            self.make_informers(self.api, loop)
+            for inf in self.informers:
+                inf.start()
             timeout = self.args.sync_timeout if k.startup_timeout is None else k.startup_timeout
             log.info("waiting up to %ss for the informers to list", timeout)
             deadline = loop.time() + timeout
@@ -274,14 +274,10 @@ class Kdns:
         if self.fatal:
             raise RuntimeError(self.fatal)
 
-    def _callbacks(self, fn: Callable[..., None]) -> dict[str, Callable[..., None]]:
-        loop = asyncio.get_running_loop()
-        return dict(on_add=threadsafe(loop, fn), on_update=threadsafe(loop, lambda old, new: fn(old, new)),
-                    on_delete=threadsafe(loop, lambda obj: fn(obj, None, True)))
-
     def _pods_informer(self, wanted: bool) -> None:
         if wanted and self.pod_informer is None and self.api is not None:
-            self.pod_informer = Informer(self.api, Pod, **self._callbacks(self._pod)).start()
+            loop = asyncio.get_running_loop()
+            self.pod_informer = Informer(self.api, Pod, **self._callbacks(self._pod, loop)).start()
             self.informers.append(self.pod_informer)
         elif not wanted and self.pod_informer is not None:
             self.pod_informer.stop(timeout=0)
@@ -358,8 +354,8 @@ class Kdns:
     def _rebuild_store(self, cfg: Config) -> None:
         """A new zone, TTL or pods mode: every record again, swapped in at once."""
         store = RecordStore(cfg)
-        for key, svc in self.services.items():
-            store.update_service(key, svc, list(self.slices.get(key, {}).values()))
+        for svc in self.services.list() if self.services is not None else []:
+            store.update_service(svc.key, svc, self.slices.by_index(SERVICE, svc.key) if self.slices else [])
         pods = self.pod_informer.list() if self.pod_informer is not None else []
         for pod in pods:
             store.update_pod(pod.key, pod)
