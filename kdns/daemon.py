@@ -274,16 +274,18 @@ class Kdns:
         if self.fatal:
             raise RuntimeError(self.fatal)
 
-    def _pods_informer(self, wanted: bool) -> None:
-        if wanted and self.pod_informer is None and self.api is not None:
-            loop = asyncio.get_running_loop()
-            self.pod_informer = Informer(self.api, Pod, **self._callbacks(self._pod, loop)).start()
-            self.informers.append(self.pod_informer)
-        elif not wanted and self.pod_informer is not None:
+    def _pods_informer(self) -> None:
+        """The pod informer runs while `pods verified` is configured (a reload may change that)."""
+        if self.pod_informer is not None and self.cfg.pods != "verified":
             self.pod_informer.stop(timeout=0)
             self.informers.remove(self.pod_informer)
             self.pod_informer = None
             self.server.pods = autopath.PodAddresses()
+        elif self.pod_informer is None and self.api is not None:  # noqa: SIM102
+            if self.cfg.pods == "verified":  # (its own `if`: tests/unit/test_deploy_rbac.py reads this guard)
+                loop = asyncio.get_running_loop()
+                self.pod_informer = Informer(self.api, Pod, **self._callbacks(self._pod, loop)).start()
+                self.informers.append(self.pod_informer)
 
     def _probe_loop(self) -> None:
         """The `loop` plugin: a query for a random name sent to ourselves; when it comes back to
@@ -343,7 +345,8 @@ class Kdns:
             log.warning("the kubernetes plugin's connection changed: restart kdns to apply that part")
         cfg = records_config(new)
         if cfg != self.cfg:
-            self._pods_informer(cfg.pods == "verified")
+            self.cfg = cfg
+            self._pods_informer()
             self._rebuild_store(cfg)
         old_addrs, new_addrs = set(self.server.addresses()), new.listen()
         await self.server.listen([a for a in new_addrs if a not in old_addrs])  # the new first
