@@ -12,7 +12,9 @@ observed like CoreDNS (Corefile subset, CoreDNS's metric names).
     corefile.py  Corefile syntax (pure);  config.py: its plugins (or the flags) -> settings
     blocks.py    server blocks at run time: routing a name to its block and forward
     engine.py    the thread (or event loop) that owns the UDP sockets
-    server.py    listeners, fast path, slow path, autopath walk, TCP
+    server.py    listeners, fast path, slow path, TCP;  request.py: what they pass around
+    relaying.py  the server's forwarding: cache, relay, client copies, the short path
+    walking.py   the server's autopath walk
     metrics.py   CoreDNS's metrics as a prometheus_client collector;  endpoints.py: HTTP
     daemon.py    the `kdns` command: informers -> store -> server; reload
 """

@@ -16,7 +16,8 @@ What a query meets, in order: the server block of the longest zone containing it
 (blocks.py); autopath for a known pod's search-path expansion (autopath.py); the cluster records
 (kubernetes zones, with fallthrough); the forward cache (`cache`); the upstreams (`forward`).
 Garbage gets FORMERR, or nothing when even the header is unusable or the packet is a response
-(answering responses can loop two servers).
+(answering responses can loop two servers). Forwarding (relaying.py) and autopath's walk
+(walking.py) are the server's too, kept in modules of their own.
 """
 
 from __future__ import annotations
@@ -30,21 +31,22 @@ import struct
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import Any
 
-from kdns import autopath, message, wire
-from kdns.answer import Resolution, Scope, resolve
+from kdns import autopath, wire
+from kdns.answer import Resolution, resolve
 from kdns.blocks import Block, Routes
 from kdns.cache import AnswerCache
 from kdns.config import BlockConfig
 from kdns.engine import Engine
-from kdns.fcache import FRESH, ForwardCache
+from kdns.fcache import ForwardCache
 from kdns.forward import Group, Relay
-from kdns.message import Answer
 from kdns.metrics import Stats, qtype_label, rcode_label
 from kdns.records import RecordStore
-from kdns.wire import CNAME, FORMERR, NOTIMP, NXDOMAIN, OUR_UDP_SIZE, RD, REFUSED, SERVFAIL, FormError, Query, Reply
+from kdns.relaying import Lean, Relaying
+from kdns.request import Listener, Request
+from kdns.walking import Walking
+from kdns.wire import FORMERR, NOTIMP, NXDOMAIN, RD, REFUSED, SERVFAIL, FormError, Query, Reply
 
 log = logging.getLogger("knet.kdns")
 qlog = logging.getLogger("knet.kdns.query")
@@ -55,61 +57,7 @@ perf = time.perf_counter
 _Q = struct.Struct("!HH")
 
 
-@dataclass(eq=False)
-class Listener:
-    index: int
-    host: str
-    port: int
-    sock: socket.socket
-    tcp: asyncio.base_events.Server | None = None
-
-    @property
-    def server(self) -> str:
-        """CoreDNS's `server` label: dns://[address]:port (no address when listening on all)."""
-        host = "" if self.host in ("0.0.0.0", "::") else (f"[{self.host}]" if ":" in self.host else self.host)
-        return f"dns://{host}:{self.port}"
-
-    @property
-    def family(self) -> str:
-        return "2" if ":" in self.host else "1"
-
-
-class Request:
-    """One client question on its way through the server (a miss of the fast path)."""
-
-    __slots__ = ("addr", "block", "data", "limit", "listener", "q", "reply", "t0")
-
-    def __init__(self, q: Query, data: bytes, listener: Listener, addr: Any, t0: float,
-                 reply: Callable[[bytes | None], None] | None) -> None:
-        self.q = q
-        self.data = data
-        self.listener = listener
-        self.addr = addr
-        self.t0 = t0
-        self.reply = reply  # TCP: hands the response to the connection; None: UDP
-        self.block: Block | None = None
-        self.limit = q.udp_limit if reply is None else None
-
-    @property
-    def proto(self) -> str:
-        return "udp" if self.reply is None else "tcp"
-
-    def question(self) -> bytes:
-        return self.q.qname_wire + _Q.pack(self.q.qtype, self.q.qclass)
-
-
-class Walk:
-    """autopath's progress through one client's search path."""
-
-    __slots__ = ("base", "block", "first", "req", "search", "step")
-
-    def __init__(self, req: Request, block: Block, base: str, search: list[str]) -> None:
-        self.req, self.block, self.base, self.search = req, block, base, search
-        self.step = 0
-        self.first: tuple[bytes, bool] | None = None  # the reply to the name as asked
-
-
-class Server:
+class Server(Relaying, Walking):
     def __init__(self, store: RecordStore, blocks: Iterable[BlockConfig] = (), stats: Stats | None = None, *,
                  cache_size: int = 100_000, max_tcp: int = 256, tcp_idle: float = 10.0, udp_mode: str = "thread",
                  host_search: Iterable[str] = ()) -> None:
@@ -457,232 +405,6 @@ class Server:
         qlog.info('%s - %d "%s IN %s %s %d %s %d" %s %s %d %.6fs', remote, q.id, qtype_label(q.qtype), q.qname + ".",
                   req.proto, len(req.data), str(q.do).lower(), q.udp_size, rcode_label(rcode), flags, size, took)
 
-    # --- forwarding ------------------------------------------------------------------------------
-
-    def _forward(self, req: Request, block: Block, qname: str, name_wire: bytes,
-                 deliver: Callable[..., None], arg: Any) -> bool:
-        """Ask the upstreams of `block` (or its cache) about `name_wire` (lowercased) with the
-        request's type: see _fetch. False: no `forward` covers the name."""
-        group = block.forward_for(qname)
-        if group is None:
-            return False
-        self._fetch(block.cache, group, name_wire + _Q.pack(req.q.qtype, req.q.qclass), req.q.do, deliver, arg)
-        return True
-
-    def _fetch(self, cache: ForwardCache | None, group: Group, question: bytes, do: bool,
-               deliver: Callable[..., None], arg: Any) -> None:
-        """The answer to `question` (lowercased name wire + type + class) from the cache or the
-        group's upstreams: deliver(arg, answer, age=0, fixed_ttl=None, plugin="forward") now or
-        when it comes back (answer None: every upstream failed)."""
-        stale = None
-        if cache is not None:
-            now = time.monotonic()
-            hit = cache.get(question + (b"\1" if do else b"\0"), now)
-            if hit is not None:
-                entry, state = hit
-                if state == FRESH:
-                    deliver(arg, entry.answer, int(now - entry.stored), None, "cache")
-                    if cache.wants_prefetch(entry, now):
-                        self.relay.ask(group, question, do, None, cache)
-                    return
-                serve = cache.cfg.serve_stale
-                assert serve is not None
-                if not serve.verify:  # immediate: the stale answer now, a fresh one fetched behind it
-                    cache.served_stale += 1
-                    deliver(arg, entry.answer, 0, serve.response_ttl, "cache")
-                    if not entry.refreshing:
-                        entry.refreshing = True
-                        self.relay.ask(group, question, do, None, cache)
-                    return
-                stale = entry
-        waiter = (deliver, arg) if stale is None else (self._fetched, (deliver, arg, stale, cache))
-        self.relay.ask(group, question, do, waiter, cache)
-
-    def _fetched(self, ctx: tuple, answer: Answer | None) -> None:
-        deliver, arg, stale, cache = ctx
-        if answer is None:  # serve_stale verify: the upstreams failed, the last answer instead
-            cache.served_stale += 1
-            deliver(arg, stale.answer, 0, cache.cfg.serve_stale.response_ttl, "cache")
-            return
-        deliver(arg, answer)
-
-    def _deliver_forwarded(self, req: Request, answer: Answer | None, age: int = 0, fixed: int | None = None,
-                           plugin: str = "forward") -> None:
-        q = req.q
-        response, rcode, truncated = _relayed(answer, req.data[:2], req.question(), q.flags & RD, q.edns, q.do,
-                                              req.limit, age, fixed)
-        self._respond(req, response, rcode, plugin, truncated)
-
-    # --- the short path: UDP misses of the common forwarding configuration -----------------------
-
-    def _lean(self, lst: Listener, data: bytes, addr: Any, t0: float) -> bool:
-        """A UDP query that misses the fast path, in the usual shape (one question of plain labels,
-        class IN, at most an option-less OPT) for a name outside the cluster's zones, when the
-        server forwards everything outside them with one `forward .` (the flags' and kubeadm's
-        configuration): straight to the cache or the relay, without the general path's objects.
-        False: anything else (the general path decides, with the same result)."""
-        lean = self.lean
-        if lean is None or len(data) < 17 or data[2] & 0xF8 or data[4:11] != b"\0\1\0\0\0\0\0" or data[11] > 1:
-            return False  # a response, another opcode, other than one question and <= 1 record
-        off = 12
-        try:
-            length = data[12]
-            while 0 < length < 64:
-                off += length + 1
-                length = data[off]
-            qend = off + 5
-            if length or qend > len(data) or data[off + 3:qend] != b"\0\1" or off > 266:
-                return False
-            name = data[12:off + 1].lower()
-            if name.endswith(lean.local) or name == self.loop_probe_wire:
-                return False
-            if data[11]:  # an OPT record: root owner, type 41, version 0, no options
-                if len(data) != qend + 11 or data[qend:qend + 3] != b"\0\0\x29" or data[qend + 6] \
-                        or data[qend + 9:qend + 11] != b"\0\0":
-                    return False
-                size = (data[qend + 3] << 8) | data[qend + 4]
-                limit = 512 if size < 512 else size if size < OUR_UDP_SIZE else OUR_UDP_SIZE
-                edns, do = True, bool(data[qend + 7] & 0x80)
-            elif len(data) != qend:
-                return False
-            else:
-                edns, do, limit = False, False, 512
-        except IndexError:
-            return False
-        if lean.autopath and addr[0] in self.pods.namespace_of:
-            return False  # a known pod: autopath may apply (the general path)
-        ctx = (lst, addr, data[:2], data[12:qend], (data[2] & 1) << 8, edns, do, limit, t0,
-               (data[off + 1] << 8) | data[off + 2])
-        self._fetch(lean.cache, lean.group, name + data[off + 1:qend], do, self._deliver_lean, ctx)
-        return True
-
-    def _deliver_lean(self, ctx: tuple, answer: Answer | None, age: int = 0, fixed: int | None = None,
-                      plugin: str = "forward") -> None:
-        lst, addr, qid, question, rd, edns, do, limit, t0, qtype = ctx
-        response, rcode, truncated = _relayed(answer, qid, question, rd, edns, do, limit, age, fixed)
-        try:  # noqa: SIM105 (per query)
-            lst.sock.sendto(response, addr)
-        except OSError:
-            pass
-        stats = self.stats
-        label = self.lean.label if self.lean is not None else "."
-        k = (lst.index, label, "udp", qtype, rcode, plugin)
-        stats.answered[k] = stats.answered.get(k, 0) + 1
-        stats.observe(lst.index, label, perf() - t0)
-        if truncated:
-            stats.truncated += 1
-        if rcode == SERVFAIL and self.lean is not None and self.lean.errors:
-            log.error("%s: SERVFAIL", message.question_text(question))
-
-    def _chase(self, req: Request, res: Resolution) -> None:
-        """An ExternalName's target outside the zone: our CNAME, then the target's records."""
-        target = res.chase or ""
-        block = self.routes.route(target) or req.block
-        assert block is not None
-        if not self._forward(req, block, target, wire.name_to_wire(target), self._deliver_chased, (req, res.reply)):
-            res.reply.ra = False  # nobody to ask: the bare CNAME
-            response, truncated = wire.build(req.q, res.reply, req.limit)
-            self._respond(req, response, res.reply.rcode, "kubernetes", truncated)
-
-    def _deliver_chased(self, ctx: tuple[Request, Reply], answer: Answer | None, age: int = 0,
-            fixed: int | None = None, plugin: str = "forward") -> None:
-        req, reply = ctx
-        self._compose(req, reply, answer, age, fixed, "kubernetes")
-
-    def _compose(self, req: Request, reply: Reply, answer: Answer | None, age: int, fixed: int | None,
-                 plugin: str) -> None:
-        """`reply` (our records) followed by an upstream answer's, RFC 6604's rcode rule."""
-        reply.ra = True
-        if answer is None:
-            reply.rcode, reply.answer, reply.authority, reply.additional = SERVFAIL, [], [], []
-        else:
-            an, ns, ar = message.records(answer, age)
-            if fixed is not None:
-                an, ns, ar = ([(o, t, fixed, d) for o, t, _, d in lst] for lst in (an, ns, ar))
-            reply.rcode = answer.rcode
-            reply.answer = reply.answer + an
-            reply.authority = ns if not an else []
-            reply.additional = ar
-        response, truncated = wire.build(req.q, reply, req.limit)
-        self._respond(req, response, reply.rcode, plugin, truncated)
-
-    # --- autopath --------------------------------------------------------------------------------
-
-    def _autopath(self, req: Request, block: Block) -> bool:
-        """Walk a known pod's search path here (CoreDNS's autopath @kubernetes). False: not a
-        search-path expansion from a known pod; the query goes on as usual."""
-        ns = self.pods.namespace_of.get(req.addr[0]) if isinstance(req.addr, tuple) else None
-        if ns is None or block.cluster_zone is None:
-            return False
-        search = autopath.search_path(ns, block.cluster_zone, self.host_search)
-        base = autopath.base_name(req.q.qname, search[0])
-        if not base:
-            return False
-        walk = Walk(req, block, base, search)
-        with self.lock:  # the name as asked: answered here unless it is NXDOMAIN
-            res = resolve(self.store, req.q.qname, req.q.qtype, req.q.qclass, block.scope or _NO_SCOPE)
-            if res.forward or res.chase or res.reply.rcode != NXDOMAIN:
-                return False  # it exists (or is not ours): no walk, the usual path answers it
-            walk.first = self._local_answer(req.q, res, req.limit, None, block)
-        walk.step = 1
-        self._walk(walk)
-        return True
-
-    def _walk(self, walk: Walk) -> None:
-        req, q = walk.req, walk.req.q
-        while walk.step < len(walk.search):
-            name = autopath.expand(walk.base, walk.search[walk.step])
-            walk.step += 1
-            block = self.routes.route(name) or walk.block
-            if block.scope is not None:
-                with self.lock:
-                    res = resolve(self.store, name, q.qtype, q.qclass, block.scope)
-                if not res.forward:
-                    if res.reply.rcode == NXDOMAIN:
-                        continue
-                    reply = res.reply
-                    reply.answer = _cnamed(q, name, reply.answer)
-                    if res.chase and self._forward(req, self.routes.route(res.chase) or block, res.chase,
-                                                   wire.name_to_wire(res.chase), self._deliver_walk_chase,
-                                                   (walk, reply)):
-                        return
-                    self._autopathed(walk)
-                    reply.ra = True
-                    response, truncated = wire.build(q, reply, req.limit)
-                    self._respond(req, response, reply.rcode, "autopath", truncated)
-                    return
-            if self._forward(req, block, name, wire.name_to_wire(name), self._deliver_walk, (walk, name)):
-                return
-        response, truncated = walk.first or (b"", False)  # every step NXDOMAIN: the first reply
-        self._respond(req, response, NXDOMAIN, "autopath", truncated)
-
-    def _autopathed(self, walk: Walk) -> None:
-        idx = walk.req.listener.index
-        self.stats.autopath[idx] = self.stats.autopath.get(idx, 0) + 1
-
-    def _deliver_walk(self, ctx: tuple[Walk, str], answer: Answer | None, age: int = 0,
-            fixed: int | None = None, plugin: str = "forward") -> None:
-        walk, name = ctx
-        if answer is not None and answer.rcode == NXDOMAIN:
-            self._walk(walk)  # on to the next search domain
-            return
-        if answer is not None:
-            self._autopathed(walk)
-            an, ns, ar = message.records(answer, age)
-            if fixed is not None:
-                an, ns, ar = ([(o, t, fixed, d) for o, t, _, d in lst] for lst in (an, ns, ar))
-            reply = Reply(answer.rcode, _cnamed(walk.req.q, name, an), ns if not an else [], ar, ra=True)
-            response, truncated = wire.build(walk.req.q, reply, walk.req.limit)
-            self._respond(walk.req, response, reply.rcode, "autopath", truncated)
-            return
-        self._compose(walk.req, Reply(), None, 0, None, "autopath")
-
-    def _deliver_walk_chase(self, ctx: tuple[Walk, Reply], answer: Answer | None, age: int = 0,
-            fixed: int | None = None, plugin: str = "forward") -> None:
-        walk, reply = ctx
-        self._autopathed(walk)
-        self._compose(walk.req, reply, answer, age, fixed, "autopath")
-
     # --- loop detection (the `loop` plugin) ------------------------------------------------------
 
     def _loop_probe_seen(self) -> None:
@@ -776,47 +498,6 @@ class Server:
 
     def groups(self) -> list[Group]:
         return self.routes.groups()
-
-
-_NO_SCOPE = Scope((), None)
-
-
-def _cnamed(q: Query, name: str, answer: list) -> list:
-    """CoreDNS's autopath cnamer: when there are answer records, a CNAME from the name asked to
-    the name that answered goes first (with the TTL of the first record)."""
-    if not answer or name == q.qname:
-        return list(answer)
-    return [(q.qname, CNAME, answer[0][2], name), *answer]
-
-
-def _relayed(answer: Answer | None, qid: bytes, question: bytes, rd: int, edns: bool, do: bool, limit: int | None,
-             age: int, fixed: int | None) -> tuple[bytes, int, bool]:
-    """The client's copy of an upstream answer (SERVFAIL when there is none): bytes, rcode, TC."""
-    if answer is None:
-        return message.failure(qid, question, rd, edns, do, SERVFAIL), SERVFAIL, False
-    response, truncated = message.render(answer, qid, question, rd, edns, do, limit, age, fixed)
-    return response, answer.rcode, truncated
-
-
-@dataclass(frozen=True)
-class Lean:
-    """The configuration the short path serves: one server block for the root without `log`,
-    whose one `forward .` has no `except`."""
-
-    cache: ForwardCache | None
-    group: Group
-    local: tuple[bytes, ...]  # lowercased wire suffixes of the cluster's zones: the general path
-    label: str
-    autopath: bool
-    errors: bool
-
-    @classmethod
-    def of(cls, routes: Routes) -> Lean | None:
-        b = routes.only
-        if b is None or b.log or len(b.groups) != 1 or b.groups[0].zone or b.groups[0].excepted:
-            return None
-        local = tuple(wire.name_to_wire(z) for z in b.own_zones)
-        return cls(b.cache, b.groups[0], local, b.label, b.autopath, b.errors)
 
 
 def _block_server(cfg: BlockConfig) -> str:
