@@ -8,6 +8,9 @@ the name, not listed in its `except`, forwards the rest.
 
 from __future__ import annotations
 
+import struct
+
+from kdns import wire
 from kdns.answer import Scope
 from kdns.config import BlockConfig, ForwardConfig
 from kdns.fcache import ForwardCache
@@ -16,7 +19,9 @@ from kdns.forward import Group
 
 def group(cfg: ForwardConfig) -> Group:
     return Group(zone=cfg.zone, upstreams=list(cfg.to), policy=cfg.policy, max_concurrent=cfg.max_concurrent,
-                 max_fails=cfg.max_fails, health_check=cfg.health_check, timeout=cfg.timeout, expire=cfg.expire,
+                 max_fails=cfg.max_fails, health_check=cfg.health_check,
+                 health_question=wire.name_to_wire(cfg.health_domain) + struct.pack("!HH", wire.NS, wire.IN),
+                 health_rd=cfg.health_rd, timeout=cfg.timeout, expire=cfg.expire,
                  force_tcp=cfg.force_tcp, failover=cfg.failover, excepted=cfg.excepted)
 
 

@@ -6,7 +6,7 @@ Plugins, with CoreDNS's syntax:
                                          fallthrough [ZONES...]; kubeconfig FILE [CONTEXT];
                                          startup_timeout DURATION }
     forward FROM TO... { except NAMES...; policy random|round_robin|sequential; max_concurrent N;
-                         max_fails N; health_check DURATION [no_rec]; expire DURATION;
+                         max_fails N; health_check DURATION [no_rec] [domain FQDN]; expire DURATION;
                          read_timeout DURATION; force_tcp; prefer_udp; failover RCODE... }
     cache [TTL] { success CAPACITY [TTL [MINTTL]]; denial CAPACITY [TTL [MINTTL]];
                   prefetch AMOUNT [DURATION [PERCENTAGE%]];
@@ -68,6 +68,8 @@ class ForwardConfig:
     max_concurrent: int = 0
     max_fails: int = 2
     health_check: float = 0.5
+    health_domain: str = ""  # the root: `. IN NS`
+    health_rd: bool = True
     expire: float = 10.0
     timeout: float = 2.0
     force_tcp: bool = False
@@ -362,8 +364,15 @@ def _forward(d: Directive, where: str, read: Callable[[str], list[Upstream]]) ->
         elif opt.name == "max_fails":
             kw["max_fails"] = _int(one, w, 0)
         elif opt.name == "health_check":
-            if not opt.args or any(a != "no_rec" for a in opt.args[1:]):
-                raise CorefileError(f"{w}: DURATION [no_rec]")
+            rest = opt.args[1:]
+            if rest[:1] == ["no_rec"]:
+                kw["health_rd"] = False
+                rest = rest[1:]
+            if rest[:1] == ["domain"] and len(rest) == 2:
+                kw["health_domain"] = normalize(rest[1])
+                rest = []
+            if not opt.args or rest:
+                raise CorefileError(f"{w}: DURATION [no_rec] [domain FQDN]")
             kw["health_check"] = duration(opt.args[0], w)
         elif opt.name == "expire":
             kw["expire"] = duration(one, w)

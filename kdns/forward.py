@@ -46,7 +46,7 @@ log = logging.getLogger("knet.kdns")
 SOCKETS = 4  # connected UDP sockets per upstream: replies spread over several random ports
 SOCKET_QUERIES = 2000  # queries per socket before a fresh one (and a fresh random port)
 BATCH = 256  # datagrams read per wake-up before other sockets get their turn
-HEALTH_QUESTION = b"\0" + struct.pack("!HH", 2, 1)  # . IN NS
+HEALTH_QUESTION = b"\0" + struct.pack("!HH", 2, 1)  # . IN NS (CoreDNS's default health check)
 DURATION_BUCKETS = (0.00025, 0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512, 1.024,
                     2.048, 4.096, 8.192)  # CoreDNS's plugin.TimeBuckets
 POLICIES = ("random", "round_robin", "sequential")
@@ -134,6 +134,8 @@ class Group:
     max_concurrent: int = 0  # 0: no limit
     max_fails: int = 2
     health_check: float = 0.5
+    health_question: bytes = HEALTH_QUESTION  # `health_check ... domain FQDN`: FQDN IN NS
+    health_rd: bool = True  # `health_check ... no_rec`: without RD
     timeout: float = 2.0  # per upstream attempt (CoreDNS's read timeout)
     expire: float = 10.0
     force_tcp: bool = False
@@ -296,7 +298,8 @@ class Relay:
         target.stats.requests += 1
         self.timeline[flight] = now + group.timeout
         try:
-            usock.sock.send(message.upstream_query(qid, flight.question, flight.do))
+            usock.sock.send(message.upstream_query(qid, flight.question, flight.do,
+                                                   flight.health is None or group.health_rd))
         except OSError:  # e.g. ICMP unreachable reported on this socket, or no route
             waiting.pop(qid, None)
             self.timeline.pop(flight, None)
@@ -447,7 +450,7 @@ class Relay:
         if self.closed or self.targets.get(target.upstream) is not target:
             target.checking = False
             return
-        flight = Flight(b"", HEALTH_QUESTION, False, group, None, health=target)
+        flight = Flight(b"", group.health_question, False, group, None, health=target)
         self._send(flight, time.monotonic())
 
     def _health_done(self, flight: Flight, ok: bool) -> None:

@@ -50,9 +50,10 @@ class IdSource:
         return self.ids[pos]
 
 
-def upstream_query(qid: int, question: bytes, do: bool, cd: bool = False) -> bytes:
-    """RD set, one question (name wire + type + class), our OPT (1232, DO as the client asked)."""
-    flags = RD | (0x0010 if cd else 0)
+def upstream_query(qid: int, question: bytes, do: bool, rd: bool = True) -> bytes:
+    """RD set (unless a health check's `no_rec`), one question (name wire + type + class), our OPT
+    (1232, DO as the client asked)."""
+    flags = RD if rd else 0
     return _H.pack(qid, flags, 1, 0, 0, 1) + question + _OPT_HEAD + \
         struct.pack("!HIH", OUR_UDP_SIZE, DO_BIT if do else 0, 0)
 

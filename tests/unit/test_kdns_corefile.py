@@ -83,7 +83,7 @@ def test_every_option():
             policy round_robin
             max_concurrent 50
             max_fails 3
-            health_check 1s no_rec
+            health_check 1s no_rec domain health.example.org.
             expire 30s
             read_timeout 1500ms
             force_tcp
@@ -113,6 +113,7 @@ def test_every_option():
     assert f.zone == "example.org" and f.to == (Upstream("10.0.0.1", 5353), Upstream("fd00::2", 53))
     assert f.excepted == ("internal.example.org",) and f.policy == "round_robin" and f.max_concurrent == 50
     assert (f.max_fails, f.health_check, f.expire, f.timeout, f.force_tcp) == (3, 1.0, 30.0, 1.5, True)
+    assert (f.health_rd, f.health_domain) == (False, "health.example.org")
     assert f.failover == frozenset({SERVFAIL, REFUSED})
     c = b.cache
     assert (c.success_capacity, c.success_ttl, c.success_min_ttl) == (4864, 600, 10)  # rounded to 256s

@@ -133,6 +133,7 @@ class Reviver:
     """A minimal upstream bound on a given port later (the 'dead' one coming back): NOERROR to all."""
 
     def __init__(self, port: int) -> None:
+        self.seen: list[tuple[str, int, bool]] = []  # (name, type, RD) of each query
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.bind(("127.0.0.1", port))
         self.thread = threading.Thread(target=self._serve, daemon=True)
@@ -146,6 +147,7 @@ class Reviver:
                 return
             with contextlib.suppress(wire.FormError, OSError):
                 q = wire.parse_query(data)
+                self.seen.append((q.qname, q.qtype, bool(q.flags & wire.RD)))
                 self.sock.sendto(wire.build(q, wire.Reply(ra=True), 1232)[0], addr)
 
     def close(self) -> None:
@@ -158,7 +160,8 @@ def test_health_checks_take_an_upstream_out_and_back():
     port = dead_port()
     with FakeUpstream(records={"a.example.test": ["192.0.2.1"], "b.example.test": ["192.0.2.2"]}) as up:
         g = Group("", [Upstream("127.0.0.1", port), Upstream("127.0.0.1", up.port)], policy="sequential",
-                  health_check=0.05, max_fails=2)
+                  health_check=0.05, max_fails=2, health_rd=False,  # `health_check 50ms no_rec domain ...`
+                  health_question=question("health.example.test", wire.NS))
         dead = f"127.0.0.1:{port}"
 
         async def body(relay: Relay, ask: Ask) -> None:
@@ -180,6 +183,7 @@ def test_health_checks_take_an_upstream_out_and_back():
                 assert not target.down(g.max_fails)
                 answer = await ask(g, "c.example.test")  # sequential: the first one again
                 assert answer is not None and answer.rcode == wire.NOERROR and up.count("c.example.test") == 0
+                assert ("health.example.test", wire.NS, False) in reviver.seen  # the check it answered
             finally:
                 reviver.close()
 
