@@ -202,6 +202,7 @@ class Relay:
         self.targets: dict[Upstream, Target] = {}
         self.max_concurrent_rejects = 0
         self.healthcheck_broken = 0
+        self.socket_errors = 0  # ICMP errors (port unreachable...) that ended an upstream socket
         self.tcp_tasks: set[asyncio.Future | concurrent.futures.Future] = set()
         self.closed = False
         engine.every_tick(self.expire)
@@ -384,6 +385,7 @@ class Relay:
             self._close(us)
 
     def _socket_failed(self, us: UpSocket, target: Target) -> None:
+        self.socket_errors += 1
         self._retire(us)
         now = time.monotonic()
         for flight in list(us.waiting.values()):
