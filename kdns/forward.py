@@ -245,6 +245,8 @@ class Relay:
             self.max_concurrent_rejects += 1
             if waiter is not None:
                 waiter[0](waiter[1], None)
+            elif cache is not None:
+                cache.refreshed(key)  # a prefetch that could not start: the next query may try again
             return
         flight = Flight(key, question, do, group, cache)
         if waiter is not None:
