@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 
-from kproxy.iptables.rules import Config, render_restore, render_service, sep_chain, svc_chain
-from kproxy.model import Endpoint, ServicePort
+from kproxy.iptables.rules import render_restore, render_service, sep_chain, svc_chain
+from kproxy.model import Config, Endpoint, ServicePort
 
 GOLDEN = os.path.join(os.path.dirname(__file__), "golden", "kproxy_iptables_full.txt")
 EP1 = Endpoint("10.244.1.2", 8080, node_name="node1")

@@ -15,8 +15,7 @@ import pytest
 
 from knet import netns
 from kproxy.iptables.backend import IptablesBackend
-from kproxy.iptables.rules import Config
-from kproxy.model import Endpoint, ServicePort
+from kproxy.model import Config, Endpoint, ServicePort
 from kproxy.userspace.backend import UserspaceBackend
 from tests.integration.cni.conftest import _make_node
 from tests.integration.kproxy.kproxy_helpers import ask, named_server

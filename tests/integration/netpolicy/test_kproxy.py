@@ -17,8 +17,7 @@ import pytest
 from knet import cgroups, netns
 from kproxy.ebpf.backend import EbpfBackend
 from kproxy.iptables.backend import IptablesBackend
-from kproxy.iptables.rules import Config
-from kproxy.model import Endpoint, ServicePort
+from kproxy.model import Config, Endpoint, ServicePort
 from lab import kernel
 from netpolicy import probe
 from netpolicy.scenarios import EGR, A, E, Step, np, pods, rule
