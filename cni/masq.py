@@ -10,9 +10,9 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import shlex
-import subprocess
 
 from cni.errors import DATAPATH_FAILURE, CniError
+from knet import netfilter
 
 CHAIN_PREFIX = "CNI-"
 
@@ -45,14 +45,11 @@ def render_setup(network: str, container_id: str, addresses: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _run(argv: list[str], data: str | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(argv, input=data, capture_output=True, text=True, timeout=30)
-
-
 def setup(network: str, container_id: str, addresses: list[str]) -> None:
-    proc = _run(["iptables-restore", "--noflush", "-w", "5"], render_setup(network, container_id, addresses))
-    if proc.returncode != 0:
-        raise CniError(DATAPATH_FAILURE, f"ipMasq: iptables-restore failed: {proc.stderr.strip()}")
+    try:
+        netfilter.restore(render_setup(network, container_id, addresses))
+    except netfilter.NetfilterError as e:
+        raise CniError(DATAPATH_FAILURE, f"ipMasq: {e}") from e
 
 
 def jump_rules(postrouting_rules: str, chain: str) -> list[str]:
@@ -66,13 +63,13 @@ def teardown(network: str, container_id: str) -> None:
 
 
 def remove_chain(chain: str) -> None:
-    listed = _run(["iptables", "-w", "5", "-t", "nat", "-S", "POSTROUTING"])
+    listed = netfilter.iptables(["-t", "nat", "-S", "POSTROUTING"])
     if listed.returncode != 0:
         return  # no nat table here (nothing was ever set up)
     for rule in jump_rules(listed.stdout, chain):
-        _run(["iptables", "-w", "5", "-t", "nat", *shlex.split(rule.replace("-A ", "-D ", 1))])
-    _run(["iptables", "-w", "5", "-t", "nat", "-F", chain])
-    _run(["iptables", "-w", "5", "-t", "nat", "-X", chain])
+        netfilter.iptables(["-t", "nat", *shlex.split(rule.replace("-A ", "-D ", 1))])
+    netfilter.iptables(["-t", "nat", "-F", chain])
+    netfilter.iptables(["-t", "nat", "-X", chain])
 
 
 def parse_comment(text: str) -> tuple[str, str] | None:
@@ -85,7 +82,7 @@ def parse_comment(text: str) -> tuple[str, str] | None:
 
 def list_chains(network: str) -> dict[str, str]:
     """chain -> container ID for every masquerade chain this plugin made for the network (GC)."""
-    listed = _run(["iptables", "-w", "5", "-t", "nat", "-S"])
+    listed = netfilter.iptables(["-t", "nat", "-S"])
     out: dict[str, str] = {}
     for line in listed.stdout.splitlines():
         if not line.startswith(f"-A {CHAIN_PREFIX}") or "--comment" not in line:
