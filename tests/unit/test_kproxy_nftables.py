@@ -5,26 +5,18 @@ from __future__ import annotations
 
 import os
 
-from kproxy.model import Config, Endpoint, ServicePort
+from kproxy.model import ServicePort
 from kproxy.nftables.rules import Elements, chain_base, endpoint_base, render_full, render_partial, render_service
+from tests.unit.test_kproxy_iptables import CFG, EP1, EP2, assert_golden
+from tests.unit.test_kproxy_iptables import services as iptables_services
 
 GOLDEN = os.path.join(os.path.dirname(__file__), "golden", "kproxy_nftables_full.txt")
-EP1 = Endpoint("10.244.1.2", 8080, node_name="node1")
-EP2 = Endpoint("10.244.2.2", 8080, node_name="node2")
-CFG = Config(node_name="node1", cluster_cidr="10.244.0.0/16")
 
 
 def services() -> list[ServicePort]:
-    return [
-        ServicePort("default", "node-js", "", "TCP", 80, ("10.0.0.20",), node_port=30001, endpoints=(EP1, EP2)),
-        ServicePort("default", "ab", "http", "TCP", 80, ("10.0.0.21",), affinity_seconds=10800,
-                    endpoints=(EP1, EP2)),
-        ServicePort("default", "local", "", "UDP", 53, ("10.0.0.22",), node_port=30002, external_local=True,
-                    external_ips=("192.168.33.200",), endpoints=(EP2,)),
-        ServicePort("default", "empty", "", "TCP", 80, ("10.0.0.23",), node_port=30003,
-                    load_balancer_ips=("192.168.33.201",)),
-        ServicePort("default", "il", "", "TCP", 80, ("10.0.0.24",), internal_local=True, endpoints=(EP1, EP2)),
-    ]
+    """The iptables golden's services, plus internalTrafficPolicy Local."""
+    return [*iptables_services(),
+            ServicePort("default", "il", "", "TCP", 80, ("10.0.0.24",), internal_local=True, endpoints=(EP1, EP2))]
 
 
 def rendered(svcs=None, cfg=CFG):
@@ -39,12 +31,7 @@ def elements(r):
 
 def test_full_sync_matches_golden():
     r = rendered()
-    text = render_full(r, elements(r), set(), {})
-    if os.environ.get("KNET_UPDATE_GOLDEN"):
-        with open(GOLDEN, "w") as f:
-            f.write(text)
-    with open(GOLDEN) as f:
-        assert text == f.read()
+    assert_golden(GOLDEN, render_full(r, elements(r), set(), {}))
 
 
 def test_names_are_kube_proxy_hashes():
