@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import logging
 import socket
-import threading
 import time
 from dataclasses import dataclass, field
 
@@ -83,7 +82,11 @@ class UserspaceBackend:
 
     def _on_loop(self, coro, timeout: float = 120.0):
         """Run `coro` on the proxy's loop and wait for it (from any thread but the loop's own)."""
-        if getattr(self.loop, "_thread_id", None) == threading.get_ident():
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is self.loop:
             coro.close()
             raise RuntimeError("userspace backend: sync()/close() must not be called from its event loop's thread")
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
