@@ -12,6 +12,8 @@ import subprocess
 from collections.abc import Sequence
 
 LOCK_WAIT = "5"  # seconds iptables waits for the xtables lock (other agents hold it briefly)
+# A whole-table write: a full sync of 10,000 services took over two minutes on a loaded 2-core machine.
+APPLY_TIMEOUT = 900.0
 
 
 class NetfilterError(RuntimeError):
@@ -28,7 +30,7 @@ def restore(script: str, binary: str = "iptables", noflush: bool = True) -> None
     """Apply iptables-restore input atomically (per table). With `noflush` (the default) only the
     chains the script declares are flushed; everything else in the tables stays."""
     argv = [f"{binary}-restore", "-w", LOCK_WAIT] + (["--noflush"] if noflush else [])
-    proc = run(argv, script)
+    proc = run(argv, script, timeout=APPLY_TIMEOUT)
     if proc.returncode != 0:
         raise NetfilterError(f"{binary}-restore failed: {proc.stderr.strip()[:2000]}")
 
@@ -61,7 +63,7 @@ def delete_jump(table: str, chain: str, spec: Sequence[str], binary: str = "ipta
 
 def nft(script: str) -> None:
     """Apply an nft script as one transaction (`nft -f -`): all of it or nothing."""
-    proc = run(["nft", "-f", "-"], script)
+    proc = run(["nft", "-f", "-"], script, timeout=APPLY_TIMEOUT)
     if proc.returncode != 0:
         raise NetfilterError(f"nft -f failed: {proc.stderr.strip()[:2000]}")
 
