@@ -13,15 +13,15 @@ list the nat table once and remove exactly what is there.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import ipaddress
 import shlex
-import subprocess
 
 from cni.errors import DATAPATH_FAILURE, CniError
+from knet import netfilter
 
 CHAIN_PREFIX = "CNI-"
-RESTORE = ["iptables-restore", "--noflush", "-w", "5"]
 
 
 def chain_name(network: str, container_id: str) -> str:
@@ -70,14 +70,11 @@ def render_teardown(chains: list[str], jump_rules: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _run(argv: list[str], data: str | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(argv, input=data, capture_output=True, text=True, timeout=30)
-
-
 def setup(network: str, container_id: str, addresses: list[str]) -> None:
-    proc = _run(RESTORE, render_setup(network, container_id, addresses))
-    if proc.returncode != 0:
-        raise CniError(DATAPATH_FAILURE, f"ipMasq: iptables-restore failed: {proc.stderr.strip()}")
+    try:
+        netfilter.restore(render_setup(network, container_id, addresses))
+    except netfilter.NetfilterError as e:
+        raise CniError(DATAPATH_FAILURE, f"ipMasq: {e}") from e
 
 
 def jump_rules(nat_rules: str, chains: set[str]) -> list[str]:
@@ -89,22 +86,25 @@ def jump_rules(nat_rules: str, chains: set[str]) -> list[str]:
 def teardown(network: str, container_id: str, addresses: list[str]) -> None:
     chain = chain_name(network, container_id)
     jumps = _jumps(network, container_id, addresses)
-    if jumps and _run(RESTORE, render_teardown([chain], jumps)).returncode == 0:
-        return
+    if jumps:
+        with contextlib.suppress(netfilter.NetfilterError):
+            netfilter.restore(render_teardown([chain], jumps))
+            return
     remove_chains({chain})
 
 
 def remove_chains(chains: set[str]) -> None:
     """Remove the chains and whatever jumps to them, as listed now (idempotent)."""
-    listed = _run(["iptables", "-w", "5", "-t", "nat", "-S"])
+    listed = netfilter.iptables(["-t", "nat", "-S"])
     if listed.returncode != 0:
         return  # no nat table here (nothing was ever set up)
     present = [c for c in sorted(chains) if f"-N {c}" in listed.stdout.splitlines()]
     jumps = jump_rules(listed.stdout, chains)
     if present or jumps:
-        proc = _run(RESTORE, render_teardown(present, jumps))
-        if proc.returncode != 0:
-            raise CniError(DATAPATH_FAILURE, f"ipMasq: iptables-restore failed: {proc.stderr.strip()}")
+        try:
+            netfilter.restore(render_teardown(present, jumps))
+        except netfilter.NetfilterError as e:
+            raise CniError(DATAPATH_FAILURE, f"ipMasq: {e}") from e
 
 
 def parse_comment(text: str) -> tuple[str, str] | None:
@@ -117,7 +117,7 @@ def parse_comment(text: str) -> tuple[str, str] | None:
 
 def list_chains(network: str) -> dict[str, str]:
     """chain -> container ID for every masquerade chain this plugin made for the network (GC)."""
-    listed = _run(["iptables", "-w", "5", "-t", "nat", "-S"])
+    listed = netfilter.iptables(["-t", "nat", "-S"])
     out: dict[str, str] = {}
     for line in listed.stdout.splitlines():
         if not line.startswith(f"-A {CHAIN_PREFIX}") or "--comment" not in line:
