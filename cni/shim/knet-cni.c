@@ -688,7 +688,11 @@ static int fallback_path(char *out, size_t size, const char *argv0)
 static int restore_stdin(const struct buf *in)
 {
     int fd = memfd_create("knet-cni-stdin", MFD_CLOEXEC);
-    if (fd >= 0) {
+    if (fd == 0) {  /* stdin was closed: the memfd took its place */
+        write_all(0, in->data, in->len);
+        return lseek(0, 0, SEEK_SET) == 0 && fcntl(0, F_SETFD, 0) == 0 ? 0 : -1;
+    }
+    if (fd > 0) {
         write_all(fd, in->data, in->len);
         if (lseek(fd, 0, SEEK_SET) == 0 && dup2(fd, 0) == 0) {
             close(fd);
@@ -733,7 +737,7 @@ static int direct(const char *argv0, const struct buf *in, int stdin_consumed, c
  * duplicate names kept), as NUL-separated "name=value" entries. */
 static void environment_block(struct buf *out)
 {
-    for (char **e = environ; *e; e++) {
+    for (char **e = environ; e && *e; e++) {
         const char *eq = strchr(*e, '=');
         if (!eq)
             continue;
@@ -751,12 +755,12 @@ static void environment_block(struct buf *out)
 
 int main(int argc, char **argv)
 {
-    (void)argc;
+    const char *argv0 = argc > 0 && argv[0] ? argv[0] : "";
     struct buf in = {0}, env = {0}, out = {0};
     struct token agent_socket = {0}, cni_version = {0};
     const char *command = getenv("CNI_COMMAND"), *forced = getenv("KNET_CNI_DIRECT");
     if ((command && strcmp(command, "VERSION") == 0) || (forced && strcmp(forced, "1") == 0))
-        return direct(argv[0], &in, 0, &cni_version);
+        return direct(argv0, &in, 0, &cni_version);
     int consumed = !isatty(0);
     if (consumed) {
         char chunk[65536];
@@ -777,7 +781,7 @@ int main(int argc, char **argv)
     const struct token *socket_token = agent_socket.is_string && agent_socket.len ? &agent_socket : &default_socket;
     struct stat st;
     if (!token_to_path(socket_token, &path) || stat(path.data ? path.data : "", &st) < 0)
-        return direct(argv[0], &in, consumed, &cni_version);
+        return direct(argv0, &in, consumed, &cni_version);
     environment_block(&env);
     if (!env.data)
         buf_add(&env, "", 0);
@@ -798,6 +802,6 @@ int main(int argc, char **argv)
         return fail(&cni_version, TRY_AGAIN_LATER, "knet-cni-agent at ", socket_token, tail);
     }
     default:
-        return direct(argv[0], &in, consumed, &cni_version);
+        return direct(argv0, &in, consumed, &cni_version);
     }
 }

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import re
 import socket
 import subprocess
@@ -329,3 +330,42 @@ def test_native_and_python_supported_versions_agree():
     listed = re.search(r"SUPPORTED_VERSIONS\[\] = \{([^}]*)\}", source).group(1)
     assert tuple(re.findall(r'"([^"]+)"', listed)) == versions.SUPPORTED_VERSIONS
     assert re.search(r'#define LATEST_VERSION "([^"]+)"', source).group(1) == versions.LATEST_VERSION
+
+
+def _mutations(data: bytes, alphabet: bytes, count: int, seed: int) -> list[bytes]:
+    """`count` variants of data, each with a few random byte changes, insertions, deletions or a
+    cut (seeded: a failure reproduces)."""
+    rnd = random.Random(seed)
+    out = []
+    for _ in range(count):
+        b = bytearray(data)
+        for _ in range(rnd.randint(1, 3)):
+            i = rnd.randrange(len(b) + 1)
+            op = rnd.random()
+            if op < 0.35 and i < len(b):
+                b[i] = rnd.choice(alphabet)
+            elif op < 0.65:
+                b[i:i] = bytes([rnd.choice(alphabet)])
+            elif op < 0.9 and i < len(b):
+                del b[i]
+            else:
+                b = b[:i]
+        out.append(bytes(b))
+    return out
+
+
+def test_random_answers_get_the_same_result_from_both_executables(agents):
+    native, python = _native_executable(), _python_executable()
+    good = answer(b'{"cniVersion": "0.4.0", "ips": [{"address": "10.0.0.2/24"}]}')
+    for i, said in enumerate(_mutations(good, b"0123456789 \n-+STARTED\xff", 10, seed=20)):
+        a = agents(reply(said), f"a{i}.sock")
+        assert run(native, conf_for(a)) == run(python, conf_for(a)), said
+
+
+def test_random_configurations_are_read_as_python_reads_them(agents):
+    native = _native_executable()
+    a = agents(reply(answer(b'{"from": "agent"}')))
+    base = json.dumps({"cniVersion": "1.0.0", "x": [1, -2.5e3, {"y": "é\\"}, None, True], "agentSocket": a.path,
+                       "z": "\U0001f600"}, ensure_ascii=False).encode()
+    for conf in _mutations(base, b'{}[]",:\\ -+.eE0123456789ntfuNI\x00\x1f\xc3\xa9\xff', 20, seed=7):
+        assert (run(native, conf) == (0, b'{"from": "agent"}\n')) == _python_asks(conf, a.path), conf
