@@ -7,7 +7,7 @@ config, default /run/knet/cni.sock), importing only C modules on that path (`_so
 `wire`, `_json`: the `socket` and `json` packages would pull in enum, re and selectors). Without a
 usable agent it runs the plugin in-process (the direct path: slower, identical in behaviour, the
 same IPAM files and locks, so both can run at once). The native executable speaks the same
-exchange and behaves the same; whatever changes here changes there too (tests/unit/test_cni_wire.py
+exchange and behaves the same; whatever changes here changes there too (test_cni_executables.py
 runs both against the same fake agents).
 
 Bounds (`wire.py` describes the exchange and why falling back never runs a request twice), so
@@ -175,18 +175,18 @@ def direct(stdin: bytes) -> "tuple[int, str]":
     return run(dict(os.environ), stdin)
 
 
+def _seconds(environ: "dict[bytes, bytes]", name: bytes, default: float) -> float:
+    try:
+        seconds = float(environ[name])
+    except (KeyError, ValueError):
+        return default
+    return seconds if 0 < seconds < 1e6 else default
+
+
 def _timeouts(environ: "dict[bytes, bytes]") -> None:
     global START_TIMEOUT, ANSWER_TIMEOUT
-    for name in (b"KNET_CNI_START_TIMEOUT", b"KNET_CNI_ANSWER_TIMEOUT"):
-        try:
-            seconds = float(environ[name])
-        except (KeyError, ValueError):
-            continue
-        if 0 < seconds < 1e6:
-            if name == b"KNET_CNI_START_TIMEOUT":
-                START_TIMEOUT = seconds
-            else:
-                ANSWER_TIMEOUT = seconds
+    START_TIMEOUT = _seconds(environ, b"KNET_CNI_START_TIMEOUT", START_TIMEOUT)
+    ANSWER_TIMEOUT = _seconds(environ, b"KNET_CNI_ANSWER_TIMEOUT", ANSWER_TIMEOUT)
 
 
 def main(argv: "list[str] | None" = None) -> int:
