@@ -478,7 +478,7 @@ def test_server_restart_keeps_state(api, ns, server, etcd, tmp_path):
     from tests.integration.apiserver.conftest import start_server
     from tests.integration.apiserver_env import stop
     client.CoreV1Api(api).create_namespaced_config_map(ns, {"metadata": {"name": "persist"}})
-    second = start_server(etcd, str(tmp_path), server.prefix)
+    second = start_server(etcd, str(tmp_path), server.prefix, flavour=server.flavour)
     try:
         from kubernetes import config
         other = config.new_client_from_config(config_file=second.kubeconfig)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -15,16 +16,18 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.integration import anchors
 from tests.integration.apiserver_env import Etcd, free_port, start_apiserver, start_etcd, stop, tail
 
 TOKEN = "kube-informer-" + uuid.uuid4().hex
 
 
 class Cluster:
-    """etcd + knet-apiserver; `restart_apiserver()` keeps the port, etcd and the key prefix."""
+    """etcd + an API server; `restart_apiserver()` keeps the port, etcd and the key prefix."""
 
-    def __init__(self, tmp: str) -> None:
+    def __init__(self, tmp: str, flavour: str = "lab") -> None:
         self.tmp = tmp
+        self.flavour = flavour  # "lab": knet-apiserver; "real": kube-apiserver
         self.prefix = "/registry-" + uuid.uuid4().hex[:8]
         self.api_port = free_port()
         self.url = f"https://127.0.0.1:{self.api_port}"
@@ -50,8 +53,13 @@ class Cluster:
         return rev
 
     def start_apiserver(self) -> None:
-        p = start_apiserver(self.tmp, self.etcd.url, self.prefix, f"{TOKEN},informer-test,informer-test\n",
-                            listen=f"127.0.0.1:{self.api_port}")
+        tokens = f"{TOKEN},informer-test,informer-test\n"
+        if self.flavour == "real":
+            # --v=3: request lines in the log (requests() reads them)
+            p = anchors.start_kube_apiserver(self.tmp, self.etcd.url, self.prefix, tokens, port=self.api_port,
+                                             verbosity=3)
+        else:
+            p = start_apiserver(self.tmp, self.etcd.url, self.prefix, tokens, listen=f"127.0.0.1:{self.api_port}")
         self.apiserver = p.proc
         # A kubeconfig as kubectl would have it (CA file + bearer token): the informer is configured
         # exactly as on a real cluster.
@@ -70,6 +78,14 @@ class Cluster:
         self.stop_apiserver()
         self.start_apiserver()
 
+    def requests(self) -> list[str]:
+        """The path and query of every request the server logged, in order."""
+        with open(self.api_log, errors="replace") as f:
+            log = f.read()
+        if self.flavour == "real":  # httplog: "HTTP" verb="LIST" URI="/api/v1/...?limit=2" ...
+            return re.findall(r'"HTTP" verb="\w+" URI="([^"]+)"', log)
+        return re.findall(r"\b(?:GET|POST|PUT|PATCH|DELETE) (/\S*) user=", log)
+
     def put_raw(self, plural_key: str, namespace: str, name: str, obj: dict) -> None:
         """Write an object into etcd behind the server's back (`plural_key`: the server's etcd
         name, e.g. services/specs)."""
@@ -81,12 +97,14 @@ class Cluster:
             stop(self.etcd.proc)
 
 
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[Cluster]:
+@pytest.fixture(scope="module", params=["lab", "real"])
+def cluster(request: pytest.FixtureRequest) -> Iterator[Cluster]:
     if not shutil.which("etcd"):
         pytest.skip("etcd is not installed (scripts/install-deps installs it)")
+    if request.param == "real" and (why := anchors.missing("kube-apiserver")):
+        pytest.skip(why)
     tmp = tempfile.mkdtemp(prefix="knet-kube-it-")
-    c = Cluster(tmp)
+    c = Cluster(tmp, request.param)
     try:
         c.start_etcd()
         c.start_apiserver()
@@ -123,4 +141,4 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     report = outcome.get_result()
     cluster = getattr(item, "funcargs", {}).get("cluster")
     if report.failed and isinstance(cluster, Cluster):
-        report.sections.append(("knet-apiserver log (tail)", tail(cluster.api_log)))
+        report.sections.append((f"{cluster.flavour} API server log (tail)", tail(cluster.api_log)))
