@@ -87,11 +87,12 @@ class Etcd:
         return [line for line in out.splitlines() if line.strip()]
 
 
-def start_etcd(tmp: str, *extra: str) -> Etcd:
-    """A single-member etcd with its data and log under `tmp`, healthy on return."""
+def start_etcd(tmp: str, *extra: str, binary: str = "etcd") -> Etcd:
+    """A single-member etcd with its data and log under `tmp`, healthy on return (`binary`:
+    another etcd than Debian's, e.g. the one kube-apiserver is paired with)."""
     url, peer = f"http://{HOST}:{free_port()}", f"http://{HOST}:{free_port()}"
     log = os.path.join(tmp, "etcd.log")
-    proc = start(["etcd", "--name", "t", "--data-dir", os.path.join(tmp, "etcd"),
+    proc = start([binary, "--name", "t", "--data-dir", os.path.join(tmp, "etcd"),
                   "--listen-client-urls", url, "--advertise-client-urls", url, "--listen-peer-urls", peer,
                   "--initial-advertise-peer-urls", peer, "--initial-cluster", f"t={peer}", *extra], log)
     e = Etcd(url, proc, log)

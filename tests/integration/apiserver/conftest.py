@@ -1,8 +1,8 @@
 """A real etcd and an API server on 127.0.0.1 (random free ports, temp dirs), killed at the end
 whatever happened; a `kubernetes` client and a kubectl 1.20 runner bound to them. The server is
-knet-apiserver ("lab") and, when scripts/install-anchors has built it, the real kube-apiserver
-with kube-controller-manager ("real") on the same etcd: every test runs against both, and a
-difference between them is a finding (see `lab_only`).
+knet-apiserver ("lab") and, when scripts/install-anchors has built them, the real kube-apiserver
+with kube-controller-manager ("real"): every test runs against both, and a difference between
+them is a finding (see `lab_only`).
 
 kubectl: $KNET_KUBECTL, else a kubectl 1.20 found on PATH or unpacked in .venv/kubectl-1.20,
 else Debian's kubernetes-client package (1.20) is fetched with `apt-get download` and unpacked
@@ -36,21 +36,6 @@ OTHER_TOKEN = "kproxy-" + uuid.uuid4().hex
 KCM_TOKEN = "kcm-" + uuid.uuid4().hex
 
 
-@pytest.fixture(scope="session")
-def etcd() -> Iterator[Etcd]:
-    if not shutil.which("etcd"):
-        pytest.skip("etcd is not installed (scripts/install-deps installs it)")
-    tmp = tempfile.mkdtemp(prefix="knet-apiserver-etcd-")
-    try:
-        e = start_etcd(tmp)
-        try:
-            yield e
-        finally:
-            stop(e.proc)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
 @dataclass
 class Server:
     url: str
@@ -63,6 +48,7 @@ class Server:
     argv: list[str]
     flavour: str = "lab"  # "lab": knet-apiserver; "real": kube-apiserver (+ kube-controller-manager)
     controllers: subprocess.Popen | None = None
+    etcd: Etcd | None = None
 
 
 def start_server(etcd: Etcd, tmp: str, prefix: str, extra: list[str] = (), flavour: str = "lab",
@@ -76,7 +62,7 @@ def start_server(etcd: Etcd, tmp: str, prefix: str, extra: list[str] = (), flavo
     url = p.urls[0]
     kubeconfig = auth.write_kubeconfig(os.path.join(tmp, "admin.kubeconfig"), url, "admin", ADMIN_TOKEN, "test",
                                        p.certs.ca_pem())
-    srv = Server(url, prefix, kubeconfig, p.certs.ca_cert, tmp, p.proc, p.log, p.argv, flavour)
+    srv = Server(url, prefix, kubeconfig, p.certs.ca_cert, tmp, p.proc, p.log, p.argv, flavour, etcd=etcd)
     if controllers:
         try:
             srv.controllers = anchors.start_kube_controller_manager(tmp, p, KCM_TOKEN).proc
@@ -87,19 +73,34 @@ def start_server(etcd: Etcd, tmp: str, prefix: str, extra: list[str] = (), flavo
 
 
 @pytest.fixture(scope="session", params=["lab", "real"])
-def server(request: pytest.FixtureRequest, etcd: Etcd) -> Iterator[Server]:
-    if request.param == "real" and (why := anchors.missing("kube-apiserver", "kube-controller-manager")):
+def server(request: pytest.FixtureRequest) -> Iterator[Server]:
+    """The API server with its own etcd: Debian's for the lab's server (as the lab runs it), the
+    one kube-apiserver is paired with (scripts/install-anchors) for the real one."""
+    if not shutil.which("etcd"):
+        pytest.skip("etcd is not installed (scripts/install-deps installs it)")
+    real = request.param == "real"
+    if real and (why := anchors.missing("kube-apiserver", "kube-controller-manager", "etcd")):
         pytest.skip(why)
     tmp = tempfile.mkdtemp(prefix="knet-apiserver-")
-    srv = start_server(etcd, tmp, "/registry-" + uuid.uuid4().hex[:8], flavour=request.param,
-                       controllers=request.param == "real")
+    etcd = srv = None
     try:
+        etcd = start_etcd(tmp, binary=anchors.binary("etcd") if real else "etcd")
+        srv = start_server(etcd, tmp, "/registry-" + uuid.uuid4().hex[:8], flavour=request.param, controllers=real)
         yield srv
     finally:
-        stop(srv.controllers)
-        code = stop(srv.proc)
+        code = None
+        if srv is not None:
+            stop(srv.controllers)
+            code = stop(srv.proc)
+        if etcd is not None:
+            stop(etcd.proc)
         shutil.rmtree(tmp, ignore_errors=True)
     assert code == 0, f"{request.param} API server did not exit cleanly on SIGTERM (exit {code})"
+
+
+@pytest.fixture(scope="session")
+def etcd(server: Server) -> Etcd:
+    return server.etcd
 
 
 @pytest.fixture

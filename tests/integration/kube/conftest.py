@@ -37,7 +37,9 @@ class Cluster:
         self.kubeconfig = os.path.join(tmp, "kubeconfig")
 
     def start_etcd(self) -> None:
-        self.etcd = start_etcd(self.tmp, "--log-level", "error")
+        # kube-apiserver on the etcd it is paired with (scripts/install-anchors), the lab's on Debian's
+        binary = anchors.binary("etcd") if self.flavour == "real" else "etcd"
+        self.etcd = start_etcd(self.tmp, "--log-level", "error", binary=binary)
 
     def etcdctl(self, *args: str, check: bool = True, stdin: str | None = None) -> subprocess.CompletedProcess:
         return self.etcd.etcdctl(*args, check=check, stdin=stdin)
@@ -101,7 +103,7 @@ class Cluster:
 def cluster(request: pytest.FixtureRequest) -> Iterator[Cluster]:
     if not shutil.which("etcd"):
         pytest.skip("etcd is not installed (scripts/install-deps installs it)")
-    if request.param == "real" and (why := anchors.missing("kube-apiserver")):
+    if request.param == "real" and (why := anchors.missing("kube-apiserver", "etcd")):
         pytest.skip(why)
     tmp = tempfile.mkdtemp(prefix="knet-kube-it-")
     c = Cluster(tmp, request.param)
