@@ -48,10 +48,11 @@ def wait_for(cond: Callable[[], bool], timeout: float, what: str, proc: subproce
         time.sleep(0.05)
 
 
-def start(argv: list[str], log: str) -> subprocess.Popen:
-    """A process of the repository's, its output appended to `log`."""
+def start(argv: list[str], log: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """A process of the repository's, its output appended to `log` (`env`: added to ours)."""
     with open(log, "ab") as out:
-        return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=REPO)
+        return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=REPO,
+                                env={**os.environ, **env} if env else None)
 
 
 def stop(proc: subprocess.Popen | None) -> int | None:

@@ -216,7 +216,8 @@ def coredns(apiserver: ApiServer, upstream: FakeUpstream, workdir: str) -> Itera
     runs (tests.integration.anchors.corefile)."""
     if why := anchors.missing("coredns"):
         pytest.skip(why)
-    c = anchors.start_coredns(os.path.join(workdir, "coredns"), apiserver.kubeconfig, upstream.address)
+    c = anchors.start_coredns(os.path.join(workdir, "coredns"), apiserver.kubeconfig, upstream.address,
+                              env=anchors.NO_WATCH_LIST)
     try:
         yield DnsServer(c.port, c.proc, c.log)
     finally:

@@ -126,11 +126,16 @@ def api(cluster: Cluster):
 
 
 @pytest.fixture
-def ns(api) -> Iterator[str]:
+def ns(api, cluster: Cluster) -> Iterator[str]:
     from knet.kube import client as kc
 
     name = "it-" + uuid.uuid4().hex[:8]
     kc.create(api, "Namespace", {"metadata": {"name": name}})
+    if cluster.flavour == "real":
+        # kube-apiserver admits pods only with their ServiceAccount present; nothing here runs the
+        # controller manager that makes `default` in every namespace, so do its part.
+        from kubernetes import client
+        client.CoreV1Api(api).create_namespaced_service_account(name, {"metadata": {"name": "default"}})
     yield name
     # The server may be down after a failed restart test; the module teardown stops everything.
     with contextlib.suppress(Exception):

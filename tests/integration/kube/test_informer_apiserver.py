@@ -126,8 +126,11 @@ def test_watch_resumes_after_apiserver_restart(api, ns, cluster, caplog):
             kc.create(api, Service, svc("after-restart"), ns)
             rec.wait_for(2, timeout=30)
             assert rec.names() == [("add", "before"), ("add", "after-restart")]
-            # It resumed from its resourceVersion: one list, no relist.
-            assert "relisted" not in caplog.text and "retrying" in caplog.text
+            assert "retrying" in caplog.text
+            if cluster.flavour == "lab":  # it resumed from its resourceVersion: one list, no relist
+                assert "relisted" not in caplog.text
+            # kube-apiserver's watch cache starts at etcd's revision of its own start: an older
+            # resourceVersion is 410 Gone there, and the informer relists (no event: nothing changed).
     finally:
         inf.stop()
 
