@@ -139,6 +139,7 @@ class DnsServer:
     port: int
     proc: subprocess.Popen
     log: str
+    name: str = "kdns"  # or "coredns"
 
     def dig(self, *args: str, tcp: bool = False) -> str:
         argv = ["dig", f"@{HOST}", "-p", str(self.port), "+tries=1", "+time=3", "+nocookie", *args]
@@ -184,7 +185,7 @@ def kdns_processes(apiserver: ApiServer, upstream: FakeUpstream, workdir: str) -
             proc = start([sys.executable, "-m", "kdns.daemon", "--kubeconfig", apiserver.kubeconfig,
                           "--listen", f"{HOST}:{port}", "--upstream", upstream.address, "--udp-mode", mode,
                           "--metrics-bind-address", f"{HOST}:{mport}", "--log-level", "debug"], log)
-            k = started[mode] = Kdns(port, proc, log, f"{HOST}:{mport}")
+            k = started[mode] = Kdns(port, proc, log, metrics=f"{HOST}:{mport}")
 
             def healthy() -> bool:
                 with contextlib.suppress(OSError):
@@ -219,7 +220,7 @@ def coredns(apiserver: ApiServer, upstream: FakeUpstream, workdir: str) -> Itera
     c = anchors.start_coredns(os.path.join(workdir, "coredns"), apiserver.kubeconfig, upstream.address,
                               env=anchors.NO_WATCH_LIST)
     try:
-        yield DnsServer(c.port, c.proc, c.log)
+        yield DnsServer(c.port, c.proc, c.log, "coredns")
     finally:
         code = stop(c.proc)
     assert code == 0, f"coredns exit {code}: {tail(c.log)}"

@@ -65,22 +65,28 @@ def test_externalname_pods_version_and_negative_answers(dns, world):
     assert dns.status(f"nope.default.svc.{Z}") == "NXDOMAIN"
     assert dns.status(f"web.default.svc.{Z}", "AAAA") == "NOERROR"
     assert dns.dig(f"web.default.svc.{Z}", "AAAA", "+short") == ""
+    # An empty non-terminal exists (NODATA); CoreDNS says NXDOMAIN (kdns/README.md, "CoreDNS").
     out = dns.dig(f"_tcp.redis-master.my-ns.svc.{Z}", "SRV")
-    assert "status: NOERROR" in out and re.search(rf"AUTHORITY SECTION:\n{Z}\.\s+5\s+IN\s+SOA\s+ns\.dns\.{Z}\.", out)
+    assert f"status: {'NOERROR' if dns.name == 'kdns' else 'NXDOMAIN'}" in out
+    assert re.search(rf"AUTHORITY SECTION:\n{Z}\.\s+5\s+IN\s+SOA\s+ns\.dns\.{Z}\.", out)
+    assert dns.status(f"my-ns.svc.{Z}") == "NOERROR"  # a namespace: both agree
 
 
 def test_truncation_and_tcp_fallback(dns, world):
     out = dns.dig(f"many.default.svc.{Z}")  # UDP first: 120 A records do not fit in 1232 bytes
     assert "Truncated, retrying in TCP mode" in out and "ANSWER: 120" in out
     out = dns.dig(f"many.default.svc.{Z}", "+ignore")  # keep the truncated UDP answer
-    assert "flags: qr aa tc rd" in out and "ANSWER: 0" in out
+    assert re.search(r"flags: qr aa tc rd", out)
+    # kdns sends the question alone, CoreDNS the records that fit: RFC 2181 9 allows both.
+    assert ("ANSWER: 0" in out) == (dns.name == "kdns")
     assert len(dns.short(f"_http._tcp.many.default.svc.{Z}", "SRV")) == 120
 
 
 def test_forwarding_and_cache(dns, upstream):
     before = upstream.count("cached.example.com")
     first = dns.dig("cached.example.com")
-    assert "192.0.2.54" in first and "flags: qr rd ra" in first
+    # kdns is not an authority for what it forwards (no AA); CoreDNS passes the upstream's AA on.
+    assert "192.0.2.54" in first and ("flags: qr rd ra;" in first) == (dns.name == "kdns")
     second = dns.dig("cached.example.com")
     assert "192.0.2.54" in second
     assert upstream.count("cached.example.com") == before + 1  # the second came from the cache
@@ -97,7 +103,7 @@ def test_forwarding_and_cache(dns, upstream):
 
 
 def test_slow_upstream_does_not_stall_cluster_answers(dns, upstream, world):
-    upstream.delay = 1.5
+    upstream.delay = 2.5
     try:
         slow = threading.Thread(target=dns.dig, args=("slow.example.org",))
         slow.start()
@@ -105,7 +111,8 @@ def test_slow_upstream_does_not_stall_cluster_answers(dns, upstream, world):
         t0 = time.monotonic()
         assert dns.short(f"whaleset-0.sayhey-svc.default.svc.{Z}") == ["10.244.1.5"]
         assert dns.short(f"nope-{random.randrange(10**6)}.default.svc.{Z}") == []
-        assert time.monotonic() - t0 < 0.5
+        # two dig processes on a loaded machine, well below the 2.5 s a stall behind the forward takes
+        assert time.monotonic() - t0 < 1.5
         slow.join()
     finally:
         upstream.delay = 0.0
