@@ -86,6 +86,8 @@ def server(request: pytest.FixtureRequest) -> Iterator[Server]:
     try:
         etcd = start_etcd(tmp, binary=anchors.binary("etcd") if real else "etcd")
         srv = start_server(etcd, tmp, "/registry-" + uuid.uuid4().hex[:8], flavour=request.param, controllers=real)
+        if real:  # kube-apiserver makes default/kubernetes a moment after it is ready
+            _wait_kubernetes_service(srv)
         yield srv
     finally:
         code = None
@@ -96,6 +98,19 @@ def server(request: pytest.FixtureRequest) -> Iterator[Server]:
             stop(etcd.proc)
         shutil.rmtree(tmp, ignore_errors=True)
     assert code == 0, f"{request.param} API server did not exit cleanly on SIGTERM (exit {code})"
+
+
+def _wait_kubernetes_service(srv: Server) -> None:
+    from kubernetes import client, config
+    api = config.new_client_from_config(config_file=srv.kubeconfig)
+    try:
+        deadline = time.monotonic() + 60
+        while not client.CoreV1Api(api).list_namespaced_service("default",
+                                                                field_selector="metadata.name=kubernetes").items:
+            assert time.monotonic() < deadline, "no default/kubernetes Service"
+            time.sleep(0.2)
+    finally:
+        api.close()
 
 
 @pytest.fixture(scope="session")

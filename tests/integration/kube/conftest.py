@@ -57,8 +57,10 @@ class Cluster:
     def start_apiserver(self) -> None:
         tokens = f"{TOKEN},informer-test,informer-test\n"
         if self.flavour == "real":
-            # --v=3: request lines in the log (requests() reads them)
-            p = anchors.start_kube_apiserver(self.tmp, self.etcd.url, self.prefix, tokens, port=self.api_port,
+            # --v=3: request lines in the log (requests() reads them); JSON in etcd, as the lab
+            # server writes it, so tests can change objects there behind the server's back
+            p = anchors.start_kube_apiserver(self.tmp, self.etcd.url, self.prefix, tokens,
+                                             "--storage-media-type=application/json", port=self.api_port,
                                              verbosity=3)
         else:
             p = start_apiserver(self.tmp, self.etcd.url, self.prefix, tokens, listen=f"127.0.0.1:{self.api_port}")
