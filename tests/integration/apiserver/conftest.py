@@ -113,6 +113,16 @@ def _wait_kubernetes_service(srv: Server) -> None:
         api.close()
 
 
+def stored_keys(etcd: Etcd, server: Server, ns: str) -> list[str]:
+    """The server's keys in etcd, for "a rejected request wrote nothing": without other tests'
+    namespaces, which the controller manager may still be emptying, and without what it writes on
+    its own (events, leases)."""
+    def quiet(key: str) -> bool:
+        rest = key[len(server.prefix):]
+        return not (rest.startswith(("/events/", "/leases/")) or ("/t-" in rest and f"/{ns}" not in rest))
+    return [k for k in etcd.keys(server.prefix + "/") if quiet(k)]
+
+
 @pytest.fixture(scope="session")
 def etcd(server: Server) -> Etcd:
     return server.etcd

@@ -14,7 +14,7 @@ import pytest
 from kubernetes import client, watch
 from kubernetes.client.rest import ApiException
 
-from tests.integration.apiserver.conftest import OTHER_TOKEN
+from tests.integration.apiserver.conftest import OTHER_TOKEN, stored_keys
 
 pytestmark = pytest.mark.integration
 
@@ -374,7 +374,7 @@ def test_service_defaults_and_allocation(api, ns, server, etcd):
                                                                                 "nodePort": 30001}]))
     ports = sorted(p.node_port for p in np.spec.ports)
     assert 30000 <= ports[0] <= 32767 and 30001 in ports and ports[0] != ports[1]
-    before = etcd.keys(server.prefix + "/")
+    before = stored_keys(etcd, server, ns)
 
     def rejected(body: dict, *fields: str) -> dict:
         """422 naming one of `fields`."""
@@ -395,7 +395,7 @@ def test_service_defaults_and_allocation(api, ns, server, etcd):
     rejected(svc("cipnp", ports=[{"port": 80, "nodePort": 30005}]), "spec.ports[0].nodePort")
     rejected({"metadata": {"name": "noports"}, "spec": {}}, "spec.ports")
     rejected(svc("badproto", ports=[{"port": 80, "protocol": "ICMP"}]), "spec.ports[0].protocol")
-    assert etcd.keys(server.prefix + "/") == before  # nothing written for rejected requests
+    assert stored_keys(etcd, server, ns) == before  # nothing written for rejected requests
     # the lab's server gives the cluster DNS service the tenth address; kube-apiserver does not
     # (kubeadm's manifest names it), so there it is just in the range
     dns = core.create_namespaced_service("kube-system", svc("kube-dns", ports=[{"port": 53, "protocol": "UDP"}]))
@@ -432,7 +432,7 @@ def test_service_update_keeps_cluster_ip(api, ns):
 
 def test_pod_and_workload_validation(api, ns, server, etcd):
     core, apps = client.CoreV1Api(api), client.AppsV1Api(api)
-    before = etcd.keys(server.prefix + "/")
+    before = stored_keys(etcd, server, ns)
     cases = [
         (core.create_namespaced_pod, {"metadata": {"name": "p"}, "spec": {"containers": []}}, "spec.containers"),
         (core.create_namespaced_pod, {"metadata": {"name": "p"}, "spec": {"containers": [
@@ -452,7 +452,7 @@ def test_pod_and_workload_validation(api, ns, server, etcd):
             create(ns, body)
         status = error(e.value)
         assert e.value.status == 422 and field in [c["field"] for c in status["details"]["causes"]], status
-    assert etcd.keys(server.prefix + "/") == before
+    assert stored_keys(etcd, server, ns) == before
     net = client.NetworkingV1Api(api)
     with pytest.raises(ApiException) as e:
         net.create_namespaced_network_policy(ns, {"metadata": {"name": "np"}, "spec": {"podSelector": {}, "ingress": [

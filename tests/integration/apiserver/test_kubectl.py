@@ -10,6 +10,7 @@ import os
 import pytest
 
 from lab.apiserver import auth
+from tests.integration.apiserver.conftest import stored_keys
 
 pytestmark = pytest.mark.integration
 
@@ -133,7 +134,7 @@ def test_validation_errors_reach_kubectl(kubectl, ns, server, etcd):
     kubectl("create", "-n", ns, "-f", "-", input=json.dumps(
         {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "fixed"},
          "spec": {"clusterIP": "10.100.125.105", "ports": [{"port": 80}]}}))
-    before = etcd.keys(server.prefix + "/")
+    before = stored_keys(etcd, server, ns)
     dup = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "dup"},
            "spec": {"clusterIP": "10.100.125.105", "ports": [{"port": 80}]}}
     proc = kubectl("create", "-n", ns, "-f", "-", input=json.dumps(dup), check=False)
@@ -149,7 +150,7 @@ def test_validation_errors_reach_kubectl(kubectl, ns, server, etcd):
     proc = kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(far), check=False)
     assert proc.returncode != 0
     assert "spec.ports[0].nodePort: Invalid value: 40000: provided port is not in the valid range" in proc.stderr
-    assert etcd.keys(server.prefix + "/") == before
+    assert stored_keys(etcd, server, ns) == before
 
 
 def test_unknown_resource_and_unauthorized(kubectl, server):
