@@ -217,7 +217,8 @@ class Daemon:
             return False
         if lease is None:
             return False
-        self._configure(lease)
+        if lease != self.own:  # the same lease back (a renewed etcd lease, our annotations): nothing to redo
+            self._configure(lease)
         return True
 
     def run(self) -> int:

@@ -73,12 +73,9 @@ def annotation_patch(names: Annotations, attrs: LeaseAttrs, current: Mapping[str
 
 def pod_subnet(node: Node) -> IPv4Network | None:
     """The node's IPv4 pod subnet (the IPv4 one of podCIDRs on a dual-stack node); None when none
-    is assigned yet; LeaseError for a value that is not a CIDR."""
+    is assigned yet (the model has checked that each value is a CIDR)."""
     for cidr in node.pod_cidrs:
-        try:
-            net = ipaddress.ip_network(cidr, strict=False)
-        except ValueError:
-            raise LeaseError(f"podCIDR {cidr!r} is not a CIDR") from None
+        net = ipaddress.ip_network(cidr, strict=False)
         if isinstance(net, IPv4Network):
             return net
     return None
@@ -108,10 +105,7 @@ def lease_of(names: Annotations, ann: Mapping[str, str], subnet: IPv4Network) ->
 def own_subnet(node: Node, network: IPv4Network) -> IPv4Network | None:
     """Our node subnet, None while the node has no podCIDR; ConfigError when it lies outside the
     Network of net-conf.json (flanneld refuses that too: routes would point nowhere)."""
-    try:
-        subnet = pod_subnet(node)
-    except LeaseError as e:
-        raise ConfigError(f"node {node.name}: {e}") from None
+    subnet = pod_subnet(node)
     if subnet is not None and not subnet.subnet_of(network):
         raise ConfigError(f"node {node.name}'s podCIDR {subnet} is not inside the Network {network} of "
                           "net-conf.json (kube-controller-manager --cluster-cidr and net-conf.json must agree)")

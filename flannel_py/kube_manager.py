@@ -16,7 +16,6 @@ own Node, fresh, before patching it), nodes/status patch.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import queue
@@ -172,8 +171,7 @@ class KubeSubnetManager:
                 log.warning("own Node's annotations were changed behind us, re-published",
                             extra={"node": self.node, "keys": sorted(changed)})
             else:
-                log.info("node annotations published", extra={"node": self.node,
-                                                              "annotations": json.dumps(changed, sort_keys=True)})
+                log.info("node annotations published", extra={"node": self.node, "keys": sorted(changed)})
         overwrite = current.get(self.names.public_ip_overwrite)
         try:
             self.published = lease_of(self.names, published(self.names, attrs, current), subnet)

@@ -16,46 +16,18 @@ from scapy.layers.vxlan import VXLAN
 
 from flannel_py.testbed import PREFIX, Node, Topo, wait_for
 from knet import links, netns
-from tests.netutil import icmp_echo, tcp_request, tcp_server, udp_exchange
+from tests.integration.flannel.kernel import DEV, entries, has_remote, knows_nothing_of, ping, vtep_mac
+from tests.netutil import tcp_request, tcp_server, udp_exchange
 
 pytestmark = pytest.mark.integration
 
-DEV = "flannel.7"
 GHOST = {"subnet": "10.244.200.0/24", "key": f"{PREFIX}/subnets/10.244.200.0-24", "ip": "192.168.33.99",
          "mac": "02:42:c0:a8:21:63"}
-
-
-def entries(node: Node) -> tuple[set, set, set]:
-    """(routes, permanent neighbours, fdb) on the node's flannel device."""
-    with links.iproute(node.name) as ipr:
-        routes = {(r["dst"], r["gw"]) for r in links.routes_via(ipr, DEV)}
-        return routes, set(links.neighbours(ipr, DEV)), set(links.fdb_entries(ipr, DEV))
-
-
-def has_remote(node: Node, subnet: str, public_ip: str, mac: str) -> bool:
-    routes, neighs, fdb = entries(node)
-    vtep = subnet.split("/")[0]
-    return (subnet, vtep) in routes and (vtep, mac) in neighs and (mac, public_ip) in fdb
-
-
-def knows_nothing_of(node: Node, subnet: str) -> bool:
-    routes, neighs, _ = entries(node)
-    vtep = subnet.split("/")[0]
-    return all(r[0] != subnet for r in routes) and all(n[0] != vtep for n in neighs)
 
 
 def lease(topo: Topo, node: Node) -> dict:
     subnet = node.subnet()
     return json.loads(topo.subnet_keys()[f"{PREFIX}/subnets/{subnet.network_address}-{subnet.prefixlen}"])
-
-
-def vtep_mac(node: Node) -> str:
-    with links.iproute(node.name) as ipr:
-        return links.mac_of(links.get_link(ipr, DEV)).lower()
-
-
-def ping(src: str, dst: str) -> bool:
-    return icmp_echo(src, dst, timeout=2.0) is not None
 
 
 def assert_pods_talk(a: Node, b: Node) -> None:
