@@ -27,6 +27,8 @@ from ipaddress import IPv4Network
 from flannel_py.config import ConfigError, NetworkConfig, parse_config
 from flannel_py.kube_annotations import Annotations, annotation_patch, lease_of, node_lease, own_subnet, published
 from flannel_py.lease import Lease, LeaseAttrs, LeaseError
+from knet.kube import client as kube_client
+from knet.kube.informer import Informer
 from knet.kube.models import Node, parse
 
 log = logging.getLogger("flannel_py.kube")
@@ -64,9 +66,6 @@ def read_net_conf(path: str) -> NetworkConfig:
 
 class KubeSubnetManager:
     def __init__(self, args: argparse.Namespace, out: queue.Queue, stop: threading.Event) -> None:
-        from knet.kube import client
-        from knet.kube.informer import Informer
-
         self.args = args
         self.out = out
         self.stop = stop
@@ -79,10 +78,9 @@ class KubeSubnetManager:
         self.published: Lease | None = None  # our lease as the other nodes read it from our Node
         self._warned = 0.0
         self.cfg: NetworkConfig | None = None
-        self.client = client
         try:
-            self.api = client.new_api_client(args.kubeconfig_file)
-        except client.ConfigError as e:
+            self.api = kube_client.new_api_client(args.kubeconfig_file)
+        except kube_client.ConfigError as e:
             raise ConfigError(str(e)) from None
         self.nodes = Informer(self.api, Node, on_add=self._changed, on_update=lambda _old, new: self._changed(new),
                               on_delete=self._deleted)
@@ -155,7 +153,7 @@ class KubeSubnetManager:
         assert self.cfg is not None
         if self.nodes.get(self.node) is None:
             return None  # the informer sees it appear: no request while waiting
-        raw = self.client.get(self.api, "Node", self.node)  # fresh: annotations and podCIDR as they are now
+        raw = kube_client.get(self.api, "Node", self.node)  # fresh: annotations and podCIDR as they are now
         node = parse(Node, raw) if raw else None
         if node is None:
             return None
@@ -165,7 +163,7 @@ class KubeSubnetManager:
         current = node.metadata.annotations
         patch = annotation_patch(self.names, attrs, current)
         if patch is not None:
-            self.client.patch(self.api, "Node", self.node, patch, status=True)
+            kube_client.patch(self.api, "Node", self.node, patch, status=True)
             changed = patch["metadata"]["annotations"]
             if self.own is not None:
                 log.warning("own Node's annotations were changed behind us, re-published",
