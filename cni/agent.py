@@ -19,7 +19,7 @@ import socketserver
 import threading
 
 from cni import plugin
-from knet import logs
+from knet import daemon, logs
 
 log = logging.getLogger("knet.cni.agent")
 MAX_REQUEST = 4 * 1024 * 1024
@@ -101,9 +101,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="knet-cni-agent", description=__doc__.splitlines()[0])
     p.add_argument("--socket", default="/run/knet/cni.sock")
     p.add_argument("--concurrency", type=int, default=16)
-    p.add_argument("--log-level", default="info")
+    daemon.add_logging_arguments(p)
     args = p.parse_args(argv)
-    logs.setup("cni-agent", args.log_level)
+    logs.setup("cni-agent", args.log_level, fmt=args.logging_format)
     serve(args.socket, args.concurrency)
     return 0
 

@@ -201,7 +201,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--udp-mode", choices=["loop", "thread"], default="thread",
                    help="UDP fast path on the event loop, or a blocking-socket thread per listen address")
     p.add_argument("--metrics-bind-address", default="0.0.0.0:9153")
-    p.add_argument("--log-level", default="info")
+    daemon.add_logging_arguments(p)
     return p.parse_args(argv)
 
 
@@ -218,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
             kdns.stop()
         log.info("stopped")
 
-    return daemon.run("kdns", args.log_level, amain)
+    return daemon.run("kdns", args.log_level, amain, logging_format=args.logging_format)
 
 
 if __name__ == "__main__":

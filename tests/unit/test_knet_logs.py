@@ -99,8 +99,10 @@ def test_setup_refuses_bad_values_with_one_line(capsys, level, fmt, needle):
     assert err.count("\n") == 1 and err.startswith("kproxy: error: ") and needle in err
 
 
-@pytest.mark.parametrize("argv", ["flannel-py --log-level loud", "kproxy --node-name n1 --log-level loud",
-                                  "flannel-py --logging-format yaml"])
+# One of each way in: flannel-py's own main, knet.daemon.run (kproxy; kdns, netpolicy and
+# knet-ingress likewise), logs.setup called directly (knet-cni-agent).
+@pytest.mark.parametrize("argv", ["flannel-py --logging-format yaml", "kproxy --node-name n1 --log-level loud",
+                                  "knet-cni-agent --log-level loud"])
 def test_daemons_refuse_unknown_level_with_one_line(argv):
     cmd, *rest = shlex.split(argv)
     r = subprocess.run([os.path.join(BIN, cmd), *rest], capture_output=True, text=True, timeout=60)
