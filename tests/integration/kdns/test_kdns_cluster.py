@@ -199,8 +199,8 @@ def test_metrics_and_health(kdns, world):
             assert s.recv(4096)[:2] == i.to_bytes(2, "big")
     code, text = kdns.get("/metrics")
     assert code == 200
-    assert re.search(r'kdns_queries_total\{type="A",rcode="NOERROR"\} \d+', text)
-    assert re.search(r'kdns_queries_total\{type="A",rcode="NXDOMAIN"\} \d+', text)
+    assert value(text, "kdns_queries_total", type="A", rcode="NOERROR") is not None
+    assert value(text, "kdns_queries_total", type="A", rcode="NXDOMAIN") is not None
     assert re.search(r'kdns_cache_hits_total\{cache="answer"\} [1-9]', text)
     assert re.search(r'kdns_cache_hits_total\{cache="forward"\} [1-9]', text)
     assert value(text, "kdns_request_duration_seconds_bucket", path="cache", le="+Inf") is not None
