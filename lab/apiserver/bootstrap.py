@@ -7,7 +7,7 @@ import contextlib
 import logging
 
 from lab.apiserver.errors import ApiError
-from lab.apiserver.lifecycle import SYSTEM_NAMESPACES
+from lab.apiserver.kinds.cluster import SYSTEM_NAMESPACES
 from lab.apiserver.registry import Registry
 from lab.apiserver.resources import by_kind
 

@@ -31,13 +31,14 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from knet import logs, netns
-from lab.apiserver import admission, auth, pki
+from lab.apiserver import auth, pki
 from lab.apiserver.allocator import DEFAULT_SERVICE_CIDR, NodePortRange, ServiceCIDR
 from lab.apiserver.bootstrap import bootstrap
 from lab.apiserver.mirror import Mirror
 from lab.apiserver.registry import Registry
 from lab.apiserver.server import ApiServer
 from lab.apiserver.storage import Store, StoreError
+from lab.apiserver.strategy import Config
 
 log = logging.getLogger("lab.apiserver")
 LAB_PORT = 6443
@@ -89,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     logs.setup("apiserver", args.log_level)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     try:
-        cfg = admission.Config(ServiceCIDR.parse(args.service_cidr), NodePortRange.parse(args.node_port_range))
+        cfg = Config(ServiceCIDR.parse(args.service_cidr), NodePortRange.parse(args.node_port_range))
     except ValueError as e:
         print(f"knet-apiserver: {e}", file=sys.stderr)
         return 2
@@ -109,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-async def serve(args: argparse.Namespace, cfg: admission.Config, socks: list[socket.socket]) -> None:
+async def serve(args: argparse.Namespace, cfg: Config, socks: list[socket.socket]) -> None:
     store = Store(args.etcd, args.etcd_prefix)
     registry = Registry(store, cfg)
     Mirror(registry)
@@ -156,7 +157,7 @@ async def serve(args: argparse.Namespace, cfg: admission.Config, socks: list[soc
     api.stopping.set()
     await asyncio.sleep(0.05)  # let open watches write their last chunk
     await runner.cleanup()
-    await registry.drain()
+    await registry.lifecycle.drain()
     await store.close()
 
 

@@ -14,7 +14,8 @@ from typing import Any
 
 from lab.apiserver import objects
 from lab.apiserver.errors import ApiError
-from lab.apiserver.registry import Query, Registry
+from lab.apiserver.query import Query
+from lab.apiserver.registry import Registry
 from lab.apiserver.resources import ResourceType, by_kind
 
 log = logging.getLogger("lab.apiserver.mirror")
@@ -100,4 +101,4 @@ class Mirror:
                 await self.registry.update(self.slices, ns, slice_name, merged)
             for slice_name in set(have) - set(want):
                 with contextlib.suppress(ApiError):
-                    await self.registry.delete(self.slices, ns, slice_name)
+                    await self.registry.lifecycle.delete(self.slices, ns, slice_name)

@@ -9,16 +9,13 @@ import datetime as dt
 import json
 import secrets
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from knet.kube import selectors
-from lab.apiserver.resources import ResourceType
+if TYPE_CHECKING:
+    from lab.apiserver.resources import ResourceType
 
 # kube-apiserver's generateName alphabet (no vowels, so no words; no 0/1/3 look-alikes).
 _NAME_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
-# Kinds whose status a create may not set (their status belongs to a controller / agent).
-RESET_STATUS_ON_CREATE = ("Pod", "Service", "Deployment", "ReplicaSet", "ReplicationController", "StatefulSet",
-                          "Ingress")
 SERVER_FIELDS = ("resourceVersion", "selfLink", "managedFields", "deletionTimestamp", "deletionGracePeriodSeconds")
 
 
@@ -62,9 +59,9 @@ def init_create(rt: ResourceType, obj: dict, namespace: str | None) -> None:
         m.pop("namespace", None)
     m["uid"] = str(uuid.uuid4())
     m["creationTimestamp"] = now()
-    if "spec" in obj or rt.kind in ("Deployment", "ReplicaSet", "ReplicationController", "StatefulSet"):
+    if "spec" in obj or rt.strategy.always_generation:
         m["generation"] = 1
-    if rt.kind in RESET_STATUS_ON_CREATE:
+    if rt.strategy.status_from_controllers:
         obj["status"] = {}
 
 
@@ -116,23 +113,14 @@ def with_rv(obj: dict, revision: int) -> dict:
     return obj
 
 
-def scale_selector(rt: ResourceType, obj: dict) -> str:
-    sel = (obj.get("spec") or {}).get("selector")
-    if rt.kind == "ReplicationController":
-        return ",".join(f"{k}={v}" for k, v in sorted((sel or {}).items()))
-    try:
-        return str(selectors.Selector.from_object(sel))
-    except selectors.SelectorError:
-        return ""
-
-
 def to_scale(rt: ResourceType, obj: dict) -> dict:
     m = obj.get("metadata", {})
     return {
         "kind": "Scale", "apiVersion": "autoscaling/v1",
         "metadata": {k: m[k] for k in ("name", "namespace", "uid", "resourceVersion", "creationTimestamp") if k in m},
         "spec": {"replicas": (obj.get("spec") or {}).get("replicas", 0)},
-        "status": {"replicas": (obj.get("status") or {}).get("replicas", 0), "selector": scale_selector(rt, obj)},
+        "status": {"replicas": (obj.get("status") or {}).get("replicas", 0),
+                   "selector": rt.strategy.scale_selector(obj)},
     }
 
 

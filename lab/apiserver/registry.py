@@ -1,11 +1,13 @@
-"""The verbs over etcd: what kube-apiserver's generic registry does for every kind — admission on
-writes, optimistic concurrency by mod_revision, selectors on reads — plus the few synchronous
-side effects the lab needs (ClusterIP/nodePort allocation keys, Endpoints mirroring, namespace
-and ownerReference cascades).
+"""The verbs over etcd: what kube-apiserver's generic registry does for every kind -- admission
+on writes, optimistic concurrency by mod_revision, selectors on reads. Everything a kind does
+differently comes from its strategy (`rt.strategy`, lab/apiserver/kinds/); deletion and its
+cascades are the lifecycle's (lifecycle.py), which writes through `commit` and `remove` here.
 
-Allocations are etcd keys (`<prefix>/ranges/serviceips/<ip>`, `.../servicenodeports/<port>`)
-created in the same transaction as the Service, with a must-not-exist compare: two Services can
-never hold one address, even if two servers raced.
+Allocations (a Service's ClusterIP and nodePorts) are etcd keys (`<prefix>/ranges/serviceips/<ip>`,
+`.../servicenodeports/<port>`) that the strategy says an object holds (`Strategy.held`); a write
+claims the keys its change adds and releases those it drops in the same transaction as the
+object, the claims with a must-not-exist compare: two Services can never hold one address, even
+if two servers raced.
 """
 
 from __future__ import annotations
@@ -15,58 +17,34 @@ import contextlib
 import copy
 import json
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-from knet.kube import selectors
 from lab.apiserver import admission, objects, patch
-from lab.apiserver import admission_services as svc_admission
+from lab.apiserver.allocator import Reservation, allocators_from
 from lab.apiserver.errors import MODIFIED_MSG, ApiError, already_exists, bad_request, conflict, gone, invalid, not_found
-from lab.apiserver.lifecycle import IPS, PORTS, Lifecycle
-from lab.apiserver.resources import ResourceType
+from lab.apiserver.lifecycle import Lifecycle
+from lab.apiserver.query import Query
+from lab.apiserver.resources import RESOURCES, ResourceType, by_kind
 from lab.apiserver.storage import KV, Compacted, Store, TxnFailed
+from lab.apiserver.strategy import Config
 
 log = logging.getLogger("lab.apiserver.registry")
 
 PATCH_TYPES = {"application/merge-patch+json": "merge", "application/strategic-merge-patch+json": "strategic",
                "application/json-patch+json": "json"}
+# Called after every committed write: (kind, namespace, name).
+WriteHook = Callable[[ResourceType, str | None, str], Awaitable[None]]
 
 
-class Query:
-    """List/watch parameters, parsed once (a bad selector is a 400 before any work)."""
-
-    def __init__(self, rt: ResourceType, params: dict[str, str]) -> None:
-        try:
-            self.labels = selectors.Selector.parse(params.get("labelSelector"))
-            self.fields = selectors.parse_field_selector(params.get("fieldSelector"))
-            selectors.check_field_selector(self.fields, {"metadata.name", "metadata.namespace", *rt.fields}, rt.kind)
-        except selectors.SelectorError as e:
-            raise bad_request(f"unable to parse requirement: {e}" if "requirement" not in str(e) else str(e)) from None
-        self.rv = params.get("resourceVersion") or None
-        if self.rv is not None and not self.rv.isdigit():
-            raise bad_request(f"invalid resourceVersion {self.rv!r}: must be an integer")
-        self.rv_match = params.get("resourceVersionMatch") or None
-        self.cont = params.get("continue") or None
-        try:
-            self.limit = int(params.get("limit") or 0)
-            self.timeout = int(params["timeoutSeconds"]) if params.get("timeoutSeconds") else None
-        except ValueError as e:
-            raise bad_request(f"invalid limit or timeoutSeconds: {e}") from None
-
-    def matches(self, obj: dict | None) -> bool:
-        if obj is None:
-            return False
-        return self.labels.matches((obj.get("metadata") or {}).get("labels")) and \
-            selectors.field_selector_matches(self.fields, obj)
-
-
-class Registry(Lifecycle):
-    def __init__(self, store: Store, cfg: admission.Config | None = None) -> None:
+class Registry:
+    def __init__(self, store: Store, cfg: Config | None = None) -> None:
         self.store = store
-        self.cfg = cfg or admission.Config()
+        self.cfg = cfg or Config()
+        self.spaces = {name: space for rt in RESOURCES for name, space in rt.strategy.ranges(self.cfg).items()}
         self._alloc_lock = asyncio.Lock()  # one allocation at a time here; etcd guards across processes
-        self._tasks: set[asyncio.Task] = set()
-        self.on_write: list[Callable[[ResourceType, str | None, str], Any]] = []  # (rt, ns, name) hooks
+        self.on_write: list[WriteHook] = []
+        self.lifecycle = Lifecycle(self, RESOURCES, by_kind("", "Namespace"))
 
     # --- reads ----------------------------------------------------------------------------------
 
@@ -235,7 +213,8 @@ class Registry(Lifecycle):
                 elif ptype == "json":
                     patched = patch.json_patch(base, doc)
                 else:
-                    patched = patch.strategic_merge_patch(base, doc, "Scale" if sub == "scale" else rt.kind)
+                    patched = patch.strategic_merge_patch(base, doc, patch.NO_SPECIAL if sub == "scale"
+                                                          else rt.strategy.merge_keys)
             except patch.PatchError as e:
                 raise bad_request(str(e)) from None
             except patch.PatchConflict as e:
@@ -282,66 +261,104 @@ class Registry(Lifecycle):
     async def _write(self, rt: ResourceType, ns: str | None, new: dict, old: KV | None, dry_run: bool) -> dict:
         """Admission + the compare-and-swap transaction, for create (old None) and update."""
         name = objects.meta(new).get("name", "")
-        old_obj = old.value if old else None
-        admission.default(rt, new, old_obj)
-        causes = admission.validate(rt, new, old_obj, self.cfg)
-        if causes:
-            raise invalid(rt.kind, name, causes, rt.group)
-        if old is not None and objects.strip_for_storage(new) == objects.strip_for_storage(old.value):
-            return objects.with_rv(new, old.mod_revision)  # no change, no write (RV stays)
+        async with self._reservation(rt) as res:
+            causes = admission.admit(rt, new, old.value if old else None, self.cfg, res)
+            if causes:
+                raise invalid(rt.kind, name, causes, rt.group)
+            if old is not None and objects.strip_for_storage(new) == objects.strip_for_storage(old.value):
+                return objects.with_rv(new, old.mod_revision)  # no change, no write (RV stays)
+            if dry_run:
+                return objects.with_rv(new, await self._dry_run(rt, ns, new, old))
+            return objects.with_rv(new, await self.commit(rt, ns, new, old))
+
+    @contextlib.asynccontextmanager
+    async def _reservation(self, rt: ResourceType) -> AsyncIterator[Reservation]:
+        """What this write may allocate from: the kind's ranges with what the store holds now."""
+        spaces = rt.strategy.ranges(self.cfg)
+        if not spaces:
+            yield Reservation({})
+            return
+        async with self._alloc_lock:
+            held = {name: [k.rsplit("/", 1)[1] for k in await self.store.keys(self.store.alloc_key(name, ""))]
+                    for name in spaces}
+            with Reservation(allocators_from(spaces, held)) as res:
+                yield res
+
+    # --- the primitives the lifecycle writes through too ------------------------------------------
+
+    def _allocation_keys(self, rt: ResourceType, ns: str | None, new: dict | None, old: KV | None,
+                         ) -> tuple[dict[str, str], list[str]]:
+        """(claims: key -> owner, releases) of a change from `old` to `new` (None: deleted)."""
+        have = rt.strategy.held(old.value if old else None)
+        want = rt.strategy.held(new)
+        owner = f"{ns}/{objects.meta(new or (old.value if old else {})).get('name', '')}"
+        claims = {self.store.alloc_key(r, v): owner for r, v in sorted(want - have)}
+        return claims, [self.store.alloc_key(r, v) for r, v in sorted(have - want)]
+
+    async def commit(self, rt: ResourceType, ns: str | None, new: dict, old: KV | None) -> int:
+        """Write `new` over `old` (None: it must not exist yet), with the allocation keys the
+        change claims and releases, in one transaction; then the write hooks. The revision."""
+        name = objects.meta(new).get("name", "")
         key = self.key(rt, ns, name)
-        if rt.kind != "Service":
-            rev = await self._txn(rt, name, key, new, old, {}, [], dry_run)
-        else:
-            async with self._alloc_lock:
-                rev = await self._write_service(rt, ns, name, key, new, old, dry_run)
-        out = objects.with_rv(new, rev)
-        if not dry_run:
-            for hook in self.on_write:
-                await hook(rt, ns, name)
-        return out
-
-    async def _write_service(self, rt: ResourceType, ns: str | None, name: str, key: str, new: dict,
-                             old: KV | None, dry_run: bool) -> int:
-        used_ips = {k.rsplit("/", 1)[1] for k in await self.store.keys(self.store.alloc_key(IPS, ""))}
-        used_ports = {int(k.rsplit("/", 1)[1]) for k in await self.store.keys(self.store.alloc_key(PORTS, ""))}
-        causes = admission.assign_service(new, old.value if old else None, self.cfg, used_ips, used_ports)
-        if causes:
-            raise invalid(rt.kind, name, causes, rt.group)
-        have_ips, have_ports = svc_admission.allocations(old.value if old else None)
-        want_ips, want_ports = svc_admission.allocations(new)
-        owner = f"{ns}/{name}"
-        claims = {self.store.alloc_key(IPS, ip): owner for ip in want_ips - have_ips}
-        claims |= {self.store.alloc_key(PORTS, p): owner for p in want_ports - have_ports}
-        releases = [self.store.alloc_key(IPS, ip) for ip in have_ips - want_ips]
-        releases += [self.store.alloc_key(PORTS, p) for p in have_ports - want_ports]
-        try:
-            return await self._txn(rt, name, key, new, old, claims, releases, dry_run)
-        except TxnFailed as e:  # only allocation keys get here: another server took them meanwhile
-            field = "spec.clusterIP" if any(f"/{IPS}/" in k for k, v in e.existing.items() if v) else "spec.ports"
-            raise invalid(rt.kind, name, [{"reason": "FieldValueInvalid", "field": field,
-                                           "message": "provided value is already allocated"}], rt.group) from None
-
-    async def _txn(self, rt: ResourceType, name: str, key: str, new: dict, old: KV | None, claims: dict[str, str],
-                   releases: list[str], dry_run: bool) -> int:
+        claims, releases = self._allocation_keys(rt, ns, new, old)
         expect = {key: old.mod_revision if old else 0, **dict.fromkeys(claims, 0)}
-        if dry_run:
-            existing = {k: (kv.mod_revision if (kv := await self.store.get(k)) else 0) for k in expect}
-            if existing != expect:
-                self._raise_txn(rt, name, key, old, TxnFailed(existing))
-            return old.mod_revision if old else 0
         try:
-            return await self.store.txn({key: objects.strip_for_storage(new), **claims}, releases, expect)
+            rev = await self.store.txn({key: objects.strip_for_storage(new), **claims}, releases, expect)
         except TxnFailed as e:
             self._raise_txn(rt, name, key, old, e)
-            raise
+            # Only allocation keys get here: another server took them meanwhile.
+            ip_taken = any("/serviceips/" in k for k, v in e.existing.items() if v and k != key)
+            raise invalid(rt.kind, name, [{"reason": "FieldValueInvalid",
+                                           "field": "spec.clusterIP" if ip_taken else "spec.ports",
+                                           "message": "provided value is already allocated"}], rt.group) from None
+        await self.notify(rt, ns, name)
+        return rev
+
+    async def remove(self, rt: ResourceType, ns: str | None, kv: KV) -> None:
+        """Delete `kv` if it is still current, releasing every allocation key it held."""
+        name = objects.meta(kv.value).get("name", "")
+        key = self.key(rt, ns, name)
+        _, releases = self._allocation_keys(rt, ns, None, kv)
+        try:
+            await self.store.txn({}, [key, *releases], {key: kv.mod_revision})
+        except TxnFailed as e:
+            self._raise_txn(rt, name, key, kv, e)
+        await self.notify(rt, ns, name)
+
+    async def notify(self, rt: ResourceType, ns: str | None, name: str) -> None:
+        for hook in self.on_write:
+            await hook(rt, ns, name)
+
+    async def _dry_run(self, rt: ResourceType, ns: str | None, new: dict, old: KV | None) -> int:
+        """What `commit` would check, without writing: the object's revision and free claims."""
+        name = objects.meta(new).get("name", "")
+        key = self.key(rt, ns, name)
+        claims, _ = self._allocation_keys(rt, ns, new, old)
+        expect = {key: old.mod_revision if old else 0, **dict.fromkeys(claims, 0)}
+        existing = {k: (kv.mod_revision if (kv := await self.store.get(k)) else 0) for k in expect}
+        if existing != expect:
+            self._raise_txn(rt, name, key, old, TxnFailed(existing))
+            raise invalid(rt.kind, name, [{"reason": "FieldValueInvalid", "field": "spec",
+                                           "message": "provided value is already allocated"}], rt.group)
+        return old.mod_revision if old else 0
+
+    async def in_namespace(self, rt: ResourceType, ns: str) -> list[KV]:
+        kvs, _, _ = await self.store.list(self.key(rt, ns))
+        return kvs
+
+    async def dependents(self, ns: str, uid: str) -> list[tuple[ResourceType, KV]]:
+        out = []
+        for rt in RESOURCES:
+            if rt.namespaced:
+                out += [(rt, kv) for kv in await self.in_namespace(rt, ns) if uid in objects.owner_uids(kv.value)]
+        return out
 
     @staticmethod
     def _raise_txn(rt: ResourceType, name: str, key: str, old: KV | None, e: TxnFailed) -> None:
+        """The ApiError for a failed compare on the object's own key (returns if it was not that)."""
         if old is None and e.existing.get(key):
             raise already_exists(rt.plural, name, rt.group) from None
         if old is not None and e.existing.get(key) != old.mod_revision:
             if not e.existing.get(key):
                 raise not_found(rt.plural, name, rt.group) from None
             raise conflict(rt.plural, name, MODIFIED_MSG, rt.group) from None
-        raise e

@@ -23,7 +23,8 @@ from aiohttp import web
 
 from lab.apiserver import auth, discovery, objects, tables, watchstream
 from lab.apiserver.errors import ApiError, bad_request
-from lab.apiserver.registry import Query, Registry
+from lab.apiserver.query import Query
+from lab.apiserver.registry import Registry
 from lab.apiserver.resources import ResourceType, by_kind, lookup
 from lab.apiserver.storage import StoreError
 
@@ -172,7 +173,7 @@ class ApiServer:
             name = objects.get_path(body, "metadata", "name")
             if not name:
                 raise bad_request("a Binding needs metadata.name (the pod's name)")
-            return _json(await reg.bind(by_kind("", "Pod"), t.namespace, name, body), 201)
+            return _json(await reg.lifecycle.bind(by_kind("", "Pod"), t.namespace, name, body), 201)
         dry_run = q.get("dryRun") == "All"
         if method == "GET":
             if t.watch or q.get("watch") in ("1", "true", "True"):
@@ -191,7 +192,7 @@ class ApiServer:
             if t.name is None:
                 return _json(await reg.create(rt, t.namespace, await self._body(request), dry_run), 201)
             if t.sub == "binding":
-                return _json(await reg.bind(rt, t.namespace, t.name, await self._body(request)), 201)
+                return _json(await reg.lifecycle.bind(rt, t.namespace, t.name, await self._body(request)), 201)
         elif method == "PUT" and t.name is not None:
             body = await self._body(request)
             if t.sub == "scale":
@@ -213,8 +214,9 @@ class ApiServer:
                     raise bad_request(f"gracePeriodSeconds: not an integer: {q['gracePeriodSeconds']!r}") from None
             dry_run = dry_run or "All" in (options.get("dryRun") or [])
             if t.name is None:
-                return _json(await reg.delete_collection(rt, t.namespace, Query(rt, dict(q)), options, dry_run))
-            return _json(await reg.delete(rt, t.namespace, t.name, options, dry_run))
+                return _json(await reg.lifecycle.delete_collection(rt, t.namespace, Query(rt, dict(q)), options,
+                                                                   dry_run))
+            return _json(await reg.lifecycle.delete(rt, t.namespace, t.name, options, dry_run))
         raise ApiError(405, f"the server does not allow this method on the requested resource: {method}",
                        "MethodNotAllowed")
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from lab.apiserver.errors import ApiError
-from lab.apiserver.registry import Query
+from lab.apiserver.query import Query
 from lab.apiserver.resources import by_kind
 
 PODS = by_kind("", "Pod")
