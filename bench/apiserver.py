@@ -52,6 +52,7 @@ class Target:
 
 @dataclass
 class _Run:
+    ssl: ssl.SSLContext | bool  # one context: aiohttp pools connections per context
     done: list[float] = field(default_factory=list)  # completion time of each object, in order
     latencies: list[float] = field(default_factory=list)
     errors: int = 0
@@ -80,6 +81,13 @@ def _ssl(target: Target) -> ssl.SSLContext | bool:
     return ssl.create_default_context(cafile=target.ca) if target.ca else False
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 async def _writer(session: aiohttp.ClientSession, target: Target, ns: str, queue: asyncio.Queue[int],
                   run: _Run, nodeport_every: int, deadline: float) -> None:
     headers = {"Authorization": f"Bearer {target.token}", "Content-Type": "application/json"}
@@ -92,7 +100,7 @@ async def _writer(session: aiohttp.ClientSession, target: Target, ns: str, queue
             return
         for url, body in ((base, _service(i, nodeport_every)), (slices, _slice(i))):
             t0 = time.monotonic()
-            async with session.post(url, json=body, headers=headers, ssl=_ssl(target)) as resp:
+            async with session.post(url, json=body, headers=headers, ssl=run.ssl) as resp:
                 await resp.read()
                 if resp.status != 201:
                     run.errors += 1
@@ -108,16 +116,16 @@ async def _watcher(session: aiohttp.ClientSession, target: Target, path: str, ru
                    started: asyncio.Event) -> None:
     headers = {"Authorization": f"Bearer {target.token}"}
     async with session.get(f"{target.url}{path}?watch=1&allowWatchBookmarks=true&timeoutSeconds=3600",
-                           headers=headers, ssl=_ssl(target), timeout=aiohttp.ClientTimeout(total=None)) as resp:
+                           headers=headers, ssl=run.ssl, timeout=aiohttp.ClientTimeout(total=None)) as resp:
         started.set()
         async for _line in resp.content:
             run.events += 1
 
 
-async def _metrics(session: aiohttp.ClientSession, target: Target) -> dict[str, float]:
+async def _metrics(session: aiohttp.ClientSession, target: Target, run: _Run) -> dict[str, float]:
     """Sums and counts of the server's duration histograms (name{labels}_sum / _count)."""
     headers = {"Authorization": f"Bearer {target.token}"}
-    async with session.get(f"{target.url}/metrics", headers=headers, ssl=_ssl(target)) as resp:
+    async with session.get(f"{target.url}/metrics", headers=headers, ssl=run.ssl) as resp:
         text = await resp.text()
     out: dict[str, float] = {}
     for m in re.finditer(r'^(apiserver_request_duration_seconds|etcd_request_duration_seconds)_(sum|count)'
@@ -136,13 +144,14 @@ def _mean_ms(after: dict[str, float], before: dict[str, float], prefix: str) -> 
 
 
 async def _measure(target: Target, counts: tuple[int, ...], window: int, writers: int, watchers: int,
-                   namespace: str, nodeport_every: int, max_seconds: float) -> dict[str, Any]:
-    run = _Run()
+                   namespace: str, nodeport_every: int, max_seconds: float,
+                   processes: dict[str, int]) -> dict[str, Any]:
+    run = _Run(_ssl(target))
     connector = aiohttp.TCPConnector(limit=writers + watchers + 4)
     async with aiohttp.ClientSession(connector=connector) as session:
         headers = {"Authorization": f"Bearer {target.token}"}
         async with session.post(f"{target.url}/api/v1/namespaces", json={"metadata": {"name": namespace}},
-                                headers=headers, ssl=_ssl(target)) as resp:
+                                headers=headers, ssl=run.ssl) as resp:
             if resp.status not in (201, 409):
                 raise RuntimeError(f"namespace {namespace}: {resp.status} {await resp.text()}")
         watch_tasks = []
@@ -151,7 +160,9 @@ async def _measure(target: Target, counts: tuple[int, ...], window: int, writers
             path = "/api/v1/services" if i % 2 == 0 else "/apis/discovery.k8s.io/v1/endpointslices"
             watch_tasks.append(asyncio.create_task(_watcher(session, target, path, run, started)))
             await asyncio.wait_for(started.wait(), 30)
-        before = await _metrics(session, target)
+        before = await _metrics(session, target, run)
+        cpu_before = {name: _cpu_seconds(pid) for name, pid in processes.items()}
+        cpu_before["client"] = time.process_time()
         queue: asyncio.Queue[int] = asyncio.Queue()
         total = max(counts)
         for i in range((total + 1) // 2):  # two objects per index: a Service and its slice
@@ -161,7 +172,9 @@ async def _measure(target: Target, counts: tuple[int, ...], window: int, writers
         await asyncio.gather(*(_writer(session, target, namespace, queue, run, nodeport_every, deadline)
                                for _ in range(writers)))
         elapsed = time.monotonic() - t_start
-        after = await _metrics(session, target)
+        cpu = {name: _cpu_seconds(pid) - cpu_before[name] for name, pid in processes.items()}
+        cpu["client"] = time.process_time() - cpu_before["client"]
+        after = await _metrics(session, target, run)
         settle = time.monotonic() + 10
         want_events = len(run.done) * watchers // 2
         while run.events < want_events and time.monotonic() < settle:
@@ -190,6 +203,11 @@ async def _measure(target: Target, counts: tuple[int, ...], window: int, writers
         "client_p99_ms": round(lat[int(len(lat) * 0.99)] * 1000, 2) if lat else None,
         "server_create_ms": _mean_ms(after, before, "apiserver_request_duration_seconds:POST"),
         "etcd_call_ms": _mean_ms(after, before, "etcd_request_duration_seconds:"),
+        # CPU per object, per process: what the rate would be on an idle machine follows from it
+        # (2 cores / the sum), whatever else the shared machine was doing during the run.
+        "cpu_ms_per_object": {name: round(sec / len(run.done) * 1000, 3) for name, sec in cpu.items()}
+        if run.done else {},
+        "idle_estimate": round(2000 / sum(v / len(run.done) * 1000 for v in cpu.values())) if run.done else None,
         "writers": writers, "watchers": watchers, "watch_events": run.events,
         "watch_events_expected": len(run.done) * watchers // 2,
         "loadavg": [round(x, 2) for x in os.getloadavg()],
@@ -198,13 +216,14 @@ async def _measure(target: Target, counts: tuple[int, ...], window: int, writers
 
 def measure_create_rate(target: Target, counts: tuple[int, ...] = DEFAULT_COUNTS, *, window: int = 1000,
                         writers: int = 8, watchers: int = 4, namespace: str = "bench", nodeport_every: int = 10,
-                        max_seconds: float = 900.0) -> dict[str, Any]:
+                        max_seconds: float = 900.0, processes: dict[str, int] | None = None) -> dict[str, Any]:
     """Create Services and EndpointSlices (half each) through `target` until max(counts) objects
     exist (or `max_seconds` pass); the objects/s over the `window` objects ending at each count.
+    `processes` (name -> pid, e.g. the API server and etcd) are charged their CPU time per object.
     Returns a dict (see `_measure`): rates per count, their ratio, client latencies, the server's
-    mean create and etcd times, watch events seen, load average."""
+    mean create and etcd times, CPU per object, watch events seen, load average."""
     return asyncio.run(_measure(target, tuple(sorted(counts)), window, writers, watchers, namespace,
-                                nodeport_every, max_seconds))
+                                nodeport_every, max_seconds, dict(processes or {})))
 
 
 def _local_server(tmp: str) -> tuple[Target, list[Any]]:
@@ -241,7 +260,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         target, procs = _local_server(tmp)
         result = measure_create_rate(target, counts, window=args.window, writers=args.writers,
-                                     watchers=args.watchers, max_seconds=args.max_seconds)
+                                     watchers=args.watchers, max_seconds=args.max_seconds,
+                                     processes={"apiserver": procs[0].pid, "etcd": procs[1].pid})
     finally:
         for proc in procs:
             stop(proc)
@@ -252,6 +272,8 @@ def main(argv: list[str] | None = None) -> int:
         ("objects created / errors", f"{result['objects_created']} / {result['errors']} in {result['seconds']} s"),
         ("client latency p50 / p99", f"{result['client_p50_ms']} / {result['client_p99_ms']} ms"),
         ("server time per create / etcd call", f"{result['server_create_ms']} / {result['etcd_call_ms']} ms"),
+        ("CPU ms per object", ", ".join(f"{k} {v}" for k, v in result["cpu_ms_per_object"].items())),
+        ("idle-machine estimate (2 cores / CPU per object)", f"{result['idle_estimate']} objects/s"),
         ("watch events seen / expected", f"{result['watch_events']} / {result['watch_events_expected']}"),
         ("writers / watchers", f"{result['writers']} / {result['watchers']}"),
         ("load average at the end", " ".join(map(str, result["loadavg"]))),

@@ -51,6 +51,11 @@ class Objects(Protocol):
         """Objects in `ns` with an ownerReference to `uid`."""
         ...
 
+    async def settled(self, revision: int) -> None:
+        """Until every read shows the writes up to `revision` (read-your-writes for the checks
+        other requests make, e.g. the terminating namespace that refuses new content)."""
+        ...
+
 
 class Lifecycle:
     def __init__(self, store: Objects, kinds: Sequence[ResourceType], namespaces: ResourceType) -> None:
@@ -118,6 +123,7 @@ class Lifecycle:
             new["metadata"] = dict(new["metadata"], deletionTimestamp=objects.now())
             rev = await self.store.commit(rt, ns, new, kv)
             obj = objects.with_rv(new, rev)
+            await self.store.settled(rev)
             self._background(self._finalize_namespace(name))
         return obj
 

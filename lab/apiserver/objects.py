@@ -100,11 +100,11 @@ def spec_changed(new: dict, old: dict) -> bool:
 
 
 def strip_for_storage(obj: dict) -> dict:
-    out = copy.deepcopy(obj)
-    m = meta(out)
-    m.pop("resourceVersion", None)
-    m.pop("selfLink", None)
-    m.pop("managedFields", None)
+    """The object as stored: without the fields the server derives when it reads (a copy of
+    the top level and metadata only; the rest is shared with `obj`, and only ever serialized)."""
+    out = dict(obj)
+    out["metadata"] = {k: v for k, v in (obj.get("metadata") or {}).items()
+                       if k not in ("resourceVersion", "selfLink", "managedFields")}
     return out
 
 

@@ -3,17 +3,21 @@
 the store revision as a list's resourceVersion, compare-and-swap transactions for updates.
 
 Every call goes to etcd's gRPC gateway (JSON over HTTP, the endpoint flannel_py's etcd3gw uses
-too) through one aiohttp session on the server's event loop: keep-alive connections, no thread
-per call, and a watch is an async stream that cancels cleanly when its client goes away and
-reports the gateway's "canceled, compact_revision" answer (what a watch from a compacted
-resourceVersion must turn into: 410 Expired). Values are decoded lazily (`KV.value`), so a list
-that filters raw bytes first (`KV.raw`) never decodes what it will not return.
+too) on the server's event loop, never in a thread. Unary calls use `_Pool`, keep-alive
+HTTP/1.1 connections that speak just what the gateway answers (a POST, a JSON answer with a
+length or in chunks): a general client (aiohttp's, etcd3gw's requests) spent more per call than
+the rest of a create. A watch is an aiohttp stream that cancels cleanly when its client goes
+away and reports the gateway's "canceled, compact_revision" answer (what a watch from a
+compacted resourceVersion must turn into: 410 Expired). Values are decoded lazily (`KV.value`),
+so a list that filters raw bytes first (`KV.raw`) never decodes what it will not return.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
+import ssl
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -119,6 +123,62 @@ def encode(obj: dict) -> str:
     return json.dumps(obj, separators=(",", ":"), sort_keys=True)
 
 
+class _Pool:
+    """Keep-alive HTTP/1.1 connections to one server, for POSTs of JSON bodies (at most `limit`
+    at once; a connection that failed or was cut is dropped, never reused)."""
+
+    def __init__(self, host: str, port: int, tls: bool, limit: int = 32) -> None:
+        self.host, self.port = host, port
+        self.tls = ssl.create_default_context() if tls else None
+        self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+        self._slots = asyncio.Semaphore(limit)
+
+    async def post(self, path: str, body: bytes) -> tuple[int, bytes]:
+        async with self._slots:
+            conn = self._idle.pop() if self._idle else \
+                await asyncio.open_connection(self.host, self.port, ssl=self.tls)
+            try:
+                status, data, keep = await self._exchange(conn, path, body)
+            except BaseException:
+                conn[1].close()
+                raise
+            if keep:
+                self._idle.append(conn)
+            else:
+                conn[1].close()
+            return status, data
+
+    async def _exchange(self, conn: tuple[asyncio.StreamReader, asyncio.StreamWriter], path: str,
+                        body: bytes) -> tuple[int, bytes, bool]:
+        reader, writer = conn
+        writer.write(b"POST %s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+                     % (path.encode(), self.host.encode(), len(body)) + body)
+        status_line = await reader.readline()
+        parts = status_line.split(None, 2)
+        if len(parts) < 2 or not parts[0].startswith(b"HTTP/1."):
+            raise ConnectionError(f"not an HTTP answer: {status_line[:100]!r}")
+        headers: dict[bytes, bytes] = {}
+        while (line := await reader.readline()) not in (b"\r\n", b"\n", b""):
+            name, _, value = line.partition(b":")
+            headers[name.strip().lower()] = value.strip()
+        if headers.get(b"transfer-encoding", b"").lower() == b"chunked":
+            chunks = []
+            while size := int((await reader.readline()).split(b";")[0], 16):
+                chunks.append(await reader.readexactly(size))
+                await reader.readline()
+            while (await reader.readline()) not in (b"\r\n", b"\n", b""):
+                pass  # trailers
+            data = b"".join(chunks)
+        else:
+            data = await reader.readexactly(int(headers.get(b"content-length", b"0")))
+        return int(parts[1]), data, headers.get(b"connection", b"").lower() != b"close"
+
+    def close(self) -> None:
+        for _, writer in self._idle:
+            writer.close()
+        self._idle.clear()
+
+
 class Store:
     def __init__(self, url: str, prefix: str = "/registry", timeout: float = 10.0,
                  durations: Histogram | None = None) -> None:
@@ -127,7 +187,7 @@ class Store:
         self.prefix = "/" + prefix.strip("/")
         self.timeout = timeout
         self.durations = durations  # etcd_request_duration_seconds{operation}
-        self._session: aiohttp.ClientSession | None = None  # unary calls (a pool of keep-alive connections)
+        self._pool = _Pool(parts.hostname or "127.0.0.1", parts.port or 2379, parts.scheme == "https")
         self._watches: aiohttp.ClientSession | None = None  # one long-lived connection per watch
 
     # --- keys -----------------------------------------------------------------------------------
@@ -142,16 +202,11 @@ class Store:
     # --- unary calls ----------------------------------------------------------------------------
 
     async def _post(self, path: str, payload: dict, operation: str) -> dict:
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=64), timeout=aiohttp.ClientTimeout(total=self.timeout))
         t0 = time.monotonic()
         try:
-            async with self._session.post(f"{self.url}/v3{path}", data=json.dumps(payload),
-                                          headers={"Content-Type": "application/json"}) as resp:
-                body = await resp.read()
-                status = resp.status
-        except (aiohttp.ClientError, TimeoutError) as e:
+            async with asyncio.timeout(self.timeout):
+                status, body = await self._pool.post(f"/v3{path}", json.dumps(payload).encode())
+        except (OSError, EOFError, ValueError, TimeoutError) as e:  # refused, reset, cut short, garbled
             raise StoreError(f"etcd {path}: {type(e).__name__}: {e}") from None
         finally:
             if self.durations is not None:
@@ -265,9 +320,9 @@ class Store:
                 yield ev
 
     async def close(self) -> None:
-        for session in (self._session, self._watches):
-            if session is not None:
-                await session.close()
+        self._pool.close()
+        if self._watches is not None:
+            await self._watches.close()
 
 
 def _batch(line: bytes, start_revision: int) -> tuple[int, list[Event]] | None:
