@@ -153,12 +153,12 @@ class _Pool:
         reader, writer = conn
         writer.write(b"POST %s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
                      % (path.encode(), self.host.encode(), len(body)) + body)
-        status_line = await reader.readline()
-        parts = status_line.split(None, 2)
+        head = (await reader.readuntil(b"\r\n\r\n")).split(b"\r\n")
+        parts = head[0].split(None, 2)
         if len(parts) < 2 or not parts[0].startswith(b"HTTP/1."):
-            raise ConnectionError(f"not an HTTP answer: {status_line[:100]!r}")
+            raise ConnectionError(f"not an HTTP answer: {head[0][:100]!r}")
         headers: dict[bytes, bytes] = {}
-        while (line := await reader.readline()) not in (b"\r\n", b"\n", b""):
+        for line in head[1:]:
             name, _, value = line.partition(b":")
             headers[name.strip().lower()] = value.strip()
         if headers.get(b"transfer-encoding", b"").lower() == b"chunked":
@@ -206,7 +206,7 @@ class Store:
         try:
             async with asyncio.timeout(self.timeout):
                 status, body = await self._pool.post(f"/v3{path}", json.dumps(payload).encode())
-        except (OSError, EOFError, ValueError, TimeoutError) as e:  # refused, reset, cut short, garbled
+        except (OSError, EOFError, ValueError, TimeoutError, asyncio.LimitOverrunError) as e:  # refused, cut, garbled
             raise StoreError(f"etcd {path}: {type(e).__name__}: {e}") from None
         finally:
             if self.durations is not None:
