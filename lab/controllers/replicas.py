@@ -16,8 +16,10 @@ from typing import Any
 from kubernetes.client import ApiClient
 
 from knet.kube import Informer, client
+from knet.kube.indexes import NAMESPACE
 from knet.kube.models import KubeObject, Pod, ReplicaSet, ReplicationController
 from knet.kube.selectors import Selector
+from lab.controllers import indexes
 from lab.controllers.common import controlled_by, is_active, is_available, owner_ref
 from lab.controllers.workqueue import Controller, Expectations
 
@@ -83,7 +85,7 @@ def _selector(owner: KubeObject) -> Selector:
 
 
 def owned_pods(owner: KubeObject, pods: Informer[Pod]) -> list[Pod]:
-    return [p for p in pods.list(namespace=owner.namespace) if controlled_by(p, owner)]
+    return [p for p in indexes.owned(pods, owner) if controlled_by(p, owner)]
 
 
 class ReplicaController(Controller):
@@ -118,9 +120,9 @@ class ReplicaController(Controller):
         if key:
             self.enqueue(key)
         elif pod.metadata.deletion_timestamp is None:
-            # An orphan: an owner whose selector matches may adopt it.
+            # An orphan: an owner of its namespace whose selector matches may adopt it.
             for prefix, inf in self.owners.items():
-                for owner in inf.list(namespace=pod.namespace):
+                for owner in inf.by_index(NAMESPACE, pod.namespace or ""):
                     if _selector(owner).matches(pod.labels):
                         self.enqueue(f"{prefix}/{owner.key}")
 
@@ -180,7 +182,7 @@ class ReplicaController(Controller):
         if owner.is_terminating:
             return []
         selector, adopted = _selector(owner), []
-        for pod in self.pods.list(namespace=owner.namespace):
+        for pod in self.pods.by_index(indexes.ORPHAN, owner.namespace or ""):
             if pod.metadata.controller_ref() is None and is_active(pod) and selector.matches(pod.labels):
                 refs = [r.to_dict() for r in pod.metadata.owner_references]
                 patch = {"metadata": {"ownerReferences": [*refs, owner_ref(owner, api_version, kind)],
