@@ -27,7 +27,7 @@ import heapq
 import json
 import logging
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncGenerator, Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from knet.kube import selectors
@@ -120,7 +120,7 @@ class Watcher:
             return self.floor
         return max(self.floor, self.kind.cache.revision)
 
-    async def events(self, tick: float) -> AsyncIterator[tuple[str, Any, bytes | None]]:
+    async def events(self, tick: float) -> AsyncGenerator[tuple[str, Any, bytes | None], None]:
         """The changes, and ("TICK", None, None) after `tick` idle seconds, until ended."""
         try:
             while True:
@@ -330,15 +330,15 @@ class WatchCache:
         assert revision is not None
         for kind in self.kinds.values():
             kind.reset(revision)
-        others = []
+        others: list[KV] = []
         for kv in objects:
-            kind, _ = self._kind_of(kv.key)
-            if kind is None:
+            owner, _ = self._kind_of(kv.key)
+            if owner is None:
                 others.append(kv)
                 continue
             obj = self._decode(kv.key, kv.raw, kv.mod_revision)
             if obj is not None:
-                kind.put(kv.key, obj)
+                owner.put(kv.key, obj)
         if self.on_other_reset is not None:
             self.on_other_reset(others, revision)
         self.revision = revision

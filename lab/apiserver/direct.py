@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 from lab.apiserver import objects
@@ -71,7 +71,7 @@ async def list_objects(store: Store, prefix: str, q: Query) -> tuple[list[dict],
     return items, meta
 
 
-async def watch_objects(store: Store, prefix: str, q: Query) -> AsyncIterator[WatchItem]:
+async def watch_objects(store: Store, prefix: str, q: Query) -> AsyncGenerator[WatchItem, None]:
     """The objects under `prefix` that `q` selects, as watch events from `q.rv` on (no
     resourceVersion: the current ones as ADDED first)."""
     if q.rv in (None, "0"):
@@ -104,7 +104,7 @@ async def watch_objects(store: Store, prefix: str, q: Query) -> AsyncIterator[Wa
 
 
 async def until_stopping(events: AsyncIterator[WatchItem], stopping: asyncio.Event,
-                         tick: float) -> AsyncIterator[WatchItem]:
+                         tick: float) -> AsyncGenerator[WatchItem, None]:
     """The events, plus ("TICK", None, None) after `tick` seconds without one, until `stopping` is set:
     then the watch ends cleanly (a complete chunked response) instead of being cut."""
     stop = asyncio.ensure_future(stopping.wait())

@@ -7,6 +7,7 @@ reads and compare-and-swap writes) and the kinds' strategies decide how each kin
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 import logging
 from collections.abc import Coroutine, Sequence
@@ -43,11 +44,11 @@ class Objects(Protocol):
         """Delete `kv` if it is still current, releasing what it held. Write hooks run."""
         ...
 
-    async def in_namespace(self, rt: ResourceType, ns: str) -> list[KV]:
+    async def in_namespace(self, rt: ResourceType, ns: str) -> builtins.list[KV]:
         """Every stored object of a namespaced kind in `ns`."""
         ...
 
-    async def dependents(self, ns: str, uid: str) -> list[tuple[ResourceType, KV]]:
+    async def dependents(self, ns: str, uid: str) -> builtins.list[tuple[ResourceType, KV]]:
         """Objects in `ns` with an ownerReference to `uid`."""
         ...
 

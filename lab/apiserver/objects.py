@@ -138,7 +138,8 @@ def decode_continue(token: str) -> tuple[int, str]:
 
 
 def owner_uids(obj: dict) -> set[str]:
-    return {r.get("uid") for r in (obj.get("metadata") or {}).get("ownerReferences") or [] if isinstance(r, dict)}
+    return {str(r["uid"]) for r in (obj.get("metadata") or {}).get("ownerReferences") or []
+            if isinstance(r, dict) and r.get("uid")}
 
 
 def get_path(obj: Any, *path: str) -> Any:

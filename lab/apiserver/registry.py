@@ -17,11 +17,12 @@ watch cache keeps current from those keys, so no request lists them.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 import copy
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any
 
 from lab.apiserver import admission, direct, objects, patch
@@ -136,7 +137,7 @@ class Registry:
         return {"kind": f"{rt.kind}List", "apiVersion": rt.api_version, "metadata": meta, "items": items}
 
     async def watch(self, rt: ResourceType, ns: str | None, q: Query, stopping: asyncio.Event,
-                    tick: float) -> AsyncIterator[WatchItem]:
+                    tick: float) -> AsyncGenerator[WatchItem, None]:
         """(type, object, encoded line) events until `stopping` is set (or the cache ends the
         watch); ("ERROR", Status, None) and the end when the start is compacted; ("TICK", None,
         None) after `tick` idle seconds. Progress (how far the stream has got without anything
@@ -387,11 +388,11 @@ class Registry:
         return KV(self.key(rt, meta.get("namespace"), meta.get("name", "")), b"", int(meta["resourceVersion"]),
                   value=obj)
 
-    async def in_namespace(self, rt: ResourceType, ns: str) -> list[KV]:
+    async def in_namespace(self, rt: ResourceType, ns: str) -> builtins.list[KV]:
         await self._cache_current(None)
         return [self._cached_kv(rt, obj) for obj in list(self.cache.kind(rt).by_ns.get(ns, {}).values())]
 
-    async def dependents(self, ns: str, uid: str) -> list[tuple[ResourceType, KV]]:
+    async def dependents(self, ns: str, uid: str) -> builtins.list[tuple[ResourceType, KV]]:
         await self._cache_current(None)
         return [(rt, self._cached_kv(rt, obj)) for rt in RESOURCES if rt.namespaced
                 for obj in self.cache.kind(rt).by_index(OWNER_INDEX, uid, ns)]

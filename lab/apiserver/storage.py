@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import builtins
 import json
 import ssl
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -219,7 +220,7 @@ class Store:
         return json.loads(body)
 
     async def range(self, key: str, end: str | None = None, revision: int | None = None,
-                    limit: int | None = None, *, keys_only: bool = False) -> tuple[list[KV], int, bool]:
+                    limit: int | None = None, *, keys_only: bool = False) -> tuple[builtins.list[KV], int, bool]:
         payload: dict[str, Any] = {"key": _b64(key)}
         if end is not None:
             payload["range_end"] = _b64(end)
@@ -237,11 +238,11 @@ class Store:
         return kvs[0] if kvs else None
 
     async def list(self, prefix: str, revision: int | None = None, limit: int | None = None,
-                   start: str | None = None) -> tuple[list[KV], int, bool]:
+                   start: str | None = None) -> tuple[builtins.list[KV], int, bool]:
         """Objects under prefix (from key `start` on), at `revision` (None: now)."""
         return await self.range(start or prefix, range_end(prefix), revision, limit)
 
-    async def keys(self, prefix: str) -> list[str]:
+    async def keys(self, prefix: str) -> builtins.list[str]:
         kvs, _, _ = await self.range(prefix, range_end(prefix), keys_only=True)
         return [kv.key for kv in kvs]
 
@@ -255,7 +256,7 @@ class Store:
         await self._post("/kv/range", {"key": _b64(self.prefix), "count_only": True, "revision": revision},
                          "revision")
 
-    async def txn(self, puts: dict[str, dict | str], deletes: list[str], expect: dict[str, int]) -> int:
+    async def txn(self, puts: dict[str, dict | str], deletes: builtins.list[str], expect: dict[str, int]) -> int:
         """Apply puts and deletes atomically if every key in `expect` has that mod_revision (0:
         absent); returns the new store revision, or raises TxnFailed with the keys' actual state."""
         compare = [{"key": _b64(k), "target": "MOD", "result": "EQUAL", "mod_revision": str(rev)}
@@ -279,7 +280,7 @@ class Store:
     # --- watch ----------------------------------------------------------------------------------
 
     async def watch_batches(self, prefix: str, start_revision: int, prev_kv: bool = True,
-                            ) -> AsyncIterator[tuple[int, list[Event]]]:
+                            ) -> AsyncGenerator[tuple[int, builtins.list[Event]], None]:
         """(revision, events) as etcd sends them, from start_revision on: the events of one or
         more transactions, or none (progress: everything up to `revision` has been sent).
         Raises Compacted if start_revision is too old, StoreError when the stream breaks."""
@@ -310,7 +311,7 @@ class Store:
                 raise StoreError(f"etcd watch: {type(e).__name__}: {e}") from None
         raise StoreError("etcd watch stream ended")
 
-    async def watch(self, prefix: str, start_revision: int) -> AsyncIterator[Event]:
+    async def watch(self, prefix: str, start_revision: int) -> AsyncGenerator[Event, None]:
         """Events under prefix from start_revision on, each with its previous value, and
         PROGRESS events; raises Compacted if start_revision is too old."""
         async for revision, events in self.watch_batches(prefix, start_revision):

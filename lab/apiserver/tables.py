@@ -63,7 +63,7 @@ def age(obj: dict) -> str:
     return since(objects.get_path(obj, "metadata", "creationTimestamp"))
 
 
-def get(obj: dict, *path: str, default: Any = None) -> Any:
+def get(obj: Any, *path: str, default: Any = None) -> Any:
     v = objects.get_path(obj, *path)
     return default if v is None else v
 

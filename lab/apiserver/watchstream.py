@@ -11,7 +11,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
 from aiohttp import web
@@ -84,7 +84,7 @@ class WatchStream:
         await self._line("ERROR", ApiError(500, f"watch of {self.rt.plural} failed: {e}", "InternalError").status())
 
 
-async def serve(request: web.Request, rt: ResourceType, events: AsyncIterator[WatchItem], timeout: float,
+async def serve(request: web.Request, rt: ResourceType, events: AsyncGenerator[WatchItem, None], timeout: float,
                 client_rv: int) -> web.StreamResponse:
     """Stream `events` (which end when the server stops, and bring a TICK now and then while
     idle) until the client's timeout."""

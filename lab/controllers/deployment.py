@@ -217,12 +217,11 @@ class DeploymentController(Controller):
         tmeta["labels"] = {**tmeta.get("labels", {}), HASH_LABEL: h}
         selector = dep.spec.selector.to_dict()
         selector["matchLabels"] = {**selector.get("matchLabels", {}), HASH_LABEL: h}
-        body = {"apiVersion": "apps/v1", "kind": "ReplicaSet",
-                "metadata": {"name": f"{dep.name}-{h}", "namespace": ns, "labels": dict(tmeta["labels"]),
-                             "annotations": {REVISION: str(revision)},
-                             "ownerReferences": [owner_ref(dep, "apps/v1", "Deployment")]},
-                "spec": {"replicas": replicas, "minReadySeconds": dep.spec.min_ready_seconds,
-                         "selector": selector, "template": template}}
+        meta = {"name": f"{dep.name}-{h}", "namespace": ns, "labels": dict(tmeta["labels"]),
+                "annotations": {REVISION: str(revision)}, "ownerReferences": [owner_ref(dep, "apps/v1", "Deployment")]}
+        body: dict[str, Any] = {"apiVersion": "apps/v1", "kind": "ReplicaSet", "metadata": meta, "spec": {
+            "replicas": replicas, "minReadySeconds": dep.spec.min_ready_seconds, "selector": selector,
+            "template": template}}
         try:
             client.create(self.api, "ReplicaSet", body, ns)
         except client.ApiException as e:

@@ -12,6 +12,7 @@ dependent appears whose owner is not in the cache, so such leftovers go within a
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from kubernetes.client import ApiClient
@@ -36,12 +37,15 @@ class GarbageCollector(Controller):
         for inf in owners.values():
             inf.add_handler(on_delete=lambda o: self.enqueue(f"owner/{o.metadata.uid}"))
         for kind, inf in dependents.items():
-            inf.add_handler(on_add=lambda o, k=kind: self._on_dependent(k, o))
+            inf.add_handler(on_add=self._on_dependent(kind))
 
-    def _on_dependent(self, kind: str, obj: Any) -> None:
-        if any(r.kind in self.owners and not self._owner_cached(r.kind, obj.namespace, r.name, r.uid)
-               for r in obj.metadata.owner_references):
-            self.enqueue(f"{kind}/{obj.key}")
+    def _on_dependent(self, kind: str) -> Callable[[Any], None]:
+        """The handler of new `kind` dependents: one whose owner is not cached is checked alone."""
+        def handle(obj: Any) -> None:
+            if any(r.kind in self.owners and not self._owner_cached(r.kind, obj.namespace, r.name, r.uid)
+                   for r in obj.metadata.owner_references):
+                self.enqueue(f"{kind}/{obj.key}")
+        return handle
 
     def _owner_cached(self, kind: str, ns: str | None, name: str, uid: str) -> bool:
         cached = self.owners[kind].get(name, ns)

@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def build(factory: InformerFactory, api: ApiClient | None, pool: Pool, which: set[str]) -> list[Controller]:
+def build(factory: InformerFactory, api: ApiClient, pool: Pool, which: set[str]) -> list[Controller]:
     """The controllers named in `which`, over informers from `factory` with the indexes they
     look objects up by (lab.controllers.indexes)."""
     pods = factory.informer(Pod, indexers=POD_INDEXES)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from kubernetes.client import ApiClient
@@ -101,10 +101,18 @@ class ReplicaController(Controller):
         self.owners: dict[str, Informer[Any]] = {"rs": replicasets, "rc": rcs}
         self.expectations = Expectations()
         for prefix, inf in self.owners.items():
-            inf.add_handler(on_add=lambda o, p=prefix: self.enqueue(f"{p}/{o.key}"),
-                            on_update=lambda _o, n, p=prefix: self.enqueue(f"{p}/{n.key}"),
-                            on_delete=lambda o, p=prefix: self.enqueue(f"{p}/{o.key}"))
+            enqueue = self._owner_handler(prefix)
+            inf.add_handler(on_add=enqueue, on_update=self._updated(enqueue), on_delete=enqueue)
         pods.add_handler(on_add=self._on_pod, on_update=self._on_pod_update, on_delete=self._on_pod)
+
+    def _owner_handler(self, prefix: str) -> Callable[[KubeObject], None]:
+        def enqueue(owner: KubeObject) -> None:
+            self.enqueue(f"{prefix}/{owner.key}")
+        return enqueue
+
+    @staticmethod
+    def _updated(handle: Callable[[KubeObject], None]) -> Callable[[KubeObject, KubeObject], None]:
+        return lambda _old, new: handle(new)
 
     def _owner_key(self, pod: Pod) -> str | None:
         ref = pod.metadata.controller_ref()
@@ -150,7 +158,7 @@ class ReplicaController(Controller):
         active = [p for p in pods if is_active(p)]
         template = owner.spec.template
         if owner.is_terminating or template is None:
-            n_create, to_delete = 0, []
+            n_create, to_delete = 0, list[Pod]()
         else:
             n_create, to_delete = replica_plan(owner.spec.replicas, active)
         if n_create:

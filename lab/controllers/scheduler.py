@@ -134,10 +134,10 @@ class Scheduler(Controller):
         if node is None:
             self._unschedulable(pod, reason)
             return
-        body = {"apiVersion": "v1", "kind": "Binding", "metadata": {"name": pod.name, "namespace": ns},
-                "target": {"apiVersion": "v1", "kind": "Node", "name": node}}
+        body: Any = {"apiVersion": "v1", "kind": "Binding", "metadata": {"name": pod.name, "namespace": ns},
+                     "target": {"apiVersion": "v1", "kind": "Node", "name": node}}
         try:
-            resp = CoreV1Api(self.api).create_namespaced_pod_binding(
+            resp: Any = CoreV1Api(self.api).create_namespaced_pod_binding(
                 pod.name, ns, body, _preload_content=False, _request_timeout=client.REQUEST_TIMEOUT)
             resp.release_conn()
         except ApiException as e:

@@ -87,7 +87,7 @@ def cluster(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setattr(scheduler, "CoreV1Api", Binder)
     Binder.calls = []
     factory = InformerFactory(None)  # type: ignore[arg-type]  # never started: fed below
-    controllers = controllers_main.build(factory, None, Pool(DEFAULT_POOL), set(controllers_main.ALL))
+    controllers = controllers_main.build(factory, None, Pool(DEFAULT_POOL), set(controllers_main.ALL))  # type: ignore[arg-type]
     informers = {inf.resource.kind: inf for inf in factory.informers}
     for name in ("n1", "n2"):
         feed(informers["Node"], Node.model_validate({"metadata": {"name": name, "uid": name}, "status": {

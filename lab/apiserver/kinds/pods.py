@@ -94,7 +94,7 @@ def _validate_container(c: Causes, ctr: Any, path: str, names: set[str], port_na
     if c.dns_label(f"{path}.name", name):
         if name in names:
             c.duplicate(f"{path}.name", name)
-        names.add(name)
+        names.add(str(name))
     if not ctr.get("image"):
         c.required(f"{path}.image")
     c.one_of(f"{path}.imagePullPolicy", ctr.get("imagePullPolicy"), PULL_POLICIES, required=False)

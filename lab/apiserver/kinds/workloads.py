@@ -63,7 +63,7 @@ class Workload(Strategy):
             if policy not in (None, "Always"):
                 c.unsupported("spec.template.spec.restartPolicy", policy, ("Always",))
 
-    def _validate_selector(self, c: Causes, sel: Any, template: Any, tlabels: dict, old: dict[str, Any] | None,
+    def _validate_selector(self, c: Causes, sel: Any, template: Any, tlabels: Any, old: dict[str, Any] | None,
                            ) -> None:
         if c.label_selector("spec.selector", sel, required=True):
             if not sel.get("matchLabels") and not sel.get("matchExpressions"):
@@ -113,7 +113,7 @@ class ReplicationControllers(Workload):
         if tlabels and not get(obj, "metadata", "labels"):
             obj.setdefault("metadata", {})["labels"] = dict(tlabels)
 
-    def _validate_selector(self, c: Causes, sel: Any, template: Any, tlabels: dict, old: dict[str, Any] | None,
+    def _validate_selector(self, c: Causes, sel: Any, template: Any, tlabels: Any, old: dict[str, Any] | None,
                            ) -> None:
         c.labels("spec.selector", sel)
         if not sel:
