@@ -53,6 +53,9 @@ class Target:
 @dataclass
 class _Run:
     ssl: ssl.SSLContext | bool  # one context: aiohttp pools connections per context
+    processes: dict[str, int] = field(default_factory=dict)  # name -> pid, charged CPU time
+    marks: set[int] = field(default_factory=set)  # object counts at which CPU times are taken
+    cpu_at: dict[int, dict[str, float]] = field(default_factory=dict)
     done: list[float] = field(default_factory=list)  # completion time of each object, in order
     latencies: list[float] = field(default_factory=list)
     errors: int = 0
@@ -79,6 +82,18 @@ def _slice(i: int) -> dict[str, Any]:
 
 def _ssl(target: Target) -> ssl.SSLContext | bool:
     return ssl.create_default_context(cafile=target.ca) if target.ca else False
+
+
+def _cpu_times(processes: dict[str, int]) -> dict[str, float]:
+    out = {name: _cpu_seconds(pid) for name, pid in processes.items()}
+    out["client"] = time.process_time()
+    return out
+
+
+def _rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        kb = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+    return round(kb / 1024, 1)
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -110,6 +125,8 @@ async def _writer(session: aiohttp.ClientSession, target: Target, ns: str, queue
             t1 = time.monotonic()
             run.latencies.append(t1 - t0)
             run.done.append(t1)
+            if len(run.done) in run.marks:
+                run.cpu_at[len(run.done)] = _cpu_times(run.processes)
 
 
 async def _watcher(session: aiohttp.ClientSession, target: Target, path: str, run: _Run,
@@ -146,7 +163,7 @@ def _mean_ms(after: dict[str, float], before: dict[str, float], prefix: str) -> 
 async def _measure(target: Target, counts: tuple[int, ...], window: int, writers: int, watchers: int,
                    namespace: str, nodeport_every: int, max_seconds: float,
                    processes: dict[str, int]) -> dict[str, Any]:
-    run = _Run(_ssl(target))
+    run = _Run(_ssl(target), processes, {m for c in counts for m in (c - window, c) if m > 0})
     connector = aiohttp.TCPConnector(limit=writers + watchers + 4)
     async with aiohttp.ClientSession(connector=connector) as session:
         headers = {"Authorization": f"Bearer {target.token}"}
@@ -161,8 +178,7 @@ async def _measure(target: Target, counts: tuple[int, ...], window: int, writers
             watch_tasks.append(asyncio.create_task(_watcher(session, target, path, run, started)))
             await asyncio.wait_for(started.wait(), 30)
         before = await _metrics(session, target, run)
-        cpu_before = {name: _cpu_seconds(pid) for name, pid in processes.items()}
-        cpu_before["client"] = time.process_time()
+        cpu_before = run.cpu_at[0] = _cpu_times(processes)
         queue: asyncio.Queue[int] = asyncio.Queue()
         total = max(counts)
         for i in range((total + 1) // 2):  # two objects per index: a Service and its slice
@@ -172,8 +188,9 @@ async def _measure(target: Target, counts: tuple[int, ...], window: int, writers
         await asyncio.gather(*(_writer(session, target, namespace, queue, run, nodeport_every, deadline)
                                for _ in range(writers)))
         elapsed = time.monotonic() - t_start
-        cpu = {name: _cpu_seconds(pid) - cpu_before[name] for name, pid in processes.items()}
-        cpu["client"] = time.process_time() - cpu_before["client"]
+        cpu_end = _cpu_times(processes)
+        rss = {name: _rss_mb(pid) for name, pid in processes.items()}
+        cpu = {name: cpu_end[name] - cpu_before[name] for name in cpu_end}
         after = await _metrics(session, target, run)
         settle = time.monotonic() + 10
         want_events = len(run.done) * watchers // 2
@@ -185,11 +202,15 @@ async def _measure(target: Target, counts: tuple[int, ...], window: int, writers
             with contextlib.suppress(BaseException):
                 await t
     rates: dict[str, float | None] = {}
+    cpu_at: dict[str, dict[str, float]] = {}  # CPU ms per object in each window, per process
     for c in counts:
         lo = max(0, c - window)
         if c <= len(run.done):
             t0 = run.done[lo - 1] if lo else t_start
             rates[str(c)] = round((c - lo) / (run.done[c - 1] - t0), 1)
+            a, b = run.cpu_at.get(lo), run.cpu_at.get(c)
+            if a is not None and b is not None:
+                cpu_at[str(c)] = {name: round((b[name] - a[name]) / (c - lo) * 1000, 3) for name in b}
         else:
             rates[str(c)] = None
     first, last = rates[str(counts[0])], rates[str(counts[-1])]
@@ -207,6 +228,8 @@ async def _measure(target: Target, counts: tuple[int, ...], window: int, writers
         # (2 cores / the sum), whatever else the shared machine was doing during the run.
         "cpu_ms_per_object": {name: round(sec / len(run.done) * 1000, 3) for name, sec in cpu.items()}
         if run.done else {},
+        "cpu_ms_per_object_at": cpu_at,
+        "rss_mb_at_end": rss,
         "idle_estimate": round(2000 / sum(v / len(run.done) * 1000 for v in cpu.values())) if run.done else None,
         "writers": writers, "watchers": watchers, "watch_events": run.events,
         "watch_events_expected": len(run.done) * watchers // 2,
@@ -266,7 +289,11 @@ def main(argv: list[str] | None = None) -> int:
         for proc in procs:
             stop(proc)
         shutil.rmtree(tmp, ignore_errors=True)
-    rows = [(f"objects/s at {c}", "not reached" if r is None else f"{r}") for c, r in result["rates"].items()]
+    rows = []
+    for c, r in result["rates"].items():
+        at = result["cpu_ms_per_object_at"].get(c, {})
+        cpu = ", ".join(f"{k} {v}" for k, v in at.items())
+        rows.append((f"objects/s at {c}", "not reached" if r is None else f"{r}  (CPU ms/object: {cpu})"))
     rows += [
         ("ratio first/last (target <= 1.5)", str(result["ratio_first_to_last"])),
         ("objects created / errors", f"{result['objects_created']} / {result['errors']} in {result['seconds']} s"),
@@ -274,6 +301,7 @@ def main(argv: list[str] | None = None) -> int:
         ("server time per create / etcd call", f"{result['server_create_ms']} / {result['etcd_call_ms']} ms"),
         ("CPU ms per object", ", ".join(f"{k} {v}" for k, v in result["cpu_ms_per_object"].items())),
         ("idle-machine estimate (2 cores / CPU per object)", f"{result['idle_estimate']} objects/s"),
+        ("RSS at the end (MB)", ", ".join(f"{k} {v}" for k, v in result["rss_mb_at_end"].items())),
         ("watch events seen / expected", f"{result['watch_events']} / {result['watch_events_expected']}"),
         ("writers / watchers", f"{result['writers']} / {result['watchers']}"),
         ("load average at the end", " ".join(map(str, result["loadavg"]))),
