@@ -12,15 +12,7 @@ from typing import Any
 import pytest
 
 from knet.kube import InformerFactory, client
-from knet.kube.models import (
-    Deployment,
-    Endpoints,
-    EndpointSlice,
-    Node,
-    Pod,
-    ReplicaSet,
-    Service,
-)
+from knet.kube import models as m
 from lab.controllers import main as controllers_main
 from lab.controllers import scheduler
 from lab.controllers.loadbalancer import DEFAULT_POOL, Pool
@@ -61,10 +53,10 @@ def meta(name: str, uid: str, **extra: Any) -> dict:
     return {"name": name, "namespace": NS, "uid": uid, "creationTimestamp": "2024-01-01T00:00:00Z", **extra}
 
 
-def pod(i: int, node: str | None = "n1", ready: bool = True, owner: str | None = None) -> Pod:
+def pod(i: int, node: str | None = "n1", ready: bool = True, owner: str | None = None) -> m.Pod:
     refs = [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": owner, "uid": f"rs-{owner}",
              "controller": True}] if owner else []
-    return Pod.model_validate({
+    return m.Pod.model_validate({
         "metadata": meta(f"p{i}", f"pod-{i}", labels={"app": f"s{i}"}, ownerReferences=refs),
         "spec": {"nodeName": node, "containers": [{"name": "c", "ports": [{"containerPort": 8080}]}]},
         "status": {"phase": "Running" if node else "Pending", "podIP": f"10.244.{i // 250}.{i % 250 + 1}",
@@ -72,8 +64,8 @@ def pod(i: int, node: str | None = "n1", ready: bool = True, owner: str | None =
                    "conditions": [{"type": "Ready", "status": "True" if ready else "False"}]}})
 
 
-def service(i: int, stype: str = "ClusterIP") -> Service:
-    return Service.model_validate({"metadata": meta(f"s{i}", f"svc-{i}"), "spec": {
+def service(i: int, stype: str = "ClusterIP") -> m.Service:
+    return m.Service.model_validate({"metadata": meta(f"s{i}", f"svc-{i}"), "spec": {
         "type": stype, "clusterIP": f"10.96.{i // 250}.{i % 250 + 1}", "selector": {"app": f"s{i}"},
         "ports": [{"port": 80, "targetPort": 8080, "protocol": "TCP"}]}})
 
@@ -90,21 +82,21 @@ def cluster(monkeypatch: pytest.MonkeyPatch):
     controllers = controllers_main.build(factory, None, Pool(DEFAULT_POOL), set(controllers_main.ALL))  # type: ignore[arg-type]
     informers = {inf.resource.kind: inf for inf in factory.informers}
     for name in ("n1", "n2"):
-        feed(informers["Node"], Node.model_validate({"metadata": {"name": name, "uid": name}, "status": {
+        feed(informers["Node"], m.Node.model_validate({"metadata": {"name": name, "uid": name}, "status": {
             "conditions": [{"type": "Ready", "status": "True"}]}}))
     for i in range(N):
-        feed(informers["ReplicaSet"], ReplicaSet.model_validate({
+        feed(informers["ReplicaSet"], m.ReplicaSet.model_validate({
             "metadata": meta(f"rs{i}", f"rs-rs{i}"), "spec": {"replicas": 1, "selector": {"matchLabels": {
                 "app": f"s{i}"}}, "template": {"metadata": {"labels": {"app": f"s{i}"}}}},
             "status": {"replicas": 1, "fullyLabeledReplicas": 1, "readyReplicas": 1, "availableReplicas": 1}}))
         feed(informers["Service"], service(i))
         feed(informers["Pod"], pod(i, owner=f"rs{i}"))
-        feed(informers["EndpointSlice"], EndpointSlice.model_validate({
+        feed(informers["EndpointSlice"], m.EndpointSlice.model_validate({
             "metadata": meta(f"s{i}-abcde", f"slice-{i}", labels={
                 "kubernetes.io/service-name": f"s{i}", "endpointslice.kubernetes.io/managed-by":
                 "endpointslice-controller.k8s.io"}), "addressType": "IPv4", "endpoints": []}))
-        feed(informers["Endpoints"], Endpoints.model_validate({"metadata": meta(f"s{i}", f"ep-{i}")}))
-    feed(informers["Deployment"], Deployment.model_validate({"metadata": meta("d", "dep-d"), "spec": {
+        feed(informers["Endpoints"], m.Endpoints.model_validate({"metadata": meta(f"s{i}", f"ep-{i}")}))
+    feed(informers["Deployment"], m.Deployment.model_validate({"metadata": meta("d", "dep-d"), "spec": {
         "replicas": 1, "selector": {"matchLabels": {"app": "d"}}, "template": {"metadata": {"labels": {
             "app": "d"}}}}}))
     listed: Counter[str] = Counter()
