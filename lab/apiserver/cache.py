@@ -255,11 +255,8 @@ class KindCache:
         first read, so no change can slip between the replay and the subscription."""
         w = Watcher(self, ns, q, since or 0)
         if since is None:
-            pool = self.items if ns is None else self.by_ns.get(ns, {})
-            for key in sorted(pool):
-                obj = pool[key]
-                if q.matches(obj):
-                    w.queue.append(("ADDED", Change(0, ns, obj, None)))
+            for obj in self.select(ns, q):  # through the indexes, as a list would
+                w.queue.append(("ADDED", Change(0, ns, obj, None)))
             # Then everything after the snapshot: as if the client had listed at this revision.
             w.floor = 0 if w.queue else self.cache.revision
         else:
