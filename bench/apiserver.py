@@ -44,10 +44,11 @@ LARGE_COUNT = 30000
 @dataclass
 class Target:
     """Where to write: the API server's URL, a bearer token and the CA that signed its certificate
-    (None: plain HTTP)."""
+    (None: plain HTTP); optionally its etcd's client URL, whose disk timings are then reported."""
     url: str
     token: str
     ca: str | None = None
+    etcd_url: str | None = None
 
 
 @dataclass
@@ -154,6 +155,19 @@ async def _metrics(session: aiohttp.ClientSession, target: Target, run: _Run) ->
     return out
 
 
+async def _etcd_disk(session: aiohttp.ClientSession, target: Target) -> dict[str, float]:
+    """etcd's WAL fsync and backend commit histograms (sum, count), if its URL is known."""
+    if not target.etcd_url:
+        return {}
+    async with session.get(f"{target.etcd_url}/metrics") as resp:
+        text = await resp.text()
+    out = {}
+    for m in re.finditer(r"^etcd_disk_(wal_fsync|backend_commit)_duration_seconds_(sum|count) ([0-9.e+-]+)$", text,
+                         re.M):
+        out[f"etcd_disk:{m.group(1)}:{m.group(2)}"] = float(m.group(3))
+    return out
+
+
 def _mean_ms(after: dict[str, float], before: dict[str, float], prefix: str) -> float | None:
     s = sum(v - before.get(k, 0.0) for k, v in after.items() if k.startswith(prefix) and k.endswith(":sum"))
     n = sum(v - before.get(k, 0.0) for k, v in after.items() if k.startswith(prefix) and k.endswith(":count"))
@@ -177,7 +191,7 @@ async def _measure(target: Target, counts: tuple[int, ...], window: int, writers
             path = "/api/v1/services" if i % 2 == 0 else "/apis/discovery.k8s.io/v1/endpointslices"
             watch_tasks.append(asyncio.create_task(_watcher(session, target, path, run, started)))
             await asyncio.wait_for(started.wait(), 30)
-        before = await _metrics(session, target, run)
+        before = await _metrics(session, target, run) | await _etcd_disk(session, target)
         cpu_before = run.cpu_at[0] = _cpu_times(processes)
         queue: asyncio.Queue[int] = asyncio.Queue()
         total = max(counts)
@@ -191,7 +205,7 @@ async def _measure(target: Target, counts: tuple[int, ...], window: int, writers
         cpu_end = _cpu_times(processes)
         rss = {name: _rss_mb(pid) for name, pid in processes.items()}
         cpu = {name: cpu_end[name] - cpu_before[name] for name in cpu_end}
-        after = await _metrics(session, target, run)
+        after = await _metrics(session, target, run) | await _etcd_disk(session, target)
         settle = time.monotonic() + 10
         want_events = len(run.done) * watchers // 2
         while run.events < want_events and time.monotonic() < settle:
@@ -224,6 +238,10 @@ async def _measure(target: Target, counts: tuple[int, ...], window: int, writers
         "client_p99_ms": round(lat[int(len(lat) * 0.99)] * 1000, 2) if lat else None,
         "server_create_ms": _mean_ms(after, before, "apiserver_request_duration_seconds:POST"),
         "etcd_call_ms": _mean_ms(after, before, "etcd_request_duration_seconds:"),
+        "etcd_wal_fsync_ms": _mean_ms(after, before, "etcd_disk:wal_fsync"),
+        "etcd_wal_fsyncs_per_object": round((after.get("etcd_disk:wal_fsync:count", 0)
+                                             - before.get("etcd_disk:wal_fsync:count", 0)) / len(run.done), 3)
+        if run.done else None,
         # CPU per object, per process: what the rate would be on an idle machine follows from it
         # (2 cores / the sum), whatever else the shared machine was doing during the run.
         "cpu_ms_per_object": {name: round(sec / len(run.done) * 1000, 3) for name, sec in cpu.items()}
@@ -261,7 +279,7 @@ def _local_server(tmp: str) -> tuple[Target, list[Any]]:
         stop(etcd.proc)
         raise
     assert srv.certs is not None
-    return Target(srv.urls[0], token, srv.certs.ca_cert), [srv.proc, etcd.proc]
+    return Target(srv.urls[0], token, srv.certs.ca_cert, etcd.url), [srv.proc, etcd.proc]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -299,6 +317,8 @@ def main(argv: list[str] | None = None) -> int:
         ("objects created / errors", f"{result['objects_created']} / {result['errors']} in {result['seconds']} s"),
         ("client latency p50 / p99", f"{result['client_p50_ms']} / {result['client_p99_ms']} ms"),
         ("server time per create / etcd call", f"{result['server_create_ms']} / {result['etcd_call_ms']} ms"),
+        ("etcd WAL fsync: mean / per object",
+         f"{result['etcd_wal_fsync_ms']} ms / {result['etcd_wal_fsyncs_per_object']}"),
         ("CPU ms per object", ", ".join(f"{k} {v}" for k, v in result["cpu_ms_per_object"].items())),
         ("idle-machine estimate (2 cores / CPU per object)", f"{result['idle_estimate']} objects/s"),
         ("RSS at the end (MB)", ", ".join(f"{k} {v}" for k, v in result["rss_mb_at_end"].items())),
