@@ -50,6 +50,8 @@ class Strategy:
     # Strategic merge patch: merge keys of lists at exact paths that differ by kind
     # (ServiceSpec.ports merge on `port`, PodSpec's container ports on `containerPort`).
     merge_keys: ClassVar[Mapping[tuple[str, ...], str]] = {}
+    # Metadata a status update may change too (the status strategy keeps everything else).
+    status_writes_metadata: ClassVar[tuple[str, ...]] = ()
     # Field selectors the watch cache answers from an index (besides namespace and name).
     indexed_fields: ClassVar[tuple[str, ...]] = ()
     # Labels the watch cache indexes (a list selecting `key=value` reads the index).

@@ -40,6 +40,9 @@ class Namespaces(Strategy):
 
 class Nodes(Strategy):
     merge_keys = {("status", "addresses"): "type"}
+    # kube-apiserver's node status strategy resets only the spec: labels and annotations written
+    # through nodes/status stay (flannel publishes its annotations that way).
+    status_writes_metadata = ("labels", "annotations")
     columns = [NAME, column("Status"), column("Roles"), AGE, column("Version"), column("Internal-IP", priority=1),
                column("External-IP", priority=1), column("OS-Image", priority=1),
                column("Kernel-Version", priority=1), column("Container-Runtime", priority=1)]
