@@ -1,76 +1,17 @@
-"""Defaults and validation of the remaining kinds: Namespace, Node, Secret, ConfigMap (kdns
-config), NetworkPolicy (netpolicy), Ingress / IngressClass (the ingress controller)."""
+"""NetworkPolicies (what netpolicy enforces), Ingresses and IngressClasses (what the ingress
+controller serves): defaults, validation, `kubectl get`'s columns."""
 
 from __future__ import annotations
 
-import base64
-import binascii
 from typing import Any
 
-from lab.apiserver.validation import CONFIG_KEY, WILDCARD_DNS, Causes, get
+from lab.apiserver import tables
+from lab.apiserver.strategy import Config, Strategy
+from lab.apiserver.tables import AGE, NAME, NONE, column, get
+from lab.apiserver.validation import WILDCARD_DNS, Causes
 
 
-def default_namespace(obj: dict) -> None:
-    obj.setdefault("spec", {}).setdefault("finalizers", ["kubernetes"])
-    obj.setdefault("status", {}).setdefault("phase", "Active")
-    # kube-apiserver labels every namespace with its name (namespaceSelector matches on it).
-    obj.setdefault("metadata", {}).setdefault("labels", {})["kubernetes.io/metadata.name"] = obj["metadata"].get("name")
-
-
-def default_secret(obj: dict) -> None:
-    obj.setdefault("type", "Opaque")
-    # stringData is write-only: merged into data, base64-encoded, as kube-apiserver does.
-    string_data = obj.pop("stringData", None)
-    if isinstance(string_data, dict):
-        data = obj.setdefault("data", {})
-        for k, v in string_data.items():
-            data[k] = base64.b64encode(str(v).encode()).decode()
-
-
-def validate_data_map(c: Causes, obj: dict, key: str, b64: bool) -> None:
-    data = obj.get(key)
-    if data is None:
-        return
-    if not isinstance(data, dict):
-        c.invalid(key, data, "must be a map")
-        return
-    for k, v in data.items():
-        if not CONFIG_KEY.match(k) or len(k) > 253:
-            c.invalid(f"{key}[{k}]", k, "a valid config key must consist of alphanumeric characters, '-', '_' or '.'")
-        if b64:
-            try:
-                base64.b64decode(str(v), validate=True)
-            except (binascii.Error, ValueError):
-                c.invalid(f"{key}[{k}]", "<secret contents redacted>", "illegal base64 data")
-        elif not isinstance(v, str):
-            c.invalid(f"{key}[{k}]", v, "must be a string")
-
-
-def validate_secret(c: Causes, obj: dict) -> None:
-    validate_data_map(c, obj, "data", b64=True)
-    if obj.get("type") == "kubernetes.io/tls":
-        for k in ("tls.crt", "tls.key"):
-            if k not in (obj.get("data") or {}):
-                c.required(f"data[{k}]")
-
-
-def validate_configmap(c: Causes, obj: dict) -> None:
-    validate_data_map(c, obj, "data", b64=False)
-    validate_data_map(c, obj, "binaryData", b64=True)
-
-
-def validate_node(c: Causes, obj: dict) -> None:
-    for i, a in enumerate(get(obj, "status", "addresses", default=[])):
-        if not isinstance(a, dict) or not a.get("type"):
-            c.required(f"status.addresses[{i}].type")
-    cidr = get(obj, "spec", "podCIDR")
-    if cidr:
-        c.cidr("spec.podCIDR", cidr)
-
-
-# --- NetworkPolicy ------------------------------------------------------------------------------
-
-def default_networkpolicy(obj: dict) -> None:
+def _default_networkpolicy(obj: dict) -> None:
     spec = obj.setdefault("spec", {})
     if spec.get("podSelector") is None:
         spec["podSelector"] = {}  # an empty selector: every pod of the namespace
@@ -86,7 +27,7 @@ def default_networkpolicy(obj: dict) -> None:
                     p.setdefault("protocol", "TCP")
 
 
-def validate_networkpolicy(c: Causes, obj: dict) -> None:
+def _validate_networkpolicy(c: Causes, obj: dict) -> None:
     spec = obj.get("spec")
     if not isinstance(spec, dict):
         c.required("spec")
@@ -143,9 +84,7 @@ def _validate_peer(c: Causes, peer: Any, f: str) -> None:
                 c.invalid(f"{f}.ipBlock.except[{i}]", ex, "must be a strict subset of `cidr`")
 
 
-# --- Ingress ------------------------------------------------------------------------------------
-
-def validate_ingress(c: Causes, obj: dict) -> None:
+def _validate_ingress(c: Causes, obj: dict) -> None:
     spec = obj.get("spec")
     if not isinstance(spec, dict):
         c.required("spec")
@@ -199,7 +138,40 @@ def _validate_backend(c: Causes, backend: Any, f: str) -> None:
             c.port_name(f"{f}.service.port.name", port["name"])
 
 
-def validate_ingressclass(c: Causes, obj: dict) -> None:
-    controller = get(obj, "spec", "controller")
-    if not controller:
-        c.required("spec.controller")
+class NetworkPolicies(Strategy):
+    columns = [NAME, column("Pod-Selector"), AGE]
+
+    def default(self, obj: dict[str, Any], old: dict[str, Any] | None) -> None:
+        _default_networkpolicy(obj)
+
+    def validate(self, c: Causes, obj: dict[str, Any], old: dict[str, Any] | None, cfg: Config) -> None:
+        _validate_networkpolicy(c, obj)
+
+    def row(self, obj: dict[str, Any]) -> list[Any]:
+        return [tables.name(obj), tables.label_selector(get(obj, "spec", "podSelector")), tables.age(obj)]
+
+
+class Ingresses(Strategy):
+    status_from_controllers = True
+    columns = [NAME, column("Class"), column("Hosts"), column("Address"), column("Ports"), AGE]
+
+    def validate(self, c: Causes, obj: dict[str, Any], old: dict[str, Any] | None, cfg: Config) -> None:
+        _validate_ingress(c, obj)
+
+    def row(self, obj: dict[str, Any]) -> list[Any]:
+        spec = obj.get("spec") or {}
+        hosts = [r.get("host") for r in spec.get("rules") or [] if r.get("host")]
+        lb = [i.get("ip") or i.get("hostname", "") for i in get(obj, "status", "loadBalancer", "ingress", default=[])]
+        return [tables.name(obj), spec.get("ingressClassName") or NONE, ",".join(hosts) or "*", ",".join(lb),
+                "80, 443" if spec.get("tls") else "80", tables.age(obj)]
+
+
+class IngressClasses(Strategy):
+    columns = [NAME, column("Controller"), column("Parameters"), AGE]
+
+    def validate(self, c: Causes, obj: dict[str, Any], old: dict[str, Any] | None, cfg: Config) -> None:
+        if not get(obj, "spec", "controller"):
+            c.required("spec.controller")
+
+    def row(self, obj: dict[str, Any]) -> list[Any]:
+        return [tables.name(obj), get(obj, "spec", "controller", default=""), NONE, tables.age(obj)]
