@@ -42,7 +42,7 @@ import time
 from bench.common import emit
 from kdns import wire
 from kdns.records import RecordStore
-from kdns.testing import endpoint_slice, query, service
+from knet_testing.kdns import endpoint_slice, query, service
 
 KDNS_ADDR, UNBOUND_ADDR = "127.0.0.61", "127.0.0.62"
 FWD_ZONE = "upstream.test"

@@ -6,9 +6,9 @@ from __future__ import annotations
 from ingress.accesslog import AccessLogReader, upstream_seconds
 from ingress.compiler import Options, Snapshot
 from ingress.controller import Controller
-from ingress.fixtures import endpoint_slice, ingress, path, rule, service
 from ingress.nginx import NginxError
 from ingress.nginxconf import Settings, config_digest
+from knet_testing.ingress import endpoint_slice, ingress, path, rule, service
 
 
 class FakeNginx:

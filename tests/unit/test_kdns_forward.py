@@ -13,7 +13,7 @@ import pytest
 from kdns import forward, wire
 from kdns.daemon import Kdns, parse_args, parse_listen, resolv_conf_upstreams
 from kdns.forward import Forwarder, Result, Upstream, aged, cache_ttl, parse_response
-from kdns.testing import FakeUpstream
+from knet_testing.kdns import FakeUpstream
 
 
 def upstream_reply(rcode: int = 0, answers: list[str] = (), soa_ttl: int | None = None, tc: bool = False) -> bytes:

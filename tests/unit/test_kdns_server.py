@@ -12,8 +12,8 @@ from kdns import wire
 from kdns.forward import Forwarder, Upstream
 from kdns.records import RecordStore
 from kdns.server import Server
-from kdns.testing import endpoint_slice, query, service
 from kdns.wire import SRV, A
+from knet_testing.kdns import endpoint_slice, query, service
 
 Z = "cluster.local"
 

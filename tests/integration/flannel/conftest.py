@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from flannel_py.testbed import PREFIX, Topo
+from knet_testing.flannel import PREFIX, Topo
 
 VXLAN_CONFIG = {"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan", "VNI": 7, "Port": 4789}}
 HOSTGW_CONFIG = {"Network": "10.245.0.0/16", "Backend": {"Type": "host-gw"}}

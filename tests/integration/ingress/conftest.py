@@ -11,7 +11,7 @@ import shutil
 
 import pytest
 
-from ingress.fixtures import backend, ingress, path, rule
+from knet_testing.ingress import backend, ingress, path, rule
 from lab import api, state
 from tests.integration.ingress.ingress_env import Env
 

@@ -12,9 +12,9 @@ import time
 
 import pytest
 
-from kdns.testing import query
 from kdns.wire import SRV
 from knet.kube import client as kc
+from knet_testing.kdns import query
 from tests.integration.kdns.conftest import make_service, make_slice, poll
 
 pytestmark = pytest.mark.integration

@@ -14,7 +14,7 @@ import pytest
 from kdns.forward import Forwarder, Upstream
 from kdns.records import RecordStore
 from kdns.server import Server
-from kdns.testing import FakeUpstream, query, service
+from knet_testing.kdns import FakeUpstream, query, service
 
 pytestmark = pytest.mark.integration
 Z = "cluster.local"

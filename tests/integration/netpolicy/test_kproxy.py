@@ -15,13 +15,13 @@ import sys
 import pytest
 
 from knet import cgroups, netns
+from knet_testing.netpolicy import probe
+from knet_testing.netpolicy.scenarios import EGR, A, E, Step, np, pods, rule
 from kproxy.ebpf.backend import EbpfBackend
 from kproxy.iptables.backend import IptablesBackend
 from kproxy.iptables.rules import Config
 from kproxy.model import Endpoint, ServicePort
 from lab import kernel
-from netpolicy import probe
-from netpolicy.scenarios import EGR, A, E, Step, np, pods, rule
 
 pytestmark = pytest.mark.integration
 VIP = "10.96.77.77"

@@ -27,7 +27,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from knet import netns
-from netpolicy import matrix, probe, scenarios
+from knet_testing.netpolicy import matrix, probe, scenarios
 from netpolicy.backend import NftBackend
 from netpolicy.compiler import compile_policies
 

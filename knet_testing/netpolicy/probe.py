@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterable, Mapping
 
 from knet import netns
-from netpolicy.matrix import PORTS, Cell, Table
+from knet_testing.netpolicy.matrix import PORTS, Cell, Table
 
 KIND = {"TCP": socket.SOCK_STREAM, "UDP": socket.SOCK_DGRAM}
 
