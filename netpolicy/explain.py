@@ -8,7 +8,7 @@ is a number with an optional /TCP, /UDP or /SCTP (default TCP).
 Objects come from the API server (--kubeconfig / --context, as the daemons) or from a file
 (--objects: `kubectl get pods,namespaces,networkpolicies -A -o yaml` output, JSON or YAML).
 
-Wiring into `knet`: `netpolicy.explain.add_parser(subparsers)` adds `netpol explain`;
+Wiring into `knet`: `netpolicy.cli.register(subparsers)` adds `netpol explain` (through `add_parser`);
 `netpolicy.explain.main(argv)` runs it alone (`python -m netpolicy.explain ...`).
 """
 
@@ -124,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Add `netpol explain` to a CLI's subparsers (knet/cli.py); the handler is set as `func`."""
+    """Add `netpol explain` to a CLI's subparsers (`netpolicy.cli`); the handler is set as `func`."""
     netpol = subparsers.add_parser("netpol", help="NetworkPolicy tools")
     sub = netpol.add_subparsers(dest="netpol_command", required=True)
     ex = sub.add_parser("explain", help="would SRC reach DST:PORT, and which policy decides")
