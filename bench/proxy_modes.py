@@ -55,7 +55,9 @@ import threading
 import time
 
 from kproxy.model import Endpoint, ServicePort
-from lab import api, controlplane, kernel, topology
+from lab import api
+from lab.bringup import controlplane
+from lab.net import kernel, topology
 
 MODES = ("iptables", "userspace", "ebpf")
 TARGETS = {"ebpf": 0.95, "iptables": 0.9, "userspace": 0.3}

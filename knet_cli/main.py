@@ -10,6 +10,7 @@ import knet
 import lab.cli
 import netpolicy.cli
 from knet_cli import uninstall
+from lab.errors import LabError
 
 
 def cmd_version(_args: argparse.Namespace) -> int:
@@ -39,9 +40,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         return args.func(args)
-    except lab.cli.user_errors() as e:
-        msg = str(e.args[0]) if isinstance(e, LookupError) and e.args else str(e)
-        print(f"knet: {msg}", file=sys.stderr, flush=True)
+    except LabError as e:  # one line; anything else is a bug and keeps its traceback
+        print(f"knet: {e}", file=sys.stderr, flush=True)
         return 1
     except KeyboardInterrupt:
         return 130

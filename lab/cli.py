@@ -3,7 +3,7 @@
     knet lab up | down | list | status | kubeconfig | agent-restart | pod add | pod del | exec
 
 Thin: the work is in `lab.api`. `register(subparsers)` adds `lab ...`; every handler returns the
-exit code.
+exit code, and a failure the user can act on raises a `lab.errors.LabError`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,9 @@ import os
 import sys
 from typing import Any
 
-from lab import api, controlplane, demo, state
+from lab import api
+from lab.bringup import controlplane, demo
+from lab.net import state
 
 DEFAULT_LAB = os.environ.get("KNET_LAB", "knet")
 
@@ -190,11 +192,3 @@ def register(subparsers: Any) -> None:
     ex.add_argument("command", nargs=argparse.REMAINDER)
     ex.set_defaults(func=cmd_exec)
 
-
-def user_errors() -> tuple[type[BaseException], ...]:
-    """The failures a user can act on: the CLI prints their message as one line, no traceback."""
-    from lab import cniexec, pods, topology
-    from lab.controlplane import ControlPlaneError
-
-    return (api.LabError, pods.PodError, topology.PlanError, cniexec.CniExecError, LookupError, FileExistsError,
-            ControlPlaneError)

@@ -6,8 +6,8 @@ import ipaddress
 
 import pytest
 
-from lab import topology
-from lab.topology import PlanError
+from lab.net import topology
+from lab.net.topology import PlanError
 
 
 @pytest.mark.parametrize("name", ["knet", "a", "kt1a2b", "abcdefghijkl", "x9"])

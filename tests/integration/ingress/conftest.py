@@ -12,7 +12,8 @@ import shutil
 import pytest
 
 from knet_testing.ingress import backend, ingress, path, rule
-from lab import api, state
+from lab import api
+from lab.net import state
 from tests.integration.ingress.ingress_env import Env
 
 NAME_RE = re.compile(r"^kt[0-9a-f]{4}$")

@@ -15,7 +15,8 @@ import secrets
 import pytest
 
 from knet_testing.netpolicy.testbed import MatrixLab, matrix_lab
-from lab import api, state
+from lab import api
+from lab.net import state
 
 NAME_RE = re.compile(r"^kt[0-9a-f]{4}$")
 

@@ -21,7 +21,7 @@ from kproxy.ebpf.backend import EbpfBackend
 from kproxy.iptables.backend import IptablesBackend
 from kproxy.iptables.rules import Config
 from kproxy.model import Endpoint, ServicePort
-from lab import kernel
+from lab.net import kernel
 
 pytestmark = pytest.mark.integration
 VIP = "10.96.77.77"
