@@ -21,6 +21,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+import yaml
+
 from knet.kube.models import Namespace, NetworkPolicy, Pod, parse
 from netpolicy.compiler import compile_policies, eligible
 from netpolicy.model import PROTOCOLS, Verdict
@@ -41,8 +43,6 @@ def parse_port(text: str) -> tuple[int, str]:
 
 
 def load_file(path: str) -> dict[str, list]:
-    import yaml
-
     with open(path) as f:
         docs = [d for d in yaml.safe_load_all(f) if d]
     raw: list[dict[str, Any]] = []
@@ -58,7 +58,7 @@ def load_file(path: str) -> dict[str, list]:
 
 
 def load_api(args: argparse.Namespace) -> dict[str, list]:
-    from knet.kube import client as kube_client
+    from knet.kube import client as kube_client  # ~1 s to import; every `knet` command imports this module
 
     api = kube_client.api_client_from_args(args)
     out: dict[str, list] = {}

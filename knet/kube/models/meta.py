@@ -92,11 +92,6 @@ class LabelSelector(KubeModel):
     match_labels: dict[str, str] = Field(default_factory=dict)
     match_expressions: list[LabelSelectorRequirement] = Field(default_factory=list)
 
-    def matches(self, labels: dict[str, str] | None) -> bool:
-        from knet.kube.selectors import Selector  # selectors imports this module
-
-        return Selector.from_label_selector(self).matches(labels)
-
     def is_empty(self) -> bool:
         return not self.match_labels and not self.match_expressions
 
