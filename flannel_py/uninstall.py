@@ -59,7 +59,7 @@ def _links_and_routes(network: ipaddress.IPv4Network | None) -> tuple[list[str],
             dst, plen, oif = r.get("RTA_DST"), r["dst_len"], r.get("RTA_OIF")
             if not dst or names.get(oif) in devices or r["proto"] == RTPROT_KERNEL:
                 continue  # a device's routes go with it; an address's with the address
-            if ipaddress.ip_network(f"{dst}/{plen}", strict=False).subnet_of(network):
+            if ipaddress.IPv4Network(f"{dst}/{plen}", strict=False).subnet_of(network):
                 via = r.get("RTA_GATEWAY")
                 routes.append(f"{dst}/{plen}" + (f" via {via}" if via else "") + f" dev {names.get(oif, '?')}")
     return devices, routes

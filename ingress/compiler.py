@@ -265,6 +265,7 @@ class _Builder:
             tls = self.tls.get(host) or (self.tls.get(wild) if wild else None)
             cert = tls[0] if tls else None
             servers[host] = Server(host, self.routes_for(host), fallback, cert,
+                                   # cert is tls[0]: never None where tls is set
                                    ssl_redirect=bool(tls and tls[1] and not cert.error))  # type: ignore[union-attr]
         self.table.servers = servers
         return self.table

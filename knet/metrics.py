@@ -35,6 +35,10 @@ class _Metric:
     def header(self) -> list[str]:
         return [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} {self.kind}"]
 
+    def render(self) -> list[str]:
+        """The exposition lines of this metric (each kind renders its own)."""
+        raise NotImplementedError
+
 
 class Counter(_Metric):
     kind = "counter"

@@ -152,5 +152,5 @@ def spawn(name: str, argv: Sequence[str], log_path: str | None = None,
         return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True, env=env)
     finally:
-        if log_path:
+        if not isinstance(out, int):
             out.close()

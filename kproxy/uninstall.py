@@ -67,4 +67,6 @@ def _cgroup_steps(cgroups: Iterable[str]) -> list[Step]:
 
 
 def _detach_cgroup(cgroup: str, attach_type: int, prog_id: int) -> Callable[[], None]:
-    return lambda: loader.detach_cgroup_prog(cgroup, attach_type, prog_id)
+    def run() -> None:
+        loader.detach_cgroup_prog(cgroup, attach_type, prog_id)  # False: gone already, which is fine
+    return run

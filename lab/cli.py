@@ -86,7 +86,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     if cp:
         print(f"  apiserver {cp['apiserver']['lab_url']} (host {cp['apiserver']['host_url']})   "
               f"kubectl --kubeconfig {cp['kubeconfig']} get nodes,pods -o wide")
-    rows = [("NODE", "NETNS", "IP", "POD SUBNET", "NS", "AGENT")]
+    rows: list[tuple[str, ...]] = [("NODE", "NETNS", "IP", "POD SUBNET", "NS", "AGENT")]
     for short, n in sorted(data["nodes"].items(), key=lambda kv: kv[1]["index"]):
         rows.append((short, n["netns"], n["ip"], n["pod_subnet"], "up" if n["up"] else "MISSING",
                      "up" if n["agent"] else "-"))

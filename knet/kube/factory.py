@@ -52,7 +52,7 @@ class InformerFactory:
                 self._informers[key] = inf
                 if self._started:
                     inf.start()
-            return inf  # type: ignore[return-value]
+            return inf
 
     @property
     def informers(self) -> list[Informer[Any]]:

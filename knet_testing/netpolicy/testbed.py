@@ -39,7 +39,7 @@ BIN = os.path.dirname(sys.executable)
 
 @dataclass
 class MatrixLab:
-    lab: object  # lab.api.Lab
+    lab: api.Lab
     pods: dict[str, tuple[str, str]]  # key -> (netns, ip)
     nodes: dict[str, str]  # pod key -> node
     backends: dict[str, NftBackend]
@@ -50,7 +50,7 @@ class MatrixLab:
         return scenarios.Ctx({k: ip for k, (_, ip) in self.pods.items()})
 
     def node_ns(self, node: str) -> str:
-        return self.lab.netns(node)  # type: ignore[attr-defined]
+        return self.lab.netns(node)
 
     def program(self, step: scenarios.Step, full: bool = False, flush: bool = True) -> tuple[list, list, list]:
         """Compile the step for each node and apply it there; then (flush) forget conntrack entries:

@@ -219,7 +219,7 @@ NODEPORTS_LAST = ('-A KUBE-SERVICES -m comment --comment "kubernetes service nod
 
 
 def render_restore(rendered: dict[str, ServiceRules], write: set[str] | None,
-                   stale_nat: set[str], stale_filter: set[str] = frozenset()) -> str:
+                   stale_nat: set[str], stale_filter: set[str] | frozenset[str] = frozenset()) -> str:
     """iptables-restore --noflush input. The shared chains are always rewritten whole; the
     per-service chains only for the service ports in `write` (None: all of them — a full sync),
     as kube-proxy's partial sync does. `stale_*` chains are flushed and deleted."""

@@ -8,6 +8,7 @@ subnet with the overlay's MTU.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
 import os
@@ -48,6 +49,10 @@ def read_subnet_env(path: str) -> dict[str, str]:
     return out
 
 
+def leased(subnet_file: str) -> bool:
+    return "FLANNEL_SUBNET" in read_subnet_env(subnet_file)
+
+
 def start(p: topology.Plan, progress=print, wait: float = 20.0) -> dict[str, dict]:
     """Start flannel-py on every node; returns node -> {"pod_subnet", "mtu", "pid"}."""
     etcd.start(p, progress)
@@ -61,8 +66,8 @@ def start(p: topology.Plan, progress=print, wait: float = 20.0) -> dict[str, dic
         os.makedirs(n.dir, exist_ok=True)
         log = os.path.join(n.dir, "flannel.log")
         daemon = launch.spawn(f"flannel-py on {n.short}", n.netns, flannel_argv(n), log, OverlayError)
-        if not launch.wait_until(lambda n=n: "FLANNEL_SUBNET" in read_subnet_env(n.subnet_file), [daemon],
-                                 deadline - time.monotonic(), interval=0.02):
+        if not launch.wait_until(functools.partial(leased, n.subnet_file), [daemon], deadline - time.monotonic(),
+                                 interval=0.02):
             raise OverlayError(f"no subnet lease for {n.short} within {wait:.0f}s (see {log})")
         env = read_subnet_env(n.subnet_file)
         n.pod_subnet = str(ipaddress.ip_interface(env["FLANNEL_SUBNET"]).network)
