@@ -11,24 +11,29 @@ and which `defaultBackend` serves unknown hosts. Oldest-wins is what ingress-ngi
 stable: creating a new Ingress can never take a route away from one that already serves traffic.
 
 Backends: a service port is found by number (`port.number` = the Service's `port`) or by name;
-endpoints are the EndpointSlice endpoints whose slice port has the service port's name (that is
-how a named targetPort resolves per pod), ready ones, or the serving-but-terminating ones while no
-endpoint is ready (kube-proxy's graceful-termination fallback). A backend that cannot be proxied
-(no such service or port, no endpoints, ExternalName, a `resource` backend) answers 503 with a
-body that says which.
+its endpoints come from `knet.kube.endpoints` (the slice ports with the service port's name, which
+is how a named targetPort resolves per pod; IPv4 and IPv6), ready ones, or the serving-but-
+terminating ones while no endpoint is ready (kube-proxy's graceful-termination fallback). A
+backend that cannot be proxied (no such service or port, no endpoints, ExternalName, a `resource`
+backend) answers 503 with a body that says which.
+
+Changes: `compile_table` builds the whole table (an Ingress or IngressClass changed: claims and
+conflicts may move). A Service, its EndpointSlices or a Secret changing does not move any route:
+`retarget` re-resolves only the backends of that Service (or the certificate of that Secret) in
+the servers that use it and reuses everything else; it gives the table `compile_table` would.
 """
 
 from __future__ import annotations
 
 import datetime
-import ipaddress
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ingress.model import (
     BUILTIN_DEFAULT,
     EXACT,
     PREFIX,
+    BackendRef,
     Route,
     RoutingTable,
     Server,
@@ -44,8 +49,9 @@ from ingress.model import (
     wildcard_for,
 )
 from ingress.tls import load_secret
+from knet.kube.endpoints import resolve, usable
 from knet.kube.models import EndpointSlice, Ingress, IngressClass, Secret, Service
-from knet.kube.models.networking import SERVICE_NAME_LABEL, IngressBackend
+from knet.kube.models.networking import IngressBackend
 
 SSL_REDIRECT_ANNOTATIONS = ("ingress.knet.io/ssl-redirect", "nginx.ingress.kubernetes.io/ssl-redirect")
 READ_TIMEOUT_ANNOTATIONS = ("ingress.knet.io/proxy-read-timeout", "nginx.ingress.kubernetes.io/proxy-read-timeout")
@@ -96,24 +102,28 @@ def age_key(ing: Ingress) -> tuple[datetime.datetime, str, str]:
     return (ts or _FAR_FUTURE, ing.namespace or "default", ing.name)
 
 
-def _endpoints(svc_port_name: str, slices: Iterable[EndpointSlice]) -> tuple[str, ...]:
-    ready: list[str] = []
-    terminating: list[str] = []
-    for sl in slices:
-        if sl.address_type not in ("IPv4", "IPv6"):
-            continue
-        for sp in sl.ports:
-            if (sp.name or "") != svc_port_name or sp.protocol != "TCP" or sp.port is None:
-                continue
-            for ep in sl.endpoints:
-                c = ep.conditions
-                bucket = ready if c.is_ready else terminating if (c.is_serving and c.is_terminating) else None
-                if bucket is None:
-                    continue
-                for addr in ep.addresses:
-                    v6 = ipaddress.ip_address(addr).version == 6
-                    bucket.append(f"[{addr}]:{sp.port}" if v6 else f"{addr}:{sp.port}")
-    return tuple(sorted(set(ready or terminating)))
+def resolve_backend(snap: Snapshot, ref: BackendRef) -> tuple[Target, Upstream | None]:
+    """A service backend -> what it serves: an upstream of the service port's usable endpoints,
+    or a 503 that says why there is none."""
+    ns, name, port = ref
+    label = f"{ns}/{name}:{port}"
+    svc = snap.service(ns, name)
+    if svc is None:
+        return Target(service=label, status=503, message=f"service {ns}/{name} not found", ref=ref), None
+    if svc.spec.type == "ExternalName":
+        return Target(service=label, status=503, message=f"service {ns}/{name} is an ExternalName service, "
+                                                         "which knet-ingress does not proxy to", ref=ref), None
+    sp = next((p for p in svc.spec.ports if p.protocol == "TCP" and
+               (p.port == port if isinstance(port, int) else p.name == port)), None)
+    if sp is None:
+        return Target(service=label, status=503, message=f"service {ns}/{name} has no TCP port {port}", ref=ref), None
+    label = f"{ns}/{name}:{sp.port}"
+    servers = tuple(sorted({e.addr for e in usable(resolve(snap.slices(ns, name)).for_port(sp))}))
+    if not servers:
+        return Target(service=label, status=503, message=f"no ready endpoints for service {label}", ref=ref), None
+    # One upstream per service port: by-name and by-number references share it.
+    up = f"{ns}_{name}_{sp.port}"
+    return Target(upstream=up, service=label, ref=ref), Upstream(up, label, servers)
 
 
 class _Builder:
@@ -126,6 +136,7 @@ class _Builder:
         self.global_fallback: Route | None = None
         self.tls: dict[str, tuple[TlsCert, bool]] = {}         # host -> (cert, redirect)
         self.secrets: dict[str, TlsCert] = {}
+        self.resolved: dict[BackendRef, Target] = {}
 
     def problem(self, msg: str) -> None:
         self.table.problems.append(msg)
@@ -135,27 +146,14 @@ class _Builder:
         if backend.service is None:
             kind = (backend.resource or {}).get("kind", "resource")
             return Target(status=503, message=f"{kind} backends are not supported by knet-ingress")
-        name, port = backend.service.name, backend.service.port.value
-        label = f"{ns}/{name}:{port}"
-        self.table.services.add(f"{ns}/{name}")
-        svc = self.snap.service(ns, name)
-        if svc is None:
-            return Target(service=label, status=503, message=f"service {ns}/{name} not found")
-        if svc.spec.type == "ExternalName":
-            return Target(service=label, status=503, message=f"service {ns}/{name} is an ExternalName service, "
-                                                             "which knet-ingress does not proxy to")
-        sp = next((p for p in svc.spec.ports if p.protocol == "TCP" and
-                   (p.port == port if isinstance(port, int) else p.name == port)), None)
-        if sp is None:
-            return Target(service=label, status=503, message=f"service {ns}/{name} has no TCP port {port}")
-        label = f"{ns}/{name}:{sp.port}"
-        servers = _endpoints(sp.name or "", self.snap.slices(ns, name))
-        if not servers:
-            return Target(service=label, status=503, message=f"no ready endpoints for service {label}")
-        # One upstream per service port: by-name and by-number references share it.
-        up = f"{ns}_{name}_{sp.port}"
-        self.table.upstreams[up] = Upstream(up, label, servers)
-        return Target(upstream=up, service=label)
+        ref = (ns, backend.service.name, backend.service.port.value)
+        self.table.services.add(f"{ns}/{ref[1]}")
+        if ref not in self.resolved:
+            target, upstream = resolve_backend(self.snap, ref)
+            if upstream is not None:
+                self.table.upstreams[upstream.name] = upstream
+            self.resolved[ref] = target
+        return self.resolved[ref]
 
     def default_backend_option(self) -> Route | None:
         spec = self.options.default_backend
@@ -215,9 +213,8 @@ class _Builder:
                     if self.tls[h][0].secret != cert.secret:
                         self.problem(f"conflict: {key} TLS for {h} ignored, already defined by an older Ingress")
                     continue
-                if cert.error:
-                    self.problem(f"{key}: TLS for {h}: {cert.error}")
                 self.tls[h] = (cert, redirect)
+                self.table.tls_owners[h] = key  # a broken certificate is reported in build()
 
     def read_timeout(self, ing: Ingress, key: str) -> int | None:
         """Seconds to wait for a backend's answer (default: the controller's --read-timeout)."""
@@ -266,9 +263,34 @@ class _Builder:
             cert = tls[0] if tls else None
             servers[host] = Server(host, self.routes_for(host), fallback, cert,
                                    # cert is tls[0]: never None where tls is set
-                                   ssl_redirect=bool(tls and tls[1] and not cert.error))  # type: ignore[union-attr]
-        self.table.servers = servers
-        return self.table
+                                   ssl_redirect=bool(tls and tls[1] and not cert.error),  # type: ignore[union-attr]
+                                   wants_redirect=bool(tls and tls[1]))
+        t = self.table
+        t.servers = servers
+        used: set[str] = set()
+        for host, server in servers.items():
+            for route in (*server.routes, server.fallback):
+                if route.target.ref is not None:
+                    # service_key is None only for a target without a Service ref (excluded just above)
+                    t.service_hosts.setdefault(route.target.service_key, set()).add(host)  # type: ignore[arg-type]
+                if route.target.upstream:
+                    used.add(route.target.upstream)
+            if server.tls is not None and server.tls.secret:
+                t.secret_hosts.setdefault(server.tls.secret, set()).add(host)
+        # An Ingress's defaultBackend that serves nowhere (an older one's serves) gets no upstream.
+        t.upstreams = {name: up for name, up in t.upstreams.items() if name in used}
+        t.config_problems = list(t.problems)
+        t.problems = t.config_problems + _certificate_problems(t)
+        return t
+
+
+def _certificate_problems(table: RoutingTable) -> list[str]:
+    out = []
+    for host, owner in table.tls_owners.items():
+        cert = table.servers[host].tls
+        if cert is not None and cert.error:
+            out.append(f"{owner}: TLS for {host}: {cert.error}")
+    return out
 
 
 def compile_table(snap: Snapshot, options: Options | None = None) -> RoutingTable:
@@ -279,6 +301,63 @@ def compile_table(snap: Snapshot, options: Options | None = None) -> RoutingTabl
     return b.build()
 
 
-def service_key_of_slice(sl: EndpointSlice) -> str | None:
-    name = sl.metadata.labels.get(SERVICE_NAME_LABEL)
-    return f"{sl.namespace or 'default'}/{name}" if name else None
+def retarget(table: RoutingTable, snap: Snapshot, services: Iterable[str] = (),
+             secrets: Iterable[str] = ()) -> RoutingTable:
+    """`table` with the backends of `services` ("ns/name": the Service or its EndpointSlices
+    changed) resolved again and the certificates of `secrets` reloaded. Only the servers that use
+    them are touched; every other server, route and upstream is reused. The result equals
+    `compile_table` of the same snapshot provided no Ingress or IngressClass changed since
+    `table` was compiled."""
+    out = replace(table, servers=dict(table.servers), upstreams=dict(table.upstreams))
+    for key in set(services):
+        _retarget_service(out, snap, key)
+    certs = set(secrets) & table.secret_hosts.keys()
+    for key in certs:
+        ns, _, name = key.partition("/")
+        cert = load_secret(snap.secret(ns, name), key)
+        for host in table.secret_hosts[key]:
+            server = out.servers[host]
+            out.servers[host] = replace(server, tls=cert, ssl_redirect=server.wants_redirect and not cert.error)
+    if certs:
+        out.problems = out.config_problems + _certificate_problems(out)
+    return out
+
+
+def _retarget_service(out: RoutingTable, snap: Snapshot, key: str) -> None:
+    resolved: dict[BackendRef, tuple[Target, Upstream | None]] = {}
+    stale: set[str] = set()
+
+    def again(route: Route) -> Route:
+        t = route.target
+        if t.ref is None or t.service_key != key:
+            return route
+        if t.upstream:
+            stale.add(t.upstream)
+        if t.ref not in resolved:
+            resolved[t.ref] = resolve_backend(snap, t.ref)
+        return replace(route, target=resolved[t.ref][0])
+
+    for host in out.service_hosts.get(key, ()):
+        server = out.servers[host]
+        out.servers[host] = replace(server, routes=[again(r) for r in server.routes], fallback=again(server.fallback))
+    for name in stale:
+        out.upstreams.pop(name, None)
+    out.upstreams.update((up.name, up) for _, up in resolved.values() if up is not None)
+
+
+# Ingress informer indexes: which Ingresses a Service's or a Secret's change concerns.
+BACKEND_SERVICES, TLS_SECRETS = "backend-services", "tls-secrets"
+
+
+def backend_services(ing: Ingress) -> list[str]:
+    """ "ns/name" of every Service an Ingress routes to (rules and defaultBackend)."""
+    ns = ing.namespace or "default"
+    backends = [p.backend for r in ing.spec.rules if r.http for p in r.http.paths]
+    if ing.spec.default_backend is not None:
+        backends.append(ing.spec.default_backend)
+    return [f"{ns}/{b.service.name}" for b in backends if b.service is not None]
+
+
+def tls_secrets(ing: Ingress) -> list[str]:
+    ns = ing.namespace or "default"
+    return [f"{ns}/{t.secret_name}" for t in ing.spec.tls if t.secret_name]

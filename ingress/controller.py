@@ -1,10 +1,12 @@
 """One sync: snapshot -> routing table -> certificate files -> nginx.conf -> (reload) -> status.
 
 The controller is synchronous and does not know where its objects come from: the daemon feeds it
-snapshots backed by informers, the integration tests feed it model objects. Every sync compiles
-everything (cheap next to a reload) and reloads nginx only when the rendered configuration
-differs, so an event that changes nothing visible (a Service's unrelated field, a resync) costs no
-reload.
+snapshots backed by informers, the integration tests feed it model objects. `sync` compiles
+everything (an Ingress or IngressClass changed, or the periodic sync); `update` re-resolves only
+the backends of the Services (and the certificates of the Secrets) that changed, in the servers
+that use them (`compiler.retarget`). Either way nginx reloads only when the rendered
+configuration differs, so an event that changes nothing visible (a Service's unrelated field, a
+resync) costs no reload.
 
 Endpoint churn does reload nginx: open-source nginx 1.22 cannot change an upstream's servers at
 run time without a reload (that API is nginx Plus; the `resolve` parameter came to open source in
@@ -17,12 +19,12 @@ from __future__ import annotations
 import ipaddress
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from ingress import tls
 from ingress.accesslog import RequestMetrics
-from ingress.compiler import Options, Snapshot, compile_table
+from ingress.compiler import Options, Snapshot, compile_table, retarget
 from ingress.model import RoutingTable
 from ingress.nginx import Nginx, NginxError
 from ingress.nginxconf import Settings, config_digest, render
@@ -91,7 +93,9 @@ class Controller:
 
     # -- the pieces
     def build(self, snap: Snapshot) -> tuple[RoutingTable, str]:
-        table = compile_table(snap, self.options)
+        return self._finish(compile_table(snap, self.options))
+
+    def _finish(self, table: RoutingTable) -> tuple[RoutingTable, str]:
         for p in sorted(set(table.problems) - self.problems):
             log.warning("%s", p)
         self.problems = set(table.problems)
@@ -122,7 +126,18 @@ class Controller:
         return SyncResult(True, self.nginx.digest, None, table.problems)
 
     def sync(self, snap: Snapshot) -> SyncResult:
+        """Compile everything, apply, and write the Ingresses' status."""
         table, text = self.build(snap)
+        return self._apply(table, text, snap, status=True)
+
+    def update(self, snap: Snapshot, services: Iterable[str], secrets: Iterable[str] = ()) -> SyncResult:
+        """Only Services/EndpointSlices (`services`, "ns/name") or Secrets changed since the last
+        sync: re-resolve what uses them and apply. The Ingresses' status does not depend on them
+        (the publish Service's addresses are a full sync's)."""
+        table, text = self._finish(retarget(self.table, snap, services, secrets))
+        return self._apply(table, text, snap, status=False)
+
+    def _apply(self, table: RoutingTable, text: str, snap: Snapshot, status: bool) -> SyncResult:
         digest = config_digest(text)
         result = SyncResult(False, digest, None, table.problems)
         m = self.metrics
@@ -150,7 +165,8 @@ class Controller:
         m.reload_ok.set(1)
         self._record(table)
         self.last_ok = time.time()
-        self.update_status(snap)
+        if status:
+            self.update_status(snap)
         return result
 
     # -- status.loadBalancer

@@ -5,9 +5,11 @@ nginx in line with them.
         --publish-address 192.168.33.240 --metrics-bind-address 0.0.0.0:10254
 
 Sync model (kproxy's): nothing is served before every informer has listed; then changes are
-batched (`--min-sync-period`) and each batch is one compile + at most one reload. Service,
-EndpointSlice and Secret events wake the loop only for objects some Ingress refers to. Every
-`--sync-period` a sync runs regardless (retries failed status writes, restarts a dead nginx).
+batched (`--min-sync-period`) and each batch is at most one reload. An Ingress or IngressClass
+change compiles the whole table; a Service, EndpointSlice or Secret change counts only when an
+Ingress refers to it (found through the Ingress informer's indexes, never a scan) and re-resolves
+only that Service's backends or that Secret's certificate (`Controller.update`). Every
+`--sync-period` a full sync runs regardless (retries failed status writes, restarts a dead nginx).
 SIGTERM/SIGINT: informers stop, nginx quits gracefully (in-flight requests finish).
 """
 
@@ -19,18 +21,19 @@ import logging
 import resource
 import threading
 import time
+from collections.abc import Callable
 
 from ingress.accesslog import AccessLogReader
-from ingress.compiler import Options, Snapshot, service_key_of_slice
+from ingress.compiler import BACKEND_SERVICES, TLS_SECRETS, Options, Snapshot, backend_services, tls_secrets
 from ingress.controller import Controller
 from ingress.nginx import Nginx
 from ingress.nginxconf import Settings
 from knet import aio, daemon
 from knet.kube import client as kube_client
 from knet.kube import threadsafe
+from knet.kube.indexes import SERVICE, by_service
 from knet.kube.informer import Informer
-from knet.kube.models import EndpointSlice, Ingress, IngressClass, KubeObject, Secret, Service
-from knet.kube.models.networking import SERVICE_NAME_LABEL
+from knet.kube.models import EndpointSlice, Ingress, IngressClass, Secret, Service, object_key
 
 log = logging.getLogger("knet.ingress")
 
@@ -51,30 +54,92 @@ class IngressDaemon:
         self.wake = asyncio.Event()
         self.stopping = asyncio.Event()
         self.informers: dict[str, Informer] = {}
+        # What the next sync must do (set by the callbacks, on the loop):
+        self.full = True  # compile everything
+        self.changed_services: set[str] = set()  # "ns/name": re-resolve their backends
+        self.changed_secrets: set[str] = set()  # "ns/name": reload their certificates
+        default = args.default_backend_service
+        self.default_backend = default.rpartition(":")[0] if default else None
+        if self.default_backend and "/" not in self.default_backend:
+            self.default_backend = f"default/{self.default_backend}"
 
-    # -- informer callbacks (on the loop)
-    def _touch(self, *_: object) -> None:
+    # -- informer callbacks (on the loop); `objs` is (new,), (old, new) or (old,)
+    def _ingresses_changed(self, *_: object) -> None:
+        self.full = True
         self.wake.set()
 
-    def _touch_if_referenced(self, obj: KubeObject, *_: object) -> None:
-        table = self.controller.table
-        if isinstance(obj, EndpointSlice):
-            key = service_key_of_slice(obj)
-            if key in table.services:
-                self.wake.set()
-        elif isinstance(obj, Service):
-            if obj.key in table.services or obj.key == self.args.publish_service:
-                self.wake.set()
-        elif isinstance(obj, Secret) and obj.key in table.secrets:
-            self.wake.set()
+    def _service_changed(self, *objs: Service) -> None:
+        self._services_changed({o.key for o in objs})
 
-    def snapshot(self) -> Snapshot:
+    def _slice_changed(self, *objs: EndpointSlice) -> None:
+        self._services_changed({key for o in objs for key in by_service(o)})  # its Service, before and after
+
+    def _services_changed(self, keys: set[str]) -> None:
+        ingresses = self.informers["ingress"]
+        for key in keys:
+            if key == self.args.publish_service:
+                self.full = True  # its addresses go into every Ingress's status
+                self.wake.set()
+            if key == self.default_backend or ingresses.index_keys(BACKEND_SERVICES, key):
+                self.changed_services.add(key)
+                self.wake.set()
+
+    def _secret_changed(self, *objs: Secret) -> None:
+        for key in {o.key for o in objs}:
+            if self.informers["ingress"].index_keys(TLS_SECRETS, key):
+                self.changed_secrets.add(key)
+                self.wake.set()
+
+    def snapshot(self, full: bool = True) -> Snapshot:
+        """Lookups into the informers' caches. Only a full sync reads every Ingress and class."""
         i = self.informers
         return Snapshot(
-            ingresses=i["ingress"].list(), classes=i["class"].list(),
+            ingresses=i["ingress"].list() if full else [], classes=i["class"].list() if full else [],
             service=lambda ns, n: i["service"].get(n, ns),
-            slices=lambda ns, n: i["slice"].list(namespace=ns, selector={SERVICE_NAME_LABEL: n}),
+            slices=lambda ns, n: i["slice"].by_index(SERVICE, object_key(ns, n)),
             secret=lambda ns, n: i["secret"].get(n, ns))
+
+    def make_informers(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The informers with their indexes and callbacks (not started)."""
+        def on(fn: Callable[..., None]) -> dict[str, Callable[..., None]]:
+            cb = threadsafe(loop, fn)
+            return dict(on_add=cb, on_update=cb, on_delete=cb)
+
+        kinds = {  # (a plain dict literal: tests/unit/test_deploy_rbac.py reads the kinds from it)
+            "ingress": (Ingress, on(self._ingresses_changed),
+                        {BACKEND_SERVICES: backend_services, TLS_SECRETS: tls_secrets}),
+            "class": (IngressClass, on(self._ingresses_changed), {}),
+            "service": (Service, on(self._service_changed), {}),
+            "slice": (EndpointSlice, on(self._slice_changed), {SERVICE: by_service}),
+            "secret": (Secret, on(self._secret_changed), {}),
+        }
+        for name, (model, callbacks, indexers) in kinds.items():
+            self.informers[name] = Informer(self.api, model, indexers=indexers, **callbacks)
+
+    def take_pending(self) -> tuple[bool, set[str], set[str]]:
+        """What the callbacks collected (full?, services, secrets), cleared for the next batch."""
+        pending = self.full, self.changed_services, self.changed_secrets
+        self.full, self.changed_services, self.changed_secrets = False, set(), set()
+        return pending
+
+    async def sync_once(self, force_full: bool = False) -> None:
+        """Apply what the callbacks collected: a full sync, or only the changed Services/Secrets."""
+        full, services, secrets = self.take_pending()
+        full = full or force_full
+        try:
+            if full:
+                result = await asyncio.to_thread(self.controller.sync, self.snapshot())
+            elif services or secrets:
+                result = await asyncio.to_thread(self.controller.update, self.snapshot(full=False), services, secrets)
+            else:
+                return
+            if result.error:  # nginx kept the previous config: the next sync starts from a full compile
+                self.full = True
+        except Exception:
+            log.exception("sync failed; retrying")
+            self.full = True
+            await asyncio.sleep(1)
+            self.wake.set()
 
     def _write_status(self, namespace: str, name: str, entries: list[dict]) -> None:
         kube_client.patch_status(self.api, "Ingress", name, {"loadBalancer": {"ingress": entries}}, namespace)
@@ -82,18 +147,17 @@ class IngressDaemon:
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         self.api = kube_client.api_client_from_args(self.args)
-        touch, filtered = threadsafe(loop, self._touch), threadsafe(loop, self._touch_if_referenced)
-        kinds = {"ingress": (Ingress, touch), "class": (IngressClass, touch), "service": (Service, filtered),
-                 "slice": (EndpointSlice, filtered), "secret": (Secret, filtered)}
-        for name, (model, cb) in kinds.items():
-            self.informers[name] = Informer(self.api, model, on_add=cb, on_update=cb, on_delete=cb).start()
+        self.make_informers(loop)
+        for inf in self.informers.values():
+            inf.start()
         if not await daemon.wait_synced(self.informers.values(), self.stopping):
             return
+        await asyncio.sleep(0)  # the callbacks of the initial lists, queued on this loop
+        # The first config reads the caches as they are now: what the callbacks collected so
+        # far is in it; what arrives while it is built is collected for the next sync.
+        self.take_pending()
         result = await asyncio.to_thread(self.controller.start, self.snapshot())
         log.info("serving config=%s ingresses=%d", result.digest, len(self.controller.table.ingresses))
-        # Events that arrived while the first config was built were filtered against an empty
-        # table: one more sync picks them up (free when nothing changed).
-        self.wake.set()
         reader = AccessLogReader(self.settings.access_log_path, self.controller.metrics.requests.observe,
                                  reopen=self.nginx.reopen_logs)
         tail_stop = threading.Event()
@@ -108,13 +172,9 @@ class IngressDaemon:
                 # Batch: let a burst of changes (a rollout's endpoint updates) land in one reload.
                 await asyncio.sleep(self.args.min_sync_period)
                 self.wake.clear()
-                try:
-                    await asyncio.to_thread(self.controller.sync, self.snapshot())
-                except Exception:
-                    log.exception("sync failed; retrying")
-                    await asyncio.sleep(1)
-                    self.wake.set()
-                if time.monotonic() >= next_full:
+                periodic = time.monotonic() >= next_full
+                await self.sync_once(force_full=periodic)
+                if periodic:
                     next_full = time.monotonic() + self.args.sync_period
         finally:
             tail_stop.set()

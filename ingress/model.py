@@ -24,6 +24,8 @@ import re
 from dataclasses import dataclass, field
 
 EXACT, PREFIX = "Exact", "Prefix"
+# A service backend as an Ingress writes it: (namespace, service name, port number or name).
+BackendRef = tuple[str, str, int | str]
 
 _LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
 _HOST_RE = re.compile(rf"^(\*\.)?{_LABEL}(\.{_LABEL})*$")
@@ -88,10 +90,17 @@ class Target:
     service: str = ""  # "ns/name:port" (logs, metrics, error bodies)
     status: int = 0
     message: str = ""
+    # The backend this target resolves (None: a resource backend or a built-in answer); what a
+    # change of that Service or its EndpointSlices re-resolves. Not part of what is served.
+    ref: BackendRef | None = field(default=None, compare=False)
 
     @property
     def proxied(self) -> bool:
         return self.upstream is not None
+
+    @property
+    def service_key(self) -> str | None:
+        return f"{self.ref[0]}/{self.ref[1]}" if self.ref else None
 
 
 BUILTIN_DEFAULT = Target(service="", status=404, message="default backend - 404")
@@ -143,6 +152,7 @@ class Server:
     fallback: Route = field(default_factory=lambda: Route("/", PREFIX, BUILTIN_DEFAULT, ""))
     tls: TlsCert | None = None
     ssl_redirect: bool = False
+    wants_redirect: bool = False  # the Ingress asks for http -> https (served only with a usable cert)
 
     def lookup(self, path: str) -> Route:
         exact = [r for r in self.routes if r.kind == EXACT and r.path == path]
@@ -162,6 +172,11 @@ class RoutingTable:
     problems: list[str] = field(default_factory=list)          # conflicts, invalid rules, bad secrets
     services: set[str] = field(default_factory=set)            # "ns/name" referenced (change filter)
     secrets: set[str] = field(default_factory=set)             # "ns/name" referenced (change filter)
+    # For re-resolving one Service's backends or one Secret's certificate without a recompile:
+    service_hosts: dict[str, set[str]] = field(default_factory=dict)  # service -> hosts of servers using it
+    secret_hosts: dict[str, set[str]] = field(default_factory=dict)   # secret -> hosts of servers using it
+    tls_owners: dict[str, str] = field(default_factory=dict)  # TLS host -> the Ingress that set it
+    config_problems: list[str] = field(default_factory=list)  # problems[] without the certificate errors
 
     def server_for(self, host: str) -> Server:
         host = normalize_host(host.rsplit(":", 1)[0] if not host.startswith("[") else host)

@@ -5,7 +5,8 @@
 
 Services, EndpointSlices (and Pods with `--pods verified`) come through `knet.kube` informers.
 Their callbacks hop onto the event loop, mark the service dirty, and one flush per loop turn
-recomputes the dirty services into the record store and drops the cached answers of every name
+recomputes the dirty services (each from its Service and its slices, looked up by the slice
+informer's SERVICE index: no scans) into the record store and drops the cached answers of every name
 that changed: a change is answered within one loop turn of the watch event, and nothing stale
 survives a delete. The listeners open only once the informers have listed (or after
 `--sync-timeout`), so a starting kdns does not hand out NXDOMAINs that clients would cache.
@@ -23,13 +24,16 @@ import logging
 import sys
 from collections.abc import Callable
 
+from kubernetes.client import ApiClient
+
 from kdns.forward import Forwarder, Upstream
 from kdns.metrics import Stats
-from kdns.records import SERVICE_NAME_LABEL, Config, RecordStore
+from kdns.records import Config, RecordStore
 from kdns.server import Server
 from knet import daemon
 from knet.kube import client as kube_client
 from knet.kube import threadsafe
+from knet.kube.indexes import SERVICE, by_service
 from knet.kube.informer import Informer
 from knet.kube.models import EndpointSlice, Pod, Service
 
@@ -69,9 +73,8 @@ class Kdns:
         self.stats = Stats()
         self.server = Server(self.store, self.forwarder, self.stats, cache_size=args.cache_size,
                              udp_mode=args.udp_mode)
-        self.services: dict[str, Service] = {}
-        self.slices: dict[str, dict[str, EndpointSlice]] = {}  # service key -> slice key -> slice
-        self.slice_owner: dict[str, str] = {}  # slice key -> service key
+        self.services: Informer[Service] | None = None
+        self.slices: Informer[EndpointSlice] | None = None  # indexed by their Service (SERVICE)
         self.dirty: set[str] = set()
         self.flush_scheduled = False
         self.listening = False
@@ -81,27 +84,11 @@ class Kdns:
     # --- informer callbacks, on the loop ------------------------------------------------------
 
     def _service(self, svc: Service, new: Service | None = None, deleted: bool = False) -> None:
-        obj = new if new is not None else svc
-        key = obj.key
-        if deleted:
-            self.services.pop(key, None)
-        else:
-            self.services[key] = obj
-        self._mark(key)
+        self._mark(svc.key)
 
     def _slice(self, sl: EndpointSlice, new: EndpointSlice | None = None, deleted: bool = False) -> None:
-        obj = new if new is not None else sl
-        skey = obj.key
-        old_owner = self.slice_owner.pop(skey, None)
-        if old_owner is not None:
-            self.slices.get(old_owner, {}).pop(skey, None)
-            self._mark(old_owner)
-        name = obj.metadata.labels.get(SERVICE_NAME_LABEL)
-        if not deleted and name:
-            owner = f"{obj.metadata.namespace}/{name}"
-            self.slices.setdefault(owner, {})[skey] = obj
-            self.slice_owner[skey] = owner
-            self._mark(owner)
+        for key in {*by_service(sl), *(by_service(new) if new is not None else ())}:  # its Service, before and after
+            self._mark(key)
 
     def _pod(self, pod: Pod, new: Pod | None = None, deleted: bool = False) -> None:
         obj = new if new is not None else pod
@@ -119,20 +106,32 @@ class Kdns:
         """Recompute the dirty services (a burst of events costs one recompute per service)."""
         self.flush_scheduled = False
         dirty, self.dirty = self.dirty, set()
+        assert self.services is not None and self.slices is not None
         for key in dirty:
-            slices = list(self.slices.get(key, {}).values())
-            if not slices:
-                self.slices.pop(key, None)
+            svc, slices = self.services.get_by_key(key), self.slices.by_index(SERVICE, key)
             with self.server.lock:  # update and invalidation as one step for the UDP threads
-                self.server.invalidate(self.store.update_service(key, self.services.get(key), slices))
+                self.server.invalidate(self.store.update_service(key, svc, slices))
             self.stats.store_updates.inc(1, "service")
+
+    def make_informers(self, api: ApiClient | None, loop: asyncio.AbstractEventLoop) -> None:
+        """The informers with their callbacks on `loop` (not started; api None: fed by a test)."""
+        def cbs(fn: Callable[..., None]) -> dict[str, Callable[..., None]]:
+            return dict(on_add=threadsafe(loop, fn),
+                        on_update=threadsafe(loop, lambda old, new: fn(old, new)),
+                        on_delete=threadsafe(loop, lambda obj: fn(obj, None, True)))
+
+        self.services = Informer(api, Service, **cbs(self._service))
+        self.slices = Informer(api, EndpointSlice, indexers={SERVICE: by_service}, **cbs(self._slice))
+        self.informers = [self.services, self.slices]
+        if self.cfg.pods == "verified":
+            self.informers.append(Informer(api, Pod, **cbs(self._pod)))
 
     def health(self) -> tuple[bool, str]:
         if not self.listening:
             return False, "not listening yet (informers syncing)"
         if not all(i.synced.is_set() for i in self.informers):
             return True, "serving; informers not synced"
-        return True, f"ok: {len(self.store.names)} names, {len(self.services)} services"
+        return True, f"ok: {len(self.store.names)} names, {len(self.services or ())} services"
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -141,17 +140,9 @@ class Kdns:
             # a short switch interval bounds that wait (default 5 ms: a latency spike).
             sys.setswitchinterval(0.0005)
         self.stopping = asyncio.Event()
-        api = kube_client.api_client_from_args(self.args)
-
-        def cbs(fn: Callable[..., None]) -> dict[str, Callable[..., None]]:
-            return dict(on_add=threadsafe(loop, fn),
-                        on_update=threadsafe(loop, lambda old, new: fn(old, new)),
-                        on_delete=threadsafe(loop, lambda obj: fn(obj, None, True)))
-
-        self.informers = [Informer(api, Service, **cbs(self._service)).start(),
-                          Informer(api, EndpointSlice, **cbs(self._slice)).start()]
-        if self.cfg.pods == "verified":
-            self.informers.append(Informer(api, Pod, **cbs(self._pod)).start())
+        self.make_informers(kube_client.api_client_from_args(self.args), loop)
+        for inf in self.informers:
+            inf.start()
         log.info("waiting up to %ss for the informers to list", self.args.sync_timeout)
         deadline = loop.time() + self.args.sync_timeout
         for inf in self.informers:

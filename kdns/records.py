@@ -29,11 +29,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from kdns.wire import AAAA, CNAME, NS, PTR, RR, SOA, SRV, TXT, A
+from knet.kube.endpoints import publishes_not_ready, resolve
 from knet.kube.models import EndpointSlice, Pod, Service
 
 Records = dict[str, dict[int, list[RR]]]  # name -> type -> records
-TOLERATE_UNREADY = "service.alpha.kubernetes.io/tolerate-unready-endpoints"
-SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 STATIC = ""  # the owner key of the zone's own records
 
 
@@ -113,25 +112,22 @@ def service_records(svc: Service, slices: Iterable[EndpointSlice], cfg: Config) 
                     srv = f"_{port.name}._{port.protocol.lower()}.{fqdn}".lower()
                     _add(records, (srv, SRV, ttl, (0, 100, port.port, fqdn)))
         return _finish(records)
-    # Headless: the endpoints themselves.
-    publish_all = svc.spec.publish_not_ready_addresses or \
-        svc.metadata.annotations.get(TOLERATE_UNREADY, "").lower() == "true"
-    for sl in slices:
-        if sl.address_type == "FQDN":
+    # Headless: the endpoints themselves (both families; ready ones unless the Service publishes
+    # not-ready addresses), each named by its hostname or its dashed address; SRV per named port
+    # with each endpoint's own port number.
+    eps = resolve(slices).published(publishes_not_ready(svc))
+    for ep in eps.endpoints:
+        target = f"{(ep.hostname or dashed(ep.address)).lower()}.{fqdn}"
+        _add(records, address_record(fqdn, ep.address, ttl))
+        _add(records, address_record(target, ep.address, ttl))
+        _add(records, (reverse_name(ep.address), PTR, ttl, target))
+    for (pname, proto), port_eps in eps.ports.items():
+        if not pname:
             continue
-        named = [(p.name, p.protocol, p.port) for p in sl.ports if p.name and p.port is not None]
-        for ep in sl.endpoints:
-            if not (publish_all or ep.conditions.is_ready):
-                continue
-            for ip in ep.addresses:
-                host = (ep.hostname or dashed(ip)).lower()
-                target = f"{host}.{fqdn}"
-                _add(records, address_record(fqdn, ip, ttl))
-                _add(records, address_record(target, ip, ttl))
-                _add(records, (reverse_name(ip), PTR, ttl, target))
-                for pname, proto, pnum in named:
-                    srv = f"_{pname}._{proto.lower()}.{fqdn}".lower()
-                    _add(records, (srv, SRV, ttl, (0, 100, pnum, target)))
+        srv = f"_{pname}._{proto.lower()}.{fqdn}".lower()
+        for ep in port_eps:
+            target = f"{(ep.hostname or dashed(ep.address)).lower()}.{fqdn}"
+            _add(records, (srv, SRV, ttl, (0, 100, ep.port, target)))
     return _finish(records)
 
 

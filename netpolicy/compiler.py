@@ -41,6 +41,11 @@ from netpolicy.model import (
 )
 
 ALL_PORTS = (0, 65535)
+PORT_NAMES = "port-names"  # a Pod index: its containers' port names (the pods a named port can resolve on)
+
+
+def container_port_names(pod: Pod) -> list[str]:
+    return sorted({p.name for c in pod.spec.containers for p in c.ports if p.name})
 
 
 def eligible(pod: Pod) -> bool:
@@ -99,7 +104,7 @@ def _numeric(port: NetworkPolicyPort) -> PortRange | None:
     return None  # a name
 
 
-def _resolve(ports: list[NetworkPolicyPort], pod: Pod) -> tuple[PortRange, ...]:
+def resolve_ports(ports: list[NetworkPolicyPort], pod: Pod) -> tuple[PortRange, ...]:
     """Every port entry as numbers, names looked up in `pod`'s container ports."""
     out = []
     for p in ports:
@@ -112,8 +117,11 @@ def _resolve(ports: list[NetworkPolicyPort], pod: Pod) -> tuple[PortRange, ...]:
     return tuple(sorted(set(out)))
 
 
-def _egress_clauses(world: _World, nets: tuple[str, ...] | None, ports: list[NetworkPolicyPort],
-                    ) -> tuple[Clause, ...]:
+def egress_clauses(destinations: Iterable[Pod], nets: tuple[str, ...] | None, ports: list[NetworkPolicyPort],
+                   ) -> tuple[Clause, ...]:
+    """An egress rule's clauses: numeric ports for its peers' addresses, and per destination pod
+    (eligible, in key order; only those with one of the named ports matter) the named ports as
+    that pod numbers them."""
     if not ports:
         return (Clause(nets, None),)
     clauses = []
@@ -123,9 +131,9 @@ def _egress_clauses(world: _World, nets: tuple[str, ...] | None, ports: list[Net
     named = [p for p in ports if isinstance(p.port, str)]
     if named:
         # Per destination pod: the same name may be a different number (or absent) on each pod.
-        for pod in world.pods:
+        for pod in destinations:
             ips = tuple(ip for ip in pod.ips if nets is None or in_nets(ip, nets))
-            resolved = _resolve(named, pod) if ips else ()
+            resolved = resolve_ports(named, pod) if ips else ()
             if resolved:
                 clauses.append(Clause(normalize([host_net(ip) for ip in ips]), resolved))
     return tuple(clauses)
@@ -164,7 +172,7 @@ def compile_policies(policies: Iterable[NetworkPolicy], pods: Iterable[Pod], nam
                 ing_pols.append(pol.key)
                 for i, rule in enumerate(pol.spec.ingress):
                     nets = nets_of(pol, INGRESS, i, rule.from_)
-                    ports = _resolve(rule.ports, pod) if rule.ports else None
+                    ports = resolve_ports(rule.ports, pod) if rule.ports else None
                     if ports == ():  # only names this pod does not have: the rule allows nothing
                         continue
                     ing_rules.append(RuleAllow(pol.key, i, (Clause(nets, ports),)))
@@ -172,8 +180,8 @@ def compile_policies(policies: Iterable[NetworkPolicy], pods: Iterable[Pod], nam
                 eg_pols.append(pol.key)
                 for i, erule in enumerate(pol.spec.egress):
                     if (pol.key, i) not in egress_cache:
-                        egress_cache[(pol.key, i)] = _egress_clauses(world, nets_of(pol, EGRESS, i, erule.to),
-                                                                     erule.ports)
+                        egress_cache[(pol.key, i)] = egress_clauses(world.pods, nets_of(pol, EGRESS, i, erule.to),
+                                                                    erule.ports)
                     if egress_cache[(pol.key, i)]:
                         eg_rules.append(RuleAllow(pol.key, i, egress_cache[(pol.key, i)]))
         compiled.pods[pod.key] = PodRules(

@@ -2,13 +2,16 @@
 
     netpolicy --kubeconfig FILE --node-name node1 [--metrics-bind-address 0.0.0.0:9641]
 
-Informers on Pods (all namespaces: peers can be anywhere), Namespaces and NetworkPolicies. Nothing
-is programmed before all three have listed (a partial view would isolate pods without their
-allowed peers). Every change marks the state dirty; after a short batching window the whole
-model is recompiled (cheap: peer sets are computed once per rule) and the backend applies only
-the difference to the kernel (`netpolicy.backend`). Every `--sync-period` the table is checked
-against what was applied and fully re-synced when it drifted. SIGTERM leaves the rules in place,
-so pods stay protected while the daemon restarts; the next start syncs against them.
+Informers on Pods (all namespaces: peers can be anywhere; indexed by namespace, node and
+container port name), Namespaces and NetworkPolicies. Nothing is programmed before all three have
+listed (a partial view would isolate pods without their allowed peers). Then the compiled model is
+built once and kept up to date event by event (`netpolicy.incremental`): a changed pod or
+namespace re-evaluates only the rules whose peers it enters or leaves and the local pods their
+policies select, found through indexes, never by scanning a cache. After a short batching window
+the backend applies only the difference to the kernel (`netpolicy.backend`). Every
+`--sync-period` the table is checked against what was applied and fully re-synced when it
+drifted. SIGTERM leaves the rules in place, so pods stay protected while the daemon restarts; the
+next start syncs against them.
 
 Metrics (/metrics; /healthz): netpol_sync_duration_seconds, netpol_programming_latency_seconds
 (first change seen -> kernel updated), netpol_programmed{what=chains|sets|set_elements|rules|...},
@@ -23,14 +26,20 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
+from typing import Any
+
+from kubernetes.client import ApiClient
 
 from knet import aio, daemon, logs, metrics
 from knet.kube import client as kube_client
 from knet.kube import threadsafe
+from knet.kube.indexes import NAMESPACE, NODE, by_namespace, by_node
 from knet.kube.informer import Informer
 from knet.kube.models import Namespace, NetworkPolicy, Pod
 from netpolicy.backend import NftBackend
-from netpolicy.compiler import compile_policies
+from netpolicy.compiler import PORT_NAMES, container_port_names
+from netpolicy.incremental import IncrementalCompiler, InformerWorld
 from netpolicy.model import Compiled
 
 log = logging.getLogger("knet.netpolicy")
@@ -81,15 +90,44 @@ class Enforcer:
         self.last_ok = 0.0
         self.compiled: Compiled | None = None
         self.informers: list[Informer] = []
+        self.incremental: IncrementalCompiler | None = None  # made with the informers
+        self.ready = False  # events count once the compiler was built from the listed caches
 
     def _touch(self, *_: object) -> None:
         if self.first_change is None:
             self.first_change = time.monotonic()
         self.wake.set()
 
+    def make_informers(self, api: ApiClient | None, loop: asyncio.AbstractEventLoop) -> None:
+        """The informers (not started) and the compiler fed by their events on `loop` (api None:
+        a test feeds them)."""
+        def on(apply: Callable[[Any, Any], None]) -> dict[str, Callable[..., None]]:
+            def changed(old: Any, new: Any) -> None:
+                if self.ready:  # before: the caches are read whole by reset()
+                    apply(old, new)
+                self._touch()
+            return dict(on_add=threadsafe(loop, lambda new: changed(None, new)), on_update=threadsafe(loop, changed),
+                        on_delete=threadsafe(loop, lambda old: changed(old, None)))
+
+        def event(name: str) -> Callable[[Any, Any], None]:
+            return lambda old, new: getattr(self.incremental, name)(old, new)
+
+        pods = Informer(api, Pod, indexers={NAMESPACE: by_namespace, NODE: by_node, PORT_NAMES: container_port_names},
+                        **on(event("pod_changed")))
+        namespaces = Informer(api, Namespace, **on(event("namespace_changed")))
+        policies = Informer(api, NetworkPolicy, **on(event("policy_changed")))
+        self.informers = [pods, namespaces, policies]
+        self.incremental = IncrementalCompiler(InformerWorld(pods, namespaces, policies, self.args.node_name))
+
+    def start_compiling(self) -> None:
+        """Build the compiled model from the listed caches; from now on events update it."""
+        assert self.incremental is not None
+        self.incremental.reset()
+        self.ready = True
+
     def compile(self) -> Compiled:
-        pods, namespaces, policies = self.informers
-        return compile_policies(policies.list(), pods.list(), namespaces.list(), node=self.args.node_name)
+        assert self.incremental is not None
+        return self.incremental.compiled()
 
     async def sync(self, full: bool = False) -> None:
         changed_at, self.first_change = self.first_change, None
@@ -103,6 +141,8 @@ class Enforcer:
             log.exception("sync failed; retrying")
             self.first_change = changed_at or time.monotonic()
             self.backend.current = None  # next attempt is a full sync
+            if self.ready:  # and starts from a model rebuilt from the caches
+                self.start_compiling()
             await asyncio.sleep(1)
             return
         now = time.monotonic()
@@ -144,15 +184,14 @@ class Enforcer:
         return age < 2 * self.args.sync_period + 30, f"last sync {age:.1f}s ago"
 
     async def run(self) -> None:
-        loop = asyncio.get_running_loop()
-        api = kube_client.api_client_from_args(self.args)
-        cb = threadsafe(loop, self._touch)
-        self.informers = [Informer(api, kind, on_add=cb, on_update=cb, on_delete=cb).start()
-                          for kind in (Pod, Namespace, NetworkPolicy)]
+        self.make_informers(kube_client.api_client_from_args(self.args), asyncio.get_running_loop())
+        for inf in self.informers:
+            inf.start()
         if not self.backend.ensure_bridge_netfilter():
             log.warning("bridged same-node pod traffic will bypass the policies")
         if not await daemon.wait_synced(self.informers, self.stopping):
             return
+        self.start_compiling()
         await self.sync(full=True)
         next_check = time.monotonic() + self.args.sync_period
         next_drops = 0.0

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -100,7 +101,8 @@ class Compiled:
     """Compiled state of the pods of one node (or of every pod when compiled without a node)."""
 
     pods: dict[str, PodRules] = field(default_factory=dict)  # key -> rules (the enforced pods)
-    addresses: dict[str, str] = field(default_factory=dict)  # every known pod IP -> pod key
+    # every known pod IP -> pod key (the incremental compiler hands out a read-only live view)
+    addresses: Mapping[str, str] = field(default_factory=dict)
     policies: tuple[str, ...] = ()  # keys of every policy seen (for counters and metrics)
 
     def by_ip(self, ip: str) -> PodRules | None:

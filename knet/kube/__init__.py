@@ -5,7 +5,8 @@
     from knet.kube.selectors import Selector, label_selector_matches, map_selector_matches
 
 Models: knet/kube/models (pydantic; tolerant of unknown fields, strict about used ones).
-Informer: knet/kube/informer.py (list + watch + cache + callbacks + synced).
+Informer: knet/kube/informer.py (list + watch + cache + callbacks + synced), with named
+secondary indexes (knet/kube/indexes.py: by_namespace, by_service, by_node).
 Client: knet/kube/client.py (kubeconfig / in-cluster / token config, JSON request helpers).
 """
 
@@ -24,14 +25,16 @@ if TYPE_CHECKING:
     )
     from knet.kube.events import Backoff, Event, relist_diff, threadsafe
     from knet.kube.factory import InformerFactory
+    from knet.kube.indexes import IndexFunc, by_namespace, by_node, by_service
     from knet.kube.informer import Informer
     from knet.kube.models import KubeObject, model_for, object_key, parse
     from knet.kube.resources import RESOURCES, Resource, resource
     from knet.kube.selectors import Selector, label_selector_matches, map_selector_matches
 
 __all__ = [
-    "RESOURCES", "Backoff", "Event", "Informer", "InformerFactory", "KubeObject", "Resource", "Selector",
-    "add_arguments", "api_client_from_args", "label_selector_matches", "load_configuration", "make_configuration",
+    "RESOURCES", "Backoff", "Event", "IndexFunc", "Informer", "InformerFactory", "KubeObject", "Resource",
+    "Selector", "add_arguments", "api_client_from_args", "by_namespace", "by_node", "by_service",
+    "label_selector_matches", "load_configuration", "make_configuration",
     "map_selector_matches", "model_for", "new_api_client", "object_key", "parse", "relist_diff", "resource",
     "threadsafe",
 ]
@@ -42,6 +45,7 @@ _SOURCES = {
     "client": ("add_arguments", "api_client_from_args", "load_configuration", "make_configuration", "new_api_client"),
     "events": ("Backoff", "Event", "relist_diff", "threadsafe"),
     "factory": ("InformerFactory",),
+    "indexes": ("IndexFunc", "by_namespace", "by_node", "by_service"),
     "informer": ("Informer",),
     "models": ("KubeObject", "model_for", "object_key", "parse"),
     "resources": ("RESOURCES", "Resource", "resource"),

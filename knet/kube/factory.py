@@ -3,12 +3,14 @@
     factory = InformerFactory(api)
     pods = factory.informer(Pod, field_selector=f"spec.nodeName={node}")
     services = factory.informer(Service)
+    slices = factory.informer(EndpointSlice, indexers={SERVICE: by_service})
     services.add_handler(on_add=..., ...)
     factory.start()
     if not factory.wait_synced(60): raise SystemExit("API server not reachable")
 
 Two parts of a daemon asking for the same informer get the same one (one watch, one cache).
-Informers asked for after `start()` start at once.
+Informers asked for after `start()` start at once. `indexers` are added to the (possibly shared)
+informer: the standard ones of `knet.kube.indexes` may be asked for by every part that uses them.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any, TypeVar
 
 from kubernetes.client import ApiClient
 
+from knet.kube.indexes import IndexFunc
 from knet.kube.informer import Informer
 from knet.kube.models import KubeObject, LabelSelector, model_for
 from knet.kube.selectors import to_query
@@ -40,7 +43,8 @@ class InformerFactory:
 
     def informer(self, kind: type[M] | str, *, namespace: str | None = None,
                  label_selector: LabelSelector | Mapping[str, str] | str | None = None,
-                 field_selector: str | None = None) -> Informer[M]:
+                 field_selector: str | None = None,
+                 indexers: Mapping[str, IndexFunc] | None = None) -> Informer[M]:
         model = model_for(kind)
         ns = namespace if namespace is not None else self.namespace
         key = (model.__name__, ns, to_query(label_selector), field_selector or None)
@@ -52,6 +56,8 @@ class InformerFactory:
                 self._informers[key] = inf
                 if self._started:
                     inf.start()
+            if indexers:
+                inf.add_indexers(indexers)
             return inf
 
     @property

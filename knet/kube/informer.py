@@ -5,6 +5,13 @@
     if not services.wait_synced(60): ...        # do not program a partial view at start-up
     services.list(); services.get("web", "default")
 
+Indexes (client-go's Indexers): named functions object -> values, registered at construction
+(`indexers=`) or with `add_indexers`, kept up to date on every event, relist and malformed-object
+removal. `by_index(name, value)` returns the objects filed under a value without touching the
+rest of the cache; `knet.kube.indexes` has the standard ones (namespace, an EndpointSlice's
+Service, a Pod's node). `list()` and `keys()` copy the whole cache: they count in `scans`, so a
+test can assert that a component's event handling does none.
+
 How it talks to the server: the client's generated list method with `_preload_content=False`
 (for list and for `watch=true`), reading the raw JSON stream ourselves, rather than through
 `kubernetes.watch.Watch`, because
@@ -18,9 +25,13 @@ How it talks to the server: the client's generated list method with `_preload_co
 Protocol: LIST (paged, `limit`/`continue`) -> resourceVersion R -> WATCH from R with
 allowWatchBookmarks; every event (bookmarks too) advances R. The watch ends when the server's
 `timeoutSeconds` (jittered) expires -> re-watch from R. Connection errors / server restarts ->
-exponential backoff with jitter, then re-watch from R. 410 Gone (as the response status or as an
-ERROR event in the stream) -> relist and synthesize the difference: `on_delete` for objects that
-vanished, `on_update` for changed ones (resourceVersion differs), `on_add` for new ones.
+exponential backoff with jitter, then re-watch from R; the backoff starts over after every
+successful list and every watch the server accepts, and a refused connection (nothing listens:
+the server is restarting) is retried at least every second, which costs the server nothing, so
+an informer resumes within about a second of the API server's return. 410 Gone (as the response
+status or as an ERROR event in the stream) -> relist and synthesize the difference: `on_delete`
+for objects that vanished, `on_update` for changed ones (resourceVersion differs), `on_add` for
+new ones.
 
 Threads: the informer runs on its own daemon thread. Callbacks run on that thread, one at a time,
 in event order, after the cache has been updated (a callback sees the new state through
@@ -52,11 +63,18 @@ from kubernetes.client import ApiClient
 from kubernetes.client.exceptions import ApiException
 
 from knet.kube.events import ADD, DELETE, UPDATE, Backoff, Event, lines, relist_diff
+from knet.kube.indexes import NAMESPACE, IndexFunc, Store, by_namespace
 from knet.kube.models import KubeObject, LabelSelector, model_for, object_key, parse
 from knet.kube.resources import resource
 from knet.kube.selectors import Selector, to_query
 
 log = logging.getLogger("knet.kube.informer")
+
+# The longest wait between attempts while connections are refused. A refused connect is answered
+# by the kernel (nothing listens), so retrying it often loads no server; waiting the full
+# exponential backoff there would leave an informer idle for many seconds after the API server is
+# back (issue 17: 5-24 s).
+REFUSED_RETRY_MAX = 1.0
 
 M = TypeVar("M", bound=KubeObject)
 
@@ -84,6 +102,7 @@ class Informer(Generic[M]):
                  on_add: Callable[[M], None] | None = None,
                  on_update: Callable[[M, M], None] | None = None,
                  on_delete: Callable[[M], None] | None = None,
+                 indexers: Mapping[str, IndexFunc] | None = None,
                  watch_timeout: int = 300, page_size: int | None = 500,
                  backoff: Backoff | None = None, name: str | None = None) -> None:
         self.api = api_client
@@ -97,11 +116,15 @@ class Informer(Generic[M]):
         self.page_size = page_size
         # A copy: a Backoff has state, and a factory passes one template to all its informers.
         b = backoff or Backoff()
-        self.backoff = Backoff(b.initial, b.maximum, b.factor, b.rng)
+        self.backoff = Backoff(b.initial, b.maximum, b.factor, b.rng)  # errors from a reachable server
+        self._refused = Backoff(min(b.initial, REFUSED_RETRY_MAX), min(b.maximum, REFUSED_RETRY_MAX), b.factor, b.rng)
+        # A server that accepts and at once drops or expires us: reset only by a watch that works.
+        self._churn = Backoff(b.initial, b.maximum, b.factor, b.rng)
         self.name = name or self._describe()
         self.synced = threading.Event()
-        self._cache: dict[str, M] = {}
-        self._lock = threading.Lock()  # guards _cache (held briefly, never during callbacks)
+        self._store: Store[M] = Store(indexers)
+        self._lock = threading.Lock()  # guards _store (held briefly, never during callbacks)
+        self.scans = 0  # list()/keys() calls: each copies the whole cache
         self._dispatch = threading.RLock()  # serializes callbacks and handler registration
         self._handlers: list[_Handler] = []
         self._rv: str | None = None
@@ -153,24 +176,53 @@ class Informer(Generic[M]):
         handler = _Handler(on_add, on_update, on_delete)
         with self._dispatch:
             if on_add:
-                for obj in self.list():
+                with self._lock:
+                    replay = list(self._store.objects.values())
+                for obj in replay:
                     self._call(on_add, obj)
             self._handlers.append(handler)
 
+    def add_indexers(self, indexers: Mapping[str, IndexFunc]) -> None:
+        """Register more indexes (objects already cached are filed at once). Re-registering a
+        name with the same function is a no-op, so parts of a process sharing an informer may
+        each ask for the standard indexes; another function under a taken name: ValueError."""
+        with self._lock:
+            self._store.add_indexers(indexers)
+
+    def by_index(self, index: str, value: str) -> list[M]:
+        """The cached objects filed under `value` in `index` (KeyError for an unknown index)."""
+        with self._lock:
+            return self._store.objects_for(index, value)
+
+    def index_keys(self, index: str, value: str) -> list[str]:
+        with self._lock:
+            return self._store.keys_for(index, value)
+
+    def index_values(self, index: str) -> list[str]:
+        """Every value of `index` that has at least one object."""
+        with self._lock:
+            return self._store.values(index)
+
     def get(self, name: str, namespace: str | None = None) -> M | None:
         with self._lock:
-            return self._cache.get(object_key(namespace, name))
+            return self._store.get(object_key(namespace, name))
 
     def get_by_key(self, key: str) -> M | None:
         with self._lock:
-            return self._cache.get(key)
+            return self._store.get(key)
 
     def list(self, namespace: str | None = None,
              selector: Selector | LabelSelector | Mapping[str, str] | None = None) -> list[M]:
         """Cached objects, optionally of one namespace and matching a selector (a dict is a map
-        selector)."""
+        selector). With the namespace index registered, `namespace=` reads only that namespace;
+        otherwise this copies the whole cache and counts in `scans`."""
         with self._lock:
-            objs = list(self._cache.values())
+            if namespace is not None and self._store.indexes(NAMESPACE, by_namespace):
+                objs = self._store.objects_for(NAMESPACE, namespace)
+                namespace = None
+            else:
+                self.scans += 1
+                objs = list(self._store.objects.values())
         if namespace is not None:
             objs = [o for o in objs if o.metadata.namespace == namespace]
         if selector is not None:
@@ -182,11 +234,12 @@ class Informer(Generic[M]):
 
     def keys(self) -> builtins.list[str]:  # builtins: `list` is a method of this class
         with self._lock:
-            return list(self._cache)
+            self.scans += 1
+            return list(self._store.objects)
 
     def __len__(self) -> int:
         with self._lock:
-            return len(self._cache)
+            return len(self._store.objects)
 
     @property
     def resource_version(self) -> str | None:
@@ -203,25 +256,25 @@ class Informer(Generic[M]):
                 if need_list:
                     if time.monotonic() - last_list < 1.0:
                         # Relisting again right after a list: the server keeps expiring us. Back off.
-                        self._sleep(self.backoff.next())
-                    last_list = time.monotonic()
+                        self._sleep(self._churn.next())
                     self._list_and_replace()
+                    last_list = time.monotonic()  # (a failed list waits out the error backoff instead)
                     need_list = False
                     continue
                 started = time.monotonic()
                 events = self._watch()
                 # A watch that ended at once without an event is a server that accepts and drops
-                # us: back off as for an error. A normal timeout or a productive stream: go on.
+                # us: back off. A normal timeout or a productive stream: go on.
                 if events == 0 and time.monotonic() - started < 1.0:
-                    self._sleep(self.backoff.next())
+                    self._sleep(self._churn.next())
                 else:
-                    self.backoff.reset()
+                    self._churn.reset()
             except _Relist as e:
                 need_list = True
                 if e.code == 410:
                     log.info("informer %s: resourceVersion %s expired, relisting", self.name, self._rv)
                 else:
-                    self._sleep(self.backoff.next())
+                    self._sleep(self._churn.next())
             except ApiException as e:
                 if self._stop.is_set():
                     break
@@ -236,13 +289,18 @@ class Informer(Generic[M]):
             except Exception as e:  # connection refused/reset, timeouts, bad JSON: retry, never die
                 if self._stop.is_set():
                     break
-                delay = self.backoff.next()
+                delay = (self._refused if _refused(e) else self.backoff).next()
                 log.warning("informer %s: %s: %s; retrying in %.1fs", self.name, type(e).__name__, e, delay)
                 self._sleep(delay)
         log.debug("informer %s: stopped", self.name)
 
     def _sleep(self, seconds: float) -> None:
         self._stop.wait(seconds)
+
+    def _reachable(self) -> None:
+        """The server answered a list or accepted a watch: the next failure starts a new backoff."""
+        self.backoff.reset()
+        self._refused.reset()
 
     def _request(self, **kwargs: Any) -> Any:
         method = self.resource.method(self.api, "list", namespace=self.namespace)
@@ -298,8 +356,9 @@ class Informer(Generic[M]):
                 new[obj.key] = obj
         with self._dispatch:
             with self._lock:
-                old, self._cache = self._cache, new
+                old = self._store.replace(new)
             self._rv = rv
+            self._reachable()
             events = relist_diff(old, new)
             for ev in events:
                 self._fire(ev)
@@ -312,6 +371,7 @@ class Informer(Generic[M]):
         timeout = int(self.watch_timeout * (1 + random.random() / 2))
         resp = self._request(watch=True, resource_version=self._rv, allow_watch_bookmarks=True,
                              timeout_seconds=timeout, _request_timeout=(10, timeout + 30))
+        self._reachable()
         count = 0
         try:
             for line in lines(resp):
@@ -362,17 +422,13 @@ class Informer(Generic[M]):
         with self._dispatch:
             if etype == "DELETED":
                 with self._lock:
-                    old = self._cache.pop(key, None)
+                    old = self._store.pop(key)
                 if old is not None:
                     self._fire(Event(DELETE, old, None))
                 return
             new = parse(self.model, raw)
             with self._lock:
-                old = self._cache.get(key)
-                if new is None:
-                    self._cache.pop(key, None)
-                else:
-                    self._cache[key] = new
+                old = self._store.pop(key) if new is None else self._store.put(key, new)
             if new is None:
                 if old is not None:
                     self._fire(Event(DELETE, old, None))
@@ -407,3 +463,20 @@ class Informer(Generic[M]):
             if sock is not None:
                 with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
+
+
+def _refused(err: BaseException) -> bool:
+    """Was the connection refused? (urllib3 wraps it: MaxRetryError.reason -> NewConnectionError,
+    whose cause is the ConnectionRefusedError.)"""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [err]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        if isinstance(e, ConnectionRefusedError):
+            return True
+        seen.add(id(e))
+        reason = getattr(e, "reason", None)
+        todo += [e.__cause__, e.__context__, reason if isinstance(reason, BaseException) else None]
+    return False

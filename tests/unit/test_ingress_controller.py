@@ -3,12 +3,17 @@ with a fake nginx."""
 
 from __future__ import annotations
 
+import asyncio
+
+from ingress import tls
 from ingress.accesslog import AccessLogReader, upstream_seconds
 from ingress.compiler import Options, Snapshot
 from ingress.controller import Controller
+from ingress.daemon import IngressDaemon, parse_args
 from ingress.nginx import NginxError
 from ingress.nginxconf import Settings, config_digest
-from knet_testing.ingress import endpoint_slice, ingress, path, rule, service
+from knet_testing.ingress import endpoint_slice, ingress, path, rule, service, tls_secret
+from tests.informer_feed import feed, scans, settle
 
 
 class FakeNginx:
@@ -175,15 +180,63 @@ def test_access_log_metrics_and_rotation(tmp_path):
     assert 'status="502"} 1' in text and 'status="201"} 1' in text
 
 
-def test_daemon_wakes_only_for_referenced_objects(tmp_path):
-    from ingress.daemon import IngressDaemon, parse_args
+def test_a_service_slice_or_secret_change_re_resolves_only_its_routes_without_scanning(tmp_path):
+    """The daemon's handling of one change: found through indexes (no informer scans), only the
+    servers that use the changed Service or Secret are rebuilt, and nginx gets the new config."""
+    pair = tls.self_signed("b.x", ["b.x"])
 
-    args = parse_args(["--run-dir", str(tmp_path), "--publish-address", "192.168.33.11"])
-    assert args.ingress_class == "knet" and args.http_port == 80 and args.https_port == 443
-    d = IngressDaemon(args)
-    d.controller.table.services = {"default/web"}
-    d._touch_if_referenced(endpoint_slice("other", ["10.244.1.2"]))
-    d._touch_if_referenced(service("other"))
-    assert not d.wake.is_set()
-    d._touch_if_referenced(endpoint_slice("web", ["10.244.1.2"]))
-    assert d.wake.is_set()
+    async def scenario():
+        args = parse_args(["--run-dir", str(tmp_path)])  # nothing to publish: no status writes
+        assert args.ingress_class == "knet" and args.http_port == 80 and args.https_port == 443
+        d = IngressDaemon(args)
+        d.controller.nginx = nginx = FakeNginx()
+        d.make_informers(asyncio.get_running_loop())  # no API client: fed below
+        i = d.informers
+        feed(i["ingress"], ingress("web", rule("a.x", path("/", "web"))))
+        feed(i["ingress"], ingress("api", rule("b.x", path("/", "api")), tls=[{"hosts": ["b.x"], "secretName": "b"}]))
+        feed(i["secret"], tls_secret("b", *pair))
+        for name in ("web", "api", "unused"):
+            feed(i["service"], service(name))
+            feed(i["slice"], endpoint_slice(name, ["10.244.1.2"]))
+        await settle()
+        d.take_pending()  # as the daemon does before its first config
+        d.controller.start(d.snapshot())
+        before, servers = scans(i.values()), dict(d.controller.table.servers)
+
+        feed(i["slice"], endpoint_slice("web", ["10.244.1.2", "10.244.2.2"]))  # an endpoint more
+        await settle()
+        assert d.changed_services == {"default/web"} and not d.full
+        await d.sync_once()
+        assert "server 10.244.2.2:80" in nginx.reloads[-1]
+        table = d.controller.table
+        assert table.servers["b.x"] is servers["b.x"] and table.servers["a.x"] is not servers["a.x"]
+
+        d.wake.clear()
+        feed(i["slice"], endpoint_slice("unused", ["10.244.3.3"]))  # no Ingress refers to these
+        feed(i["service"], service("unused", ("x", 81)))
+        feed(i["secret"], tls_secret("other", *pair))
+        await settle()
+        assert not d.wake.is_set() and d.take_pending() == (False, set(), set())
+
+        feed(i["service"], service("api", ("http", 80)))  # the api Service's port gets a name
+        feed(i["secret"], tls_secret("b", b"garbage", pair[1]))  # its certificate breaks
+        await settle()
+        assert (d.changed_services, d.changed_secrets, d.full) == ({"default/api"}, {"default/b"}, False)
+        await d.sync_once()
+        assert d.controller.table.servers["b.x"].tls.error and not d.controller.table.servers["b.x"].ssl_redirect
+        assert any("TLS for b.x" in p for p in d.controller.table.problems)
+        assert scans(i.values()) == before  # no list() / keys() on any informer
+
+        feed(i["ingress"], ingress("web", rule("a.x", path("/", "web")), rule("c.x", path("/", "web"))))
+        await settle()
+        assert d.full  # an Ingress change compiles everything (that reads every Ingress)
+        await d.sync_once()
+        assert "c.x" in d.controller.table.servers
+
+        nginx.fail_next = True  # nginx refuses an update: it keeps the old config, so the next
+        feed(i["slice"], endpoint_slice("web", ["10.244.4.4"]))  # sync must compile everything
+        await settle()
+        await d.sync_once()
+        assert d.full and "10.244.4.4" not in nginx.reloads[-1]
+
+    asyncio.run(scenario())

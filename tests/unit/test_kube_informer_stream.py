@@ -304,3 +304,66 @@ def test_factory_shares_informers(fake):
     finally:
         factory.stop()
     assert all(not i._thread.is_alive() for i in factory.informers)
+
+
+class _Scripted:
+    """Stands in for the informer's HTTP requests: each call takes the next step (an exception to
+    raise, or the body of a list or watch response) and records the waits the informer chose."""
+
+    class Response:
+        def __init__(self, data: bytes) -> None:
+            self.data, self._chunks = data, [data]
+
+        def read1(self, n):
+            return self._chunks.pop() if self._chunks else b""
+
+        def release_conn(self):
+            pass
+
+        def close(self):
+            pass
+
+    def __init__(self, inf: Informer, steps: list) -> None:
+        self.inf, self.steps, self.waits = inf, list(steps), []
+        inf._request = self.request  # type: ignore[method-assign]
+        inf._sleep = self.waits.append  # type: ignore[method-assign]
+
+    def request(self, **kwargs):
+        if not self.steps:
+            self.inf._stop.set()
+            raise RuntimeError("script done")
+        step = self.steps.pop(0)
+        if isinstance(step, BaseException):
+            raise step
+        return self.Response(json.dumps(step).encode())
+
+
+def refused() -> Exception:
+    from urllib3.exceptions import MaxRetryError, NewConnectionError
+
+    try:
+        try:
+            raise ConnectionRefusedError(111, "Connection refused")
+        except ConnectionRefusedError as e:
+            raise NewConnectionError(None, "Failed to establish a new connection") from e  # type: ignore[arg-type]
+    except NewConnectionError as e:
+        return MaxRetryError(None, "/api/v1/services", e)  # type: ignore[arg-type]
+
+
+def test_backoff_restarts_after_a_list_or_watch_and_refused_connections_retry_within_a_second():
+    from kubernetes.client.exceptions import ApiException
+
+    inf = Informer(None, Service, backoff=Backoff(initial=2, maximum=30, rng=lambda: 1.0))  # type: ignore[arg-type]
+    listing = {"metadata": {"resourceVersion": "5"}, "items": []}
+    event = {"type": "ADDED", "object": {"metadata": {"name": "x", "namespace": "d", "resourceVersion": "6"}}}
+    script = _Scripted(inf, [
+        *[ApiException(status=503)] * 2,  # the list fails: a live server failing, exponential backoff
+        listing,  # listed: the next failure starts from the initial delay again
+        *[ApiException(status=503)] * 3,  # the watch fails
+        *[refused()] * 5,  # the server is away (restarting): at most a second between attempts
+        event,  # back: a watch that works (and ends; the informer watches again from "6")
+        ApiException(status=503),
+    ])
+    inf._run()
+    assert script.waits == [2, 4, 2, 4, 8, 1.0, 1.0, 1.0, 1.0, 1.0, 2]
+    assert inf.get("x", "d") is not None and inf.resource_version == "6"

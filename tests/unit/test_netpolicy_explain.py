@@ -10,9 +10,10 @@ import pytest
 import yaml
 
 from knet_testing.netpolicy import matrix
-from knet_testing.netpolicy.scenarios import A, np, pods, port, rule
+from knet_testing.netpolicy.scenarios import A, np, pods, port, rule, sel
 from netpolicy import daemon, explain
 from netpolicy.backend import ApplyResult
+from tests.informer_feed import feed, scans, settle
 
 
 @pytest.fixture
@@ -59,14 +60,6 @@ def test_drop_totals_survive_counter_restarts():
     assert t.update({"a": 2}) == {"a": 9, "b": 1}  # "a" was deleted and created again
 
 
-class FakeInformer:
-    def __init__(self, items):
-        self.items = items
-
-    def list(self):
-        return self.items
-
-
 class FakeBackend:
     def __init__(self):
         self.current = None
@@ -79,16 +72,57 @@ class FakeBackend:
         return ApplyResult(full, 3, 0.001)
 
 
-def test_enforcer_sync_compiles_for_its_node_and_sets_metrics():
-    args = daemon.parse_args(["--node-name", "node1"])
+def enforcer(loop):
+    """An Enforcer whose informers are fed by the test (no API server) and a recording backend."""
     backend = FakeBackend()
-    e = daemon.Enforcer(args, backend=backend)  # type: ignore[arg-type]
-    ps = [matrix.make_pod("x", "a", "10.244.1.2", "node1"), matrix.make_pod("x", "b", "10.244.2.2", "node2")]
-    e.informers = [FakeInformer(ps), FakeInformer([matrix.make_namespace("x")]),
-                   FakeInformer([matrix.policy(np("deny", types=["Ingress"]))])]
-    e._touch()
-    asyncio.run(e.sync(full=True))
+    e = daemon.Enforcer(daemon.parse_args(["--node-name", "node1"]), backend=backend)  # type: ignore[arg-type]
+    e.make_informers(None, loop)
+    return e, backend
+
+
+def test_enforcer_sync_compiles_for_its_node_and_sets_metrics():
+    async def scenario():
+        e, backend = enforcer(asyncio.get_running_loop())
+        pods, namespaces, policies = e.informers
+        feed(pods, matrix.make_pod("x", "a", "10.244.1.2", "node1"))
+        feed(pods, matrix.make_pod("x", "b", "10.244.2.2", "node2"))
+        feed(namespaces, matrix.make_namespace("x"))
+        feed(policies, matrix.policy(np("deny", types=["Ingress"])))
+        await settle()
+        e.start_compiling()
+        await e.sync(full=True)
+        return e, backend
+
+    e, backend = asyncio.run(scenario())
     assert backend.calls == [True] and set(e.compiled.pods) == {"x/a"}
     text = e.metrics.registry.render()
     assert 'netpol_pods{state="isolated_ingress"} 1' in text and "netpol_programming_latency_seconds_count 1" in text
     assert e.health()[0]
+
+
+def test_enforcer_handles_a_pod_or_namespace_change_without_scanning():
+    async def scenario():
+        e, backend = enforcer(asyncio.get_running_loop())
+        pods, namespaces, policies = e.informers
+        for ns in "xy":
+            feed(namespaces, matrix.make_namespace(ns))
+            for i, name in enumerate("ab"):
+                feed(pods, matrix.make_pod(ns, name, f"10.244.{i + 1}.{ord(ns)}", f"node{i + 1}"))
+        feed(policies, matrix.policy(np("from-y", "x", ingress=[rule([{"namespaceSelector": sel({"team": "t"})}])])))
+        await settle()
+        e.start_compiling()
+        await e.sync(full=True)
+        assert e.compiled.pods["x/a"].ingress.rules[0].clauses[0].nets == ()
+        before = scans(e.informers)
+
+        feed(namespaces, matrix.make_namespace("y", {"team": "t"}))  # y's pods become peers
+        await settle()
+        await e.sync()
+        assert e.compiled.pods["x/a"].ingress.rules[0].clauses[0].nets == ("10.244.1.121/32", "10.244.2.121/32")
+        feed(pods, matrix.make_pod("y", "c", "10.244.1.200", "node2"))  # one more peer
+        await settle()
+        await e.sync()
+        assert "10.244.1.200/32" in e.compiled.pods["x/a"].ingress.rules[0].clauses[0].nets
+        assert scans(e.informers) == before and backend.calls == [True, False, False]
+
+    asyncio.run(scenario())

@@ -87,7 +87,8 @@ class LabelSelectorRequirement(KubeModel):
 
 
 class LabelSelector(KubeModel):
-    """metav1.LabelSelector. Matching semantics live in `knet.kube.selectors`."""
+    """metav1.LabelSelector. Matching lives in `knet.kube.selectors` (`label_selector_matches`,
+    `Selector.from_label_selector`), which imports this module, not the other way round."""
 
     match_labels: dict[str, str] = Field(default_factory=dict)
     match_expressions: list[LabelSelectorRequirement] = Field(default_factory=list)

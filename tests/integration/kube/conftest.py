@@ -75,6 +75,13 @@ class Cluster:
         name, e.g. services/specs)."""
         self.etcdctl("put", f"{self.prefix}/{plural_key}/{namespace}/{name}", stdin=json.dumps(obj))
 
+    def get_raw(self, plural_key: str, namespace: str, name: str) -> dict:
+        out = self.etcdctl("get", "--print-value-only", f"{self.prefix}/{plural_key}/{namespace}/{name}").stdout
+        return json.loads(out)
+
+    def delete_raw(self, plural_key: str, namespace: str, name: str) -> None:
+        self.etcdctl("del", f"{self.prefix}/{plural_key}/{namespace}/{name}")
+
     def stop(self) -> None:
         self.stop_apiserver()
         if self.etcd is not None:
