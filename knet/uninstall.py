@@ -8,13 +8,13 @@ are generic (iptables chains by owner, links by name, paths under a root): no co
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
-import subprocess
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from knet import links
+from knet import links, netfilter
 
 
 @dataclass(frozen=True)
@@ -73,20 +73,11 @@ def iptables_steps(owned: Callable[[str], bool]) -> list[Step]:
     for cmd in ("iptables", "ip6tables"):
         if not shutil.which(f"{cmd}-save"):
             continue
-        save = subprocess.run([f"{cmd}-save"], capture_output=True, text=True).stdout
-        script = iptables_cleanup(save, owned)
+        script = iptables_cleanup(netfilter.run([f"{cmd}-save"]).stdout, owned)
         if script:
             lines = tuple(f"{cmd}: {line}" for line in script.splitlines() if line.startswith(("-D", "-X", "*")))
-            steps.append(Step(f"{cmd}-restore", lines, _restore(cmd, script)))
+            steps.append(Step(cmd, lines, functools.partial(netfilter.restore, script, cmd)))
     return steps
-
-
-def _restore(cmd: str, script: str) -> Callable[[], None]:
-    def run() -> None:
-        r = subprocess.run([f"{cmd}-restore", "-w", "5", "--noflush"], input=script, capture_output=True, text=True)
-        if r.returncode:
-            raise RuntimeError(r.stderr.strip())
-    return run
 
 
 # --- links and paths -----------------------------------------------------------------------------

@@ -7,10 +7,17 @@ import sys
 from collections.abc import Sequence
 
 import knet
-import lab.cli
 import netpolicy.cli
 from knet_cli import uninstall
-from lab.errors import LabError
+
+try:  # the product image leaves the lab out (Containerfile): there `knet` has no `lab` commands
+    import lab.cli as lab_cli
+    from lab.errors import LabError
+
+    USER_ERRORS: tuple[type[Exception], ...] = (LabError,)
+except ImportError:
+    lab_cli = None  # type: ignore[assignment]  # no lab in this installation
+    USER_ERRORS = ()
 
 
 def cmd_version(_args: argparse.Namespace) -> int:
@@ -29,7 +36,8 @@ def parser() -> argparse.ArgumentParser:
                         help="remove everything knet put on this node (see knet uninstall-node --help)")
     un.add_argument("rest", nargs=argparse.REMAINDER)
     un.set_defaults(func=lambda args: uninstall.main(args.rest))
-    lab.cli.register(sub)
+    if lab_cli is not None:
+        lab_cli.register(sub)
     return p
 
 
@@ -40,7 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         return args.func(args)
-    except LabError as e:  # one line; anything else is a bug and keeps its traceback
+    except USER_ERRORS as e:  # a LabError: one line; anything else is a bug and keeps its traceback
         print(f"knet: {e}", file=sys.stderr, flush=True)
         return 1
     except KeyboardInterrupt:

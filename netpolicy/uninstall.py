@@ -4,8 +4,8 @@ nftables table (`inet knet-netpol`), removed with the backend's own `NftBackend.
 from __future__ import annotations
 
 import shutil
-import subprocess
 
+from knet import netfilter
 from knet.uninstall import Step
 from netpolicy import nft
 from netpolicy.backend import NftBackend
@@ -15,6 +15,6 @@ def uninstall_steps() -> list[Step]:
     """The table, if this network namespace has it."""
     if not shutil.which("nft"):
         return []
-    if subprocess.run(["nft", "list", "table", nft.FAMILY, nft.TABLE], capture_output=True).returncode != 0:
+    if not netfilter.nft_list(["list", "table", nft.FAMILY, nft.TABLE]):
         return []
     return [Step("nft", (f"nft table {nft.FAMILY} {nft.TABLE}",), NftBackend().remove)]

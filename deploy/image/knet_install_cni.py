@@ -3,14 +3,16 @@
 
 1. Installs the `knet-cni` executable into the host's CNI bin dir. The container runtime runs it on
    the host, outside this image, so what is installed is a launcher for the host's python3 (>= 3.8)
-   plus the standard-library-only part of the `cni` package (shim, versions, errors): it hands every
+   plus the standard-library-only part of the `cni` package (shim, wire, versions, errors): it hands every
    request to knet-cni-agent over /run/knet/cni.sock. Without an agent it answers CNI error 11
    ("try again later") instead of running the plugin in-process (that needs pyroute2, which the host
    does not have): kubelet retries until the DaemonSet is up.
 2. Writes the conflist (from the ConfigMap) into the host's CNI config dir, atomically.
-3. Writes flannel's network config to etcd at <prefix>/config when the key does not exist yet
-   (create-if-absent: nodes starting together race harmlessly; an existing config is never
-   overwritten, since changing the Network under running nodes breaks them).
+3. Only for flannel-py's etcd subnet manager (--net-conf; deploy/ runs the kube subnet manager,
+   which reads net-conf.json itself): writes flannel's network config to etcd at <prefix>/config
+   when the key does not exist yet (create-if-absent: nodes starting together race harmlessly; an
+   existing config is never overwritten, since changing the Network under running nodes breaks
+   them).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import sys
 import tempfile
 import time
 
-SHIM_FILES = ("__init__.py", "shim.py", "versions.py", "errors.py")
+SHIM_FILES = ("__init__.py", "shim.py", "wire.py", "versions.py", "errors.py")
 
 LAUNCHER = '''#!/usr/bin/env python3
 # knet-cni, installed by knet-install-cni (knet-node DaemonSet). Hands the request to

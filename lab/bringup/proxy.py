@@ -17,7 +17,7 @@ from lab.bringup import launch
 from lab.errors import LabError
 from lab.net import kernel, topology
 
-MODES = ("iptables", "userspace", "ebpf")
+MODES = ("iptables", "userspace", "ebpf", "nftables")
 METRICS_PORT = 10249
 
 

@@ -3,6 +3,9 @@ traceback; the lab's errors share one base."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 import lab.cli
@@ -42,3 +45,15 @@ def test_a_bug_keeps_its_traceback(monkeypatch):
     monkeypatch.setattr(lab.cli, "cmd_status", buggy)
     with pytest.raises(KeyError):
         cli.main(["lab", "status", "--name", "kt0000"])
+
+
+def test_without_the_lab_knet_still_has_its_product_commands():
+    """The product image leaves lab/ out (Containerfile): `knet` there must still start."""
+    code = ("import sys; sys.modules['lab'] = None\n"
+            "from knet_cli import main\n"
+            "sys.exit(main.main(sys.argv[1:]))")
+    r = subprocess.run([sys.executable, "-c", code, "--help"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "netpol" in r.stdout and "uninstall-node" in r.stdout and "lab" not in r.stdout.split("options:")[0]
+    r = subprocess.run([sys.executable, "-c", code, "version"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout.startswith("knet "), r.stderr
