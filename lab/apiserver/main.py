@@ -214,7 +214,7 @@ def start_in_lab(lab: str, etcd_url: str = "http://127.0.0.1:2379", *, host_port
     host), `<user>.kubeconfig` for every component and admin-lab.kubeconfig
     (https://192.168.33.2:<lab_port>, for use inside the lab), apiserver.log, ready.json, pid.
     """
-    from lab import topology  # the lab package imports pyroute2; the server itself does not need it
+    from lab.net import topology  # the lab package imports pyroute2; the server itself does not need it
 
     ctl_ns, ctl_ip = f"{lab}-ctl", topology.CTL_IP
     base = state_dir or topology.state_dir(lab)

@@ -12,7 +12,7 @@ import pytest
 
 from knet import netns
 from knet.kube import client
-from lab import controlplane
+from lab.bringup import controlplane
 from tests.integration.controlplane.cp_helpers import ControlPlaneLab, ready_ips, wait_for
 
 pytestmark = pytest.mark.integration

@@ -14,9 +14,9 @@ import os
 import uuid
 from typing import Any
 
-from flannel_py.testbed import FLANNEL_PY, Node, Topo
 from knet import netns
 from knet.kube import client as kc
+from knet_testing.flannel import FLANNEL_PY, Node, Topo
 from tests.integration.apiserver_env import ApiServerProcess, Etcd, start_apiserver, start_etcd, stop
 
 ANNOTATION = "flannel.alpha.coreos.com/"

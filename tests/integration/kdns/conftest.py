@@ -25,9 +25,9 @@ from dataclasses import dataclass
 
 import pytest
 
-from kdns.testing import FakeUpstream
 from knet import netns
 from knet.kube import client as kc
+from knet_testing.kdns import FakeUpstream
 from tests.integration import anchors
 from tests.integration.apiserver_env import HOST, free_port, start, start_apiserver, start_etcd, stop, tail, wait_for
 

@@ -18,8 +18,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from kdns.testing import FakeUpstream
 from knet import netns
+from knet_testing.kdns import FakeUpstream
 from tests.integration.apiserver_env import start, stop, tail, wait_for
 from tests.integration.kdns.conftest import ApiServer
 

@@ -1,7 +1,7 @@
 """The lab's "internet" DNS: a small authoritative server in the client namespace, so kdns has
 an upstream to forward names outside the cluster to (never a real resolver).
 
-    python -m lab.upstream_dns --listen 192.168.33.100:53 --record example.com=192.168.33.100
+    python -m lab.bringup.upstream_dns --listen 192.168.33.100:53 --record example.com=192.168.33.100
 """
 
 from __future__ import annotations

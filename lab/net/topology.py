@@ -1,6 +1,6 @@
 """The lab's plan as pure data: name + node count -> namespaces, addresses, subnets, routes, conflists.
 
-Nothing here touches the kernel or the disk, so the whole layout is unit-tested; `lab.kernel`
+Nothing here touches the kernel or the disk, so the whole layout is unit-tested; `lab.net.kernel`
 turns a plan into namespaces and links.
 """
 
@@ -11,6 +11,8 @@ import ipaddress
 import os
 import re
 from dataclasses import dataclass, field
+
+from lab.errors import LabError
 
 STATE_ROOT = "/run/knet/lab"
 UNDERLAY_CIDR = "192.168.33.0/24"
@@ -37,7 +39,7 @@ _NAME_RE = re.compile(r"^[a-z][a-z0-9]{0,11}$")
 _LABEL_RE = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?$")
 
 
-class PlanError(ValueError):
+class PlanError(LabError, ValueError):
     """An invalid lab name, node count or pod name (a user error, not a bug)."""
 
 

@@ -17,9 +17,10 @@ import socket
 import threading
 import time
 from collections.abc import Iterable, Mapping
+from typing import cast
 
 from knet import netns
-from netpolicy.matrix import PORTS, Cell, Table
+from knet_testing.netpolicy.matrix import PORTS, Cell, Table
 
 KIND = {"TCP": socket.SOCK_STREAM, "UDP": socket.SOCK_DGRAM}
 
@@ -62,7 +63,7 @@ class Servers:
         while not self.stop.is_set():
             for sk, _ in self.sel.select(0.1):
                 proto, name = sk.data
-                sock: socket.socket = sk.fileobj  # type: ignore[assignment]
+                sock = cast(socket.socket, sk.fileobj)  # only sockets are registered
                 with contextlib.suppress(OSError):
                     if proto == "TCP":
                         while True:  # drain the accept queue
@@ -105,7 +106,7 @@ def probe(want: Iterable[Cell], pods: Mapping[str, tuple[str, str]], timeout: fl
         deadline = time.monotonic() + timeout
         while pending and (left := deadline - time.monotonic()) > 0:
             for sk, _ in sel.select(left):
-                s: socket.socket = sk.fileobj  # type: ignore[no-redef]
+                s = cast(socket.socket, sk.fileobj)  # only sockets are registered
                 c = sk.data
                 try:
                     data = s.recv(64)

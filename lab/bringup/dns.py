@@ -12,16 +12,17 @@ from __future__ import annotations
 import ipaddress
 import os
 import sys
-import time
 
 from knet import netns
-from lab import controlplane, topology
+from lab.bringup import controlplane, launch
+from lab.errors import LabError
+from lab.net import topology
 
 UPSTREAM_PORT = 53
 METRICS_PORT = 9153
 
 
-class DnsError(RuntimeError):
+class DnsError(LabError):
     pass
 
 
@@ -30,41 +31,33 @@ def dns_service_ip() -> str:
 
 
 def start(p: topology.Plan, kubeconfigs: dict[str, str], progress=print, wait: float = 30.0) -> dict:
-    py = sys.executable
-    bindir = os.path.dirname(py)
-    upstream_log = os.path.join(p.state_dir, "upstream-dns.log")
-    upstream = netns.spawn(p.client.netns, [py, "-m", "lab.upstream_dns", "--listen", f"{p.client.ip}:{UPSTREAM_PORT}"],
-                           log_path=upstream_log)
+    upstream = launch.spawn("upstream dns", p.client.netns, [
+        sys.executable, "-m", "lab.bringup.upstream_dns", "--listen", f"{p.client.ip}:{UPSTREAM_PORT}",
+    ], os.path.join(p.state_dir, "upstream-dns.log"), DnsError)
     for n in p.nodes:  # replies from kdns to pods go back through the pods' node
         if n.pod_subnet:
             netns.run(p.ctl.netns, ["ip", "route", "replace", n.pod_subnet, "via", n.ip, "dev", "eth0"], check=True)
-    kdns_log = os.path.join(p.state_dir, "kdns.log")
-    kdns = netns.spawn(p.ctl.netns, [
-        os.path.join(bindir, "kdns"), "--kubeconfig", kubeconfigs["kdns"], "--listen", f"{p.ctl.ip}:53",
+    kdns = launch.spawn("kdns", p.ctl.netns, [
+        launch.binary("kdns"), "--kubeconfig", kubeconfigs["kdns"], "--listen", f"{p.ctl.ip}:53",
         "--upstream", f"{p.client.ip}:{UPSTREAM_PORT}", "--metrics-bind-address", f"{p.ctl.ip}:{METRICS_PORT}",
-    ], log_path=kdns_log, keep_mounts=True)
+    ], os.path.join(p.state_dir, "kdns.log"), DnsError, keep_mounts=True)
     _service(p)
-    deadline = time.monotonic() + wait
-    while True:
-        for proc, what, log in ((kdns, "kdns", kdns_log), (upstream, "upstream dns", upstream_log)):
-            if proc.poll() is not None:
-                with open(log, errors="replace") as f:
-                    raise DnsError(f"{what} exited with {proc.returncode}:\n{f.read()[-1200:]}")
+
+    def answers() -> bool:
         r = netns.run(p.ctl.netns, ["dig", "+short", "+time=1", "+tries=1", f"@{p.ctl.ip}",
                                     "kubernetes.default.svc.cluster.local"])
-        if r.returncode == 0 and r.stdout.strip():
-            break
-        if time.monotonic() > deadline:
-            raise DnsError(f"kdns did not answer within {wait:.0f}s (see {kdns_log})")
-        time.sleep(0.2)
+        return r.returncode == 0 and bool(r.stdout.strip())
+
+    if not launch.wait_until(answers, [kdns, upstream], wait):
+        raise DnsError(f"kdns did not answer within {wait:.0f}s (see {kdns.log})")
     progress(f"kdns: {p.ctl.ip}:53 in {p.ctl.netns} behind kube-system/kube-dns {dns_service_ip()}; "
              f"upstream DNS {p.client.ip}:53 in {p.client.netns}")
-    return {"kdns": {"pid": kdns.pid, "log": kdns_log}, "upstream": {"pid": upstream.pid, "log": upstream_log},
+    return {"kdns": {"pid": kdns.pid, "log": kdns.log}, "upstream": {"pid": upstream.pid, "log": upstream.log},
             "service_ip": dns_service_ip()}
 
 
 def _service(p: topology.Plan) -> None:
-    from knet.kube import client
+    from knet.kube import client  # ~1 s to import: `knet lab exec/status` (which import this module) never need it
 
     kubeconfig = controlplane.kubeconfig_path(p.name, os.path.dirname(p.state_dir))
     controlplane.loopback_only(kubeconfig)  # this process is in the root namespace

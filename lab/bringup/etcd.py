@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import os
 import shutil
-import time
 
 from knet import netns
-from lab import topology
+from lab.bringup import launch
+from lab.errors import LabError
+from lab.net import topology
 
 
-class EtcdError(RuntimeError):
+class EtcdError(LabError):
     pass
 
 
@@ -35,7 +36,8 @@ def start(p: topology.Plan, progress=print, wait: float = 20.0) -> None:
     binary = shutil.which("etcd") or "/usr/bin/etcd"
     data = etcd_dir(p)
     os.makedirs(data, mode=0o700, exist_ok=True)
-    netns.spawn(p.ctl.netns, [
+    log = os.path.join(data, "etcd.log")
+    daemon = launch.spawn("etcd", p.ctl.netns, [
         binary, "--name", f"{p.name}-etcd", "--data-dir", os.path.join(data, "data"),
         "--listen-client-urls", f"{topology.ETCD_URL},http://127.0.0.1:2379",
         "--advertise-client-urls", topology.ETCD_URL,
@@ -44,12 +46,9 @@ def start(p: topology.Plan, progress=print, wait: float = 20.0) -> None:
         "--initial-cluster", f"{p.name}-etcd=http://127.0.0.1:2380",
         # A lab restarts often and keeps little history: compact so the data dir stays small.
         "--auto-compaction-retention", "1h", "--quota-backend-bytes", str(512 * 1024 * 1024),
-    ], log_path=os.path.join(data, "etcd.log"))
-    deadline = time.monotonic() + wait
-    while not healthy(p):
-        if time.monotonic() > deadline:
-            raise EtcdError(f"etcd did not become healthy in {wait:.0f}s (see {data}/etcd.log)")
-        time.sleep(0.2)
+    ], log, EtcdError)
+    if not launch.wait_until(lambda: healthy(p), [daemon], wait):
+        raise EtcdError(f"etcd did not become healthy in {wait:.0f}s (see {log})")
     progress(f"etcd: {topology.ETCD_URL} in {p.ctl.netns} (data {data})")
 
 

@@ -9,18 +9,19 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import sys
 import time
 from collections.abc import Iterable
 
 from knet import netns
-from lab import kernel, topology
+from lab.bringup import launch
+from lab.errors import LabError
+from lab.net import kernel, topology
 
 MODES = ("iptables", "userspace", "ebpf", "nftables")
 METRICS_PORT = 10249
 
 
-class ProxyError(RuntimeError):
+class ProxyError(LabError):
     pass
 
 
@@ -28,7 +29,7 @@ def kproxy_argv(p: topology.Plan, n: topology.Node, mode: str, kubeconfig: str,
                 sync_period: float | None = None) -> list[str]:
     """`sync_period`: seconds between full syncs (None: kproxy's default); tests of drift repair
     shorten it so they need not wait out the default."""
-    argv = [os.path.join(os.path.dirname(sys.executable), "kproxy"), "--mode", mode, "--kubeconfig", kubeconfig,
+    argv = [launch.binary("kproxy"), "--mode", mode, "--kubeconfig", kubeconfig,
             "--node-name", n.short, "--cluster-cidr", topology.POD_CIDR,
             "--metrics-bind-address", f"{n.ip}:{METRICS_PORT}"]
     if sync_period is not None:
@@ -49,33 +50,24 @@ def start(p: topology.Plan, mode: str, kubeconfig: str, progress=print, wait: fl
         raise ProxyError(f"proxy mode must be one of {', '.join(MODES)}")
     kernel.ensure_node_cgroups(p)
     wanted = set(nodes) if nodes is not None else None
-    procs = {}
-    for n in p.nodes:
-        if wanted is not None and n.short not in wanted:
-            continue
-        log = os.path.join(n.dir, "kproxy.log")
-        # The log is appended to: a restarted kproxy's first sync is looked for after what its
-        # predecessor wrote, not found in the predecessor's lines.
-        offset = os.path.getsize(log) if os.path.exists(log) else 0
-        procs[n.short] = (netns.spawn(n.netns, kproxy_argv(p, n, mode, kubeconfig, sync_period), log_path=log,
-                                      keep_mounts=True), log, offset)
-    deadline = time.monotonic() + wait
-    pending = dict(procs)
-    while pending:
-        for short, (proc, log, offset) in list(pending.items()):
-            with open(log, errors="replace") as f:
-                f.seek(offset)
-                text = f.read()
-            if proc.poll() is not None:
-                raise ProxyError(f"kproxy ({mode}) on {short} exited with {proc.returncode}:\n{text[-1200:]}")
-            if "msg=\"sync full=True" in text:
+    # The log is appended to: a restarted kproxy's first sync is looked for after what its
+    # predecessor wrote (launch.Daemon.output), not found in the predecessor's lines.
+    daemons = {n.short: launch.spawn(f"kproxy ({mode}) on {n.short}", n.netns,
+                                     kproxy_argv(p, n, mode, kubeconfig, sync_period),
+                                     os.path.join(n.dir, "kproxy.log"), ProxyError, keep_mounts=True)
+               for n in p.nodes if wanted is None or n.short in wanted}
+    pending = dict(daemons)
+
+    def synced() -> bool:
+        for short, d in list(pending.items()):
+            if "msg=\"sync full=True" in d.output():
                 del pending[short]
-        if pending:
-            if time.monotonic() > deadline:
-                raise ProxyError(f"kproxy ({mode}) did not sync within {wait:.0f}s on {', '.join(sorted(pending))}")
-            time.sleep(0.1)
-    progress(f"kproxy ({mode}): " + ", ".join(f"{k} pid {v[0].pid}" for k, v in sorted(procs.items())))
-    return {k: {"pid": v[0].pid, "log": v[1], "mode": mode} for k, v in procs.items()}
+        return not pending
+
+    if not launch.wait_until(synced, daemons.values(), wait, interval=0.1):
+        raise ProxyError(f"kproxy ({mode}) did not sync within {wait:.0f}s on {', '.join(sorted(pending))}")
+    progress(f"kproxy ({mode}): " + ", ".join(f"{k} pid {d.pid}" for k, d in sorted(daemons.items())))
+    return {k: {"pid": d.pid, "log": d.log, "mode": mode} for k, d in daemons.items()}
 
 
 def stop(p: topology.Plan, nodes: Iterable[str] | None = None, wait: float = 0.0) -> list[int]:

@@ -1,4 +1,4 @@
-"""Policy scenarios for the reachability matrix (x, y, z x a, b, c; see `netpolicy.matrix`).
+"""Policy scenarios for the reachability matrix (x, y, z x a, b, c; see `knet_testing.netpolicy.matrix`).
 
 Sources: the examples of the Kubernetes "Network Policies" concept page (default deny/allow
 ingress and egress, the `test-network-policy` example, AND vs OR of selectors, endPort, egress
@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from netpolicy import matrix
+from knet_testing.netpolicy import matrix
 
 Raw = dict[str, Any]
 

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from knet import netns as _netns
+from lab.errors import LabError
 
 
 def default_cni_path() -> list[str]:
@@ -37,7 +38,7 @@ class RuntimeConf:
     capability_args: dict = field(default_factory=dict)         # e.g. {"portMappings": [...]}
 
 
-class CniExecError(RuntimeError):
+class CniExecError(LabError):
     """A plugin failed: carries the spec's error fields (code, msg, details) and which plugin."""
 
     def __init__(self, plugin: str, command: str, code: int, msg: str, details: str = "",

@@ -1,5 +1,5 @@
 """The lab's container runtime: a pod is a namespace with a pause process, wired by the node's
-CNI conflist exactly as containerd/CRI-O would wire it (see `lab.cniexec`)."""
+CNI conflist exactly as containerd/CRI-O would wire it (see `lab.net.cniexec`)."""
 
 from __future__ import annotations
 
@@ -10,13 +10,14 @@ import re
 import time
 
 from knet import cgroups, netns
-from lab import cniexec, kernel, state, topology
+from lab.errors import LabError
+from lab.net import cniexec, kernel, state, topology
 
 PAUSE = ["sleep", "infinity"]
 _PORT_RE = re.compile(r"^(?:(?P<ip>[0-9.]+):)?(?P<host>\d+):(?P<ctr>\d+)(?:/(?P<proto>tcp|udp|sctp))?$")
 
 
-class PodError(RuntimeError):
+class PodError(LabError):
     pass
 
 

@@ -27,7 +27,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from knet import netns
-from netpolicy import matrix, probe, scenarios
+from knet.kube import client as kube
+from knet_testing.netpolicy import matrix, probe, scenarios
+from lab import api
+from lab.apiserver import auth, pki
 from netpolicy.backend import NftBackend
 from netpolicy.compiler import compile_policies
 
@@ -36,7 +39,7 @@ BIN = os.path.dirname(sys.executable)
 
 @dataclass
 class MatrixLab:
-    lab: object  # lab.api.Lab
+    lab: api.Lab
     pods: dict[str, tuple[str, str]]  # key -> (netns, ip)
     nodes: dict[str, str]  # pod key -> node
     backends: dict[str, NftBackend]
@@ -47,7 +50,7 @@ class MatrixLab:
         return scenarios.Ctx({k: ip for k, (_, ip) in self.pods.items()})
 
     def node_ns(self, node: str) -> str:
-        return self.lab.netns(node)  # type: ignore[attr-defined]
+        return self.lab.netns(node)
 
     def program(self, step: scenarios.Step, full: bool = False, flush: bool = True) -> tuple[list, list, list]:
         """Compile the step for each node and apply it there; then (flush) forget conntrack entries:
@@ -69,8 +72,6 @@ class MatrixLab:
 
 @contextlib.contextmanager
 def matrix_lab(name: str, nodes: int = 2) -> Iterator[MatrixLab]:
-    from lab import api
-
     try:
         lab = api.up(name, nodes=nodes)
         node_names = [f"node{i + 1}" for i in range(nodes)]
@@ -138,8 +139,6 @@ class ControlPlane:
 
 @contextlib.contextmanager
 def control_plane() -> Iterator[ControlPlane]:
-    from lab.apiserver import auth, pki
-
     tmp = tempfile.mkdtemp(prefix="kt-netpol-cp-")
     procs: list[subprocess.Popen] = []
     try:
@@ -180,8 +179,6 @@ def control_plane() -> Iterator[ControlPlane]:
 
 def register_pods(api, ml: MatrixLab) -> None:
     """The matrix namespaces and pods as API objects (pods bound to their node, with their IPs)."""
-    from knet.kube import client as kube
-
     for ns in matrix.NAMESPACES:
         kube.create(api, "Namespace", matrix.make_namespace(ns).to_dict())
     for key, (_, ip) in ml.pods.items():

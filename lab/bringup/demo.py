@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from lab.api import Lab
+if TYPE_CHECKING:  # for the annotation only: the bring-up sits below lab.api, which imports it
+    from lab.api import Lab
 
 PODS = [("node1", "demo-a"), ("node1", "demo-b"), ("node2", "demo-c")]
 

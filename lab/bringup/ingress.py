@@ -6,16 +6,16 @@ IngressClass `knet`, marked default."""
 from __future__ import annotations
 
 import os
-import sys
-import time
 
 from knet import netns
-from lab import controlplane, topology
+from lab.bringup import controlplane, launch
+from lab.errors import LabError
+from lab.net import topology
 
 METRICS_PORT = 10254
 
 
-class IngressError(RuntimeError):
+class IngressError(LabError):
     pass
 
 
@@ -23,30 +23,26 @@ def start(p: topology.Plan, kubeconfigs: dict[str, str], progress=print, wait: f
     node = p.nodes[0]
     run_dir = os.path.join(p.state_dir, "knet-ingress")
     log = os.path.join(p.state_dir, "knet-ingress.log")
-    proc = netns.spawn(node.netns, [
-        os.path.join(os.path.dirname(sys.executable), "knet-ingress"), "--kubeconfig", kubeconfigs["ingress"],
+    daemon = launch.spawn("knet-ingress", node.netns, [
+        launch.binary("knet-ingress"), "--kubeconfig", kubeconfigs["ingress"],
         "--publish-service", "knet-system/knet-ingress", "--publish-address", node.ip, "--run-dir", run_dir,
-        "--metrics-bind-address", f"{node.ip}:{METRICS_PORT}"], log_path=log, keep_mounts=True)
+        "--metrics-bind-address", f"{node.ip}:{METRICS_PORT}"], log, IngressError, keep_mounts=True)
     _objects(p, node.ip)
-    deadline = time.monotonic() + wait
-    while True:
-        if proc.poll() is not None:
-            with open(log, errors="replace") as f:
-                raise IngressError(f"knet-ingress exited with {proc.returncode}:\n{f.read()[-1200:]}")
+
+    def answers() -> bool:
         r = netns.run(node.netns, ["curl", "-s", "-m", "1", "-o", "/dev/null", "-w", "%{http_code}",
                                    f"http://{node.ip}/"])
-        if r.stdout.strip() not in ("", "000"):
-            break
-        if time.monotonic() > deadline:
-            raise IngressError(f"knet-ingress did not answer on {node.ip}:80 within {wait:.0f}s (see {log})")
-        time.sleep(0.2)
+        return r.stdout.strip() not in ("", "000")
+
+    if not launch.wait_until(answers, [daemon], wait):
+        raise IngressError(f"knet-ingress did not answer on {node.ip}:80 within {wait:.0f}s (see {log})")
     progress(f"ingress: knet-ingress on {node.short} ({node.ip}:80/443), Service knet-system/knet-ingress "
              "(LoadBalancer), IngressClass knet (default)")
-    return {"pid": proc.pid, "log": log, "node": node.short}
+    return {"pid": daemon.pid, "log": log, "node": node.short}
 
 
 def _objects(p: topology.Plan, node_ip: str) -> None:
-    from knet.kube import client
+    from knet.kube import client  # ~1 s to import: `knet lab exec/status` (which import this module) never need it
 
     kubeconfig = controlplane.kubeconfig_path(p.name, os.path.dirname(p.state_dir))
     controlplane.loopback_only(kubeconfig)  # this process is in the root namespace

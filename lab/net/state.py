@@ -12,7 +12,8 @@ import json
 import os
 from collections.abc import Iterator
 
-from lab import topology
+from lab.errors import NoSuchLab
+from lab.net import topology
 
 LAB_JSON = "lab.json"
 LOCK = "lab.lock"
@@ -32,7 +33,7 @@ def load(lab: str, root: str = topology.STATE_ROOT) -> dict:
         with open(lab_json(lab, root)) as f:
             return json.load(f)
     except FileNotFoundError:
-        raise LookupError(f"lab {lab} does not exist (no {lab_json(lab, root)}); "
+        raise NoSuchLab(f"lab {lab} does not exist (no {lab_json(lab, root)}); "
                           f"start it with: knet lab up --name {lab}") from None
 
 

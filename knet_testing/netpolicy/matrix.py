@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 
 from knet.kube.models import Namespace, NetworkPolicy, Pod
-from netpolicy.reference import World
+from knet_testing.netpolicy.reference import World
 
 NAMESPACES = ("x", "y", "z")
 POD_NAMES = ("a", "b", "c")

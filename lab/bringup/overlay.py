@@ -8,19 +8,20 @@ subnet with the overlay's MTU.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
 import os
-import sys
 import time
 
-from knet import netns
-from lab import etcd, topology
+from lab.bringup import etcd, launch
+from lab.errors import LabError
+from lab.net import topology
 
 NETWORK_KEY = "/coreos.com/network/config"
 
 
-class OverlayError(RuntimeError):
+class OverlayError(LabError):
     pass
 
 
@@ -28,23 +29,28 @@ def network_config(backend: str) -> dict:
     return {"Network": topology.POD_CIDR, "SubnetLen": 24, "Backend": {"Type": backend}}
 
 
-def flannel_binary() -> str:
-    return os.path.join(os.path.dirname(sys.executable), "flannel-py")
-
-
 def flannel_argv(n: topology.Node) -> list[str]:
-    return [flannel_binary(), "--etcd-endpoints", topology.ETCD_URL, "--iface", "eth0",
+    return [launch.binary("flannel-py"), "--etcd-endpoints", topology.ETCD_URL, "--iface", "eth0",
             "--public-ip", n.ip, "--subnet-file", n.subnet_file, "--ip-masq"]
 
 
 def read_subnet_env(path: str) -> dict[str, str]:
-    out = {}
-    with open(path) as f:
-        for line in f:
-            key, sep, value = line.strip().partition("=")
-            if sep:
-                out[key] = value
+    """The node's subnet.env ({} while flannel-py has not written it; flannel-py replaces it
+    atomically, so it is never half written)."""
+    out: dict[str, str] = {}
+    try:
+        with open(path) as f:
+            for line in f:
+                key, sep, value = line.strip().partition("=")
+                if sep:
+                    out[key] = value
+    except FileNotFoundError:
+        pass
     return out
+
+
+def leased(subnet_file: str) -> bool:
+    return "FLANNEL_SUBNET" in read_subnet_env(subnet_file)
 
 
 def start(p: topology.Plan, progress=print, wait: float = 20.0) -> dict[str, dict]:
@@ -58,20 +64,14 @@ def start(p: topology.Plan, progress=print, wait: float = 20.0) -> dict[str, dic
     # race-free too; flannel_py's own tests prove that.)
     for n in p.nodes:
         os.makedirs(n.dir, exist_ok=True)
-        proc = netns.spawn(n.netns, flannel_argv(n), log_path=os.path.join(n.dir, "flannel.log"))
-        while True:
-            if proc.poll() is not None:
-                raise OverlayError(f"flannel-py on {n.short} exited with {proc.returncode} "
-                                   f"(see {n.dir}/flannel.log)")
-            env = read_subnet_env(n.subnet_file) if os.path.exists(n.subnet_file) else {}
-            if "FLANNEL_SUBNET" in env:
-                n.pod_subnet = str(ipaddress.ip_interface(env["FLANNEL_SUBNET"]).network)
-                out[n.short] = {"pod_subnet": n.pod_subnet, "mtu": int(env.get("FLANNEL_MTU", "1500")),
-                                "pid": proc.pid}
-                break
-            if time.monotonic() > deadline:
-                raise OverlayError(f"no subnet lease for {n.short} within {wait:.0f}s (see {n.dir}/flannel.log)")
-            time.sleep(0.02)
+        log = os.path.join(n.dir, "flannel.log")
+        daemon = launch.spawn(f"flannel-py on {n.short}", n.netns, flannel_argv(n), log, OverlayError)
+        if not launch.wait_until(functools.partial(leased, n.subnet_file), [daemon], deadline - time.monotonic(),
+                                 interval=0.02):
+            raise OverlayError(f"no subnet lease for {n.short} within {wait:.0f}s (see {log})")
+        env = read_subnet_env(n.subnet_file)
+        n.pod_subnet = str(ipaddress.ip_interface(env["FLANNEL_SUBNET"]).network)
+        out[n.short] = {"pod_subnet": n.pod_subnet, "mtu": int(env.get("FLANNEL_MTU", "1500")), "pid": daemon.pid}
     progress(f"overlay {p.overlay}: " + ", ".join(f"{k} {v['pod_subnet']} (mtu {v['mtu']})"
                                                   for k, v in sorted(out.items())))
     return out

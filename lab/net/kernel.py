@@ -20,7 +20,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pyroute2 import IPRoute
 
 from knet import cgroups, links, netns
-from lab import topology
+from lab.errors import LabError
+from lab.net import topology
 
 Progress = Callable[[str], None]
 
@@ -61,7 +62,10 @@ def _ns_fd(name: str) -> int:
 def build(p: topology.Plan, progress: Progress = _quiet) -> None:
     """Create every namespace and link of the plan. Raises on any failure (callers tear down)."""
     for name in p.netns_names:
-        netns.create(name)
+        try:
+            netns.create(name)
+        except FileExistsError as e:  # made meanwhile by someone else (`up` checked before)
+            raise LabError(str(e)) from None
     progress(f"namespaces: {', '.join(p.netns_names)}")
 
     with ns_iproute(p.underlay_netns) as ul:

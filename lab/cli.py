@@ -1,4 +1,10 @@
-"""`knet ...`: the command line (lab management, version). Thin: the work is in `lab.api`."""
+"""The lab's subcommands of the `knet` command line (its public entry point for the CLI):
+
+    knet lab up | down | list | status | kubeconfig | agent-restart | pod add | pod del | exec
+
+Thin: the work is in `lab.api`. `register(subparsers)` adds `lab ...`; every handler returns the
+exit code, and a failure the user can act on raises a `lab.errors.LabError`.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +12,11 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Sequence
+from typing import Any
 
-import knet
+from lab import api
+from lab.bringup import controlplane, demo
+from lab.net import state
 
 DEFAULT_LAB = os.environ.get("KNET_LAB", "knet")
 
@@ -25,13 +33,7 @@ def _err(msg: str) -> None:
     print(f"knet: {msg}", file=sys.stderr, flush=True)
 
 
-def cmd_version(_args: argparse.Namespace) -> int:
-    print(f"knet {knet.__version__}")
-    return 0
-
-
 def cmd_up(args: argparse.Namespace) -> int:
-    from lab import api, demo
     lab = api.up(args.name, args.nodes, cni_type=args.cni_type, recreate=args.recreate, progress=_say,
                  overlay=args.overlay, control_plane=not args.no_control_plane,
                  proxy_mode=None if args.no_control_plane or args.proxy_mode == "none" else args.proxy_mode,
@@ -43,7 +45,6 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def cmd_kubeconfig(args: argparse.Namespace) -> int:
-    from lab import controlplane, state
     data = state.load(args.name)
     path = (data.get("control_plane") or {}).get("kubeconfig") or controlplane.kubeconfig_path(args.name)
     if not os.path.exists(path):
@@ -54,14 +55,12 @@ def cmd_kubeconfig(args: argparse.Namespace) -> int:
 
 
 def cmd_agent_restart(args: argparse.Namespace) -> int:
-    from lab import controlplane
     pid = controlplane.restart_agent(args.name, args.node if args.node.startswith("node") else f"node{args.node}")
     print(f"node agent on {args.node} restarted (pid {pid}); it adopts the node's pods")
     return 0
 
 
 def cmd_down(args: argparse.Namespace) -> int:
-    from lab import api
     removed = api.down(args.name, progress=_say)
     if not removed:
         _say(f"lab {args.name}: nothing to remove")
@@ -69,7 +68,6 @@ def cmd_down(args: argparse.Namespace) -> int:
 
 
 def cmd_list(_args: argparse.Namespace) -> int:
-    from lab import api, state
     for name in api.list_labs():
         tag = "" if state.exists(name) else "  (leftovers, no lab.json: knet lab down --name " + name + ")"
         print(name + tag)
@@ -77,7 +75,6 @@ def cmd_list(_args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from lab import api
     data = api.status(args.name)
     if args.json:
         print(json.dumps(data, indent=2, sort_keys=True))
@@ -89,7 +86,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     if cp:
         print(f"  apiserver {cp['apiserver']['lab_url']} (host {cp['apiserver']['host_url']})   "
               f"kubectl --kubeconfig {cp['kubeconfig']} get nodes,pods -o wide")
-    rows = [("NODE", "NETNS", "IP", "POD SUBNET", "NS", "AGENT")]
+    rows: list[tuple[str, ...]] = [("NODE", "NETNS", "IP", "POD SUBNET", "NS", "AGENT")]
     for short, n in sorted(data["nodes"].items(), key=lambda kv: kv[1]["index"]):
         rows.append((short, n["netns"], n["ip"], n["pod_subnet"], "up" if n["up"] else "MISSING",
                      "up" if n["agent"] else "-"))
@@ -112,7 +109,6 @@ def _table(rows: list[tuple[str, ...]]) -> None:
 
 
 def cmd_pod_add(args: argparse.Namespace) -> int:
-    from lab import api
     rec = api.get(args.name).add_pod(args.node, args.pod, args.namespace, args.cmd, args.port)
     print(f"pod {args.namespace}/{args.pod} on {rec['node']}: {rec['ip']} (netns {rec['netns']}, "
           f"container {rec['container_id'][:12]}, CNI ADD {rec['cni_add_ms']:.0f} ms)")
@@ -120,14 +116,12 @@ def cmd_pod_add(args: argparse.Namespace) -> int:
 
 
 def cmd_pod_del(args: argparse.Namespace) -> int:
-    from lab import api
     api.get(args.name).del_pod(args.pod, args.namespace, None if args.node == "-" else args.node)
     print(f"pod {args.namespace}/{args.pod} deleted")
     return 0
 
 
 def cmd_exec(args: argparse.Namespace) -> int:
-    from lab import api
     argv = list(args.command)
     if argv and argv[0] == "--":
         argv = argv[1:]
@@ -138,25 +132,9 @@ def cmd_exec(args: argparse.Namespace) -> int:
     return proc.returncode
 
 
-def cmd_uninstall_node(args: argparse.Namespace) -> int:
-    from knet import uninstall
-
-    return uninstall.main(args.rest)
-
-
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="knet", description="knet: Kubernetes pod networking in Python")
-    sub = p.add_subparsers(dest="command", required=True)
-    sub.add_parser("version", help="print the version").set_defaults(func=cmd_version)
-    from netpolicy import explain as netpol_explain  # `knet netpol explain SRC DST PORT`
-
-    netpol_explain.add_parser(sub)
-    un = sub.add_parser("uninstall-node", add_help=False,
-                        help="remove everything knet put on this node (see knet uninstall-node --help)")
-    un.add_argument("rest", nargs=argparse.REMAINDER)
-    un.set_defaults(func=cmd_uninstall_node)
-
-    lab = sub.add_parser("lab", help="the one-machine lab (network namespaces)")
+def register(subparsers: Any) -> None:
+    """Add `lab ...` to the CLI's subparsers; each handler is set as `func`."""
+    lab = subparsers.add_parser("lab", help="the one-machine lab (network namespaces)")
     labsub = lab.add_subparsers(dest="lab_command", required=True)
 
     def named(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -213,27 +191,4 @@ def parser() -> argparse.ArgumentParser:
     ex.add_argument("target", help="node1 | POD | NAMESPACE/POD | client | ctl | underlay")
     ex.add_argument("command", nargs=argparse.REMAINDER)
     ex.set_defaults(func=cmd_exec)
-    return p
 
-
-def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["uninstall-node"]:  # its own parser: every option (also --help) is its own
-        from knet import uninstall
-
-        return uninstall.main(argv[1:])
-    args = parser().parse_args(argv)
-    from lab import api, cniexec, pods, topology
-    from lab.controlplane import ControlPlaneError
-    try:
-        return args.func(args)
-    except (api.LabError, pods.PodError, topology.PlanError, cniexec.CniExecError, LookupError,
-            FileExistsError, ControlPlaneError) as e:
-        _err(str(e.args[0]) if isinstance(e, LookupError) and e.args else str(e))
-        return 1
-    except KeyboardInterrupt:
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -6,7 +6,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from netpolicy.scenarios import NS_KEY, Ctx, Scenario, Step, expr, np, sel
+from knet_testing.netpolicy.scenarios import NS_KEY, Ctx, Scenario, Step, expr, np, sel
 
 Raw = dict[str, Any]
 
