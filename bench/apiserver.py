@@ -269,7 +269,7 @@ def measure_create_rate(target: Target, counts: tuple[int, ...] = DEFAULT_COUNTS
 
 def _local_server(tmp: str) -> tuple[Target, list[Any]]:
     """etcd + knet-apiserver on loopback under `tmp`; (target, processes to stop)."""
-    from tests.integration.apiserver_env import start_apiserver, start_etcd, stop  # test support, run from a checkout
+    from knet_testing.apiserver_env import start_apiserver, start_etcd, stop
 
     etcd = start_etcd(tmp)
     try:
@@ -294,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     counts = tuple(int(c) for c in args.counts.split(",") if c.strip()) + ((LARGE_COUNT,) if args.large else ())
-    from tests.integration.apiserver_env import stop  # test support, run from a checkout
+    from knet_testing.apiserver_env import stop
 
     tmp = tempfile.mkdtemp(prefix="knet-bench-apiserver-")
     procs: list[Any] = []

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from lab.apiserver import pki
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HOST = "127.0.0.1"
 
 
