@@ -27,9 +27,9 @@ import pytest
 
 from knet import netns
 from knet.kube import client as kc
+from knet_testing.apiserver_env import HOST, free_port, start, start_apiserver, start_etcd, stop, tail, wait_for
 from knet_testing.kdns import FakeUpstream
 from tests.integration import anchors
-from knet_testing.apiserver_env import HOST, free_port, start, start_apiserver, start_etcd, stop, tail, wait_for
 
 OWNERS = "/run/knet/kdns-tests"  # namespace name -> pid of the test session that made it
 

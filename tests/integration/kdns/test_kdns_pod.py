@@ -19,8 +19,8 @@ from collections.abc import Iterator
 import pytest
 
 from knet import netns
-from knet_testing.kdns import FakeUpstream
 from knet_testing.apiserver_env import start, stop, tail, wait_for
+from knet_testing.kdns import FakeUpstream
 from tests.integration.kdns.conftest import ApiServer
 
 pytestmark = pytest.mark.integration
