@@ -95,9 +95,24 @@ class Histogram(_Metric):
         return out
 
 
+class Collected(_Metric):
+    """Families computed at scrape time by a callback returning exposition lines (for values
+    read from the kernel on demand, as cAdvisor's are)."""
+
+    def __init__(self, registry: Registry, collect: Callable[[], list[str]]) -> None:
+        super().__init__(registry, "", "")
+        self.collect = collect
+
+    def render(self) -> list[str]:
+        return self.collect()
+
+
 class Registry:
     def __init__(self) -> None:
         self.metrics: list[_Metric] = []
+
+    def collector(self, collect: Callable[[], list[str]]) -> Collected:
+        return Collected(self, collect)
 
     def counter(self, name: str, help_text: str, labels: Iterable[str] = ()) -> Counter:
         return Counter(self, name, help_text, labels)
