@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from knet import logs, netns
-from lab.apiserver import admission, auth, pki
+from lab.apiserver import admission, auth, nodeproxy, pki
 from lab.apiserver.allocator import DEFAULT_SERVICE_CIDR, NodePortRange, ServiceCIDR
 from lab.apiserver.bootstrap import bootstrap
 from lab.apiserver.mirror import Mirror
@@ -79,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--advertise-port", type=int, default=None)
     p.add_argument("--tls-cert-file", help="serve HTTPS with this certificate (PEM); plain HTTP without")
     p.add_argument("--tls-private-key-file")
+    p.add_argument("--kubelet-client-certificate", help="client certificate towards the node agents (PEM)")
+    p.add_argument("--kubelet-client-key")
     p.add_argument("--ready-file", help="written (JSON: the listening addresses) once serving")
     p.add_argument("--log-level", default="info")
     return p
@@ -126,7 +128,9 @@ async def serve(args: argparse.Namespace, cfg: admission.Config, socks: list[soc
                 raise
             log.info("waiting for etcd at %s: %s", args.etcd, e)
             await asyncio.sleep(0.5)
-    api = ApiServer(registry, auth.load_tokens(args.tokens), f"{advertise}:{port}" if advertise else "")
+    kubelet_tls = nodeproxy.client_context(args.kubelet_client_certificate, args.kubelet_client_key)
+    api = ApiServer(registry, auth.load_tokens(args.tokens), f"{advertise}:{port}" if advertise else "",
+                    kubelet_tls)
     runner = web.AppRunner(api.app, handle_signals=False, access_log=None, handler_cancellation=True,
                            shutdown_timeout=2.0)
     await runner.setup()
@@ -214,6 +218,7 @@ def start_in_lab(lab: str, etcd_url: str = "http://127.0.0.1:2379", *, host_port
     tokens_file = os.path.join(sdir, "tokens.csv")
     tokens = auth.ensure_tokens(tokens_file, users)
     certs = pki.ensure(os.path.join(sdir, "pki"), [ctl_ip, ServiceCIDR.parse(service_cidr).api_service_ip])
+    kubelet_cert, kubelet_key = pki.kubelet_client(os.path.join(sdir, "pki"))
     ready = os.path.join(sdir, "ready.json")
     with contextlib.suppress(FileNotFoundError):
         os.unlink(ready)
@@ -223,7 +228,8 @@ def start_in_lab(lab: str, etcd_url: str = "http://127.0.0.1:2379", *, host_port
             "--tokens", tokens_file, "--listen", f"{ctl_ip}:{lab_port}", "--listen-fd", str(host_sock.fileno()),
             "--service-cidr", service_cidr, "--node-port-range", node_port_range,
             "--advertise-address", ctl_ip, "--advertise-port", str(lab_port), "--ready-file", ready,
-            "--tls-cert-file", certs.cert, "--tls-private-key-file", certs.key]
+            "--tls-cert-file", certs.cert, "--tls-private-key-file", certs.key,
+            "--kubelet-client-certificate", kubelet_cert, "--kubelet-client-key", kubelet_key]
     with open(os.path.join(sdir, "apiserver.log"), "ab") as out:
         proc = subprocess.Popen(netns.exec_argv(ctl_ns, argv), stdin=subprocess.DEVNULL, stdout=out,
                                 stderr=subprocess.STDOUT, pass_fds=(host_sock.fileno(),), start_new_session=True,

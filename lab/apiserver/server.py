@@ -14,6 +14,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
+import ssl
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -21,7 +23,7 @@ from typing import Any
 
 from aiohttp import web
 
-from lab.apiserver import auth, discovery, objects, tables, watchstream
+from lab.apiserver import auth, discovery, metricsapi, nodeproxy, objects, tables, watchstream
 from lab.apiserver.errors import ApiError, bad_request
 from lab.apiserver.registry import Query, Registry
 from lab.apiserver.resources import ResourceType, by_kind, lookup
@@ -75,16 +77,25 @@ def parse_path(path: str) -> Target | tuple[str, ...]:
     return Target(rt, namespace, name, sub, watch)
 
 
+# The paths answered by the node agents (nodeproxy.py) rather than by storage.
+_POD_SUB = re.compile(r"^/api/v1/namespaces/([^/]+)/pods/([^/]+)/(exec|attach|portforward|log)$")
+_NODE_PROXY = re.compile(r"^/api/v1/nodes/([^/]+)/proxy(/.*)?$")
+_METRICS = f"/apis/{metricsapi.GROUP_VERSION}"
+
+
 def _json(obj: Any, status: int = 200) -> web.Response:
     return web.Response(body=json.dumps(obj, separators=(",", ":")).encode(), status=status,
                         content_type="application/json")
 
 
 class ApiServer:
-    def __init__(self, registry: Registry, tokens: dict[str, str], server_address: str = "") -> None:
+    def __init__(self, registry: Registry, tokens: dict[str, str], server_address: str = "",
+                 kubelet_tls: ssl.SSLContext | None = None) -> None:
         self.registry = registry
         self.tokens = tokens
         self.server_address = server_address
+        self.node_proxy = nodeproxy.NodeProxy(self._get_object, kubelet_tls)
+        self.metrics_api = metricsapi.MetricsApi(self._list_objects, self.node_proxy.get)
         self.requests: Counter[tuple[str, int]] = Counter()
         self.stopping = asyncio.Event()  # set on shutdown: open watches end cleanly
         self.app = web.Application(middlewares=[self._middleware], client_max_size=8 * 1024 * 1024)
@@ -99,7 +110,7 @@ class ApiServer:
                 found = auth.authenticate(self.tokens, request.headers.get("Authorization"))
                 if found is None:
                     raise ApiError(401, "Unauthorized")
-                user = found
+                user = request["user"] = found
             resp = await handler(request)
         except ApiError as e:
             resp = _json(e.status(), e.code)
@@ -130,10 +141,27 @@ class ApiServer:
                 # Not the Accept type itself: Go's mime parser rejects its "@" (kube-openapi sends this too).
                 return web.Response(body=discovery.openapi_protobuf(), content_type="application/octet-stream")
             return _json(discovery.openapi_json())
+        if (m := _POD_SUB.match(path)) is not None:
+            return await self.node_proxy.pod(request, request.get("user", ""), m[1], m[2], m[3])
+        if (m := _NODE_PROXY.match(path)) is not None:
+            return await self.node_proxy.node(request, request.get("user", ""), m[1], m[2] or "/")
+        if path == _METRICS or path.startswith(_METRICS + "/"):
+            if path == _METRICS:
+                return _json(metricsapi.resource_list())
+            rest = [s for s in path[len(_METRICS):].split("/") if s]
+            return _json(await self.metrics_api.handle(request.method, rest, dict(request.query)))
         target = parse_path(path)
         if isinstance(target, tuple):
             return self._discovery(request, target)
         return await self._resource(request, target)
+
+    async def _get_object(self, kind: str, namespace: str | None, name: str) -> dict:
+        return await self.registry.get(by_kind("", kind), namespace, name)
+
+    async def _list_objects(self, kind: str, namespace: str | None, label_selector: str) -> list[dict]:
+        rt = by_kind("", kind)
+        params = {"labelSelector": label_selector} if label_selector else {}
+        return (await self.registry.list(rt, namespace, Query(rt, params)))["items"]
 
     def _discovery(self, request: web.Request, target: tuple[str, ...]) -> web.Response:
         if request.method != "GET":
