@@ -74,14 +74,15 @@ class Splitter:
     def feed(self, data: bytes) -> None:
         self.buf += data
         while True:
-            nl = self.buf.find(b"\n")
-            if nl < 0 or nl > MAX_LINE:
-                break
-            line, self.buf = self.buf[:nl], self.buf[nl + 1:]
-            self.log.write(self.stream, b"F", line)
-        while len(self.buf) > MAX_LINE:
-            self.log.write(self.stream, b"P", self.buf[:MAX_LINE])
-            self.buf = self.buf[MAX_LINE:]
+            nl = self.buf.find(b"\n", 0, MAX_LINE + 1)
+            if nl >= 0:
+                line, self.buf = self.buf[:nl], self.buf[nl + 1:]
+                self.log.write(self.stream, b"F", line)
+            elif len(self.buf) > MAX_LINE:
+                self.log.write(self.stream, b"P", self.buf[:MAX_LINE])
+                self.buf = self.buf[MAX_LINE:]
+            else:
+                return
 
     def flush(self, final: bool) -> None:
         """What is buffered without a newline: at the end (final) a last full line, else a piece."""
