@@ -14,8 +14,15 @@ kdns's peak (for both servers), every answer's latency recorded (-v), percentile
     python -m bench.dns [--seconds 6] [--rounds 4] [--json]
 
 Forwarding: names of another zone (served by the same unbound), each asked once, so every query
-is a forwarder miss relayed to unbound; reported as kdns's rate next to unbound answering the same
-names directly.
+is a forwarder miss relayed to unbound; kdns's peak next to unbound answering the same kind of
+names directly (the same unbound, on the same core: through kdns, both share it), then both at
+half of kdns's peak with every latency recorded: the latency kdns adds is the difference.
+
+Pod level: glibc's resolver (`getent hosts`, 200 distinct external names in one process) with the
+lab's pod resolv.conf (search <ns>.svc.cluster.local svc.cluster.local cluster.local, ndots:5,
+bind-mounted in a private mount namespace), against kdns with autopath off and on (a second kdns
+child that knows the client's address, 127.0.0.1, as a pod's): the time it takes and how many
+queries kdns received (its coredns_dns_requests_total).
 
 kdns is served by its real `Server` (the daemon's serving code; informers left out since they are
 idle during the run), in a child process: `python -m bench.dns --serve-kdns HOST:PORT`.
@@ -39,12 +46,23 @@ import sys
 import tempfile
 import time
 
-from bench.common import emit
-from kdns import wire
-from kdns.records import RecordStore
-from kdns.testing import endpoint_slice, query, service
+from prometheus_client import exposition
+from prometheus_client.parser import text_string_to_metric_families
 
-KDNS_ADDR, UNBOUND_ADDR = "127.0.0.61", "127.0.0.62"
+from bench.common import emit
+from kdns import config, wire
+from kdns import metrics as kdns_metrics
+from kdns.daemon import parse_args
+from kdns.endpoints import Endpoints
+from kdns.forward import Upstream
+from kdns.records import RecordStore
+from kdns.server import Server
+from kdns.testing import endpoint_slice, query, service
+from knet.kube.models import Pod
+from lab.agent import podenv
+
+KDNS_ADDR, UNBOUND_ADDR, AUTOPATH_ADDR = "127.0.0.61", "127.0.0.62", "127.0.0.63"
+POD_NAMES = 200  # distinct external names per pod-level run
 FWD_ZONE = "upstream.test"
 Z = "cluster.local"
 
@@ -106,7 +124,7 @@ def rr_text(rr: wire.RR) -> str:
     return f"{owner}. {ttl} IN {t} {value}"
 
 
-def unbound_conf(store: RecordStore, directory: str, port: int) -> str:
+def unbound_conf(store: RecordStore, directory: str, port: int, external: list[str] = ()) -> str:
     lines = [
         "server:", f"  interface: {UNBOUND_ADDR}", f"  port: {port}", "  do-daemonize: no", '  username: ""',
         '  chroot: ""', f'  directory: "{directory}"', '  pidfile: ""', "  use-syslog: no", '  logfile: ""',
@@ -118,6 +136,7 @@ def unbound_conf(store: RecordStore, directory: str, port: int) -> str:
         f'  local-zone: "{FWD_ZONE}." static',
         f"  local-data: '{FWD_ZONE}. 60 IN SOA ns.{FWD_ZONE}. host.{FWD_ZONE}. 1 3600 600 86400 30'",
     ]
+    lines += [f"  local-data: '{name}. 60 IN A 192.0.2.{i % 250 + 1}'" for i, name in enumerate(external)]
     for rrsets in store.names.values():
         for rrs in rrsets.values():
             lines += [f"  local-data: '{rr_text(rr)}'" for rr in rrs]  # single quotes: TXT holds "
@@ -127,20 +146,35 @@ def unbound_conf(store: RecordStore, directory: str, port: int) -> str:
 
 # --- the kdns child process -----------------------------------------------------------------------
 
-def serve_kdns(address: str, udp_mode: str, upstream: str | None = None) -> None:
-    from kdns.forward import Forwarder, Upstream
-    from kdns.server import Server
+def serve_kdns(address: str, udp_mode: str, upstream: str | None = None, metrics: str | None = None,
+               autopath: bool = False) -> None:
+    """kdns's real Server with the flags' server block: the cluster records, every other name
+    forwarded to `upstream` with the cache on; /metrics on `metrics`. With `autopath`, the
+    client's address (127.0.0.1) is a known pod of namespace default (pods verified)."""
     host, _, port = address.rpartition(":")
-    forwarder = Forwarder([Upstream.parse(upstream)]) if upstream else None
+    argv = ["--listen", f"{host}:53"] + (["--upstream", upstream] if upstream else [])
+    argv += ["--pods", "verified", "--autopath"] if autopath else []
+    args = parse_args(argv)
+    ups = [Upstream.parse(upstream)] if upstream else []
     store = build_store()
     if udp_mode == "thread":
         sys.setswitchinterval(0.0005)  # as the daemon does
 
     async def main() -> None:
-        server = Server(store, forwarder, udp_mode=udp_mode)
+        server = Server(store, config.from_flags(args, ups).blocks, udp_mode=udp_mode)
+        if autopath:
+            server.pods.update("default/client", Pod.model_validate(
+                {"metadata": {"name": "client", "namespace": "default"}, "status": {"podIP": "127.0.0.1"}}))
+        if metrics:
+            registry = kdns_metrics.registry(kdns_metrics.Collector(server.snapshot))
+            def scrape() -> tuple[int, bytes, str]:
+                return 200, exposition.generate_latest(registry), exposition.CONTENT_TYPE_LATEST
+
+            Endpoints().apply({metrics: {"/metrics": scrape}})
         gc.collect()
         gc.freeze()  # as the daemon does after its first sync
-        await server.listen([(host, int(port))])
+        # Port 53 too: glibc's resolver (the pod-level figure) knows no other port.
+        await server.listen([(host, int(port)), (host, 53)])
         print("ready", flush=True)
         await asyncio.Event().wait()
 
@@ -219,18 +253,27 @@ def run(seconds: float, rounds: int, server_cpu: int, client_cpu: int, udp_mode:
         with open(qfile, "w") as f:
             f.writelines(f"{name} {qtype}\n" for name, qtype in mix)
         port = 5353
+        external = {(mode, r): [f"p{r}-{mode}-{i}.{FWD_ZONE}" for i in range(POD_NAMES)]
+                    for mode in ("off", "on") for r in range(rounds)}
         conf = os.path.join(tmp, "unbound.conf")
         with open(conf, "w") as f:
-            f.write(unbound_conf(store, tmp, port))
+            f.write(unbound_conf(store, tmp, port, [n for names in external.values() for n in names]))
+        metrics = {KDNS_ADDR: f"127.0.0.1:{free_port()}", AUTOPATH_ADDR: f"127.0.0.1:{free_port()}"}
         kdns = subprocess.Popen(["taskset", "-c", str(server_cpu), sys.executable, "-m", "bench.dns", "--serve-kdns",
-                                 f"{KDNS_ADDR}:{port}", "--udp-mode", udp_mode, "--upstream", f"{UNBOUND_ADDR}:{port}"],
-                                stdout=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+                                 f"{KDNS_ADDR}:{port}", "--udp-mode", udp_mode, "--upstream", f"{UNBOUND_ADDR}:{port}",
+                                 "--metrics", metrics[KDNS_ADDR]], stdout=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
         procs.append(kdns)
         unbound = subprocess.Popen(["taskset", "-c", str(server_cpu), "unbound", "-d", "-c", conf],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
         procs.append(unbound)
+        autopath = subprocess.Popen(["taskset", "-c", str(server_cpu), sys.executable, "-m", "bench.dns",
+                                     "--serve-kdns", f"{AUTOPATH_ADDR}:{port}", "--udp-mode", udp_mode, "--upstream",
+                                     f"{UNBOUND_ADDR}:{port}", "--metrics", metrics[AUTOPATH_ADDR], "--autopath"],
+                                    stdout=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+        procs.append(autopath)
         wait_answering(KDNS_ADDR, port, kdns)
         wait_answering(UNBOUND_ADDR, port, unbound)
+        wait_answering(AUTOPATH_ADDR, port, autopath)
         servers = {"kdns": KDNS_ADDR, "unbound": UNBOUND_ADDR}
         for host in servers.values():  # warm-up: kdns's answer cache fills on the first pass
             dnsperf(client_cpu, host, port, qfile, 2)
@@ -246,14 +289,15 @@ def run(seconds: float, rounds: int, server_cpu: int, client_cpu: int, udp_mode:
         paired = statistics.median(k / u for k, u in zip(peaks["kdns"], peaks["unbound"], strict=True) if u)
         load = int(kdns_qps / 2)
         lat, cpu_us = {}, {}
-        for (name, host), proc in zip(servers.items(), procs, strict=True):
+        for (name, host), proc in zip(servers.items(), procs, strict=False):
             before = cpu_seconds(proc.pid)
             lat[name] = dnsperf(client_cpu, host, port, qfile, min(seconds, 5), qps=load, verbose=True)
             answered = max(1, len(lat[name]["latencies"]))
             cpu_us[name] = round((cpu_seconds(proc.pid) - before) / answered * 1e6, 2)
-        fwd = forwarding(tmp, client_cpu, port, seconds)
+        fwd = forwarding(tmp, client_cpu, port, seconds, rounds, kdns.pid)
+        pod = pod_level(tmp, port, rounds, external, metrics)
         return {
-            **fwd,
+            **fwd, **pod,
             "kdns_qps": round(kdns_qps), "unbound_qps": round(unbound_qps),
             "ratio": round(kdns_qps / unbound_qps, 3) if unbound_qps else 0.0,
             "paired_ratio": round(paired, 3),
@@ -282,18 +326,88 @@ def run(seconds: float, rounds: int, server_cpu: int, client_cpu: int, udp_mode:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def forwarding(tmp: str, client_cpu: int, port: int, seconds: float) -> dict:
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def forwarding(tmp: str, client_cpu: int, port: int, seconds: float, rounds: int, kdns_pid: int) -> dict:
     """Names outside the cluster zone, each asked once: every query is a forwarder miss, sent by
-    kdns to the upstream (this unbound). Compared with unbound answering the same queries
-    directly: the ratio is what forwarding through kdns leaves of the upstream's rate (a Python
-    server relaying to a C one: a small fraction; the figure to watch is kdns's own rate)."""
-    qfile = os.path.join(tmp, "forward.txt")
-    with open(qfile, "w") as f:  # more distinct names than kdns can ask in `seconds`
-        f.writelines(f"n{i}.{FWD_ZONE} A\n" for i in range(400_000))
-    via = dnsperf(client_cpu, KDNS_ADDR, port, qfile, seconds, outstanding=500)
-    direct = dnsperf(client_cpu, UNBOUND_ADDR, port, qfile, seconds, outstanding=500)
-    return {"forward_qps": round(via["qps"]), "forward_lost": via["lost"], "upstream_direct_qps": round(direct["qps"]),
-            "forward_ratio": round(via["qps"] / direct["qps"], 3) if direct["qps"] else 0.0}
+    kdns to the upstream (this unbound). Peaks (median of `rounds`, alternating), then both at
+    half of kdns's peak, every latency recorded: what kdns adds is the difference."""
+    batch = iter(range(100))
+
+    def names() -> str:  # a fresh set of distinct names for each run (no cache hits, here or there)
+        path = os.path.join(tmp, f"forward-{next(batch)}.txt")
+        with open(path, "w") as f:
+            tag = f"f{random.randrange(10**9)}"
+            f.writelines(f"{tag}-{i}.{FWD_ZONE} A\n" for i in range(600_000))
+        return path
+
+    via, direct, lost = [], [], 0
+    for i in range(rounds):
+        for name in (("via", "direct") if i % 2 == 0 else ("direct", "via")):
+            host = KDNS_ADDR if name == "via" else UNBOUND_ADDR
+            r = dnsperf(client_cpu, host, port, names(), seconds, outstanding=500)
+            (via if name == "via" else direct).append(r["qps"])
+            lost += r["lost"] if name == "via" else 0
+    via_qps, direct_qps = statistics.median(via), statistics.median(direct)
+    half = int(via_qps / 2)
+    before = cpu_seconds(kdns_pid)
+    at_half = dnsperf(client_cpu, KDNS_ADDR, port, names(), min(seconds, 5), qps=half, verbose=True)
+    cpu = (cpu_seconds(kdns_pid) - before) / max(1, len(at_half["latencies"]))
+    base = dnsperf(client_cpu, UNBOUND_ADDR, port, names(), min(seconds, 5), qps=half, verbose=True)
+    return {"forward_qps": round(via_qps), "upstream_direct_qps": round(direct_qps),
+            "forward_ratio": round(via_qps / direct_qps, 3) if direct_qps else 0.0,
+            "forward_rounds": [round(x) for x in via], "direct_rounds": [round(x) for x in direct],
+            "forward_lost": lost, "forward_half_qps": half, "forward_half_lost": at_half["lost"],
+            "forward_half_rcodes": at_half.get("rcodes", {}),
+            "forward_p50_ms": pct(at_half["latencies"], 50), "forward_p99_ms": pct(at_half["latencies"], 99),
+            "direct_p50_ms": pct(base["latencies"], 50), "direct_p99_ms": pct(base["latencies"], 99),
+            "forward_added_p99_ms": round(pct(at_half["latencies"], 99) - pct(base["latencies"], 99), 3),
+            "forward_cpu_us_per_query": round(cpu * 1e6, 2)}
+
+
+def pod_level(tmp: str, port: int, rounds: int, external: dict[tuple[str, int], list[str]],
+              metrics: dict[str, str]) -> dict:
+    """glibc resolving POD_NAMES external names with a pod's resolv.conf, autopath off and on."""
+    pod = Pod.model_validate({"metadata": {"name": "client", "namespace": "default"}})
+    times: dict[str, list[float]] = {"off": [], "on": []}
+    asked: dict[str, list[int]] = {"off": [], "on": []}
+    failed = 0
+    for r in range(rounds):
+        for mode in (("off", "on") if r % 2 == 0 else ("on", "off")):
+            server = KDNS_ADDR if mode == "off" else AUTOPATH_ADDR
+            resolv = os.path.join(tmp, f"resolv-{mode}.conf")
+            with open(resolv, "w") as f:
+                f.write(podenv.resolv_conf(pod, server) or "")
+            names = external[(mode, r)]
+            before = requests_received(metrics[server])
+            t0 = time.monotonic()
+            script = f'mount --bind "{resolv}" /etc/resolv.conf && exec getent hosts "$@"'
+            out = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "getent",
+                                  *names], capture_output=True, text=True, timeout=600)
+            times[mode].append(time.monotonic() - t0)
+            asked[mode].append(round(requests_received(metrics[server]) - before))
+            failed += len(names) - len(out.stdout.splitlines())
+    off, on = statistics.median(times["off"]), statistics.median(times["on"])
+    return {"pod_names": POD_NAMES, "pod_seconds_autopath_off": round(off, 3), "pod_seconds_autopath_on": round(on, 3),
+            "pod_queries_autopath_off": statistics.median(asked["off"]),
+            "pod_queries_autopath_on": statistics.median(asked["on"]), "pod_unresolved": failed,
+            "pod_speedup": round(off / on, 2) if on else 0.0}
+
+
+def requests_received(address: str) -> float:
+    """kdns's coredns_dns_requests_total, summed, from its /metrics."""
+    with socket.create_connection(tuple(address.rsplit(":", 1)), timeout=5) as c:  # type: ignore[arg-type]
+        c.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
+        data = b""
+        while chunk := c.recv(65536):
+            data += chunk
+    text = data.split(b"\r\n\r\n", 1)[1].decode()
+    return sum(s.value for fam in text_string_to_metric_families(text) for s in fam.samples
+               if s.name == "coredns_dns_requests_total")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -306,11 +420,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--udp-mode", choices=["loop", "thread"], default="thread", help="kdns's UDP fast path")
     p.add_argument("--serve-kdns", metavar="HOST:PORT", help=argparse.SUPPRESS)
     p.add_argument("--upstream", metavar="HOST:PORT", help=argparse.SUPPRESS)
+    p.add_argument("--metrics", metavar="HOST:PORT", help=argparse.SUPPRESS)
+    p.add_argument("--autopath", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.serve_kdns:
-        serve_kdns(args.serve_kdns, args.udp_mode, args.upstream)
+        serve_kdns(args.serve_kdns, args.udp_mode, args.upstream, args.metrics, args.autopath)
         return 0
-    for tool in ("dnsperf", "unbound", "taskset"):
+    for tool in ("dnsperf", "unbound", "taskset", "unshare", "getent"):
         if not shutil.which(tool):
             print(f"{tool} missing: run ./scripts/install-deps", file=sys.stderr)
             return 2
@@ -333,9 +449,17 @@ def main(argv: list[str] | None = None) -> int:
          f"(unbound/kdns {s['cpu_ratio']}: the least noise-prone comparison)"),
         ("response codes (kdns, latency run)", ", ".join(f"{k} {v}" for k, v in sorted(s["rcodes"].items()))),
         ("lost queries (peak runs)", f"kdns {s['lost']['kdns']}, unbound {s['lost']['unbound']}"),
-        ("forwarding: every query an upstream miss",
-         f"kdns {s['forward_qps']} qps ({s['forward_lost']} lost) vs unbound answering directly "
-         f"{s['upstream_direct_qps']} qps: ratio {s['forward_ratio']}"),
+        ("forwarding peak, unique names (median of rounds)",
+         f"kdns {s['forward_qps']} qps {s['forward_rounds']} vs the upstream directly {s['upstream_direct_qps']} "
+         f"{s['direct_rounds']}: ratio {s['forward_ratio']} (target >= 0.3); lost {s['forward_lost']}"),
+        (f"forwarding at {s['forward_half_qps']} qps: p50/p99",
+         f"via kdns {s['forward_p50_ms']} / {s['forward_p99_ms']} ms, direct {s['direct_p50_ms']} / "
+         f"{s['direct_p99_ms']} ms: added p99 {s['forward_added_p99_ms']} ms (target < 1); lost "
+         f"{s['forward_half_lost']}; kdns CPU {s['forward_cpu_us_per_query']} us/query"),
+        (f"pod: getent hosts, {s['pod_names']} external names",
+         f"autopath off {s['pod_seconds_autopath_off']} s, {s['pod_queries_autopath_off']} queries to kdns; "
+         f"on {s['pod_seconds_autopath_on']} s, {s['pod_queries_autopath_on']} queries ({s['pod_speedup']}x); "
+         f"unresolved {s['pod_unresolved']}"),
         ("machine load average before / after", f"{s['loadavg_1m'][0]} / {s['loadavg_1m'][1]} (2 cores)"),
     ], s, args.json)
     return 0

@@ -1,7 +1,7 @@
-"""kproxy benchmark: the three data paths against direct pod-IP access, and sync cost by size.
+"""kproxy benchmark: the four data paths against direct pod-IP access; first-packet and sync cost by size.
 
-    python -m bench.proxy_modes [--modes iptables,userspace,ebpf] [--duration S] [--rounds R]
-                                [--sizes 100,1000,5000] [--json] [--plot FILE.png]
+    python -m bench.proxy_modes [--modes iptables,userspace,ebpf,nftables] [--duration S] [--rounds R]
+                                [--sizes 10,1000,5000,10000] [--json] [--plot FILE.png]
 
 Traffic (seed scenario S23, one lab per mode, `kt` + hex, always removed): a 2-node lab with the
 control plane and kproxy in that mode. One backend pod on node2 (nginx answering a 3-byte body,
@@ -27,17 +27,27 @@ server are symmetric Python loops), and the figures compare paths on the same CP
 absolute rates, are the result. The CPU used meanwhile by processes outside the
 lab is measured and printed: on a shared machine it is what disturbs the figures most.
 
-Sync cost (iptables and ebpf): the backends are driven directly with generated ServicePorts (one
-TCP ClusterIP port, two endpoints each) in a scratch namespace of the lab (`<lab>-pod-kproxysync`)
-with, for ebpf, a scratch cgroup under the lab's, not through the API server: creating 5,000
-Services through the lab API server would take longer than the whole benchmark, and the figure
-wanted is the data path's cost. For each size: `full` is a periodic full resync with that many
-services programmed (the kernel already holding them; the faster of two); `change` is one
-service's endpoint replaced, applied as the daemon's incremental sync (median of three). Both
-are the backend's whole sync() call: diffing, rendering and the kernel writes.
+Scale (iptables, nftables, ebpf; userspace has a listener per service, no lookup that grows):
+after the traffic figures, node1's kproxy is stopped and the mode's backend is driven directly in
+node1's namespace (for ebpf: on node1's pod cgroup, where the client pod is) with generated
+ServicePorts — creating 10,000 Services through the lab API server would take longer than the
+whole benchmark, and the figures wanted are the data path's. At each size N, N-1 dummy ClusterIP
+services (one TCP port, two endpoints each) and the real one (the benchmark service's ClusterIP
+and its nginx pod), named to sort last so a linear walk (iptables' KUBE-SERVICES) reaches it
+last. Per size:
+- first packet: the client pod opens `--first-packet` new connections to the ClusterIP one after
+  another, each timed from connect() to the first byte of the answer: median and p99; each is
+  paired with one straight to the pod, and the median of the pairs' ratios is what the data path
+  adds (raw medians drift with the machine's load over the minutes between sizes; the ratio
+  does not, so the growth target is judged on it).
+- sync: `full` is a periodic full resync with the N services programmed (the kernel already
+  holding them); `change` is one dummy's endpoint replaced, applied as the daemon's incremental
+  sync (median of three). Both are the backend's whole sync() call: diffing, rendering and the
+  kernel writes.
 
-Targets (reported, not asserted): ratio to direct ebpf >= 0.95, iptables >= 0.9, userspace >= 0.3;
-one change at 5,000 services < 10% of a full sync.
+Targets (reported, not asserted): ratio to direct ebpf and nftables >= 0.95, iptables >= 0.9,
+userspace >= 0.3; nftables' and ebpf's first-packet median at the largest size within 1.1x of the
+smallest; one change at the largest size < 10% of a full sync, and for nftables < 50 ms.
 """
 
 from __future__ import annotations
@@ -54,12 +64,16 @@ import textwrap
 import threading
 import time
 
-from kproxy.model import Endpoint, ServicePort
-from lab import api, controlplane, kernel, topology
+from kproxy import backend as backends
+from kproxy.model import Config, Endpoint, ServicePort
+from lab import api, controlplane, kernel, proxy, topology
 
-MODES = ("iptables", "userspace", "ebpf")
-TARGETS = {"ebpf": 0.95, "iptables": 0.9, "userspace": 0.3}
+MODES = ("iptables", "userspace", "ebpf", "nftables")
+TARGETS = {"ebpf": 0.95, "iptables": 0.9, "userspace": 0.3, "nftables": 0.95}
+SCALE_MODES = ("iptables", "nftables", "ebpf")  # userspace: no per-packet lookup that grows
 CHANGE_TARGET = 0.10
+CHANGE_MS_TARGET = {"nftables": 50.0}
+FIRST_PACKET_TARGET = {"nftables": 1.1, "ebpf": 1.1}  # largest size's median / smallest's
 PAUSE_IMAGE = "registry.k8s.io/e2e-test-images/agnhost:2.39"
 # The service ports, and the ports the same servers also listen on for the direct runs: were
 # direct and VIP flows to share the pod's address and port, the client's reused ephemeral ports
@@ -416,16 +430,19 @@ def _median_run(runs: list[dict]) -> dict:
 
 # --- sync cost ------------------------------------------------------------------------------------
 
-def generated_ports(n: int) -> list[ServicePort]:
-    """n ClusterIP services (one TCP port, two endpoints on two nodes), as the informers would give."""
+def generated_ports(n: int, avoid: str = "") -> list[ServicePort]:
+    """n ClusterIP services (one TCP port, two endpoints on two nodes), as the informers would give
+    (`avoid`: a ClusterIP not to use, the real service's)."""
     base_vip = int(ipaddress.IPv4Address("10.100.0.0"))
     base_ep = int(ipaddress.IPv4Address("10.244.64.0"))
     out = []
-    for i in range(n):
+    for i in range(n + 1):
+        vip = str(ipaddress.IPv4Address(base_vip + i))
+        if vip == avoid or len(out) == n:
+            continue
         eps = tuple(Endpoint(str(ipaddress.IPv4Address(base_ep + 2 * i + j)), 8080, node_name=f"node{j + 1}")
                     for j in range(2))
-        out.append(ServicePort("bench", f"svc-{i}", "http", "TCP", 80,
-                               (str(ipaddress.IPv4Address(base_vip + i)),), endpoints=eps))
+        out.append(ServicePort("bench", f"svc-{i}", "http", "TCP", 80, (vip,), endpoints=eps))
     return out
 
 
@@ -439,41 +456,75 @@ def changed(ports: list[ServicePort], index: int, generation: int) -> list[Servi
     return out
 
 
-def measure_sync(tl: TrafficLab, sizes: list[int], progress) -> dict:
-    """Full-sync and one-change times of the mode's backend at each size, in a scratch namespace."""
+# Runs in the client pod: `count` pairs of new connections, one to the ClusterIP and one straight to
+# the pod (which goes first alternates), each timed from connect() to the first byte of the answer;
+# prints both lists of times in ms. The pairs share the machine's load of the moment, so the
+# VIP/direct ratio is what the data path adds, also on a busy machine.
+FIRST_PACKET_CLIENT = """\
+import json, socket, sys, time
+vip, port, pod, direct_port, count = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+req = b"GET / HTTP/1.0\\r\\n\\r\\n"
+def once(host, p):
+    s = socket.socket()
+    s.settimeout(3)
+    t = time.perf_counter()
+    s.connect((host, p))
+    s.sendall(req)
+    s.recv(1)
+    took = (time.perf_counter() - t) * 1000
+    s.close()
+    return took
+out = {"vip": [], "direct": []}
+for i in range(count + 20):
+    order = [("vip", vip, port), ("direct", pod, direct_port)]
+    for key, host, p in (order if i % 2 else order[::-1]):
+        out[key].append(once(host, p))
+print(json.dumps({k: v[20:] for k, v in out.items()}))
+"""
+
+
+def _pct(times: list[float], p: float) -> float:
+    times = sorted(times)
+    return round(times[min(len(times) - 1, round(p / 100 * (len(times) - 1)))], 3)
+
+
+def first_packet(tl: TrafficLab, count: int) -> dict:
+    r = tl.exec([sys.executable, "-S", "-c", FIRST_PACKET_CLIENT, tl.vip, str(HTTP_PORT), tl.pod_ip,
+                 str(DIRECT_HTTP_PORT), str(count)], timeout=600)
+    if r.returncode != 0:
+        raise RuntimeError(f"first-packet client failed in lab {tl.name}: {r.stderr}")
+    times = json.loads(r.stdout)
+    vip, direct = times["vip"], times["direct"]
+    return {"median_ms": _pct(vip, 50), "p99_ms": _pct(vip, 99), "direct_median_ms": _pct(direct, 50),
+            "ratio_to_direct": round(statistics.median(v / d for v, d in zip(vip, direct, strict=True)), 3)}
+
+
+def measure_scale(tl: TrafficLab, sizes: list[int], count: int, progress) -> dict:
+    """First-packet time and sync cost of the mode's backend at each size, driven directly in
+    node1's namespace in place of the lab's kproxy there (stopped first)."""
     from knet import netns
-    from kproxy.iptables.rules import Config
 
     assert tl.lab is not None
-    ns = topology.prefix(tl.name) + "pod-kproxysync"
-    netns.create(ns)
+    plan = topology.plan(tl.name, 2, overlay="vxlan")  # the plan api.up made (pure data)
+    proxy.stop(plan, nodes=["node1"], wait=15)
+    node1 = next(n for n in plan.nodes if n.short == "node1")
     cfg = Config(node_name="node1", cluster_cidr=topology.POD_CIDR)
+    real = ServicePort("zzz-bench", "real", "http", "TCP", HTTP_PORT, (tl.vip,),
+                       endpoints=(Endpoint(tl.pod_ip, HTTP_PORT, node_name="node2"),))
     out: dict[str, dict] = {}
     error: list[BaseException] = []
 
     def work() -> None:
-        # In a thread of its own: it stays in the scratch namespace for the whole measurement
-        # (iptables-restore and bcc's loader run in the calling thread's namespace).
+        # In a thread of its own: it stays in node1's namespace for the whole measurement
+        # (iptables-restore, nft and bcc's loader act on the calling thread's namespace).
         try:
-            with netns.enter(ns):
-                if tl.mode == "ebpf":
-                    from knet import cgroups
-                    from kproxy.ebpf.backend import EbpfBackend
-
-                    base = kernel.lab_cgroup(tl.name)
-                    if not base:
-                        raise RuntimeError("the ebpf sync measurement needs cgroup v2")
-                    # A cgroup of its own under the lab's: the programs must not replace the
-                    # lab kproxy's on a node's pod cgroup (and go with the lab's cgroups).
-                    backend = EbpfBackend(cfg, cgroup=cgroups.ensure(os.path.join(base, "kproxysync")),
-                                          external_ifaces=[])
-                else:
-                    from kproxy.iptables.backend import IptablesBackend
-
-                    backend = IptablesBackend(cfg)
+            with netns.enter(node1.netns):
+                opts = backends.Options(cgroup=kernel.node_cgroup(tl.name, "node1"), external_ifaces=[])
+                backend = backends.create(tl.mode, cfg, opts)
                 for n in sizes:
-                    ports = generated_ports(n)
+                    ports = [*generated_ports(n - 1, avoid=tl.vip), real]
                     backend.sync(ports, full=True)  # program them (from the previous size)
+                    fp = first_packet(tl, count)
                     fulls = []
                     for _ in range(2):
                         t = time.perf_counter()
@@ -481,30 +532,32 @@ def measure_sync(tl: TrafficLab, sizes: list[int], progress) -> dict:
                         fulls.append(time.perf_counter() - t)
                     changes = []
                     for g in range(3):
-                        ports = changed(ports, (g * 7919) % n, g)
+                        if n > 1:
+                            ports = changed(ports, (g * 7919) % (n - 1), g)
                         t = time.perf_counter()
                         backend.sync(ports, full=False)
                         changes.append(time.perf_counter() - t)
                     # The faster of two full resyncs against the median change: change/full
                     # is, if anything, overstated.
                     full_s, change_s = min(fulls), statistics.median(changes)
-                    out[str(n)] = {"full_s": round(full_s, 4), "change_s": round(change_s, 4),
+                    out[str(n)] = {"first_packet_median_ms": fp["median_ms"], "first_packet_p99_ms": fp["p99_ms"],
+                                   "first_packet_direct_median_ms": fp["direct_median_ms"],
+                                   "first_packet_ratio_to_direct": fp["ratio_to_direct"],
+                                   "full_s": round(full_s, 4), "change_s": round(change_s, 4),
                                    "change_pct_of_full": round(100 * change_s / full_s, 2),
                                    "entries": backend.entries()}
-                    progress(f"  {tl.mode:9s} sync at {n:5d} services: full {full_s * 1000:8.1f} ms, "
+                    progress(f"  {tl.mode:9s} at {n:5d} services: first packet median {fp['median_ms']:.3f} ms "
+                             f"p99 {fp['p99_ms']:.3f} ms (direct {fp['direct_median_ms']:.3f} ms, paired ratio "
+                             f"{fp['ratio_to_direct']:.3f}); sync full {full_s * 1000:8.1f} ms, "
                              f"one change {change_s * 1000:7.1f} ms")
                 if tl.mode == "ebpf":
-                    # Detach the programs now (removing the cgroup with the lab would too); the
-                    # iptables state goes with the namespace: cleanup() would run two iptables
-                    # commands per chain, minutes at these sizes.
-                    backend.cleanup()
+                    backend.cleanup()  # detach the programs now (the lab's cgroups go with the lab)
         except BaseException as e:  # reported by the caller
             error.append(e)
 
-    t = threading.Thread(target=work, name="sync-bench")
+    t = threading.Thread(target=work, name="scale-bench")
     t.start()
     t.join()
-    netns.delete(ns)
     if error:
         raise error[0]
     return out
@@ -518,8 +571,9 @@ def run(args: argparse.Namespace, progress) -> dict:
         if m not in MODES:
             raise SystemExit(f"unknown mode {m!r} (one of {', '.join(MODES)})")
     sizes = [int(x) for x in args.sizes.split(",") if x]
-    summary: dict = {"modes": {}, "direct": {}, "sync": {}, "targets": {
-        **{f"ratio_{m}": t for m, t in TARGETS.items()}, "change_pct_of_full_at_largest": 100 * CHANGE_TARGET}}
+    summary: dict = {"modes": {}, "direct": {}, "sync": {}, "load_average": list(os.getloadavg()), "targets": {
+        **{f"ratio_{m}": t for m, t in TARGETS.items()}, "change_pct_of_full_at_largest": 100 * CHANGE_TARGET,
+        "change_ms_at_largest": CHANGE_MS_TARGET, "first_packet_growth": FIRST_PACKET_TARGET}}
     directs = []
     for mode in modes:
         tl = TrafficLab(mode, progress=progress)
@@ -538,11 +592,21 @@ def run(args: argparse.Namespace, progress) -> dict:
             entry["target"] = TARGETS[mode]
             entry["meets_target"] = min(entry["ratio_rr"], entry["ratio_conn"]) >= TARGETS[mode]
             summary["modes"][mode] = entry
-            if mode in ("iptables", "ebpf") and sizes:
-                sync = measure_sync(tl, sizes, progress)
-                largest = sync[str(max(sizes))]
-                summary["sync"][mode] = {"sizes": sync, "change_pct_of_full_at_largest": largest["change_pct_of_full"],
-                                         "meets_target": largest["change_s"] < CHANGE_TARGET * largest["full_s"]}
+            if mode in SCALE_MODES and sizes:
+                sync = measure_scale(tl, sizes, args.first_packet, progress)
+                largest, smallest = sync[str(max(sizes))], sync[str(min(sizes))]
+                # Growth judged on the paired VIP/direct ratios: the raw medians drift with the
+                # machine's load over the minutes between sizes; the ratio does not.
+                growth = _ratio(largest["first_packet_ratio_to_direct"], smallest["first_packet_ratio_to_direct"])
+                raw_growth = _ratio(largest["first_packet_median_ms"], smallest["first_packet_median_ms"])
+                meets = largest["change_s"] < CHANGE_TARGET * largest["full_s"]
+                if mode in CHANGE_MS_TARGET:
+                    meets = meets and largest["change_s"] * 1000 < CHANGE_MS_TARGET[mode]
+                summary["sync"][mode] = {
+                    "sizes": sync, "change_pct_of_full_at_largest": largest["change_pct_of_full"],
+                    "change_ms_at_largest": round(largest["change_s"] * 1000, 1), "meets_target": meets,
+                    "first_packet_growth": growth, "first_packet_raw_growth": raw_growth,
+                    "first_packet_meets_target": growth <= FIRST_PACKET_TARGET.get(mode, float("inf"))}
         finally:
             tl.down()
         progress(f"{mode}: done in {time.monotonic() - t0:.0f}s")
@@ -552,8 +616,10 @@ def run(args: argparse.Namespace, progress) -> dict:
     summary["settings"] = {"duration_s": args.duration, "rounds": args.rounds, "connections": args.connections,
                            "max_other_cpu_pct": args.max_other_cpu, "retries": args.retries,
                            "udp_sockets": 16, "udp_window": 4, "cpus": os.cpu_count(), "nodes": 2,
-                           "sync_driver": "backends driven directly with generated ServicePorts in a scratch "
-                                          "namespace of the lab (not through the API server)"}
+                           "first_packet_connections": args.first_packet,
+                           "sync_driver": "backends driven directly with generated ServicePorts in node1's "
+                                          "namespace in place of its kproxy (not through the API server)"}
+    summary["load_average_end"] = list(os.getloadavg())
     return summary
 
 
@@ -592,20 +658,34 @@ def table(s: dict) -> str:
                      for m, e in s["modes"].items()))
     if s["sync"]:
         lines.append("")
-        lines.append(f"{'sync':<10} {'services':>8} {'full ms':>9} {'change ms':>10} {'change/full':>12}")
+        lines.append(f"{'scale':<10} {'services':>8} {'1st pkt p50':>11} {'1st pkt p99':>11} {'/direct':>8} "
+                     f"{'full ms':>9} {'change ms':>10} {'change/full':>12}")
         for mode, sy in s["sync"].items():
             for n, v in sy["sizes"].items():
-                lines.append(f"{mode:<10} {n:>8} {v['full_s'] * 1000:>9.1f} {v['change_s'] * 1000:>10.1f} "
-                             f"{v['change_pct_of_full']:>11.1f}%")
-            lines.append(f"{'':<10} one change at the largest size: {sy['change_pct_of_full_at_largest']:.1f}% "
-                         f"of a full sync (target < {100 * CHANGE_TARGET:.0f}%: "
-                         f"{'ok' if sy['meets_target'] else 'MISSED'})")
-        lines.append("  (backends driven directly with generated service ports, not through the API server)")
+                lines.append(f"{mode:<10} {n:>8} {v['first_packet_median_ms']:>11.3f} "
+                             f"{v['first_packet_p99_ms']:>11.3f} {v['first_packet_ratio_to_direct']:>8.3f} "
+                             f"{v['full_s'] * 1000:>9.1f} "
+                             f"{v['change_s'] * 1000:>10.1f} {v['change_pct_of_full']:>11.1f}%")
+            ms_target = CHANGE_MS_TARGET.get(mode)
+            verdict = "ok" if sy["meets_target"] else "MISSED"
+            line = (f"{'':<10} one change at the largest size: {sy['change_ms_at_largest']:.1f} ms, "
+                    f"{sy['change_pct_of_full_at_largest']:.1f}% of a full sync "
+                    f"(target < {100 * CHANGE_TARGET:.0f}%" + (f" and < {ms_target:.0f} ms" if ms_target else "")
+                    + f": {verdict}); first packet largest/smallest {sy['first_packet_growth']:.2f}x "
+                    f"(paired ratios; raw medians {sy['first_packet_raw_growth']:.2f}x)")
+            if mode in FIRST_PACKET_TARGET:
+                fp_verdict = "ok" if sy["first_packet_meets_target"] else "MISSED"
+                line += f" (target <= {FIRST_PACKET_TARGET[mode]}: {fp_verdict})"
+            lines.append(line)
+        lines.append("  (1st pkt: ms from connect() to the first answer byte, new connections from a pod on node1, "
+                     "each paired with one straight to the pod: /direct is the median of the pairs' ratios; "
+                     "backends driven directly with generated service ports, not through the API server)")
     st = s["settings"]
     lines.append("")
     lines.append(f"({st['rounds']} rounds of {st['duration_s']}s per figure and path; {st['connections']} keep-alive "
                  f"connections for RR and new connections; {st['cpus']} CPUs shared by client, server, proxy and "
-                 "kernel)")
+                 f"kernel; load average {' '.join(f'{x:.2f}' for x in s['load_average'])} at the start, "
+                 f"{' '.join(f'{x:.2f}' for x in s['load_average_end'])} at the end)")
     return "\n".join(lines)
 
 
@@ -617,7 +697,7 @@ def plot(s: dict, path: str) -> None:
 
     names = (["direct"] if s["direct"] else []) + list(s["modes"])
     data = [s["direct"] if n == "direct" else s["modes"][n] for n in names]
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
+    fig, axes = plt.subplots(1, 4, figsize=(21, 4.8))
     ax = axes[0]
     width = 0.27
     xs = range(len(names))
@@ -649,6 +729,21 @@ def plot(s: dict, path: str) -> None:
     ax.set_title("sync time")
     if s["sync"]:
         ax.legend(fontsize=8)
+    ax = axes[3]
+    raw = ax.twinx()
+    for mode, sy in s["sync"].items():
+        ns = [int(n) for n in sy["sizes"]]
+        line, = ax.plot(ns, [v["first_packet_ratio_to_direct"] for v in sy["sizes"].values()], "o-",
+                        label=f"{mode} VIP/direct (paired)")
+        raw.plot(ns, [v["first_packet_median_ms"] for v in sy["sizes"].values()], ":", color=line.get_color(),
+                 label=f"{mode} median ms")
+    ax.set_xscale("log")
+    ax.set_xlabel("services programmed")
+    ax.set_ylabel("connect + first byte, VIP / direct")
+    raw.set_ylabel("median ms (dotted)")
+    ax.set_title("first packet as services grow (real service last)")
+    if s["sync"]:
+        ax.legend(fontsize=8, loc="upper left")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -667,7 +762,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-other-cpu", type=float, default=25.0,
                    help="retake a pair when processes outside the lab used more than this %% of a CPU meanwhile")
     p.add_argument("--retries", type=int, default=10, help="pairs retaken at most, per lab")
-    p.add_argument("--sizes", default="100,1000,5000", help="service counts of the sync measurement ('' skips it)")
+    p.add_argument("--sizes", default="10,1000,5000,10000",
+                   help="service counts of the first-packet and sync measurement ('' skips it)")
+    p.add_argument("--first-packet", type=int, default=300, help="timed new connections per size")
     p.add_argument("--json", action="store_true", help="print the summary as JSON instead of the table")
     p.add_argument("--plot", metavar="FILE.png", help="draw rates, latency percentiles and sync times")
     args = p.parse_args(argv)

@@ -1,30 +1,37 @@
-"""The kernel side of the plugin: bridge, veth pair, addresses and routes (pyroute2 netlink).
+"""The kernel side of the plugin: bridge, veth pair, addresses and routes (rtnetlink).
 
-Runs in the caller's network namespace (the node); the pod side is reached through a netlink
-socket opened in the pod's namespace, so no process ever has to switch namespaces.
+Runs in the caller's network namespace (the node) with a netlink socket there (`node`, which the
+agent keeps open between requests); the pod side is reached through a socket opened in the pod's
+namespace, so no process ever has to switch namespaces. Messages go in batches: an ADD is five
+round trips to the kernel (bridge lookup; gateway address + veth pair + hairpin + its MAC; the
+pod's interface check; lo and the interface up + its MAC; addresses + routes), a DEL one.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import ipaddress
 import os
-import secrets
+from collections.abc import Iterator
+from types import ModuleType
 
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
-
-from cni import masq
+from cni import rtnl
 from cni.config import NetConf
 from cni.errors import DATAPATH_FAILURE, UNKNOWN_CONTAINER, CniError
-from knet import links, netns
+from cni.rtnl import IFF_PROMISC, IFF_UP, NetlinkError, Rtnl
 
-IFF_PROMISC = 0x100
+
+def masq() -> ModuleType:
+    """cni.masq, imported on first use: it needs subprocess and hashlib, ~20% of the direct path's
+    start-up, which only configurations with ipMasq should pay."""
+    from cni import masq as module
+    return module
 
 
 def open_netns(path: str) -> int:
     try:
-        fd = os.open(path, os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as e:
         raise CniError(UNKNOWN_CONTAINER, f"network namespace {path} does not exist: {e.strerror}") from None
     # An ordinary file would be accepted by open(); only nsfs files can be joined.
@@ -35,20 +42,26 @@ def open_netns(path: str) -> int:
 
 
 @contextlib.contextmanager
-def pod_iproute(path: str):
-    fd = open_netns(path)
-    os.close(fd)
+def pod_socket(path: str, fd: int | None = None) -> Iterator[Rtnl]:
+    """A netlink socket in the pod's namespace (given by path, or already open as fd)."""
+    own_fd = fd is None
+    if own_fd:
+        fd = open_netns(path)
     try:
-        # The socket is bound to the namespace it is created in: create it from a thread that has
-        # entered the pod's namespace (pyroute2's netns= option forks a helper process instead).
-        with netns.enter(path):
-            ipr = IPRoute()
-    except Exception as e:
+        sock = rtnl.in_netns(fd)
+    except OSError as e:
         raise CniError(UNKNOWN_CONTAINER, f"cannot enter network namespace {path}: {e}") from None
-    try:
-        yield ipr
     finally:
-        ipr.close()
+        if own_fd:
+            os.close(fd)
+    try:
+        yield sock
+    finally:
+        sock.close()
+
+
+def _failed(what: str, e: NetlinkError) -> CniError:
+    return CniError(DATAPATH_FAILURE, f"{what}: {e.strerror}")
 
 
 def _gateway_cidrs(ips: list[dict]) -> list[str]:
@@ -99,58 +112,83 @@ def enable_forwarding(ips: list[dict]) -> None:
                 f.write("1")
 
 
-def setup(conf: NetConf, container_id: str, netns_path: str, ifname: str, ipam_result: dict) -> dict:
+def ensure_bridge(node: Rtnl, conf: NetConf) -> rtnl.Link:
+    """The bridge, made if missing (racing creators are fine) and up; in promiscuous mode if asked."""
+    want = IFF_UP | (IFF_PROMISC if conf.promisc_mode else 0)
+    try:
+        link = node.link(conf.bridge)
+        if link is None:
+            # An explicit MAC: otherwise the bridge takes its lowest port's MAC and changes it
+            # whenever that port goes, leaving every pod with a stale gateway neighbour entry.
+            node.request(rtnl.new_bridge(conf.bridge, rtnl.random_mac(), conf.mtu, want), errno.EEXIST)
+            link = node.link(conf.bridge)
+            if link is None:
+                raise NetlinkError(errno.ENODEV, "created, then gone")
+        if link.kind != "bridge":
+            raise CniError(DATAPATH_FAILURE, f"{conf.bridge} exists and is a {link.kind or 'non-bridge'} "
+                           "device, not a bridge")
+        if link.flags & want != want:
+            node.request(rtnl.set_flags(conf.bridge, want, want))
+    except NetlinkError as e:
+        raise _failed(f"cannot set up bridge {conf.bridge}", e) from None
+    return link
+
+
+def setup(conf: NetConf, container_id: str, netns_path: str, ifname: str, ipam_result: dict,
+          node: Rtnl) -> dict:
     """Wire the pod; on any failure remove what this call made and re-raise."""
     ips = ipam_result.get("ips", [])
-    host_veth = "veth" + secrets.token_hex(4)
+    host_veth = "veth" + os.urandom(4).hex()
     routes = pod_routes(conf, ipam_result)
     fd = open_netns(netns_path)
     made_veth = False
     try:
-        with pod_iproute(netns_path) as pod, links.iproute() as node:
-            if links.index(pod, ifname) is not None:
+        with pod_socket(netns_path, fd) as pod:
+            if pod.link(ifname) is not None:
                 raise CniError(DATAPATH_FAILURE, f"interface {ifname} already exists in {netns_path}")
-            br = links.ensure_bridge(node, conf.bridge, conf.mtu, conf.promisc_mode)
-            if conf.is_gateway:
-                for cidr in _gateway_cidrs(ips):
-                    links.add_address(node, conf.bridge, cidr)
+            bridge = ensure_bridge(node, conf)
+            gateways = _gateway_cidrs(ips) if conf.is_gateway else []
+            if gateways:
                 enable_forwarding(ips)
-            veth = {"ifname": host_veth, "kind": "veth", "peer": {"ifname": ifname, "net_ns_fd": fd}}
-            if conf.mtu:
-                veth["mtu"] = conf.mtu
-                veth["peer"]["mtu"] = conf.mtu
-            try:
-                node.link("add", **veth)
-            except NetlinkError as e:
-                raise CniError(DATAPATH_FAILURE, f"cannot create veth pair {host_veth}/{ifname}: "
-                               f"{os.strerror(e.code)}") from None
-            made_veth = True
-            host_idx = links.index(node, host_veth)
-            node.link("set", index=host_idx, master=br, state="up")
+            batch = [rtnl.new_address(bridge.index, cidr) for cidr in gateways]
+            batch.append(rtnl.new_veth(host_veth, ifname, fd, bridge.index, conf.mtu))
             if conf.hairpin_mode:
-                node.brport("set", index=host_idx, mode=1)
-            pod.link("set", index=links.index(pod, "lo"), state="up")
-            pod_idx = links.index(pod, ifname)
-            pod.link("set", index=pod_idx, state="up")
-            for entry in ips:
-                links.add_address(pod, ifname, entry["address"])
-            for r in routes:
-                links.add_route(pod, r["dst"], gateway=r.get("gw"), ifname=ifname)
+                batch.append(rtnl.set_hairpin(host_veth))
+            batch.append(rtnl.get_link(host_veth))
+            *gw_replies, veth_reply, host_reply = node.batch(batch)
+            try:
+                veth_reply.check()
+            except NetlinkError as e:
+                raise _failed(f"cannot create veth pair {host_veth}/{ifname}", e) from None
+            made_veth = True
+            try:
+                for reply in gw_replies:
+                    reply.check(errno.EEXIST)
+                host = rtnl.parse_link(host_reply.check().messages[0])
+                *_up, pod_reply = pod.batch([rtnl.set_flags("lo", IFF_UP, IFF_UP),
+                                             rtnl.set_flags(ifname, IFF_UP, IFF_UP), rtnl.get_link(ifname)])
+                for reply in _up:
+                    reply.check()
+                inside = rtnl.parse_link(pod_reply.check().messages[0])
+                config = [rtnl.new_address(inside.index, e["address"]) for e in ips]
+                config += [rtnl.new_route(r["dst"], r.get("gw"), inside.index) for r in routes]
+                for reply in pod.batch(config):
+                    reply.check(errno.EEXIST)
+            except NetlinkError as e:
+                raise _failed(f"cannot configure {host_veth}/{ifname}", e) from None
             if conf.ip_masq:
-                masq.setup(conf.name, container_id, [e["address"] for e in ips])
+                masq().setup(conf.name, container_id, [e["address"] for e in ips])
             interfaces = [
-                {"name": conf.bridge, "mac": links.mac_of(links.get_link(node, conf.bridge))},
-                {"name": host_veth, "mac": links.mac_of(node.link("get", index=host_idx)[0])},
-                {"name": ifname, "mac": links.mac_of(pod.link("get", index=pod_idx)[0]),
-                 "sandbox": netns_path},
+                {"name": conf.bridge, "mac": bridge.mac},
+                {"name": host_veth, "mac": host.mac},
+                {"name": ifname, "mac": inside.mac, "sandbox": netns_path},
             ]
             if conf.mtu:
                 for iface in interfaces[1:]:
                     iface["mtu"] = conf.mtu
     except BaseException:
         if made_veth:
-            with links.iproute() as node:
-                links.delete_link(node, host_veth)
+            node.batch([rtnl.del_link(host_veth)])  # its peer goes with it; already gone is fine
         raise
     finally:
         os.close(fd)
@@ -161,48 +199,49 @@ def setup(conf: NetConf, container_id: str, netns_path: str, ifname: str, ipam_r
     }
 
 
-def teardown(conf: NetConf, container_id: str, netns_path: str, ifname: str) -> None:
-    """Remove the pod's interface (its veth peer goes with it) and the masquerade chain.
-    Everything already gone is fine: DEL must be idempotent."""
+def teardown(conf: NetConf, container_id: str, netns_path: str, ifname: str, addresses: list[str]) -> None:
+    """Remove the pod's interface (its veth peer goes with it) and the masquerade chain
+    (`addresses`: what IPAM had reserved, so the chain goes in one step). Everything already
+    gone is fine: DEL must be idempotent."""
     if netns_path:
         try:
-            with pod_iproute(netns_path) as pod, contextlib.suppress(NetlinkError):
-                links.delete_link(pod, ifname)
+            with pod_socket(netns_path) as pod:
+                pod.request(rtnl.del_link(ifname), errno.ENODEV)
         except CniError:
             pass  # namespace already gone: the veth went with it
+        except NetlinkError as e:
+            raise _failed(f"cannot delete {ifname} in {netns_path}", e) from None
     if conf.ip_masq:
-        masq.teardown(conf.name, container_id)
+        masq().teardown(conf.name, container_id, addresses)
 
 
-def check(conf: NetConf, netns_path: str, ifname: str, prev: dict) -> None:
+def check(conf: NetConf, netns_path: str, ifname: str, prev: dict, node: Rtnl) -> None:
     """Verify that what the previous result promised is still in place."""
     def fail(msg: str) -> CniError:
         return CniError(DATAPATH_FAILURE, f"CHECK: {msg}")
 
-    with links.iproute() as node:
-        if links.index(node, conf.bridge) is None:
-            raise fail(f"bridge {conf.bridge} is missing")
-        for iface in prev.get("interfaces", []):
-            if not iface.get("sandbox") and links.index(node, iface.get("name", "")) is None:
-                raise fail(f"host interface {iface.get('name')} is missing")
+    if node.link(conf.bridge) is None:
+        raise fail(f"bridge {conf.bridge} is missing")
+    for iface in prev.get("interfaces", []):
+        if not iface.get("sandbox") and node.link(iface.get("name", "")) is None:
+            raise fail(f"host interface {iface.get('name')} is missing")
     pod_ifaces = [i for i, f in enumerate(prev.get("interfaces", [])) if f.get("sandbox")]
-    with pod_iproute(netns_path) as pod:
-        link = links.get_link(pod, ifname)
+    with pod_socket(netns_path) as pod:
+        link = pod.link(ifname)
         if link is None:
             raise fail(f"interface {ifname} is missing from {netns_path}")
         for i in pod_ifaces:
             want = prev["interfaces"][i]
-            if want.get("name") == ifname and want.get("mac") and want["mac"] != links.mac_of(link):
-                raise fail(f"interface {ifname} has MAC {links.mac_of(link)}, expected {want['mac']}")
-        have = set(links.addresses(pod, ifname))
+            if want.get("name") == ifname and want.get("mac") and want["mac"] != link.mac:
+                raise fail(f"interface {ifname} has MAC {link.mac}, expected {want['mac']}")
+        have = set(pod.addresses(link.index))
         for entry in prev.get("ips", []):
             if entry.get("interface") is not None and entry["interface"] not in pod_ifaces:
                 continue
             if entry["address"] not in have:
                 raise fail(f"address {entry['address']} is missing from {ifname}")
-        present = {(r["dst"], r["gw"]) for fam in (2, 10) for r in links.routes(pod, fam)}
+        present = {(r["dst"], r["gw"]) for r in pod.routes()}
         for r in prev.get("routes", []):
             dst = str(ipaddress.ip_network(r["dst"], strict=False))
             if not any(d == dst and (not r.get("gw") or g == r["gw"]) for d, g in present):
                 raise fail(f"route {dst}" + (f" via {r['gw']}" if r.get("gw") else "") + " is missing")
-

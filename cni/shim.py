@@ -1,90 +1,180 @@
 """`knet-cni`: the executable a container runtime runs. Kept deliberately thin.
 
-Starting Python and importing pyroute2 costs far more than the work itself, so, as Cilium and
-Multus do, the executable hands the request to the node's long-running agent over a unix socket
-(`agentSocket` in the config, default /run/knet/cni.sock). Without a reachable agent in the same
-network namespace it runs the plugin in-process: slower, identical in behaviour.
-Only the standard library is imported on the fast path.
+Starting Python costs more than the work itself, so, as Cilium and Multus do, the executable
+hands the request to the node's long-running agent over a unix socket (`agentSocket` in the
+config, default /run/knet/cni.sock), importing only C modules on that path (`_socket` and, through
+`wire`, `_json`: the `socket` and `json` packages would pull in enum, re and selectors). Without a
+usable agent it runs the plugin in-process (the direct path: slower, identical in behaviour, the
+same IPAM files and locks, so both can run at once).
+
+Bounds (`wire.py` describes the exchange and why falling back never runs a request twice), so
+that a runtime never hangs:
+- connecting takes at most CONNECT_TIMEOUT, and the agent's STARTED comes within START_TIMEOUT
+  of the executable's first attempt; otherwise the executable runs the request itself.
+- after STARTED the executable waits up to ANSWER_TIMEOUT for the answer (the agent's own steps
+  are bounded: iptables waits 5 s for its lock, a delegated IPAM plugin 60 s). An agent that dies
+  meanwhile sends nothing, and the executable runs the request itself (DEL, CHECK, STATUS and GC
+  are idempotent; a repeated ADD fails with "already allocated" rather than allocating twice);
+  one that is only slow gets error 11, try again later.
 """
 
-from __future__ import annotations
-
-import json
-import os
-import socket
+# Only what the interpreter has loaded at start-up (posix, sys) and two C extensions on the agent
+# path: `os` alone (its _collections_abc) would add ~15% to the executable's start, `socket` and
+# `json` more. Annotations are strings (the deploy launcher runs this file on hosts' python3 >= 3.8).
+# The plugin itself is imported lazily, in direct().
+import _socket
+import posix
 import sys
+import time
+
+from cni.versions import LATEST_VERSION, SUPPORTED_VERSIONS, version_answer
+from cni.wire import dumps, encode_request, loads
 
 DEFAULT_AGENT_SOCKET = "/run/knet/cni.sock"
+CONNECT_TIMEOUT = 1.0
+START_TIMEOUT = 3.0
+ANSWER_TIMEOUT = 120.0
+TRY_AGAIN_LATER = 11
 
 
-def _agent_socket(stdin: bytes) -> str | None:
+def _exists(path: str) -> bool:
     try:
-        conf = json.loads(stdin)
-        path = conf.get("agentSocket") if isinstance(conf, dict) else None
-    except (ValueError, UnicodeDecodeError):
-        path = None
+        posix.stat(path)
+    except OSError:
+        return False
+    return True
+
+
+def parse_config(stdin: bytes) -> "dict | None":
+    """The network configuration as a dict, or None when it is not a JSON object (the plugin
+    itself then reports the precise error)."""
+    try:
+        conf = loads(stdin)
+    except (ValueError, RecursionError):
+        return None
+    return conf if isinstance(conf, dict) else None
+
+
+def _agent_socket(stdin: bytes) -> "str | None":
+    conf = parse_config(stdin)
+    path = conf.get("agentSocket") if conf else None
     path = path if isinstance(path, str) and path else DEFAULT_AGENT_SOCKET
-    return path if os.path.exists(path) else None
+    return path if _exists(path) else None
 
 
-def via_agent(path: str, env: dict[str, str], stdin: bytes) -> tuple[int, str] | None:
-    """(exit status, stdout) from the agent, or None when the direct path must be taken."""
-    request = json.dumps({
-        "env": env,
-        "stdin": stdin.decode("latin-1"),
-        # The agent works in its own namespace: refuse it if that is not ours.
-        "netns_inode": os.stat("/proc/self/ns/net").st_ino,
-    }).encode()
+def _error(stdin: bytes, code: int, msg: str) -> str:
+    conf = parse_config(stdin)
+    version = conf.get("cniVersion") if conf else None
+    return dumps({"cniVersion": version if version in SUPPORTED_VERSIONS else LATEST_VERSION,
+                  "code": code, "msg": msg})
+
+
+class _Reader:
+    """Lines and counted bytes from a socket."""
+
+    def __init__(self, sock: "_socket.socket") -> None:
+        self.sock, self.buf = sock, b""
+
+    def _more(self) -> bool:
+        chunk = self.sock.recv(65536)
+        self.buf += chunk
+        return bool(chunk)
+
+    def line(self, limit: int = 4096) -> "bytes | None":
+        while b"\n" not in self.buf:
+            if len(self.buf) > limit or not self._more():
+                return None
+        line, _, self.buf = self.buf.partition(b"\n")
+        return line
+
+    def exactly(self, n: int) -> "bytes | None":
+        while len(self.buf) < n:
+            if not self._more():
+                return None
+        out, self.buf = self.buf[:n], self.buf[n:]
+        return out
+
+
+def _first_line(sock: "_socket.socket", reader: _Reader, deadline_ns: int) -> "bytes | None":
+    """The agent's first line, waited for until the deadline, then looked for once more without
+    waiting (wire.py: why that last look makes giving up safe)."""
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            s.settimeout(2.0)
-            s.connect(path)
-            s.settimeout(300.0)
-            s.sendall(request)
-            s.shutdown(socket.SHUT_WR)
-            chunks = []
-            while chunk := s.recv(65536):
-                chunks.append(chunk)
+        sock.settimeout(max(deadline_ns - time.monotonic_ns(), 1_000_000) / 1e9)
+        return reader.line()
+    except TimeoutError:
+        pass
     except OSError:
         return None
     try:
-        reply = json.loads(b"".join(chunks))
-    except ValueError:
+        sock.settimeout(0.0)
+        return reader.line()
+    except OSError:  # nothing there (BlockingIOError) or gone
         return None
-    if not isinstance(reply, dict) or reply.get("wrong_netns") or "exit" not in reply:
-        return None
-    return int(reply["exit"]), str(reply.get("stdout", ""))
 
 
-def _version(stdin: bytes) -> tuple[int, str] | None:
-    """VERSION needs no agent and no kernel: answer it here (malformed stdin: the full path)."""
-    from cni.versions import version_answer
-    if not stdin.strip():
-        return 0, json.dumps(version_answer(None))
+def via_agent(path: str, env: "dict[str, str] | dict[bytes, bytes]", stdin: bytes
+              ) -> "tuple[int, str] | None":
+    """(exit status, stdout) from the agent, or None when the direct path must be taken."""
+    deadline = time.monotonic_ns() + int(START_TIMEOUT * 1e9)
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
     try:
-        conf = json.loads(stdin)
-    except (ValueError, UnicodeDecodeError):
-        return None
-    return (0, json.dumps(version_answer(conf))) if isinstance(conf, dict) else None
+        try:
+            sock.settimeout(CONNECT_TIMEOUT)
+            sock.connect(path)
+            sock.settimeout(max(deadline - time.monotonic_ns(), 1_000_000) / 1e9)
+            # The agent works in its own namespace: it refuses a caller from another one.
+            sock.sendall(encode_request(env, stdin, posix.stat("/proc/thread-self/ns/net").st_ino, deadline))
+        except OSError:  # not there, not listening, or not reading: it cannot have started
+            return None
+        reader = _Reader(sock)
+        if _first_line(sock, reader, deadline) != b"STARTED":
+            return None  # not started in time, wrong namespace, refused, or gone: nothing was done
+        try:
+            sock.settimeout(ANSWER_TIMEOUT)
+            head = reader.line()
+            if head == b"ABORTED":
+                return None  # it saw the deadline pass before running anything
+            code, size = (int(x) for x in head.split()) if head else (None, 0)
+            out = reader.exactly(size) if code is not None else None
+        except TimeoutError:
+            return 1, _error(stdin, TRY_AGAIN_LATER, f"knet-cni-agent at {path} started the request but "
+                             f"did not answer within {ANSWER_TIMEOUT:.0f}s; try again")
+        except (OSError, ValueError):
+            return None  # the agent went away before answering: run it here
+        return (code, out.decode(errors="replace")) if out is not None else None
+    finally:
+        sock.close()
 
 
-def direct(env: dict[str, str], stdin: bytes) -> tuple[int, str]:
+def _version(stdin: bytes) -> "tuple[int, str] | None":
+    """VERSION needs no agent and no kernel: answer it here (malformed stdin: the full path)."""
+    if not stdin.strip():
+        return 0, dumps(version_answer(None))
+    conf = parse_config(stdin)
+    return (0, dumps(version_answer(conf))) if conf is not None else None
+
+
+def direct(stdin: bytes) -> "tuple[int, str]":
+    # Lazy imports, the point of this module: the agent path never pays for either.
+    import os
+
     from cni.plugin import run
-    return run(env, stdin)
+    return run(dict(os.environ), stdin)
 
 
 def main() -> int:
+    """Run one request; stdout is flushed when this returns (the launcher then exits at once)."""
     stdin = sys.stdin.buffer.read() if not sys.stdin.isatty() else b""
-    env = dict(os.environ)
+    environ = posix.environ  # bytes; exactly what the agent is sent
     answer = None
-    if env.get("CNI_COMMAND") == "VERSION":
+    if environ.get(b"CNI_COMMAND") == b"VERSION":
         answer = _version(stdin)
-    elif os.environ.get("KNET_CNI_DIRECT") != "1":
+    elif environ.get(b"KNET_CNI_DIRECT") != b"1":
         path = _agent_socket(stdin)
         if path:
-            answer = via_agent(path, env, stdin)
+            answer = via_agent(path, environ, stdin)
     if answer is None:
-        answer = direct(env, stdin)
+        answer = direct(stdin)
     code, out = answer
     if out:
         sys.stdout.write(out)

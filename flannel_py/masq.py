@@ -17,8 +17,9 @@ chains atomically and leaves every other rule alone.
 from __future__ import annotations
 
 import logging
-import subprocess
 from ipaddress import IPv4Network
+
+from knet import netfilter
 
 log = logging.getLogger(__name__)
 
@@ -63,27 +64,18 @@ def jump_rule(table: str) -> list[str]:
     return ["FORWARD", "-m", "comment", "--comment", "flanneld forward", "-j", FWD_CHAIN]
 
 
-def _run(argv: list[str], data: str | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(argv, input=data, capture_output=True, text=True, timeout=30)
-
-
 def _ensure_jump(table: str) -> None:
+    # Inserted first so our chain runs before rules that other components append.
     spec = jump_rule(table)
-    if _run(["iptables", "-w", "5", "-t", table, "-C", *spec]).returncode != 0:
-        # Insert first so our chain runs before rules that other components append.
-        proc = _run(["iptables", "-w", "5", "-t", table, "-I", *spec[:1], "1", *spec[1:]])
-        if proc.returncode != 0:
-            raise RuntimeError(f"iptables: cannot add the {spec[-1]} jump: {proc.stderr.strip()}")
+    netfilter.ensure_jump(table, spec[0], spec[1:], create_target=False, position=1)
 
 
 def _restore(table: str, chain: str, rules: list[str]) -> None:
-    proc = _run(["iptables-restore", "--noflush", "-w", "5"], render_restore(table, chain, rules))
-    if proc.returncode != 0:
-        raise RuntimeError(f"iptables-restore ({table}/{chain}): {proc.stderr.strip()}")
+    netfilter.restore(render_restore(table, chain, rules))
 
 
 def current(table: str, chain: str) -> list[str]:
-    proc = _run(["iptables", "-w", "5", "-t", table, "-S", chain])
+    proc = netfilter.iptables(["-t", table, "-S", chain])
     if proc.returncode != 0:
         return []
     return [line for line in proc.stdout.splitlines() if line.startswith("-A ")]
@@ -96,7 +88,7 @@ def ensure_masq(network: IPv4Network, subnet: IPv4Network) -> bool:
     if _normalise(current("nat", MASQ_CHAIN)) != _normalise(want):
         try:
             _restore("nat", MASQ_CHAIN, want)
-        except RuntimeError:
+        except netfilter.NetfilterError:
             # An iptables without --random-fully support: plain MASQUERADE, as flanneld falls back.
             want = masq_rules(network, subnet, random_fully=False)
             _restore("nat", MASQ_CHAIN, want)

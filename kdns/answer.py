@@ -34,7 +34,23 @@ from kdns.wire import (
 )
 
 MAX_CHAIN = 8  # CNAME hops followed inside the zone (ExternalName -> another service's name ...)
-REVERSE_ZONES = (".in-addr.arpa", ".ip6.arpa")
+REVERSE_ZONES = ("in-addr.arpa", "ip6.arpa")
+
+
+@dataclass(frozen=True, slots=True)
+class Scope:
+    """What the store is authoritative for besides the cluster zone, and where a miss goes on
+    to the forwarder instead (CoreDNS's `kubernetes ZONES { fallthrough ZONES }`). The default is
+    kdns's flag-mode behaviour: the PTRs kdns holds are answered, other reverse names forwarded."""
+
+    reverse_zones: tuple[str, ...] = REVERSE_ZONES
+    fallthrough: tuple[str, ...] | None = REVERSE_ZONES  # None: never; (): every zone
+
+    def falls_through(self, zone: str) -> bool:
+        return self.fallthrough is not None and (not self.fallthrough or zone in self.fallthrough)
+
+
+DEFAULT_SCOPE = Scope()
 
 
 @dataclass(slots=True)
@@ -45,7 +61,7 @@ class Resolution:
     chase: str | None = None
 
 
-def resolve(store: RecordStore, qname: str, qtype: int, qclass: int = IN) -> Resolution:
+def resolve(store: RecordStore, qname: str, qtype: int, qclass: int = IN, scope: Scope = DEFAULT_SCOPE) -> Resolution:
     if qclass not in (IN, ANY):
         return Resolution(Reply(REFUSED), {qname})
     if store.in_zone(qname):
@@ -53,11 +69,19 @@ def resolve(store: RecordStore, qname: str, qtype: int, qclass: int = IN) -> Res
             return Resolution(Reply(REFUSED, aa=True), {qname})
         res = Resolution(Reply(aa=True))
         _local(store, qname, qtype, res, 0)
+        if res.reply.rcode == NXDOMAIN and scope.falls_through(store.zone):
+            return Resolution(Reply(), {qname}, forward=True)
         return res
-    if qname in store.names:  # a PTR of ours (reverse zones are shared with upstream: fall through)
-        res = Resolution(Reply(aa=True))
-        _local(store, qname, qtype, res, 0)
-        return res
+    for zone in scope.reverse_zones:
+        if qname == zone or qname.endswith("." + zone):
+            if qname in store.names:  # a PTR of ours
+                res = Resolution(Reply(aa=True))
+                _local(store, qname, qtype, res, 0)
+                return res
+            if scope.falls_through(zone):
+                break
+            soa = store.soa
+            return Resolution(Reply(NXDOMAIN, authority=[(zone, soa[1], soa[2], soa[3])], aa=True), {qname})
     return Resolution(Reply(), {qname}, forward=True)
 
 

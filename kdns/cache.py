@@ -11,8 +11,9 @@ down). Each entry is registered under every name its answer was computed from (t
 targets, CNAME targets in the zone), so a cluster change drops exactly the answers it can affect;
 the store reports changed names, including parents that start or stop existing.
 
-Entries are lists [response tail, hits, qtype, rcode, deps]: the hot loop bumps `hits` in place,
-and the metrics collector sums them (plus the hits of evicted entries) by type and rcode. An entry
+Entries are lists [response tail, hits, qtype, rcode, deps, zone]: `hits` holds one counter per
+listening socket, which the hot loop bumps in place (so CoreDNS's `server` label stays exact); the
+metrics collector sums them (plus the hits of evicted entries) by listener, zone, type and rcode. An entry
 leaves the index of every name it was registered under when it goes, so a name that never
 changes does not collect the keys of answers that other names' changes keep dropping.
 """
@@ -23,18 +24,26 @@ from collections.abc import Iterable
 
 
 class AnswerCache:
-    def __init__(self, max_entries: int = 100_000) -> None:
+    def __init__(self, max_entries: int = 100_000, listeners: int = 1) -> None:
         self.max_entries = max_entries
+        self.listeners = listeners
         self.entries: dict[bytes, list] = {}  # never rebound: the hot loop holds `entries.get`
         self.by_name: dict[str, set[bytes]] = {}
-        self.retired: dict[tuple[int, int], int] = {}  # hits of dropped entries, by (qtype, rcode)
+        self.retired: dict[tuple[int, str, int, int], int] = {}  # hits of dropped entries, by
+        # (listener, zone, qtype, rcode)
         self.invalidations = 0
         self.clears = 0
 
     def __len__(self) -> int:
         return len(self.entries)
 
-    def put(self, key: bytes, tail: bytes, deps: Iterable[str], qtype: int, rcode: int) -> None:
+    def resize(self, listeners: int) -> None:
+        """A new set of listening sockets: entries get one hit counter per socket."""
+        if listeners != self.listeners:
+            self.clear()
+            self.listeners = listeners
+
+    def put(self, key: bytes, tail: bytes, deps: Iterable[str], qtype: int, rcode: int, zone: str = ".") -> None:
         if len(self.entries) >= self.max_entries:
             # A flood of distinct questions (random names): start over rather than track ages.
             self.clear()
@@ -43,7 +52,7 @@ class AnswerCache:
         old = self.entries.get(key)
         if old is not None:
             self._drop(key, old)
-        self.entries[key] = [tail, 0, qtype, rcode, deps]
+        self.entries[key] = [tail, [0] * self.listeners, qtype, rcode, deps, zone]
         for name in deps:
             self.by_name.setdefault(name, set()).add(key)
 
@@ -59,7 +68,7 @@ class AnswerCache:
                 if entry is not None:
                     self._drop(key, entry)
                     dropped += 1
-                    if entry[1]:
+                    if any(entry[1]):
                         popular.append(key)
         self.invalidations += dropped
         return popular
@@ -81,16 +90,20 @@ class AnswerCache:
         self.by_name.clear()
 
     def _retire(self, entry: list) -> None:
-        if entry[1]:
-            k = (entry[2], entry[3])
-            self.retired[k] = self.retired.get(k, 0) + entry[1]
+        self._add(self.retired, entry)
 
-    def hits_by_type(self) -> dict[tuple[int, int], int]:
+    @staticmethod
+    def _add(out: dict[tuple[int, str, int, int], int], entry: list) -> None:
+        for listener, n in enumerate(entry[1]):
+            if n:
+                k = (listener, entry[5], entry[2], entry[3])
+                out[k] = out.get(k, 0) + n
+
+    def hits_by_type(self) -> dict[tuple[int, str, int, int], int]:
+        """Hits by (listener, zone, qtype, rcode), of live and dropped entries."""
         out = dict(self.retired)
         for entry in list(self.entries.values()):
-            if entry[1]:
-                k = (entry[2], entry[3])
-                out[k] = out.get(k, 0) + entry[1]
+            self._add(out, entry)
         return out
 
     def total_hits(self) -> int:

@@ -40,6 +40,7 @@ OUR_UDP_SIZE = 1232  # what we advertise in OPT (the DNS flag day 2020 value: no
 _H = struct.Struct("!HHHHHH")
 _RR = struct.Struct("!HHIH")
 _Q = struct.Struct("!HH")
+_OPT_SIZE_TTL = struct.Struct("!HI")  # an OPT record after its name and type: UDP size, TTL field
 
 
 class FormError(ValueError):
@@ -139,8 +140,12 @@ class Query:
 
 def parse_query(data: bytes) -> Query:
     """A query's question and EDNS state. FormError for garbage; a response (QR set) also raises
-    (it must never be answered, or two servers could bounce packets forever)."""
-    if len(data) < 12:
+    (it must never be answered, or two servers could bounce packets forever).
+
+    Every cache miss comes through here, so the usual shape (plain labels, at most one OPT
+    record) takes a short path; anything else (pointers, escapes, other records) the general one."""
+    n = len(data)
+    if n < 12:
         raise FormError("short header")
     qid, flags, qd, an, ns, ar = _H.unpack_from(data)
     if flags & QR:
@@ -148,8 +153,33 @@ def parse_query(data: bytes) -> Query:
     opcode = (flags >> 11) & 0xF
     if qd != 1:
         raise FormError(f"{qd} questions")
+    off, labels = 12, []
+    try:
+        length = data[12]
+        while 0 < length < 64:
+            labels.append(data[off + 1:off + 1 + length])
+            off += length + 1
+            length = data[off]
+    except IndexError:
+        raise FormError("name runs past the end") from None
+    joined = b".".join(labels)
+    if not length and off < 267 and off + 5 <= n and b"\\" not in joined \
+            and joined.count(b".") == len(labels) - (1 if labels else 0):  # < 267: a name of at most 255 bytes
+        qtype, qclass = _Q.unpack_from(data, off + 1)
+        q = Query(qid, flags, opcode, joined.lower().decode("latin-1"), data[12:off + 1], qtype, qclass)
+        off += 5
+        if not (an or ns or ar):
+            return q
+        if not (an or ns) and ar == 1 and off + 11 <= n and data[off] == 0 and data[off + 1] == 0 \
+                and data[off + 2] == OPT and data[off + 9] == 0 and data[off + 10] == 0:  # no options
+            q.edns = True
+            q.udp_size, ttl = _OPT_SIZE_TTL.unpack_from(data, off + 3)
+            q.edns_version, q.do = (ttl >> 16) & 0xFF, bool(ttl & 0x8000)
+            return q
+        _read_edns(data, off, an + ns, ar, q)
+        return q
     labels, off = read_name(data, 12)
-    if off + 4 > len(data):
+    if off + 4 > n:
         raise FormError("truncated question")
     qtype, qclass = _Q.unpack_from(data, off)
     q = Query(qid, flags, opcode, labels_to_str(labels), labels_to_wire(labels), qtype, qclass)
@@ -291,9 +321,10 @@ class Reply:
 def build(q: Query, reply: Reply, limit: int | None) -> tuple[bytes, bool]:
     """The response to `q` and whether it was truncated. `limit`: the UDP size, None over TCP.
 
-    Answer and authority either fit whole or the response is cut to the question with TC set
-    (the client retries over TCP); additional records are optional (RFC 2181 §9), so they are
-    added while they fit, without TC."""
+    Records go in, in order (answer, authority, additional), while they fit. When an answer or
+    authority record does not, the response keeps those that did and has TC set: the client
+    retries over TCP (and one that does not still has some addresses, as CoreDNS's truncation
+    leaves them). Additional records are optional (RFC 2181 §9): dropping them sets no TC."""
     rcode = reply.rcode
     flags = QR | (q.opcode << 11) | (q.flags & (RD | CD)) | (rcode & 0xF)
     if reply.aa:
@@ -302,30 +333,26 @@ def build(q: Query, reply: Reply, limit: int | None) -> tuple[bytes, bool]:
         flags |= RA
     question = q.qname_wire + _Q.pack(q.qtype, q.qclass)
     b = Builder(b"\0" * 12, question, q.qname)
-    for rr in reply.answer:
-        b.rr(rr)
-    for rr in reply.authority:
-        b.rr(rr)
     opt = _opt(q, rcode) if q.edns else b""
-    cap = 65535 if limit is None else limit
-    an, ns, ar = len(reply.answer), len(reply.authority), 0
+    cap = (65535 if limit is None else limit) - len(opt)
+    counts = [0, 0, 0]
     truncated = False
-    if len(b.buf) + len(opt) > cap:
-        truncated = True
-        flags |= TC
-        b = Builder(b"\0" * 12, question, q.qname)
-        an = ns = 0
-    else:
-        for rr in reply.additional:
+    for section, records in enumerate((reply.answer, reply.authority, reply.additional)):
+        for rr in records:
             mark = len(b.buf)
             b.rr(rr)
-            if len(b.buf) + len(opt) > cap:
-                del b.buf[mark:]
+            if len(b.buf) > cap:
+                del b.buf[mark:]  # (names it registered for compression point past the end: unused)
+                truncated = section < 2
                 break
-            ar += 1
+            counts[section] += 1
+        else:
+            continue
+        break
+    if truncated:
+        flags |= TC
     b.buf += opt
-    ar += 1 if opt else 0
-    _H.pack_into(b.buf, 0, q.id, flags, 1, an, ns, ar)
+    _H.pack_into(b.buf, 0, q.id, flags, 1, counts[0], counts[1], counts[2] + (1 if opt else 0))
     return bytes(b.buf), truncated
 
 

@@ -172,7 +172,7 @@ def parser() -> argparse.ArgumentParser:
                     default=os.environ.get("KNET_LAB_OVERLAY", "vxlan"),
                     help="pod network between nodes: flannel_py vxlan (default) or host-gw with subnets "
                          "leased from etcd, or static subnets and routes (no etcd)")
-    up.add_argument("--proxy-mode", choices=["iptables", "userspace", "ebpf", "none"],
+    up.add_argument("--proxy-mode", choices=["iptables", "userspace", "ebpf", "nftables", "none"],
                     default=os.environ.get("KNET_PROXY_MODE", "iptables"),
                     help="kproxy data path on every node (needs the control plane)")
     up.add_argument("--no-network-policy", action="store_true", help="do not run the netpolicy daemons")

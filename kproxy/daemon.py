@@ -1,13 +1,15 @@
 """`kproxy`: watch Services and EndpointSlices and keep one data path in line with them.
 
-    kproxy --mode iptables|userspace|ebpf --kubeconfig FILE --node-name node1 --cluster-cidr 10.244.0.0/16
+    kproxy --mode iptables|nftables|userspace|ebpf --kubeconfig FILE --node-name node1 --cluster-cidr 10.244.0.0/16
 
 Sync model (as kube-proxy's): nothing is programmed before both informers have listed; after
 that, changes are batched (`--min-sync-period`) and applied incrementally — only the services
 whose objects changed are recomputed, and the backend writes only what differs; every
 `--sync-period` a full sync rewrites everything, which repairs drift (rules or map entries
-removed by hand). SIGTERM leaves the iptables/eBPF state in place, so traffic keeps flowing
-while the daemon restarts; the restarted daemon's first (full) sync rewrites identical state.
+removed by hand). SIGTERM leaves the data path in place, so traffic keeps flowing while the
+daemon restarts; the restarted daemon's first (full) sync rewrites identical state. The daemon
+knows the mode only to construct the backend (kproxy.backend); every backend is driven the same
+way, from a worker thread.
 """
 
 from __future__ import annotations
@@ -22,9 +24,9 @@ from knet.kube import client as kube_client
 from knet.kube import threadsafe
 from knet.kube.informer import Informer
 from knet.kube.models import EndpointSlice, Service
+from kproxy import backend as backends
 from kproxy.build import service_ports
-from kproxy.iptables.rules import Config
-from kproxy.model import ServicePort
+from kproxy.model import Config, ServicePort
 
 log = logging.getLogger("knet.kproxy")
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
@@ -42,15 +44,10 @@ class Metrics:
         self.errors = self.registry.counter("kproxy_sync_errors_total", "Failed syncs", ["mode"])
 
 
-def make_backend(args: argparse.Namespace, cfg: Config):
-    if args.mode == "iptables":
-        from kproxy.iptables.backend import IptablesBackend
-        return IptablesBackend(cfg)
-    if args.mode == "userspace":
-        from kproxy.userspace.backend import UserspaceBackend
-        return UserspaceBackend(cfg, udp_idle_timeout=args.udp_idle_timeout)
-    from kproxy.ebpf.backend import EbpfBackend  # raises with a clear message when bcc can't load
-    return EbpfBackend(cfg, cgroup=args.cgroup, external_ifaces=args.external_iface)
+def make_backend(args: argparse.Namespace, cfg: Config, loop: asyncio.AbstractEventLoop) -> backends.Backend:
+    return backends.create(args.mode, cfg, backends.Options(
+        udp_idle_timeout=args.udp_idle_timeout, loop=loop, cgroup=args.cgroup,
+        external_ifaces=args.external_iface))
 
 
 class Proxier:
@@ -58,7 +55,7 @@ class Proxier:
         self.args = args
         self.cfg = Config(node_name=args.node_name, cluster_cidr=args.cluster_cidr,
                           masquerade_all=args.masquerade_all)
-        self.backend = None  # made in run(): off the event loop (see there)
+        self.backend: backends.Backend | None = None  # made in run(): off the event loop (see there)
         self.metrics = Metrics()
         self.ports: dict[str, list[ServicePort]] = {}  # service "ns/name" -> its ports
         self.dirty: set[str] = set()
@@ -93,12 +90,10 @@ class Proxier:
     async def _apply(self, full: bool) -> None:
         ports = [p for plist in self.ports.values() for p in plist]
         start = time.monotonic()
-        mode = self.args.mode
+        assert self.backend is not None
+        mode = self.backend.name
         try:
-            if asyncio.iscoroutinefunction(self.backend.sync):
-                result = await self.backend.sync(ports, full)
-            else:
-                result = await asyncio.to_thread(self.backend.sync, ports, full)
+            result = await asyncio.to_thread(self.backend.sync, ports, full)
         except Exception:
             self.metrics.errors.inc(1, mode)
             log.exception("sync failed (full=%s); retrying", full)
@@ -122,10 +117,10 @@ class Proxier:
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
-        # Made on a worker thread: the eBPF backend drives pyroute2's synchronous API, which runs
-        # an event loop of its own and cannot from a thread whose loop is already running. (Its
-        # sync() runs on worker threads for the same reason; the userspace backend lives here.)
-        self.backend = await asyncio.to_thread(make_backend, self.args, self.cfg)
+        # Made on a worker thread, as every backend call is: the eBPF backend drives pyroute2's
+        # synchronous API, which runs an event loop of its own and cannot from a thread whose
+        # loop is already running. (The userspace backend's listeners live on this loop.)
+        self.backend = await asyncio.to_thread(make_backend, self.args, self.cfg, loop)
         api = kube_client.api_client_from_args(self.args)
         svc_cb, sl_cb = threadsafe(loop, self._touch_service), threadsafe(loop, self._touch_slice)
         self.services = Informer(api, Service, on_add=svc_cb, on_update=svc_cb, on_delete=svc_cb).start()
@@ -160,7 +155,7 @@ class Proxier:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="kproxy", description="knet's kube-proxy")
-    p.add_argument("--mode", choices=["iptables", "userspace", "ebpf"], default="iptables")
+    p.add_argument("--mode", choices=backends.MODES, default="iptables")
     kube_client.add_arguments(p)
     p.add_argument("--node-name", required=True, help="this node's name (for Local traffic policies)")
     p.add_argument("--cluster-cidr", default=None, help="pod network; off-cluster traffic to ClusterIPs is masqueraded")
@@ -179,22 +174,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    # uvloop (libuv, C) in userspace mode: the proxied bytes and datagrams go through the
-    # loop, and it carries them with ~20% more new connections/s and ~70% more UDP
-    # requests/s than asyncio's pure-Python loop on the same CPU (bench/proxy_modes.py).
-    event_loop = args.event_loop or ("uvloop" if args.mode == "userspace" else "asyncio")
+    event_loop = args.event_loop or backends.EVENT_LOOPS.get(args.mode, "asyncio")
 
     async def amain() -> None:
         proxier = Proxier(args)
         daemon.serve(proxier.stop, proxier.metrics.registry, proxier.health, args.metrics_bind_address)
         log.info("starting mode=%s node=%s", args.mode, args.node_name)
         await proxier.run()
-        backend = proxier.backend
-        if backend is not None and hasattr(backend, "close"):
-            if args.mode == "userspace":
-                backend.close()
-            else:
-                await asyncio.to_thread(backend.close)
+        if proxier.backend is not None:
+            await asyncio.to_thread(proxier.backend.close)
         log.info("stopped; data path left in place")
 
     return daemon.run("kproxy", args.log_level, amain, event_loop=event_loop)

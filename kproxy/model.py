@@ -1,7 +1,10 @@
-"""The proxy's own view of services: one `ServicePort` per (service, port), with its endpoints.
+"""The proxy's own view of services: one `ServicePort` per (service, port), with its endpoints,
+and the decisions every data path shares.
 
-Every data path compiles from this model, so the three modes agree on what a service means
-(which endpoints may take new connections, which are local, where masquerading applies).
+Every data path compiles from this model, and `categorize` decides once, for all of them, what
+kube-proxy's CategorizeEndpoints decides: which endpoints take cluster-wide and node-local
+traffic, which traffic (internal: ClusterIP; external: node ports, external and LB IPs) has no
+usable endpoint and is rejected or dropped, and where masquerading applies.
 """
 
 from __future__ import annotations
@@ -9,6 +12,27 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 DEFAULT_AFFINITY_SECONDS = 10800
+MASQ_MARK = "0x4000"  # kube-proxy's masquerade mark, shared with flannel's "RETURN marked" rule
+
+# What a data path does with a packet for a service port that has no usable endpoint for it.
+REJECT = "reject"  # no endpoints at all: the client gets a TCP reset / ICMP error at once
+DROP = "drop"  # a Local traffic policy without local endpoints (others have some): silently dropped
+
+
+@dataclass(frozen=True)
+class Config:
+    node_name: str
+    cluster_cidr: str | None = None  # pod network: off-cluster traffic to a ClusterIP is masqueraded
+    masquerade_all: bool = False
+
+
+@dataclass
+class SyncResult:
+    """What one sync did (logged and turned into metrics by the daemon)."""
+    full: bool
+    services_written: int  # service ports whose data-path state was (re)written
+    rules: int  # rules / map entries / elements written
+    seconds: float
 
 
 @dataclass(frozen=True)
@@ -54,6 +78,12 @@ class ServicePort:
     def externally_accessible(self) -> bool:
         return bool(self.node_port or self.external_ips or self.load_balancer_ips)
 
+    @property
+    def external_dsts(self) -> list[tuple[str, str]]:
+        """(address, kind) of the external and LoadBalancer addresses, in rendering order."""
+        return [(ip, "external IP") for ip in self.external_ips] + \
+               [(ip, "loadbalancer IP") for ip in self.load_balancer_ips]
+
 
 def usable(endpoints: tuple[Endpoint, ...] | list[Endpoint]) -> list[Endpoint]:
     """Endpoints for new connections: the ready ones; if none is ready, the serving terminating
@@ -64,9 +94,58 @@ def usable(endpoints: tuple[Endpoint, ...] | list[Endpoint]) -> list[Endpoint]:
     return [e for e in endpoints if e.serving and e.terminating]
 
 
+@dataclass(frozen=True)
+class Categories:
+    """One service port's endpoints as this node's data path uses them."""
+    cluster: tuple[Endpoint, ...]  # usable endpoints anywhere (Cluster policy)
+    local: tuple[Endpoint, ...]  # usable endpoints on this node (Local policy)
+    internal: tuple[Endpoint, ...]  # what ClusterIP traffic goes to (internalTrafficPolicy)
+    external: tuple[Endpoint, ...]  # what outside traffic to external destinations goes to
+    internal_verdict: str | None  # REJECT / DROP when ClusterIP traffic has no endpoint, else None
+    external_verdict: str | None  # the same for external destinations (node ports, external/LB IPs)
+    uses_cluster: bool  # the cluster-wide endpoint set is in use (internal Cluster policy, or
+    #                     external destinations: pods and the node reach those cluster-wide)
+    uses_local: bool  # the local endpoint set is in use (a Local policy)
+
+    @property
+    def has_endpoints(self) -> bool:
+        return bool(self.cluster)
+
+    @property
+    def reachable(self) -> tuple[Endpoint, ...]:
+        """Every endpoint this node may send traffic to (the ones needing per-endpoint state)."""
+        eps = (self.cluster if self.uses_cluster else ()) + (self.local if self.uses_local else ())
+        return tuple(dict.fromkeys(eps))
+
+
+def categorize(sp: ServicePort, node_name: str) -> Categories:
+    """kube-proxy's CategorizeEndpoints plus its no-endpoint verdicts: a service without any usable
+    endpoint rejects; a Local policy whose node has none drops that traffic only (the other kind
+    may still have endpoints)."""
+    cluster = tuple(cluster_endpoints(sp))
+    local = tuple(usable([e for e in sp.endpoints if e.node_name == node_name]))
+    internal = local if sp.internal_local else cluster
+    external = local if sp.external_local else cluster
+    if not cluster:
+        internal_verdict = external_verdict = REJECT
+    else:
+        internal_verdict = None if internal else DROP
+        external_verdict = None if external else DROP
+    return Categories(
+        cluster=cluster, local=local, internal=internal, external=external,
+        internal_verdict=internal_verdict, external_verdict=external_verdict,
+        uses_cluster=(not sp.internal_local) or sp.externally_accessible,
+        uses_local=sp.internal_local or (sp.externally_accessible and sp.external_local),
+    )
+
+
+def masquerade_external(sp: ServicePort) -> bool:
+    """Outside traffic to an external destination is masqueraded under the Cluster policy (the
+    endpoint may be on another node, whose reply must come back through this one); under Local the
+    client address is kept (only the node's own traffic is masqueraded there)."""
+    return not sp.external_local
+
+
 def cluster_endpoints(sp: ServicePort) -> list[Endpoint]:
+    """Every endpoint that may take new connections, on any node (what stale-flow cleanup compares)."""
     return usable(sp.endpoints)
-
-
-def local_endpoints(sp: ServicePort, node_name: str) -> list[Endpoint]:
-    return usable([e for e in sp.endpoints if e.node_name == node_name])

@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from knet import netns
 from lab import kernel, topology
 
-MODES = ("iptables", "userspace", "ebpf")
+MODES = ("iptables", "userspace", "ebpf", "nftables")
 METRICS_PORT = 10249
 
 

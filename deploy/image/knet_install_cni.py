@@ -3,7 +3,7 @@
 
 1. Installs the `knet-cni` executable into the host's CNI bin dir. The container runtime runs it on
    the host, outside this image, so what is installed is a launcher for the host's python3 (>= 3.8)
-   plus the standard-library-only part of the `cni` package (shim, versions, errors): it hands every
+   plus the standard-library-only part of the `cni` package (shim, wire, versions, errors): it hands every
    request to knet-cni-agent over /run/knet/cni.sock. Without an agent it answers CNI error 11
    ("try again later") instead of running the plugin in-process (that needs pyroute2, which the host
    does not have): kubelet retries until the DaemonSet is up.
@@ -22,7 +22,7 @@ import sys
 import tempfile
 import time
 
-SHIM_FILES = ("__init__.py", "shim.py", "versions.py", "errors.py")
+SHIM_FILES = ("__init__.py", "shim.py", "wire.py", "versions.py", "errors.py")
 
 LAUNCHER = '''#!/usr/bin/env python3
 # knet-cni, installed by knet-install-cni (knet-node DaemonSet). Hands the request to

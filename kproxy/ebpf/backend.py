@@ -38,12 +38,13 @@ import socket
 import time
 from collections.abc import Iterable
 
+from knet import netfilter
 from kproxy.ebpf import maps, sockterm
 from kproxy.ebpf.loader import CGROUP_PROGRAMS, Datapath, EbpfUnavailable, attach_type_value, detach_cgroup_all
-from kproxy.iptables.backend import JUMPS as IPTABLES_JUMPS
-from kproxy.iptables.backend import SyncResult, _run
-from kproxy.iptables.rules import FILTER_BASE, MASQ_MARK, Config, filter_static, nat_static, render_service
-from kproxy.model import ServicePort, cluster_endpoints, local_endpoints
+from kproxy.iptables.backend import ensure_jumps, remove_chains
+from kproxy.iptables.rules import FILTER_BASE, render_filter, render_masquerade, render_rejects
+from kproxy.iptables.rules import JUMPS as IPTABLES_JUMPS
+from kproxy.model import MASQ_MARK, Config, ServicePort, SyncResult, categorize
 
 log = logging.getLogger("knet.kproxy.ebpf")
 # The filter jumps (rejects for services without endpoints) and the masquerade jump; the nat
@@ -106,7 +107,7 @@ class EbpfBackend:
         self.addr_refs = maps.AddrRefs()
         self.ports: dict[str, ServicePort] = {}
         self.progs: dict[str, maps.Program] = {}
-        self.rejects: dict[str, list[str]] = {}  # service port -> its filter lines (no endpoints)
+        self.rejects: dict[str, tuple[list[str], list[str]]] = {}  # service port -> its filter lines (no endpoints)
         self.applied_rejects: str | None = None
         self.attached = False
         self.closed = False
@@ -124,39 +125,17 @@ class EbpfBackend:
         for kind in ("cluster", "local"):
             self.ids.release(maps.owner(sp, kind))
 
-    def _reject_lines(self, sp: ServicePort) -> list[str]:
-        # Only services lacking endpoints on some path have filter rules; skip rendering the rest.
-        cluster = cluster_endpoints(sp)
-        local = local_endpoints(sp, self.cfg.node_name)
-        internal = local if sp.internal_local else cluster
-        external = local if sp.external_local else cluster
-        if (internal or not sp.cluster_ips) and (external or not sp.externally_accessible):
-            return []
-        r = render_service(sp, self.cfg)
-        return r.filter_services + r.filter_external
+    def _reject_lines(self, sp: ServicePort) -> tuple[list[str], list[str]]:
+        return render_rejects(sp, categorize(sp, self.cfg.node_name))
 
     # -- iptables (rejects and masquerade only)
-    def _ensure_jumps(self) -> None:
-        for table, chain, spec in JUMPS:
-            _run([self.binary, "-w", "5", "-t", table, "-N", spec[-1]])
-            if _run([self.binary, "-w", "5", "-t", table, "-C", chain, *spec]).returncode != 0:
-                proc = _run([self.binary, "-w", "5", "-t", table, "-I", chain, *spec])
-                if proc.returncode != 0:
-                    raise RuntimeError(f"cannot add jump {table}/{chain} -> {spec[-1]}: {proc.stderr.strip()}")
-
     def _sync_iptables(self, full: bool) -> None:
-        services = [line for k in sorted(self.rejects) for line in self.rejects[k] if " KUBE-SERVICES " in line]
-        external = [line for k in sorted(self.rejects) for line in self.rejects[k] if " KUBE-SERVICES " not in line]
-        text = "\n".join(["*filter", *[f":{c} - [0:0]" for c in FILTER_BASE], *filter_static(), *services,
-                          *external, "COMMIT", "*nat", ":KUBE-POSTROUTING - [0:0]", ":KUBE-MARK-MASQ - [0:0]",
-                          *nat_static(), "COMMIT"]) + "\n"
+        text = "\n".join(render_filter([self.rejects[k] for k in sorted(self.rejects)]) + render_masquerade()) + "\n"
         if not full and text == self.applied_rejects:
             return
         if full:
-            self._ensure_jumps()
-        proc = _run([f"{self.binary}-restore", "--noflush", "-w", "5"], text)
-        if proc.returncode != 0:
-            raise RuntimeError(f"iptables-restore failed: {proc.stderr.strip()[:2000]}")
+            ensure_jumps(JUMPS, self.binary)
+        netfilter.restore(text, self.binary)
         self.applied_rejects = text
 
     # -- sync
@@ -176,7 +155,7 @@ class EbpfBackend:
             if k in new:
                 progs[k] = self._compile(new[k])
                 self.rejects[k] = self._reject_lines(new[k])
-                if not self.rejects[k]:
+                if not any(self.rejects[k]):
                     del self.rejects[k]
             else:
                 progs.pop(k, None)
@@ -247,11 +226,5 @@ class EbpfBackend:
         for ifname in self.external_ifaces:
             self.dp.detach_tc(ifname)
         self.attached = False
-        for table, chain, spec in JUMPS:
-            _run([self.binary, "-w", "5", "-t", table, "-D", chain, *spec])
-        for table, chains in (("filter", FILTER_BASE), ("nat", ("KUBE-POSTROUTING", "KUBE-MARK-MASQ"))):
-            for c in chains:
-                _run([self.binary, "-w", "5", "-t", table, "-F", c])
-            for c in chains:
-                _run([self.binary, "-w", "5", "-t", table, "-X", c])
+        remove_chains(JUMPS, {"filter": list(FILTER_BASE), "nat": ["KUBE-POSTROUTING", "KUBE-MARK-MASQ"]}, self.binary)
         self.close()

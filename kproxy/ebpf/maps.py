@@ -27,7 +27,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from kproxy.model import Endpoint, ServicePort, cluster_endpoints, local_endpoints
+from kproxy.model import Endpoint, ServicePort, categorize
 
 SCOPE_SOCK, SCOPE_EXT = 0, 1
 # members entries under this set id: "some service has this backend address" (refcounted here).
@@ -279,8 +279,8 @@ def compile_port(sp: ServicePort, node_name: str, node_ips: Iterable[str], ids: 
     proto = PROTOCOLS.get(sp.protocol)
     if proto is None:
         return prog
-    cluster = _backends(cluster_endpoints(sp))
-    local = _backends(local_endpoints(sp, node_name))
+    cats = categorize(sp, node_name)
+    cluster, local = _backends(cats.cluster), _backends(cats.local)
     affinity = sp.affinity_seconds or 0
 
     def use(kind: str) -> tuple[int, int]:

@@ -9,32 +9,51 @@ the jumps from the built-in chains, which repairs any drift.
 from __future__ import annotations
 
 import logging
-import subprocess
 import time
-from dataclasses import dataclass
 
+from knet import netfilter
 from kproxy import conntrack
-from kproxy.iptables.rules import JUMPS, Config, ServiceRules, chain_names, render_restore, render_service
-from kproxy.model import ServicePort
+from kproxy.iptables.rules import JUMPS, ServiceRules, chain_names, render_restore, render_service
+from kproxy.model import Config, ServicePort, SyncResult
 
 log = logging.getLogger("knet.kproxy.iptables")
 OWN_PREFIXES = ("KUBE-SVC-", "KUBE-SEP-", "KUBE-EXT-", "KUBE-SVL-", "KUBE-FW-")
 
 
-class IptablesError(RuntimeError):
-    pass
+def ensure_jumps(jumps: tuple[tuple[str, str, list[str]], ...], binary: str = "iptables") -> None:
+    """The jumps from the built-in chains into ours (re-ensured on every full sync: repairs drift)."""
+    for table, chain, spec in jumps:
+        netfilter.ensure_jump(table, chain, spec, binary)
 
 
-@dataclass
-class SyncResult:
-    full: bool
-    services_written: int
-    rules: int
-    seconds: float
+def kernel_chains(table: str = "nat", binary: str = "iptables") -> set[str]:
+    """The KUBE-* chains in one table of the kernel."""
+    proc = netfilter.run([f"{binary}-save", "-t", table])
+    return {line[1:].split()[0] for line in proc.stdout.splitlines() if line.startswith(":KUBE-")}
 
 
-def _run(argv: list[str], data: str | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(argv, input=data, capture_output=True, text=True, timeout=120)
+def remove_chains(jumps: tuple[tuple[str, str, list[str]], ...], tables: dict[str, list[str]],
+                  binary: str = "iptables") -> None:
+    """Uninstall: the jumps, then every chain of `tables` (table -> chains) in one restore per
+    table (declaring a chain flushes it; then delete them all) — two iptables calls per chain
+    took minutes with thousands of services. When something else still jumps to one of them,
+    remove what can be removed, one by one."""
+    for table, chain, spec in jumps:
+        netfilter.delete_jump(table, chain, spec, binary)
+    for table, chains in tables.items():
+        if not chains:
+            continue
+        text = "\n".join([f"*{table}", *[f":{c} - [0:0]" for c in chains], *[f"-X {c}" for c in chains],
+                          "COMMIT"]) + "\n"
+        try:
+            netfilter.restore(text, binary)
+            continue
+        except netfilter.NetfilterError:
+            pass
+        for c in chains:
+            netfilter.iptables(["-t", table, "-F", c], binary)
+        for c in chains:
+            netfilter.iptables(["-t", table, "-X", c], binary)
 
 
 class IptablesBackend:
@@ -46,24 +65,8 @@ class IptablesBackend:
         self.ports: dict[str, ServicePort] = {}
         self.rendered: dict[str, ServiceRules] = {}
 
-    # -- kernel helpers
-    def ensure_jumps(self) -> None:
-        for table, chain, spec in JUMPS:
-            target = spec[-1]
-            _run([self.binary, "-w", "5", "-t", table, "-N", target])  # exists already: fine
-            if _run([self.binary, "-w", "5", "-t", table, "-C", chain, *spec]).returncode != 0:
-                proc = _run([self.binary, "-w", "5", "-t", table, "-I", chain, *spec])
-                if proc.returncode != 0:
-                    raise IptablesError(f"cannot add jump {table}/{chain} -> {target}: {proc.stderr.strip()}")
-
     def kernel_chains(self, table: str = "nat") -> set[str]:
-        proc = _run([f"{self.binary}-save", "-t", table])
-        return {line[1:].split()[0] for line in proc.stdout.splitlines() if line.startswith(":KUBE-")}
-
-    def restore(self, text: str) -> None:
-        proc = _run([f"{self.binary}-restore", "--noflush", "-w", "5"], text)
-        if proc.returncode != 0:
-            raise IptablesError(f"iptables-restore failed: {proc.stderr.strip()[:2000]}")
+        return kernel_chains(table, self.binary)
 
     # -- sync
     def sync(self, ports: list[ServicePort], full: bool = False) -> SyncResult:
@@ -77,14 +80,14 @@ class IptablesBackend:
             else:
                 rendered.pop(k, None)
         if full:
-            self.ensure_jumps()
+            ensure_jumps(JUMPS, self.binary)
             stale = {c for c in self.kernel_chains() if c.startswith(OWN_PREFIXES)} - chain_names(rendered)
             text = render_restore(rendered, None, stale)
         else:
             old_chains = {c for k in changed if k in self.rendered for c in self.rendered[k].nat_chains}
             new_chains = {c for k in changed if k in rendered for c in rendered[k].nat_chains}
             text = render_restore(rendered, changed, old_chains - new_chains - chain_names(rendered))
-        self.restore(text)
+        netfilter.restore(text, self.binary)
         flushes = [f for k in changed for f in conntrack.stale_flushes(self.ports.get(k), new.get(k))]
         if flushes:
             conntrack.apply(flushes)
@@ -97,22 +100,9 @@ class IptablesBackend:
         """Rules this backend owns in the kernel right now (for metrics)."""
         return sum(len(r.nat_chains) for r in self.rendered.values())
 
+    def close(self) -> None:
+        """Nothing to release: the chains stay, so traffic keeps flowing while the daemon restarts."""
+
     def cleanup(self) -> None:
         """Remove every chain and jump (knet uninstall); not done on SIGTERM, so traffic keeps flowing."""
-        for table, chain, spec in JUMPS:
-            _run([self.binary, "-w", "5", "-t", table, "-D", chain, *spec])
-        for table in ("nat", "filter"):
-            chains = sorted(self.kernel_chains(table))
-            if not chains:
-                continue
-            # One restore per table (declaring a chain flushes it; then delete them all): two
-            # iptables calls per chain took minutes with thousands of services.
-            text = "\n".join([f"*{table}", *[f":{c} - [0:0]" for c in chains], *[f"-X {c}" for c in chains],
-                              "COMMIT"]) + "\n"
-            if _run([f"{self.binary}-restore", "--noflush", "-w", "5"], text).returncode == 0:
-                continue
-            # Something else still jumps to one of them: remove what can be removed, one by one.
-            for c in chains:
-                _run([self.binary, "-w", "5", "-t", table, "-F", c])
-            for c in chains:
-                _run([self.binary, "-w", "5", "-t", table, "-X", c])
+        remove_chains(JUMPS, {t: sorted(self.kernel_chains(t)) for t in ("nat", "filter")}, self.binary)

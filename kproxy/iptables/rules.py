@@ -16,9 +16,10 @@ import base64
 import hashlib
 from dataclasses import dataclass, field
 
-from kproxy.model import Endpoint, ServicePort, cluster_endpoints, local_endpoints
+from kproxy.model import DROP, MASQ_MARK, Categories, Config, Endpoint, ServicePort, categorize, masquerade_external
 
-MASQ_MARK = "0x4000"
+__all__ = ["MASQ_MARK", "Config", "ServiceRules", "render_filter", "render_masquerade", "render_rejects",
+           "render_restore", "render_service"]
 NAT_BASE = ("KUBE-SERVICES", "KUBE-NODEPORTS", "KUBE-POSTROUTING", "KUBE-MARK-MASQ")
 FILTER_BASE = ("KUBE-SERVICES", "KUBE-EXTERNAL-SERVICES", "KUBE-FORWARD", "KUBE-NODEPORTS")
 # (table, builtin chain, rule spec) jumps into our chains; ensured with iptables -C / -I.
@@ -48,13 +49,6 @@ def svc_chain(sp: ServicePort, prefix: str = "KUBE-SVC-") -> str:
 
 def sep_chain(sp: ServicePort, ep: Endpoint) -> str:
     return "KUBE-SEP-" + _hash(sp.key + sp.proto + ep.addr)
-
-
-@dataclass
-class Config:
-    node_name: str
-    cluster_cidr: str | None = None  # pod network: off-cluster traffic to a ClusterIP is masqueraded
-    masquerade_all: bool = False
 
 
 @dataclass
@@ -117,22 +111,39 @@ def _sep_rules(sp: ServicePort, ep: Endpoint) -> list[str]:
     ]
 
 
+def render_rejects(sp: ServicePort, cats: Categories) -> tuple[list[str], list[str]]:
+    """The filter rules of a service port lacking endpoints for some traffic: KUBE-SERVICES lines
+    (its cluster IPs) and KUBE-EXTERNAL-SERVICES lines (external/LB IPs, node port). Every mode
+    that lets netfilter answer for services without endpoints uses these."""
+    services: list[str] = []
+    external: list[str] = []
+    m = _match(sp)
+    if cats.internal_verdict:
+        target = "DROP" if cats.internal_verdict == DROP else _reject(sp)
+        note = sp.key + (" has no local endpoints" if target == "DROP" else " has no endpoints")
+        for cip in sp.cluster_ips:
+            services.append(_entry("KUBE-SERVICES", note, f"{m} -d {cip}/32 --dport {sp.port}", target))
+    if cats.external_verdict:
+        target = "DROP" if cats.external_verdict == DROP else _reject(sp)
+        note = sp.key + (" has no local endpoints" if target == "DROP" else " has no endpoints")
+        for ip, _kind in sp.external_dsts:
+            external.append(_entry("KUBE-EXTERNAL-SERVICES", note, f"{m} -d {ip}/32 --dport {sp.port}", target))
+        if sp.node_port:
+            external.append(_entry("KUBE-EXTERNAL-SERVICES", note,
+                                   f"-m addrtype --dst-type LOCAL {m} --dport {sp.node_port}", target))
+    return services, external
+
+
 def render_service(sp: ServicePort, cfg: Config) -> ServiceRules:
     out = ServiceRules()
     svc, svl, ext = svc_chain(sp), svc_chain(sp, "KUBE-SVL-"), svc_chain(sp, "KUBE-EXT-")
-    cluster_eps = cluster_endpoints(sp)
-    local_eps = local_endpoints(sp, cfg.node_name)
-    internal_eps = local_eps if sp.internal_local else cluster_eps
-    external_eps = local_eps if sp.external_local else cluster_eps
+    cats = categorize(sp, cfg.node_name)
+    cluster_eps, local_eps = list(cats.cluster), list(cats.local)
     internal_chain = svl if sp.internal_local else svc
-    # The cluster-wide chain also serves external traffic (and, under a Local external policy,
-    # pods and the node itself reaching an external address, which kube-proxy sends cluster-wide).
-    needs_svc = (not sp.internal_local) or sp.externally_accessible
-    needs_svl = sp.internal_local or (sp.externally_accessible and sp.external_local)
     m = _match(sp)
 
     # Per-service chains.
-    if needs_svc and cluster_eps:
+    if cats.uses_cluster and cluster_eps:
         rules = []
         for cip in sp.cluster_ips:
             if cfg.masquerade_all:
@@ -142,13 +153,13 @@ def render_service(sp: ServicePort, cfg: Config) -> ServiceRules:
                 rules.append(f"-A {svc} -m comment --comment {_q(sp.key + ' cluster IP')} {m} -d {cip}/32 "
                              f"--dport {sp.port} ! -s {cfg.cluster_cidr} -j KUBE-MARK-MASQ")
         out.nat_chains[svc] = rules + _endpoint_chain_jumps(sp, svc, cluster_eps)
-    if needs_svl and local_eps:
+    if cats.uses_local and local_eps:
         out.nat_chains[svl] = _endpoint_chain_jumps(sp, svl, local_eps)
-    for ep in {*(cluster_eps if needs_svc else []), *(local_eps if needs_svl else [])}:
+    for ep in {*(cluster_eps if cats.uses_cluster else []), *(local_eps if cats.uses_local else [])}:
         out.nat_chains[sep_chain(sp, ep)] = _sep_rules(sp, ep)
-    if sp.externally_accessible and external_eps:
+    if sp.externally_accessible and cats.external:
         note = f"{sp.key} external destinations"
-        if sp.external_local:
+        if not masquerade_external(sp):
             lines = []
             if cfg.cluster_cidr:
                 lines.append(f"-A {ext} -m comment --comment {_q('pod traffic for ' + note)} "
@@ -168,29 +179,17 @@ def render_service(sp: ServicePort, cfg: Config) -> ServiceRules:
                                    f"-j KUBE-MARK-MASQ", f"-A {ext} -j {svc}"]
 
     # Entries in the shared chains: a jump to the service's chain, or a reject (drop) while it has no endpoints.
-    for cip in sp.cluster_ips:
-        dst = f"{m} -d {cip}/32 --dport {sp.port}"
-        if internal_eps:
+    if cats.internal:
+        for cip in sp.cluster_ips:
+            dst = f"{m} -d {cip}/32 --dport {sp.port}"
             out.nat_shared.append(_entry("KUBE-SERVICES", f"{sp.key} cluster IP", dst, internal_chain))
-        else:
-            out.filter_services.append(_entry("KUBE-SERVICES", f"{sp.key} has no endpoints", dst, _reject(sp)))
-    external_dsts = [(ip, "external IP") for ip in sp.external_ips] + \
-                    [(ip, "loadbalancer IP") for ip in sp.load_balancer_ips]
-    no_eps_target = "DROP" if (sp.external_local and cluster_eps) else _reject(sp)
-    no_eps_note = sp.key + (" has no local endpoints" if no_eps_target == "DROP" else " has no endpoints")
-    for ip, kind in external_dsts:
-        dst = f"{m} -d {ip}/32 --dport {sp.port}"
-        if external_eps:
+    if cats.external:
+        for ip, kind in sp.external_dsts:
+            dst = f"{m} -d {ip}/32 --dport {sp.port}"
             out.nat_shared.append(_entry("KUBE-SERVICES", f"{sp.key} {kind}", dst, ext))
-        else:
-            out.filter_external.append(_entry("KUBE-EXTERNAL-SERVICES", no_eps_note, dst, no_eps_target))
-    if sp.node_port:
-        if external_eps:
+        if sp.node_port:
             out.nat_nodeports.append(_entry("KUBE-NODEPORTS", sp.key, f"{m} --dport {sp.node_port}", ext))
-        else:
-            out.filter_external.append(_entry("KUBE-EXTERNAL-SERVICES", no_eps_note,
-                                              f"-m addrtype --dst-type LOCAL {m} --dport {sp.node_port}",
-                                              no_eps_target))
+    out.filter_services, out.filter_external = render_rejects(sp, cats)
     return out
 
 
@@ -218,6 +217,23 @@ NODEPORTS_LAST = ('-A KUBE-SERVICES -m comment --comment "kubernetes service nod
                   'last rule in this chain" -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS')
 
 
+def render_filter(rejects: list[tuple[list[str], list[str]]], stale: set[str] = frozenset()) -> list[str]:
+    """The filter table part of an iptables-restore input (every mode that lets netfilter reject
+    for services without endpoints writes it): the base chains, whole, with `rejects` (per service
+    port: its KUBE-SERVICES and KUBE-EXTERNAL-SERVICES lines, from render_rejects); `stale`
+    chains are flushed and deleted."""
+    lines = ["*filter", *[f":{c} - [0:0]" for c in FILTER_BASE], *[f":{c} - [0:0]" for c in sorted(stale)]]
+    lines += filter_static()
+    lines += [line for services, _ in rejects for line in services]
+    lines += [line for _, external in rejects for line in external]
+    return lines + [f"-X {c}" for c in sorted(stale)] + ["COMMIT"]
+
+
+def render_masquerade() -> list[str]:
+    """The nat table part that masquerades marked traffic (modes that DNAT without netfilter)."""
+    return ["*nat", *[f":{c} - [0:0]" for c in ("KUBE-POSTROUTING", "KUBE-MARK-MASQ")], *nat_static(), "COMMIT"]
+
+
 def render_restore(rendered: dict[str, ServiceRules], write: set[str] | None,
                    stale_nat: set[str], stale_filter: set[str] = frozenset()) -> str:
     """iptables-restore --noflush input. The shared chains are always rewritten whole; the
@@ -226,16 +242,8 @@ def render_restore(rendered: dict[str, ServiceRules], write: set[str] | None,
     keys = sorted(rendered)
     write_keys = keys if write is None else [k for k in keys if k in write]
     nat_own = {c: r for k in write_keys for c, r in rendered[k].nat_chains.items()}
-    lines = ["*filter"]
-    lines += [f":{c} - [0:0]" for c in FILTER_BASE]
-    lines += [f":{c} - [0:0]" for c in sorted(stale_filter)]
-    lines += filter_static()
-    for k in keys:
-        lines += rendered[k].filter_services
-    for k in keys:
-        lines += rendered[k].filter_external
-    lines += [f"-X {c}" for c in sorted(stale_filter)]
-    lines += ["COMMIT", "*nat"]
+    lines = render_filter([(rendered[k].filter_services, rendered[k].filter_external) for k in keys], stale_filter)
+    lines += ["*nat"]
     lines += [f":{c} - [0:0]" for c in NAT_BASE]
     lines += [f":{c} - [0:0]" for c in sorted(nat_own)]
     lines += [f":{c} - [0:0]" for c in sorted(stale_nat - set(nat_own))]

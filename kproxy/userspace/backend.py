@@ -15,10 +15,11 @@ import socket
 import time
 from dataclasses import dataclass, field
 
-from kproxy.iptables.backend import JUMPS as IPTABLES_JUMPS
-from kproxy.iptables.backend import SyncResult, _run
-from kproxy.iptables.rules import FILTER_BASE, Config, filter_static, render_service
-from kproxy.model import ServicePort, cluster_endpoints, local_endpoints
+from knet import netfilter
+from kproxy.iptables.backend import ensure_jumps, remove_chains
+from kproxy.iptables.rules import FILTER_BASE, render_filter, render_rejects
+from kproxy.iptables.rules import JUMPS as IPTABLES_JUMPS
+from kproxy.model import Config, ServicePort, SyncResult, categorize
 from kproxy.userspace.balancer import Balancer
 from kproxy.userspace.relay import TcpFront, UdpFlow, UdpFront, background
 
@@ -43,11 +44,9 @@ class PortProxy:
 
 def render_portals(proxies: dict[str, PortProxy], cfg: Config) -> str:
     """iptables-restore input: REDIRECT portals + the same no-endpoint rejects as iptables mode."""
-    lines = ["*filter", *[f":{c} - [0:0]" for c in FILTER_BASE], *filter_static()]
-    for key in sorted(proxies):
-        r = render_service(proxies[key].sp, cfg)
-        lines += r.filter_services + r.filter_external
-    lines += ["COMMIT", "*nat", ":KUBE-PORTALS-CONTAINER - [0:0]", ":KUBE-PORTALS-HOST - [0:0]"]
+    lines = render_filter([render_rejects(proxies[k].sp, categorize(proxies[k].sp, cfg.node_name))
+                           for k in sorted(proxies)])
+    lines += ["*nat", ":KUBE-PORTALS-CONTAINER - [0:0]", ":KUBE-PORTALS-HOST - [0:0]"]
     for key in sorted(proxies):
         p = proxies[key]
         if not p.port:
@@ -66,21 +65,31 @@ def render_portals(proxies: dict[str, PortProxy], cfg: Config) -> str:
 
 
 class UserspaceBackend:
+    """The proxying itself runs on `loop` (the daemon's event loop, in the node's namespace:
+    listeners are made there); sync() and close() are called from another thread, as every
+    backend's are, and hand the socket work to the loop."""
+
     name = "userspace"
 
-    def __init__(self, cfg: Config, udp_idle_timeout: float = 60.0, binary: str = "iptables") -> None:
+    def __init__(self, cfg: Config, loop: asyncio.AbstractEventLoop, udp_idle_timeout: float = 60.0,
+                 binary: str = "iptables") -> None:
         self.cfg = cfg
+        self.loop = loop
         self.udp_idle_timeout = udp_idle_timeout
         self.binary = binary
         self.proxies: dict[str, PortProxy] = {}
         self.stats: dict = {}
 
-    def ensure_jumps(self) -> None:
-        for table, chain, spec in JUMPS:
-            target = spec[-1]
-            _run([self.binary, "-w", "5", "-t", table, "-N", target])
-            if _run([self.binary, "-w", "5", "-t", table, "-C", chain, *spec]).returncode != 0:
-                _run([self.binary, "-w", "5", "-t", table, "-I", chain, *spec])
+    def _on_loop(self, coro, timeout: float = 120.0):
+        """Run `coro` on the proxy's loop and wait for it (from any thread but the loop's own)."""
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is self.loop:
+            coro.close()
+            raise RuntimeError("userspace backend: sync()/close() must not be called from its event loop's thread")
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
     async def _listen(self, sp: ServicePort, port: int, balancer: Balancer) -> tuple[object, int]:
         loop = asyncio.get_running_loop()
@@ -99,10 +108,9 @@ class UserspaceBackend:
         return server, sock.getsockname()[1]
 
     def _balance(self, p: PortProxy) -> None:
-        cluster = cluster_endpoints(p.sp)
-        local = local_endpoints(p.sp, self.cfg.node_name)
-        p.internal.update(local if p.sp.internal_local else cluster, p.sp.affinity_seconds)
-        p.external.update(local if p.sp.external_local else cluster, p.sp.affinity_seconds)
+        cats = categorize(p.sp, self.cfg.node_name)
+        p.internal.update(list(cats.internal), p.sp.affinity_seconds)
+        p.external.update(list(cats.external), p.sp.affinity_seconds)
         alive = {e.addr for e in p.internal.endpoints} | {e.addr for e in p.external.endpoints}
         for server in p.servers:
             if isinstance(server, UdpFront):
@@ -128,8 +136,8 @@ class UserspaceBackend:
         for server in p.servers:
             server.close()
 
-    async def sync(self, ports: list[ServicePort], full: bool = False) -> SyncResult:
-        start = time.monotonic()
+    async def _sync_listeners(self, ports: list[ServicePort]) -> int:
+        """Open, re-balance and close listeners to match `ports` (on the loop); the count changed."""
         new = {sp.key: sp for sp in ports}
         changed = 0
         for key in list(self.proxies):
@@ -148,20 +156,38 @@ class UserspaceBackend:
                 changed += 1
             p.sp = sp
             self._balance(p)
+        return changed
+
+    async def _render(self) -> str:
+        return render_portals(self.proxies, self.cfg)  # on the loop: self.proxies changes there
+
+    def sync(self, ports: list[ServicePort], full: bool = False) -> SyncResult:
+        start = time.monotonic()
+        changed = self._on_loop(self._sync_listeners(ports))
         if full:
-            self.ensure_jumps()
-        text = render_portals(self.proxies, self.cfg)
-        proc = _run([f"{self.binary}-restore", "--noflush", "-w", "5"], text)
-        if proc.returncode != 0:
-            raise RuntimeError(f"iptables-restore failed: {proc.stderr.strip()[:2000]}")
+            ensure_jumps(JUMPS, self.binary)
+        text = self._on_loop(self._render())
+        netfilter.restore(text, self.binary)
         return SyncResult(full=full, services_written=changed, rules=text.count("\n-A "),
                           seconds=time.monotonic() - start)
 
     def entries(self) -> int:
         return len(self.proxies)
 
-    def close(self) -> None:
+    async def _close_all(self) -> None:
         for p in self.proxies.values():
             with contextlib.suppress(Exception):
                 self._close(p)
         self.proxies.clear()
+
+    def close(self) -> None:
+        """Stop proxying (the connections end with this process); the portal rules stay."""
+        if self.loop.is_closed() or not self.loop.is_running():
+            return
+        self._on_loop(self._close_all(), timeout=10)
+
+    def cleanup(self) -> None:
+        """Close the listeners and remove the portal chains and the filter chains with their jumps."""
+        self.close()
+        remove_chains(JUMPS, {"nat": ["KUBE-PORTALS-CONTAINER", "KUBE-PORTALS-HOST"], "filter": list(FILTER_BASE)},
+                      self.binary)

@@ -1,4 +1,4 @@
-from cni.masq import chain_name, jump_rules, parse_comment, render_setup
+from cni.masq import chain_name, jump_rules, parse_comment, render_setup, render_teardown
 from cni.result import format_result, normalize_prev_result
 
 RESULT = {
@@ -43,5 +43,16 @@ def test_masq_rules_golden():
 def test_comment_round_trip_and_jump_rules():
     assert parse_comment('name: "knet" id: "c1"') == ("knet", "c1")
     assert parse_comment("something else") is None
-    listing = "-P POSTROUTING ACCEPT\n-A POSTROUTING -s 10.1.0.2/32 -j CNI-x\n-A POSTROUTING -j CNI-y\n"
-    assert jump_rules(listing, "CNI-x") == ["-A POSTROUTING -s 10.1.0.2/32 -j CNI-x"]
+    listing = ("-P POSTROUTING ACCEPT\n-A POSTROUTING -s 10.1.0.2/32 -j CNI-x\n-A POSTROUTING -j CNI-y\n"
+               "-A CNI-x -j MASQUERADE\n")
+    assert jump_rules(listing, {"CNI-x"}) == ["POSTROUTING -s 10.1.0.2/32 -j CNI-x"]
+    assert jump_rules(listing, {"CNI-x", "CNI-y"}) == ["POSTROUTING -s 10.1.0.2/32 -j CNI-x", "POSTROUTING -j CNI-y"]
+
+
+def test_masq_teardown_golden():
+    """DEL's one restore: the chain is declared first (made if missing, emptied if present) so
+    that -X works whatever state it is in; the jump rules go before the chain."""
+    chain = chain_name("knet", "c1")
+    jump = f'POSTROUTING -s 10.1.0.2/32 -m comment --comment "name: \\"knet\\" id: \\"c1\\"" -j {chain}'
+    assert f"-A {jump}\n" in render_setup("knet", "c1", ["10.1.0.2/24", "fd00::2/64"])
+    assert render_teardown([chain], [jump]) == f"*nat\n:{chain} - [0:0]\n-D {jump}\n-X {chain}\nCOMMIT\n"

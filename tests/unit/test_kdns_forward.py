@@ -1,142 +1,233 @@
-"""kdns forwarding, the pure parts: upstream replies parsed (compression undone), cache TTLs
-(positive, negative from the SOA, never for failures), TTLs aged on the way out, configuration."""
+"""The relay against real sockets on loopback (FakeUpstream): shared upstream sockets, one upstream
+query per burst of identical questions, a refusing upstream skipped at once, CoreDNS's policies,
+max_concurrent, health checks taking an upstream out and back, TCP on truncation, failover."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
+import struct
+import threading
 import time
+from collections.abc import Awaitable, Callable
 
-import dnslib
-import pytest
-
-from kdns import forward, wire
-from kdns.daemon import Kdns, parse_args, parse_listen, resolv_conf_upstreams
-from kdns.forward import Forwarder, Result, Upstream, aged, cache_ttl, parse_response
+from kdns import message, wire
+from kdns.engine import Engine
+from kdns.forward import SOCKETS, Group, Relay, Upstream
 from kdns.testing import FakeUpstream
 
-
-def upstream_reply(rcode: int = 0, answers: list[str] = (), soa_ttl: int | None = None, tc: bool = False) -> bytes:
-    rec = dnslib.DNSRecord(dnslib.DNSHeader(id=99, qr=1, ra=1, rcode=rcode, tc=int(tc)),
-                           q=dnslib.DNSQuestion("WWW.example.com", dnslib.QTYPE.A))
-    for rr in answers:
-        rec.add_answer(*dnslib.RR.fromZone(rr))
-    if soa_ttl is not None:
-        rec.add_auth(*dnslib.RR.fromZone(f"example.com. {soa_ttl} IN SOA ns.example.com. root.example.com. 1 2 3 4 30"))
-    return rec.pack()  # dnslib compresses names, as real servers do
+Ask = Callable[..., Awaitable[message.Answer | None]]
 
 
-def test_parse_response_expands_compressed_names():
-    data = upstream_reply(answers=["www.example.com. 300 IN CNAME web.example.com.",
-                                   "web.example.com. 60 IN A 192.0.2.1"])
-    qid, _, qwire, qtype, result = parse_response(data)
-    assert qid == 99 and qtype == wire.A and qwire == wire.name_to_wire("www.example.com")
-    cname, a = result.answer
-    assert cname[0] == wire.name_to_wire("www.example.com") and cname[2] == 300
-    assert cname[3] == wire.name_to_wire("web.example.com")  # rdata expanded, re-emittable anywhere
-    assert a[3] == bytes((192, 0, 2, 1))
-    # Re-emitted into our own message, an independent parser agrees.
-    q = wire.parse_query(dnslib.DNSRecord.question("www.example.com").pack())
-    rec = dnslib.DNSRecord.parse(wire.build(q, wire.Reply(answer=result.answer), None)[0])
-    assert [str(rr.rdata) for rr in rec.rr] == ["web.example.com.", "192.0.2.1"]
+def question(name: str, qtype: int = wire.A) -> bytes:
+    return wire.name_to_wire(name) + struct.pack("!HH", qtype, wire.IN)
 
 
-def test_parse_response_soa_and_garbage():
-    _, _, _, _, result = parse_response(upstream_reply(rcode=3, soa_ttl=600))
-    assert result.rcode == wire.NXDOMAIN and result.authority[0][1] == wire.SOA
-    cut = upstream_reply(answers=["a.example.com. 5 IN A 1.2.3.4"])[:-2]
-    for bad in (b"", b"\x00" * 11, upstream_reply()[:20], cut):
-        with pytest.raises(wire.FormError):
-            parse_response(bad)
+def with_relay(groups: list[Group], body: Callable[[Relay, Ask], Awaitable[object]]) -> object:
+    async def main() -> object:
+        loop = asyncio.get_running_loop()
+        engine = Engine("loop")
+        relay = Relay(engine)
+        relay.attach(groups)
+        engine.start(loop)
+
+        async def ask(group: Group, name: str, qtype: int = wire.A) -> message.Answer | None:
+            fut: asyncio.Future = loop.create_future()
+            relay.ask(group, question(name, qtype), False, (lambda _, answer: fut.set_result(answer), None), None)
+            return await asyncio.wait_for(fut, 30)
+
+        try:
+            return await body(relay, ask)
+        finally:
+            relay.close()
+            engine.stop()
+
+    return asyncio.run(main())
 
 
-def test_cache_ttls():
-    pos = parse_response(upstream_reply(answers=["www.example.com. 300 IN A 192.0.2.1",
-                                                 "www.example.com. 60 IN A 192.0.2.2"]))[4]
-    assert cache_ttl(pos, 3600) == 60 and cache_ttl(pos, 10) == 10
-    neg = parse_response(upstream_reply(rcode=3, soa_ttl=600))[4]
-    assert cache_ttl(neg, 3600) == 30  # min(SOA TTL 600, MINIMUM 30)
-    nodata = parse_response(upstream_reply(rcode=0, soa_ttl=20))[4]
-    assert cache_ttl(nodata, 3600) == 20
-    assert cache_ttl(parse_response(upstream_reply(rcode=3))[4], 3600) == 0  # no SOA: not cached
-    assert cache_ttl(Result(wire.SERVFAIL, [], [], []), 3600) == 0
+def addresses(answer: message.Answer | None) -> list[str]:
+    assert answer is not None
+    an, _, _ = message.records(answer)
+    return sorted(socket.inet_ntoa(rr[3]) for rr in an if rr[1] == wire.A)
 
 
-def test_aged_never_below_zero():
-    r = Result(0, [(b"\x00", wire.A, 60, b"\x01\x02\x03\x04")], [], [(b"\x00", wire.A, 5, b"\x01\x02\x03\x04")])
-    out = aged(r, 10)
-    assert out.answer[0][2] == 50 and out.additional[0][2] == 0 and r.answer[0][2] == 60
+def dead_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
-def test_lookup_expires(monkeypatch):
-    fwd = Forwarder([Upstream("127.0.0.1")])
-    now = [1000.0]
-    monkeypatch.setattr(forward.time, "monotonic", lambda: now[0])
-    key = (wire.name_to_wire("www.example.com"), wire.A, False)
-    fwd.cache[key] = (now[0], now[0] + 60, Result(0, [(b"\x00", wire.A, 60, b"\x01\x02\x03\x04")], [], []))
-    now[0] += 15
-    hit = fwd.lookup(wire.name_to_wire("WWW.Example.com"), wire.A)
-    assert hit is not None and hit.answer[0][2] == 45 and fwd.hits == 1
-    now[0] += 50
-    assert fwd.lookup(key[0], wire.A) is None and key not in fwd.cache
-
-
-def test_upstream_and_listen_parsing(tmp_path):
-    assert Upstream.parse("10.0.0.1") == Upstream("10.0.0.1", 53)
-    assert Upstream.parse("127.0.0.1:5353") == Upstream("127.0.0.1", 5353)
-    assert Upstream.parse("[fd00::1]:53") == Upstream("fd00::1", 53)
-    assert Upstream.parse("fd00::1") == Upstream("fd00::1", 53)
-    assert parse_listen("10.96.0.10:53") == ("10.96.0.10", 53)
-    conf = tmp_path / "resolv.conf"
-    conf.write_text("# x\nsearch a.b\nnameserver 10.0.0.2\nnameserver fe80::1%eth0\noptions ndots:5\n")
-    assert resolv_conf_upstreams(str(conf)) == [Upstream("10.0.0.2"), Upstream("fe80::1")]
-    assert resolv_conf_upstreams(str(tmp_path / "missing")) == []
-
-
-def test_daemon_never_forwards_to_itself():
-    k = Kdns(parse_args(["--listen", "10.96.0.10:53", "--upstream", "10.96.0.10", "--upstream", "192.0.2.1:53",
-                         "--cluster-domain", "Example.Internal."]))
-    assert k.forwarder.upstreams == [Upstream("192.0.2.1")]
-    assert k.cfg.zone == "example.internal" and k.cfg.ns_addresses == ("10.96.0.10",)
-
-
-def test_queries_share_rotating_upstream_sockets():
-    """Concurrent misses go over one socket per upstream, renewed every CHANNEL_QUERIES queries
-    (a fresh source port), and every query gets its own answer back."""
+def test_concurrent_questions_share_a_few_sockets():
     names = {f"h{i}.example.test": [f"192.0.2.{i % 250 + 1}"] for i in range(250)}
     with FakeUpstream(records=names) as up:
-        fwd = Forwarder([Upstream("127.0.0.1", up.port)], timeout=3.0)
+        g = Group("", [Upstream("127.0.0.1", up.port)])
 
-        async def ask_all() -> list:
-            try:
-                return await asyncio.gather(*(fwd.resolve(wire.name_to_wire(n), wire.A) for n in names))
-            finally:
-                fwd.close()
+        async def body(relay: Relay, ask: Ask) -> list:
+            return await asyncio.gather(*(ask(g, n) for n in names))
 
-        results = asyncio.run(ask_all())
-    for name, result in zip(names, results, strict=True):
-        assert result is not None and result.rcode == wire.NOERROR
-        assert [socket.inet_ntoa(rr[3]) for rr in result.answer] == names[name]
-    expected = -(-len(names) // forward.CHANNEL_QUERIES)
-    assert len(up.udp_sources) == expected, up.udp_sources
+        answers = with_relay([g], body)
+    assert [addresses(a) for a in answers] == list(names.values())
+    assert 1 <= len(up.udp_sources) <= SOCKETS, up.udp_sources
 
 
-def test_refused_upstream_fails_fast_and_the_next_one_answers():
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as closed:
-        closed.bind(("127.0.0.1", 0))
-        dead_port = closed.getsockname()[1]
+def test_identical_questions_in_flight_make_one_upstream_query():
+    with FakeUpstream(records={"burst.example.test": ["192.0.2.7"]}, delay=0.3) as up:
+        g = Group("", [Upstream("127.0.0.1", up.port)])
+
+        async def body(relay: Relay, ask: Ask) -> list:
+            return await asyncio.gather(*(ask(g, "burst.example.test") for _ in range(20)))
+
+        answers = with_relay([g], body)
+    assert all(addresses(a) == ["192.0.2.7"] for a in answers)
+    assert up.count("burst.example.test") == 1
+
+
+def test_refusing_upstream_is_skipped_at_once():
+    """Its ICMP port-unreachable ends the wait at once, not the timeout. (The kernel drops ICMP
+    errors beyond a machine-wide budget, which a busy machine can exhaust: up to three tries for
+    one where the error arrived.)"""
     with FakeUpstream(records={"www.example.test": ["192.0.2.9"]}) as up:
-        fwd = Forwarder([Upstream("127.0.0.1", dead_port), Upstream("127.0.0.1", up.port)], timeout=3.0)
+        for _ in range(3):
+            port = dead_port()
+            g = Group("", [Upstream("127.0.0.1", port), Upstream("127.0.0.1", up.port)], policy="sequential",
+                      timeout=20.0)
 
-        async def ask() -> tuple:
-            try:
+            async def body(relay: Relay, ask: Ask, g: Group = g) -> tuple:
                 t0 = time.monotonic()
-                result = await fwd.resolve(wire.name_to_wire("www.example.test"), wire.A)
-                return result, time.monotonic() - t0
-            finally:
-                fwd.close()
+                answer = await ask(g, "www.example.test")
+                return answer, time.monotonic() - t0, relay.socket_errors
 
-        result, took = asyncio.run(ask())
-    assert result is not None and socket.inet_ntoa(result.answer[0][3]) == "192.0.2.9"
-    assert took < 1.0, f"the refusing upstream cost {took:.2f}s (its ICMP error should end the wait)"
-    assert fwd.requests[(f"127.0.0.1:{dead_port}", "error")] == 1
+            answer, took, icmp = with_relay([g], body)
+            assert addresses(answer) == ["192.0.2.9"]
+            if icmp:
+                break
+    assert icmp, "no ICMP error arrived in three tries"
+    assert took < 10, f"the refusing upstream cost {took:.1f}s: its ICMP error should end the wait, not 20 s"
+
+
+def test_policies_order_the_upstreams():
+    ups = [Upstream("127.0.0.1", p) for p in (1, 2, 3)]
+
+    def firsts(policy: str) -> list[int]:
+        g = Group("", ups, policy=policy)
+        Relay(Engine("loop")).attach([g])
+        return [g.order()[0].upstream.port for _ in range(300)]
+
+    assert set(firsts("sequential")) == {1}
+    rr = firsts("round_robin")
+    assert rr[:6] in ([2, 3, 1, 2, 3, 1], [1, 2, 3, 1, 2, 3]) and rr.count(1) == rr.count(2) == rr.count(3)
+    spread = firsts("random")
+    assert all(spread.count(p) > 50 for p in (1, 2, 3))
+
+
+def test_max_concurrent_rejects_beyond_the_limit():
+    names = {f"slow{i}.example.test": ["192.0.2.1"] for i in range(5)}
+    with FakeUpstream(records=names, delay=0.3) as up:
+        g = Group("", [Upstream("127.0.0.1", up.port)], max_concurrent=2)
+
+        async def body(relay: Relay, ask: Ask) -> tuple:
+            answers = await asyncio.gather(*(ask(g, n) for n in names))
+            return answers, relay.max_concurrent_rejects, g.concurrent
+
+        answers, rejects, left = with_relay([g], body)
+    assert sum(a is None for a in answers) == 3 and rejects == 3 and left == 0
+    assert sum(a is not None for a in answers) == 2
+
+
+class Reviver:
+    """A minimal upstream bound on a given port later (the 'dead' one coming back): NOERROR to all."""
+
+    def __init__(self, port: int) -> None:
+        self.seen: list[tuple[str, int, bool]] = []  # (name, type, RD) of each query
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", port))
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                data, addr = self.sock.recvfrom(4096)
+            except OSError:
+                return
+            with contextlib.suppress(wire.FormError, OSError):
+                q = wire.parse_query(data)
+                self.seen.append((q.qname, q.qtype, bool(q.flags & wire.RD)))
+                self.sock.sendto(wire.build(q, wire.Reply(ra=True), 1232)[0], addr)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+        self.sock.close()
+
+
+def test_health_checks_take_an_upstream_out_and_back():
+    port = dead_port()
+    with FakeUpstream(records={"a.example.test": ["192.0.2.1"], "b.example.test": ["192.0.2.2"]}) as up:
+        g = Group("", [Upstream("127.0.0.1", port), Upstream("127.0.0.1", up.port)], policy="sequential",
+                  health_check=0.05, max_fails=2, health_rd=False,  # `health_check 50ms no_rec domain ...`
+                  health_question=question("health.example.test", wire.NS))
+        dead = f"127.0.0.1:{port}"
+
+        async def body(relay: Relay, ask: Ask) -> None:
+            assert addresses(await ask(g, "a.example.test")) == ["192.0.2.1"]  # via the second one
+            target = g.targets[0]
+            deadline = time.monotonic() + 20
+            while not target.down(g.max_fails) and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            assert target.down(g.max_fails) and relay.stats[dead].healthcheck_failures > 2
+            before = relay.stats[dead].requests
+            assert addresses(await ask(g, "b.example.test")) == ["192.0.2.2"]
+            assert up.count("b.example.test") == 1
+            # Down: the query went straight to the second upstream (only health checks went to it).
+            assert relay.stats[dead].requests - before <= 2
+            reviver = Reviver(port)
+            try:
+                while target.down(g.max_fails) and time.monotonic() < deadline + 20:
+                    await asyncio.sleep(0.05)
+                assert not target.down(g.max_fails)
+                answer = await ask(g, "c.example.test")  # sequential: the first one again
+                assert answer is not None and answer.rcode == wire.NOERROR and up.count("c.example.test") == 0
+                assert ("health.example.test", wire.NS, False) in reviver.seen  # the check it answered
+            finally:
+                reviver.close()
+
+        with_relay([g], body)
+
+
+def test_truncated_reply_is_asked_again_over_tcp_and_force_tcp():
+    big = [f"198.51.100.{i}" for i in range(1, 101)]
+    with FakeUpstream(records={"big.example.test": big, "small.example.test": ["192.0.2.3"]}) as up:
+        g = Group("", [Upstream("127.0.0.1", up.port)])
+        forced = Group("", [Upstream("127.0.0.1", up.port)], force_tcp=True)
+
+        async def body(relay: Relay, ask: Ask) -> None:
+            assert addresses(await ask(g, "big.example.test")) == sorted(big)
+            assert addresses(await ask(forced, "small.example.test")) == ["192.0.2.3"]
+
+        with_relay([g, forced], body)
+    assert ("udp", "big.example.test", wire.A) in up.queries and ("tcp", "big.example.test", wire.A) in up.queries
+    assert up.queries.count(("tcp", "small.example.test", wire.A)) == 1 and up.count("small.example.test") == 1
+
+
+def test_failover_moves_on_for_the_listed_rcodes():
+    with FakeUpstream(records={}) as empty, FakeUpstream(records={"x.example.test": ["192.0.2.4"]}) as full:
+        ups = [Upstream("127.0.0.1", empty.port), Upstream("127.0.0.1", full.port)]
+        plain = Group("", ups, policy="sequential")
+        failover = Group("", ups, policy="sequential", failover=frozenset({wire.NXDOMAIN}))
+
+        async def body(relay: Relay, ask: Ask) -> tuple:
+            return await ask(plain, "x.example.test"), await ask(failover, "x.example.test")
+
+        first, second = with_relay([plain, failover], body)
+    assert first is not None and first.rcode == wire.NXDOMAIN  # CoreDNS's default: the answer stands
+    assert addresses(second) == ["192.0.2.4"]
+
+
+def test_upstream_parsing():
+    assert Upstream.parse("10.0.0.1") == Upstream("10.0.0.1", 53)
+    assert Upstream.parse("dns://127.0.0.1:5353") == Upstream("127.0.0.1", 5353)
+    assert Upstream.parse("[fd00::1]:53") == Upstream("fd00::1", 53)
+    assert Upstream.parse("fd00::1") == Upstream("fd00::1", 53)
+    assert Upstream("fd00::1", 53).label == "[fd00::1]:53"

@@ -1,5 +1,5 @@
-"""kdns server logic without sockets: the answer cache, its invalidation on cluster changes,
-truncation, garbage, and the metrics rendering."""
+"""kdns server logic without the network: the answer cache, its invalidation on cluster changes,
+truncation, garbage, routing to server blocks, and the metrics (CoreDNS's names)."""
 
 from __future__ import annotations
 
@@ -7,33 +7,69 @@ import random
 
 import dnslib
 import pytest
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
-from kdns import wire
-from kdns.forward import Forwarder, Upstream
-from kdns.records import RecordStore
-from kdns.server import Server
-from kdns.testing import endpoint_slice, query, service
+from kdns import config, metrics, wire
+from kdns.daemon import parse_args
+from kdns.forward import Upstream
+from kdns.records import Config, RecordStore
+from kdns.server import Listener, Server
+from kdns.testing import endpoint_slice, pod, query, service
 from kdns.wire import SRV, A
 
 Z = "cluster.local"
 
 
+class Capture:
+    """Stands in for a listener's UDP socket: keeps what the server sends."""
+
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+
+    def sendto(self, data: bytes, addr: object) -> None:
+        self.sent.append(data)
+
+    def close(self) -> None:
+        pass
+
+
+def make_server(store: RecordStore | None = None, upstreams: list[Upstream] = (), flags: list[str] = ()) -> Server:
+    if store is None:
+        store = RecordStore()
+        store.update_service("default/web", service("web", "default", "10.96.0.20", [("http", 80, "TCP")]))
+    settings = config.from_flags(parse_args(["--listen", "127.0.0.1:53", *flags]), list(upstreams))
+    server = Server(store, settings.blocks)
+    server.listeners.append(Listener(0, "127.0.0.1", 53, Capture()))  # type: ignore[arg-type]
+    server.cache.resize(1)
+    return server
+
+
 @pytest.fixture
 def server() -> Server:
-    store = RecordStore()
-    store.update_service("default/web", service("web", "default", "10.96.0.20", [("http", 80, "TCP")]))
-    return Server(store)
+    return make_server()
 
 
 def ask(server: Server, data: bytes, udp: bool = True) -> dnslib.DNSRecord | None:
     """What a client gets: the fast path (cache) when it hits, else the slow path."""
     entry = server.cache.entries.get(data[2:])
     if entry is not None and udp:
-        entry[1] += 1
+        entry[1][0] += 1
         return dnslib.DNSRecord.parse(data[:2] + entry[0])
-    resp, pending = server._prepare(data, udp=udp)
-    assert pending is None
-    return dnslib.DNSRecord.parse(resp) if resp is not None else None
+    out = raw(server, data, udp)
+    return dnslib.DNSRecord.parse(out) if out else None
+
+
+def raw(server: Server, data: bytes, udp: bool = True) -> bytes | None:
+    lst = server.listeners[0]
+    if udp:
+        sent = lst.sock.sent  # type: ignore[union-attr]
+        before = len(sent)
+        server._udp_miss(lst, data, ("10.244.1.5", 33333), 0.0)
+        return sent[-1] if len(sent) > before else None
+    got: list[bytes | None] = []
+    server._tcp_query(lst, data, ("10.244.1.5", 33333), got.append)
+    return got[0]
 
 
 def addresses(rec: dnslib.DNSRecord) -> list[str]:
@@ -99,22 +135,18 @@ def test_many_endpoints_truncate_over_udp_not_tcp(server):
                                 [endpoint_slice("big", endpoints=eps)])
     q = query(f"big.default.svc.{Z}", edns=None)
     rec = ask(server, q)
-    assert rec.header.tc and rec.rr == []
+    assert rec.header.tc and 0 < len(rec.rr) < 100  # the records that fit, TC: retry over TCP
     assert ask(server, q).header.tc  # the truncated answer is cached too
     full = ask(server, q, udp=False)
     assert not full.header.tc and len(full.rr) == 100
     assert server.stats.truncated == 1
 
 
-def test_outside_zone_without_upstream_is_refused_and_with_one_goes_upstream(server):
+def test_outside_zone_without_upstream_is_refused_and_cluster_names_never_wait(server):
     assert ask(server, query("example.com")).header.rcode == wire.REFUSED
-    fwd = Server(server.store, Forwarder([Upstream("127.0.0.1", 9)]))
-    resp, pending = fwd._prepare(query("example.com"), udp=True)
-    assert resp is None and pending is not None and pending[1].forward
-    # Cluster names never wait for an upstream.
-    resp, pending = fwd._prepare(query(f"web.default.svc.{Z}"), udp=True)
-    assert resp is not None and pending is None
-    assert dnslib.DNSRecord.parse(resp).header.ra  # recursion is available through the upstream
+    fwd = make_server(upstreams=[Upstream("127.0.0.1", 9)])
+    rec = ask(fwd, query(f"web.default.svc.{Z}"))  # answered at once, no upstream involved
+    assert rec.header.ra and str(rec.rr[0].rdata) == "10.96.0.20"  # recursion is available upstream
 
 
 def test_opcode_and_edns_version(server):
@@ -127,9 +159,13 @@ def test_opcode_and_edns_version(server):
     assert rec.header.rcode == 0 and rec.ar[0].ttl >> 24 == 1  # BADVERS
 
 
-def test_garbage_flood_then_correct_answers(server):
+@pytest.mark.parametrize("forwarding", [False, True])
+def test_garbage_flood_then_correct_answers(forwarding):
+    # With an upstream, misses outside the zone take the short path first (Server._lean).
+    server = make_server(upstreams=[Upstream("127.0.0.1", 9)] if forwarding else [])
+    assert (server.lean is not None) == forwarding
     rnd = random.Random(11)
-    good = query(f"_http._tcp.web.default.svc.{Z}", SRV)
+    good = query(f"_http._tcp.web.default.svc.{Z}", SRV) if not forwarding else query("www.example.com")
     formerr = dropped = 0
     for i in range(5000):
         if i % 3 == 0:
@@ -139,27 +175,47 @@ def test_garbage_flood_then_correct_answers(server):
             for _ in range(rnd.randrange(1, 5)):
                 b[rnd.randrange(2, len(b))] = rnd.getrandbits(8)
             data = bytes(b[:rnd.randrange(len(b) + 1)])
-        resp, pending = server._prepare(data, udp=True)
-        if pending is None and resp is None:
+        resp = raw(server, data)  # (forwarded ones get no answer here: nothing answers on port 9)
+        if resp is None:
             dropped += 1
-        elif resp is not None and resp[3] & 0xF == wire.FORMERR:
+        elif resp[3] & 0xF == wire.FORMERR:
             formerr += 1
-    assert formerr > 100 and dropped > 100
+    assert formerr > 100 and dropped > 100 and server.stats.panics == 0
+    server.relay.close()
     rec = ask(server, query(f"web.default.svc.{Z}"))
     assert addresses(rec) == ["10.96.0.20"]
 
 
-def test_metrics_render(server):
+def scrape(server: Server) -> dict[str, dict[tuple, float]]:
+    """/metrics as Prometheus parses it: family name -> {labels: value}."""
+    text = generate_latest(metrics.registry(metrics.Collector(server.snapshot))).decode()
+    out: dict[str, dict[tuple, float]] = {}
+    for fam in text_string_to_metric_families(text):
+        for sample in fam.samples:
+            out.setdefault(sample.name, {})[tuple(sorted(sample.labels.items()))] = sample.value
+    return out
+
+
+def test_metrics_have_coredns_names_and_count(server):
     ask(server, query(f"web.default.svc.{Z}"))
-    ask(server, query(f"web.default.svc.{Z}"))
+    ask(server, query(f"web.default.svc.{Z}"))  # a fast-path hit: counted on its cache entry
     ask(server, query(f"nope.default.svc.{Z}"))
-    server._prepare(b"\x00\x01", udp=True)
-    text = server.stats.registry.render()
-    assert 'kdns_queries_total{type="A",rcode="NOERROR"} 2' in text
-    assert 'kdns_queries_total{type="A",rcode="NXDOMAIN"} 1' in text
-    assert 'kdns_cache_hits_total{cache="answer"} 1' in text
-    assert 'kdns_dropped_total{reason="malformed"} 1' in text
-    assert "kdns_request_duration_seconds" in text
+    ask(server, query(f"web.default.svc.{Z}", edns=1232, do=True), udp=False)
+    raw(server, b"\x00\x01")  # not even a header: dropped
+    m = scrape(server)
+    common = (("server", "dns://127.0.0.1:53"), ("view", ""), ("zone", "."))
+    req = m["coredns_dns_requests_total"]
+    assert req[tuple(sorted((*common, ("proto", "udp"), ("family", "1"), ("type", "A"))))] == 3
+    assert req[tuple(sorted((*common, ("proto", "tcp"), ("family", "1"), ("type", "A"))))] == 1
+    resp = m["coredns_dns_responses_total"]
+    assert resp[tuple(sorted((*common, ("rcode", "NOERROR"), ("plugin", "kubernetes"))))] == 3
+    assert resp[tuple(sorted((*common, ("rcode", "NXDOMAIN"), ("plugin", "kubernetes"))))] == 1
+    assert m["coredns_dns_request_duration_seconds_count"][common] >= 3
+    assert m["coredns_dns_do_requests_total"][common] == 1
+    assert ("version", metrics.VERSION) in next(iter(m["coredns_build_info"]))
+    enabled = {dict(k)["name"] for k in m["coredns_plugin_enabled"]}
+    assert {"kubernetes", "cache"} <= enabled
+    assert "process_cpu_seconds_total" in m and "python_info" in m
 
 
 def test_cache_index_does_not_grow_with_churn(server):
@@ -221,3 +277,54 @@ def test_refresh_runs_on_the_loop_in_batches(server):
     assert counts[0] == server_mod.REFRESH_BATCH  # one batch per callback: queries get the lock in between
     assert counts[-1] == len(keys)
     assert all(b"\x0a\x60\x00\x16" in server.cache.entries[k][0] for k in keys)  # 10.96.0.22
+
+
+def test_autopath_walks_a_known_pods_search_path():
+    store = RecordStore(Config(pods="verified"))
+    store.update_service("default/web", service("web", "default", "10.96.0.20"))
+    server = make_server(store, flags=["--pods", "verified", "--autopath"])
+    server.pods.update("my-ns/client", pod("client", "my-ns", "10.244.1.5"))  # raw() asks from 10.244.1.5
+    # "web.default" from a pod in my-ns: its resolver asks web.default.my-ns.svc.cluster.local first.
+    q = query(f"web.default.my-ns.svc.{Z}")
+    rec = ask(server, q)
+    assert rec.header.rcode == wire.NOERROR and str(rec.q.qname) == f"web.default.my-ns.svc.{Z}."
+    assert [(str(rr.rname), dnslib.QTYPE[rr.rtype], str(rr.rdata)) for rr in rec.rr] == [
+        (f"web.default.my-ns.svc.{Z}.", "CNAME", f"web.default.svc.{Z}."),
+        (f"web.default.svc.{Z}.", "A", "10.96.0.20")]
+    assert server.stats.autopath == {0: 1}
+    assert q[2:] not in server.cache.entries  # never a fast-path answer: it depends on who asks
+    # The same question from an address that is no known pod: no autopath, the plain NXDOMAIN
+    # (which must not be cached either: the pod's next copy of it must reach autopath).
+    server.listeners[0].sock.sent.clear()
+    server._udp_miss(server.listeners[0], q, ("10.244.9.9", 5353), 0.0)
+    assert dnslib.DNSRecord.parse(server.listeners[0].sock.sent[-1]).header.rcode == wire.NXDOMAIN
+    assert q[2:] not in server.cache.entries and server.stats.autopath == {0: 1}
+    # A pod in another namespace has its own search path: web.default.my-ns... is not its first step.
+    server.pods.update("my-ns/client", None)
+    server.pods.update("other/client", pod("client", "other", "10.244.1.5"))
+    assert ask(server, q).header.rcode == wire.NXDOMAIN
+    rec = ask(server, query(f"web.default.other.svc.{Z}"))
+    assert [str(rr.rdata) for rr in rec.rr] == [f"web.default.svc.{Z}.", "10.96.0.20"]
+
+
+def test_autopath_every_step_nxdomain_returns_the_first_reply():
+    store = RecordStore(Config(pods="verified"))
+    server = make_server(store, flags=["--pods", "verified", "--autopath"])
+    server.pods.update("default/client", pod("client", "default", "10.244.1.5"))
+    rec = ask(server, query(f"nothing.default.svc.{Z}"))
+    assert rec.header.rcode == wire.NXDOMAIN and rec.rr == [] and str(rec.auth[0].rname) == f"{Z}."
+    assert server.stats.autopath == {}
+
+
+def test_reverse_zones_and_fallthrough():
+    store = RecordStore()
+    store.update_service("default/web", service("web", "default", "10.96.0.20"))
+    cfg = config.from_corefile(". {\n kubernetes cluster.local in-addr.arpa\n}")  # no fallthrough, no forward
+    server = Server(store, cfg.blocks)
+    server.listeners.append(Listener(0, "127.0.0.1", 53, Capture()))  # type: ignore[arg-type]
+    server.cache.resize(1)
+    assert [str(r.rdata) for r in ask(server, query("20.0.96.10.in-addr.arpa", wire.PTR)).rr] == [
+        f"web.default.svc.{Z}."]
+    rec = ask(server, query("9.9.9.10.in-addr.arpa", wire.PTR))  # ours, unknown: NXDOMAIN, not forwarded
+    assert rec.header.rcode == wire.NXDOMAIN and rec.header.aa and str(rec.auth[0].rname) == "in-addr.arpa."
+    assert ask(server, query("1.0.0.0.ip6.arpa", wire.PTR)).header.rcode == wire.REFUSED  # not ours, no forward

@@ -110,7 +110,8 @@ def test_truncation_decisions():
     assert not tc and len(data) <= 512
     data, tc = build(q, _reply(40), q.udp_limit)
     rec = dnslib.DNSRecord.parse(data)
-    assert tc and rec.header.tc and rec.rr == [] and len(rec.questions) == 1
+    # As CoreDNS truncates: the answers that fit, TC set (the client retries over TCP).
+    assert tc and rec.header.tc and 25 <= len(rec.rr) < 40 and len(rec.questions) == 1 and len(data) <= 512
     full, tc = build(q, _reply(40), None)  # TCP: everything
     assert not tc and len(dnslib.DNSRecord.parse(full).rr) == 40
     q = parse_query(query(f"big.default.svc.{Z}", A, edns=4096))  # EDNS: up to our 1232

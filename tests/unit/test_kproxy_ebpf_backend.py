@@ -9,10 +9,10 @@ import sys
 
 import pytest
 
+from knet import netfilter
 from kproxy.ebpf import backend as ebpf_backend
 from kproxy.ebpf import loader, maps
-from kproxy.iptables.rules import Config
-from kproxy.model import Endpoint, ServicePort
+from kproxy.model import Config, Endpoint, ServicePort
 
 
 class FakeDatapath(loader.Datapath):
@@ -63,13 +63,13 @@ def cgroup(tmp_path):
 def be(monkeypatch, cgroup):
     restores: list[str] = []
 
-    def fake_run(argv, data=None):
+    def fake_run(argv, data=None, timeout=120):
         if argv[0].endswith("-restore"):
             restores.append(data)
         return subprocess.CompletedProcess(argv, 0, "", "")
 
     monkeypatch.setattr(ebpf_backend, "Datapath", FakeDatapath)
-    monkeypatch.setattr(ebpf_backend, "_run", fake_run)
+    monkeypatch.setattr(netfilter, "run", fake_run)
     monkeypatch.setattr(ebpf_backend, "local_ipv4", lambda: ["192.168.1.1"])
     b = ebpf_backend.EbpfBackend(Config(node_name="n1"), cgroup=cgroup)
     b.restores = restores

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 
-from kproxy.iptables.rules import Config, render_restore, render_service, sep_chain, svc_chain
-from kproxy.model import Endpoint, ServicePort
+from kproxy.iptables.rules import render_restore, render_service, sep_chain, svc_chain
+from kproxy.model import Config, Endpoint, ServicePort
 
 GOLDEN = os.path.join(os.path.dirname(__file__), "golden", "kproxy_iptables_full.txt")
 EP1 = Endpoint("10.244.1.2", 8080, node_name="node1")
@@ -29,13 +29,17 @@ def rendered(svcs=None):
     return {sp.key: render_service(sp, CFG) for sp in (svcs or services())}
 
 
-def test_full_sync_matches_golden():
-    text = render_restore(rendered(), None, set())
+def assert_golden(path: str, text: str) -> None:
+    """`text` equals the golden file (KNET_UPDATE_GOLDEN=1 rewrites it instead)."""
     if os.environ.get("KNET_UPDATE_GOLDEN"):
-        with open(GOLDEN, "w") as f:
+        with open(path, "w") as f:
             f.write(text)
-    with open(GOLDEN) as f:
+    with open(path) as f:
         assert text == f.read()
+
+
+def test_full_sync_matches_golden():
+    assert_golden(GOLDEN, render_restore(rendered(), None, set()))
 
 
 def test_chain_names_are_kube_proxy_hashes():

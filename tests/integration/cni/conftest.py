@@ -3,9 +3,11 @@ runner that calls the plugin executable exactly as a container runtime does."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -28,8 +30,50 @@ class Node:
     prefix: str
     state: str
     agent_socket: str | None = None
+    agent: subprocess.Popen | None = None
     pods: list[str] = field(default_factory=list)
     counter: int = 0
+
+    @property
+    def agent_log(self) -> str:
+        return os.path.join(self.state, "agent.log")
+
+    def start_agent(self) -> None:
+        """Start knet-cni-agent in the node (again, after stop_agent) and wait for its socket."""
+        self.agent_socket = os.path.join(self.state, "agent.sock")
+        self.agent = netns.spawn(self.name, [os.path.join(BIN, "knet-cni-agent"), "--socket", self.agent_socket],
+                                 log_path=self.agent_log)
+        deadline = time.monotonic() + 30
+        while not os.path.exists(self.agent_socket):
+            assert self.agent.poll() is None and time.monotonic() < deadline, "agent did not start"
+            time.sleep(0.05)
+
+    def stop_agent(self, sig: int = signal.SIGTERM) -> int:
+        """Signal the agent and wait for it to exit; returns its exit status."""
+        assert self.agent is not None
+        self.agent.send_signal(sig)
+        try:
+            return self.agent.wait(timeout=90)
+        finally:
+            self.agent = None
+
+    def agent_log_text(self) -> str:
+        try:
+            with open(self.agent_log) as f:
+                return f.read()
+        except FileNotFoundError:
+            return ""
+
+    def served_by_agent(self, command: str, container: str, wait: float = 30.0) -> bool:
+        """Whether the agent's log shows it served that request (it logs just after answering,
+        so a positive answer is waited for; pass wait=0 to check for "not served")."""
+        line = f"request command={command} container={container} ifname="
+        deadline = time.monotonic() + wait
+        while line not in self.agent_log_text():
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
+        return True
 
     def new_pod(self) -> str:
         self.counter += 1
@@ -90,15 +134,12 @@ def _make_node(with_agent: bool):
     netns.create(n.name)
     try:
         if with_agent:
-            n.agent_socket = os.path.join(state, "agent.sock")
-            proc = netns.spawn(n.name, [os.path.join(BIN, "knet-cni-agent"), "--socket", n.agent_socket],
-                               log_path=os.path.join(state, "agent.log"))
-            deadline = time.monotonic() + 10
-            while not os.path.exists(n.agent_socket):
-                assert proc.poll() is None and time.monotonic() < deadline, "agent did not start"
-                time.sleep(0.05)
+            n.start_agent()
         yield n
     finally:
+        if n.agent is not None:
+            with contextlib.suppress(ProcessLookupError):
+                n.agent.send_signal(signal.SIGCONT)  # a test may have stopped it
         for name in netns.list_names(prefix + "-"):
             netns.delete(name)
         shutil.rmtree(state, ignore_errors=True)

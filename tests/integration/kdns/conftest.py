@@ -45,6 +45,14 @@ def dns_netns() -> Iterator[str]:
     if os.geteuid() != 0:
         pytest.skip("needs root (network namespaces)")
     sweep_netns()
+    with own_netns() as name:
+        yield name
+
+
+@contextlib.contextmanager
+def own_netns() -> Iterator[str]:
+    """A new `ktd` + hex namespace, registered before it exists (a crashed session's sweep finds
+    it) and removed afterwards whatever happens."""
     name = "ktd" + secrets.token_hex(3)
     os.makedirs(OWNERS, exist_ok=True)
     with open(os.path.join(OWNERS, name), "w") as f:  # registered before it exists: never leaked

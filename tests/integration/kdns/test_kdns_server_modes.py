@@ -11,7 +11,9 @@ import time
 import dnslib
 import pytest
 
-from kdns.forward import Forwarder, Upstream
+from kdns import config, wire
+from kdns.daemon import parse_args
+from kdns.forward import Upstream
 from kdns.records import RecordStore
 from kdns.server import Server
 from kdns.testing import FakeUpstream, query, service
@@ -42,7 +44,8 @@ def test_modes_answer_and_close(mode):
     store = RecordStore()
     store.update_service("default/web", service("web", "default", "10.96.0.20", [("http", 80, "TCP")]))
     with FakeUpstream("127.0.0.1", {"slow.example.com": ["192.0.2.9"]}, delay=1.0) as up:
-        server = Server(store, Forwarder([Upstream("127.0.0.1", up.port)], timeout=3.0), udp_mode=mode)
+        args = parse_args(["--listen", "127.0.0.1:53", "--forward-timeout", "3"])
+        server = Server(store, config.from_flags(args, [Upstream("127.0.0.1", up.port)]).blocks, udp_mode=mode)
         ready = threading.Event()
         box: dict = {}
 
@@ -75,8 +78,36 @@ def test_modes_answer_and_close(mode):
             box["loop"].call_soon_threadsafe(box["stop"].set)
             t.join(5)
         assert not t.is_alive()
-        udp_threads = [th for th in threading.enumerate() if th.name == f"udp 127.0.0.1:{port}"]
+        udp_threads = [th for th in threading.enumerate() if th.name == "kdns udp"]
         deadline = time.monotonic() + 3
         while any(th.is_alive() for th in udp_threads) and time.monotonic() < deadline:
             time.sleep(0.02)
         assert not any(th.is_alive() for th in udp_threads)
+
+
+def test_loop_detection():
+    """Two kdns forwarding to each other (a `forward . /etc/resolv.conf` that names the other):
+    the `loop` plugin's probe comes back, and the callback that stops kdns fires."""
+    detected = threading.Event()
+
+    async def main() -> None:
+        a = Server(RecordStore(), [], udp_mode="loop")
+        b = Server(RecordStore(), [], udp_mode="loop")
+        (_, pa), = await a.listen([("127.0.0.1", 0)])
+        (_, pb), = await b.listen([("127.0.0.1", 0)])
+        for server, other in ((a, pb), (b, pa)):
+            args = parse_args(["--listen", "127.0.0.1:53", "--forward-timeout", "5"])
+            server.configure(config.from_flags(args, [Upstream("127.0.0.1", other)]).blocks)
+        a.loop_probe, a.loop_probe_wire = "12345.67890", wire.name_to_wire("12345.67890")
+        a.on_loop_detected = detected.set
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.sendto(query("12345.67890", 13), ("127.0.0.1", pa))
+            for _ in range(100):
+                if detected.is_set():
+                    break
+                await asyncio.sleep(0.05)
+        a.close()
+        b.close()
+
+    asyncio.run(main())
+    assert detected.is_set()

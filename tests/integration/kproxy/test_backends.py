@@ -1,4 +1,4 @@
-"""The iptables and userspace data paths on one node, driven directly with service ports.
+"""The iptables, nftables and userspace data paths on one node, driven directly with service ports.
 
 (The full lab suite — services from the API server, three nodes, NodePort from the client —
 builds on the same backends; this module proves each backend's kernel wiring on its own.)
@@ -14,10 +14,8 @@ import time
 import pytest
 
 from knet import netns
-from kproxy.iptables.backend import IptablesBackend
-from kproxy.iptables.rules import Config
-from kproxy.model import Endpoint, ServicePort
-from kproxy.userspace.backend import UserspaceBackend
+from kproxy import backend as backends
+from kproxy.model import Config, Endpoint, ServicePort
 from tests.integration.cni.conftest import _make_node
 from tests.integration.kproxy.kproxy_helpers import ask, named_server
 
@@ -40,10 +38,7 @@ class Harness:
         rc, _ = node.cni("ADD", node.conf(), "route-anchor", node.pods[-1])
         assert rc == 0
         netns.run(node.name, ["ip", "route", "add", "10.96.0.0/12", "dev", "cni0"], check=True)
-        if mode == "iptables":
-            self.backend = IptablesBackend(self.cfg)
-        else:
-            self.backend = UserspaceBackend(self.cfg)
+        if mode == "userspace":
             ready = threading.Event()
 
             def run_loop() -> None:
@@ -55,6 +50,8 @@ class Harness:
 
             threading.Thread(target=run_loop, daemon=True).start()
             ready.wait(5)
+        with netns.enter(node.name):
+            self.backend = backends.create(mode, self.cfg, backends.Options(loop=self.loop))
 
     def pod(self, name: str) -> str:
         ns = self.node.new_pod()
@@ -64,20 +61,16 @@ class Harness:
         return ns
 
     def sync(self, ports: list[ServicePort], full: bool = False):
-        if self.loop is None:
-            with netns.enter(self.node.name):
-                return self.backend.sync(ports, full)
         with netns.enter(self.node.name):
-            fut = asyncio.run_coroutine_threadsafe(self.backend.sync(ports, full), self.loop)
-            return fut.result(10)
+            return self.backend.sync(ports, full)
 
     def close(self) -> None:
+        self.backend.close()
         if self.loop is not None:
-            self.loop.call_soon_threadsafe(self.backend.close)
             self.loop.call_soon_threadsafe(self.loop.stop)
 
 
-@pytest.fixture(params=["iptables", "userspace"])
+@pytest.fixture(params=["iptables", "nftables", "userspace"])
 def harness(request):
     for node in _make_node(with_agent=True):
         h = Harness(node, request.param)
@@ -144,8 +137,11 @@ def test_resync_repairs_tampering(harness):
     with named_server(a, "a"):
         ports = [service(h, ["a"])]
         h.sync(ports, full=True)
-        chain = "KUBE-SERVICES" if h.mode == "iptables" else "KUBE-PORTALS-CONTAINER"
-        netns.run(h.node.name, ["iptables", "-t", "nat", "-F", chain], check=True)
+        if h.mode == "nftables":
+            netns.run(h.node.name, ["nft", "flush", "map", "ip", "kube-proxy", "service-ips"], check=True)
+        else:
+            chain = "KUBE-SERVICES" if h.mode == "iptables" else "KUBE-PORTALS-CONTAINER"
+            netns.run(h.node.name, ["iptables", "-t", "nat", "-F", chain], check=True)
         with pytest.raises(OSError):
             ask(client, VIP, 80, timeout=1)
         h.sync(ports, full=True)
@@ -153,10 +149,10 @@ def test_resync_repairs_tampering(harness):
 
 
 def test_cleanup_removes_every_chain_and_jump(harness):
-    """Uninstall: nothing of kproxy stays in the node's tables (one restore per table, fast even
-    with many services)."""
-    if harness.mode != "iptables":
-        pytest.skip("iptables backend cleanup")
+    """Uninstall: nothing of kproxy stays in the node's tables (iptables: one restore per table,
+    fast even with many services; nftables: the table goes)."""
+    if harness.mode == "userspace":
+        pytest.skip("iptables and nftables backend cleanup")
     h = harness
     h.pod("a")
     ports = [ServicePort("default", f"web{i}", "", "TCP", 80, (f"10.96.8.{i}",), node_port=30100 + i,
@@ -165,9 +161,11 @@ def test_cleanup_removes_every_chain_and_jump(harness):
 
     def kube_lines() -> list[str]:
         out = netns.run(h.node.name, ["iptables-save"], check=True, capture_output=True, text=True).stdout
-        return [line for line in out.splitlines() if "KUBE-" in line]
+        lines = [line for line in out.splitlines() if "KUBE-" in line]
+        out = netns.run(h.node.name, ["nft", "list", "ruleset"], check=True, capture_output=True, text=True).stdout
+        return lines + [line for line in out.splitlines() if "kube-proxy" in line or "endpoint-" in line]
 
-    assert len(kube_lines()) > 200
+    assert len(kube_lines()) > 100
     with netns.enter(h.node.name):
         h.backend.cleanup()
     assert kube_lines() == []

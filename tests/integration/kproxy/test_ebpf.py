@@ -31,8 +31,7 @@ import pytest
 from knet import links, netns
 from kproxy.ebpf import loader, maps
 from kproxy.ebpf.backend import EbpfBackend
-from kproxy.iptables.rules import Config
-from kproxy.model import Endpoint, ServicePort
+from kproxy.model import Config, Endpoint, ServicePort
 from tests.integration.cni.conftest import _make_node
 from tests.integration.kproxy.kproxy_helpers import ask, named_server
 from tests.netutil import accept_loop, server_socket, serving

@@ -1,4 +1,4 @@
-"""kproxy in the lab, one suite for all three data paths (the same assertions for each).
+"""kproxy in the lab, one suite for every data path (the same assertions for each).
 
 A 3-node lab per mode with the control plane: Services and EndpointSlices come from the lab API
 server, pods from the node agents, and every probe is a real client: curl inside a pod (in the
@@ -17,12 +17,13 @@ from collections.abc import Iterator
 import pytest
 
 from knet.kube import client
+from kproxy import backend as backends
 from lab import api, controlplane
 from tests.integration.controlplane.cp_helpers import wait_for
 from tests.integration.lab_names import new_lab_name
 
 pytestmark = pytest.mark.integration
-MODES = ["iptables", "userspace", "ebpf"]
+MODES = list(backends.MODES)  # every mode kproxy has: a new one joins every lab suite
 NODE_IPS = {"node1": "192.168.33.11", "node2": "192.168.33.12", "node3": "192.168.33.13"}
 AGNHOST = "registry.k8s.io/e2e-test-images/agnhost:2.39"
 

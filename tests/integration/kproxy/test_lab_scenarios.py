@@ -1,5 +1,5 @@
-"""kproxy in the lab: the seed scenarios and the failure/recovery cases, one suite for the three
-data paths (the same assertions for each, except where a mode differs by design: said where).
+"""kproxy in the lab: the seed scenarios and the failure/recovery cases, one suite for every
+data path (the same assertions for each, except where a mode differs by design: said where).
 
 One lab per mode (module scope, as test_lab_modes.py, whose ServiceLab this reuses): 2 nodes, the
 control plane, and kproxy started with a short `--sync-period` so that drift repair is observable
@@ -215,9 +215,22 @@ def vip_of(s: ServiceLab, name: str) -> str:
 # -- data path views ---------------------------------------------------------------------------
 
 def kube_rules(s: ServiceLab, node: str) -> list[str]:
-    """kproxy's iptables rules on a node (every table; rules of KUBE-* chains and jumps to them)."""
+    """kproxy's rules on a node: iptables (every table; rules of KUBE-* chains and jumps to them)
+    and, in nftables mode, "<chain> <rule>" for every rule of the kube-proxy table (set and map
+    contents left out: affinity sets hold clients with running timers)."""
     out = s.lab.exec(node, ["iptables-save"]).stdout
-    return [line for line in out.splitlines() if line.startswith("-A ") and "KUBE-" in line]
+    rules = [line for line in out.splitlines() if line.startswith("-A ") and "KUBE-" in line]
+    if s.mode == "nftables":
+        chain = None
+        for line in s.lab.exec(node, ["nft", "-t", "list", "table", "ip", "kube-proxy"]).stdout.splitlines():
+            line = line.strip()
+            if line.startswith("chain "):
+                chain = line.split()[1]
+            elif line == "}":
+                chain = None
+            elif chain and line and not line.startswith(("type ", "policy ")):
+                rules.append(f"{chain} {line}")
+    return rules
 
 
 def normalized(rules: list[str], mode: str) -> list[str]:
@@ -238,6 +251,17 @@ def kproxy_metric(s: ServiceLab, node: str, metric: str) -> float:
 def vip_rules(s: ServiceLab, node: str, chain: str, vip: str) -> list[str]:
     out = s.lab.exec(node, ["iptables-save", "-t", "nat"]).stdout
     return [line for line in out.splitlines() if line.startswith(f"-A {chain} ") and f"-d {vip}/32" in line]
+
+
+def nft_service_element(s: ServiceLab, node: str, vip: str, port: int, delete: bool = False) -> bool:
+    """Whether @service-ips has vip . tcp . port on the node (delete: remove it, returning whether
+    it was there)."""
+    key = f"{vip} . tcp . {port}"
+    listed = s.lab.exec(node, ["nft", "list", "map", "ip", "kube-proxy", "service-ips"]).stdout
+    present = f"{key} :" in listed
+    if delete and present:
+        s.lab.exec(node, ["nft", "delete", "element", "ip", "kube-proxy", "service-ips", "{", key, "}"], check=True)
+    return present
 
 
 def ebpf_frontend(s: ServiceLab, node: str, vip: str, port: int, delete: bool = False) -> bool:
@@ -351,7 +375,7 @@ def test_affinity_holds_then_expires_after_timeout(sl: ScenarioLab) -> None:
 
 def test_s24_kproxy_restart_keeps_established_connections(sl: ScenarioLab) -> None:
     """SIGTERM every node's kproxy and start it again while a pod keeps using one TCP connection
-    through the VIP. iptables and ebpf leave the data path in place (conntrack / the connected
+    through the VIP. iptables, nftables and ebpf leave the data path in place (conntrack / the connected
     socket keep the flow), so the connection never notices. In userspace mode the proxy process
     is an end of every proxied connection, so those die with it (as in kube-proxy's userspace
     mode): there, new connections must work again once the successor has synced."""
@@ -406,7 +430,7 @@ def test_udp_stale_flows_move_to_the_new_backend(sl: ScenarioLab, socket_kind: s
     client's datagrams reach the new pod. Both an unconnected socket (sendto) and a connected
     one (as glibc's resolver uses).
 
-    iptables: kproxy deletes the conntrack entries pointing at the old endpoint; userspace: the
+    iptables, nftables: kproxy deletes the conntrack entries pointing at the old endpoint; userspace: the
     proxy drops its flows to it; both keep the same client socket. ebpf: sendmsg translates
     every unconnected datagram from the current maps; a connected socket was translated once,
     at connect(), so kproxy aborts it when its backend goes (the client sees one error,
@@ -463,7 +487,8 @@ def ready_endpoint_pods(s: ServiceLab, service: str) -> list[str]:
 
 def test_tampering_is_repaired_by_the_periodic_full_sync(sl: ScenarioLab) -> None:
     """Remove the service's translation on node1 by hand (iptables: its KUBE-SERVICES rule;
-    userspace: its portal REDIRECT; ebpf: its socket-hook frontend in the BPF map): the pods of
+    nftables: its @service-ips element; userspace: its portal REDIRECT; ebpf: its socket-hook
+    frontend in the BPF map): the pods of
     node1 lose the service until the next full sync (every SYNC_PERIOD s here) puts it back."""
     vip = vip_of(sl, "tamper")
     url = f"http://{vip}/hostname"
@@ -473,6 +498,11 @@ def test_tampering_is_repaired_by_the_periodic_full_sync(sl: ScenarioLab) -> Non
 
         def present() -> bool:
             return ebpf_frontend(sl, "node1", vip, 80)
+    elif sl.mode == "nftables":
+        assert nft_service_element(sl, "node1", vip, 80, delete=True)
+
+        def present() -> bool:
+            return nft_service_element(sl, "node1", vip, 80)
     else:
         chain = "KUBE-SERVICES" if sl.mode == "iptables" else "KUBE-PORTALS-CONTAINER"
         rules = vip_rules(sl, "node1", chain, vip)

@@ -1,5 +1,5 @@
 """kproxy in the lab: seeds S9 (session affinity / A-B shift), S11 (endpoints follow delete,
-recreate and scale) and S13 (chaos: a backend's server process killed), for the three data paths;
+recreate and scale) and S13 (chaos: a backend's server process killed), for every data path;
 the seeds the material writes as `kubectl exec ... -- curl ...`, through kubectl, in one.
 
 One 2-node lab with the control plane per mode (module scope; ServiceLab from test_lab_modes.py).

@@ -1,5 +1,5 @@
-"""Policies and kproxy's data paths together, in iptables and ebpf mode: a ClusterIP is
-translated before the forward hook (iptables: DNAT in prerouting; ebpf: the connect/sendmsg
+"""Policies and kproxy's data paths together, in iptables, nftables and ebpf mode: a ClusterIP is
+translated before the forward hook (iptables, nftables: DNAT in prerouting; ebpf: the connect/sendmsg
 socket hooks, before the first packet exists), so policies judge the real backend pod, for the
 server's ingress and for the client's egress alike.
 
@@ -15,10 +15,8 @@ import sys
 import pytest
 
 from knet import cgroups, netns
-from kproxy.ebpf.backend import EbpfBackend
-from kproxy.iptables.backend import IptablesBackend
-from kproxy.iptables.rules import Config
-from kproxy.model import Endpoint, ServicePort
+from kproxy import backend as backends
+from kproxy.model import Config, Endpoint, ServicePort
 from lab import kernel
 from netpolicy import probe
 from netpolicy.scenarios import EGR, A, E, Step, np, pods, rule
@@ -43,7 +41,7 @@ except OSError:
 """
 
 
-@pytest.fixture(params=["iptables", "ebpf"])
+@pytest.fixture(params=["iptables", "nftables", "ebpf"])
 def service(harness, request):
     """Service x/web (TCP and UDP 80) -> x/a:80, programmed by kproxy on both nodes in the mode."""
     ip = harness.pods["x/a"][1]
@@ -55,19 +53,14 @@ def service(harness, request):
             cfg = Config(node_name=node, cluster_cidr="10.244.0.0/16")
             # Made in the node's namespace: iptables-restore and the BPF loader inherit it.
             with netns.enter(harness.node_ns(node)):
-                if request.param == "ebpf":
-                    proxies[node] = EbpfBackend(cfg, cgroups.ensure(kernel.node_cgroup(harness.lab.name, node)))
-                else:
-                    proxies[node] = IptablesBackend(cfg)
+                opts = backends.Options(cgroup=cgroups.ensure(kernel.node_cgroup(harness.lab.name, node)))
+                proxies[node] = backends.create(request.param, cfg, opts)
                 proxies[node].sync(ports, full=True)
         yield request.param
     finally:
         for node, proxy in proxies.items():
             with contextlib.suppress(Exception), netns.enter(harness.node_ns(node)):
-                if request.param == "ebpf":
-                    proxy.cleanup()
-                else:
-                    proxy.sync([], full=True)
+                proxy.cleanup()
 
 
 def via_service(harness, src: str, proto: str = "TCP", timeout: float = 0.5) -> str | None:

@@ -1,0 +1,103 @@
+"""The nftables data path: keep the table `ip kube-proxy` equal to the rendered service ports.
+
+Every sync is one `nft -f` transaction (all of it or nothing, and packets see either the old or
+the new ruleset). A partial sync touches only what changed: the changed service ports' chains
+are rewritten, exactly the map/set elements that differ are deleted and added, and the chains
+and affinity sets of removed service ports are deleted after the elements that jumped to them.
+A full sync (the first one, and every --sync-period) rewrites the whole table and deletes
+service chains and affinity sets nobody owns, which repairs drift and adopts a predecessor's
+table: established connections keep their conntrack NAT bindings, and affinity sets (declared,
+never flushed) keep the clients they hold. close() leaves the table; cleanup() deletes it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+from knet import netfilter
+from kproxy import conntrack
+from kproxy.model import Config, ServicePort, SyncResult
+from kproxy.nftables.rules import TABLE, Elements, ServiceNft, render_full, render_partial, render_service
+
+log = logging.getLogger("knet.kproxy.nftables")
+
+
+def kernel_objects() -> tuple[set[str], dict[str, int | None]]:
+    """The chains of our table, and its sets with their timeouts (empty when the table is absent)."""
+    family, table = TABLE.split()
+    chains: set[str] = set()
+    sets: dict[str, int | None] = {}
+    for what in ("chains", "sets"):
+        text = netfilter.nft_list(["-j", "list", what, family])
+        for obj in json.loads(text).get("nftables", []) if text else []:
+            if "chain" in obj and obj["chain"].get("table") == table:
+                chains.add(obj["chain"]["name"])
+            elif "set" in obj and obj["set"].get("table") == table:
+                sets[obj["set"]["name"]] = obj["set"].get("timeout")
+    return chains, sets
+
+
+class NftablesBackend:
+    name = "nftables"
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.ports: dict[str, ServicePort] = {}
+        self.rendered: dict[str, ServiceNft] = {}
+        self.elements = Elements()
+        self.synced = False
+
+    def sync(self, ports: list[ServicePort], full: bool = False) -> SyncResult:
+        start = time.monotonic()
+        full = full or not self.synced  # the first sync adopts whatever the kernel holds
+        new = {sp.key: sp for sp in ports}
+        changed = {k for k in new.keys() | self.ports.keys()
+                   if (new.get(k) is not self.ports.get(k)) and new.get(k) != self.ports.get(k)}
+        if full:
+            rendered = {k: render_service(sp, self.cfg) for k, sp in new.items()}
+            elements = Elements()
+            elements.replace((k, None, sr) for k, sr in rendered.items())
+            kernel_chains, kernel_sets = kernel_objects()
+            script = render_full(rendered, elements, kernel_chains, kernel_sets)
+        else:
+            rendered = dict(self.rendered)
+            for k in changed:
+                if k in new:
+                    rendered[k] = render_service(new[k], self.cfg)
+                else:
+                    rendered.pop(k, None)
+            elements = self.elements
+            deletes, adds = elements.replace((k, self.rendered.get(k), rendered.get(k)) for k in changed)
+            script = render_partial(self.rendered, rendered, changed, deletes, adds, elements)
+        try:
+            netfilter.nft(script)
+        except netfilter.NetfilterError:
+            if not full:
+                self.elements = self._rebuild_elements()  # replace() mutated it: back to what the kernel has
+            raise
+        flushes = [f for k in changed for f in conntrack.stale_flushes(self.ports.get(k), new.get(k))]
+        if flushes:
+            conntrack.apply(flushes)
+        self.ports, self.rendered, self.elements, self.synced = new, rendered, elements, True
+        return SyncResult(full=full, services_written=len(new) if full else len(changed),
+                          rules=sum(line.startswith(("add rule", "add element")) for line in script.splitlines()),
+                          seconds=time.monotonic() - start)
+
+    def _rebuild_elements(self) -> Elements:
+        elements = Elements()
+        elements.replace((k, None, sr) for k, sr in self.rendered.items())
+        return elements
+
+    def entries(self) -> int:
+        """Rules and map/set elements this backend owns (for metrics)."""
+        return sum(len(r) for sr in self.rendered.values() for r in sr.chains.values()) + len(self.elements.owners)
+
+    def close(self) -> None:
+        """Nothing to release: the table stays, so traffic keeps flowing while the daemon restarts."""
+
+    def cleanup(self) -> None:
+        """Delete the table and everything in it (uninstall); absent already is fine."""
+        netfilter.run(["nft", "delete", "table", *TABLE.split()])
+        self.ports, self.rendered, self.elements, self.synced = {}, {}, Elements(), False
