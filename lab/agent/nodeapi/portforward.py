@@ -35,18 +35,19 @@ def _socket_in(pod_netns: str, family: int) -> socket.socket:
 
 
 async def dial(pod_netns: str, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """Connect to localhost:port inside the pod (IPv4, then IPv6)."""
+    """Connect to localhost:port inside the pod (IPv4, then IPv6), as a container runtime does."""
     loop = asyncio.get_running_loop()
-    last: OSError | None = None
-    for family, host in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
+    failures = []
+    for family, host, label in ((socket.AF_INET, "127.0.0.1", "IPv4"), (socket.AF_INET6, "::1", "IPv6")):
         sock = await loop.run_in_executor(None, _socket_in, pod_netns, family)
         try:
             await asyncio.wait_for(loop.sock_connect(sock, (host, port)), 10)
             return await asyncio.open_connection(sock=sock)
         except (OSError, TimeoutError) as e:
             sock.close()
-            last = e if isinstance(e, OSError) else OSError(f"timed out connecting to {host}:{port}")
-    raise last or OSError("no address to dial")
+            why = e.strerror if isinstance(e, OSError) and e.strerror else "timed out"
+            failures.append(f"{label}: dial {host}:{port}: {why.lower()}")
+    raise OSError(f"failed to connect to localhost:{port} inside namespace {pod_netns!r}, " + ", ".join(failures))
 
 
 def _error_text(port: int, pod: str, uid: str, e: BaseException) -> bytes:
