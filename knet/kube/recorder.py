@@ -186,12 +186,15 @@ class EventRecorder:
         self._thread.start()
 
     def event(self, obj: KubeObject | dict[str, Any], type_: str, reason: str, message: str, *,
-              api_version: str = "", kind: str = "", field_path: str = "") -> None:
+              api_version: str = "", kind: str = "", field_path: str = "", component: str = "") -> None:
+        """Record an event about `obj`; `component` names another source than the recorder's (one
+        process running several controllers shares one recorder, each reporting as itself)."""
         ref = reference(obj, api_version, kind, field_path)
-        source = {"component": self.component, **({"host": self.host} if self.host else {})}
+        component = component or self.component
+        source = {"component": component, **({"host": self.host} if self.host else {})}
         event = {"apiVersion": "v1", "kind": "Event", "involvedObject": ref, "reason": reason,
                  "message": message[:1024], "type": type_, "source": source,
-                 "reportingComponent": self.component, "reportingInstance": self.host}
+                 "reportingComponent": component, "reportingInstance": self.host}
         try:
             self.queue.put_nowait(event)
         except queue.Full:
