@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import pytest
 
 from knet.kube import client
+from lab import controlplane
 from tests.integration.controlplane.cp_helpers import ControlPlaneLab, wait_for
 
 pytestmark = pytest.mark.integration
@@ -325,3 +326,19 @@ def test_python_client_stream_exec_and_portforward(cp: ControlPlaneLab, pods: Po
     sock.close()
     assert data.startswith(b"HTTP/1.1 200") and pods.web.encode() in data
     assert pf.error(80) is None
+
+
+def test_exec_logs_and_attach_survive_an_agent_restart(cp: ControlPlaneLab, pods: Pods, flavours: dict) -> None:
+    """The agent restarts (pods keep running): the new one serves the adopted containers' logs
+    (kept by their log writers meanwhile) and runs commands in them with their environment."""
+    kc = flavour(flavours, "websocket")
+    before = kc.run("logs", pods.web).stdout
+    assert before, "the web server logs its requests"
+    controlplane.restart_agent(cp.lab.name, pods.web_node)
+    out = wait_for(lambda: (r := kc.run("exec", pods.web, "--", "sh", "-c", "echo $HOSTNAME", check=False))
+                   .returncode == 0 and r.stdout, 60, "exec through the new agent")
+    assert out == f"{pods.web}\n"
+    kc.run("exec", pods.client, "--", "curl", "-s", "-m", "5", pods.web_ip)
+    after = wait_for(lambda: (text := kc.run("logs", pods.web).stdout).count("GET /") > before.count("GET /")
+                     and text, 30, "the request after the restart in the log")
+    assert after.startswith(before)
