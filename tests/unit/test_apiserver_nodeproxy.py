@@ -118,3 +118,42 @@ def test_metrics_api_lists_pods_of_the_selection_from_their_nodes_only() -> None
     assert e.value.code == 404
     with pytest.raises(ApiError):
         asyncio.run(api.handle("POST", ["nodes"], {}))
+
+
+# --- events.k8s.io/v1 over core/v1 storage -------------------------------------------------------
+
+CORE_EVENT = {"kind": "Event", "apiVersion": "v1", "metadata": {"name": "web.1", "namespace": "default"},
+              "involvedObject": {"kind": "Pod", "name": "web"}, "reason": "Started", "message": "Started container",
+              "source": {"component": "kubelet", "host": "node1"}, "firstTimestamp": "2024-01-01T00:00:00Z",
+              "lastTimestamp": "2024-01-01T00:01:00Z", "count": 2, "type": "Normal",
+              "series": {"count": 2, "lastObservedTime": "2024-01-01T00:01:00.000000Z"},
+              "reportingComponent": "kubelet", "reportingInstance": "node1", "eventTime": None}
+
+
+def test_events_v1_round_trip_through_core() -> None:
+    from lab.apiserver import eventsv1
+
+    v1 = eventsv1.to_v1(CORE_EVENT)
+    assert v1 == {"kind": "Event", "apiVersion": "events.k8s.io/v1", "metadata": CORE_EVENT["metadata"],
+                  "regarding": {"kind": "Pod", "name": "web"}, "reason": "Started", "note": "Started container",
+                  "deprecatedSource": {"component": "kubelet", "host": "node1"},
+                  "deprecatedFirstTimestamp": "2024-01-01T00:00:00Z",
+                  "deprecatedLastTimestamp": "2024-01-01T00:01:00Z", "deprecatedCount": 2, "type": "Normal",
+                  "series": CORE_EVENT["series"], "reportingController": "kubelet", "reportingInstance": "node1"}
+    assert eventsv1.to_core(v1) == {k: v for k, v in CORE_EVENT.items() if v is not None}
+    assert eventsv1.field_selector_to_core("regarding.name=web,reportingController!=kubelet,type=Normal") == \
+        "involvedObject.name=web,reportingComponent!=kubelet,type=Normal"
+
+
+def test_events_v1_creates_need_what_kube_apiserver_requires() -> None:
+    from lab.apiserver import eventsv1
+    from lab.apiserver.validation import Causes
+
+    c = Causes()
+    eventsv1.validate(c, {"note": "x" * 1025, "type": "Odd"})
+    assert {i["field"] for i in c.items} == {"eventTime", "reportingController", "reportingInstance", "action",
+                                             "reason", "note", "type"}
+    ok = Causes()
+    eventsv1.validate(ok, {"eventTime": "2024-01-01T00:00:00.000000Z", "reportingController": "x/y",
+                           "reportingInstance": "i", "action": "Bound", "reason": "Scheduled", "type": "Normal"})
+    assert not ok

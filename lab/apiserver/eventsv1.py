@@ -1,0 +1,85 @@
+"""events.k8s.io/v1 Events over the core/v1 Events' storage, as kube-apiserver serves both from one
+etcd key space: an object read through events.k8s.io is converted from the stored core/v1 one,
+one written through it is converted to core/v1 before it is stored (pure).
+
+    core/v1            events.k8s.io/v1
+    involvedObject  <-> regarding
+    message         <-> note
+    source          <-> deprecatedSource
+    firstTimestamp  <-> deprecatedFirstTimestamp
+    lastTimestamp   <-> deprecatedLastTimestamp
+    count           <-> deprecatedCount
+    reportingComponent <-> reportingController
+    (the same in both: reason, type, action, related, series, eventTime, reportingInstance)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lab.apiserver.validation import Causes
+
+GROUP, VERSION = "events.k8s.io", "v1"
+API_VERSION = f"{GROUP}/{VERSION}"
+RENAMED = (("involvedObject", "regarding"), ("message", "note"), ("source", "deprecatedSource"),
+           ("firstTimestamp", "deprecatedFirstTimestamp"), ("lastTimestamp", "deprecatedLastTimestamp"),
+           ("count", "deprecatedCount"), ("reportingComponent", "reportingController"))
+SHARED = ("metadata", "reason", "type", "action", "related", "series", "eventTime", "reportingInstance")
+_TO_V1 = dict(RENAMED)
+_TO_CORE = {v1: core for core, v1 in RENAMED}
+# events.k8s.io field selectors -> the stored object's (kube-apiserver's field label conversion)
+FIELDS = {"regarding": "involvedObject", "reportingController": "reportingComponent", "deprecatedSource": "source",
+          "note": "message"}
+
+
+def to_v1(core: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {"kind": "Event", "apiVersion": API_VERSION}
+    for key, value in core.items():
+        if key in ("kind", "apiVersion") or value is None:
+            continue
+        if key in _TO_V1:
+            out[_TO_V1[key]] = value
+        elif key in SHARED:
+            out[key] = value
+    return out
+
+
+def to_core(v1: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {"kind": "Event", "apiVersion": "v1"}
+    for key, value in v1.items():
+        if key in ("kind", "apiVersion") or value is None:
+            continue
+        if key in _TO_CORE:
+            out[_TO_CORE[key]] = value
+        elif key in SHARED:
+            out[key] = value
+    return out
+
+
+def field_selector_to_core(selector: str) -> str:
+    """`regarding.name=x,reportingController=y` -> `involvedObject.name=x,reportingComponent=y`."""
+    terms = []
+    for term in filter(None, (t.strip() for t in selector.split(","))):
+        head, sep, rest = term.partition(".")
+        op = next((o for o in ("!=", "==", "=") if o in head), None)
+        if sep and op is None and head in FIELDS:
+            term = f"{FIELDS[head]}.{rest}"
+        elif op is not None:
+            name = head.split(op, 1)[0]
+            if name in FIELDS:
+                term = FIELDS[name] + term[len(name):]
+        terms.append(term)
+    return ",".join(terms)
+
+
+def validate(c: Causes, v1: dict[str, Any]) -> None:
+    """What kube-apiserver requires of an Event created through events.k8s.io/v1."""
+    if not v1.get("eventTime"):
+        c.required("eventTime")
+    for field in ("reportingController", "reportingInstance", "action", "reason"):
+        if not v1.get(field):
+            c.required(field)
+    if len(str(v1.get("note", "")).encode()) > 1024:
+        c.add("FieldValueTooLong", "note", "Too long: may not be more than 1024 bytes")
+    if v1.get("type") not in (None, "Normal", "Warning"):
+        c.unsupported("type", v1.get("type"), ["Normal", "Warning"])
