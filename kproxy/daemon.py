@@ -168,7 +168,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cgroup", default=None, help="ebpf: cgroup v2 directory of this node's pods")
     p.add_argument("--external-iface", action="append", default=[], help="ebpf: node interface(s) facing clients")
     p.add_argument("--metrics-bind-address", default="0.0.0.0:10249")
-    p.add_argument("--log-level", default="info")
+    daemon.add_logging_arguments(p)
     return p.parse_args(argv)
 
 
@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
             await asyncio.to_thread(proxier.backend.close)
         log.info("stopped; data path left in place")
 
-    return daemon.run("kproxy", args.log_level, amain, event_loop=event_loop)
+    return daemon.run("kproxy", args.log_level, amain, event_loop=event_loop, logging_format=args.logging_format)
 
 
 if __name__ == "__main__":
