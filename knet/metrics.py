@@ -154,18 +154,6 @@ class _Bridge:
                 yield from _TextCollector(m).collect()
 
 
-class Collected(_Metric):
-    """Families computed at scrape time by a callback returning exposition lines (for values
-    read from the kernel on demand, as cAdvisor's are)."""
-
-    def __init__(self, registry: Registry, collect: Callable[[], list[str]]) -> None:
-        super().__init__(registry, "", "")
-        self.collect = collect
-
-    def render(self) -> list[str]:
-        return self.collect()
-
-
 class Registry:
     def __init__(self, process_metrics: bool = True) -> None:
         self.metrics: list[Any] = []  # ours, in registration order (plus legacy render() collectors)
@@ -177,9 +165,6 @@ class Registry:
             ProcessCollector(registry=self.prometheus)
             PlatformCollector(registry=self.prometheus)
             GCCollector(registry=self.prometheus)
-
-    def collector(self, collect: Callable[[], list[str]]) -> Collected:
-        return Collected(self, collect)
 
     def counter(self, name: str, help_text: str, labels: Iterable[str] = ()) -> Counter:
         return Counter(self, name, help_text, labels)

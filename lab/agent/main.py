@@ -187,10 +187,11 @@ class Agent:
                                 ((w.record or {}).get("pids") or {}).get("pause"))
                 for w in workers if not w.done.is_set()]
 
-    def cadvisor(self) -> str:
-        with self.sampler.lock:
-            usage = dict(self.sampler.usage)
-        return stats.cadvisor_metrics(self.stats_targets(), usage)
+    def cadvisor(self) -> metrics.Registry:
+        """kubelet's /metrics/cadvisor: only cAdvisor's families."""
+        reg = metrics.Registry(process_metrics=False)
+        reg.register(stats.CadvisorCollector(self.stats_targets, self.sampler.last))
+        return reg
 
     def serve_node_api(self, registry: metrics.Registry) -> None:
         """The kubelet's :10250 on the node IP (not started without a client CA to check)."""
@@ -206,7 +207,8 @@ class Agent:
         except OSError as e:
             log.error("node API not served: cannot listen on %s:%d: %s", self.node_ip, self.args.port, e)
             return
-        self.node_api = NodeApi(self, self.sampler.summary, lambda: registry.render(), self.cadvisor)
+        cadvisor = self.cadvisor()
+        self.node_api = NodeApi(self, self.sampler.summary, registry.render, cadvisor.render)
         self.node_api.start(sock, tls_context(cert, key, ca))
         log.info("node API on https://%s:%d (client CA %s)", self.node_ip, self.args.port, ca)
 
@@ -364,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(sig, lambda *_: (agent.stop.set(), agent.kick.set()))
     reg = metrics.Registry()
     gauge = reg.gauge("knet_agent_pods", "pods this agent runs")
-    reg.collector(lambda: [line for line in agent.cadvisor().splitlines() if line])
+    reg.register(stats.CadvisorCollector(agent.stats_targets, agent.sampler.last))
 
     def health() -> tuple[bool, str]:
         gauge.set(len(agent.workers))

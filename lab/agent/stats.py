@@ -20,8 +20,10 @@ import datetime as dt
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from knet import cgroups
 
@@ -186,6 +188,10 @@ class Sampler:
                 self.sample()
             stop.wait(self.period)
 
+    def last(self) -> dict[str, Usage]:
+        with self.lock:
+            return dict(self.usage)
+
     def summary(self) -> dict:
         """The kubelet's Summary API (stats/v1alpha1), the parts metrics-server reads."""
         with self.lock:
@@ -232,40 +238,48 @@ def network_stats(counters: dict[str, NetCounters]) -> dict:
     return {"time": t, **top, "interfaces": interfaces}
 
 
-def cadvisor_metrics(pods: Iterable[PodTarget], usage: dict[str, Usage]) -> str:
-    """cAdvisor's per-pod network counters and per-container CPU and memory, Prometheus text."""
-    families = {
-        "container_network_receive_bytes_total": ("Cumulative count of bytes received", "rx_bytes"),
-        "container_network_receive_packets_total": ("Cumulative count of packets received", "rx_packets"),
-        "container_network_receive_errors_total": ("Cumulative count of errors encountered while receiving",
-                                                   "rx_errors"),
-        "container_network_receive_packets_dropped_total": ("Cumulative count of packets dropped while receiving",
-                                                            "rx_dropped"),
-        "container_network_transmit_bytes_total": ("Cumulative count of bytes transmitted", "tx_bytes"),
-        "container_network_transmit_packets_total": ("Cumulative count of packets transmitted", "tx_packets"),
-        "container_network_transmit_errors_total": ("Cumulative count of errors encountered while transmitting",
-                                                    "tx_errors"),
-        "container_network_transmit_packets_dropped_total": (
-            "Cumulative count of packets dropped while transmitting", "tx_dropped"),
-    }
-    pods = list(pods)
-    per_pod = {(p.namespace, p.name): net_counters(p.net_pid) if p.net_pid else {} for p in pods}
-    lines: list[str] = []
-    for metric, (help_text, attr) in families.items():
-        lines += [f"# HELP {metric} {help_text}", f"# TYPE {metric} counter"]
-        for (ns, name), ifaces in sorted(per_pod.items()):
-            for iface, c in sorted(ifaces.items()):
-                lines.append(f'{metric}{{interface="{iface}",namespace="{ns}",pod="{name}"}} {getattr(c, attr)}')
-    cpu = ["# HELP container_cpu_usage_seconds_total Cumulative cpu time consumed in seconds",
-           "# TYPE container_cpu_usage_seconds_total counter"]
-    mem = ["# HELP container_memory_working_set_bytes Current working set in bytes",
-           "# TYPE container_memory_working_set_bytes gauge"]
-    for p in sorted(pods, key=lambda p: (p.namespace, p.name)):
-        for cname, path in sorted(p.containers.items()):
-            u = usage.get(path)
-            if u is None:
-                continue
-            labels = f'container="{cname}",namespace="{p.namespace}",pod="{p.name}"'
-            cpu.append(f"container_cpu_usage_seconds_total{{{labels}}} {u.cpu_ns / 1e9:.9f}")
-            mem.append(f"container_memory_working_set_bytes{{{labels}}} {u.memory}")
-    return "\n".join(lines + cpu + mem) + "\n"
+NETWORK_FAMILIES = (  # cAdvisor's names, per pod interface
+    ("container_network_receive_bytes_total", "Cumulative count of bytes received", "rx_bytes"),
+    ("container_network_receive_packets_total", "Cumulative count of packets received", "rx_packets"),
+    ("container_network_receive_errors_total", "Cumulative count of errors encountered while receiving",
+     "rx_errors"),
+    ("container_network_receive_packets_dropped_total", "Cumulative count of packets dropped while receiving",
+     "rx_dropped"),
+    ("container_network_transmit_bytes_total", "Cumulative count of bytes transmitted", "tx_bytes"),
+    ("container_network_transmit_packets_total", "Cumulative count of packets transmitted", "tx_packets"),
+    ("container_network_transmit_errors_total", "Cumulative count of errors encountered while transmitting",
+     "tx_errors"),
+    ("container_network_transmit_packets_dropped_total", "Cumulative count of packets dropped while transmitting",
+     "tx_dropped"),
+)
+
+
+class CadvisorCollector:
+    """cAdvisor's per-pod network counters (read from the kernel at scrape time) and per-container
+    CPU and memory (the sampler's last sample), as prometheus_client metric families."""
+
+    def __init__(self, targets: Callable[[], Iterable[PodTarget]], usage: Callable[[], dict[str, Usage]]) -> None:
+        self.targets, self.usage = targets, usage
+
+    def collect(self) -> Iterator[Metric]:
+        pods = sorted(self.targets(), key=lambda p: (p.namespace, p.name))
+        per_pod = [(p, net_counters(p.net_pid) if p.net_pid else {}) for p in pods]
+        for name, help_text, attr in NETWORK_FAMILIES:
+            family = CounterMetricFamily(name, help_text, labels=["interface", "namespace", "pod"])
+            for pod, ifaces in per_pod:
+                for iface, c in sorted(ifaces.items()):
+                    family.add_metric([iface, pod.namespace, pod.name], getattr(c, attr))
+            yield family
+        usage = self.usage()
+        cpu = CounterMetricFamily("container_cpu_usage_seconds_total", "Cumulative cpu time consumed in seconds",
+                                  labels=["container", "namespace", "pod"])
+        mem = GaugeMetricFamily("container_memory_working_set_bytes", "Current working set in bytes",
+                                labels=["container", "namespace", "pod"])
+        for pod in pods:
+            for cname, path in sorted(pod.containers.items()):
+                u = usage.get(path)
+                if u is not None:
+                    cpu.add_metric([cname, pod.namespace, pod.name], u.cpu_ns / 1e9)
+                    mem.add_metric([cname, pod.namespace, pod.name], u.memory)
+        yield cpu
+        yield mem

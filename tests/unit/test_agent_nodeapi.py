@@ -12,6 +12,7 @@ import time
 
 import pytest
 
+from knet import metrics
 from knet.kube.streams import spdy
 from lab.agent import logwriter, stats
 from lab.agent.nodeapi import http1, logs
@@ -177,12 +178,18 @@ NET_DEV = "\n".join([  # /proc/net/dev, its columns narrowed
 def test_net_dev_counters_and_cadvisor_names() -> None:
     parsed = stats.parse_net_dev(NET_DEV)
     assert parsed["eth0"] == stats.NetCounters(5008, 63, 1, 2, 1453, 18, 3, 4)
-    pod = stats.PodTarget("default", "web", "u1", None, {"web": "/cg/web"}, net_pid=None)
+    pod = stats.PodTarget("default", "web", "u1", None, {"web": "/cg/web"}, net_pid=os.getpid())
     usage = {"/cg/web": stats.Usage(1.0, 2_500_000_000, 1000, 5.0, 4096)}
-    text = stats.cadvisor_metrics([pod], usage)
-    assert 'container_cpu_usage_seconds_total{container="web",namespace="default",pod="web"} 2.500000000' in text
-    assert 'container_memory_working_set_bytes{container="web",namespace="default",pod="web"} 4096' in text
+    reg = metrics.Registry(process_metrics=False)
+    reg.register(stats.CadvisorCollector(lambda: [pod], lambda: usage))
+    text = reg.render()
+    assert 'container_cpu_usage_seconds_total{container="web",namespace="default",pod="web"} 2.5\n' in text
+    assert 'container_memory_working_set_bytes{container="web",namespace="default",pod="web"} 4096.0\n' in text
     assert "# TYPE container_network_receive_bytes_total counter" in text
+    # this process's own network namespace has interfaces (the pod's eth0 in the lab)
+    own = {name for name in stats.net_counters(os.getpid())}
+    for iface in own:
+        assert f'container_network_transmit_bytes_total{{interface="{iface}",namespace="default",pod="web"}}' in text
 
 
 def test_cpu_rate_in_nanocores() -> None:

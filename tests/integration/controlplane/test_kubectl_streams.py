@@ -255,13 +255,11 @@ def test_logs_of_a_restarted_container_previous_tail_timestamps_follow(cp: Contr
 
 # --- top and network counters -------------------------------------------------------------------
 
-def counters(kc: Kubectl, node: str, pod: str) -> dict[str, int]:
+def counters(kc: Kubectl, node: str, pod: str) -> dict[str, float]:
+    """The pod's eth0 counters from its node agent's cAdvisor metrics (through nodes/proxy)."""
     text = kc.run("get", "--raw", f"/api/v1/nodes/{node}/proxy/metrics/cadvisor").stdout
-    out = {}
-    pattern = r'^(container_network_\w+)\{interface="eth0",namespace="default",pod="' + pod + r'"\} (\d+)$'
-    for m in re.finditer(pattern, text, re.M):
-        out[m[1]] = int(m[2])
-    return out
+    pattern = r'^(container_network_\w+)\{interface="eth0",namespace="default",pod="' + pod + r'"\} (\S+)$'
+    return {m[1]: float(m[2]) for m in re.finditer(pattern, text, re.M)}
 
 
 def test_network_counters_grow_with_traffic_and_top_shows_the_pods(cp: ControlPlaneLab, pods: Pods,
