@@ -41,23 +41,26 @@ def _fifo(path: str) -> str:
     return path
 
 
-def _start_logwriter(io: ContainerIO, fds: list[int]) -> None:
-    """The output keeper: reads `fds` (stdout, stderr; or the terminal) until they close."""
+def _start_logwriter(io: ContainerIO, fds: list[int], stdin_fd: int | None = None,
+                     resize_fd: int | None = None) -> None:
+    """The output keeper: reads `fds` (stdout, stderr; or the terminal) until they close; with a
+    terminal also its input and size FIFOs (opened here, so they have a reader from the start)."""
     argv = [sys.executable, "-S", LOGWRITER, "--log", io.log_path, "--max-size", str(io.max_size),
             "--max-files", str(io.max_files), "--out-fd", str(fds[0])]
     if len(fds) > 1:
         argv += ["--err-fd", str(fds[1])]
+    passed = list(fds)
     if io.tty:
         argv.append("--tty")
-        if io.stdin_fifo:
-            argv += ["--stdin", io.stdin_fifo]
-        if io.resize_fifo:
-            argv += ["--resize", io.resize_fifo]
+        for flag, fd in (("--stdin-fd", stdin_fd), ("--resize-fd", resize_fd)):
+            if fd is not None:
+                argv += [flag, str(fd)]
+                passed.append(fd)
     with open(os.path.join(os.path.dirname(io.log_path), "logwriter.err"), "ab") as err:
         # Not waited for: it lives as long as the container's output, across agent restarts
         # (subprocess reaps it once this object is gone and it has exited).
         subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
-                         pass_fds=fds, start_new_session=True, close_fds=True)
+                         pass_fds=passed, start_new_session=True, close_fds=True)
 
 
 def start_time(pid: int) -> int | None:
@@ -84,6 +87,7 @@ class Process:
         if cgroup:
             cmd = cgroups.join_argv(cgroups.ensure(cgroup), cmd)  # joins before exec: the pid stays the container's
         ours: list[int] = []  # descriptors this process holds only until both children have them
+        fifo_fds: list[int | None] = [None, None]  # a terminal's input and size FIFOs, for the log writer
         try:
             if io.tty:
                 import pty
@@ -92,10 +96,10 @@ class Process:
                 ours += [master, slave]
                 stdin = stdout = stderr = slave
                 keeper = [master]
-                if io.stdin_fifo:
-                    _fifo(io.stdin_fifo)
-                if io.resize_fifo:
-                    _fifo(io.resize_fifo)
+                # read-write: opening never blocks, and the keeper never reads EOF between writers
+                fifo_fds = [os.open(_fifo(path), os.O_RDWR) if path else None
+                            for path in (io.stdin_fifo, io.resize_fifo)]
+                ours += [fd for fd in fifo_fds if fd is not None]
             else:
                 out_r, out_w = os.pipe()
                 err_r, err_w = os.pipe()
@@ -105,7 +109,7 @@ class Process:
                 if io.stdin_fifo:  # read-write: opening never blocks, and the reader never sees EOF
                     stdin = os.open(_fifo(io.stdin_fifo), os.O_RDWR)
                     ours.append(stdin)
-            _start_logwriter(io, keeper)
+            _start_logwriter(io, keeper, *fifo_fds)
             env = {"TERM": "xterm", **env} if io.tty else env
             popen = subprocess.Popen(cmd, stdin=stdin, stdout=stdout, stderr=stderr, env=env,
                                      # a tty container gets its session (and terminal) from setsid

@@ -2,14 +2,15 @@
 container instance, started by the node agent right before the container:
 
     python -S logwriter.py --log DIR/0.log --out-fd N [--err-fd M] [--max-size BYTES] [--max-files N]
-                           [--tty [--stdin FIFO] [--resize FIFO]]
+                           [--tty [--stdin-fd FIFO-FD] [--resize-fd FIFO-FD]]
 
 --out-fd is the read end of the container's stdout (with --tty: the master side of its
 terminal), --err-fd the read end of its stderr (not with --tty). Every line is written in the CRI log format
 the kubelet reads (`<RFC3339Nano time> stdout|stderr F|P <text>`, P for a part of a line longer
 than 16 KiB or cut by a read); the file rotates at --max-size into `.1` ... `.<max-files - 1>`.
-With --tty it also copies what arrives on the --stdin FIFO to the terminal and applies the
-terminal sizes (JSON `{"Width":..,"Height":..}` lines) that arrive on the --resize FIFO.
+With --tty it also copies what arrives on the stdin FIFO to the terminal and applies the
+terminal sizes (JSON `{"Width":..,"Height":..}` lines) that arrive on the resize FIFO (both
+opened read-write by the agent before it starts us: a writer never finds them without a reader).
 
 It runs in a session of its own and outlives the agent (an agent restart leaves containers and
 their output untouched); it exits when the container and everything holding its output are gone.
@@ -109,8 +110,10 @@ def run(args: argparse.Namespace) -> int:
     outputs = {args.out_fd: Splitter(log, b"stdout")}
     if args.err_fd is not None:
         outputs[args.err_fd] = Splitter(log, b"stderr")
-    stdin = os.open(args.stdin, os.O_RDWR | os.O_NONBLOCK) if args.tty and args.stdin else None
-    resize = os.open(args.resize, os.O_RDWR | os.O_NONBLOCK) if args.tty and args.resize else None
+    stdin, resize = (args.stdin_fd, args.resize_fd) if args.tty else (None, None)
+    for fd in (stdin, resize):
+        if fd is not None:
+            os.set_blocking(fd, False)
     pending = b""
     while outputs:
         watched = list(outputs) + [fd for fd in (stdin, resize) if fd is not None]
@@ -149,8 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-size", type=int, default=10 * 1024 * 1024)
     p.add_argument("--max-files", type=int, default=5)
     p.add_argument("--tty", action="store_true")
-    p.add_argument("--stdin")
-    p.add_argument("--resize")
+    p.add_argument("--stdin-fd", type=int)
+    p.add_argument("--resize-fd", type=int)
     args = p.parse_args(argv)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # ends with its input, so nothing is cut off
     signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -387,7 +387,11 @@ async def run_attach(target: AttachTarget, opts: Options, streams: Streams,
 
 
 async def _fifo_writer(path: str, read: Callable[[], Awaitable[bytes]]) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+    except OSError as e:  # ENXIO: nobody reads it (the container's instance is gone)
+        log.info("attach: %s not writable: %s", path, e)
+        return
     try:
         while data := await read():
             while data:
