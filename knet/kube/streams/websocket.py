@@ -141,10 +141,11 @@ class Parser:
             parsed = self._one()
             if parsed is None:
                 return out
-            if parsed is not _PARTIAL:
+            if isinstance(parsed, Message):
                 out.append(parsed)
 
     def _one(self) -> Message | object | None:
+        """The next whole message, _PARTIAL for a fragment taken in, None: more bytes needed."""
         buf = self._buf
         if len(buf) < 2:
             return None

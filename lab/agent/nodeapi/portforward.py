@@ -182,7 +182,9 @@ async def serve_websocket(ws: WsConn, protocol: str, ports: list[int], pod_netns
         await send(data_ch, channels.port_prefix(port))
         await send(error_ch, channels.port_prefix(port))
     reader_task = asyncio.create_task(demux())
-    forwards = asyncio.gather(*(one(i, p) for i, p in enumerate(ports)))
+    async def all_ports() -> None:
+        await asyncio.gather(*(one(i, p) for i, p in enumerate(ports)))
+    forwards = asyncio.create_task(all_ports())
     try:
         # Done when every port's connection is (the client then sees the WebSocket close), or
         # when the client leaves.

@@ -20,9 +20,9 @@ import shutil
 import signal
 import struct
 import termios
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from knet import cgroups, netns
 from knet.kube.streams import channels
@@ -364,7 +364,7 @@ class AttachTarget:
 
 
 async def run_attach(target: AttachTarget, opts: Options, streams: Streams,
-                     follow: Callable[..., Awaitable[None]]) -> dict:
+                     follow: Callable[..., Coroutine[Any, Any, None]]) -> dict:
     """Until the container ends or the client leaves: its new output to stdout/stderr, stdin to
     it, terminal sizes to it. `follow(log_path, on_line, running, gone)` streams the log."""
     async def write(line: Line) -> None:
@@ -373,7 +373,8 @@ async def run_attach(target: AttachTarget, opts: Options, streams: Streams,
         if (opts.stderr if channel == STDERR else opts.stdout) and data:
             await streams.write(channel, data)
 
-    tasks = [asyncio.create_task(follow(target.log_path, write, target.running, streams.gone))]
+    tasks: list[asyncio.Task[None]] = [asyncio.create_task(follow(target.log_path, write, target.running,
+                                                                  streams.gone))]
     if opts.stdin and target.stdin_fifo:
         tasks.append(asyncio.create_task(_fifo_writer(target.stdin_fifo, streams.read_stdin)))
     if opts.tty and target.resize_fifo:
