@@ -114,11 +114,9 @@ def test_get_events_watch_sees_new_events(cp: ControlPlaneLab, rolled_out: None)
         while "LAST SEEN" not in line("the initial list"):
             pass
         cp.kubectl("scale", "deployment/ev-web", "--replicas=3")
-        while True:
-            row = line("a ScalingReplicaSet row")
-            if "ScalingReplicaSet" in row and "to 3" in row:
-                assert "deployment/ev-web" in row
-                break
+        while not ("ScalingReplicaSet" in (row := line("ev-web's ScalingReplicaSet row")) and "deployment/ev-web" in row
+                   and row.rstrip().endswith("to 3")):
+            pass
     finally:
         proc.terminate()
         proc.wait(10)
