@@ -6,7 +6,8 @@ its predecessor started without mistaking a reused pid.
 
 Its output goes through pipes (a terminal with `tty: true`) to a log writer process of its own
 (`logwriter.py`, what conmon is to a container), which keeps it in CRI log files and outlives
-the agent. A container with `stdin: true` reads a FIFO that `kubectl attach` writes to."""
+the agent. With `stdin: true` the log writer also feeds the container's input (a pipe, or the
+terminal) from a FIFO that `kubectl attach` writes to, and closes it when told (stdinOnce)."""
 
 from __future__ import annotations
 
@@ -27,40 +28,34 @@ LOGWRITER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "logwriter.
 @dataclass(frozen=True)
 class ContainerIO:
     """Where one container instance's terminal, input and output go."""
-    log_path: str                   # <pod log dir>/<container>/<restart count>.log
+    log_path: str                     # <pod log dir>/<container>/<restart count>.log
     tty: bool = False
-    stdin_fifo: str | None = None   # the container reads its stdin from here (`stdin: true`)
-    resize_fifo: str | None = None  # terminal sizes for the log writer to apply (tty only)
+    stdin_fifo: str | None = None     # what `kubectl attach` writes for the container (`stdin: true`)
+    control_fifo: str | None = None   # JSON lines for the log writer: terminal sizes, closing stdin
     max_size: int = 10 * 1024 * 1024
     max_files: int = 5
 
 
-def _fifo(path: str) -> str:
+def _fifo(path: str) -> int:
+    """The FIFO opened read-write: opening never blocks, and its reader never sees EOF between
+    writers (the log writer, which inherits it, is its reader from the start)."""
     if not os.path.exists(path):
         os.mkfifo(path, 0o600)
-    return path
+    return os.open(path, os.O_RDWR)
 
 
-def _start_logwriter(io: ContainerIO, fds: list[int], stdin_fd: int | None = None,
-                     resize_fd: int | None = None) -> None:
-    """The output keeper: reads `fds` (stdout, stderr; or the terminal) until they close; with a
-    terminal also its input and size FIFOs (opened here, so they have a reader from the start)."""
+def _start_logwriter(io: ContainerIO, fds: dict[str, int]) -> None:
+    """The container's I/O keeper, given its ends: `out`, `err` (or the terminal as `out`), `stdin`
+    (the container's input: the terminal, or a pipe's write end), `stdin-fifo`, `control-fifo`."""
     argv = [sys.executable, "-S", LOGWRITER, "--log", io.log_path, "--max-size", str(io.max_size),
-            "--max-files", str(io.max_files), "--out-fd", str(fds[0])]
-    if len(fds) > 1:
-        argv += ["--err-fd", str(fds[1])]
-    passed = list(fds)
-    if io.tty:
-        argv.append("--tty")
-        for flag, fd in (("--stdin-fd", stdin_fd), ("--resize-fd", resize_fd)):
-            if fd is not None:
-                argv += [flag, str(fd)]
-                passed.append(fd)
+            "--max-files", str(io.max_files), *(["--tty"] if io.tty else [])]
+    for name, fd in fds.items():
+        argv += [f"--{name}-fd", str(fd)]
     with open(os.path.join(os.path.dirname(io.log_path), "logwriter.err"), "ab") as err:
         # Not waited for: it lives as long as the container's output, across agent restarts
         # (subprocess reaps it once this object is gone and it has exited).
         subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
-                         pass_fds=passed, start_new_session=True, close_fds=True)
+                         pass_fds=sorted(set(fds.values())), start_new_session=True, close_fds=True)
 
 
 def start_time(pid: int) -> int | None:
@@ -87,29 +82,28 @@ class Process:
         if cgroup:
             cmd = cgroups.join_argv(cgroups.ensure(cgroup), cmd)  # joins before exec: the pid stays the container's
         ours: list[int] = []  # descriptors this process holds only until both children have them
-        fifo_fds: list[int | None] = [None, None]  # a terminal's input and size FIFOs, for the log writer
         try:
+            keeper: dict[str, int] = {}
             if io.tty:
-                import pty
-
-                master, slave = pty.openpty()
+                master, slave = os.openpty()
                 ours += [master, slave]
                 stdin = stdout = stderr = slave
-                keeper = [master]
-                # read-write: opening never blocks, and the keeper never reads EOF between writers
-                fifo_fds = [os.open(_fifo(path), os.O_RDWR) if path else None
-                            for path in (io.stdin_fifo, io.resize_fifo)]
-                ours += [fd for fd in fifo_fds if fd is not None]
+                keeper = {"out": master, "stdin": master}
             else:
                 out_r, out_w = os.pipe()
                 err_r, err_w = os.pipe()
                 ours += [out_r, out_w, err_r, err_w]
-                stdout, stderr, keeper = out_w, err_w, [out_r, err_r]
+                stdout, stderr, keeper = out_w, err_w, {"out": out_r, "err": err_r}
                 stdin = subprocess.DEVNULL
-                if io.stdin_fifo:  # read-write: opening never blocks, and the reader never sees EOF
-                    stdin = os.open(_fifo(io.stdin_fifo), os.O_RDWR)
-                    ours.append(stdin)
-            _start_logwriter(io, keeper, *fifo_fds)
+                if io.stdin_fifo:  # a pipe the log writer feeds from the FIFO, and closes for stdinOnce
+                    in_r, in_w = os.pipe()
+                    ours += [in_r, in_w]
+                    stdin, keeper["stdin"] = in_r, in_w
+            for name, path in (("stdin-fifo", io.stdin_fifo), ("control-fifo", io.control_fifo)):
+                if path:
+                    keeper[name] = _fifo(path)
+                    ours.append(keeper[name])
+            _start_logwriter(io, keeper)
             env = {"TERM": "xterm", **env} if io.tty else env
             popen = subprocess.Popen(cmd, stdin=stdin, stdout=stdout, stderr=stderr, env=env,
                                      # a tty container gets its session (and terminal) from setsid

@@ -1,16 +1,21 @@
-"""A container's output keeper (what conmon or containerd's shim is to a container), one per
+"""A container's I/O keeper (what conmon or containerd's shim is to a container), one per
 container instance, started by the node agent right before the container:
 
-    python -S logwriter.py --log DIR/0.log --out-fd N [--err-fd M] [--max-size BYTES] [--max-files N]
-                           [--tty [--stdin-fd FIFO-FD] [--resize-fd FIFO-FD]]
+    python -S logwriter.py --log DIR/0.log --out-fd N [--err-fd M] [--tty] [--max-size BYTES]
+                           [--max-files N] [--stdin-fd FD --stdin-fifo-fd FD] [--control-fifo-fd FD]
 
 --out-fd is the read end of the container's stdout (with --tty: the master side of its
-terminal), --err-fd the read end of its stderr (not with --tty). Every line is written in the CRI log format
-the kubelet reads (`<RFC3339Nano time> stdout|stderr F|P <text>`, P for a part of a line longer
-than 16 KiB or cut by a read); the file rotates at --max-size into `.1` ... `.<max-files - 1>`.
-With --tty it also copies what arrives on the stdin FIFO to the terminal and applies the
-terminal sizes (JSON `{"Width":..,"Height":..}` lines) that arrive on the resize FIFO (both
-opened read-write by the agent before it starts us: a writer never finds them without a reader).
+terminal), --err-fd the read end of its stderr (not with --tty). Every line is written in the CRI
+log format the kubelet reads (`<RFC3339Nano time> stdout|stderr F|P <text>`, P for a part of a
+line longer than 16 KiB or cut by a read); the file rotates at --max-size into `.1` ...
+`.<max-files - 1>`.
+
+Input (`stdin: true`): what arrives on the stdin FIFO is written to --stdin-fd (the write end of
+the container's stdin pipe, or its terminal). The control FIFO carries JSON lines: a terminal size
+`{"Width":..,"Height":..}` (applied to the terminal) or `{"CloseStdin":true}` (the container's
+stdin ends: the pipe is closed, a terminal gets an end-of-file character), which the agent sends
+when a `stdinOnce` container's first attachment ends. Both FIFOs are opened read-write by the
+agent before it starts us: a writer never finds them without a reader.
 
 It runs in a session of its own and outlives the agent (an agent restart leaves containers and
 their output untouched); it exits when the container and everything holding its output are gone.
@@ -32,6 +37,7 @@ import sys
 import termios
 
 MAX_LINE = 16 * 1024  # the longest piece one log line holds (containerd's and CRI-O's)
+EOF_CHAR = b"\x04"    # what closing a terminal's input means: ^D at the start of a line
 
 
 def timestamp() -> bytes:
@@ -92,17 +98,58 @@ class Splitter:
             self.buf = b""
 
 
-def set_size(fd: int, data: bytes) -> bytes:
-    """Apply every complete resize message in data; returns what is left of an incomplete one."""
-    *lines, rest = data.split(b"\n")
-    for line in lines:
+class Input:
+    """The container's stdin: bytes from the FIFO, written without ever blocking the output side
+    (what the container does not read yet waits here)."""
+
+    def __init__(self, fd: int | None, tty: bool) -> None:
+        self.fd, self.tty, self.pending, self.closing = fd, tty, b"", False
+        if fd is not None:
+            os.set_blocking(fd, False)
+
+    def add(self, data: bytes) -> None:
+        if self.fd is not None and not self.closing:
+            self.pending += data
+
+    def close(self) -> None:
+        self.closing = True
+        if self.tty:
+            self.pending += EOF_CHAR
+            self.closing = False  # a terminal stays: later attachments may type again
+
+    def writable(self) -> list[int]:
+        return [self.fd] if self.fd is not None and (self.pending or self.closing) else []
+
+    def flush(self) -> None:
+        if self.fd is None:
+            return
         try:
-            size = json.loads(line)
-            rows, cols = int(size["Height"]), int(size["Width"])
-            fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
-        except (ValueError, KeyError, TypeError, OSError):
-            continue
-    return rest
+            while self.pending:
+                self.pending = self.pending[os.write(self.fd, self.pending):]
+        except BlockingIOError:
+            return
+        except OSError:  # the container is gone: nothing reads its input any more
+            self.pending = b""
+        if self.closing and not self.pending and not self.tty:
+            os.close(self.fd)
+            self.fd = None
+
+
+def control(line: bytes, terminal: int | None, stdin: Input) -> None:
+    try:
+        msg = json.loads(line)
+    except ValueError:
+        return
+    if not isinstance(msg, dict):
+        return
+    if msg.get("CloseStdin"):
+        stdin.close()
+    elif terminal is not None and "Width" in msg and "Height" in msg:
+        try:
+            size = struct.pack("HHHH", int(msg["Height"]), int(msg["Width"]), 0, 0)
+            fcntl.ioctl(terminal, termios.TIOCSWINSZ, size)
+        except (ValueError, TypeError, OSError):
+            pass
 
 
 def run(args: argparse.Namespace) -> int:
@@ -110,17 +157,18 @@ def run(args: argparse.Namespace) -> int:
     outputs = {args.out_fd: Splitter(log, b"stdout")}
     if args.err_fd is not None:
         outputs[args.err_fd] = Splitter(log, b"stderr")
-    stdin, resize = (args.stdin_fd, args.resize_fd) if args.tty else (None, None)
-    for fd in (stdin, resize):
-        if fd is not None:
-            os.set_blocking(fd, False)
-    pending = b""
+    stdin = Input(args.stdin_fd, args.tty)
+    fifos = [fd for fd in (args.stdin_fifo_fd, args.control_fifo_fd) if fd is not None]
+    for fd in fifos:
+        os.set_blocking(fd, False)
+    pending_control = b""
     while outputs:
-        watched = list(outputs) + [fd for fd in (stdin, resize) if fd is not None]
         try:
-            ready, _, _ = select.select(watched, [], [], 1.0)
+            ready, writable, _ = select.select(list(outputs) + fifos, stdin.writable(), [], 1.0)
         except InterruptedError:
             continue
+        if writable:
+            stdin.flush()
         for fd in ready:
             try:
                 data = os.read(fd, 65536)
@@ -130,11 +178,14 @@ def run(args: argparse.Namespace) -> int:
                 if e.errno != errno.EIO:
                     raise
                 data = b""
-            if fd == stdin:
-                if data:
-                    os.write(args.out_fd, data)
-            elif fd == resize:
-                pending = set_size(args.out_fd, pending + data)
+            if fd == args.stdin_fifo_fd:
+                stdin.add(data)
+                stdin.flush()
+            elif fd == args.control_fifo_fd:
+                *lines, pending_control = (pending_control + data).split(b"\n")
+                for line in lines:
+                    control(line, args.out_fd if args.tty else None, stdin)
+                stdin.flush()
             elif data:
                 outputs[fd].feed(data)
                 if args.tty:  # terminal output has no line structure worth waiting for
@@ -149,15 +200,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--log", required=True)
     p.add_argument("--out-fd", type=int, required=True)
     p.add_argument("--err-fd", type=int)
+    p.add_argument("--stdin-fd", type=int)
+    p.add_argument("--stdin-fifo-fd", type=int)
+    p.add_argument("--control-fifo-fd", type=int)
     p.add_argument("--max-size", type=int, default=10 * 1024 * 1024)
     p.add_argument("--max-files", type=int, default=5)
     p.add_argument("--tty", action="store_true")
-    p.add_argument("--stdin-fd", type=int)
-    p.add_argument("--resize-fd", type=int)
     args = p.parse_args(argv)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # ends with its input, so nothing is cut off
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)  # a container that no longer reads its stdin
     return run(args)
 
 

@@ -60,7 +60,7 @@ class WorkerView:
         proc = self._running(container)
         spec = next(c for c in self.w.pod.spec.containers if c.name == container)
         io = self.w.container_io(spec, self.w.states[container].restart_count)
-        return AttachTarget(io.log_path, io.tty, io.stdin_fifo, io.resize_fifo, proc.alive)
+        return AttachTarget(io.log_path, io.tty, io.stdin_fifo, io.control_fifo, spec.stdin_once, proc.alive)
 
     def log_file(self, container: str, previous: bool) -> str:
         """The kubelet's choice: the running instance, else the last one that ended; previous:

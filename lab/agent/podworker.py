@@ -164,7 +164,7 @@ class PodWorker(threading.Thread):
         log_path = self.rt.container_log(self.ns, self.name, self.uid, c.name, instance)
         cdir = os.path.dirname(log_path)
         return ContainerIO(log_path, tty=c.tty, stdin_fifo=os.path.join(cdir, "stdin") if c.stdin else None,
-                           resize_fifo=os.path.join(cdir, "resize") if c.tty else None)
+                           control_fifo=os.path.join(cdir, "control") if c.tty or c.stdin else None)
 
     def _start(self, c: Container) -> None:
         st = self.states[c.name]

@@ -165,6 +165,36 @@ def test_log_writer_tags_streams_splits_long_lines_and_rotates(tmp_path) -> None
         assert b" stdout P " in old.read() + new.read()
 
 
+def test_log_writer_feeds_stdin_from_its_fifo_and_closes_it_when_told(tmp_path) -> None:
+    """stdin: true without a terminal: what attach writes to the FIFO reaches the container's
+    stdin pipe; {"CloseStdin": true} on the control FIFO ends it (stdinOnce)."""
+    fifos = {}
+    for name in ("stdin", "control"):
+        os.mkfifo(tmp_path / name)
+        fifos[name] = os.open(tmp_path / name, os.O_RDWR)
+    out_r, out_w = os.pipe()
+    in_r, in_w = os.pipe()
+    fds = (out_r, in_w, fifos["stdin"], fifos["control"])
+    proc = subprocess.Popen([sys.executable, "-S", logwriter.__file__, "--log", str(tmp_path / "0.log"),
+                             "--out-fd", str(out_r), "--stdin-fd", str(in_w), "--stdin-fifo-fd", str(fifos["stdin"]),
+                             "--control-fifo-fd", str(fifos["control"])], pass_fds=fds)
+    for fd in fds:
+        os.close(fd)
+    try:
+        with open(tmp_path / "stdin", "wb", buffering=0) as f:
+            f.write(b"typed in\n")
+        with open(tmp_path / "control", "wb", buffering=0) as f:
+            f.write(b'{"Width": 80, "Height": 24}\n{"CloseStdin": true}\n')  # no terminal: the size is ignored
+        got = b""
+        while chunk := os.read(in_r, 1024):  # ends: the writer closed the pipe after the data
+            got += chunk
+        assert got == b"typed in\n"
+    finally:
+        os.close(in_r)
+        os.close(out_w)
+        assert proc.wait(20) == 0
+
+
 # --- stats --------------------------------------------------------------------------------------
 
 NET_DEV = "\n".join([  # /proc/net/dev, its columns narrowed

@@ -354,36 +354,53 @@ class Terminal:
 
 @dataclass(frozen=True)
 class AttachTarget:
-    """A running container instance's terminal: its output (the log its writer keeps), its
-    stdin FIFO and terminal size FIFO (when it has them)."""
+    """A running container instance: its output (the log its writer keeps), the FIFO its writer
+    feeds its stdin from and the one it takes control messages from (terminal sizes, the end of
+    stdin), when it has them."""
     log_path: str
     tty: bool
     stdin_fifo: str | None
-    resize_fifo: str | None
+    control_fifo: str | None
+    stdin_once: bool
     running: Callable[[], bool]
 
 
 async def run_attach(target: AttachTarget, opts: Options, streams: Streams,
                      follow: Callable[..., Coroutine[Any, Any, None]]) -> dict:
     """Until the container ends or the client leaves: its new output to stdout/stderr, stdin to
-    it, terminal sizes to it. `follow(log_path, on_line, running, gone)` streams the log."""
+    it, terminal sizes to it; with stdinOnce its stdin ends with this attachment's.
+    `follow(log_path, on_line, running, gone)` streams the log."""
     async def write(line: Line) -> None:
         channel = STDERR if line.stream == "stderr" and not target.tty else STDOUT
         data = line.text + (b"\n" if line.full else b"")
         if (opts.stderr if channel == STDERR else opts.stdout) and data:
             await streams.write(channel, data)
 
+    control = Control(target.control_fifo)
+    once = opts.stdin and target.stdin_once
+
+    def end_stdin() -> None:
+        nonlocal once
+        if once:  # the first attachment's input is over (kubectl run -i): so is the container's
+            control.send({"CloseStdin": True})
+            once = False
+
     tasks: list[asyncio.Task[None]] = [asyncio.create_task(follow(target.log_path, write, target.running,
                                                                   streams.gone))]
     if opts.stdin and target.stdin_fifo:
-        tasks.append(asyncio.create_task(_fifo_writer(target.stdin_fifo, streams.read_stdin)))
-    if opts.tty and target.resize_fifo:
-        tasks.append(asyncio.create_task(_resize_writer(target.resize_fifo, streams)))
+        async def stdin() -> None:
+            await _fifo_writer(target.stdin_fifo or "", streams.read_stdin)
+            end_stdin()
+        tasks.append(asyncio.create_task(stdin()))
+    if opts.tty and target.tty:
+        tasks.append(asyncio.create_task(control.resizes(streams)))
     try:
         await asyncio.wait([tasks[0], asyncio.create_task(streams.gone.wait())], return_when=asyncio.FIRST_COMPLETED)
     finally:
         for task in tasks:
             task.cancel()
+        end_stdin()
+        control.close()
     return channels.exit_status(0)
 
 
@@ -404,8 +421,28 @@ async def _fifo_writer(path: str, read: Callable[[], Awaitable[bytes]]) -> None:
         os.close(fd)
 
 
-async def _resize_writer(path: str, streams: Streams) -> None:
-    async def sizes() -> bytes:
-        size = await streams.next_resize()
-        return b"" if size is None else json.dumps({"Width": size[0], "Height": size[1]}).encode() + b"\n"
-    await _fifo_writer(path, sizes)
+class Control:
+    """The container's control FIFO (its log writer reads it): JSON lines."""
+
+    def __init__(self, path: str | None) -> None:
+        self.fd: int | None = None
+        if path:
+            try:
+                self.fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+            except OSError as e:
+                log.info("attach: %s not writable: %s", path, e)
+
+    def send(self, msg: dict) -> None:
+        if self.fd is not None:
+            with contextlib.suppress(OSError):  # small messages: a FIFO takes them whole
+                os.write(self.fd, json.dumps(msg).encode() + b"\n")
+
+    async def resizes(self, streams: Streams) -> None:
+        while (size := await streams.next_resize()) is not None:
+            self.send({"Width": size[0], "Height": size[1]})
+
+    def close(self) -> None:
+        if self.fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self.fd)
+            self.fd = None

@@ -170,6 +170,18 @@ def test_run_it_attaches_to_a_terminal_container_and_rm_deletes_it(cp: ControlPl
     wait_for(lambda: client.get(cp.api, "Pod", name, NS) is None, 30, f"{name} deleted by --rm")
 
 
+@pytest.mark.parametrize("way", ["websocket", "spdy"])
+def test_run_i_with_piped_input_ends_with_the_input(cp: ControlPlaneLab, flavours: dict, way: str) -> None:
+    """`... | kubectl run -i --rm`: the container reads what is piped in, sees its end (kubectl sets
+    stdinOnce), finishes, and the pod goes."""
+    kc = flavour(flavours, way)
+    name = "ks-cat-" + uuid.uuid4().hex[:6]
+    r = kc.run("run", "-i", "--rm", name, "--image=busybox", "--restart=Never", "--", "sh", "-c",
+               "tr a-z A-Z; echo input ended", input="piped in\nsecond line\n", timeout=120)
+    assert "PIPED IN\nSECOND LINE\ninput ended\n" in r.stdout, (r.stdout, r.stderr)
+    wait_for(lambda: client.get(cp.api, "Pod", name, NS) is None, 30, f"{name} deleted by --rm")
+
+
 def test_cp_into_and_out_of_a_pod(cp: ControlPlaneLab, pods: Pods, flavours: dict) -> None:
     kc = flavour(flavours, "websocket")
     # The lab's pods see the host's file system (they run host binaries): a private directory.
