@@ -16,8 +16,11 @@ test: deps
 test-unit: deps
 	.venv/bin/python -m pytest -q tests/unit
 
+# Style, the layering contract ([tool.importlinter] in pyproject.toml), types ([tool.mypy]).
 lint: deps
 	.venv/bin/ruff check .
+	.venv/bin/lint-imports
+	.venv/bin/mypy
 
 bench: deps
 	.venv/bin/python -m bench.cni

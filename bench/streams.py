@@ -35,7 +35,8 @@ from collections.abc import Callable, Iterator
 
 from bench.common import emit, median_ms, unique_prefix
 from knet.kube import client
-from lab import api, controlplane
+from lab import api
+from lab.bringup import controlplane
 
 SERVER = ("import socket\n"
           "s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"

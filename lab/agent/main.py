@@ -39,7 +39,6 @@ from knet import logs, metrics
 from knet.kube import InformerFactory, add_arguments, api_client_from_args, client
 from knet.kube.models import Pod, Service
 from knet.kube.recorder import EventRecorder
-from lab import kernel, state, topology
 from lab.agent import stats
 from lab.agent.containers import Process
 from lab.agent.nodeapi import tls
@@ -48,6 +47,7 @@ from lab.agent.podview import WorkerView
 from lab.agent.podworker import PodWorker, finish_deletion
 from lab.agent.runtime import Runtime
 from lab.agent.status import now
+from lab.net import kernel, state, topology
 
 log = logging.getLogger("lab.agent")
 VERSION = "v1.29.0-knet"

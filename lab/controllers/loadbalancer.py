@@ -19,6 +19,7 @@ from kubernetes.client import ApiClient
 from knet.kube import Informer, client
 from knet.kube.models import Service
 from knet.kube.recorder import NORMAL, WARNING
+from lab.controllers import indexes
 from lab.controllers.workqueue import Controller
 
 log = logging.getLogger("lab.controllers.loadbalancer")
@@ -117,8 +118,7 @@ class LoadBalancerController(Controller):
     def __init__(self, api: ApiClient, services: Informer[Service], pool: Pool) -> None:
         super().__init__()
         self.api, self.services, self.pool = api, services, pool
-        services.add_handler(on_add=self._on_service, on_update=self._on_update,
-                             on_delete=lambda _s: self.enqueue("*"))
+        services.add_handler(on_add=self._on_service, on_update=self._on_update, on_delete=self._on_service)
 
     def _on_update(self, old: Service, new: Service) -> None:
         # kube's service controller tells of a type change that makes or ends a load balancer
@@ -134,7 +134,7 @@ class LoadBalancerController(Controller):
         return ["*"]
 
     def sync(self, key: str) -> None:
-        svcs = self.services.list()
+        svcs = self.services.by_index(indexes.LOADBALANCER, "")  # only those: not every Service
         requests = [LBRequest(s.key, s.spec.load_balancer_ip,
                               tuple(i.ip for i in s.status.load_balancer.ingress if i.ip),
                               s.metadata.creation_timestamp.timestamp() if s.metadata.creation_timestamp else 0.0)

@@ -8,8 +8,8 @@ import pytest
 
 from kdns.answer import pod_address, resolve
 from kdns.records import Config, RecordStore
-from kdns.testing import endpoint_slice, service
 from kdns.wire import AAAA, ANY, AXFR, CNAME, NOERROR, NS, NXDOMAIN, PTR, REFUSED, SOA, SRV, TXT, A
+from knet_testing.kdns import endpoint_slice, service
 
 Z = "cluster.local"
 

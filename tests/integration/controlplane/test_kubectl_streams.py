@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import pytest
 
 from knet.kube import client
-from lab import controlplane
+from lab.bringup import controlplane
 from tests.integration.controlplane.cp_helpers import ControlPlaneLab, wait_for
 
 pytestmark = pytest.mark.integration

@@ -27,7 +27,9 @@ import pytest
 
 from knet import netns
 from knet.kube import client
-from lab import api, controlplane, state, topology
+from lab import api
+from lab.bringup import controlplane
+from lab.net import state, topology
 from tests.integration.deploy import manifests as m
 from tests.integration.lab_names import new_lab_name, sweep_crashed_labs
 

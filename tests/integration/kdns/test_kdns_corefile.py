@@ -25,10 +25,10 @@ from dataclasses import dataclass
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from kdns.testing import FakeUpstream, query
 from knet import netns
 from knet.kube import client as kc
-from tests.integration.apiserver_env import free_port, start, stop, tail, wait_for
+from knet_testing.apiserver_env import free_port, start, stop, tail, wait_for
+from knet_testing.kdns import FakeUpstream, query
 from tests.integration.kdns.conftest import ApiServer, own_netns
 
 pytestmark = pytest.mark.integration

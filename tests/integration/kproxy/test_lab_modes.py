@@ -18,7 +18,8 @@ import pytest
 
 from knet.kube import client
 from kproxy import backend as backends
-from lab import api, controlplane
+from lab import api
+from lab.bringup import controlplane
 from tests.integration.controlplane.cp_helpers import wait_for
 from tests.integration.lab_names import new_lab_name
 

@@ -25,7 +25,7 @@ import pytest
 
 from knet import netns
 from knet.kube import client
-from lab import controlplane
+from lab.bringup import controlplane
 from tests.integration.controlplane.cp_helpers import wait_for
 from tests.integration.kproxy.test_lab_modes import MODES, NODE_IPS, ServiceLab, up_lab
 from tests.integration.kproxy.test_lab_scenarios import ready_endpoint_pods
