@@ -20,6 +20,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import ssl
@@ -65,6 +66,21 @@ def listen_socket(host: str, port: int, netns_name: str | None = None) -> socket
     return sock
 
 
+def _duration(text: str) -> int:
+    """Whole seconds of a Go duration as kube-apiserver's flags take them (`1h0m0s`, `90s`), or of
+    a plain number; at least one."""
+    if text.isdigit():
+        seconds = int(text)
+    else:
+        parts = re.findall(r"(\d+)([hms])", text)
+        if not parts or "".join(n + u for n, u in parts) != text:
+            raise argparse.ArgumentTypeError(f"not a duration: {text!r} (e.g. 1h0m0s, 90s)")
+        seconds = sum(int(n) * {"h": 3600, "m": 60, "s": 1}[u] for n, u in parts)
+    if seconds < 1:
+        raise argparse.ArgumentTypeError(f"a duration of at least 1s is needed: {text!r}")
+    return seconds
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="knet-apiserver", description="The knet lab's Kubernetes API server")
     p.add_argument("--etcd", required=True, help="etcd client URL (its gRPC gateway), e.g. http://127.0.0.1:2379")
@@ -83,6 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tls-private-key-file")
     p.add_argument("--kubelet-client-certificate", help="client certificate towards the node agents (PEM)")
     p.add_argument("--kubelet-client-key")
+    p.add_argument("--event-ttl", type=_duration, default=3600,
+                   help="how long an Event is kept after its last write (a Go duration, e.g. 1h0m0s, or seconds)")
     p.add_argument("--ready-file", help="written (JSON: the listening addresses) once serving")
     p.add_argument("--log-level", default="info")
     return p
@@ -93,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     logs.setup("apiserver", args.log_level)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     try:
-        cfg = Config(ServiceCIDR.parse(args.service_cidr), NodePortRange.parse(args.node_port_range))
+        cfg = Config(ServiceCIDR.parse(args.service_cidr), NodePortRange.parse(args.node_port_range), args.event_ttl)
     except ValueError as e:
         print(f"knet-apiserver: {e}", file=sys.stderr)
         return 2

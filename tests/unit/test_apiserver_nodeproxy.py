@@ -131,7 +131,7 @@ CORE_EVENT = {"kind": "Event", "apiVersion": "v1", "metadata": {"name": "web.1",
 
 
 def test_events_v1_round_trip_through_core() -> None:
-    from lab.apiserver import eventsv1
+    from lab.apiserver.kinds import events as eventsv1
 
     v1 = eventsv1.to_v1(CORE_EVENT)
     assert v1 == {"kind": "Event", "apiVersion": "events.k8s.io/v1", "metadata": CORE_EVENT["metadata"],
@@ -146,14 +146,43 @@ def test_events_v1_round_trip_through_core() -> None:
 
 
 def test_events_v1_creates_need_what_kube_apiserver_requires() -> None:
-    from lab.apiserver import eventsv1
+    from lab.apiserver.kinds import events as eventsv1
     from lab.apiserver.validation import Causes
 
     c = Causes()
-    eventsv1.validate(c, {"note": "x" * 1025, "type": "Odd"})
+    eventsv1.validate_v1(c, {"note": "x" * 1025, "type": "Odd"})
     assert {i["field"] for i in c.items} == {"eventTime", "reportingController", "reportingInstance", "action",
                                              "reason", "note", "type"}
     ok = Causes()
-    eventsv1.validate(ok, {"eventTime": "2024-01-01T00:00:00.000000Z", "reportingController": "x/y",
+    eventsv1.validate_v1(ok, {"eventTime": "2024-01-01T00:00:00.000000Z", "reportingController": "x/y",
                            "reportingInstance": "i", "action": "Bound", "reason": "Scheduled", "type": "Normal"})
     assert not ok
+
+
+def test_event_leases_are_shared_within_the_reuse_window() -> None:
+    """As kube-apiserver's lease manager: one lease per window, each with at least the TTL left."""
+    import asyncio
+
+    from lab.apiserver.registry import LeaseManager
+
+    granted: list[int] = []
+
+    class Store:
+        async def grant_lease(self, ttl: int) -> int:
+            granted.append(ttl)
+            return len(granted)
+
+    now = [1000.0]
+    leases = LeaseManager(Store(), lambda: now[0])  # type: ignore[arg-type]
+
+    async def run() -> list[int]:
+        ids = [await leases.lease(3600)]
+        now[0] += 59  # within the window: the same lease (it still has >= 3600 s left)
+        ids.append(await leases.lease(3600))
+        now[0] += 2  # past it: a new one
+        ids.append(await leases.lease(3600))
+        ids.append(await leases.lease(2))  # another TTL, another lease (short TTLs reuse for 1 s)
+        return ids
+
+    assert asyncio.run(run()) == [1, 1, 2, 3]
+    assert granted == [3660, 3660, 3]

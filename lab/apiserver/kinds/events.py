@@ -1,6 +1,7 @@
-"""events.k8s.io/v1 Events over the core/v1 Events' storage, as kube-apiserver serves both from one
-etcd key space: an object read through events.k8s.io is converted from the stored core/v1 one,
-one written through it is converted to core/v1 before it is stored (pure).
+"""Events: the core/v1 kind (kept for the event TTL, `--event-ttl`, then removed by etcd), and
+events.k8s.io/v1 served over the same storage, as kube-apiserver serves both from one etcd key
+space: an object read through events.k8s.io is converted from the stored core/v1 one, one written
+through it is converted to core/v1 before it is stored (the conversion is pure).
 
     core/v1            events.k8s.io/v1
     involvedObject  <-> regarding
@@ -17,6 +18,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from lab.apiserver import tables
+from lab.apiserver.strategy import Config, Strategy
+from lab.apiserver.tables import column, get
 from lab.apiserver.validation import Causes
 
 GROUP, VERSION = "events.k8s.io", "v1"
@@ -72,7 +76,7 @@ def field_selector_to_core(selector: str) -> str:
     return ",".join(terms)
 
 
-def validate(c: Causes, v1: dict[str, Any]) -> None:
+def validate_v1(c: Causes, v1: dict[str, Any]) -> None:
     """What kube-apiserver requires of an Event created through events.k8s.io/v1."""
     if not v1.get("eventTime"):
         c.required("eventTime")
@@ -83,3 +87,38 @@ def validate(c: Causes, v1: dict[str, Any]) -> None:
         c.add("FieldValueTooLong", "note", "Too long: may not be more than 1024 bytes")
     if v1.get("type") not in (None, "Normal", "Warning"):
         c.unsupported("type", v1.get("type"), ["Normal", "Warning"])
+
+
+class Events(Strategy):
+    cascades = False
+    columns = [column("Last Seen"), column("Type"), column("Reason"), column("Object"), column("Message")]
+
+    def ttl(self, cfg: Config) -> int:
+        return cfg.event_ttl
+
+    def row(self, obj: dict[str, Any]) -> list[Any]:
+        last = obj.get("lastTimestamp") or obj.get("eventTime") or get(obj, "metadata", "creationTimestamp")
+        io = obj.get("involvedObject") or {}
+        return [tables.since(last), obj.get("type", ""), obj.get("reason", ""),
+                f"{str(io.get('kind', '')).lower()}/{io.get('name', '')}", obj.get("message", "")]
+
+
+class EventsV1(Events):
+    """events.k8s.io/v1: a view of the core Events (`stored_as`), converted both ways."""
+    stored_as = ("", "Event")
+
+    def validate(self, c: Causes, obj: dict[str, Any], old: dict[str, Any] | None, cfg: Config) -> None:
+        if old is None:
+            validate_v1(c, obj)
+
+    def to_stored(self, obj: dict[str, Any]) -> dict[str, Any]:
+        return to_core(obj)
+
+    def from_stored(self, obj: dict[str, Any]) -> dict[str, Any]:
+        return to_v1(obj)
+
+    def stored_field_selector(self, selector: str) -> str:
+        return field_selector_to_core(selector)
+
+    def row(self, obj: dict[str, Any]) -> list[Any]:
+        return super().row(to_core(obj))
