@@ -288,14 +288,13 @@ def kubectl_exec(s: ServiceLab, pod: str, *command: str, check: bool = True) -> 
     return proc
 
 
+@pytest.mark.parametrize("slab", ["iptables"], indirect=True)  # (the data paths have their own suites)
 def test_seeds_as_written_with_kubectl_exec(slab: ServiceLab) -> None:
     """The seeds the material runs as `kubectl exec <pod> -- curl ...` (and dig), typed as written
     through kubectl (exec proxied by the API server to the node agent), in one proxy mode (the
     data paths have their own suites): S1 a pod's IP from another pod; S4 the ClusterIP service
     node-js-internal by name reaches all 3 replicas; S6 node-js-90 answers on :90, not :80; S7
     node-js-multi's ports each reach their own target port; S16 the service names resolve."""
-    if slab.mode != "iptables":
-        pytest.skip("one proxy mode is enough here")
     labels = {"name": "node-js"}
     client.create(slab.api, "Deployment", {"metadata": {"name": "node-js"}, "spec": {
         "replicas": 3, "selector": {"matchLabels": labels}, "template": {"metadata": {"labels": labels}, "spec": {
