@@ -36,28 +36,24 @@ FIELDS = {"regarding": "involvedObject", "reportingController": "reportingCompon
           "note": "message"}
 
 
-def to_v1(core: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {"kind": "Event", "apiVersion": API_VERSION}
-    for key, value in core.items():
+def _convert(obj: dict[str, Any], renames: dict[str, str], api_version: str) -> dict[str, Any]:
+    out: dict[str, Any] = {"kind": "Event", "apiVersion": api_version}
+    for key, value in obj.items():
         if key in ("kind", "apiVersion") or value is None:
             continue
-        if key in _TO_V1:
-            out[_TO_V1[key]] = value
+        if key in renames:
+            out[renames[key]] = value
         elif key in SHARED:
             out[key] = value
     return out
+
+
+def to_v1(core: dict[str, Any]) -> dict[str, Any]:
+    return _convert(core, _TO_V1, API_VERSION)
 
 
 def to_core(v1: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {"kind": "Event", "apiVersion": "v1"}
-    for key, value in v1.items():
-        if key in ("kind", "apiVersion") or value is None:
-            continue
-        if key in _TO_CORE:
-            out[_TO_CORE[key]] = value
-        elif key in SHARED:
-            out[key] = value
-    return out
+    return _convert(v1, _TO_CORE, "v1")
 
 
 def field_selector_to_core(selector: str) -> str:
