@@ -32,6 +32,7 @@ from knet.kube.models import (
     Service,
     StatefulSet,
 )
+from knet.kube.recorder import EventRecorder
 from lab.controllers.deployment import DeploymentController
 from lab.controllers.endpoints import EndpointSliceController
 from lab.controllers.gc import GarbageCollector
@@ -106,6 +107,9 @@ def main(argv: list[str] | None = None) -> int:
     api = api_client_from_args(args)
     factory = InformerFactory(api)
     controllers = build(factory, api, pool, which)
+    recorder = EventRecorder(api, "knet-controllers")  # each controller reports as its own source
+    for c in controllers:
+        c.recorder = recorder
     reg = metrics.Registry()
     syncs = reg.counter("knet_controller_syncs_total", "syncs per controller", ["controller"])
     errors = reg.counter("knet_controller_sync_errors_total", "failed syncs per controller", ["controller"])
@@ -138,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     log.info("stopping")
     for c in controllers:
         c.stop()
+    recorder.stop(2.0)
     factory.stop()
     return 0
 
