@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from knet import cgroups, netns
-from lab.bringup import controlplane, dns, netpol, proxy
+from lab.bringup import controlplane, dns, launch, netpol, proxy
 from lab.bringup import ingress as lab_ingress
 from lab.bringup import overlay as lab_overlay
 from lab.errors import LabError
@@ -175,10 +175,16 @@ def up(name: str = "knet", nodes: int = 3, cni_type: str = "knet-cni", recreate:
         state.save(desc, name, root)
         _record_leases(name, root, leases)
         if control_plane:  # after lab.json exists: the node agents read it
-            cp = _record(name, root, "control_plane", controlplane.start_control_plane(p, progress))
+            flannel: dict[str, launch.Daemon] = {}
+
+            def start_flannel(kubeconfigs: dict[str, str]) -> None:
+                flannel.update(lab_overlay.spawn_kube(p, kubeconfigs["flannel"]))
+
+            cp = _record(name, root, "control_plane", controlplane.start_control_plane(
+                p, progress, with_nodes=start_flannel if manager == "kube" else None))
             kubeconfigs = cp["kubeconfigs"]
-            if manager == "kube":  # the Nodes have their podCIDRs now
-                _record_leases(name, root, lab_overlay.start_kube(p, kubeconfigs["flannel"], progress))
+            if manager == "kube":  # every Node has its podCIDR now
+                _record_leases(name, root, lab_overlay.wait_kube(p, flannel, progress))
             _record(name, root, "dns", dns.start(p, kubeconfigs, progress))
             if proxy_mode:
                 _record(name, root, "proxy", {"mode": proxy_mode,

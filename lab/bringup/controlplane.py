@@ -63,9 +63,13 @@ def kubeconfig_path(lab: str, root: str = topology.STATE_ROOT) -> str:
 
 
 def start_control_plane(p: topology.Plan, progress: Progress = _quiet, lb_pool: str = LB_POOL,
-                        wait: float = 60.0) -> dict[str, Any]:
+                        wait: float = 60.0, with_nodes: Callable[[dict[str, str]], None] | None = None
+                        ) -> dict[str, Any]:
     """Start etcd, the API server, the controllers and a node agent per node; wait until every
-    node is registered and Ready. Returns what lab.json records under "control_plane"."""
+    node is registered and Ready with a podCIDR. `with_nodes(kubeconfigs)` is called once the
+    agents are started, to start what runs next to them on the nodes meanwhile (flannel's kube
+    subnet manager, which waits for its Node's podCIDR itself). Returns what lab.json records
+    under "control_plane"."""
     from lab.apiserver.main import start_in_lab  # the server's module imports aiohttp (~1 s): only when needed
 
     t0 = time.monotonic()
@@ -89,6 +93,8 @@ def start_control_plane(p: topology.Plan, progress: Progress = _quiet, lb_pool: 
     agents = {n.short: spawn_agent(n.netns, n.short, srv.kubeconfigs["node-agent"], p.name,
                                    os.path.dirname(p.state_dir), topology.SERVICE_CIDR,
                                    os.path.join(n.dir, "node-agent.log")) for n in p.nodes}
+    if with_nodes is not None:
+        with_nodes(srv.kubeconfigs)
     _wait_nodes_ready(kubeconfig, [n.short for n in p.nodes], wait, [ctl, *agents.values()])
     progress(f"controllers: pid {ctl.pid} in {p.ctl.netns} (LoadBalancer pool {lb_pool}); node agents: "
              + ", ".join(f"{k} pid {d.pid}" for k, d in sorted(agents.items()))

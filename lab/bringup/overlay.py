@@ -98,15 +98,22 @@ def start(p: topology.Plan, progress=print, wait: float = 20.0) -> dict[str, dic
     return out
 
 
-def start_kube(p: topology.Plan, kubeconfig: str, progress=print, wait: float = 30.0) -> dict[str, dict]:
-    """Start flannel-py (kube subnet manager) on every node at once (each takes its own Node's
-    podCIDR: no order to keep); returns node -> {"pod_subnet", "mtu", "pid"}."""
+def spawn_kube(p: topology.Plan, kubeconfig: str) -> dict[str, launch.Daemon]:
+    """Start flannel-py (kube subnet manager) on every node at once: each takes its own Node's
+    podCIDR, so there is no order to keep, and each waits for it by itself. Started while the
+    control plane comes up, the daemons' start-up (~1-3 s of imports and a Node list each) runs
+    while the agents register and the node IPAM controller assigns (bench/lab_up.py)."""
     conf = net_conf_path(p)
     os.makedirs(os.path.dirname(conf), exist_ok=True)
     with open(conf, "w") as f:
         json.dump(net_conf(p.overlay), f, indent=2)
         f.write("\n")
-    daemons = {n.short: _spawn(n, kube_flannel_argv(n, kubeconfig, conf)) for n in p.nodes}
+    return {n.short: _spawn(n, kube_flannel_argv(n, kubeconfig, conf)) for n in p.nodes}
+
+
+def wait_kube(p: topology.Plan, daemons: dict[str, launch.Daemon], progress=print,
+              wait: float = 30.0) -> dict[str, dict]:
+    """Wait for every node's subnet.env; returns node -> {"pod_subnet", "mtu", "pid"}."""
     waiting = list(p.nodes)
 
     def all_leased() -> bool:
