@@ -16,7 +16,6 @@ import logging
 import signal
 import sys
 import threading
-from collections.abc import Callable
 
 from kubernetes.client import ApiClient
 
@@ -40,7 +39,7 @@ from lab.controllers.endpoints import EndpointSliceController
 from lab.controllers.gc import GarbageCollector
 from lab.controllers.indexes import OWNED_INDEXES, POD_INDEXES, SERVICE_INDEXES
 from lab.controllers.loadbalancer import DEFAULT_POOL, LoadBalancerController, Pool
-from lab.controllers.nodeipam import NodeIpamController
+from lab.controllers.nodeipam import CidrSetMetrics, NodeIpamController
 from lab.controllers.replicas import ReplicaController
 from lab.controllers.scheduler import Scheduler
 from lab.controllers.statefulset import StatefulSetController
@@ -113,27 +112,6 @@ def node_ipam(args: argparse.Namespace) -> RangeAllocator | None:
     return RangeAllocator(args.cluster_cidr, args.node_cidr_mask_size, args.service_cluster_ip_range or None)
 
 
-def _cidrset_metrics(reg: metrics.Registry) -> Callable[[RangeAllocator], None]:
-    """kube-controller-manager's node IPAM metrics, under its names (`cirdset_max_cidrs` is
-    upstream's spelling); returns the function that refreshes them from an allocator."""
-    labels = ["clusterCIDR"]
-    allocations = reg.counter("node_ipam_controller_cidrset_cidrs_allocations_total",
-                              "Counter measuring total number of CIDR allocations.", labels)
-    releases = reg.counter("node_ipam_controller_cidrset_cidrs_releases_total",
-                           "Counter measuring total number of CIDR releases.", labels)
-    usage = reg.gauge("node_ipam_controller_cidrset_usage_cidrs", "Gauge measuring percentage of allocated CIDRs.",
-                      labels)
-    most = reg.gauge("node_ipam_controller_cirdset_max_cidrs", "Maximum number of CIDRs that can be allocated.", labels)
-
-    def refresh(ipam: RangeAllocator) -> None:
-        s, key = ipam.cidrs, str(ipam.cidrs.cluster)
-        allocations.values[(key,)] = s.allocations
-        releases.values[(key,)] = s.releases
-        usage.set(s.usage, key)
-        most.set(s.max, key)
-    return refresh
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logs.setup("controllers", args.log_level)
@@ -161,15 +139,14 @@ def main(argv: list[str] | None = None) -> int:
     syncs = reg.counter("knet_controller_syncs_total", "syncs per controller", ["controller"])
     errors = reg.counter("knet_controller_sync_errors_total", "failed syncs per controller", ["controller"])
     depth = reg.gauge("knet_controller_queue_depth", "keys waiting per controller", ["controller"])
-    cidrset = _cidrset_metrics(reg)
+    if ipam is not None and "nodeipam" in which:
+        reg.register(CidrSetMetrics(ipam))
     if args.metrics:
         def health() -> tuple[bool, str]:
             for c in controllers:
                 syncs.values[(c.name,)] = c.syncs
                 errors.values[(c.name,)] = c.errors
                 depth.set(len(c.queue), c.name)
-            if ipam is not None and "nodeipam" in which:
-                cidrset(ipam)
             synced = all(i.synced.is_set() for i in factory.informers)
             return synced, "ok" if synced else "informers not synced"
         metrics.serve(reg, args.metrics, health)

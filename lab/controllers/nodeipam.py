@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import kubernetes.client
 from kubernetes.client import ApiClient
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from knet.kube import Informer, client
 from knet.kube.models import Node
@@ -103,3 +105,27 @@ class NodeIpamController(Controller):
             kubernetes.client.CoreV1Api(self.api).create_namespaced_event("default", body, _preload_content=False)
         except Exception as e:
             log.warning("node %s: event %s not recorded: %s", node.name, reason, e)
+
+
+class CidrSetMetrics:
+    """kube-controller-manager's node IPAM metrics under its names (`cirdset_max_cidrs` is
+    upstream's spelling), read from the allocator on every scrape."""
+
+    def __init__(self, ipam: RangeAllocator) -> None:
+        self.ipam = ipam
+
+    def collect(self) -> Iterator[Metric]:
+        s, labels = self.ipam.cidrs, ["clusterCIDR"]
+        key = [str(s.cluster)]
+        for family, value in (
+            (CounterMetricFamily("node_ipam_controller_cidrset_cidrs_allocations_total",
+                                 "Counter measuring total number of CIDR allocations.", labels=labels), s.allocations),
+            (CounterMetricFamily("node_ipam_controller_cidrset_cidrs_releases_total",
+                                 "Counter measuring total number of CIDR releases.", labels=labels), s.releases),
+            (GaugeMetricFamily("node_ipam_controller_cidrset_usage_cidrs",
+                               "Gauge measuring percentage of allocated CIDRs.", labels=labels), s.usage),
+            (GaugeMetricFamily("node_ipam_controller_cirdset_max_cidrs",
+                               "Maximum number of CIDRs that can be allocated.", labels=labels), s.max),
+        ):
+            family.add_metric(key, value)
+            yield family

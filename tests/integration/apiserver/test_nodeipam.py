@@ -6,6 +6,7 @@ What a user sees: the Nodes' spec.podCIDR, the events, the controller's log and 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import time
 import urllib.request
@@ -15,7 +16,9 @@ from ipaddress import ip_network
 
 import pytest
 from kubernetes import client
+from kubernetes.client import ApiClient
 
+from knet.kube import client as kc
 from knet_testing.apiserver_env import free_port, start, start_apiserver, stop, tail, wait_for
 from lab.apiserver import auth
 from tests.integration import anchors
@@ -41,54 +44,54 @@ def node_ipam(server: Server) -> Iterator[None]:
     proc = start(controllers_argv(server.kubeconfig, anchors.CLUSTER_CIDR, "--service-cluster-ip-range",
                                   anchors.SERVICE_CIDR), log)
     try:
+        wait_for(said(log, "node IPAM: cluster CIDR"), WAIT, "knet-controllers", proc, log)
         yield
     finally:
         assert stop(proc) == 0, tail(log)
 
 
-def pod_cidr(core: client.CoreV1Api, name: str) -> str | None:
-    return core.read_node(name).spec.pod_cidr
+def pod_cidr(api: ApiClient, name: str) -> str | None:
+    return ((kc.get(api, "Node", name) or {}).get("spec") or {}).get("podCIDR")
 
 
-def wait_cidr(core: client.CoreV1Api, name: str) -> str:
-    wait_for(lambda: pod_cidr(core, name), WAIT, f"podCIDR of node {name}")
-    cidr = pod_cidr(core, name)
-    assert cidr is not None and core.read_node(name).spec.pod_cid_rs == [cidr]
+def wait_cidr(api: ApiClient, name: str) -> str:
+    wait_for(lambda: pod_cidr(api, name), WAIT, f"podCIDR of node {name}")
+    node = kc.get(api, "Node", name) or {}
+    cidr = node["spec"]["podCIDR"]
+    assert node["spec"]["podCIDRs"] == [cidr]
     return cidr
 
 
-def new_node(core: client.CoreV1Api, name: str, cidr: str | None = None) -> None:
-    spec = client.V1NodeSpec(pod_cidr=cidr, pod_cid_rs=[cidr]) if cidr else None
-    core.create_node(client.V1Node(metadata=client.V1ObjectMeta(name=name), spec=spec))
+def new_node(api: ApiClient, name: str, cidr: str | None = None) -> None:
+    spec = {"podCIDR": cidr, "podCIDRs": [cidr]} if cidr else {}
+    kc.create(api, "Node", {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name}, "spec": spec})
 
 
 @contextlib.contextmanager
-def nodes_deleted(core: client.CoreV1Api, names: list[str]) -> Iterator[list[str]]:
+def nodes_deleted(api: ApiClient, names: list[str]) -> Iterator[list[str]]:
     try:
         yield names
     finally:
         for name in names:
-            with contextlib.suppress(client.ApiException):
-                core.delete_node(name)
+            kc.delete(api, "Node", name)
 
 
 def test_each_node_gets_its_own_block_and_a_released_one_is_not_reused_at_once(api, server: Server,
                                                                                  node_ipam: None) -> None:
-    core = client.CoreV1Api(api)
     tag = uuid.uuid4().hex[:6]
-    with nodes_deleted(core, [f"ipam-{tag}-{x}" for x in "abcd"]) as (a, b, c, d):
-        new_node(core, c, "10.244.250.0/24")  # set by an administrator: kept, and never handed out
-        new_node(core, a)
-        new_node(core, b)
-        got = {n: wait_cidr(core, n) for n in (a, b)}
+    with nodes_deleted(api, [f"ipam-{tag}-{x}" for x in "abcd"]) as (a, b, c, d):
+        new_node(api, c, "10.244.250.0/24")  # set by an administrator: kept, and never handed out
+        new_node(api, a)
+        new_node(api, b)
+        got = {n: wait_cidr(api, n) for n in (a, b)}
         for cidr in got.values():
             net = ip_network(cidr)
             assert net.prefixlen == 24 and net.subnet_of(ip_network(anchors.CLUSTER_CIDR)), cidr
         assert len({*got.values(), "10.244.250.0/24"}) == 3
-        assert pod_cidr(core, c) == "10.244.250.0/24"
-        core.delete_node(a)
-        new_node(core, d)
-        assert wait_cidr(core, d) not in {*got.values(), "10.244.250.0/24"}
+        assert pod_cidr(api, c) == "10.244.250.0/24"
+        kc.delete(api, "Node", a)
+        new_node(api, d)
+        assert wait_cidr(api, d) not in {*got.values(), "10.244.250.0/24"}
 
 
 # --- a range of two blocks (the lab's controller only: the real one runs with the conftest's range) ---
@@ -105,7 +108,6 @@ class SmallRange:
         self.api = client.ApiClient(client.Configuration())
         self.api.configuration.host = self.api_server.urls[0]
         self.api.configuration.api_key = {"authorization": f"Bearer {ADMIN_TOKEN}"}
-        self.core = client.CoreV1Api(self.api)
 
     def start_controllers(self) -> None:
         self.proc = start(controllers_argv(self.kubeconfig, "10.250.0.0/23", "--metrics", self.metrics), self.log)
@@ -115,8 +117,9 @@ class SmallRange:
     def stop_controllers(self) -> None:
         assert stop(self.proc) == 0, tail(self.log)
 
-    def events(self, node: str) -> list[client.CoreV1Event]:
-        return [e for e in self.core.list_namespaced_event("default").items if e.involved_object.name == node]
+    def events(self, node: str) -> list[dict]:
+        r = client.CoreV1Api(self.api).list_namespaced_event("default", _preload_content=False)
+        return [e for e in json.loads(r.data)["items"] if e["involvedObject"]["name"] == node]
 
     def scrape(self) -> str:
         with urllib.request.urlopen(f"http://{self.metrics}/metrics", timeout=5) as r:  # loopback only
@@ -139,34 +142,34 @@ def test_a_full_range_leaves_the_node_without_podcidr_says_so_and_a_restart_adop
     r = SmallRange(server.tmp, server.etcd.url)
     try:
         r.start_controllers()
-        core = r.core
+        api = r.api
         for name in ("n1", "n2"):
-            new_node(core, name)
-        first = {n: wait_cidr(core, n) for n in ("n1", "n2")}
+            new_node(api, name)
+        first = {n: wait_cidr(api, n) for n in ("n1", "n2")}
         assert sorted(first.values()) == ["10.250.0.0/24", "10.250.1.0/24"]
 
-        new_node(core, "n3")
+        new_node(api, "n3")
         wait_for(lambda: r.events("n3"), WAIT, "an event on n3")
         (event,) = r.events("n3")
-        assert (event.reason, event.type, event.message, event.source.component) == (
+        assert (event["reason"], event["type"], event["message"], event["source"]["component"]) == (
             "CIDRNotAvailable", "Normal", "Node n3 status is now: CIDRNotAvailable", "cidrAllocator")
-        assert pod_cidr(core, "n3") is None
+        assert pod_cidr(api, "n3") is None
         assert said(r.log, "node n3: no podCIDR assigned: no CIDRs remaining in cluster CIDR 10.250.0.0/23")()
         metrics = r.scrape()
         assert 'node_ipam_controller_cidrset_usage_cidrs{clusterCIDR="10.250.0.0/23"} 1.0' in metrics
         assert 'node_ipam_controller_cidrset_cidrs_allocations_total{clusterCIDR="10.250.0.0/23"} 2.0' in metrics
 
-        core.delete_node("n1")  # a block is free: the waiting node gets it
-        assert wait_cidr(core, "n3") == first["n1"]
+        kc.delete(api, "Node", "n1")  # a block is free: the waiting node gets it
+        assert wait_cidr(api, "n3") == first["n1"]
         time.sleep(1)  # its heartbeat-free Node gets no second event
         assert len(r.events("n3")) == 1
 
         r.stop_controllers()
         r.start_controllers()  # adopts n2's and n3's blocks before anything else
         wait_for(said(r.log, f"node n3: podCIDR {first['n1']} adopted"), WAIT, "adoption", r.proc, r.log)
-        new_node(core, "n4")
+        new_node(api, "n4")
         wait_for(lambda: r.events("n4"), WAIT, "an event on n4")
-        assert pod_cidr(core, "n4") is None
-        assert (pod_cidr(core, "n2"), pod_cidr(core, "n3")) == (first["n2"], first["n1"])
+        assert pod_cidr(api, "n4") is None
+        assert (pod_cidr(api, "n2"), pod_cidr(api, "n3")) == (first["n2"], first["n1"])
     finally:
         r.close()
