@@ -5,11 +5,12 @@ node namespace exactly as a node would run it, and waits for every node's subnet
 plugin (flannel mode) reads that file, so pods get addresses from the node's subnet with the
 overlay's MTU.
 
-- kube (`start_kube`, as kube-flannel runs flanneld): the node's subnet is its Node's
-  spec.podCIDR, which the lab's node IPAM controller assigned (lab.controllers.nodeipam); flannel
+- kube (`spawn_kube`, `wait_kube`; as kube-flannel runs flanneld): the node's subnet is its Node's
+  spec.podCIDR, which the lab's node IPAM controller assigns (lab.controllers.nodeipam); flannel
   publishes its lease as Node annotations and reads everyone's from the Nodes. Started once the
-  control plane is up and every Node has its podCIDR, with the `flannel` identity's kubeconfig and
-  the net-conf.json kube-flannel's ConfigMap carries (<state>/kube-flannel/net-conf.json).
+  API server is up, together with the node agents (each daemon waits for its Node and podCIDR, as
+  on a cluster), with the `flannel` identity's kubeconfig and the net-conf.json kube-flannel's
+  ConfigMap carries (<state>/kube-flannel/net-conf.json).
 - etcd (`start`): flannel leases subnets from the lab's etcd (/coreos.com/network); started before
   the control plane, which it does not need.
 """
