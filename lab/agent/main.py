@@ -4,12 +4,13 @@
     knet-node-agent --kubeconfig ... --node-name n1 --conflist /etc/cni/net.d/10-knet.conflist \\
                     --state-dir /var/lib/knet-agent --netns-prefix knet      # outside a lab
 
-It registers its Node (InternalIP = eth0's address, podCIDR, Ready with a heartbeat), watches the
-pods bound to it (`fieldSelector=spec.nodeName=<node>`) and runs one `PodWorker` per pod. It
-serves the kubelet's API on <node IP>:10250 (exec, attach, port-forward, container logs, stats,
-cAdvisor's network counters; HTTPS, only the API server's kubelet-client certificate let in,
-checked against --client-ca-file or else the kubeconfig's CA), samples its pods' cgroups, and
-records events (Pulled, Created, Started, Killing, Unhealthy, BackOff) as the kubelet does.
+It registers its Node (InternalIP = eth0's address, Ready with a heartbeat; as a kubelet, it leaves
+spec.podCIDR to the node IPAM controller: lab.controllers.nodeipam), watches the pods bound to it
+(`fieldSelector=spec.nodeName=<node>`) and runs one `PodWorker` per pod. It serves the kubelet's
+API on <node IP>:10250 (exec, attach, port-forward, container logs, stats, cAdvisor's network
+counters; HTTPS, only the API server's kubelet-client certificate let in, checked against
+--client-ca-file or else the kubeconfig's CA), samples its pods' cgroups, and records events
+(Pulled, Created, Started, Killing, Unhealthy, BackOff) as the kubelet does.
 
 Deletion: the lab API server deletes a pod at once (no grace period, no finalizer); the agent
 learns it from the DELETE event (or from the pod no longer being listed) and then stops the
@@ -22,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import ipaddress
 import json
 import logging
 import os
@@ -65,7 +65,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--state-dir", help="pod state and logs (default: <lab node dir>/agent)")
     p.add_argument("--netns-prefix", help="pod namespaces are <prefix>-pod-<ns>-<name> (default: the lab name)")
     p.add_argument("--node-ip", help="InternalIP (default: eth0's IPv4 address)")
-    p.add_argument("--pod-cidr", help="the node's pod subnet (default: the lab's or subnet.env's)")
     p.add_argument("--service-cidr", default=topology.SERVICE_CIDR)
     p.add_argument("--cluster-domain", default="cluster.local")
     p.add_argument("--heartbeat", type=float, default=10.0, help="seconds between Node status updates")
@@ -89,8 +88,8 @@ def eth0_address() -> str | None:
     return None
 
 
-def node_facts(args: argparse.Namespace) -> tuple[dict[str, Any], str, str | None, str | None]:
-    """(node_info for the runtime, state dir, node IP, pod CIDR)."""
+def node_facts(args: argparse.Namespace) -> tuple[dict[str, Any], str, str | None]:
+    """(node_info for the runtime, state dir, node IP)."""
     info: dict[str, Any] = {}
     if args.lab:
         data = state.load(args.lab, args.lab_root)
@@ -105,21 +104,14 @@ def node_facts(args: argparse.Namespace) -> tuple[dict[str, Any], str, str | Non
     state_dir = args.state_dir or (os.path.join(info["dir"], "agent") if info.get("dir") else None)
     if not state_dir:
         raise SystemExit("knet-node-agent: no state dir (--lab or --state-dir)")
-    cidr = args.pod_cidr or info.get("pod_subnet") or None
-    subnet_env = os.path.join(info.get("dir", ""), "subnet.env")
-    if not cidr and os.path.exists(subnet_env):
-        with open(subnet_env) as f:
-            for line in f:
-                if line.startswith("FLANNEL_SUBNET="):
-                    cidr = str(ipaddress.ip_interface(line.split("=", 1)[1].strip()).network)
-    return info, state_dir, args.node_ip or eth0_address() or info.get("ip"), cidr
+    return info, state_dir, args.node_ip or eth0_address() or info.get("ip")
 
 
 class Agent:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.node = args.node_name
-        info, state_dir, self.node_ip, self.pod_cidr = node_facts(args)
+        info, state_dir, self.node_ip = node_facts(args)
         self.api = api_client_from_args(args)
         self.factory = InformerFactory(self.api)
         self.pods = self.factory.informer(Pod, field_selector=f"spec.nodeName={self.node}")
@@ -145,15 +137,12 @@ class Agent:
     # --- the Node --------------------------------------------------------------------------------
 
     def node_object(self) -> dict[str, Any]:
-        spec: dict[str, Any] = {}
-        if self.pod_cidr:
-            spec = {"podCIDR": self.pod_cidr, "podCIDRs": [self.pod_cidr]}
         return {"apiVersion": "v1", "kind": "Node",
                 "metadata": {"name": self.node, "labels": {
                     "kubernetes.io/hostname": self.node, "kubernetes.io/os": "linux",
                     "kubernetes.io/arch": "amd64", "beta.kubernetes.io/os": "linux",
                     "beta.kubernetes.io/arch": "amd64"}},
-                "spec": spec, "status": self.node_status()}
+                "spec": {}, "status": self.node_status()}
 
     def node_status(self) -> dict[str, Any]:
         t = now()
@@ -225,17 +214,14 @@ class Agent:
         if existing is None:
             try:
                 client.create(self.api, "Node", body)
-                log.info("registered node %s (%s, podCIDR %s)", self.node, self.node_ip, self.pod_cidr or "-")
+                log.info("registered node %s (%s)", self.node, self.node_ip)
                 return
             except client.ApiException as e:
                 if e.status != 409:
                     raise
-        patch: dict[str, Any] = {"metadata": {"labels": body["metadata"]["labels"]}}
-        if self.pod_cidr and not (existing or {}).get("spec", {}).get("podCIDR"):
-            patch["spec"] = body["spec"]
-        client.patch(self.api, "Node", self.node, patch)
+        client.patch(self.api, "Node", self.node, {"metadata": {"labels": body["metadata"]["labels"]}})
         client.patch_status(self.api, "Node", self.node, body["status"])
-        log.info("updated node %s (%s, podCIDR %s)", self.node, self.node_ip, self.pod_cidr or "-")
+        log.info("updated node %s (%s)", self.node, self.node_ip)
 
     def heartbeat(self) -> None:
         while not self.stop.wait(self.args.heartbeat):
