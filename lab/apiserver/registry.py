@@ -36,6 +36,7 @@ from lab.apiserver.query import Query
 from lab.apiserver.resources import RESOURCES, ResourceType, by_kind
 from lab.apiserver.storage import KV, Compacted, Store, TxnFailed
 from lab.apiserver.strategy import Config, Strategy
+from lab.apiserver.validation import Causes
 
 log = logging.getLogger("lab.apiserver.registry")
 
@@ -299,6 +300,10 @@ class Registry:
             if not isinstance(patched, dict):
                 raise bad_request("the patched object is not a JSON object")
             if view is not None:
+                causes = Causes()  # the view's own update rules (events.k8s.io's immutable fields)
+                view.validate(causes, patched, base, self.cfg)
+                if causes:
+                    raise invalid(rt.kind, name, causes.items, rt.group)
                 patched = view.to_stored(patched)
             want = objects.meta(patched).get("resourceVersion")
             if want and want != str(old.mod_revision):

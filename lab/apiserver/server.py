@@ -313,12 +313,15 @@ class ApiServer:
             body = await self._body(request)
             if not isinstance(body, dict):
                 raise bad_request(f"the body of the request must be a {t.rt.kind} object")
+            causes = Causes()  # the view's own rules; the stored kind's follow in the registry
+            meta = body.get("metadata")
+            if isinstance(meta, dict) and t.namespace and not meta.get("namespace"):
+                meta["namespace"] = t.namespace  # as the request says (the view's checks compare it)
+            current = None if method == "POST" else view.from_stored(await reg.get(stored, t.namespace, t.name))
+            view.validate(causes, body, current, reg.cfg)
+            if causes:
+                raise invalid(t.rt.kind, objects.get_path(body, "metadata", "name") or "", causes.items, t.rt.group)
             if method == "POST":
-                causes = Causes()
-                view.validate(causes, body, None, reg.cfg)
-                if causes:
-                    raise invalid(t.rt.kind, objects.get_path(body, "metadata", "name") or "", causes.items,
-                                  t.rt.group)
                 return _json(view.from_stored(await reg.create(stored, t.namespace, view.to_stored(body), dry_run)),
                              201)
             assert t.name is not None
