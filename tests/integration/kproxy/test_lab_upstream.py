@@ -20,14 +20,15 @@ from collections.abc import Iterator
 
 import pytest
 
+from knet_testing import anchors
 from lab.bringup import kube_proxy
-from tests.integration import anchors
 from tests.integration.kproxy import test_lab_modes as modes
 
 pytestmark = pytest.mark.integration
 MODES = [m for m in os.environ.get("KNET_TEST_UPSTREAM_PROXY_MODES", "kube-proxy-iptables").split(",") if m]
 # The conntrack sysctls kube-proxy sets (lab.bringup.kube_proxy.configuration): per network namespace.
 CONNTRACK = {"nf_conntrack_tcp_timeout_established": 86400, "nf_conntrack_tcp_timeout_close_wait": 3600}
+ROOT_BEFORE: dict[str, dict[str, str]] = {}  # mode -> the root namespace's values before its lab
 
 
 def root_conntrack() -> dict[str, str]:
@@ -45,10 +46,9 @@ def slab(request: pytest.FixtureRequest) -> Iterator[modes.ServiceLab]:
         pytest.fail(f"KNET_TEST_UPSTREAM_PROXY_MODES: {request.param!r} is not one of {kube_proxy.MODES}")
     if why := anchors.missing("kube-proxy"):
         pytest.skip(why)
-    before = root_conntrack()
+    ROOT_BEFORE[request.param] = root_conntrack()
     lab = modes.up_lab(request, nodes=3, control_plane=True, proxy_mode=request.param)
     s = modes.ServiceLab(lab, request.param)
-    s.root_conntrack_before = before  # type: ignore[attr-defined]  # for test_kube_proxy_in_the_node_only
     s.deployment("web", 3)
     for node in ("node1", "node3"):
         s.client_pod(f"client-{node}", node)
@@ -86,4 +86,4 @@ def test_kube_proxy_in_the_node_only(slab: modes.ServiceLab) -> None:
         for name, value in CONNTRACK.items():
             got = slab.lab.exec(short, ["cat", f"/proc/sys/net/netfilter/{name}"]).stdout.strip()
             assert got == str(value), (short, name, got)
-    assert root_conntrack() == slab.root_conntrack_before  # type: ignore[attr-defined]
+    assert root_conntrack() == ROOT_BEFORE[slab.mode]
