@@ -13,8 +13,9 @@ the KUBE_FEATURE_* environment that CoreDNS reads does nothing here).
 What kube-proxy writes under /proc/sys and /sys (v1.37, cmd/kube-proxy and pkg/proxy): the
 conntrack settings (`net/netfilter/nf_conntrack_*` timeouts and tcp_be_liberal: per network
 namespace; `nf_conntrack_max` and /sys/module/nf_conntrack/parameters/hashsize when
-conntrack.maxPerCore > 0: one value for the whole machine) and, in iptables mode,
-`net/ipv4/conf/all/route_localnet` (per network namespace). A process sees and writes the
+conntrack.maxPerCore > 0: one value for the whole machine) and, in iptables mode with node ports
+on localhost, `net/ipv4/conf/all/route_localnet` (per network namespace; not asked for here:
+node ports are on the node's address). A process sees and writes the
 `net/` sysctls of its own network namespace, so in a node's namespace the per-namespace ones are
 the node's; the machine-wide ones are never asked for (maxPerCore 0, min 0), and `check_writes`
 refuses a configuration that would ask, as `start` refuses to run kube-proxy in the root
@@ -45,6 +46,9 @@ BINARY = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.ab
 # fields that make it write them.
 MACHINE_WIDE = {"conntrack.maxPerCore": ("net/netfilter/nf_conntrack_max",
                                          "/sys/module/nf_conntrack/parameters/hashsize")}
+
+
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never an http_proxy of the environment
 
 
 class KubeProxyError(LabError):
@@ -140,7 +144,7 @@ def last_sync(netns_name: str, ip: str) -> float:
     """kube-proxy's kubeproxy_sync_proxy_rules_last_timestamp_seconds on a node (0: none yet or
     not answering), read from inside the node's namespace."""
     with netns.enter(netns_name), contextlib.suppress(OSError), \
-            urllib.request.urlopen(f"http://{ip}:{METRICS_PORT}/metrics", timeout=2) as r:
+            _DIRECT.open(f"http://{ip}:{METRICS_PORT}/metrics", timeout=2) as r:
         for line in r.read().decode().splitlines():
             if line.startswith("kubeproxy_sync_proxy_rules_last_timestamp_seconds"):
                 return float(line.split()[-1])
