@@ -16,7 +16,8 @@ import os
 import secrets
 
 # The lab's users: the admin kubeconfig and one per component.
-DEFAULT_USERS = ("admin", "kproxy", "kdns", "netpolicy", "ingress", "node-agent", "controllers", "flannel")
+DEFAULT_USERS = ("admin", "kproxy", "kdns", "netpolicy", "ingress", "node-agent", "controllers", "flannel",
+                 "kube-proxy")  # upstream kube-proxy, knet lab up --proxy-mode kube-proxy-*
 
 
 def load_tokens(path: str) -> dict[str, str]:

@@ -1,5 +1,6 @@
-"""What exists from the start, as on a fresh cluster: the system namespaces and the `kubernetes`
-Service (the first address of the service range) with Endpoints pointing at this server."""
+"""What exists from the start, as on a fresh cluster: the system namespaces, the `kubernetes`
+Service (the first address of the service range) with Endpoints pointing at this server, and
+the `kubernetes` ServiceCIDR (the service range, as kube-apiserver's --service-cluster-ip-range)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,9 @@ async def bootstrap(reg: Registry, advertise_ip: str | None = None, advertise_po
     for ns in SYSTEM_NAMESPACES:
         with contextlib.suppress(ApiError):
             await reg.create(namespaces, None, {"metadata": {"name": ns}})
+    with contextlib.suppress(ApiError):  # already there (a restarted server)
+        await reg.create(by_kind("networking.k8s.io", "ServiceCIDR"), None, {
+            "metadata": {"name": "kubernetes"}, "spec": {"cidrs": [str(reg.cfg.service_cidr.network)]}})
     services, endpoints = by_kind("", "Service"), by_kind("", "Endpoints")
     labels = {"component": "apiserver", "provider": "kubernetes"}
     try:

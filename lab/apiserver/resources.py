@@ -65,7 +65,8 @@ RESOURCES: tuple[ResourceType, ...] = (
                  strategy=cluster.Namespaces()),
     ResourceType("", "v1", "pods", "Pod", True, ("po",), ("status", "binding"), _ALL, _POD_FIELDS,
                  strategy=pods.Pods()),
-    ResourceType("", "v1", "services", "Service", True, ("svc",), ("status",), _ALL, strategy=services.Services()),
+    ResourceType("", "v1", "services", "Service", True, ("svc",), ("status",), _ALL, ("spec.clusterIP", "spec.type"),
+                 strategy=services.Services()),
     ResourceType("", "v1", "endpoints", "Endpoints", True, ("ep",), strategy=endpoints.Endpoints()),
     ResourceType("", "v1", "nodes", "Node", False, ("no",), ("status",), fields=("spec.unschedulable",),
                  strategy=cluster.Nodes()),
@@ -91,6 +92,8 @@ RESOURCES: tuple[ResourceType, ...] = (
                  strategy=networking.Ingresses()),
     ResourceType("networking.k8s.io", "v1", "ingressclasses", "IngressClass", False,
                  strategy=networking.IngressClasses()),
+    # The service ranges (kube-apiserver's default one, made by bootstrap); kube-proxy watches them.
+    ResourceType("networking.k8s.io", "v1", "servicecidrs", "ServiceCIDR", False, (), ("status",)),
     ResourceType("coordination.k8s.io", "v1", "leases", "Lease", True),
 )
 
