@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from knet.kube import selectors
+from lab.apiserver import limits
 from lab.apiserver.allocator import Reservation
 from lab.apiserver.strategy import Config
 from lab.apiserver.validation import Causes, get
@@ -56,6 +57,9 @@ def validate_metadata(c: Causes, rt: ResourceType, obj: dict[str, Any]) -> None:
                 if not selectors.valid_label_key(k):
                     c.invalid("metadata.annotations", k, "name part must consist of alphanumeric characters, "
                                                          "'-', '_' or '.'")
+            if limits.annotations_size(annotations) > limits.TOTAL_ANNOTATION_SIZE_LIMIT:
+                c.add("FieldValueTooLong", "metadata.annotations",
+                      f"Too long: may not be more than {limits.TOTAL_ANNOTATION_SIZE_LIMIT} bytes")
     for i, ref in enumerate(meta.get("ownerReferences") or []):
         for key in ("apiVersion", "kind", "name", "uid"):
             if not get(ref, key):

@@ -20,12 +20,11 @@ import asyncio
 import builtins
 import contextlib
 import copy
-import json
 import logging
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any
 
-from lab.apiserver import admission, direct, objects, patch
+from lab.apiserver import admission, direct, limits, objects, patch
 from lab.apiserver.allocator import Allocator, Reservation
 from lab.apiserver.cache import OWNER_INDEX, WatchCache
 from lab.apiserver.direct import WatchItem
@@ -242,10 +241,7 @@ class Registry:
         if ptype is None:
             raise ApiError(415, f"the body of the request was in an unknown format - accepted media types "
                                 f"include: {', '.join(PATCH_TYPES)}", "UnsupportedMediaType")
-        try:
-            doc = json.loads(body or b"null")
-        except ValueError as e:
-            raise bad_request(f"the patch is not valid JSON: {e}") from None
+        doc = limits.decode_json(body or b"null", "the patch")
         for _ in range(5):
             old = await self.read(rt, ns, name)
             current = objects.with_rv(dict(old.value), old.mod_revision)

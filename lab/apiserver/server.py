@@ -21,7 +21,7 @@ from typing import Any
 from aiohttp import web
 
 from knet import metrics
-from lab.apiserver import auth, discovery, objects, tables, watchstream
+from lab.apiserver import auth, discovery, limits, objects, tables, watchstream
 from lab.apiserver.errors import ApiError, bad_request
 from lab.apiserver.query import Query
 from lab.apiserver.registry import Registry
@@ -98,7 +98,7 @@ class ApiServer:
         self.objects = self.metrics.gauge("apiserver_storage_objects", "objects stored, by resource",
                                           ["resource"])
         self.stopping = asyncio.Event()  # set on shutdown: open watches end cleanly
-        self.app = web.Application(middlewares=[self._middleware], client_max_size=8 * 1024 * 1024)
+        self.app = web.Application(middlewares=[self._middleware], client_max_size=limits.MAX_REQUEST_BODY_BYTES)
         self.app.router.add_route("*", "/{tail:.*}", self._dispatch)
 
     @web.middleware
@@ -114,9 +114,14 @@ class ApiServer:
             resp = await handler(request)
         except ApiError as e:
             resp = _json(e.status(), e.code)
+        except web.HTTPRequestEntityTooLarge:  # the body grew past client_max_size while being read
+            resp = _json(limits.too_large().status(), 413)
         except StoreError as e:
-            log.error("storage: %s", e)
-            resp = _json(ApiError(503, f"storage unavailable: {e}", "ServiceUnavailable").status(), 503)
+            if "request is too large" in str(e):  # etcd's own limit (--max-request-bytes), below ours
+                resp = _json(ApiError(413, f"Request entity too large: {e}", "RequestEntityTooLarge").status(), 413)
+            else:
+                log.error("storage: %s", e)
+                resp = _json(ApiError(503, f"storage unavailable: {e}", "ServiceUnavailable").status(), 503)
         except (asyncio.CancelledError, ConnectionResetError):
             raise
         except Exception as e:
@@ -161,7 +166,7 @@ class ApiServer:
         return _json(doc)
 
     async def _body(self, request: web.Request, required: bool = True) -> Any:
-        raw = await request.read()
+        raw = await self._raw_body(request)
         if not raw.strip():
             if required:
                 raise bad_request("the request body is empty")
@@ -169,10 +174,15 @@ class ApiServer:
         if "protobuf" in request.content_type or "yaml" in request.content_type:
             raise ApiError(415, f"the body of the request was in an unknown format - accepted media types "
                                 f"include: application/json (got {request.content_type})", "UnsupportedMediaType")
-        try:
-            return json.loads(raw)
-        except ValueError as e:
-            raise bad_request(f"the body of the request could not be decoded as JSON: {e}") from None
+        return limits.decode_json(raw)
+
+    @staticmethod
+    async def _raw_body(request: web.Request) -> bytes:
+        """The body, refused (413) from its Content-Length before it is read when that is over the
+        limit (aiohttp's client_max_size stops a chunked one while it is read)."""
+        if (request.content_length or 0) > limits.MAX_REQUEST_BODY_BYTES:
+            raise limits.too_large()
+        return await request.read()
 
     async def _resource(self, request: web.Request, t: Target) -> web.StreamResponse:
         request["resource"] = t.rt.plural
@@ -213,7 +223,7 @@ class ApiServer:
             return _json(await reg.update(rt, t.namespace, t.name, body, t.sub, dry_run))
         elif method == "PATCH" and t.name is not None:
             return _json(await reg.patch(rt, t.namespace, t.name, request.headers.get("Content-Type", ""),
-                                         await request.read(), t.sub, dry_run))
+                                         await self._raw_body(request), t.sub, dry_run))
         elif method == "DELETE" and t.sub is None:
             options = await self._body(request, required=False) or {}
             if not isinstance(options, dict):
