@@ -45,6 +45,9 @@ def validate_metadata(c: Causes, rt: ResourceType, obj: dict[str, Any]) -> None:
         c.dns_label("metadata.name", name)
     elif rule == "dns1035":
         c.dns1035("metadata.name", name)
+    elif rule == "path":  # RBAC objects: any name usable as a path segment (`system:discovery`)
+        if not isinstance(name, str) or name in (".", "..") or "/" in name or "%" in name:
+            c.invalid("metadata.name", name, "may not be '.' or '..' and may not contain '/' or '%'")
     else:
         c.dns_subdomain("metadata.name", name)
     c.labels("metadata.labels", meta.get("labels"))

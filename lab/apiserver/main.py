@@ -34,7 +34,8 @@ from aiohttp import web
 from knet import logs, metrics, netns
 from lab.apiserver import auth, pki
 from lab.apiserver.allocator import DEFAULT_SERVICE_CIDR, NodePortRange, ServiceCIDR
-from lab.apiserver.bootstrap import bootstrap
+from lab.apiserver.authorizer import MODES
+from lab.apiserver.bootstrap import bootstrap, load_policy
 from lab.apiserver.mirror import Mirror
 from lab.apiserver.registry import Registry
 from lab.apiserver.server import ApiServer
@@ -69,7 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="knet-apiserver", description="The knet lab's Kubernetes API server")
     p.add_argument("--etcd", required=True, help="etcd client URL (its gRPC gateway), e.g. http://127.0.0.1:2379")
     p.add_argument("--etcd-prefix", default="/registry")
-    p.add_argument("--tokens", required=True, help="token file: token,user[,uid] per line")
+    p.add_argument("--tokens", required=True, help='token file: token,user[,uid[,"groups"]] per line')
+    p.add_argument("--authorization-mode", choices=MODES, default="AlwaysAllow",
+                   help="AlwaysAllow (kube-apiserver's default) or RBAC (the lab)")
+    p.add_argument("--authorization-policy-file", action="append", default=[], metavar="YAML",
+                   help="manifests whose Roles, ClusterRoles and bindings exist from the start, kept as "
+                        "the file says (the lab: deploy/rbac.yaml)")
     p.add_argument("--listen", action="append", default=[], type=parse_addr, metavar="ADDR:PORT")
     p.add_argument("--listen-netns", action="append", default=[], metavar="NETNS=ADDR:PORT",
                    help="listen inside another network namespace (a name under /run/netns or a path)")
@@ -95,6 +101,11 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         print(f"knet-apiserver: {e}", file=sys.stderr)
         return 2
+    try:
+        policy = load_policy(args.authorization_policy_file)
+    except (OSError, ValueError) as e:
+        print(f"knet-apiserver: {e}", file=sys.stderr)
+        return 2
     socks = [listen_socket(h, p) for h, p in args.listen]
     for spec in args.listen_netns:
         ns, _, addr = spec.partition("=")
@@ -107,14 +118,14 @@ def main(argv: list[str] | None = None) -> int:
         # uvloop: the server is all event loop (HTTP, etcd calls, watch fan-out); its loop costs
         # about half of asyncio's per request, which is most of what a create costs here.
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            runner.run(serve(args, cfg, socks))
+            runner.run(serve(args, cfg, socks, policy))
     except StoreError as e:
         log.error("etcd: %s", e)
         return 1
     return 0
 
 
-async def serve(args: argparse.Namespace, cfg: Config, socks: list[socket.socket]) -> None:
+async def serve(args: argparse.Namespace, cfg: Config, socks: list[socket.socket], policy: list[dict]) -> None:
     reg = metrics.Registry()
     store = Store(args.etcd, args.etcd_prefix, durations=reg.histogram(
         "etcd_request_duration_seconds", "etcd call latency", ["operation"]))
@@ -128,14 +139,15 @@ async def serve(args: argparse.Namespace, cfg: Config, socks: list[socket.socket
         try:
             if not registry.cache.ready.is_set():
                 await registry.start()
-            await bootstrap(registry, advertise, port)
+            await bootstrap(registry, advertise, port, policy)
             break
         except StoreError as e:
             if time.monotonic() > deadline:
                 raise
             log.info("waiting for etcd at %s: %s", args.etcd, e)
             await asyncio.sleep(0.5)
-    api = ApiServer(registry, auth.load_tokens(args.tokens), f"{advertise}:{port}" if advertise else "", reg)
+    api = ApiServer(registry, auth.load_tokens(args.tokens), f"{advertise}:{port}" if advertise else "", reg,
+                    args.authorization_mode)
     runner = web.AppRunner(api.app, handle_signals=False, access_log=None, handler_cancellation=True,
                            shutdown_timeout=2.0)
     await runner.setup()
@@ -170,6 +182,9 @@ async def serve(args: argparse.Namespace, cfg: Config, socks: list[socket.socket
 
 
 # --- the lab ------------------------------------------------------------------------------------
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+LAB_POLICY = os.path.join(REPO, "deploy", "rbac.yaml")
 
 @dataclass
 class LabApiServer:
@@ -232,11 +247,13 @@ def start_in_lab(lab: str, etcd_url: str = "http://127.0.0.1:2379", *, host_port
             "--tokens", tokens_file, "--listen", f"{ctl_ip}:{lab_port}", "--listen-fd", str(host_sock.fileno()),
             "--service-cidr", service_cidr, "--node-port-range", node_port_range,
             "--advertise-address", ctl_ip, "--advertise-port", str(lab_port), "--ready-file", ready,
-            "--tls-cert-file", certs.cert, "--tls-private-key-file", certs.key]
+            "--tls-cert-file", certs.cert, "--tls-private-key-file", certs.key,
+            # RBAC with the bindings a cluster gets from deploy/ (the one source of both).
+            "--authorization-mode", "RBAC", "--authorization-policy-file", LAB_POLICY]
     with open(os.path.join(sdir, "apiserver.log"), "ab") as out:
         proc = subprocess.Popen(netns.exec_argv(ctl_ns, argv), stdin=subprocess.DEVNULL, stdout=out,
                                 stderr=subprocess.STDOUT, pass_fds=(host_sock.fileno(),), start_new_session=True,
-                                cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+                                cwd=REPO)
     host_sock.close()  # the child has its own copy
     deadline = time.monotonic() + timeout
     while not os.path.exists(ready):

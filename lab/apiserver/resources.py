@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from lab.apiserver.kinds import cluster, config, endpoints, networking, pods, services, workloads
+from lab.apiserver.kinds import cluster, config, endpoints, networking, pods, rbac, services, workloads
 from lab.apiserver.strategy import Strategy
 
 VERBS = ("create", "delete", "deletecollection", "get", "list", "patch", "update", "watch")
@@ -92,6 +92,11 @@ RESOURCES: tuple[ResourceType, ...] = (
     ResourceType("networking.k8s.io", "v1", "ingressclasses", "IngressClass", False,
                  strategy=networking.IngressClasses()),
     ResourceType("coordination.k8s.io", "v1", "leases", "Lease", True),
+    ResourceType(rbac.GROUP, "v1", "roles", "Role", True, strategy=rbac.Roles()),
+    ResourceType(rbac.GROUP, "v1", "clusterroles", "ClusterRole", False, strategy=rbac.ClusterRoles()),
+    ResourceType(rbac.GROUP, "v1", "rolebindings", "RoleBinding", True, strategy=rbac.RoleBindings()),
+    ResourceType(rbac.GROUP, "v1", "clusterrolebindings", "ClusterRoleBinding", False,
+                 strategy=rbac.ClusterRoleBindings()),
 )
 
 _BY_PATH = {(r.group, r.version, r.plural): r for r in RESOURCES}

@@ -21,7 +21,8 @@ from typing import Any
 from aiohttp import web
 
 from knet import metrics
-from lab.apiserver import auth, discovery, limits, objects, tables, watchstream
+from lab.apiserver import auth, discovery, limits, objects, rbac, requestinfo, tables, watchstream
+from lab.apiserver.authorizer import AlwaysAllow, RbacAuthorizer
 from lab.apiserver.errors import ApiError, bad_request
 from lab.apiserver.query import Query
 from lab.apiserver.registry import Registry
@@ -82,10 +83,14 @@ def _json(obj: Any, status: int = 200) -> web.Response:
 
 
 class ApiServer:
-    def __init__(self, registry: Registry, tokens: dict[str, str], server_address: str = "",
-                 metrics_registry: metrics.Registry | None = None) -> None:
+    def __init__(self, registry: Registry, tokens: dict[str, auth.User], server_address: str = "",
+                 metrics_registry: metrics.Registry | None = None, authorization_mode: str = "AlwaysAllow") -> None:
         self.registry = registry
         self.tokens = tokens
+        # As kube-apiserver: requests without a token are system:anonymous (then authorized like any
+        # other: 403 unless a binding allows), except with AlwaysAllow, which turns anonymous off (401).
+        self.authorizer = RbacAuthorizer(registry.cache) if authorization_mode == "RBAC" else AlwaysAllow()
+        self.anonymous = authorization_mode != "AlwaysAllow"
         self.server_address = server_address
         self.metrics = metrics_registry or metrics.Registry()
         # kube-apiserver's names; durations leave out watches (they last as long as the client wants).
@@ -107,10 +112,9 @@ class ApiServer:
         user = "-"
         try:
             if not request.path.startswith(PUBLIC):
-                found = auth.authenticate(self.tokens, request.headers.get("Authorization"))
-                if found is None:
-                    raise ApiError(401, "Unauthorized")
-                user = found
+                found = self._authenticate(request)
+                user = request["user"] = found.name
+                self._authorize(request, found)
             resp = await handler(request)
         except ApiError as e:
             resp = _json(e.status(), e.code)
@@ -134,6 +138,21 @@ class ApiServer:
             self.durations.observe(elapsed, request.method, request.get("resource", ""))
         log.info("%s %s user=%s code=%d %.1fms", request.method, request.path_qs, user, code, elapsed * 1000)
         return resp
+
+    def _authenticate(self, request: web.Request) -> auth.User:
+        header = request.headers.get("Authorization")
+        found = auth.authenticate(self.tokens, header)
+        if found is not None:
+            return found
+        if header is None and self.anonymous:
+            return auth.ANONYMOUS
+        raise ApiError(401, "Unauthorized")
+
+    def _authorize(self, request: web.Request, user: auth.User) -> None:
+        attrs = requestinfo.attributes(request.method, request.path, request.query, user.name, user.groups)
+        decision = self.authorizer.authorize(attrs)
+        if not decision.allowed:
+            raise rbac.forbidden(attrs, decision.reason)
 
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
         path = request.path.rstrip("/") or "/"

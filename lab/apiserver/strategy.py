@@ -18,7 +18,7 @@ from lab.apiserver import tables
 from lab.apiserver.allocator import DEFAULT_SERVICE_CIDR, NodePortRange, Reservation, ServiceCIDR, Space
 from lab.apiserver.validation import Causes
 
-NAME_RULES = ("subdomain", "label", "dns1035")
+NAME_RULES = ("subdomain", "label", "dns1035", "path")
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,8 @@ class Deletion:
 
 class Strategy:
     # How metadata.name is validated: "subdomain" (RFC 1123 subdomain, most kinds), "label"
-    # (RFC 1123 label: namespaces), "dns1035" (services: the name is a DNS label in their records).
+    # (RFC 1123 label: namespaces), "dns1035" (services: the name is a DNS label in their records),
+    # "path" (a URL path segment: RBAC objects, named like `system:discovery`).
     name_rule: ClassVar[str] = "subdomain"
     # A create may not set status: it belongs to a controller or an agent (PrepareForCreate).
     status_from_controllers: ClassVar[bool] = False
@@ -56,6 +57,8 @@ class Strategy:
     indexed_fields: ClassVar[tuple[str, ...]] = ()
     # Labels the watch cache indexes (a list selecting `key=value` reads the index).
     indexed_labels: ClassVar[tuple[str, ...]] = ()
+    # Indexes of the kind's own (values from `index_values`): RBAC bindings by subject.
+    custom_indexes: ClassVar[tuple[str, ...]] = ()
     # `kubectl get` columns (meta.k8s.io Table), matching `row`.
     columns: ClassVar[list[dict[str, Any]]] = [tables.NAME, tables.AGE]
 
@@ -94,6 +97,10 @@ class Strategy:
     def row(self, obj: dict[str, Any]) -> list[Any]:
         """The Table cells of `obj`, one per column."""
         return [tables.name(obj), tables.age(obj)]
+
+    def index_values(self, name: str, obj: dict[str, Any]) -> list[str]:
+        """The values of the custom index `name` for `obj` (the watch cache keeps it current)."""
+        return []
 
     def scale_selector(self, obj: dict[str, Any]) -> str:
         """The Scale subresource's status.selector (a label selector's string form)."""
