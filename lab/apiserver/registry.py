@@ -218,12 +218,16 @@ class Registry:
             # Admission changes the object in place; only a generated name may need another try.
             new = copy.deepcopy(obj) if generated else obj
             objects.init_create(rt, new, ns)
+            rt.strategy.default_on_create(new, self._lookup)
             try:
                 return await self._write(rt, ns, new, None, dry_run)
             except ApiError as e:
                 if not (generated and e.reason == "AlreadyExists" and attempt < 2):
                     raise
         raise AssertionError("unreachable")
+
+    def _lookup(self, group: str, kind: str, index: str, value: str) -> builtins.list[dict]:
+        return self.cache.kind(by_kind(group, kind)).by_index(f"custom:{index}", value)
 
     async def update(self, rt: ResourceType, ns: str | None, name: str, body: Any, sub: str | None = None,
                      dry_run: bool = False) -> dict:

@@ -10,7 +10,7 @@ differs. The kinds' strategies live in `lab/apiserver/kinds/`, and `resources.py
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -18,6 +18,8 @@ from lab.apiserver import tables
 from lab.apiserver.allocator import DEFAULT_SERVICE_CIDR, NodePortRange, Reservation, ServiceCIDR, Space
 from lab.apiserver.validation import Causes
 
+# (group, kind, custom index, value) -> the cached objects of that kind with that index value.
+Lookup = Callable[[str, str, str, str], list[dict[str, Any]]]
 NAME_RULES = ("subdomain", "label", "dns1035", "path")
 
 
@@ -69,6 +71,10 @@ class Strategy:
 
     def validate(self, c: Causes, obj: dict[str, Any], old: dict[str, Any] | None, cfg: Config) -> None:
         """Add a cause for every invalid field (metadata is validated generically)."""
+
+    def default_on_create(self, obj: dict[str, Any], lookup: Lookup) -> None:
+        """Defaults of a create that depend on other objects (kube-apiserver's mutating admission
+        plugins, e.g. DefaultIngressClass), read through `lookup` (the watch cache's indexes)."""
 
     # --- allocation: claimed and released here, written by the registry ----------------------------
 
