@@ -114,6 +114,8 @@ class ApiServer:
             if not request.path.startswith(PUBLIC):
                 found = self._authenticate(request)
                 user = request["user"] = found.name
+                if found.uid and found.uid != found.name:  # which credential (the lab's components share users)
+                    user = f"{found.name} uid={found.uid}"
                 self._authorize(request, found)
             resp = await handler(request)
         except ApiError as e:
