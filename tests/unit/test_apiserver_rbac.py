@@ -109,6 +109,10 @@ ATTRS = [
     ("GET", "/api/v1/services", {"fieldSelector": "metadata.name=kubernetes"},
      ("list", "", "services", "", "", "kubernetes")),
     ("GET", "/api/v1/services", {"fieldSelector": "metadata.name!=kubernetes"}, ("list", "", "services", "", "", "")),
+    # what the node agents answer (kube-apiserver proxies them to the kubelet)
+    ("GET", "/api/v1/nodes/n1/proxy/stats/summary", {}, ("get", "", "nodes", "proxy", "", "n1")),
+    ("POST", "/api/v1/namespaces/d/pods/p/attach", {}, ("create", "", "pods", "attach", "d", "p")),
+    ("GET", "/apis/metrics.k8s.io/v1beta1/namespaces/d/pods", {}, ("list", "metrics.k8s.io", "pods", "", "d", "")),
 ]
 
 
@@ -174,3 +178,46 @@ def test_tokens_file_round_trip(tmp_path) -> None:
     assert auth.ensure_tokens(path, ["admin", "kproxy"]) == tokens  # kept across restarts
     assert auth.authenticate(users, f"Bearer {tokens['admin']}").name == "admin"
     assert auth.authenticate(users, "Bearer nope") is None
+
+
+def test_authorizer_reads_only_the_requesters_bindings() -> None:
+    """Grants come from the subject index of the watch cache: with thousands of other users'
+    bindings stored, a request sees exactly its own user's and groups' bindings."""
+    from lab.apiserver.authorizer import RbacAuthorizer
+    from lab.apiserver.cache import WatchCache
+    from lab.apiserver.resources import RESOURCES, by_kind
+    from lab.apiserver.storage import Store
+
+    store = Store("http://127.0.0.1:1", "/registry")  # keys only: never contacted
+    cache = WatchCache(store, RESOURCES)
+    g = "rbac.authorization.k8s.io"
+
+    def put(kind: str, plural: str, obj: dict, ns: str | None = None) -> None:
+        cache.kind(by_kind(g, kind)).put(store.key(plural, ns, obj["metadata"]["name"]), obj)
+
+    def binding(name: str, ns: str | None, role_kind: str, role: str, *subjects: dict) -> dict:
+        meta = {"name": name, **({"namespace": ns} if ns else {})}
+        return {"metadata": meta, "roleRef": {"apiGroup": g, "kind": role_kind, "name": role},
+                "subjects": list(subjects)}
+    put("ClusterRole", "clusterroles", {"metadata": {"name": "reader"},
+                                        "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]}]})
+    put("Role", "roles", {"metadata": {"name": "secrets", "namespace": "team"},
+                          "rules": [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}]}, "team")
+    for i in range(3000):
+        put("ClusterRoleBinding", "clusterrolebindings",
+            binding(f"other-{i}", None, "ClusterRole", "reader", {"kind": "User", "name": f"user-{i}"}))
+        put("RoleBinding", "rolebindings",
+            binding(f"other-{i}", "team", "Role", "secrets", {"kind": "User", "name": f"user-{i}"}), "team")
+    put("RoleBinding", "rolebindings", binding("jane", "team", "Role", "secrets",
+                                               {"kind": "User", "name": "jane"}), "team")
+    put("ClusterRoleBinding", "clusterrolebindings", binding("devs", None, "ClusterRole", "reader",
+                                                             {"kind": "Group", "name": "devs"}))
+    authz = RbacAuthorizer(cache)
+    grants = list(authz.grants("jane", ("devs",), "team"))
+    assert [(x.binding_kind, x.binding, x.subject) for x in grants] == [
+        ("ClusterRoleBinding", "devs", 'Group "devs"'), ("RoleBinding", "team/jane", 'User "jane"')]
+    jane = ("jane", ("devs", "system:authenticated"))
+    assert authz.authorize(rbac.Attributes(*jane, "get", "", "secrets", "", "team", "s")).allowed
+    assert not authz.authorize(rbac.Attributes(*jane, "get", "", "secrets", "", "other", "s")).allowed
+    assert authz.authorize(rbac.Attributes(*jane, "list", "", "pods")).reason.endswith('to Group "devs"')
+    assert not authz.authorize(rbac.Attributes("nobody", (), "list", "", "pods")).allowed
