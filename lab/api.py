@@ -101,15 +101,18 @@ class Lab:
              **kwargs) -> subprocess.CompletedProcess:
         """Run argv in the target's namespace; in a pod, also in its node's pod cgroup (as
         `kubectl exec` joins the container), so service traffic meets what pods meet."""
-        ns = self.netns(target, namespace)
-        cmd = netns.exec_argv(ns, list(argv))
+        kwargs.setdefault("capture_output", True)
+        kwargs.setdefault("text", True)
+        return subprocess.run(self.exec_argv(target, argv, namespace), **kwargs)
+
+    def exec_argv(self, target: str, argv: Sequence[str], namespace: str = "default") -> list[str]:
+        """The command line `exec` runs (for a caller that needs a long-running process)."""
+        cmd = netns.exec_argv(self.netns(target, namespace), list(argv))
         record = self._pod_record(target, namespace)
         cg = kernel.node_cgroup(self.name, record["node"]) if record and record.get("node") else None
         if cg and os.path.isdir(cg):
             cmd = cgroups.join_argv(cg, cmd)
-        kwargs.setdefault("capture_output", True)
-        kwargs.setdefault("text", True)
-        return subprocess.run(cmd, **kwargs)
+        return cmd
 
     def _pod_record(self, target: str, namespace: str) -> dict | None:
         if target in ("ctl", "client", "underlay") or target.isdigit():
