@@ -19,7 +19,39 @@ from lab.errors import LabError
 from lab.net import topology
 
 UPSTREAM_PORT = 53
+STUB_PORT = 5353  # the stub domain's own server (a second upstream in the client namespace)
+STUB_ZONE = "corp.lab"
+STUB_RECORDS = {"db.corp.lab": "192.168.33.101"}
 METRICS_PORT = 9153
+
+# kubeadm's Corefile, with the lab's addresses and a stub domain: the lab runs kdns from a
+# Corefile as a cluster does (the `coredns` ConfigMap), not from flags.
+COREFILE = """\
+.:53 {{
+    bind {ip}
+    errors
+    health {ip}:8080
+    ready {ip}:8181
+    kubernetes cluster.local in-addr.arpa ip6.arpa {{
+        pods insecure
+        fallthrough in-addr.arpa ip6.arpa
+        ttl 30
+        kubeconfig {kubeconfig}
+    }}
+    prometheus {ip}:{metrics}
+    forward . {upstream}
+    cache 30
+    loop
+    reload
+    loadbalance
+}}
+{stub_zone}:53 {{
+    bind {ip}
+    errors
+    cache 30
+    forward . {stub}
+}}
+"""
 
 
 class DnsError(LabError):
@@ -34,13 +66,21 @@ def start(p: topology.Plan, kubeconfigs: dict[str, str], progress=print, wait: f
     upstream = launch.spawn("upstream dns", p.client.netns, [
         sys.executable, "-m", "lab.bringup.upstream_dns", "--listen", f"{p.client.ip}:{UPSTREAM_PORT}",
     ], os.path.join(p.state_dir, "upstream-dns.log"), DnsError)
+    stub = launch.spawn("stub domain dns", p.client.netns, [
+        sys.executable, "-m", "lab.bringup.upstream_dns", "--listen", f"{p.client.ip}:{STUB_PORT}", "--only",
+        *(f"--record={name}={ip}" for name, ip in STUB_RECORDS.items()),
+    ], os.path.join(p.state_dir, "stub-dns.log"), DnsError)
     for n in p.nodes:  # replies from kdns to pods go back through the pods' node
         if n.pod_subnet:
             netns.run(p.ctl.netns, ["ip", "route", "replace", n.pod_subnet, "via", n.ip, "dev", "eth0"], check=True)
-    kdns = launch.spawn("kdns", p.ctl.netns, [
-        launch.binary("kdns"), "--kubeconfig", kubeconfigs["kdns"], "--listen", f"{p.ctl.ip}:53",
-        "--upstream", f"{p.client.ip}:{UPSTREAM_PORT}", "--metrics-bind-address", f"{p.ctl.ip}:{METRICS_PORT}",
-    ], os.path.join(p.state_dir, "kdns.log"), DnsError, keep_mounts=True)
+    corefile = os.path.join(p.state_dir, "coredns", "Corefile")
+    os.makedirs(os.path.dirname(corefile), exist_ok=True)
+    with open(corefile, "w") as f:
+        f.write(COREFILE.format(ip=p.ctl.ip, kubeconfig=kubeconfigs["kdns"], metrics=METRICS_PORT,
+                                upstream=f"{p.client.ip}:{UPSTREAM_PORT}", stub_zone=STUB_ZONE,
+                                stub=f"{p.client.ip}:{STUB_PORT}"))
+    kdns = launch.spawn("kdns", p.ctl.netns, [launch.binary("kdns"), "-conf", corefile],
+                        os.path.join(p.state_dir, "kdns.log"), DnsError, keep_mounts=True)
     _service(p)
 
     def answers() -> bool:
@@ -48,12 +88,14 @@ def start(p: topology.Plan, kubeconfigs: dict[str, str], progress=print, wait: f
                                     "kubernetes.default.svc.cluster.local"])
         return r.returncode == 0 and bool(r.stdout.strip())
 
-    if not launch.wait_until(answers, [kdns, upstream], wait):
+    if not launch.wait_until(answers, [kdns, upstream, stub], wait):
         raise DnsError(f"kdns did not answer within {wait:.0f}s (see {kdns.log})")
-    progress(f"kdns: {p.ctl.ip}:53 in {p.ctl.netns} behind kube-system/kube-dns {dns_service_ip()}; "
-             f"upstream DNS {p.client.ip}:53 in {p.client.netns}")
-    return {"kdns": {"pid": kdns.pid, "log": kdns.log}, "upstream": {"pid": upstream.pid, "log": upstream.log},
-            "service_ip": dns_service_ip()}
+    progress(f"kdns: {p.ctl.ip}:53 in {p.ctl.netns} behind kube-system/kube-dns {dns_service_ip()}, from "
+             f"{corefile}; upstream DNS {p.client.ip}:53, stub domain {STUB_ZONE} at {p.client.ip}:{STUB_PORT} "
+             f"in {p.client.netns}")
+    return {"kdns": {"pid": kdns.pid, "log": kdns.log, "corefile": corefile},
+            "upstream": {"pid": upstream.pid, "log": upstream.log},
+            "stub": {"pid": stub.pid, "log": stub.log}, "service_ip": dns_service_ip()}
 
 
 def _service(p: topology.Plan) -> None:

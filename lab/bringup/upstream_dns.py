@@ -36,8 +36,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="the lab's upstream DNS server")
     p.add_argument("--listen", default="0.0.0.0:53")
     p.add_argument("--record", action="append", default=[], metavar="NAME=IP")
+    p.add_argument("--only", action="store_true", help="serve only the --record names (a stub domain's server)")
     args = p.parse_args(argv)
-    records = dict(DEFAULT_RECORDS)
+    records = {} if args.only else dict(DEFAULT_RECORDS)
     for item in args.record:
         name, _, ip = item.partition("=")
         records[name] = ip

@@ -229,6 +229,8 @@ def test_cluster_dns_through_the_service_proxy(slab: ServiceLab) -> None:
     assert resolve("web.default") == vip
     assert resolve("kube-dns.kube-system") == "10.96.0.10"
     assert resolve("example.com") == "192.168.33.100"  # forwarded upstream
+    # the lab's Corefile has a stub domain with a server of its own, which the upstream lacks
+    assert resolve("db.corp.lab") == "192.168.33.101"
     assert resolve("no-such-service") is None
     assert slab.curl("client-node3", "http://web/hostname")  # and by name all the way to a backend
 
