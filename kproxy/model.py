@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from knet.kube.endpoints import usable
+
 DEFAULT_AFFINITY_SECONDS = 10800
 MASQ_MARK = "0x4000"  # kube-proxy's masquerade mark, shared with flannel's "RETURN marked" rule
 
@@ -33,6 +35,8 @@ class SyncResult:
     services_written: int  # service ports whose data-path state was (re)written
     rules: int  # rules / map entries / elements written
     seconds: float
+    tables: dict[str, int] = field(default_factory=dict)  # iptables: rules owned per table (after the sync)
+    written: dict[str, int] = field(default_factory=dict)  # iptables: rules written per table by this sync
 
 
 @dataclass(frozen=True)
@@ -85,15 +89,6 @@ class ServicePort:
                [(ip, "loadbalancer IP") for ip in self.load_balancer_ips]
 
 
-def usable(endpoints: tuple[Endpoint, ...] | list[Endpoint]) -> list[Endpoint]:
-    """Endpoints for new connections: the ready ones; if none is ready, the serving terminating
-    ones (kube-proxy's fallback, so a rolling restart of every pod does not black-hole)."""
-    ready = [e for e in endpoints if e.ready]
-    if ready:
-        return ready
-    return [e for e in endpoints if e.serving and e.terminating]
-
-
 @dataclass(frozen=True)
 class Categories:
     """One service port's endpoints as this node's data path uses them."""
@@ -122,8 +117,8 @@ def categorize(sp: ServicePort, node_name: str) -> Categories:
     """kube-proxy's CategorizeEndpoints plus its no-endpoint verdicts: a service without any usable
     endpoint rejects; a Local policy whose node has none drops that traffic only (the other kind
     may still have endpoints)."""
-    cluster = tuple(cluster_endpoints(sp))
-    local = tuple(usable([e for e in sp.endpoints if e.node_name == node_name]))
+    cluster = cluster_endpoints(sp)
+    local = usable(e for e in sp.endpoints if e.node_name == node_name)
     internal = local if sp.internal_local else cluster
     external = local if sp.external_local else cluster
     if not cluster:
@@ -146,6 +141,8 @@ def masquerade_external(sp: ServicePort) -> bool:
     return not sp.external_local
 
 
-def cluster_endpoints(sp: ServicePort) -> list[Endpoint]:
-    """Every endpoint that may take new connections, on any node (what stale-flow cleanup compares)."""
+def cluster_endpoints(sp: ServicePort) -> tuple[Endpoint, ...]:
+    """Every endpoint that may take new connections, on any node (what stale-flow cleanup compares):
+    the ready ones, else the serving terminating ones (kube-proxy's fallback, so a rolling restart
+    of every pod does not black-hole)."""
     return usable(sp.endpoints)

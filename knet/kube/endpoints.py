@@ -33,6 +33,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
+from typing import Protocol, TypeVar
 
 from knet.kube.models import EndpointSlice, Service, ServicePort
 
@@ -127,7 +128,20 @@ def _order(ep: ServiceEndpoint) -> tuple[str, int]:
     return ep.address, ep.port or 0
 
 
-def usable(endpoints: Iterable[ServiceEndpoint]) -> tuple[ServiceEndpoint, ...]:
+class Conditions(Protocol):
+    """What `usable` reads: an endpoint's conditions (a component's own endpoint type may have them)."""
+    @property
+    def ready(self) -> bool: ...
+    @property
+    def serving(self) -> bool: ...
+    @property
+    def terminating(self) -> bool: ...
+
+
+E = TypeVar("E", bound=Conditions)
+
+
+def usable(endpoints: Iterable[E]) -> tuple[E, ...]:
     """The endpoints to send new traffic to: the ready ones, or while none is ready the serving
     ones that are terminating (kube-proxy's graceful-termination fallback)."""
     eps = tuple(endpoints)

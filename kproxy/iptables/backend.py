@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
+from collections.abc import Set as AbstractSet
 
 from knet import netfilter
 from kproxy import conntrack
@@ -56,6 +58,23 @@ def remove_chains(jumps: tuple[tuple[str, str, list[str]], ...], tables: dict[st
             netfilter.iptables(["-t", table, "-X", c], binary)
 
 
+def _own_rules(r: ServiceRules) -> int:
+    return sum(len(rules) for rules in r.nat_chains.values())
+
+
+def count_rules(text: str) -> dict[str, int]:
+    """Rules ("-A" lines) per table of an iptables-restore input."""
+    counts: dict[str, int] = {}
+    table = ""
+    for line in text.splitlines():
+        if line.startswith("*"):
+            table = line[1:]
+            counts.setdefault(table, 0)
+        elif line.startswith("-A "):
+            counts[table] += 1
+    return counts
+
+
 class IptablesBackend:
     name = "iptables"
 
@@ -64,41 +83,63 @@ class IptablesBackend:
         self.binary = binary
         self.ports: dict[str, ServicePort] = {}
         self.rendered: dict[str, ServiceRules] = {}
+        self.own_rules = 0  # rules in the per-service chains (kept incrementally, for the rule count)
+        self.synced = False
 
     def kernel_chains(self, table: str = "nat") -> set[str]:
         return kernel_chains(table, self.binary)
 
     # -- sync
-    def sync(self, ports: list[ServicePort], full: bool = False) -> SyncResult:
+    def _render(self, key: str, sp: ServicePort) -> ServiceRules:
+        """A service port's rules, re-rendered only when the port differs from the last sync's."""
+        have = self.ports.get(key)
+        if have is not None and (have is sp or have == sp) and key in self.rendered:
+            return self.rendered[key]
+        return render_service(sp, self.cfg)
+
+    def sync(self, ports: Mapping[str, ServicePort], changed: AbstractSet[str], full: bool = False) -> SyncResult:
         start = time.monotonic()
-        new = {sp.key: sp for sp in ports}
-        changed = {k for k in new.keys() | self.ports.keys() if new.get(k) != self.ports.get(k)}
-        rendered = dict(self.rendered) if not full else {}
-        for k in (new.keys() if full else changed):
-            if k in new:
-                rendered[k] = render_service(new[k], self.cfg)
-            else:
-                rendered.pop(k, None)
+        full = full or not self.synced
         if full:
+            new = dict(ports)
+            rendered = {k: self._render(k, sp) for k, sp in new.items()}
+            changed = {k for k in new.keys() | self.ports.keys() if new.get(k) != self.ports.get(k)}
             ensure_jumps(JUMPS, self.binary)
             stale = {c for c in self.kernel_chains() if c.startswith(OWN_PREFIXES)} - chain_names(rendered)
             text = render_restore(rendered, None, stale)
         else:
+            new, rendered = dict(self.ports), dict(self.rendered)
+            for k in changed:
+                if k in ports:
+                    new[k] = ports[k]
+                    rendered[k] = render_service(ports[k], self.cfg)
+                else:
+                    new.pop(k, None)
+                    rendered.pop(k, None)
             old_chains = {c for k in changed if k in self.rendered for c in self.rendered[k].nat_chains}
             new_chains = {c for k in changed if k in rendered for c in rendered[k].nat_chains}
-            text = render_restore(rendered, changed, old_chains - new_chains - chain_names(rendered))
+            # Chain names hash the service port's key: only the same port could still want one.
+            text = render_restore(rendered, changed, old_chains - new_chains)
         netfilter.restore(text, self.binary)
         flushes = [f for k in changed for f in conntrack.stale_flushes(self.ports.get(k), new.get(k))]
         if flushes:
             conntrack.apply(flushes)
-        self.ports, self.rendered = new, rendered
-        rules = sum(line.startswith("-A ") for line in text.splitlines())
-        return SyncResult(full=full, services_written=len(new) if full else len(changed), rules=rules,
-                          seconds=time.monotonic() - start)
+        if full:
+            self.own_rules = sum(_own_rules(r) for r in rendered.values())
+        else:
+            self.own_rules += sum(_own_rules(rendered[k]) for k in changed if k in rendered) - \
+                sum(_own_rules(self.rendered[k]) for k in changed if k in self.rendered)
+        self.ports, self.rendered, self.synced = new, rendered, True
+        written = count_rules(text)
+        own_written = sum(_own_rules(rendered[k]) for k in (rendered if full else changed) if k in rendered)
+        tables = {"filter": written["filter"], "nat": written["nat"] - own_written + self.own_rules}
+        return SyncResult(full=full, services_written=len(new) if full else len(changed),
+                          rules=sum(written.values()), seconds=time.monotonic() - start, tables=tables,
+                          written=written)
 
     def entries(self) -> int:
-        """Rules this backend owns in the kernel right now (for metrics)."""
-        return sum(len(r.nat_chains) for r in self.rendered.values())
+        """Rules in the per-service chains this backend owns right now (for metrics)."""
+        return self.own_rules
 
     def close(self) -> None:
         """Nothing to release: the chains stay, so traffic keeps flowing while the daemon restarts."""

@@ -15,6 +15,8 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Mapping
+from collections.abc import Set as AbstractSet
 
 from knet import netfilter
 from kproxy import conntrack
@@ -39,6 +41,10 @@ def kernel_objects() -> tuple[set[str], dict[str, int | None]]:
     return chains, sets
 
 
+def _rules_of(sr: ServiceNft) -> int:
+    return sum(len(rules) for rules in sr.chains.values())
+
+
 class NftablesBackend:
     name = "nftables"
 
@@ -47,32 +53,37 @@ class NftablesBackend:
         self.ports: dict[str, ServicePort] = {}
         self.rendered: dict[str, ServiceNft] = {}
         self.elements = Elements()
+        self.rules = 0  # rules in the per-service chains (kept incrementally)
         self.synced = False
 
-    def sync(self, ports: list[ServicePort], full: bool = False) -> SyncResult:
+    def sync(self, ports: Mapping[str, ServicePort], changed: AbstractSet[str], full: bool = False) -> SyncResult:
         start = time.monotonic()
         full = full or not self.synced  # the first sync adopts whatever the kernel holds
-        new = {sp.key: sp for sp in ports}
-        changed = {k for k in new.keys() | self.ports.keys()
-                   if (new.get(k) is not self.ports.get(k)) and new.get(k) != self.ports.get(k)}
         if full:
-            rendered = {k: render_service(sp, self.cfg) for k, sp in new.items()}
+            new = dict(ports)
+            changed = {k for k in new.keys() | self.ports.keys()
+                       if (new.get(k) is not self.ports.get(k)) and new.get(k) != self.ports.get(k)}
+            rendered = {k: self.rendered[k] if k in self.rendered and k not in changed else render_service(sp, self.cfg)
+                        for k, sp in new.items()}
             elements = Elements()
             elements.replace((k, None, sr) for k, sr in rendered.items())
             kernel_chains, kernel_sets = kernel_objects()
             script = render_full(rendered, elements, kernel_chains, kernel_sets)
         else:
-            rendered = dict(self.rendered)
+            new, rendered = dict(self.ports), dict(self.rendered)
             for k in changed:
-                if k in new:
-                    rendered[k] = render_service(new[k], self.cfg)
+                if k in ports:
+                    new[k] = ports[k]
+                    rendered[k] = render_service(ports[k], self.cfg)
                 else:
+                    new.pop(k, None)
                     rendered.pop(k, None)
             elements = self.elements
             deletes, adds = elements.replace((k, self.rendered.get(k), rendered.get(k)) for k in changed)
             script = render_partial(self.rendered, rendered, changed, deletes, adds, elements)
         try:
-            netfilter.nft(script)
+            if full or changed:
+                netfilter.nft(script)
         except netfilter.NetfilterError:
             if not full:
                 self.elements = self._rebuild_elements()  # replace() mutated it: back to what the kernel has
@@ -80,6 +91,11 @@ class NftablesBackend:
         flushes = [f for k in changed for f in conntrack.stale_flushes(self.ports.get(k), new.get(k))]
         if flushes:
             conntrack.apply(flushes)
+        if full:
+            self.rules = sum(_rules_of(sr) for sr in rendered.values())
+        else:
+            self.rules += sum(_rules_of(rendered[k]) for k in changed if k in rendered) - \
+                sum(_rules_of(self.rendered[k]) for k in changed if k in self.rendered)
         self.ports, self.rendered, self.elements, self.synced = new, rendered, elements, True
         return SyncResult(full=full, services_written=len(new) if full else len(changed),
                           rules=sum(line.startswith(("add rule", "add element")) for line in script.splitlines()),
@@ -92,7 +108,7 @@ class NftablesBackend:
 
     def entries(self) -> int:
         """Rules and map/set elements this backend owns (for metrics)."""
-        return sum(len(r) for sr in self.rendered.values() for r in sr.chains.values()) + len(self.elements.owners)
+        return self.rules + len(self.elements.owners)
 
     def close(self) -> None:
         """Nothing to release: the table stays, so traffic keeps flowing while the daemon restarts."""
