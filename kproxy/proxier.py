@@ -84,6 +84,7 @@ class Proxier:
         self.wake = asyncio.Event()
         self.stopping = asyncio.Event()
         self.synced_once = False
+        self.last_parts = (0.0, 0.0)  # the last sync's (rebuild, backend) seconds
 
     # -- informers (callbacks on the informer threads: note the change, nothing else)
     def make_informers(self, api: Any) -> None:
@@ -175,6 +176,7 @@ class Proxier:
         full = full or self.need_full
         try:
             changed = self.rebuild(taken)
+            rebuilt = time.monotonic()
             result = self.backend.sync(self.ports, changed, full)
         except Exception:
             self.need_full = True  # the backend's view and ours may differ now: rewrite everything
@@ -183,14 +185,16 @@ class Proxier:
             raise
         self.need_full = False
         now, took = time.time(), time.monotonic() - start
+        self.last_parts = (rebuilt - start, result.seconds)
         for at in taken.values():
             if at is not None:
                 self.metrics.programming.observe(max(0.0, now - at), IP_FAMILY)
         self.health.updated(pending_left=len(self.tracker) > 0)
         self._sync_health_checks(full)
         self._sync_metrics(result, took, full, now)
-        log.info("sync full=%s service_ports=%d changed=%d written=%d rules=%d seconds=%.3f", full,
-                 len(self.ports), len(changed), result.services_written, result.rules, took)
+        log.info("sync full=%s service_ports=%d changed=%d written=%d rules=%d seconds=%.3f rebuild=%.3f "
+                 "apply=%.3f", full, len(self.ports), len(changed), result.services_written, result.rules, took,
+                 *self.last_parts)
         return result
 
     def _sync_health_checks(self, full: bool) -> None:

@@ -1,10 +1,12 @@
 """The nftables data path: keep the table `ip kube-proxy` equal to the rendered service ports.
 
-Every sync is one `nft -f` transaction (all of it or nothing, and packets see either the old or
+Every sync is one nf_tables transaction (all of it or nothing, and packets see either the old or
 the new ruleset). A partial sync touches only what changed: the changed service ports' chains
 are rewritten, exactly the map/set elements that differ are deleted and added, and the chains
-and affinity sets of removed service ports are deleted after the elements that jumped to them.
-A full sync (the first one, and every --sync-period) rewrites the whole table and deletes
+and affinity sets of removed service ports are deleted after the elements that jumped to them;
+it is sent as netlink messages (kproxy.nftables.netlink: `nft -f` would first fetch the whole
+chain list, ~1 s at 10,000 services). A full sync (`nft -f`: the first one, hourly, and after a
+failure) rewrites the whole table and deletes
 service chains and affinity sets nobody owns, which repairs drift and adopts a predecessor's
 table: established connections keep their conntrack NAT bindings, and affinity sets (declared,
 never flushed) keep the clients they hold. close() leaves the table; cleanup() deletes it.
@@ -21,7 +23,8 @@ from collections.abc import Set as AbstractSet
 from knet import netfilter
 from kproxy import conntrack
 from kproxy.model import Config, ServicePort, SyncResult
-from kproxy.nftables.rules import TABLE, Elements, ServiceNft, render_full, render_partial, render_service
+from kproxy.nftables import netlink
+from kproxy.nftables.rules import TABLE, Elements, ServiceNft, ops_text, partial_ops, render_full, render_service
 
 log = logging.getLogger("knet.kproxy.nftables")
 
@@ -48,8 +51,11 @@ def _rules_of(sr: ServiceNft) -> int:
 class NftablesBackend:
     name = "nftables"
 
-    def __init__(self, cfg: Config) -> None:
+    def __init__(self, cfg: Config, writer: str = "netlink") -> None:
+        """`writer`: how partial syncs are written, "netlink" (direct) or "nft" (`nft -f`)."""
         self.cfg = cfg
+        self.writer = writer
+        self.netlink = netlink.Netlink()
         self.ports: dict[str, ServicePort] = {}
         self.rendered: dict[str, ServiceNft] = {}
         self.elements = Elements()
@@ -59,6 +65,8 @@ class NftablesBackend:
     def sync(self, ports: Mapping[str, ServicePort], changed: AbstractSet[str], full: bool = False) -> SyncResult:
         start = time.monotonic()
         full = full or not self.synced  # the first sync adopts whatever the kernel holds
+        ops: list = []
+        written = 0
         if full:
             new = dict(ports)
             changed = {k for k in new.keys() | self.ports.keys()
@@ -80,10 +88,12 @@ class NftablesBackend:
                     rendered.pop(k, None)
             elements = self.elements
             deletes, adds = elements.replace((k, self.rendered.get(k), rendered.get(k)) for k in changed)
-            script = render_partial(self.rendered, rendered, changed, deletes, adds, elements)
+            ops = partial_ops(self.rendered, rendered, changed, deletes, adds, elements)
         try:
-            if full or changed:
+            if full:
                 netfilter.nft(script)
+            elif ops:
+                written = self._write(ops)
         except netfilter.NetfilterError:
             if not full:
                 self.elements = self._rebuild_elements()  # replace() mutated it: back to what the kernel has
@@ -97,9 +107,25 @@ class NftablesBackend:
             self.rules += sum(_rules_of(rendered[k]) for k in changed if k in rendered) - \
                 sum(_rules_of(self.rendered[k]) for k in changed if k in self.rendered)
         self.ports, self.rendered, self.elements, self.synced = new, rendered, elements, True
-        return SyncResult(full=full, services_written=len(new) if full else len(changed),
-                          rules=sum(line.startswith(("add rule", "add element")) for line in script.splitlines()),
+        if full:
+            written = sum(line.startswith(("add rule", "add element")) for line in script.splitlines())
+        return SyncResult(full=full, services_written=len(new) if full else len(changed), rules=written,
                           seconds=time.monotonic() - start)
+
+    def _write(self, ops: list) -> int:
+        """A partial sync's transaction: netlink messages (kproxy.nftables.netlink: no cache fetch),
+        or `nft -f` for what that encoder does not know. Returns the rules and elements written."""
+        count = sum(1 if op[0] == "add_rule" else len(op[2]) for op in ops if op[0] in ("add_rule", "add_elements"))
+        if self.writer == "netlink":
+            try:
+                self.netlink.apply(ops)
+                return count
+            except netlink.Unsupported as e:
+                log.info("transaction written with nft -f: the netlink encoder does not know %s", e)
+            except netlink.KernelError as e:
+                raise netfilter.NetfilterError(str(e)) from None
+        netfilter.nft(ops_text(ops))
+        return count
 
     def _rebuild_elements(self) -> Elements:
         elements = Elements()
@@ -111,7 +137,8 @@ class NftablesBackend:
         return self.rules + len(self.elements.owners)
 
     def close(self) -> None:
-        """Nothing to release: the table stays, so traffic keeps flowing while the daemon restarts."""
+        """The netlink socket only: the table stays, so traffic keeps flowing while the daemon restarts."""
+        self.netlink.close()
 
     def cleanup(self) -> None:
         """Delete the table and everything in it (uninstall); absent already is fine."""

@@ -325,8 +325,14 @@ def render_full(rendered: dict[str, ServiceNft], elements: Elements, kernel_chai
     return "\n".join(lines) + "\n"
 
 
-def render_partial(old: dict[str, ServiceNft], new: dict[str, ServiceNft], changed: Iterable[str],
-                   deletes: set[ElementKey], adds: set[ElementKey], elements: Elements) -> str:
+# One command of a partial sync's transaction. Two writers take the same list: `ops_text` (an
+# `nft -f` script) and kproxy.nftables.netlink (the nf_tables netlink messages themselves).
+Op = tuple  # ("add_chain"|"flush_chain"|"delete_chain"|"delete_set", name) | ("add_set", name, timeout)
+#             | ("add_rule", chain, rule) | ("delete_elements", map, [key]) | ("add_elements", map, [(key, value)])
+
+
+def partial_ops(old: dict[str, ServiceNft], new: dict[str, ServiceNft], changed: Iterable[str],
+                deletes: set[ElementKey], adds: set[ElementKey], elements: Elements) -> list[Op]:
     """One transaction for the service ports in `changed` (old and new renderings): their chains
     declared and rewritten, the elements that changed deleted and added, and their chains and
     sets that are no longer wanted deleted last (once no element or rule jumps to them)."""
@@ -335,19 +341,60 @@ def render_partial(old: dict[str, ServiceNft], new: dict[str, ServiceNft], chang
     new_chains = {c: r for k in changed if k in new for c, r in new[k].chains.items()}
     old_sets = {s: t for k in changed if k in old for s, t in old[k].affinity.items()}
     new_sets = {s: t for k in changed if k in new for s, t in new[k].affinity.items()}
-    lines = []
+    ops: list[Op] = []
     for c in sorted(new_chains):
-        lines.append(f"add chain {TABLE} {c}")
+        ops.append(("add_chain", c))
         if c in old_chains:
-            lines.append(f"flush chain {TABLE} {c}")
+            ops.append(("flush_chain", c))
     gone_chains = sorted(old_chains - new_chains.keys())
-    lines += [f"flush chain {TABLE} {c}" for c in gone_chains]  # drop their references first
+    ops += [("flush_chain", c) for c in gone_chains]  # drop their references first
     retimed = sorted(s for s, t in new_sets.items() if s in old_sets and old_sets[s] != t)
-    lines += [f"delete set {TABLE} {s}" for s in retimed]
-    lines += [_add_set(s, t) for s, t in sorted(new_sets.items()) if s not in old_sets or s in retimed]
-    lines += _rules(new_chains)
-    lines += _elements("delete", deletes, None)
-    lines += _elements("add", adds, elements)
-    lines += [f"delete chain {TABLE} {c}" for c in gone_chains]
-    lines += [f"delete set {TABLE} {s}" for s in sorted(old_sets.keys() - new_sets.keys())]
+    ops += [("delete_set", s) for s in retimed]
+    ops += [("add_set", s, t) for s, t in sorted(new_sets.items()) if s not in old_sets or s in retimed]
+    ops += [("add_rule", c, r) for c in sorted(new_chains) for r in new_chains[c]]
+    for m, keys in _by_map(deletes).items():
+        ops.append(("delete_elements", m, keys))
+    for m, keys in _by_map(adds).items():
+        ops.append(("add_elements", m, [(k, elements.value((m, k)) or "") for k in keys]))
+    ops += [("delete_chain", c) for c in gone_chains]
+    ops += [("delete_set", s) for s in sorted(old_sets.keys() - new_sets.keys())]
+    return ops
+
+
+def _by_map(eks: Iterable[ElementKey]) -> dict[str, list[str]]:
+    by_map: dict[str, list[str]] = {}
+    for m, k in sorted(eks):
+        by_map.setdefault(m, []).append(k)
+    return dict(sorted(by_map.items()))
+
+
+def ops_text(ops: list[Op]) -> str:
+    """The transaction as an `nft -f` script."""
+    lines = []
+    for op in ops:
+        kind = op[0]
+        if kind == "add_chain":
+            lines.append(f"add chain {TABLE} {op[1]}")
+        elif kind == "flush_chain":
+            lines.append(f"flush chain {TABLE} {op[1]}")
+        elif kind == "delete_chain":
+            lines.append(f"delete chain {TABLE} {op[1]}")
+        elif kind == "delete_set":
+            lines.append(f"delete set {TABLE} {op[1]}")
+        elif kind == "add_set":
+            lines.append(_add_set(op[1], op[2]))
+        elif kind == "add_rule":
+            lines.append(f"add rule {TABLE} {op[1]} {op[2]}")
+        elif kind == "delete_elements":
+            lines.append(f"delete element {TABLE} {op[1]} {{ {', '.join(op[2])} }}")
+        elif kind == "add_elements":
+            lines.append(f"add element {TABLE} {op[1]} {{ {', '.join(k + v for k, v in op[2])} }}")
+        else:
+            raise ValueError(f"unknown nftables operation {kind!r}")
     return "\n".join(lines) + "\n"
+
+
+def render_partial(old: dict[str, ServiceNft], new: dict[str, ServiceNft], changed: Iterable[str],
+                   deletes: set[ElementKey], adds: set[ElementKey], elements: Elements) -> str:
+    """`partial_ops` as an `nft -f` script."""
+    return ops_text(partial_ops(old, new, changed, deletes, adds, elements))

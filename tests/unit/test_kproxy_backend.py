@@ -41,6 +41,8 @@ def nft(monkeypatch):
         scripts.append(script)
 
     monkeypatch.setattr(netfilter, "nft", apply)
+    # A unit test runs in the machine's own namespace: nothing may reach its kernel.
+    monkeypatch.setattr(nft_backend.netlink.Netlink, "apply", lambda self, ops: pytest.fail("netlink in a unit test"))
     monkeypatch.setattr(nft_backend, "kernel_objects", lambda: (set(), {}))
     monkeypatch.setattr(nft_backend.conntrack, "apply", lambda flushes: len(flushes))
     return scripts, state
@@ -48,7 +50,7 @@ def nft(monkeypatch):
 
 def test_nftables_first_sync_full_then_partial_only_what_changed(nft):
     scripts, _ = nft
-    b = nft_backend.NftablesBackend(CFG)
+    b = nft_backend.NftablesBackend(CFG, writer="nft")
     assert sync_all(b, [sp("a"), sp("bb")]).full
     assert "add table ip kube-proxy" in scripts[-1]
     res = sync_all(b, [sp("a"), sp("bb", ("10.244.1.2", "10.244.1.3"))])
@@ -62,7 +64,7 @@ def test_nftables_first_sync_full_then_partial_only_what_changed(nft):
 
 def test_nftables_failed_transaction_keeps_bookkeeping(nft):
     scripts, state = nft
-    b = nft_backend.NftablesBackend(CFG)
+    b = nft_backend.NftablesBackend(CFG, writer="nft")
     sync_all(b, [sp("a")])
     state["fail"] = True
     with pytest.raises(netfilter.NetfilterError):
