@@ -73,6 +73,7 @@ class Options:
     loop: asyncio.AbstractEventLoop | None = None  # userspace: the loop the proxying runs on
     cgroup: str | None = None  # ebpf: the cgroup v2 directory of the node's pods
     external_ifaces: list[str] = field(default_factory=list)  # ebpf: where outside traffic arrives
+    iptables: str = "auto"  # the iptables variant ("iptables-nft", "iptables-legacy"; auto: as kube-proxy's image)
 
 
 def create(mode: str, cfg: Config, opts: Options | None = None) -> Backend:
@@ -80,18 +81,22 @@ def create(mode: str, cfg: Config, opts: Options | None = None) -> Backend:
     is imported only here and only when chosen: the eBPF one pulls in bcc (and compiles its
     programs), which the other modes must not need."""
     opts = opts or Options()
-    if mode == "iptables":
-        from kproxy.iptables.backend import IptablesBackend
-        return IptablesBackend(cfg)
     if mode == "nftables":
         from kproxy.nftables.backend import NftablesBackend
         return NftablesBackend(cfg)
+    if mode not in MODES:
+        raise ValueError(f"unknown proxy mode {mode!r} (one of {', '.join(MODES)})")
+    if mode == "userspace" and opts.loop is None:
+        raise ValueError("userspace mode needs the event loop its listeners run on")
+    from kproxy.iptables.backend import IptablesBackend, detect_binary
+    binary = detect_binary() if opts.iptables == "auto" else opts.iptables
+    if mode == "iptables":
+        return IptablesBackend(cfg, binary=binary)
     if mode == "userspace":
         from kproxy.userspace.backend import UserspaceBackend
-        if opts.loop is None:
-            raise ValueError("userspace mode needs the event loop its listeners run on")
-        return UserspaceBackend(cfg, opts.loop, udp_idle_timeout=opts.udp_idle_timeout)
+        assert opts.loop is not None
+        return UserspaceBackend(cfg, opts.loop, udp_idle_timeout=opts.udp_idle_timeout, binary=binary)
     if mode == "ebpf":
         from kproxy.ebpf.backend import EbpfBackend  # raises with a clear message when bcc can't load
-        return EbpfBackend(cfg, cgroup=opts.cgroup, external_ifaces=opts.external_ifaces)
+        return EbpfBackend(cfg, cgroup=opts.cgroup, external_ifaces=opts.external_ifaces, binary=binary)
     raise ValueError(f"unknown proxy mode {mode!r} (one of {', '.join(MODES)})")

@@ -81,6 +81,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--udp-idle-timeout", type=_duration, default=None, help="userspace: idle UDP flow lifetime")
     p.add_argument("--event-loop", choices=["asyncio", "uvloop"], default=None,
                    help="event loop (default: uvloop in userspace mode, where the loop carries the traffic)")
+    p.add_argument("--iptables-backend", choices=["auto", "nft", "legacy"], default="auto",
+                   help="iptables variant (iptables, userspace, ebpf modes); auto: the node's, as kube-proxy's image")
     p.add_argument("--cgroup", default=None, help="ebpf: cgroup v2 directory of this node's pods")
     p.add_argument("--external-iface", action="append", default=[], help="ebpf: node interface(s) facing clients")
     p.add_argument("--log-level", default="info")
@@ -153,7 +155,9 @@ def main(argv: list[str] | None = None) -> int:
 
     async def amain() -> None:
         opts = backends.Options(udp_idle_timeout=s.udp_idle_timeout, cgroup=args.cgroup,
-                                external_ifaces=args.external_iface)
+                                external_ifaces=args.external_iface,
+                                iptables=args.iptables_backend if args.iptables_backend == "auto"
+                                else f"iptables-{args.iptables_backend}")
         proxier = Proxier(s, opts)
         daemon.serve(proxier.stop, proxier.metrics.registry, proxier.health_text, s.metrics_bind_address)
         if s.healthz_bind_address:

@@ -15,11 +15,51 @@ from collections.abc import Set as AbstractSet
 
 from knet import netfilter
 from kproxy import conntrack
-from kproxy.iptables.rules import JUMPS, ServiceRules, chain_names, render_restore, render_service
+from kproxy.iptables.rules import (
+    JUMPS,
+    NAT_FIXED_RULES,
+    ServiceRules,
+    chain_names,
+    render_partial_restore,
+    render_restore,
+    render_service,
+)
 from kproxy.model import Config, ServicePort, SyncResult
 
 log = logging.getLogger("knet.kproxy.iptables")
 OWN_PREFIXES = ("KUBE-SVC-", "KUBE-SEP-", "KUBE-EXT-", "KUBE-SVL-", "KUBE-FW-")
+
+
+HINT_CHAINS = ("KUBE-IPTABLES-HINT", "KUBE-KUBELET-CANARY")
+
+
+def legacy_tables() -> list[str]:
+    """The legacy (x_tables) tables that exist in this namespace. Read from /proc, because asking
+    iptables-legacy about a table instantiates it (with hooks) in the namespace."""
+    try:
+        with open("/proc/net/ip_tables_names") as f:
+            return f.read().split()
+    except OSError:
+        return []
+
+
+def detect_binary() -> str:
+    """The iptables variant kube-proxy's image uses on this node (kubernetes-sigs/iptables-wrappers):
+    the one whose mangle table holds the kubelet's hint chain; else the one with more rules; with
+    no rules in either (a fresh node), nf_tables. kube-proxy follows the node rather than choosing,
+    so the rules of the node's other agents and kube-proxy's end up in the same backend. Nothing
+    is created by looking (legacy tables only read when they exist)."""
+    rules = {"iptables-nft": 0, "iptables-legacy": 0}
+    present = {"iptables-nft": ["mangle", "nat", "filter"], "iptables-legacy": legacy_tables()}
+    for binary, tables in present.items():
+        for table in tables:
+            proc = netfilter.run([f"{binary}-save", "-t", table])
+            if proc.returncode != 0:
+                continue
+            if table == "mangle" and any(f":{c} " in proc.stdout for c in HINT_CHAINS):
+                return binary
+            rules[binary] += sum(line.startswith("-") for line in proc.stdout.splitlines())
+    return "iptables-legacy" if rules["iptables-legacy"] > rules["iptables-nft"] else "iptables-nft"
 
 
 def ensure_jumps(jumps: tuple[tuple[str, str, list[str]], ...], binary: str = "iptables") -> None:
@@ -59,7 +99,8 @@ def remove_chains(jumps: tuple[tuple[str, str, list[str]], ...], tables: dict[st
 
 
 def _own_rules(r: ServiceRules) -> int:
-    return sum(len(rules) for rules in r.nat_chains.values())
+    """A service port's nat rules: its own chains and its entries in the shared chains."""
+    return sum(len(rules) for rules in r.nat_chains.values()) + len(r.nat_shared) + len(r.nat_nodeports)
 
 
 def count_rules(text: str) -> dict[str, int]:
@@ -70,7 +111,7 @@ def count_rules(text: str) -> dict[str, int]:
         if line.startswith("*"):
             table = line[1:]
             counts.setdefault(table, 0)
-        elif line.startswith("-A "):
+        elif line.startswith(("-A ", "-I ")):
             counts[table] += 1
     return counts
 
@@ -83,6 +124,7 @@ class IptablesBackend:
         self.binary = binary
         self.ports: dict[str, ServicePort] = {}
         self.rendered: dict[str, ServiceRules] = {}
+        self.rejects: dict[str, tuple[list[str], list[str]]] = {}  # ports with filter lines (no endpoints)
         self.own_rules = 0  # rules in the per-service chains (kept incrementally, for the rule count)
         self.synced = False
 
@@ -90,6 +132,14 @@ class IptablesBackend:
         return kernel_chains(table, self.binary)
 
     # -- sync
+    @staticmethod
+    def _note_rejects(rejects: dict[str, tuple[list[str], list[str]]], key: str, sr: ServiceRules | None) -> None:
+        """Keep the filter lines (rejects for traffic without endpoints) of the ports that have any."""
+        if sr is not None and (sr.filter_services or sr.filter_external):
+            rejects[key] = (sr.filter_services, sr.filter_external)
+        else:
+            rejects.pop(key, None)
+
     def _render(self, key: str, sp: ServicePort) -> ServiceRules:
         """A service port's rules, re-rendered only when the port differs from the last sync's."""
         have = self.ports.get(key)
@@ -107,6 +157,9 @@ class IptablesBackend:
             ensure_jumps(JUMPS, self.binary)
             stale = {c for c in self.kernel_chains() if c.startswith(OWN_PREFIXES)} - chain_names(rendered)
             text = render_restore(rendered, None, stale)
+            rejects = {}
+            for k, sr in rendered.items():
+                self._note_rejects(rejects, k, sr)
         else:
             new, rendered = dict(self.ports), dict(self.rendered)
             for k in changed:
@@ -118,8 +171,13 @@ class IptablesBackend:
                     rendered.pop(k, None)
             old_chains = {c for k in changed if k in self.rendered for c in self.rendered[k].nat_chains}
             new_chains = {c for k in changed if k in rendered for c in rendered[k].nat_chains}
+            rejects = dict(self.rejects)
+            for k in changed:
+                self._note_rejects(rejects, k, rendered.get(k))
             # Chain names hash the service port's key: only the same port could still want one.
-            text = render_restore(rendered, changed, old_chains - new_chains)
+            text = render_partial_restore({k: self.rendered[k] for k in changed if k in self.rendered},
+                                          {k: rendered[k] for k in changed if k in rendered},
+                                          [rejects[k] for k in sorted(rejects)], old_chains - new_chains)
         netfilter.restore(text, self.binary)
         flushes = [f for k in changed for f in conntrack.stale_flushes(self.ports.get(k), new.get(k))]
         if flushes:
@@ -129,16 +187,15 @@ class IptablesBackend:
         else:
             self.own_rules += sum(_own_rules(rendered[k]) for k in changed if k in rendered) - \
                 sum(_own_rules(self.rendered[k]) for k in changed if k in self.rendered)
-        self.ports, self.rendered, self.synced = new, rendered, True
+        self.ports, self.rendered, self.rejects, self.synced = new, rendered, rejects, True
         written = count_rules(text)
-        own_written = sum(_own_rules(rendered[k]) for k in (rendered if full else changed) if k in rendered)
-        tables = {"filter": written["filter"], "nat": written["nat"] - own_written + self.own_rules}
+        tables = {"filter": written["filter"], "nat": NAT_FIXED_RULES + self.own_rules}
         return SyncResult(full=full, services_written=len(new) if full else len(changed),
                           rules=sum(written.values()), seconds=time.monotonic() - start, tables=tables,
                           written=written)
 
     def entries(self) -> int:
-        """Rules in the per-service chains this backend owns right now (for metrics)."""
+        """nat rules of the service ports this backend owns right now (for metrics)."""
         return self.own_rules
 
     def close(self) -> None:
