@@ -68,11 +68,11 @@ def cpu() -> float:
 class Bench:
     """One mode at one size, in its own namespace."""
 
-    def __init__(self, mode: str, name: str) -> None:
+    def __init__(self, mode: str, name: str, iptables: str = "auto") -> None:
         self.mode, self.name = mode, name
         netns.create(name)
         self.cgroup = None
-        opts = backends.Options()
+        opts = backends.Options(iptables=iptables)
         if mode == "ebpf":
             root = cgroups.root()
             assert root, "ebpf needs cgroup v2"
@@ -120,8 +120,8 @@ class Bench:
                 cgroups.remove(self.cgroup)
 
 
-def measure(mode: str, n: int, changes: int) -> dict[str, Any]:
-    b = Bench(mode, "kt" + secrets.token_hex(4))
+def measure(mode: str, n: int, changes: int, iptables: str = "auto") -> dict[str, Any]:
+    b = Bench(mode, "kt" + secrets.token_hex(4), iptables)
     try:
         p = b.proxier
         assert p.services is not None and p.slices is not None
@@ -141,7 +141,8 @@ def measure(mode: str, n: int, changes: int) -> dict[str, Any]:
             obj = endpoint_slice(n // 2, generation=g)
             p.slices._apply("MODIFIED", f"bench/{obj['metadata']['name']}", obj)
             one.append(b.sync(full=False))
-        return {"mode": mode, "services": n, "list_s": listed[0], "list_cpu_s": listed[1],
+        return {"mode": mode, "services": n, "iptables": getattr(p.backend, "binary", None),
+                "list_s": listed[0], "list_cpu_s": listed[1],
                 "first_sync_s": first[0], "first_sync_cpu_s": first[1], "first_rebuild_s": first[2],
                 "first_apply_s": first[3], "full_sync_s": periodic[0], "full_sync_cpu_s": periodic[1],
                 "full_apply_s": periodic[3],
@@ -157,17 +158,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--modes", default=",".join(MODES))
     ap.add_argument("--sizes", default="1000,10000")
     ap.add_argument("--changes", type=int, default=5)
+    ap.add_argument("--iptables-backend", choices=["auto", "nft", "legacy"], default="auto",
+                    help="the iptables variant of the iptables, userspace and ebpf modes (auto: as kube-proxy's image)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     rows = []
     for mode in args.modes.split(","):
         for n in (int(x) for x in args.sizes.split(",")):
             load = os.getloadavg()[0]
-            row = measure(mode, n, args.changes)
+            variant = "auto" if args.iptables_backend == "auto" else f"iptables-{args.iptables_backend}"
+            row = measure(mode, n, args.changes, variant)
             row["load"] = load
             rows.append(row)
             if not args.json:
-                print(f"{mode:9} {n:6}  list {row['list_s']:6.2f}s  first sync {row['first_sync_s']:6.2f}s "
+                if row["iptables"] and mode != "nftables":
+                    mode_name = f"{mode} ({row['iptables'].removeprefix('iptables-')})"
+                else:
+                    mode_name = mode
+                print(f"{mode_name:16} {n:6}  list {row['list_s']:6.2f}s  first sync {row['first_sync_s']:6.2f}s "
                       f"(rebuild {row['first_rebuild_s']:.2f} apply {row['first_apply_s']:.2f})  "
                       f"full {row['full_sync_s']:6.2f}s (cpu {row['full_sync_cpu_s']:.2f})  "
                       f"change {1000 * row['change_s']:7.1f}ms (rebuild {1000 * row['change_rebuild_s']:.1f} "

@@ -38,11 +38,12 @@ from kproxy.nftables.rules import AFFINITY_PREFIX, MAPS, TABLE, Op
 NETLINK_NETFILTER = 12
 NFNL_SUBSYS_NFTABLES = 10
 NFNL_MSG_BATCH_BEGIN, NFNL_MSG_BATCH_END = 0x10, 0x11
-NLMSG_ERROR = 2
-NLM_F_REQUEST, NLM_F_CREATE, NLM_F_APPEND = 0x1, 0x400, 0x800
+NLMSG_ERROR, NLMSG_DONE = 2, 3
+NLM_F_REQUEST, NLM_F_DUMP, NLM_F_CREATE, NLM_F_APPEND = 0x1, 0x300, 0x400, 0x800
 NLA_F_NESTED = 0x8000
 NFPROTO_IPV4 = 2
 # nf_tables message types
+GETCHAIN, GETSET = 4, 10
 NEWCHAIN, DELCHAIN, NEWRULE, DELRULE, NEWSET, DELSET, NEWSETELEM, DELSETELEM = 3, 5, 6, 8, 9, 11, 12, 14
 # verdicts
 NF_DROP, NF_ACCEPT, NFT_JUMP, NFT_GOTO = 0, 1, -3, -4
@@ -402,6 +403,50 @@ class Netlink:
         if errors:
             raise KernelError("nf_tables refused the transaction: " + "; ".join(errors[:3]))
         return len(batch.parts)
+
+    def _dump(self, kind: int, attrs: bytes) -> Iterable[dict[int, bytes]]:
+        """A dump request; yields each reply's top-level attributes (type -> raw payload)."""
+        s = self._socket()
+        family = {"ip": NFPROTO_IPV4}[TABLE.split()[0]]
+        body = struct.pack("=BBH", family, 0, 0) + attrs
+        s.sendto(struct.pack("=IHHII", 16 + len(body), (NFNL_SUBSYS_NFTABLES << 8) | kind,
+                             NLM_F_REQUEST | NLM_F_DUMP, 1, 0) + body, (0, 0))
+        while True:
+            reply = s.recv(1 << 20)
+            off = 0
+            while off + 16 <= len(reply):
+                length, mtype, _flags, _seq, _pid = struct.unpack_from("=IHHII", reply, off)
+                if mtype == NLMSG_DONE:
+                    return
+                if mtype == NLMSG_ERROR:
+                    (code,) = struct.unpack_from("=i", reply, off + 16)
+                    if code:
+                        raise KernelError(f"nf_tables dump: {os.strerror(-code)}")
+                    return
+                found, pos, end = {}, off + 20, off + length
+                while pos + 4 <= end:
+                    alen, atype = struct.unpack_from("=HH", reply, pos)
+                    found[atype & ~NLA_F_NESTED] = reply[pos + 4:pos + alen]
+                    pos += (alen + 3) & ~3
+                yield found
+                off += (length + 3) & ~3
+
+    def objects(self) -> tuple[set[str], dict[str, int | None]]:
+        """Our table's chain names, and its sets with their timeouts in seconds (empty when the
+        table is absent) — what `nft -j list chains/sets` tells, without nft and its JSON."""
+        table = TABLE.split()[1]
+        name = table.encode() + b"\0"
+        chains = {a[3].rstrip(b"\0").decode() for a in self._dump(GETCHAIN, _str(1, table))
+                  if a.get(1) == name and 3 in a}
+        sets: dict[str, int | None] = {}
+        try:
+            for a in self._dump(GETSET, _str(1, table)):
+                if a.get(1) == name and 2 in a:
+                    timeout = struct.unpack(">Q", a[11])[0] // 1000 if 11 in a else None
+                    sets[a[2].rstrip(b"\0").decode()] = timeout
+        except KernelError:
+            pass  # no table: no sets
+        return chains, sets
 
     def close(self) -> None:
         if self.sock is not None:

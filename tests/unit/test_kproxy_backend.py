@@ -44,7 +44,7 @@ def nft(monkeypatch):
     monkeypatch.setattr(netfilter, "nft", apply)
     # A unit test runs in the machine's own namespace: nothing may reach its kernel.
     monkeypatch.setattr(nft_backend.netlink.Netlink, "apply", lambda self, ops: pytest.fail("netlink in a unit test"))
-    monkeypatch.setattr(nft_backend, "kernel_objects", lambda: (set(), {}))
+    monkeypatch.setattr(nft_backend.NftablesBackend, "_kernel_objects", lambda self: (set(), {}))
     monkeypatch.setattr(nft_backend.conntrack, "apply", lambda flushes: len(flushes))
     return scripts, state
 
