@@ -35,7 +35,7 @@ from collections.abc import Iterator
 from cni import plugin
 from cni.rtnl import Rtnl
 from cni.wire import BadRequest, parse_env, parse_header
-from knet import logs, metrics
+from knet import daemon, logs, metrics
 
 log = logging.getLogger("knet.cni.agent")
 MAX_CONNECTIONS = 512
@@ -268,9 +268,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="requests run at once (more wait; with ipMasq most of a request is iptables)")
     p.add_argument("--metrics-bind-address", default=None,
                    help="host:port for /metrics and /healthz (default: none)")
-    p.add_argument("--log-level", default="info")
+    daemon.add_logging_arguments(p)
     args = p.parse_args(argv)
-    logs.setup("cni-agent", args.log_level)
+    logs.setup("cni-agent", args.log_level, fmt=args.logging_format)
     agent = Agent(args.socket, args.concurrency)
     main_pid = os.getpid()
 

@@ -33,7 +33,7 @@ class HostGwBackend:
         if mtu is None:
             raise ValueError(f"underlay interface {self.underlay} does not exist")
         self.mtu = mtu  # no encapsulation: pods get the full underlay MTU
-        log.info("host-gw backend dev=%s public_ip=%s mtu=%d", self.underlay, self.public_ip, self.mtu)
+        log.info("host-gw backend", extra={"dev": self.underlay, "public_ip": str(self.public_ip), "mtu": self.mtu})
         return hostgw_attrs(self.public_ip)
 
     def configure(self, own: Lease) -> None:
@@ -54,8 +54,8 @@ class HostGwBackend:
         with links.iproute(self.netns) as ipr:
             for r in sorted(routes.remove):
                 links.del_route(ipr, r.dst, gateway=r.gateway, ifname=self.underlay)
-                log.info("route removed dst=%s via=%s dev=%s", r.dst, r.gateway, self.underlay)
+                log.info("route removed", extra={"dst": r.dst, "via": r.gateway, "dev": self.underlay})
             for r in sorted(routes.add):
                 links.add_route(ipr, r.dst, gateway=r.gateway, ifname=self.underlay, replace=True)
-                log.info("route added dst=%s via=%s dev=%s", r.dst, r.gateway, self.underlay)
+                log.info("route added", extra={"dst": r.dst, "via": r.gateway, "dev": self.underlay})
         return Changes(added=len(routes.add), removed=len(routes.remove))

@@ -49,9 +49,9 @@ class VxlanBackend:
             _, created = links.ensure_vxlan(ipr, self.device, self.backend.vni, self.backend.port,
                                             str(self.public_ip), self.underlay, self.mtu)
             self.vtep_mac = links.mac_of(links.get_link(ipr, self.device)).lower()
-        log.info("vxlan device %s device=%s vni=%d port=%d local=%s dev=%s mtu=%d vtep_mac=%s",
-                 "created" if created else "adopted", self.device, self.backend.vni, self.backend.port,
-                 self.public_ip, self.underlay, self.mtu, self.vtep_mac)
+        log.info("vxlan device created" if created else "vxlan device adopted",
+                 extra={"device": self.device, "vni": self.backend.vni, "port": self.backend.port,
+                        "local": str(self.public_ip), "dev": self.underlay, "mtu": self.mtu, "vtep_mac": self.vtep_mac})
         return vxlan_attrs(self.public_ip, self.backend.vni, self.vtep_mac)
 
     def configure(self, own: Lease) -> None:
@@ -81,23 +81,23 @@ class VxlanBackend:
         with links.iproute(self.netns) as ipr:
             for r in sorted(routes.remove):
                 links.del_route(ipr, r.dst, gateway=r.gateway, ifname=self.device)
-                log.info("route removed dst=%s via=%s dev=%s", r.dst, r.gateway, self.device)
+                log.info("route removed", extra={"dst": r.dst, "via": r.gateway, "dev": self.device})
             for n in sorted(neighs.remove):
                 links.del_neigh(ipr, self.device, n.ip)
-                log.info("neigh removed ip=%s lladdr=%s dev=%s", n.ip, n.mac, self.device)
+                log.info("neigh removed", extra={"ip": n.ip, "lladdr": n.mac, "dev": self.device})
             for f in sorted(fdb.remove):
                 links.del_fdb(ipr, self.device, f.mac, f.dst)
-                log.info("fdb removed mac=%s dst=%s dev=%s", f.mac, f.dst, self.device)
+                log.info("fdb removed", extra={"mac": f.mac, "dst": f.dst, "dev": self.device})
             # Neighbour and FDB before the route: the moment the route exists, packets use it.
             for f in sorted(fdb.add):
                 links.set_fdb(ipr, self.device, f.mac, f.dst)
-                log.info("fdb added mac=%s dst=%s dev=%s", f.mac, f.dst, self.device)
+                log.info("fdb added", extra={"mac": f.mac, "dst": f.dst, "dev": self.device})
             for n in sorted(neighs.add):
                 links.set_neigh(ipr, self.device, n.ip, n.mac)
-                log.info("neigh added ip=%s lladdr=%s dev=%s", n.ip, n.mac, self.device)
+                log.info("neigh added", extra={"ip": n.ip, "lladdr": n.mac, "dev": self.device})
             for r in sorted(routes.add):
                 links.add_route(ipr, r.dst, gateway=r.gateway, ifname=self.device, onlink=True, replace=True)
-                log.info("route added dst=%s via=%s dev=%s onlink", r.dst, r.gateway, self.device)
+                log.info("route added", extra={"dst": r.dst, "via": r.gateway, "dev": self.device, "onlink": True})
         changes.removed = len(routes.remove) + len(neighs.remove) + len(fdb.remove)
         changes.added = len(routes.add) + len(neighs.add) + len(fdb.add)
         return changes

@@ -1,13 +1,16 @@
-"""flannel-py: the per-node daemon (console script), flanneld's behaviour over etcd v3.
+"""flannel-py: the per-node daemon (console script), flanneld's behaviour with either subnet
+manager: etcd v3 leases (etcd_manager.py, the default as in flanneld) or, with --kube-subnet-mgr,
+the Node's podCIDR and flannel's Node annotations (kube_manager.py).
 
-Start-up: wait for <prefix>/config, create the backend device, acquire a subnet lease, address
-the device, write subnet.env, install the masquerade rules (--ip-masq). Then one loop applies
-lease events from the watcher to the kernel (reconcile: diff desired vs actual), re-acquires the
-lease if it is lost, and resyncs periodically to repair anything changed behind its back.
+Start-up: the network config (etcd <prefix>/config, or net-conf.json), the backend device, our
+subnet (an etcd lease, or the podCIDR with our annotations published), the device's address,
+subnet.env, the masquerade rules (--ip-masq). Then one loop applies the other nodes' leases from
+the manager's watcher to the kernel (reconcile: diff desired vs actual), re-acquires our lease if
+it is lost, and resyncs periodically to repair anything changed behind its back.
 
 SIGTERM/SIGINT stop the daemon and leave the data path as it is (as flanneld does): pods keep
-talking while it restarts, and the etcd lease outlives us until its TTL, so the restarted daemon
-gets the same subnet back.
+talking while it restarts, and the etcd lease (or the Node annotations) outlive us, so the
+restarted daemon gets the same subnet back.
 """
 
 from __future__ import annotations
@@ -20,33 +23,57 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
-from ipaddress import IPv4Address
-from typing import TypeVar
+from ipaddress import IPv4Address, IPv4Network
+from typing import Protocol
 
 from flannel_py import masq, subnet_env
 from flannel_py.backend_hostgw import HostGwBackend
 from flannel_py.backend_vxlan import VxlanBackend
-from flannel_py.config import HOST_GW, ConfigError, NetworkConfig, parse_config
-from flannel_py.lease import Lease, LeaseAttrs, LeaseError
-from flannel_py.manager import Acquired, LeaseLost, Renewer, Snapshot, Watcher, acquire, parse_entries, parse_entry
-from flannel_py.registry import DEFAULT_PREFIX, EtcdUnavailable, Registry, WatchEvent
-from flannel_py.subnets import SubnetExhausted, is_allocatable
+from flannel_py.config import HOST_GW, ConfigError, NetworkConfig
+from flannel_py.kube_annotations import DEFAULT_PREFIX as DEFAULT_ANNOTATION_PREFIX
+from flannel_py.lease import Lease, LeaseAttrs
+from flannel_py.registry import DEFAULT_PREFIX
+from flannel_py.subnets import SubnetExhausted
+from knet import daemon as knet_daemon
 from knet import links, logs
 
 log = logging.getLogger("flannel_py")
 
 DEFAULT_SUBNET_FILE = "/run/flannel/subnet.env"
+DEFAULT_NET_CONF = "/etc/kube-flannel/net-conf.json"
 DEFAULT_TTL = 24 * 3600
-T = TypeVar("T")
 
 
 class _Stop:
     pass
 
 
+class SubnetManager(Protocol):
+    """What the loop needs from etcd_manager.EtcdSubnetManager and kube_manager.KubeSubnetManager."""
+
+    leases: dict[str, Lease]   # every node's lease (ours included), by etcd key or node name
+    synced: bool               # the first full view of the leases has been handled
+    need_reacquire: bool       # our lease is gone or changed behind us
+
+    def describe(self) -> dict[str, object]: ...
+    def network_config(self) -> NetworkConfig: ...
+    def acquire(self, attrs: LeaseAttrs, previous: IPv4Network | None, wait: bool = True) -> Lease | None: ...
+    def start(self) -> None: ...
+    def handle(self, item: object) -> bool: ...
+    def close(self) -> None: ...
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="flannel-py", description="flanneld-like overlay daemon (etcd v3 leases)")
+    p = argparse.ArgumentParser(prog="flannel-py", description="flanneld-like overlay daemon")
+    p.add_argument("--kube-subnet-mgr", action="store_true",
+                   help="subnets from the Nodes' podCIDR, leases as Node annotations (no etcd)")
+    p.add_argument("--kubeconfig-file", "--kubeconfig", dest="kubeconfig_file", default=None,
+                   help="kube subnet manager: kubeconfig (default: in-cluster, $KUBECONFIG, ~/.kube/config)")
+    p.add_argument("--kube-annotation-prefix", default=DEFAULT_ANNOTATION_PREFIX,
+                   help="kube subnet manager: prefix of the Node annotations")
+    p.add_argument("--net-config-path", default=DEFAULT_NET_CONF,
+                   help="kube subnet manager: the network config file (kube-flannel's ConfigMap key net-conf.json)")
+    p.add_argument("--node-name", default=None, help="kube subnet manager: this node's name (default: $NODE_NAME)")
     p.add_argument("--etcd-endpoints", default="http://127.0.0.1:2379", help="comma-separated etcd URLs")
     p.add_argument("--etcd-prefix", default=DEFAULT_PREFIX, help="key root (config at <prefix>/config)")
     p.add_argument("--etcd-cafile", default=None)
@@ -62,8 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--subnet-lease-ttl", type=int, default=DEFAULT_TTL, help="etcd lease TTL in seconds (24h)")
     p.add_argument("--resync", type=float, default=10.0, help="seconds between full kernel/iptables resyncs")
     p.add_argument("--watch-idle-timeout", type=float, default=30.0,
-                   help="re-establish a watch stream idle this long (detects silently dead etcd peers)")
-    p.add_argument("--log-level", default="info")
+                   help="re-establish an etcd watch stream idle this long (detects silently dead etcd peers)")
+    knet_daemon.add_logging_arguments(p)
     return p
 
 
@@ -105,184 +132,121 @@ class Daemon:
         self.args = args
         self.events: queue.Queue = queue.Queue()
         self.stop = threading.Event()
-        self.leases: dict[str, Lease] = {}
-        self.synced = False
-        self.own: Acquired | None = None
+        self.manager: SubnetManager = self._manager()
+        self.own: Lease | None = None
         self.cfg: NetworkConfig | None = None
         self.backend: VxlanBackend | HostGwBackend | None = None
-        self.need_reacquire = False
         self.attrs: LeaseAttrs | None = None
 
-    def registry(self) -> Registry:
-        a = self.args
-        return Registry(a.etcd_endpoints, a.etcd_prefix, ca_cert=a.etcd_cafile, cert=a.etcd_certfile,
-                        key=a.etcd_keyfile)
-
-    def _retry(self, what: str, fn: Callable[[], T]) -> T:
-        """Run fn until etcd answers (start-up must survive etcd starting after us)."""
-        warned = 0.0
-        while not self.stop.is_set():
-            try:
-                return fn()
-            except EtcdUnavailable as e:
-                if time.monotonic() - warned > 10:
-                    log.warning("%s: etcd unavailable, retrying error=%s", what, e)
-                    warned = time.monotonic()
-                self.stop.wait(0.5)
-        raise SystemExit(0)
-
-    def wait_config(self, reg: Registry) -> NetworkConfig:
-        warned = 0.0
-        while True:
-            raw = self._retry("reading config", reg.get_config)
-            if raw is not None:
-                return parse_config(raw)
-            if time.monotonic() - warned > 10:
-                log.warning("no network config yet, waiting key=%s", reg.config_key)
-                warned = time.monotonic()
-            if self.stop.wait(0.5):
-                raise SystemExit(0)
+    def _manager(self) -> SubnetManager:
+        if self.args.kube_subnet_mgr:
+            from flannel_py.kube_manager import KubeSubnetManager
+            return KubeSubnetManager(self.args, self.events, self.stop)
+        from flannel_py.etcd_manager import EtcdSubnetManager
+        return EtcdSubnetManager(self.args, self.events, self.stop)
 
     def start(self) -> None:
         a = self.args
         underlay, public_ip = find_underlay(a.iface, a.public_ip)
-        log.info("starting etcd=%s prefix=%s iface=%s public_ip=%s", a.etcd_endpoints, a.etcd_prefix, underlay,
-                 public_ip)
-        reg = self.registry()
-        self.cfg = cfg = self.wait_config(reg)
-        log.info("network config network=%s subnet_len=%d subnet_min=%s subnet_max=%s backend=%s vni=%d port=%d",
-                 cfg.network, cfg.subnet_len, cfg.subnet_min, cfg.subnet_max, cfg.backend.type,
-                 cfg.backend.vni, cfg.backend.port)
+        log.info("starting", extra={**self.manager.describe(), "iface": underlay, "public_ip": str(public_ip)})
+        self.cfg = cfg = self.manager.network_config()
+        log.info("network config", extra={"network": str(cfg.network), "subnet_len": cfg.subnet_len,
+                                          "subnet_min": str(cfg.subnet_min), "subnet_max": str(cfg.subnet_max),
+                                          "backend": cfg.backend.type, "vni": cfg.backend.vni,
+                                          "port": cfg.backend.port})
         if cfg.backend.type == HOST_GW:
             self.backend = HostGwBackend(cfg.network, underlay, public_ip)
         else:
             self.backend = VxlanBackend(cfg.backend, underlay, public_ip)
         self.attrs = self.backend.prepare()
-        self._acquire(reg)
-        reg.close()
+        lease = self.manager.acquire(self.attrs, subnet_env.previous_subnet(a.subnet_file))
+        assert lease is not None  # waiting acquire: a lease or an exception
+        self._configure(lease)
 
-    def _acquire(self, reg: Registry, wait: bool = True) -> None:
-        """Get (or get back) our lease; with wait, ride out etcd outages (start-up only)."""
+    def _configure(self, lease: Lease) -> None:
+        """Our subnet on the device, in subnet.env and in the masquerade rules."""
         assert self.cfg is not None and self.backend is not None
-        cfg, a = self.cfg, self.args
-        previous = self.own.lease.subnet if self.own else subnet_env.previous_subnet(a.subnet_file)
-        if previous is not None and not is_allocatable(cfg, previous):
-            previous = None
-        attrs = self.attrs
-        assert attrs is not None
-
-        def attempt() -> Acquired:
-            return acquire(reg, cfg, attrs, a.subnet_lease_ttl, previous)
-
-        # The event loop must keep reconciling during an outage: there, one try per loop turn.
-        got = self._retry("acquiring lease", attempt) if wait else attempt()
-        if self.own and got.lease.subnet != self.own.lease.subnet:
-            log.error("subnet changed: pods on the old subnet lose connectivity old=%s new=%s",
-                      self.own.lease.subnet, got.lease.subnet)
-        self.own = got
-        log.info("lease acquired subnet=%s key=%s how=%s etcd_lease=%x ttl=%d", got.lease.subnet, got.key, got.how,
-                 got.etcd_lease, a.subnet_lease_ttl)
-        self.backend.configure(got.lease)
-        subnet_env.write(a.subnet_file, cfg.network, got.lease.subnet, self.backend.mtu, a.ip_masq)
-        log.info("wrote subnet file path=%s subnet=%s mtu=%d", a.subnet_file, got.lease.subnet, self.backend.mtu)
+        if self.own and lease.subnet != self.own.subnet:
+            log.error("subnet changed: pods on the old subnet lose connectivity",
+                      extra={"old": str(self.own.subnet), "new": str(lease.subnet)})
+        self.own = lease
+        self.backend.configure(lease)
+        subnet_env.write(self.args.subnet_file, self.cfg.network, lease.subnet, self.backend.mtu, self.args.ip_masq)
+        log.info("wrote subnet file", extra={"path": self.args.subnet_file, "subnet": str(lease.subnet),
+                                             "mtu": self.backend.mtu})
         self._ensure_iptables(log_changes=False)
-        self.need_reacquire = False
 
     def _ensure_iptables(self, log_changes: bool = True) -> None:
         assert self.cfg is not None and self.own is not None
         try:
-            if self.args.ip_masq and masq.ensure_masq(self.cfg.network, self.own.lease.subnet) and log_changes:
-                log.info("masquerade rules repaired chain=%s", masq.MASQ_CHAIN)
+            if self.args.ip_masq and masq.ensure_masq(self.cfg.network, self.own.subnet) and log_changes:
+                log.info("masquerade rules repaired", extra={"chain": masq.MASQ_CHAIN})
             if self.args.iptables_forward_rules and masq.ensure_forward(self.cfg.network) and log_changes:
-                log.info("forward rules repaired chain=%s", masq.FWD_CHAIN)
+                log.info("forward rules repaired", extra={"chain": masq.FWD_CHAIN})
         except Exception as e:
-            log.error("iptables rules failed error=%s", e)
+            log.error("iptables rules failed", extra={"error": str(e)})
 
     # --- event loop ---------------------------------------------------------------------------
 
-    def handle(self, item: object) -> bool:
-        """Apply one queue item to the lease map; True if the kernel may need changes."""
-        assert self.own is not None
-        if isinstance(item, Snapshot):
-            good, _ = parse_entries(item.kvs)
-            self.leases = {key: lease for key, (lease, _kv) in good.items()}
-            self.synced = True
-            if self.own.key not in self.leases:
-                log.warning("own lease missing from etcd, re-acquiring key=%s", self.own.key)
-                self.need_reacquire = True
-            return True
-        if isinstance(item, WatchEvent):
-            if item.kind == "delete":
-                gone = self.leases.pop(item.key, None)
-                log.info("lease removed key=%s", item.key)
-                if item.key == self.own.key:
-                    log.warning("own lease was deleted, re-acquiring key=%s", item.key)
-                    self.need_reacquire = True
-                return gone is not None
-            try:
-                lease = parse_entry(item.key, item.value)
-            except (LeaseError, ValueError) as e:
-                log.warning("skipping corrupt lease key=%s error=%s", item.key, e)
-                return self.leases.pop(item.key, None) is not None
-            if self.leases.get(item.key) != lease:
-                log.info("lease added key=%s public_ip=%s backend=%s vtep_mac=%s", item.key, lease.attrs.public_ip,
-                         lease.attrs.backend_type, lease.attrs.vtep_mac or "-")
-            self.leases[item.key] = lease
-            if item.key == self.own.key and lease.attrs != self.own.lease.attrs:
-                log.warning("own lease was overwritten by someone else, re-acquiring key=%s", item.key)
-                self.need_reacquire = True
-            return True
-        if isinstance(item, LeaseLost) and item.etcd_lease == self.own.etcd_lease:
-            self.need_reacquire = True
-        return False
-
     def reconcile(self) -> None:
         assert self.own is not None and self.backend is not None
-        if not self.synced:
+        if not self.manager.synced:
             return  # never remove entries before we know the full set of leases
+        leases = list(self.manager.leases.values())
         try:
-            desired = self.backend.desired(self.own.lease, list(self.leases.values()))
-            changes = self.backend.reconcile(self.own.lease, list(self.leases.values()))
+            desired = self.backend.desired(self.own, leases)
+            changes = self.backend.reconcile(self.own, leases)
         except Exception as e:
-            log.error("reconcile failed, will retry error=%s", e)
+            log.error("reconcile failed, will retry", extra={"error": str(e)})
             return
         if changes:
-            log.info("reconciled added=%d removed=%d remotes=%d", changes.added, changes.removed, len(desired.routes))
+            log.info("reconciled", extra={"added": changes.added, "removed": changes.removed,
+                                          "remotes": len(desired.routes)})
         for subnet, reason in desired.skipped:
-            log.debug("lease ignored subnet=%s reason=%s", subnet, reason)
+            log.debug("lease ignored", extra={"subnet": subnet, "reason": reason})
+
+    def _reacquire(self) -> bool:
+        """One attempt (the loop must keep reconciling meanwhile); True when our lease is back."""
+        assert self.attrs is not None and self.own is not None
+        try:
+            lease = self.manager.acquire(self.attrs, self.own.subnet, wait=False)
+        except (ConfigError, SystemExit):
+            raise
+        except Exception as e:
+            log.error("re-acquiring lease failed, will retry", extra={"error": str(e)})
+            return False
+        if lease is None:
+            return False
+        if lease != self.own:  # the same lease back (a renewed etcd lease, our annotations): nothing to redo
+            self._configure(lease)
+        return True
 
     def run(self) -> int:
-        self.start()
-        assert self.own is not None
-        renewer = Renewer(self.registry, self.args.subnet_lease_ttl, self.events, self.stop)
-        renewer.set_lease(self.own.etcd_lease)
-        renewer.start()
-        Watcher(self.registry, self.events, self.stop, self.args.watch_idle_timeout).start()
-        reg = self.registry()
+        try:
+            self.start()
+            self.manager.start()
+            return self._loop()
+        finally:
+            self.stop.set()
+            self.manager.close()
+
+    def _loop(self) -> int:
         next_resync = time.monotonic() + self.args.resync
         while True:
-            timeout = max(0.0, min(next_resync - time.monotonic(), 1.0 if self.need_reacquire else 3600.0))
+            timeout = max(0.0, min(next_resync - time.monotonic(), 1.0 if self.manager.need_reacquire else 3600.0))
             dirty = False
             try:
                 item = self.events.get(timeout=timeout)
                 while True:  # drain: one reconcile for a burst of events
                     if isinstance(item, _Stop):
                         log.info("stopping; data path and lease left in place")
-                        self.stop.set()
                         return 0
-                    dirty |= self.handle(item)
+                    dirty |= self.manager.handle(item)
                     item = self.events.get_nowait()
             except queue.Empty:
                 pass
-            if self.need_reacquire:
-                try:
-                    self._acquire(reg, wait=False)
-                    renewer.set_lease(self.own.etcd_lease)
-                    dirty = True
-                except SystemExit:
-                    return 0
-                except Exception as e:
-                    log.error("re-acquiring lease failed, will retry error=%s", e)
+            if self.manager.need_reacquire:
+                dirty |= self._reacquire()
             if time.monotonic() >= next_resync:
                 next_resync = time.monotonic() + self.args.resync
                 self._ensure_iptables()
@@ -291,21 +255,25 @@ class Daemon:
                 self.reconcile()
 
     def request_stop(self, *_args: object) -> None:
-        # The event wakes the main loop; the flag also ends start-up retries and the threads.
+        # The event wakes the main loop; the flag also ends start-up waits and the threads.
         self.events.put(_Stop())
         self.stop.set()
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logs.setup("flannel-py", args.log_level)
-    daemon = Daemon(args)
+    logs.setup("flannel-py", args.log_level, fmt=args.logging_format)
+    try:
+        daemon = Daemon(args)
+    except ConfigError as e:
+        log.error("fatal", extra={"error": str(e)})
+        return 1
     signal.signal(signal.SIGTERM, daemon.request_stop)
     signal.signal(signal.SIGINT, daemon.request_stop)
     try:
         return daemon.run()
     except (ConfigError, SubnetExhausted, ValueError) as e:
-        log.error("fatal error=%s", e)
+        log.error("fatal", extra={"error": str(e)})
         return 1
     except SystemExit as e:
         return int(e.code or 0)

@@ -33,11 +33,16 @@ class LeaseAttrs:
     vni: int | None = None
     vtep_mac: str | None = None
 
+    @property
+    def backend_data(self) -> dict[str, Any] | None:
+        """flanneld's BackendData: vxlan's VNI and VTEP MAC; nothing (JSON null) for host-gw."""
+        return {"VNI": self.vni, "VtepMAC": self.vtep_mac} if self.backend_type == VXLAN else None
+
     def encode(self) -> str:
         doc: dict[str, Any] = {"PublicIP": str(self.public_ip), "PublicIPv6": None,
                                "BackendType": self.backend_type}
         if self.backend_type == VXLAN:
-            doc["BackendData"] = {"VNI": self.vni, "VtepMAC": self.vtep_mac}
+            doc["BackendData"] = self.backend_data
         return json.dumps(doc, separators=(",", ":"))
 
 
@@ -55,6 +60,12 @@ def decode(raw: str | bytes) -> LeaseAttrs:
         raise LeaseError(f"lease value is not JSON: {e}") from None
     if not isinstance(doc, dict):
         raise LeaseError(f"lease value is a JSON {type(doc).__name__}, not an object")
+    return decode_doc(doc)
+
+
+def decode_doc(doc: dict[str, Any]) -> LeaseAttrs:
+    """The attributes of a decoded lease object (also what the kube subnet manager assembles from
+    a Node's annotations); LeaseError says what is wrong."""
     public_ip = doc.get("PublicIP")
     if not isinstance(public_ip, str):
         raise LeaseError("lease has no PublicIP string")

@@ -63,13 +63,13 @@ def parse_entries(kvs: list[KeyValue]) -> tuple[dict[str, tuple[Lease, KeyValue]
         try:
             subnet = parse_subnet_key(kv.key)
         except ValueError as e:
-            log.warning("skipping key with a bad name key=%s error=%s", kv.key, e)
+            log.warning("skipping key with a bad name", extra={"key": kv.key, "error": str(e)})
             continue
         taken.add(subnet)
         try:
             good[kv.key] = (Lease(subnet, decode(kv.value)), kv)
         except LeaseError as e:
-            log.warning("skipping corrupt lease key=%s error=%s", kv.key, e)
+            log.warning("skipping corrupt lease", extra={"key": kv.key, "error": str(e)})
     return good, taken
 
 
@@ -99,7 +99,7 @@ def acquire(reg: Registry, cfg: NetworkConfig, attrs: LeaseAttrs, ttl: int,
         etcd_lease = reg.grant(ttl)
         if reg.create_if_absent(key, value, etcd_lease):
             return Acquired(Lease(subnet, attrs), key, etcd_lease, "previous" if subnet == previous else "new")
-        log.info("subnet taken by another node meanwhile, trying again subnet=%s", subnet)
+        log.info("subnet taken by another node meanwhile, trying again", extra={"subnet": str(subnet)})
         _quiet_revoke(reg, etcd_lease)
         lost.add(subnet)
     raise RuntimeError(f"could not acquire a subnet lease after {tries} attempts (heavy contention?)")
@@ -143,14 +143,14 @@ class Renewer(threading.Thread):
                 ttl = reg.keepalive(current)
             except Exception as e:  # an outage must never end renewal
                 if not failing:
-                    log.warning("lease renewal failed, retrying etcd_lease=%x error=%s", current, e)
+                    log.warning("lease renewal failed, retrying", extra={"etcd_lease": f"{current:x}", "error": str(e)})
                 failing, wait = True, min(1.0, interval)
                 continue
             if failing:
-                log.info("lease renewal works again etcd_lease=%x ttl=%d", current, ttl)
+                log.info("lease renewal works again", extra={"etcd_lease": f"{current:x}", "ttl": ttl})
             failing, wait = False, interval
             if ttl < 0:
-                log.error("etcd lease is gone (expired or revoked) etcd_lease=%x", current)
+                log.error("etcd lease is gone (expired or revoked)", extra={"etcd_lease": f"{current:x}"})
                 self.out.put(LeaseLost(current))
                 wait = min(1.0, interval)
 
@@ -176,11 +176,11 @@ class Watcher(threading.Thread):
                     kvs, rev = reg.list_subnets()
                     self.out.put(Snapshot(kvs, rev))
                     self.revision = rev
-                    log.info("subnets listed count=%d revision=%d", len(kvs), rev)
+                    log.info("subnets listed", extra={"count": len(kvs), "revision": rev})
                 for item in reg.watch(reg.subnets_prefix, self.revision + 1, self.idle_timeout):
                     if isinstance(item, Created):
                         if outage:
-                            log.info("etcd reachable again, watch resumed from_revision=%d", self.revision + 1)
+                            log.info("etcd reachable again, watch resumed", extra={"from_revision": self.revision + 1})
                         backoff, outage = 0.1, False
                     elif isinstance(item, Progress):
                         self.revision = max(self.revision, item.revision)
@@ -190,11 +190,11 @@ class Watcher(threading.Thread):
                     if self.stop.is_set():
                         return
             except Compacted as e:
-                log.warning("watch revision compacted, listing again error=%s", e)
+                log.warning("watch revision compacted, listing again", extra={"error": str(e)})
                 self.revision = None
             except Exception as e:  # the watcher must outlive any outage or bad response
                 if not outage:
-                    log.warning("etcd watch interrupted, retrying error=%s", e)
+                    log.warning("etcd watch interrupted, retrying", extra={"error": str(e)})
                 outage = True
                 self.stop.wait(backoff)
                 backoff = min(backoff * 2, 1.0)

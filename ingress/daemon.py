@@ -214,7 +214,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-access-log", action="store_true", help="no access log (and no per-request metrics)")
     p.add_argument("--sync-period", type=float, default=60.0, help="seconds between unconditional syncs")
     p.add_argument("--min-sync-period", type=float, default=0.2, help="batching window for changes")
-    p.add_argument("--log-level", default="info")
+    daemon.add_logging_arguments(p)
     return p.parse_args(argv)
 
 
@@ -231,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
         await ingress_daemon.run()
 
     try:
-        return daemon.run("knet-ingress", args.log_level, amain)
+        return daemon.run("knet-ingress", args.log_level, amain, logging_format=args.logging_format)
     finally:
         if ingress_daemon is not None:
             ingress_daemon.nginx.stop()

@@ -418,7 +418,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="UDP on a dedicated thread (epoll) or on the event loop")
     p.add_argument("--metrics-bind-address", default=None,
                    help="/metrics (and /health, /ready without a Corefile); default 0.0.0.0:9153")
-    p.add_argument("--log-level", default="info")
+    daemon.add_logging_arguments(p)
     args = p.parse_args(argv)
     if args.autopath and args.pods != "verified":
         p.error("--autopath needs --pods verified (the client's address must be a known pod)")
@@ -440,7 +440,7 @@ def main(argv: list[str] | None = None) -> int:
             await kdns.shutdown()
         log.info("stopped")
 
-    return daemon.run("kdns", args.log_level, amain)
+    return daemon.run("kdns", args.log_level, amain, logging_format=args.logging_format)
 
 
 if __name__ == "__main__":

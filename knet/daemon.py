@@ -9,13 +9,16 @@ the /metrics + /healthz endpoint, waiting for the informers' first lists, and th
             daemon.serve(worker.stop, worker.registry, worker.health, args.metrics_bind_address)
             await worker.run()            # run(): ... if not await daemon.wait_synced(...): return
 
-        return daemon.run("component", args.log_level, amain)
+        return daemon.run("component", args.log_level, amain, logging_format=args.logging_format)
 
-What a daemon does on stop (what it leaves in place, what it closes) stays its own.
+`add_logging_arguments(parser)` gives a daemon `--log-level` and `--logging-format text|json`; a bad
+value of either ends it with one line and exit status 2 (knet.logs.setup). What a daemon does on
+stop (what it leaves in place, what it closes) stays its own.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import logging
 import signal
@@ -31,11 +34,20 @@ log = logging.getLogger("knet.daemon")
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
+def add_logging_arguments(parser: argparse.ArgumentParser) -> None:
+    """--log-level and --logging-format, checked by `run()` (not by argparse: its error is the whole
+    usage text; an unknown value gets one line here)."""
+    parser.add_argument("--log-level", default="info", metavar="LEVEL", help=f"one of {', '.join(logs.LEVELS)}")
+    parser.add_argument("--logging-format", default="text", metavar="FORMAT",
+                        help="text (logfmt lines) or json (one object per line, Kubernetes' schema)")
+
+
 def run(component: str, log_level: str, amain: Callable[[], Coroutine[Any, Any, None]], *,
-        event_loop: str = "asyncio") -> int:
+        event_loop: str = "asyncio", logging_format: str = "text") -> int:
     """Set up logging as `component`, run `amain()` to its end on `event_loop` ("asyncio" or
-    "uvloop") and return the exit code: 0, or 1 after a `fatal: ...` line when it raised."""
-    logs.setup(component, log_level)
+    "uvloop") and return the exit code: 0, or 1 after a `fatal` line when it raised (a bad
+    `log_level` or `logging_format` exits with status 2 before anything runs)."""
+    logs.setup(component, log_level, fmt=logging_format)
     try:
         if event_loop == "uvloop":
             import uvloop
@@ -43,7 +55,7 @@ def run(component: str, log_level: str, amain: Callable[[], Coroutine[Any, Any, 
         else:
             asyncio.run(amain())
     except Exception as e:
-        log.error("fatal: %s", e)
+        log.error("fatal", extra={"error": str(e)})
         return 1
     return 0
 

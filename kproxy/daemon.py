@@ -85,7 +85,7 @@ def parser() -> argparse.ArgumentParser:
                    help="iptables variant (iptables, userspace, ebpf modes); auto: the node's, as kube-proxy's image")
     p.add_argument("--cgroup", default=None, help="ebpf: cgroup v2 directory of this node's pods")
     p.add_argument("--external-iface", action="append", default=[], help="ebpf: node interface(s) facing clients")
-    p.add_argument("--log-level", default="info")
+    daemon.add_logging_arguments(p)
     return p
 
 
@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
             await proxier.close()
         log.info("stopped; data path left in place")
 
-    return daemon.run("kproxy", args.log_level, amain, event_loop=event_loop)
+    return daemon.run("kproxy", args.log_level, amain, event_loop=event_loop, logging_format=args.logging_format)
 
 
 if __name__ == "__main__":

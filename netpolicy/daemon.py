@@ -230,14 +230,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--counter-period", type=float, default=5.0, help="seconds between drop-counter reads")
     p.add_argument("--netns", default=None, help="program this named network namespace instead of our own")
     p.add_argument("--cleanup", action="store_true", help="remove the rules (stop enforcing) and exit")
-    p.add_argument("--log-level", default="info")
+    daemon.add_logging_arguments(p)
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.cleanup:
-        logs.setup("netpolicy", args.log_level)
+        logs.setup("netpolicy", args.log_level, fmt=args.logging_format)
         NftBackend(args.netns).remove()
         log.info("removed the netpolicy table; pods are no longer isolated")
         return 0
@@ -249,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
         await enforcer.run()
         log.info("stopped; rules left in place")
 
-    return daemon.run("netpolicy", args.log_level, amain)
+    return daemon.run("netpolicy", args.log_level, amain, logging_format=args.logging_format)
 
 
 if __name__ == "__main__":

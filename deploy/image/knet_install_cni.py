@@ -8,9 +8,11 @@
    ("try again later") instead of running the plugin in-process (that needs pyroute2, which the host
    does not have): kubelet retries until the DaemonSet is up.
 2. Writes the conflist (from the ConfigMap) into the host's CNI config dir, atomically.
-3. Writes flannel's network config to etcd at <prefix>/config when the key does not exist yet
-   (create-if-absent: nodes starting together race harmlessly; an existing config is never
-   overwritten, since changing the Network under running nodes breaks them).
+3. Only for flannel-py's etcd subnet manager (--net-conf; deploy/ runs the kube subnet manager,
+   which reads net-conf.json itself): writes flannel's network config to etcd at <prefix>/config
+   when the key does not exist yet (create-if-absent: nodes starting together race harmlessly; an
+   existing config is never overwritten, since changing the Network under running nodes breaks
+   them).
 """
 
 from __future__ import annotations

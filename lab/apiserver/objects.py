@@ -74,6 +74,12 @@ def init_update(rt: ResourceType, new: dict, old: dict, subresource: str | None)
     if subresource == "status":
         out = copy.deepcopy(old)
         out["status"] = copy.deepcopy(new.get("status", {}))
+        if rt.kind == "Node":
+            # kube-apiserver's node status strategy resets only the spec: labels and annotations
+            # written through nodes/status stay (flannel publishes its annotations that way).
+            for key in ("labels", "annotations"):
+                if key in new.get("metadata", {}):
+                    meta(out)[key] = copy.deepcopy(new["metadata"][key])
         return out
     out = copy.deepcopy(new)
     out["kind"], out["apiVersion"] = rt.kind, rt.api_version

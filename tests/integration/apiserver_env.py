@@ -48,10 +48,11 @@ def wait_for(cond: Callable[[], bool], timeout: float, what: str, proc: subproce
         time.sleep(0.05)
 
 
-def start(argv: list[str], log: str) -> subprocess.Popen:
-    """A process of the repository's, its output appended to `log`."""
+def start(argv: list[str], log: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """A process of the repository's, its output appended to `log` (`env`: added to ours)."""
     with open(log, "ab") as out:
-        return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=REPO)
+        return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=REPO,
+                                env={**os.environ, **env} if env else None)
 
 
 def stop(proc: subprocess.Popen | None) -> int | None:
@@ -87,11 +88,12 @@ class Etcd:
         return [line for line in out.splitlines() if line.strip()]
 
 
-def start_etcd(tmp: str, *extra: str) -> Etcd:
-    """A single-member etcd with its data and log under `tmp`, healthy on return."""
+def start_etcd(tmp: str, *extra: str, binary: str = "etcd") -> Etcd:
+    """A single-member etcd with its data and log under `tmp`, healthy on return (`binary`:
+    another etcd than Debian's, e.g. the one kube-apiserver is paired with)."""
     url, peer = f"http://{HOST}:{free_port()}", f"http://{HOST}:{free_port()}"
     log = os.path.join(tmp, "etcd.log")
-    proc = start(["etcd", "--name", "t", "--data-dir", os.path.join(tmp, "etcd"),
+    proc = start([binary, "--name", "t", "--data-dir", os.path.join(tmp, "etcd"),
                   "--listen-client-urls", url, "--advertise-client-urls", url, "--listen-peer-urls", peer,
                   "--initial-advertise-peer-urls", peer, "--initial-cluster", f"t={peer}", *extra], log)
     e = Etcd(url, proc, log)

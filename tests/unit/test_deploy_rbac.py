@@ -1,9 +1,10 @@
 """RBAC in deploy/rbac.yaml equals what the code uses (derived from the source, statically):
 each `Informer(api, <Kind>)` needs list + watch on the kind's resource, each
-`patch_status(api, "<Kind>", ...)` needs patch on `<resource>/status`; any other API call in a
-component (create/replace/patch/delete/get/list through knet.kube.client) fails this test until
-it is accounted for here and granted. tests/integration/deploy records the same from the lab API
-server's request log."""
+`patch_status(api, "<Kind>", ...)` or `patch(api, "<Kind>", ..., status=True)` needs patch on
+`<resource>/status`, each `get(api, "<Kind>", ...)` get on the resource; any other API call in a
+component (create/replace/patch of the main resource/delete/list through knet.kube.client) fails
+this test until it is accounted for here and granted. tests/integration/deploy records the same
+from the lab API server's request log."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from tests.integration.deploy import manifests as m
 DOCS = m.render()
 # component -> (source files, ClusterRole)
 COMPONENTS = {
+    "flannel": ("flannel_py/*.py", "knet:flannel"),
     "kproxy": ("kproxy/**/*.py", "knet:kproxy"),
     "netpolicy": ("netpolicy/*.py", "knet:netpolicy"),
     "kdns": ("kdns/*.py", "knet:kdns"),
@@ -81,10 +83,16 @@ def used(component: str) -> set[tuple[str, str, str, str]]:
                     for verb in ("list", "watch"):
                         out.add((r.group, r.plural, verb, _guard(parents)))
             elif name in CLIENT_VERBS and isinstance(fn, ast.Attribute) and \
-                    ast.unparse(fn.value) in ("kube_client", "client"):
-                assert name == "patch_status", f"{path}:{node.lineno}: {name} is not accounted for in RBAC"
+                    ast.unparse(fn.value) in ("kube_client", "client", "kc"):
                 r = resource(_kind(node.args[1]))
-                out.add((r.group, f"{r.plural}/status", "patch", _guard(parents)))
+                status = any(k.arg == "status" and isinstance(k.value, ast.Constant) and k.value.value is True
+                             for k in node.keywords)
+                if name == "patch_status" or (name == "patch" and status):
+                    out.add((r.group, f"{r.plural}/status", "patch", _guard(parents)))
+                elif name == "get":
+                    out.add((r.group, r.plural, "get", _guard(parents)))
+                else:
+                    raise AssertionError(f"{path}:{node.lineno}: {name} is not accounted for in RBAC")
     return out
 
 
@@ -104,10 +112,9 @@ def granted(role: str) -> set[tuple[str, str, str]]:
 
 def needed(component: str) -> set[tuple[str, str, str]]:
     """Unconditional uses, plus conditional ones whose condition the manifests' config turns on."""
-    kdns_cm = m.by_kind(DOCS, "ConfigMap")["kdns"]["data"]
     out = set()
     for g, r, v, cond in used(component):
-        if cond == "self.cfg.pods == 'verified'" and kdns_cm["pods"] != "verified":
+        if cond == "self.cfg.pods == 'verified'" and m.corefile_pods_mode(DOCS) != "verified":
             continue
         out.add((g, r, v))
     return out
@@ -123,16 +130,19 @@ def test_expected_shape():
     assert needed("ingress") >= {("networking.k8s.io", "ingresses/status", "patch")}
     assert ("", "pods", "list") in {(g, r, v) for g, r, v, _ in used("kdns")}  # only with --pods=verified
     assert ("", "pods", "list") not in needed("kdns")
-    for role in ("knet:kproxy", "knet:netpolicy", "knet:kdns", "knet:ingress"):
-        assert all(v in ("list", "watch", "patch") for _, _, v in granted(role))
+    assert needed("flannel") == {("", "nodes", "get"), ("", "nodes", "list"), ("", "nodes", "watch"),
+                                 ("", "nodes/status", "patch")}  # what flanneld's ClusterRole grants for nodes
+    for role in ("knet:flannel", "knet:kproxy", "knet:netpolicy", "knet:kdns", "knet:ingress"):
+        assert all(v in ("get", "list", "watch", "patch") for _, _, v in granted(role))
 
 
 def test_bindings():
     binds = m.by_kind(DOCS, "ClusterRoleBinding")
-    sa = {"knet:kproxy": "knet-node", "knet:netpolicy": "knet-node", "knet:kdns": "kdns",
-          "knet:ingress": "knet-ingress"}
-    assert {n: (b["roleRef"]["name"], b["subjects"][0]["name"]) for n, b in binds.items()} == \
-        {n: (n, s) for n, s in sa.items()}
+    sa = {"knet:flannel": ("knet-node", "knet-system"), "knet:kproxy": ("knet-node", "knet-system"),
+          "knet:netpolicy": ("knet-node", "knet-system"), "knet:kdns": ("kdns", "kube-system"),
+          "knet:ingress": ("knet-ingress", "knet-system")}
+    assert {n: (b["roleRef"]["name"], b["subjects"][0]["name"], b["subjects"][0]["namespace"])
+            for n, b in binds.items()} == {n: (n, *s) for n, s in sa.items()}
     assert m.pod_spec(DOCS, "DaemonSet", "knet-node")["serviceAccountName"] == "knet-node"
     assert m.pod_spec(DOCS, "Deployment", "kdns")["serviceAccountName"] == "kdns"
     assert m.pod_spec(DOCS, "Deployment", "knet-ingress")["serviceAccountName"] == "knet-ingress"

@@ -54,10 +54,10 @@ def test_overlay_renders(tmp_path, mode):
     docs = [d for d in yaml.safe_load_all(subprocess.run(["kubectl", "kustomize", str(out)], check=True,
                                                          capture_output=True, text=True).stdout) if d]
     for d in docs:
-        kubernetes_validate.validate(d, "1.27.0", strict=True)
+        kubernetes_validate.validate(d, "1.37.0", strict=True)
     cm = m.by_kind(docs, "ConfigMap")["knet-config"]["data"]
-    assert (cm["proxy-mode"], cm["iface"], cm["etcd-endpoints"]) == (mode, "eth1", "https://192.168.33.10:2379")
-    assert "net-conf.json" in cm  # merged, not replaced
+    assert (cm["proxy-mode"], cm["iface"]) == (mode, "eth1")
+    assert "cni-conflist.json" in cm  # merged, not replaced
     assert {c["image"] for _, c in m.containers(docs)} == {"registry.example/knet:1.2"}
     kproxy = next(c for _, c in m.containers(docs) if c["name"] == "kproxy")
-    assert f"--mode={mode}" in m.argv(kproxy, docs)
+    assert f"--proxy-mode={mode}" in m.argv(kproxy, docs)

@@ -19,7 +19,7 @@ from knet import daemon, metrics
 @pytest.fixture
 def setups(monkeypatch):
     calls: list[tuple[str, str]] = []  # logs.setup replaces the root handlers: not under pytest
-    monkeypatch.setattr(daemon.logs, "setup", lambda component, level: calls.append((component, level)))
+    monkeypatch.setattr(daemon.logs, "setup", lambda component, level, fmt="text": calls.append((component, level)))
     return calls
 
 
@@ -35,7 +35,7 @@ def test_run_exit_codes_and_fatal_line(setups, caplog):
     assert daemon.run("kdns", "debug", ok) == 0 and len(ran) == 1
     with caplog.at_level(logging.ERROR):
         assert daemon.run("kdns", "info", boom) == 1
-    assert [r.getMessage() for r in caplog.records] == ["fatal: no kubeconfig"]
+    assert [r.getMessage() for r in caplog.records] == ["fatal"]
     assert setups == [("kdns", "debug"), ("kdns", "info")]
 
 

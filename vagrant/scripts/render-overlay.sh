@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Writes a kustomize overlay of deploy/ with the lab's settings into OUT_DIR.
-# Usage: render-overlay.sh OUT_DIR PROXY_MODE CP_IP IFACE IMAGE
+# Usage: render-overlay.sh OUT_DIR PROXY_MODE CP_IP IFACE IMAGE   (CP_IP: unused since flannel-py
+# no longer needs the control plane's etcd; kept so callers need no change)
 set -euo pipefail
-out=${1:?out dir}; mode=${2:?proxy mode}; cp_ip=${3:?control plane ip}; iface=${4:?iface}; image=${5:?image}
+out=${1:?out dir}; mode=${2:?proxy mode}; : "${3:?control plane ip}"; iface=${4:?iface}; image=${5:?image}
 repo=$(cd "$(dirname "$0")/../.." && pwd)
 mkdir -p "$out"
 base=$(realpath --relative-to="$out" "$repo/deploy")
@@ -20,7 +21,6 @@ configMapGenerator:
     behavior: merge
     literals:
       - proxy-mode=$mode
-      - etcd-endpoints=https://$cp_ip:2379
       - iface=$iface
       - external-iface=$iface
 generatorOptions:

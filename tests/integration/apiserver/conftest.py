@@ -1,5 +1,8 @@
-"""A real etcd and a knet-apiserver on 127.0.0.1 (random free ports, temp dirs), killed at the end
-whatever happened; a `kubernetes` client and a kubectl 1.20 runner bound to them.
+"""A real etcd and an API server on 127.0.0.1 (random free ports, temp dirs), killed at the end
+whatever happened; a `kubernetes` client and a kubectl 1.20 runner bound to them. The server is
+knet-apiserver ("lab") and, when scripts/install-anchors has built them, the real kube-apiserver
+with kube-controller-manager ("real"): every test runs against both, and a difference between
+them is a finding (see `lab_only`).
 
 kubectl: $KNET_KUBECTL, else a kubectl 1.20 found on PATH or unpacked in .venv/kubectl-1.20,
 else Debian's kubernetes-client package (1.20) is fetched with `apt-get download` and unpacked
@@ -24,26 +27,13 @@ from dataclasses import dataclass
 import pytest
 
 from lab.apiserver import auth
+from tests.integration import anchors
 from tests.integration.apiserver_env import REPO, Etcd, start_apiserver, start_etcd, stop
 
 KUBECTL_DIR = os.path.join(REPO, ".venv", "kubectl-1.20")
 ADMIN_TOKEN = "admin-" + uuid.uuid4().hex
 OTHER_TOKEN = "kproxy-" + uuid.uuid4().hex
-
-
-@pytest.fixture(scope="session")
-def etcd() -> Iterator[Etcd]:
-    if not shutil.which("etcd"):
-        pytest.skip("etcd is not installed (scripts/install-deps installs it)")
-    tmp = tempfile.mkdtemp(prefix="knet-apiserver-etcd-")
-    try:
-        e = start_etcd(tmp)
-        try:
-            yield e
-        finally:
-            stop(e.proc)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+KCM_TOKEN = "kcm-" + uuid.uuid4().hex
 
 
 @dataclass
@@ -56,27 +46,94 @@ class Server:
     proc: subprocess.Popen
     log: str
     argv: list[str]
+    flavour: str = "lab"  # "lab": knet-apiserver; "real": kube-apiserver (+ kube-controller-manager)
+    controllers: subprocess.Popen | None = None
+    etcd: Etcd | None = None
 
 
-def start_server(etcd: Etcd, tmp: str, prefix: str, extra: list[str] = ()) -> Server:
+def start_server(etcd: Etcd, tmp: str, prefix: str, extra: list[str] = (), flavour: str = "lab",
+                 controllers: bool = False) -> Server:
     tokens = f"# test tokens\n{ADMIN_TOKEN},admin,admin\n{OTHER_TOKEN},kproxy,kproxy\n"
-    p = start_apiserver(tmp, etcd.url, prefix, tokens, *extra)
+    if flavour == "real":
+        p = anchors.start_kube_apiserver(tmp, etcd.url, prefix, tokens + f"{KCM_TOKEN},{anchors.KCM_USER}\n",
+                                         *extra)
+    else:
+        p = start_apiserver(tmp, etcd.url, prefix, tokens, *extra)
     url = p.urls[0]
     kubeconfig = auth.write_kubeconfig(os.path.join(tmp, "admin.kubeconfig"), url, "admin", ADMIN_TOKEN, "test",
                                        p.certs.ca_pem())
-    return Server(url, prefix, kubeconfig, p.certs.ca_cert, tmp, p.proc, p.log, p.argv)
+    srv = Server(url, prefix, kubeconfig, p.certs.ca_cert, tmp, p.proc, p.log, p.argv, flavour, etcd=etcd)
+    if controllers:
+        try:
+            srv.controllers = anchors.start_kube_controller_manager(tmp, p, KCM_TOKEN).proc
+        except BaseException:
+            stop(p.proc)
+            raise
+    return srv
+
+
+@pytest.fixture(scope="session", params=["lab", "real"])
+def server(request: pytest.FixtureRequest) -> Iterator[Server]:
+    """The API server with its own etcd: Debian's for the lab's server (as the lab runs it), the
+    one kube-apiserver is paired with (scripts/install-anchors) for the real one."""
+    if not shutil.which("etcd"):
+        pytest.skip("etcd is not installed (scripts/install-deps installs it)")
+    real = request.param == "real"
+    if real and (why := anchors.missing("kube-apiserver", "kube-controller-manager", "etcd")):
+        pytest.skip(why)
+    tmp = tempfile.mkdtemp(prefix="knet-apiserver-")
+    etcd = srv = None
+    try:
+        etcd = start_etcd(tmp, binary=anchors.binary("etcd") if real else "etcd")
+        srv = start_server(etcd, tmp, "/registry-" + uuid.uuid4().hex[:8], flavour=request.param, controllers=real)
+        if real:  # kube-apiserver makes default/kubernetes a moment after it is ready
+            _wait_kubernetes_service(srv)
+        yield srv
+    finally:
+        code = None
+        if srv is not None:
+            stop(srv.controllers)
+            code = stop(srv.proc)
+        if etcd is not None:
+            stop(etcd.proc)
+        shutil.rmtree(tmp, ignore_errors=True)
+    assert code == 0, f"{request.param} API server did not exit cleanly on SIGTERM (exit {code})"
+
+
+def _wait_kubernetes_service(srv: Server) -> None:
+    from kubernetes import client, config
+    api = config.new_client_from_config(config_file=srv.kubeconfig)
+    try:
+        deadline = time.monotonic() + 60
+        while not client.CoreV1Api(api).list_namespaced_service("default",
+                                                                field_selector="metadata.name=kubernetes").items:
+            assert time.monotonic() < deadline, "no default/kubernetes Service"
+            time.sleep(0.2)
+    finally:
+        api.close()
+
+
+def stored_keys(etcd: Etcd, server: Server, ns: str) -> list[str]:
+    """The server's keys in etcd, for "a rejected request wrote nothing": without other tests'
+    namespaces, which the controller manager may still be emptying, and without what it writes on
+    its own (events, leases)."""
+    def quiet(key: str) -> bool:
+        rest = key[len(server.prefix):]
+        return not (rest.startswith(("/events/", "/leases/")) or ("/t-" in rest and f"/{ns}" not in rest))
+    return [k for k in etcd.keys(server.prefix + "/") if quiet(k)]
 
 
 @pytest.fixture(scope="session")
-def server(etcd: Etcd) -> Iterator[Server]:
-    tmp = tempfile.mkdtemp(prefix="knet-apiserver-")
-    srv = start_server(etcd, tmp, "/registry-" + uuid.uuid4().hex[:8])
-    try:
-        yield srv
-    finally:
-        code = stop(srv.proc)
-        shutil.rmtree(tmp, ignore_errors=True)
-    assert code == 0, f"knet-apiserver did not exit cleanly on SIGTERM (exit {code})"
+def etcd(server: Server) -> Etcd:
+    return server.etcd
+
+
+@pytest.fixture
+def lab_only(server: Server) -> None:
+    """For a test of something only the lab API server does (it stands in for controllers and
+    conventions a real cluster has elsewhere); the reason is in the test's docstring."""
+    if server.flavour != "lab":
+        pytest.skip("lab API server behaviour")
 
 
 @pytest.fixture(scope="session")
@@ -89,12 +146,19 @@ def api(server: Server):
 
 
 @pytest.fixture
-def ns(api) -> Iterator[str]:
+def ns(api, server: Server) -> Iterator[str]:
     """A fresh namespace per test (deleted afterwards)."""
     from kubernetes import client
     name = "t-" + uuid.uuid4().hex[:8]
     core = client.CoreV1Api(api)
     core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+    if server.flavour == "real":
+        # kube-apiserver refuses pods until the namespace's `default` ServiceAccount exists, which
+        # the controller manager makes a moment later (a real cluster's new namespace does that too).
+        deadline = time.monotonic() + 60
+        while not [a for a in core.list_namespaced_service_account(name).items if a.metadata.name == "default"]:
+            assert time.monotonic() < deadline, f"no default ServiceAccount in {name}"
+            time.sleep(0.1)
     yield name
     with contextlib.suppress(Exception):
         core.delete_namespace(name)

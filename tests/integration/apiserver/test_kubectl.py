@@ -10,6 +10,7 @@ import os
 import pytest
 
 from lab.apiserver import auth
+from tests.integration.apiserver.conftest import stored_keys
 
 pytestmark = pytest.mark.integration
 
@@ -133,19 +134,23 @@ def test_validation_errors_reach_kubectl(kubectl, ns, server, etcd):
     kubectl("create", "-n", ns, "-f", "-", input=json.dumps(
         {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "fixed"},
          "spec": {"clusterIP": "10.100.125.105", "ports": [{"port": 80}]}}))
-    before = etcd.keys(server.prefix + "/")
+    before = stored_keys(etcd, server, ns)
     dup = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "dup"},
            "spec": {"clusterIP": "10.100.125.105", "ports": [{"port": 80}]}}
     proc = kubectl("create", "-n", ns, "-f", "-", input=json.dumps(dup), check=False)
     assert proc.returncode != 0
-    assert 'Service "dup" is invalid: spec.clusterIP: Invalid value: "10.100.125.105": provided IP is already ' \
-           "allocated" in proc.stderr
+    if server.flavour == "lab":
+        assert 'Service "dup" is invalid: spec.clusterIP: Invalid value: "10.100.125.105": provided IP is already ' \
+               "allocated" in proc.stderr
+    else:  # kube-apiserver names the plural field and says what failed
+        assert 'Service "dup" is invalid: spec.clusterIPs: Invalid value: ["10.100.125.105"]: failed to allocate IP ' \
+               "10.100.125.105: provided IP is already allocated" in proc.stderr
     far = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "far"},
            "spec": {"type": "NodePort", "ports": [{"port": 80, "nodePort": 40000}]}}
     proc = kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(far), check=False)
     assert proc.returncode != 0
     assert "spec.ports[0].nodePort: Invalid value: 40000: provided port is not in the valid range" in proc.stderr
-    assert etcd.keys(server.prefix + "/") == before
+    assert stored_keys(etcd, server, ns) == before
 
 
 def test_unknown_resource_and_unauthorized(kubectl, server):

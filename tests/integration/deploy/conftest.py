@@ -4,8 +4,10 @@ run as the manifests say: the init container's command, then the four containers
 node1's network namespace; kdns and knet-ingress with their Deployments' arguments in node2.
 
 What differs from a cluster, on purpose: the host root is a temp dir (every host path of the
-manifests under it); etcd is the lab's (plain http, so the TLS flags are dropped); each daemon
-gets the lab's kubeconfig of its component instead of the in-cluster service account. Everything
+manifests under it, the ConfigMaps' files too); the Nodes are created here with the podCIDRs the
+lab's static overlay uses (no kubelet registers them, no node IPAM controller assigns podCIDRs
+yet); each daemon gets the lab's kubeconfig of its component instead of the in-cluster service
+account, and the environment the manifest gives it (NODE_NAME from the downward API). Everything
 is torn down at the end whatever happens (the lab by name, every process we started by pid)."""
 
 from __future__ import annotations
@@ -24,12 +26,13 @@ from dataclasses import dataclass, field
 import pytest
 
 from knet import netns
+from knet.kube import client
 from lab import api, controlplane, state, topology
 from tests.integration.deploy import manifests as m
 from tests.integration.lab_names import new_lab_name, sweep_crashed_labs
 
 BIN = os.path.dirname(sys.executable)  # the venv's bin: every console script of the image is there
-TLS_FLAGS = ("--etcd-cafile=", "--etcd-certfile=", "--etcd-keyfile=")
+HOST_PATH_FLAGS = ("--subnet-file=", "--socket=", "--run-dir=", "--net-config-path=")
 
 
 @dataclass
@@ -86,11 +89,7 @@ def _adapt(argv: list[str], d: Deployed, kubeconfig: str | None) -> list[str]:
     """The manifest's argv, mapped onto the lab (see the module docstring)."""
     out = [os.path.join(BIN, argv[0])]
     for a in argv[1:]:
-        if a.startswith(TLS_FLAGS):
-            continue
-        if a.startswith("--etcd-endpoints="):
-            a = f"--etcd-endpoints={topology.ETCD_URL}"
-        for flag in ("--subnet-file=", "--socket=", "--run-dir="):
+        for flag in HOST_PATH_FLAGS:
             if a.startswith(flag):
                 a = flag + d.host(a[len(flag):])
         out.append(a)
@@ -99,10 +98,11 @@ def _adapt(argv: list[str], d: Deployed, kubeconfig: str | None) -> list[str]:
     return out
 
 
-def _start(d: Deployed, key: str, ns: str, argv: list[str]) -> None:
+def _start(d: Deployed, key: str, ns: str, argv: list[str], env: dict[str, str] | None = None) -> None:
     d.logs[key] = os.path.join(d.root, f"{key}.log")
     # keep_mounts: like hostNetwork pods, the daemons see the host's /run/netns and cgroups.
-    d.procs[key] = netns.spawn(ns, argv, log_path=d.logs[key], keep_mounts=True)
+    d.procs[key] = netns.spawn(ns, argv, log_path=d.logs[key], keep_mounts=True,
+                               env={**os.environ, **(env or {})})
 
 
 def _container(d: Deployed, kind: str, name: str, cname: str, init: bool = False) -> dict:
@@ -120,19 +120,38 @@ def _install(d: Deployed) -> None:
     os.makedirs(d.host("/etc/knet"))
     with open(d.host("/etc/knet/cni-conflist.json"), "w") as f:
         json.dump(conf, f)
-    with open(d.host("/etc/knet/net-conf.json"), "w") as f:
-        f.write(data["net-conf.json"])
+    os.makedirs(d.host("/etc/kube-flannel"))  # the kube-flannel-cfg ConfigMap's volume
+    with open(d.host("/etc/kube-flannel/net-conf.json"), "w") as f:
+        f.write(m.by_kind(d.docs, "ConfigMap")["kube-flannel-cfg"]["data"]["net-conf.json"])
     argv = m.argv(_container(d, "DaemonSet", "knet-node", "install-cni", init=True), d.docs)
-    kept = [a for a in argv[1:] if not a.startswith(("--host-root=", "--conflist=", "--net-conf="))]
-    argv = [sys.executable, os.path.join(m.DEPLOY, "image", "knet_install_cni.py"), *_adapt(["-", *kept], d, None)[1:]]
+    assert [a.split("=")[0] for a in argv[1:]] == ["--host-root", "--conflist"], argv  # no etcd, no net-conf
     # The host root is /, the host's dirs are under the temp root: the launcher then names its
     # library by the path it really has, as on a node.
-    argv += ["--host-root=/", f"--bin-dir={d.host('/opt/cni/bin')}", f"--conf-dir={d.host('/etc/cni/net.d')}",
-             f"--conflist={d.host('/etc/knet/cni-conflist.json')}", f"--net-conf={d.host('/etc/knet/net-conf.json')}",
-             "--etcd-timeout=20"]
+    argv = [sys.executable, os.path.join(m.DEPLOY, "image", "knet_install_cni.py"), "--host-root=/",
+            f"--bin-dir={d.host('/opt/cni/bin')}", f"--conf-dir={d.host('/etc/cni/net.d')}",
+            f"--conflist={d.host('/etc/knet/cni-conflist.json')}"]
     r = netns.run(d.node1, argv, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr
     d.logs["install-cni"] = r.stdout
+
+
+def _node_podcidrs(d: Deployed) -> None:
+    """The Nodes' podCIDRs as kube-controller-manager's node IPAM would set them (the lab's static
+    overlay subnets), where the lab has not set one."""
+    api = client.new_api_client(d.admin_kubeconfig)
+    try:
+        for i in (1, 2):
+            node, cidr = client.get(api, "Node", f"node{i}"), topology.pod_subnet(i)
+            spec = {"podCIDR": cidr, "podCIDRs": [cidr]}
+            if node is None:
+                client.create(api, "Node", {"apiVersion": "v1", "kind": "Node", "metadata": {"name": f"node{i}"},
+                                            "spec": spec})
+            elif not node.get("spec", {}).get("podCIDR"):
+                client.patch(api, "Node", f"node{i}", {"spec": spec})
+            else:
+                assert node["spec"]["podCIDR"] == cidr, node["spec"]
+    finally:
+        api.close()
 
 
 @pytest.fixture(scope="module")
@@ -148,9 +167,11 @@ def deployed(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
     d = Deployed(name, str(tmp_path_factory.mktemp("hostroot")), m.render(), info["kubeconfigs"], admin)
     try:
         _install(d)
+        _node_podcidrs(d)
         node = {c: _container(d, "DaemonSet", "knet-node", c) for c in ("flannel-py", "knet-cni-agent", "kproxy",
                                                                         "netpolicy")}
-        _start(d, "flannel-py", d.node1, _adapt(m.argv(node["flannel-py"], d.docs, "node1"), d, None))
+        flannel = _adapt(m.argv(node["flannel-py"], d.docs, "node1"), d, d.kubeconfigs["flannel"])
+        _start(d, "flannel-py", d.node1, flannel, env=m.container_env(node["flannel-py"], d.docs, "node1"))
         _start(d, "knet-cni-agent", d.node1, _adapt(m.argv(node["knet-cni-agent"], d.docs), d, None))
         for c in ("kproxy", "netpolicy"):
             _start(d, c, d.node1, _adapt(m.argv(node[c], d.docs, "node1"), d, d.kubeconfigs[c]))

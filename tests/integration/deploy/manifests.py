@@ -88,3 +88,20 @@ def containers(docs: list[dict]) -> list[tuple[str, dict]]:
             spec = obj["spec"]["template"]["spec"]
             out += [(name, c) for c in spec.get("initContainers", []) + spec["containers"]]
     return out
+
+
+def corefile(docs: list[dict]) -> str:
+    """The Corefile of the kube-system/coredns ConfigMap."""
+    return by_kind(docs, "ConfigMap")["coredns"]["data"]["Corefile"]
+
+
+def corefile_kubernetes(docs: list[dict]) -> tuple[list[str], str]:
+    """(zones, pods mode) of the Corefile's `kubernetes` plugin (pods: CoreDNS's default "disabled")."""
+    text = corefile(docs)
+    zones = re.search(r"^\s*kubernetes\s+([^{\n]*)", text, re.M)
+    pods = re.search(r"^\s*pods\s+(\w+)", text, re.M)
+    return (zones.group(1).split() if zones else []), (pods.group(1) if pods else "disabled")
+
+
+def corefile_pods_mode(docs: list[dict]) -> str:
+    return corefile_kubernetes(docs)[1]

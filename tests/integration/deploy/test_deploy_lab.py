@@ -23,7 +23,8 @@ from tests.integration.deploy.conftest import BIN, Deployed, http_get, wait_for
 pytestmark = pytest.mark.integration
 POD = "deploy-a"
 LOG_LINE = re.compile(r'msg="(GET|POST|PUT|PATCH|DELETE) (\S+) user=(\S+) code=(\d+)')
-USERS = {"kproxy": "knet:kproxy", "netpolicy": "knet:netpolicy", "kdns": "knet:kdns", "ingress": "knet:ingress"}
+USERS = {"flannel": "knet:flannel", "kproxy": "knet:kproxy", "netpolicy": "knet:netpolicy", "kdns": "knet:kdns",
+         "ingress": "knet:ingress"}
 
 
 def _pod_ns(d: Deployed) -> str:
@@ -43,7 +44,6 @@ def _cni(d: Deployed, command: str) -> subprocess.CompletedProcess:
 
 def test_install_and_pod_through_launcher(deployed: Deployed):
     d = deployed
-    assert "network config /coreos.com/network/config: written" in d.logs["install-cni"]
     launcher = d.host("/opt/cni/bin/knet-cni")
     assert os.access(launcher, os.X_OK)
     with open(launcher) as f:
@@ -54,6 +54,14 @@ def test_install_and_pod_through_launcher(deployed: Deployed):
     with open(subnet_env) as f:
         env = dict(line.strip().split("=", 1) for line in f if "=" in line)
     assert env["FLANNEL_NETWORK"] == "10.244.0.0/16"
+    assert env["FLANNEL_SUBNET"] == "10.244.1.1/24"  # node1's podCIDR (kube subnet manager)
+    api = client.new_api_client(d.admin_kubeconfig)
+    try:
+        annotations = client.get(api, "Node", "node1")["metadata"]["annotations"]
+    finally:
+        api.close()
+    assert annotations["flannel.alpha.coreos.com/kube-subnet-manager"] == "true"
+    assert annotations["flannel.alpha.coreos.com/public-ip"] == "192.168.33.11"
     netns.create(_pod_ns(d))  # lab-prefixed: the lab's teardown removes it whatever happens
     r = _cni(d, "ADD")
     assert r.returncode == 0, r.stdout + r.stderr
@@ -109,7 +117,8 @@ def test_rbac_covers_recorded_requests(deployed: Deployed):
         # (Not the kdns Service: the lab already has a DNS Service on 10.96.0.10, as kubeadm's
         # CoreDNS has; docs/install.md says to remove it first.)
         for key in (("Namespace", "knet-system"), ("IngressClass", "knet"), ("Service", "knet-ingress"),
-                    ("ConfigMap", "kdns")):
+                    ("ConfigMap", "knet-config"), ("ConfigMap", "kube-flannel-cfg"), ("ConfigMap", "kube-proxy"),
+                    ("ConfigMap", "coredns")):
             body = docs[key]
             client.create(api, key[0], body, body["metadata"].get("namespace"))
         backend = {"service": {"name": "web", "port": {"number": 80}}}

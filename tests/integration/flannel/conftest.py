@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 
 import pytest
 
 from flannel_py.testbed import PREFIX, Topo
+from tests.integration.flannel.kube_env import KubeTopo
 
 VXLAN_CONFIG = {"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan", "VNI": 7, "Port": 4789}}
 HOSTGW_CONFIG = {"Network": "10.245.0.0/16", "Backend": {"Type": "host-gw"}}
@@ -58,6 +60,26 @@ def hostgw_cluster(request: pytest.FixtureRequest) -> Topo:
     for n in nodes:
         topo.wait_subnet(n)
         topo.add_pod(n)
+    return topo
+
+
+@pytest.fixture(scope="module")
+def kube_cluster(request: pytest.FixtureRequest) -> KubeTopo:
+    """The kube subnet manager: an API server, nodes 1-3 (Nodes with podCIDR 10.246.<i>.0/24, flannel-py
+    --kube-subnet-mgr started together), a pod on each."""
+    _require_root()
+    if not shutil.which("etcd"):
+        pytest.skip("etcd is not installed (scripts/install-deps installs it)")
+    topo = KubeTopo()
+    request.addfinalizer(topo.cleanup)
+    topo.start_control_plane()
+    nodes = {i: topo.add_node(i) for i in (1, 2, 3)}
+    for i, node in nodes.items():
+        topo.create_node(i, f"10.246.{i}.0/24")
+        topo.start_kube_daemon(node, i)
+    for node in nodes.values():
+        topo.wait_subnet(node, timeout=60)
+        topo.add_pod(node)
     return topo
 
 

@@ -42,10 +42,10 @@ def test_lease_removal_removes_route_and_nothing_else(hostgw_cluster: Topo):
     n1, n2 = hostgw_cluster.nodes[1], hostgw_cluster.nodes[2]
     ghost = f"{PREFIX}/subnets/10.245.77.0-24"
     hostgw_cluster.put(ghost, json.dumps({"PublicIP": "192.168.33.77", "BackendType": "host-gw"}))
-    wait_for(lambda: ("10.245.77.0/24", "192.168.33.77") in gw_routes(n1), timeout=2, what="ghost route")
+    wait_for(lambda: ("10.245.77.0/24", "192.168.33.77") in gw_routes(n1), timeout=30, what="ghost route")
     # A route that is not flannel's (outside the Network) must survive reconciliation.
     with links.iproute(n1.name) as ipr:
         links.add_route(ipr, "172.31.0.0/16", gateway="192.168.33.2", ifname="eth0")
     hostgw_cluster.etcdctl("del", ghost)
-    wait_for(lambda: gw_routes(n1) == {(str(n2.subnet()), n2.ip), ("172.31.0.0/16", "192.168.33.2")}, timeout=2,
+    wait_for(lambda: gw_routes(n1) == {(str(n2.subnet()), n2.ip), ("172.31.0.0/16", "192.168.33.2")}, timeout=30,
              what="ghost route removed, foreign route kept")

@@ -15,7 +15,7 @@ def test_waits_for_config_then_starts(bare_cluster: Topo):
     node = bare_cluster.add_node(1)
     prefix = "/knet-test/late"
     proc = bare_cluster.start_daemon(node, prefix=prefix)
-    wait_for(lambda: "no network config yet" in Topo.read(node.log), timeout=5, what="waiting log line")
+    wait_for(lambda: "no network config yet" in Topo.read(node.log), timeout=30, what="waiting log line")
     assert proc.poll() is None and node.subnet() is None
     bare_cluster.put(f"{prefix}/config", json.dumps({"Network": "10.246.0.0/16", "Backend": {"Type": "host-gw"}}))
     assert str(bare_cluster.wait_subnet(node)) == "10.246.1.0/24"

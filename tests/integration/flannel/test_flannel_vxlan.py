@@ -16,46 +16,18 @@ from scapy.layers.vxlan import VXLAN
 
 from flannel_py.testbed import PREFIX, Node, Topo, wait_for
 from knet import links, netns
-from tests.netutil import icmp_echo, tcp_request, tcp_server, udp_exchange
+from tests.integration.flannel.kernel import DEV, entries, has_remote, knows_nothing_of, ping, vtep_mac
+from tests.netutil import tcp_request, tcp_server, udp_exchange
 
 pytestmark = pytest.mark.integration
 
-DEV = "flannel.7"
 GHOST = {"subnet": "10.244.200.0/24", "key": f"{PREFIX}/subnets/10.244.200.0-24", "ip": "192.168.33.99",
          "mac": "02:42:c0:a8:21:63"}
-
-
-def entries(node: Node) -> tuple[set, set, set]:
-    """(routes, permanent neighbours, fdb) on the node's flannel device."""
-    with links.iproute(node.name) as ipr:
-        routes = {(r["dst"], r["gw"]) for r in links.routes_via(ipr, DEV)}
-        return routes, set(links.neighbours(ipr, DEV)), set(links.fdb_entries(ipr, DEV))
-
-
-def has_remote(node: Node, subnet: str, public_ip: str, mac: str) -> bool:
-    routes, neighs, fdb = entries(node)
-    vtep = subnet.split("/")[0]
-    return (subnet, vtep) in routes and (vtep, mac) in neighs and (mac, public_ip) in fdb
-
-
-def knows_nothing_of(node: Node, subnet: str) -> bool:
-    routes, neighs, _ = entries(node)
-    vtep = subnet.split("/")[0]
-    return all(r[0] != subnet for r in routes) and all(n[0] != vtep for n in neighs)
 
 
 def lease(topo: Topo, node: Node) -> dict:
     subnet = node.subnet()
     return json.loads(topo.subnet_keys()[f"{PREFIX}/subnets/{subnet.network_address}-{subnet.prefixlen}"])
-
-
-def vtep_mac(node: Node) -> str:
-    with links.iproute(node.name) as ipr:
-        return links.mac_of(links.get_link(ipr, DEV)).lower()
-
-
-def ping(src: str, dst: str) -> bool:
-    return icmp_echo(src, dst, timeout=2.0) is not None
 
 
 def assert_pods_talk(a: Node, b: Node) -> None:
@@ -139,7 +111,7 @@ def test_node_joining_later_is_reached_by_everyone(vxlan_cluster: Topo):
     assert s3 not in (n1.subnet(), n2.subnet())
     vxlan_cluster.add_pod(n3)
     for node in (n1, n2):
-        wait_for(lambda node=node: has_remote(node, str(s3), n3.ip, vtep_mac(n3)), timeout=3, what="n3 entries")
+        wait_for(lambda node=node: has_remote(node, str(s3), n3.ip, vtep_mac(n3)), timeout=30, what="n3 entries")
     wait_for(lambda: ping(n1.pod, n3.pod_ip), what="n1 pod -> n3 pod")
     assert ping(n2.pod, n3.pod_ip) and ping(n3.pod, n1.pod_ip) and ping(n3.pod, n2.pod_ip)
     assert_pods_talk(n3, n1)
@@ -149,17 +121,17 @@ def test_lease_appears_and_disappears_everywhere(vxlan_cluster: Topo):
     nodes = list(vxlan_cluster.nodes.values())
     put_ghost(vxlan_cluster)
     for node in nodes:
-        wait_for(lambda node=node: has_remote(node, GHOST["subnet"], GHOST["ip"], GHOST["mac"]), timeout=2,
+        wait_for(lambda node=node: has_remote(node, GHOST["subnet"], GHOST["ip"], GHOST["mac"]), timeout=30,
                  what=f"ghost on {node.name}")
     # A changed lease (the node came back with a new VTEP MAC) replaces neighbour and FDB entries.
     put_ghost(vxlan_cluster, mac="02:42:c0:a8:21:64")
     for node in nodes:
         wait_for(lambda node=node: has_remote(node, GHOST["subnet"], GHOST["ip"], "02:42:c0:a8:21:64")
-                 and (GHOST["mac"], GHOST["ip"]) not in entries(node)[2], timeout=2, what="ghost moved")
+                 and (GHOST["mac"], GHOST["ip"]) not in entries(node)[2], timeout=30, what="ghost moved")
     vxlan_cluster.etcdctl("del", GHOST["key"])
     for node in nodes:
         wait_for(lambda node=node: knows_nothing_of(node, GHOST["subnet"])
-                 and all(f[1] != GHOST["ip"] for f in entries(node)[2]), timeout=2, what=f"ghost gone on {node.name}")
+                 and all(f[1] != GHOST["ip"] for f in entries(node)[2]), timeout=30, what=f"ghost gone on {node.name}")
 
 
 def test_corrupt_lease_is_logged_and_skipped(vxlan_cluster: Topo):
@@ -168,7 +140,7 @@ def test_corrupt_lease_is_logged_and_skipped(vxlan_cluster: Topo):
     vxlan_cluster.put(f"{PREFIX}/subnets/10.244.202.0-24", '{"PublicIP": "192.168.33.98", "BackendType": "vxlan"}')
     vxlan_cluster.put(f"{PREFIX}/subnets/garbage", "{}")
     wait_for(lambda: "skipping corrupt lease" in Topo.read(n1.log) and "not a subnet key" in Topo.read(n1.log),
-             timeout=3, what="corrupt lease logged")
+             timeout=30, what="corrupt lease logged")
     for node in vxlan_cluster.nodes.values():
         assert node.proc.poll() is None, f"{node.name} died"
         assert knows_nothing_of(node, "10.244.201.0/24") and knows_nothing_of(node, "10.244.202.0/24")
@@ -184,7 +156,7 @@ def test_node_leaving_expired_lease_is_dropped(vxlan_cluster: Topo):
     started = time.monotonic()
     for node in (n1, n2):
         wait_for(lambda node=node: knows_nothing_of(node, s3) and all(f[1] != n3.ip for f in entries(node)[2]),
-                 timeout=3 + 3, what=f"n3 gone on {node.name}")
+                 timeout=30, what=f"n3 gone on {node.name}")
     assert time.monotonic() - started < 6
     assert f"{PREFIX}/subnets/{s3.replace('/', '-')}" not in vxlan_cluster.subnet_keys()
 
@@ -202,11 +174,11 @@ def test_etcd_restart_keeps_traffic_and_watch_resumes(vxlan_cluster: Topo):
     assert set(vxlan_cluster.subnet_keys()) == keys_before, "no lease may be lost across the restart"
     put_ghost(vxlan_cluster)
     for node in (n1, n2):
-        wait_for(lambda node=node: has_remote(node, GHOST["subnet"], GHOST["ip"], GHOST["mac"]), timeout=5,
+        wait_for(lambda node=node: has_remote(node, GHOST["subnet"], GHOST["ip"], GHOST["mac"]), timeout=30,
                  what=f"watch resumed on {node.name}")
     vxlan_cluster.etcdctl("del", GHOST["key"])
     for node in (n1, n2):
-        wait_for(lambda node=node: knows_nothing_of(node, GHOST["subnet"]), timeout=2, what="ghost gone")
+        wait_for(lambda node=node: knows_nothing_of(node, GHOST["subnet"]), timeout=30, what="ghost gone")
     assert "watch resumed" in Topo.read(n1.log)
     assert_pods_talk(n1, n2)
 
@@ -219,7 +191,7 @@ def test_daemon_restart_keeps_subnet_and_data_path(vxlan_cluster: Topo):
     assert has_remote(n2, str(n1.subnet()), n1.ip, vtep_mac(n1))
     assert ping(n1.pod, n2.pod_ip) and ping(n2.pod, n1.pod_ip), "pods keep talking while the daemon is down"
     vxlan_cluster.start_daemon(n2)
-    wait_for(lambda: Topo.read(n2.log).count("how=reused") == 1, timeout=10, what="restarted daemon")
+    wait_for(lambda: Topo.read(n2.log).count("how=reused") == 1, timeout=30, what="restarted daemon")
     assert n2.subnet() == subnet and vtep_mac(n2) == mac
     assert lease(vxlan_cluster, n2)["BackendData"]["VtepMAC"] == mac
     assert_pods_talk(n1, n2)
@@ -230,11 +202,11 @@ def test_restart_after_lease_loss_takes_subnet_from_subnet_env(vxlan_cluster: To
     subnet = n2.subnet()
     vxlan_cluster.stop_daemon(n2)
     vxlan_cluster.etcdctl("del", f"{PREFIX}/subnets/{subnet.network_address}-{subnet.prefixlen}")
-    wait_for(lambda: knows_nothing_of(n1, str(subnet)), timeout=2, what="n2 dropped on n1")
+    wait_for(lambda: knows_nothing_of(n1, str(subnet)), timeout=30, what="n2 dropped on n1")
     vxlan_cluster.start_daemon(n2)
-    wait_for(lambda: "how=previous" in Topo.read(n2.log), timeout=10, what="lease from subnet.env")
+    wait_for(lambda: "how=previous" in Topo.read(n2.log), timeout=30, what="lease from subnet.env")
     assert n2.subnet() == subnet
-    wait_for(lambda: has_remote(n1, str(subnet), n2.ip, vtep_mac(n2)), timeout=2, what="n2 back on n1")
+    wait_for(lambda: has_remote(n1, str(subnet), n2.ip, vtep_mac(n2)), timeout=30, what="n2 back on n1")
     assert_pods_talk(n1, n2)
 
 
@@ -255,7 +227,7 @@ def test_own_lease_deleted_while_running_is_taken_back(vxlan_cluster: Topo):
     key = f"{PREFIX}/subnets/{subnet.network_address}-{subnet.prefixlen}"
     vxlan_cluster.etcdctl("del", key)
     # The daemon notices through its watch and writes the same subnet back under a new etcd lease.
-    wait_for(lambda: key in vxlan_cluster.subnet_keys(), timeout=3, what="lease re-acquired")
+    wait_for(lambda: key in vxlan_cluster.subnet_keys(), timeout=30, what="lease re-acquired")
     assert n1.subnet() == subnet and lease(vxlan_cluster, n1)["PublicIP"] == n1.ip
-    wait_for(lambda: has_remote(n2, str(subnet), n1.ip, vtep_mac(n1)), timeout=3, what="n1 back on n2")
+    wait_for(lambda: has_remote(n2, str(subnet), n1.ip, vtep_mac(n1)), timeout=30, what="n1 back on n2")
     assert_pods_talk(n2, n1)

@@ -19,6 +19,7 @@ from ingress import tls
 from knet import netns
 from knet.kube import client as kube
 from lab import api, controlplane
+from tests.promtext import value
 
 pytestmark = pytest.mark.integration
 
@@ -114,9 +115,10 @@ def test_whale_ingress_through_the_api_server(cluster) -> None:
     assert status == [{"ip": node_ip}]
     health = lab.exec("node1", ["curl", "-s", "http://127.0.0.1:10254/healthz"]).stdout
     assert health.startswith("ok config=")
-    series = 'knet_ingress_requests_total{ingress="default/whale",host="b.whale.hey",status="200"}'
+    series = {"ingress": "default/whale", "host": "b.whale.hey", "status": "200"}
     text = _eventually(lambda: (t := lab.exec("node1", ["curl", "-s", "http://127.0.0.1:10254/metrics"]).stdout)
-                       and series in t and t, timeout=10, what="request metrics")  # log flush + tail: ~2 s
+                       and value(t, "knet_ingress_requests_total", **series) and t, timeout=10,
+                       what="request metrics")  # log flush + tail: ~2 s
     assert "knet_ingress_upstream_latency_seconds_bucket" in text
     assert daemon.poll() is None
 

@@ -1,5 +1,6 @@
 """kdns fed by the real API server through its informers, asked with dig: every record form of
-the specification, TCP fallback, forwarding and caching, deletes, garbage, metrics."""
+the specification, TCP fallback, forwarding and caching, deletes, garbage, metrics. The tests on
+the `dns` fixture are the specification's cases and run against CoreDNS too."""
 
 from __future__ import annotations
 
@@ -22,114 +23,125 @@ pytestmark = pytest.mark.integration
 Z = "cluster.local"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def synced(kdns, world):
-    # The informers deliver the objects within moments; wait for the last one.
-    poll(lambda: kdns.short(f"many.default.svc.{Z}", "+tcp"), lambda r: len(r) == 120)
+_synced: set[int] = set()  # ports of the servers that have the world
 
 
-def test_clusterip_forms(kdns, world):
+@pytest.fixture(autouse=True)
+def synced(request: pytest.FixtureRequest, world):
+    # The informers deliver the objects within moments; wait for the last one, once per server.
+    server = request.getfixturevalue("dns" if "dns" in request.fixturenames else "kdns")
+    if server.port not in _synced:
+        poll(lambda: server.short(f"many.default.svc.{Z}", "+tcp"), lambda r: len(r) == 120)
+        _synced.add(server.port)
+
+
+def test_clusterip_forms(dns, world):
     web = world["web"]
-    assert kdns.short(f"web.default.svc.{Z}") == [web]
-    out = kdns.dig(f"web.default.svc.{Z}")
+    assert dns.short(f"web.default.svc.{Z}") == [web]
+    out = dns.dig(f"web.default.svc.{Z}")
     assert re.search(r"flags: qr aa rd", out) and f"web.default.svc.{Z}. 5 IN A {web}" in re.sub(r"\s+", " ", out)
-    assert kdns.short(f"_http._tcp.web.default.svc.{Z}", "SRV") == [f"0 100 80 web.default.svc.{Z}."]
-    assert kdns.short("-x", web) == [f"web.default.svc.{Z}."]
+    assert dns.short(f"_http._tcp.web.default.svc.{Z}", "SRV") == [f"0 100 80 web.default.svc.{Z}."]
+    assert dns.short("-x", web) == [f"web.default.svc.{Z}."]
     # redis-master from another namespace, SRV with its A record in the additional section.
-    out = kdns.dig(f"_http._tcp.redis-master.my-ns.svc.{Z}", "SRV")
+    out = dns.dig(f"_http._tcp.redis-master.my-ns.svc.{Z}", "SRV")
     assert f"0 100 6379 redis-master.my-ns.svc.{Z}." in out
     assert re.search(rf"ADDITIONAL SECTION:\nredis-master\.my-ns\.svc\.{Z}\.\s+5\s+IN\s+A\s+{world['redis']}", out)
 
 
-def test_headless_forms(kdns, world):
-    assert kdns.short(f"node-js-none.default.svc.{Z}") == ["10.244.1.9", "10.244.2.3"]  # ready ones only
-    assert kdns.short(f"whaleset-1.sayhey-svc.default.svc.{Z}") == ["10.244.2.6"]
-    assert kdns.short(f"_http._tcp.sayhey-svc.default.svc.{Z}", "SRV") == [
+def test_headless_forms(dns, world):
+    assert dns.short(f"node-js-none.default.svc.{Z}") == ["10.244.1.9", "10.244.2.3"]  # ready ones only
+    assert dns.short(f"whaleset-1.sayhey-svc.default.svc.{Z}") == ["10.244.2.6"]
+    assert dns.short(f"_http._tcp.sayhey-svc.default.svc.{Z}", "SRV") == [
         f"0 50 8080 whaleset-0.sayhey-svc.default.svc.{Z}.", f"0 50 8080 whaleset-1.sayhey-svc.default.svc.{Z}."]
-    assert kdns.short("-x", "10.244.2.6") == [f"whaleset-1.sayhey-svc.default.svc.{Z}."]
-    assert kdns.short(f"10-244-1-9.node-js-none.default.svc.{Z}") == ["10.244.1.9"]
+    assert dns.short("-x", "10.244.2.6") == [f"whaleset-1.sayhey-svc.default.svc.{Z}."]
+    assert dns.short(f"10-244-1-9.node-js-none.default.svc.{Z}") == ["10.244.1.9"]
 
 
-def test_externalname_pods_version_and_negative_answers(kdns, world):
-    out = kdns.dig(f"ext.default.svc.{Z}")
+def test_externalname_pods_version_and_negative_answers(dns, world):
+    out = dns.dig(f"ext.default.svc.{Z}")
     assert re.search(r"CNAME\s+www\.example\.com\.", out)  # and the target's address, from upstream:
     assert re.search(r"www\.example\.com\.\s+\d+\s+IN\s+A\s+192\.0\.2\.53", out)
-    assert kdns.short(f"10-244-3-7.default.pod.{Z}") == ["10.244.3.7"]
-    assert kdns.short(f"dns-version.{Z}", "TXT") == ['"1.1.0"']
-    assert kdns.status(f"nope.default.svc.{Z}") == "NXDOMAIN"
-    assert kdns.status(f"web.default.svc.{Z}", "AAAA") == "NOERROR"
-    assert kdns.dig(f"web.default.svc.{Z}", "AAAA", "+short") == ""
-    out = kdns.dig(f"_tcp.redis-master.my-ns.svc.{Z}", "SRV")
-    assert "status: NOERROR" in out and re.search(rf"AUTHORITY SECTION:\n{Z}\.\s+5\s+IN\s+SOA\s+ns\.dns\.{Z}\.", out)
+    assert dns.short(f"10-244-3-7.default.pod.{Z}") == ["10.244.3.7"]
+    assert dns.short(f"dns-version.{Z}", "TXT") == ['"1.1.0"']
+    assert dns.status(f"nope.default.svc.{Z}") == "NXDOMAIN"
+    assert dns.status(f"web.default.svc.{Z}", "AAAA") == "NOERROR"
+    assert dns.dig(f"web.default.svc.{Z}", "AAAA", "+short") == ""
+    # An empty non-terminal exists (NODATA); CoreDNS says NXDOMAIN (kdns/README.md, "CoreDNS").
+    out = dns.dig(f"_tcp.redis-master.my-ns.svc.{Z}", "SRV")
+    assert f"status: {'NOERROR' if dns.name == 'kdns' else 'NXDOMAIN'}" in out
+    assert re.search(rf"AUTHORITY SECTION:\n{Z}\.\s+5\s+IN\s+SOA\s+ns\.dns\.{Z}\.", out)
+    assert dns.status(f"my-ns.svc.{Z}") == "NOERROR"  # a namespace: both agree
 
 
-def test_truncation_and_tcp_fallback(kdns, world):
-    out = kdns.dig(f"many.default.svc.{Z}")  # UDP first: 120 A records do not fit in 1232 bytes
+def test_truncation_and_tcp_fallback(dns, world):
+    out = dns.dig(f"many.default.svc.{Z}")  # UDP first: 120 A records do not fit in 1232 bytes
     assert "Truncated, retrying in TCP mode" in out and "ANSWER: 120" in out
-    out = kdns.dig(f"many.default.svc.{Z}", "+ignore")  # keep the truncated UDP answer
+    out = dns.dig(f"many.default.svc.{Z}", "+ignore")  # keep the truncated UDP answer
     answers = int(re.search(r"ANSWER: (\d+)", out).group(1))
-    assert "flags: qr aa tc rd" in out and 0 < answers < 120  # as CoreDNS: the records that fit, and TC
-    assert len(kdns.short(f"_http._tcp.many.default.svc.{Z}", "SRV")) == 120
+    assert "flags: qr aa tc rd" in out and 0 < answers < 120  # the records that fit, and TC (both servers)
+    assert len(dns.short(f"_http._tcp.many.default.svc.{Z}", "SRV")) == 120
 
 
-def test_forwarding_and_cache(kdns, upstream):
+def test_forwarding_and_cache(dns, upstream):
     before = upstream.count("cached.example.com")
-    first = kdns.dig("cached.example.com")
-    assert "192.0.2.54" in first and "flags: qr rd ra" in first
-    second = kdns.dig("cached.example.com")
+    first = dns.dig("cached.example.com")
+    # kdns is not an authority for what it forwards (no AA); CoreDNS passes the upstream's AA on.
+    assert "192.0.2.54" in first and ("flags: qr rd ra;" in first) == (dns.name == "kdns")
+    second = dns.dig("cached.example.com")
     assert "192.0.2.54" in second
     assert upstream.count("cached.example.com") == before + 1  # the second came from the cache
     ttl = int(re.search(r"cached\.example\.com\.\s+(\d+)\s+IN\s+A", second).group(1))
     assert 0 < ttl <= 60
     # Negative answers are cached for the upstream SOA's negative TTL.
     before = upstream.count("missing.example.com")
-    assert kdns.status("missing.example.com") == "NXDOMAIN"
-    assert kdns.status("missing.example.com") == "NXDOMAIN"
+    assert dns.status("missing.example.com") == "NXDOMAIN"
+    assert dns.status("missing.example.com") == "NXDOMAIN"
     assert upstream.count("missing.example.com") == before + 1
     # A truncated upstream answer is fetched again over TCP.
-    assert len(kdns.short("big.example.test", "+tcp")) == 100
+    assert len(dns.short("big.example.test", "+tcp")) == 100
     assert ("tcp", "big.example.test", 1) in upstream.queries
 
 
-def test_slow_upstream_does_not_stall_cluster_answers(kdns, upstream, world):
-    upstream.delay = 1.5
+def test_slow_upstream_does_not_stall_cluster_answers(dns, upstream, world):
+    upstream.delay = 2.5
     try:
-        slow = threading.Thread(target=kdns.dig, args=("slow.example.org",))
+        slow = threading.Thread(target=dns.dig, args=("slow.example.org",))
         slow.start()
         time.sleep(0.2)  # the forward is in flight now
         t0 = time.monotonic()
-        assert kdns.short(f"whaleset-0.sayhey-svc.default.svc.{Z}") == ["10.244.1.5"]
-        assert kdns.short(f"nope-{random.randrange(10**6)}.default.svc.{Z}") == []
-        assert time.monotonic() - t0 < 0.5
+        assert dns.short(f"whaleset-0.sayhey-svc.default.svc.{Z}") == ["10.244.1.5"]
+        assert dns.short(f"nope-{random.randrange(10**6)}.default.svc.{Z}") == []
+        # two dig processes on a loaded machine, well below the 2.5 s a stall behind the forward takes
+        assert time.monotonic() - t0 < 1.5
         slow.join()
     finally:
         upstream.delay = 0.0
 
 
-def test_changes_and_deletes_follow_within_a_second(kdns, kube, world):
+def test_changes_and_deletes_follow_within_a_second(dns, kube, world):
     name = f"tmp-{random.randrange(10**6)}"
     fqdn = f"{name}.default.svc.{Z}"
-    assert kdns.status(fqdn) == "NXDOMAIN"  # (now cached as NXDOMAIN in kdns's answer cache)
+    assert dns.status(fqdn) == "NXDOMAIN"  # (now cached as NXDOMAIN in dns's answer cache)
     t0 = time.monotonic()
     svc = make_service(kube, "default", name, [("http", 80, "TCP")])
-    got = poll(lambda: kdns.short(fqdn), lambda r: r == [svc["spec"]["clusterIP"]])
+    got = poll(lambda: dns.short(fqdn), lambda r: r == [svc["spec"]["clusterIP"]])
     print(f"new service answered {time.monotonic() - t0:.3f}s after the create call")
     assert got == [svc["spec"]["clusterIP"]] and time.monotonic() - t0 < 1.5
-    assert kdns.short(f"_http._tcp.{fqdn}", "SRV") == [f"0 100 80 {fqdn}."]
+    assert dns.short(f"_http._tcp.{fqdn}", "SRV") == [f"0 100 80 {fqdn}."]
     t0 = time.monotonic()
     kc.delete(kube, "Service", name, "default")
-    assert poll(lambda: kdns.status(fqdn), lambda s: s == "NXDOMAIN") == "NXDOMAIN"
+    assert poll(lambda: dns.status(fqdn), lambda s: s == "NXDOMAIN") == "NXDOMAIN"
     print(f"deleted service gone {time.monotonic() - t0:.3f}s after the delete call")
     assert time.monotonic() - t0 < 1.5
-    assert kdns.status(f"_http._tcp.{fqdn}", "SRV") == "NXDOMAIN"
-    assert kdns.dig("-x", svc["spec"]["clusterIP"], "+short") == ""  # the PTR went too (forwarded: NXDOMAIN)
+    assert dns.status(f"_http._tcp.{fqdn}", "SRV") == "NXDOMAIN"
+    assert dns.dig("-x", svc["spec"]["clusterIP"], "+short") == ""  # the PTR went too (forwarded: NXDOMAIN)
     # Endpoint changes of a headless service too.
     make_service(kube, "default", name, [], clusterIP="None")
     make_slice(kube, "default", name, [{"addresses": ["10.244.5.1"]}])
-    assert poll(lambda: kdns.short(fqdn), lambda r: r == ["10.244.5.1"]) == ["10.244.5.1"]
+    assert poll(lambda: dns.short(fqdn), lambda r: r == ["10.244.5.1"]) == ["10.244.5.1"]
     t0 = time.monotonic()
     kc.delete(kube, "EndpointSlice", f"{name}-1", "default")
-    assert poll(lambda: kdns.status(fqdn), lambda s: s == "NXDOMAIN") == "NXDOMAIN"  # no ready endpoints
+    assert poll(lambda: dns.status(fqdn), lambda s: s == "NXDOMAIN") == "NXDOMAIN"  # no ready endpoints
     assert time.monotonic() - t0 < 1.5
     kc.delete(kube, "Service", name, "default")
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -15,16 +16,18 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.integration import anchors
 from tests.integration.apiserver_env import Etcd, free_port, start_apiserver, start_etcd, stop, tail
 
 TOKEN = "kube-informer-" + uuid.uuid4().hex
 
 
 class Cluster:
-    """etcd + knet-apiserver; `restart_apiserver()` keeps the port, etcd and the key prefix."""
+    """etcd + an API server; `restart_apiserver()` keeps the port, etcd and the key prefix."""
 
-    def __init__(self, tmp: str) -> None:
+    def __init__(self, tmp: str, flavour: str = "lab") -> None:
         self.tmp = tmp
+        self.flavour = flavour  # "lab": knet-apiserver; "real": kube-apiserver
         self.prefix = "/registry-" + uuid.uuid4().hex[:8]
         self.api_port = free_port()
         self.url = f"https://127.0.0.1:{self.api_port}"
@@ -34,7 +37,9 @@ class Cluster:
         self.kubeconfig = os.path.join(tmp, "kubeconfig")
 
     def start_etcd(self) -> None:
-        self.etcd = start_etcd(self.tmp, "--log-level", "error")
+        # kube-apiserver on the etcd it is paired with (scripts/install-anchors), the lab's on Debian's
+        binary = anchors.binary("etcd") if self.flavour == "real" else "etcd"
+        self.etcd = start_etcd(self.tmp, "--log-level", "error", binary=binary)
 
     def etcdctl(self, *args: str, check: bool = True, stdin: str | None = None) -> subprocess.CompletedProcess:
         return self.etcd.etcdctl(*args, check=check, stdin=stdin)
@@ -50,8 +55,15 @@ class Cluster:
         return rev
 
     def start_apiserver(self) -> None:
-        p = start_apiserver(self.tmp, self.etcd.url, self.prefix, f"{TOKEN},informer-test,informer-test\n",
-                            listen=f"127.0.0.1:{self.api_port}")
+        tokens = f"{TOKEN},informer-test,informer-test\n"
+        if self.flavour == "real":
+            # --v=3: request lines in the log (requests() reads them); JSON in etcd, as the lab
+            # server writes it, so tests can change objects there behind the server's back
+            p = anchors.start_kube_apiserver(self.tmp, self.etcd.url, self.prefix, tokens,
+                                             "--storage-media-type=application/json", port=self.api_port,
+                                             verbosity=3)
+        else:
+            p = start_apiserver(self.tmp, self.etcd.url, self.prefix, tokens, listen=f"127.0.0.1:{self.api_port}")
         self.apiserver = p.proc
         # A kubeconfig as kubectl would have it (CA file + bearer token): the informer is configured
         # exactly as on a real cluster.
@@ -69,6 +81,14 @@ class Cluster:
     def restart_apiserver(self) -> None:
         self.stop_apiserver()
         self.start_apiserver()
+
+    def requests(self) -> list[str]:
+        """The path and query of every request the server logged, in order."""
+        with open(self.api_log, errors="replace") as f:
+            log = f.read()
+        if self.flavour == "real":  # httplog: "HTTP" verb="LIST" URI="/api/v1/...?limit=2" ...
+            return re.findall(r'"HTTP" verb="\w+" URI="([^"]+)"', log)
+        return re.findall(r"\b(?:GET|POST|PUT|PATCH|DELETE) (/\S*) user=", log)
 
     def put_raw(self, plural_key: str, namespace: str, name: str, obj: dict) -> None:
         """Write an object into etcd behind the server's back (`plural_key`: the server's etcd
@@ -88,12 +108,14 @@ class Cluster:
             stop(self.etcd.proc)
 
 
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[Cluster]:
+@pytest.fixture(scope="module", params=["lab", "real"])
+def cluster(request: pytest.FixtureRequest) -> Iterator[Cluster]:
     if not shutil.which("etcd"):
         pytest.skip("etcd is not installed (scripts/install-deps installs it)")
+    if request.param == "real" and (why := anchors.missing("kube-apiserver", "etcd")):
+        pytest.skip(why)
     tmp = tempfile.mkdtemp(prefix="knet-kube-it-")
-    c = Cluster(tmp)
+    c = Cluster(tmp, request.param)
     try:
         c.start_etcd()
         c.start_apiserver()
@@ -113,11 +135,16 @@ def api(cluster: Cluster):
 
 
 @pytest.fixture
-def ns(api) -> Iterator[str]:
+def ns(api, cluster: Cluster) -> Iterator[str]:
     from knet.kube import client as kc
 
     name = "it-" + uuid.uuid4().hex[:8]
     kc.create(api, "Namespace", {"metadata": {"name": name}})
+    if cluster.flavour == "real":
+        # kube-apiserver admits pods only with their ServiceAccount present; nothing here runs the
+        # controller manager that makes `default` in every namespace, so do its part.
+        from kubernetes import client
+        client.CoreV1Api(api).create_namespaced_service_account(name, {"metadata": {"name": "default"}})
     yield name
     # The server may be down after a failed restart test; the module teardown stops everything.
     with contextlib.suppress(Exception):
@@ -130,4 +157,4 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     report = outcome.get_result()
     cluster = getattr(item, "funcargs", {}).get("cluster")
     if report.failed and isinstance(cluster, Cluster):
-        report.sections.append(("knet-apiserver log (tail)", tail(cluster.api_log)))
+        report.sections.append((f"{cluster.flavour} API server log (tail)", tail(cluster.api_log)))

@@ -1,7 +1,7 @@
-"""knet.kube against the lab's API server (a real etcd behind it), configured from a kubeconfig
-with a CA and a bearer token as on a real cluster: initial list, add/update/delete events,
-selectors, a malformed object written straight into etcd, the watch resuming after an API server
-restart, and a 410 relist after etcd compaction."""
+"""knet.kube against the lab's API server and the real kube-apiserver (a real etcd behind each),
+configured from a kubeconfig with a CA and a bearer token as on a real cluster: initial list,
+add/update/delete events, selectors, a malformed object written straight into etcd, the watch
+resuming after an API server restart, and a 410 relist after etcd compaction."""
 
 from __future__ import annotations
 
@@ -126,8 +126,11 @@ def test_watch_resumes_after_apiserver_restart(api, ns, cluster, caplog):
             kc.create(api, Service, svc("after-restart"), ns)
             rec.wait_for(2, timeout=30)
             assert rec.names() == [("add", "before"), ("add", "after-restart")]
-            # It resumed from its resourceVersion: one list, no relist.
-            assert "relisted" not in caplog.text and "retrying" in caplog.text
+            assert "retrying" in caplog.text
+            if cluster.flavour == "lab":  # it resumed from its resourceVersion: one list, no relist
+                assert "relisted" not in caplog.text
+            # kube-apiserver's watch cache starts at etcd's revision of its own start: an older
+            # resourceVersion is 410 Gone there, and the informer relists (no event: nothing changed).
     finally:
         inf.stop()
 
@@ -235,9 +238,7 @@ def test_paged_list_and_rewatch_after_server_timeout(api, ns, cluster, caplog):
             rec.wait_for(8)
             assert rec.names(5) == [("add", "late0"), ("add", "late1"), ("add", "late2")]
             assert "relisted" not in caplog.text and "retrying" not in caplog.text
-        with open(cluster.api_log) as f:
-            log = f.read()
-        ours = [line for line in log.splitlines() if f"GET /api/v1/namespaces/{ns}/services?" in line]
+        ours = [uri for uri in cluster.requests() if uri.startswith(f"/api/v1/namespaces/{ns}/services?")]
         lists = [line for line in ours if "limit=2" in line]
         assert len(lists) == 3 and sum("continue=" in line for line in lists) == 2
         assert sum("watch=true" in line for line in ours) >= 3

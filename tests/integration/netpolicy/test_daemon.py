@@ -18,6 +18,7 @@ from knet.kube.client import new_api_client
 from netpolicy import explain, matrix, probe
 from netpolicy.scenarios import A, np, nss, pods, port, rule
 from netpolicy.testbed import Daemon, control_plane, register_pods, stop
+from tests.promtext import value
 
 pytestmark = pytest.mark.integration
 PORTS = ((80, "TCP"), (80, "UDP"))
@@ -81,9 +82,9 @@ def test_daemons_follow_the_api(harness, cluster, capsys):
     assert status == 200 and 'netpol_pods{state="isolated_ingress"}' in text
     assert "netpol_programming_latency_seconds_count" in text
     time.sleep(1.0)  # counters are read every 0.5 s
-    drops = [line for d in daemons.values() for line in d.get("/metrics")[1].splitlines()
-             if line.startswith('netpol_dropped_packets_total{policy="x/deny",direction="ingress"}')]
-    assert drops and sum(float(line.split()[-1]) for line in drops) > 0
+    drops = [value(d.get("/metrics")[1], "netpol_dropped_packets_total", policy="x/deny", direction="ingress")
+             for d in daemons.values()]
+    assert any(drops) and sum(v or 0 for v in drops) > 0
 
     # `knet netpol explain` reads the same API and names the deciding policies.
     assert explain.main(["y/a", "x/a", "80", "--kubeconfig", kubeconfig]) == 0
