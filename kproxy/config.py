@@ -378,6 +378,9 @@ def with_defaults(s: Settings, hostname: str, full_sync_period: float | None = N
     """kube-proxy's defaults for what neither the file nor the flags set. `hostname`: the node
     name when there is no hostnameOverride (kube-proxy: the machine's hostname)."""
     mode = s.mode or DEFAULT_MODE
+    if s.node_port_addresses:
+        raise ConfigError(f"nodePortAddresses {list(s.node_port_addresses)} is not supported yet: kproxy serves node "
+                          "ports on every local address (kube-proxy's iptables default); leave it unset")
     bind_v6 = s.bind_address is not None and ":" in s.bind_address
     metrics = s.metrics_bind_address if s.metrics_bind_address is not None else \
         ("[::1]" if bind_v6 else "127.0.0.1") + f":{METRICS_PORT}"

@@ -128,6 +128,8 @@ featureGates: {SomeGate: true}
     assert s.node_port_addresses == ("192.168.33.0/24", "primary")
     assert s.conntrack == Conntrack(0, 5, 2.0, 60.0, True, 30.0, 120.0)
     assert s.ignored == ("featureGates",)
+    with pytest.raises(ConfigError, match=r"nodePortAddresses \['192.168.33.0/24', 'primary'\] is not supported"):
+        with_defaults(s, "node1")  # read, but not applied yet: refused rather than silently ignored
 
 
 @pytest.mark.parametrize("change,message", [
