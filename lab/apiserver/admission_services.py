@@ -60,6 +60,9 @@ def _carry_over(spec: dict, old: dict) -> None:
     if spec.get("type") != "LoadBalancer" and old.get("type") == "LoadBalancer" and \
             spec.get("allocateLoadBalancerNodePorts") == old.get("allocateLoadBalancerNodePorts"):
         spec.pop("allocateLoadBalancerNodePorts", None)
+    if wants_health_check_port(spec) and wants_health_check_port(old) and not spec.get("healthCheckNodePort") and \
+            old.get("healthCheckNodePort"):
+        spec["healthCheckNodePort"] = old["healthCheckNodePort"]
     old_ports = {(p.get("port"), p.get("protocol", "TCP")): p.get("nodePort") for p in old.get("ports") or []
                  if isinstance(p, dict)}
     for p in spec.get("ports") or []:
@@ -170,7 +173,15 @@ def allocations(obj: dict | None) -> tuple[set[str], set[int]]:
            and p["nodePort"]}
     if spec.get("type") not in NODE_PORT_TYPES:
         nps = set()
+    if wants_health_check_port(spec) and isinstance(spec.get("healthCheckNodePort"), int):
+        nps.add(spec["healthCheckNodePort"])
     return ips, nps
+
+
+def wants_health_check_port(spec: dict) -> bool:
+    """kube-apiserver gives a LoadBalancer Service with externalTrafficPolicy Local a
+    healthCheckNodePort (from the node port range), which kube-proxy serves and load balancers probe."""
+    return spec.get("type") == "LoadBalancer" and spec.get("externalTrafficPolicy") == "Local"
 
 
 def assign(c: Causes, obj: dict, old: dict | None, cidr: ServiceCIDR, node_ports: NodePortRange,
@@ -223,6 +234,24 @@ def assign(c: Causes, obj: dict, old: dict | None, cidr: ServiceCIDR, node_ports
                 return
             p["nodePort"] = np
             mine.add(np)
+    _assign_health_check_port(c, spec, node_ports, taken | mine)
+
+
+def _assign_health_check_port(c: Causes, spec: dict, node_ports: NodePortRange, taken: set[int]) -> None:
+    hc = spec.get("healthCheckNodePort")
+    if not wants_health_check_port(spec):
+        spec.pop("healthCheckNodePort", None)
+        return
+    if hc:
+        why = node_ports.check(hc, taken) if isinstance(hc, int) and not isinstance(hc, bool) else "must be a port"
+        if why:
+            c.invalid("spec.healthCheckNodePort", hc, why)
+        return
+    hc = node_ports.pick(taken)
+    if hc is None:
+        c.add("FieldValueInvalid", "spec.healthCheckNodePort", "Internal error: range is full")
+    else:
+        spec["healthCheckNodePort"] = hc
 
 
 # --- Endpoints and EndpointSlices -----------------------------------------------------------------

@@ -121,6 +121,22 @@ def test_node_port_rules():
     assert causes == []
 
 
+def test_health_check_node_port_for_local_load_balancers():
+    from lab.apiserver.admission_services import allocations
+    obj, causes = admit(SVC, service(type="LoadBalancer", externalTrafficPolicy="Local"), used_ports={30000})
+    hc = obj["spec"]["healthCheckNodePort"]
+    assert causes == [] and 30000 < hc <= 32767 and hc != obj["spec"]["ports"][0]["nodePort"]
+    assert hc in allocations(obj)[1]  # held like a node port, released with the Service
+    kept, causes = admit(SVC, service(type="LoadBalancer", externalTrafficPolicy="Local"), old=obj,
+                         used_ports=allocations(obj)[1])
+    assert causes == [] and kept["spec"]["healthCheckNodePort"] == hc
+    cluster, _ = admit(SVC, service(type="LoadBalancer", externalTrafficPolicy="Cluster"), old=obj)
+    assert "healthCheckNodePort" not in cluster["spec"]
+    _, causes = admit(SVC, service(type="LoadBalancer", externalTrafficPolicy="Local", healthCheckNodePort=31000),
+                      used_ports={31000})
+    assert fields(causes) == ["spec.healthCheckNodePort"] and "already allocated" in causes[0]["message"]
+
+
 def test_service_update_keeps_allocations_and_ip_is_immutable():
     old, _ = admit(SVC, service(type="NodePort"))
     new, causes = admit(SVC, service(type="NodePort"), old=old, used_ips=old["spec"]["clusterIPs"],
