@@ -59,12 +59,23 @@ def portal_lines(sp: ServicePort, port: int, internal: bool, external: bool) -> 
             for ip in dsts for chain in ("KUBE-PORTALS-CONTAINER", "KUBE-PORTALS-HOST")]
 
 
-def render_portals(portals: dict[str, list[str]], rejects: dict[str, tuple[list[str], list[str]]]) -> str:
-    """iptables-restore input: the REDIRECT portals + the same no-endpoint rejects as iptables mode."""
+def render_portals(portals: dict[str, list[str]], rejects: dict[str, tuple[list[str], list[str]]],
+                   changed: dict[str, tuple[list[str], list[str]]] | None = None) -> str:
+    """iptables-restore input: the REDIRECT portals + the same no-endpoint rejects as iptables mode.
+    `changed` (a partial sync: port key -> its old and new portal lines): only those lines are
+    deleted and inserted (the portal entries are disjoint, so their order does not matter), as
+    the iptables mode edits KUBE-SERVICES; None (a full sync): the portal chains rewritten whole."""
     lines = render_filter([rejects[k] for k in sorted(rejects)])
-    lines += ["*nat", ":KUBE-PORTALS-CONTAINER - [0:0]", ":KUBE-PORTALS-HOST - [0:0]"]
-    for key in sorted(portals):
-        lines += portals[key]
+    if changed is None:
+        lines += ["*nat", ":KUBE-PORTALS-CONTAINER - [0:0]", ":KUBE-PORTALS-HOST - [0:0]"]
+        for key in sorted(portals):
+            lines += portals[key]
+    else:
+        lines.append("*nat")
+        for old, new in changed.values():
+            lines += ["-D" + line[2:] for line in old if line not in new]
+            lines += [f"-I {line[3:].partition(' ')[0]} 1 {line[3:].partition(' ')[2]}" for line in new
+                      if line not in old]
     lines.append("COMMIT")
     return "\n".join(lines) + "\n"
 
@@ -174,14 +185,18 @@ class UserspaceBackend:
         batch = list(changes.items())
         for i in range(0, len(batch), LOOP_BATCH):  # in slices: the loop serves traffic in between
             opened.update(self._on_loop(self._sync_listeners(dict(batch[i:i + LOOP_BATCH]))))
+        edits: dict[str, tuple[list[str], list[str]]] = {}
         for key, sp in changes.items():
+            before = self.portals.get(key, [])
             if sp is None:
                 self.ports.pop(key, None)
                 self.portals.pop(key, None)
                 self.rejects.pop(key, None)
+                edits[key] = (before, [])
                 continue
             self.ports[key] = sp
             self.portals[key] = portal_lines(sp, *opened[key])
+            edits[key] = (before, self.portals[key])
             rejects = render_rejects(sp, categorize(sp, self.cfg.node_name))
             if any(rejects):
                 self.rejects[key] = rejects
@@ -191,8 +206,12 @@ class UserspaceBackend:
             ensure_jumps(JUMPS, self.binary)
         # Rendered here, on the sync thread, from what the loop reported: the loop only did the
         # socket work of the ports that changed.
-        text = render_portals(self.portals, self.rejects)
-        netfilter.restore(text, self.binary)
+        text = render_portals(self.portals, self.rejects, None if full else edits)
+        try:
+            netfilter.restore(text, self.binary)
+        except netfilter.NetfilterError:
+            self.synced = False  # the portal rules are not what self.portals says: rewrite them all next time
+            raise
         self.synced = True
         return SyncResult(full=full, services_written=len(changes), rules=text.count("\n-A "),
                           seconds=time.monotonic() - start)
