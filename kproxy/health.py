@@ -16,13 +16,14 @@ which carries the traffic in userspace mode).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
+
+from knet import metrics
 
 log = logging.getLogger("knet.kproxy.health")
 _START = time.monotonic()
@@ -96,31 +97,12 @@ def service_body(namespace: str, name: str, local_endpoints: int, proxy_healthy:
     return code, text
 
 
-def _split(address: str) -> tuple[str, int]:
-    host, _, port = address.rpartition(":")
-    return host.strip("[]") or "0.0.0.0", int(port)
+def _serve(address: str, answer: Callable[[str], tuple[int, str]], name: str) -> ThreadingHTTPServer:
+    return metrics.serve_http(address, lambda path, _headers: (*_encoded(answer(path)), "application/json"), name)
 
 
-def _serve(host: str, port: int, answer: Callable[[str], tuple[int, str]], name: str) -> ThreadingHTTPServer:
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            code, body = answer(self.path.split("?")[0])
-            data = body.encode()
-            self.send_response(code)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("X-Content-Type-Options", "nosniff")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            with contextlib.suppress(OSError):
-                self.wfile.write(data)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer((host, port), Handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, name=name, daemon=True).start()
-    return server
+def _encoded(answer: tuple[int, str]) -> tuple[int, bytes]:
+    return answer[0], answer[1].encode()
 
 
 def serve_healthz(health: ProxyHealth, address: str, count: Callable[[str, int], None] | None = None,
@@ -135,8 +117,7 @@ def serve_healthz(health: ProxyHealth, address: str, count: Callable[[str, int],
             count(path, code)
         return code, body
 
-    host, port = _split(address)
-    return _serve(host, port, answer, "healthz")
+    return _serve(address, answer, "healthz")
 
 
 class ServiceHealthServers:
@@ -167,7 +148,7 @@ class ServiceHealthServers:
             if key in self.servers:
                 continue
             try:
-                self.servers[key] = (port, _serve(self.host, port, self._answerer(key), f"health {key}"))
+                self.servers[key] = (port, _serve(f"{self.host}:{port}", self._answerer(key), f"health {key}"))
                 log.info("serving health check service=%s port=%d", key, port)
             except OSError as e:
                 errors.append(f"health check for {key} on port {port}: {e.strerror or e}")

@@ -9,7 +9,9 @@ usable endpoint and is rejected or dropped, and where masquerading applies.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from knet.kube.endpoints import usable
 
@@ -87,6 +89,25 @@ class ServicePort:
         """(address, kind) of the external and LoadBalancer addresses, in rendering order."""
         return [(ip, "external IP") for ip in self.external_ips] + \
                [(ip, "loadbalancer IP") for ip in self.load_balancer_ips]
+
+
+R = TypeVar("R")
+
+
+def advance(ports: dict[str, ServicePort], rendered: dict[str, R], desired: Mapping[str, ServicePort],
+            changed: Iterable[str], render: Callable[[ServicePort], R]) -> tuple[dict[str, ServicePort], dict[str, R]]:
+    """A backend's partial sync: copies of its last ports and renderings with the `changed` keys
+    taken from `desired` (re-rendered) or dropped. Copies, so a failed write leaves the originals."""
+    new_ports, new_rendered = dict(ports), dict(rendered)
+    for k in changed:
+        sp = desired.get(k)
+        if sp is not None:
+            new_ports[k] = sp
+            new_rendered[k] = render(sp)
+        else:
+            new_ports.pop(k, None)
+            new_rendered.pop(k, None)
+    return new_ports, new_rendered
 
 
 @dataclass(frozen=True)

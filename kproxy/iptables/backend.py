@@ -24,7 +24,7 @@ from kproxy.iptables.rules import (
     render_restore,
     render_service,
 )
-from kproxy.model import Config, ServicePort, SyncResult
+from kproxy.model import Config, ServicePort, SyncResult, advance
 
 log = logging.getLogger("knet.kproxy.iptables")
 OWN_PREFIXES = ("KUBE-SVC-", "KUBE-SEP-", "KUBE-EXT-", "KUBE-SVL-", "KUBE-FW-")
@@ -161,14 +161,8 @@ class IptablesBackend:
             for k, sr in rendered.items():
                 self._note_rejects(rejects, k, sr)
         else:
-            new, rendered = dict(self.ports), dict(self.rendered)
-            for k in changed:
-                if k in ports:
-                    new[k] = ports[k]
-                    rendered[k] = render_service(ports[k], self.cfg)
-                else:
-                    new.pop(k, None)
-                    rendered.pop(k, None)
+            new, rendered = advance(self.ports, self.rendered, ports, changed,
+                                    lambda sp: render_service(sp, self.cfg))
             old_chains = {c for k in changed if k in self.rendered for c in self.rendered[k].nat_chains}
             new_chains = {c for k in changed if k in rendered for c in rendered[k].nat_chains}
             rejects = dict(self.rejects)

@@ -22,7 +22,7 @@ from collections.abc import Set as AbstractSet
 
 from knet import netfilter
 from kproxy import conntrack
-from kproxy.model import Config, ServicePort, SyncResult
+from kproxy.model import Config, ServicePort, SyncResult, advance
 from kproxy.nftables import netlink
 from kproxy.nftables.rules import TABLE, Elements, ServiceNft, ops_text, partial_ops, render_full, render_service
 
@@ -78,14 +78,8 @@ class NftablesBackend:
             kernel_chains, kernel_sets = self._kernel_objects()
             script = render_full(rendered, elements, kernel_chains, kernel_sets)
         else:
-            new, rendered = dict(self.ports), dict(self.rendered)
-            for k in changed:
-                if k in ports:
-                    new[k] = ports[k]
-                    rendered[k] = render_service(ports[k], self.cfg)
-                else:
-                    new.pop(k, None)
-                    rendered.pop(k, None)
+            new, rendered = advance(self.ports, self.rendered, ports, changed,
+                                    lambda sp: render_service(sp, self.cfg))
             elements = self.elements
             deletes, adds = elements.replace((k, self.rendered.get(k), rendered.get(k)) for k in changed)
             ops = partial_ops(self.rendered, rendered, changed, deletes, adds, elements)

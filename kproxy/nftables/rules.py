@@ -369,27 +369,23 @@ def _by_map(eks: Iterable[ElementKey]) -> dict[str, list[str]]:
     return dict(sorted(by_map.items()))
 
 
+_OP_TEXT = {"add_chain": "add chain {t} {0}", "flush_chain": "flush chain {t} {0}",
+            "delete_chain": "delete chain {t} {0}", "delete_set": "delete set {t} {0}",
+            "add_rule": "add rule {t} {0} {1}"}
+
+
 def ops_text(ops: list[Op]) -> str:
     """The transaction as an `nft -f` script."""
     lines = []
-    for op in ops:
-        kind = op[0]
-        if kind == "add_chain":
-            lines.append(f"add chain {TABLE} {op[1]}")
-        elif kind == "flush_chain":
-            lines.append(f"flush chain {TABLE} {op[1]}")
-        elif kind == "delete_chain":
-            lines.append(f"delete chain {TABLE} {op[1]}")
-        elif kind == "delete_set":
-            lines.append(f"delete set {TABLE} {op[1]}")
+    for kind, *args in ops:
+        if kind in _OP_TEXT:
+            lines.append(_OP_TEXT[kind].format(*args, t=TABLE))
         elif kind == "add_set":
-            lines.append(_add_set(op[1], op[2]))
-        elif kind == "add_rule":
-            lines.append(f"add rule {TABLE} {op[1]} {op[2]}")
+            lines.append(_add_set(args[0], args[1]))
         elif kind == "delete_elements":
-            lines.append(f"delete element {TABLE} {op[1]} {{ {', '.join(op[2])} }}")
+            lines.append(f"delete element {TABLE} {args[0]} {{ {', '.join(args[1])} }}")
         elif kind == "add_elements":
-            lines.append(f"add element {TABLE} {op[1]} {{ {', '.join(k + v for k, v in op[2])} }}")
+            lines.append(f"add element {TABLE} {args[0]} {{ {', '.join(k + v for k, v in args[1])} }}")
         else:
             raise ValueError(f"unknown nftables operation {kind!r}")
     return "\n".join(lines) + "\n"
