@@ -10,6 +10,7 @@ a reject from the time there were none).
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from kproxy.config import Conntrack
@@ -52,6 +53,12 @@ def stale_flushes(old: ServicePort | None, new: ServicePort | None) -> list[Flus
         if ref.node_port:
             out.append(Flush(orig_port=ref.node_port))
     return out
+
+
+def flush_stale(old: Mapping[str, ServicePort], new: Mapping[str, ServicePort], changed: Iterable[str]) -> int:
+    """After a sync has programmed `new`: delete the stale entries of the `changed` service ports."""
+    flushes = [f for k in changed for f in stale_flushes(old.get(k), new.get(k))]
+    return apply(flushes) if flushes else 0
 
 
 def apply(flushes: list[Flush]) -> int:

@@ -110,6 +110,15 @@ def advance(ports: dict[str, ServicePort], rendered: dict[str, R], desired: Mapp
     return new_ports, new_rendered
 
 
+def recount(count: int, old: Mapping[str, R], new: Mapping[str, R], changed: Iterable[str],
+            size: Callable[[R], int], full: bool = False) -> int:
+    """A total kept over a backend's renderings: summed anew after a full sync, else moved by the
+    `changed` keys' difference only."""
+    if full:
+        return sum(size(r) for r in new.values())
+    return count + sum(size(new[k]) for k in changed if k in new) - sum(size(old[k]) for k in changed if k in old)
+
+
 @dataclass(frozen=True)
 class Categories:
     """One service port's endpoints as this node's data path uses them."""

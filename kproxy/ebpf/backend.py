@@ -45,7 +45,7 @@ from kproxy.ebpf.loader import CGROUP_PROGRAMS, Datapath, EbpfUnavailable, attac
 from kproxy.iptables.backend import ensure_jumps, remove_chains
 from kproxy.iptables.rules import FILTER_BASE, render_filter, render_masquerade, render_rejects
 from kproxy.iptables.rules import JUMPS as IPTABLES_JUMPS
-from kproxy.model import MASQ_MARK, Config, ServicePort, SyncResult, categorize
+from kproxy.model import MASQ_MARK, Config, ServicePort, SyncResult, categorize, recount
 
 log = logging.getLogger("knet.kproxy.ebpf")
 # The filter jumps (rejects for services without endpoints) and the masquerade jump; the nat
@@ -192,11 +192,7 @@ class EbpfBackend:
             self.addr_refs.count = saved_refs
             raise
         stale = set().union(*(sockterm.stale_targets(self.ports.get(k), new.get(k)) for k in changed))
-        if full:
-            self.entry_count = sum(p.entries() for p in progs.values())
-        else:
-            self.entry_count += sum(progs[k].entries() for k in changed if k in progs) - \
-                sum(old_progs[k].entries() for k in changed if k in old_progs)
+        self.entry_count = recount(self.entry_count, old_progs, progs, changed, lambda p: p.entries(), full)
         self.ports, self.progs = new, progs
         if stale:
             # After the maps: a client reconnecting on the error must find the new backends.

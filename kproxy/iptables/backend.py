@@ -24,7 +24,7 @@ from kproxy.iptables.rules import (
     render_restore,
     render_service,
 )
-from kproxy.model import Config, ServicePort, SyncResult, advance
+from kproxy.model import Config, ServicePort, SyncResult, advance, recount
 
 log = logging.getLogger("knet.kproxy.iptables")
 OWN_PREFIXES = ("KUBE-SVC-", "KUBE-SEP-", "KUBE-EXT-", "KUBE-SVL-", "KUBE-FW-")
@@ -173,14 +173,8 @@ class IptablesBackend:
                                           {k: rendered[k] for k in changed if k in rendered},
                                           [rejects[k] for k in sorted(rejects)], old_chains - new_chains)
         netfilter.restore(text, self.binary)
-        flushes = [f for k in changed for f in conntrack.stale_flushes(self.ports.get(k), new.get(k))]
-        if flushes:
-            conntrack.apply(flushes)
-        if full:
-            self.own_rules = sum(_own_rules(r) for r in rendered.values())
-        else:
-            self.own_rules += sum(_own_rules(rendered[k]) for k in changed if k in rendered) - \
-                sum(_own_rules(self.rendered[k]) for k in changed if k in self.rendered)
+        conntrack.flush_stale(self.ports, new, changed)
+        self.own_rules = recount(self.own_rules, self.rendered, rendered, changed, _own_rules, full)
         self.ports, self.rendered, self.rejects, self.synced = new, rendered, rejects, True
         written = count_rules(text)
         tables = {"filter": written["filter"], "nat": NAT_FIXED_RULES + self.own_rules}

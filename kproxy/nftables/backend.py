@@ -22,7 +22,7 @@ from collections.abc import Set as AbstractSet
 
 from knet import netfilter
 from kproxy import conntrack
-from kproxy.model import Config, ServicePort, SyncResult, advance
+from kproxy.model import Config, ServicePort, SyncResult, advance, recount
 from kproxy.nftables import netlink
 from kproxy.nftables.rules import TABLE, Elements, ServiceNft, ops_text, partial_ops, render_full, render_service
 
@@ -92,14 +92,8 @@ class NftablesBackend:
             if not full:
                 self.elements = self._rebuild_elements()  # replace() mutated it: back to what the kernel has
             raise
-        flushes = [f for k in changed for f in conntrack.stale_flushes(self.ports.get(k), new.get(k))]
-        if flushes:
-            conntrack.apply(flushes)
-        if full:
-            self.rules = sum(_rules_of(sr) for sr in rendered.values())
-        else:
-            self.rules += sum(_rules_of(rendered[k]) for k in changed if k in rendered) - \
-                sum(_rules_of(self.rendered[k]) for k in changed if k in self.rendered)
+        conntrack.flush_stale(self.ports, new, changed)
+        self.rules = recount(self.rules, self.rendered, rendered, changed, _rules_of, full)
         self.ports, self.rendered, self.elements, self.synced = new, rendered, elements, True
         if full:
             written = sum(line.startswith(("add rule", "add element")) for line in script.splitlines())
