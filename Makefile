@@ -1,5 +1,5 @@
 # Thin wrappers; every target installs what is missing first.
-.PHONY: deps lab lab-down test test-unit lint bench bench-proxy
+.PHONY: deps lab lab-down test test-unit lint bench bench-proxy bench-scale
 
 deps:
 	./scripts/install-deps
@@ -16,8 +16,11 @@ test: deps
 test-unit: deps
 	.venv/bin/python -m pytest -q tests/unit
 
+# Style, the layering contract ([tool.importlinter] in pyproject.toml), types ([tool.mypy]).
 lint: deps
 	.venv/bin/ruff check .
+	.venv/bin/lint-imports
+	.venv/bin/mypy
 
 bench: deps
 	.venv/bin/python -m bench.cni
@@ -25,3 +28,7 @@ bench: deps
 # kproxy's data paths vs direct pod access, and sync cost by size (--plot needs the bench extra).
 bench-proxy: deps
 	.venv/bin/python -m bench.proxy_modes
+
+# End to end at cluster size: API write -> packet per proxy mode at 1,000/5,000/10,000 services.
+bench-scale: deps
+	.venv/bin/python -m bench.scale

@@ -1,8 +1,11 @@
 """CNI benchmark: knet-cni (through its agent, and direct) against the reference `bridge` plugin.
 
-All three get the same configuration (only `type`, the network name, its subnet and bridge
+Four variants get the same configuration (only `type`, the network name, its subnet and bridge
 differ) and run as a container runtime runs them: a fresh process per verb, CNI_* environment +
-config on stdin, in the node's network namespace (a scratch one, `kbcni...`, always removed).
+config on stdin, in the node's network namespace (a scratch one, `kbcni...`, always removed):
+`knet` (the native thin executable, via the agent), `knet-py` (the Python thin executable, via the
+agent), `direct` (the native executable with no agent at its configured socket: it hands the
+request to the Python direct path) and `reference` (bridge + host-local).
 
 - Sequential: per round, one pod per variant, ADD then DEL, in a rotating order so machine noise
   hits all alike; median and p95 of ADD+DEL, ratios to the reference (targets: agent <= 1.5,
@@ -12,9 +15,10 @@ config on stdin, in the node's network namespace (a scratch one, `kbcni...`, alw
   adds/s >= the reference's).
 - CPU per ADD+DEL (the plugin processes', plus the agent's for knet): what decides the ratios on a
   machine whose CPUs are busy, and the concurrent rates always (a burst is CPU-bound).
-- Parts, measured in the same run (wall and CPU medians): interpreter and executable starts, the
-  agent round trip, the agent's own time per ADD and DEL (its log's took_ms), the direct path's
-  imports, host-local's reserve+release, and with `--ip-masq` the masquerade rules' setup+teardown.
+- Parts, measured in the same run (wall and CPU medians): interpreter and executable starts, each
+  executable's start plus a round trip to the agent, the agent's own time per ADD and DEL (its
+  log's took_ms), the direct path's imports, host-local's reserve+release, and with `--ip-masq` the
+  masquerade rules' setup+teardown.
 
     python -m bench.cni [--iterations N] [--concurrency C] [--concurrent-rounds R] [--ip-masq] [--json]
 """
@@ -46,8 +50,16 @@ from knet import netns
 REFERENCE = "/usr/lib/cni/bridge"
 BIN = os.path.dirname(sys.executable)
 KNET_CNI = os.path.join(BIN, "knet-cni")
-VARIANTS = ("knet", "direct", "reference")
-SUBNETS = {"knet": "10.250.0.0/16", "direct": "10.251.0.0/16", "reference": "10.252.0.0/16"}
+KNET_CNI_PY = os.path.join(BIN, "knet-cni-py") if os.path.exists(os.path.join(BIN, "knet-cni-py")) else KNET_CNI
+VARIANTS = ("knet", "knet-py", "direct", "reference")
+SUBNETS = {"knet": "10.250.0.0/16", "knet-py": "10.249.0.0/16", "direct": "10.251.0.0/16",
+           "reference": "10.252.0.0/16"}
+EXECUTABLES = {"knet": KNET_CNI, "knet-py": KNET_CNI_PY, "direct": KNET_CNI, "reference": REFERENCE}
+
+
+def is_native(path: str) -> bool:
+    with open(path, "rb") as f:
+        return f.read(4) == b"\x7fELF"
 
 
 class Bench:
@@ -61,11 +73,13 @@ class Bench:
         self.pods = 0
 
     def _config(self, variant: str, ip_masq: bool) -> bytes:
-        name = variant[:2] + self.prefix[-4:]
+        name = variant[0] + variant[-1] + self.prefix[-4:]
         return json.dumps({
             "cniVersion": "1.0.0", "name": name, "type": "bridge" if variant == "reference" else "knet-cni",
             "bridge": "br" + name, "isGateway": True, "isDefaultGateway": True, "ipMasq": ip_masq,
-            "agentSocket": self.sock,
+            # direct: an agent socket that is never there, so the executable falls back as it would
+            # on a node whose agent is not up
+            "agentSocket": self.sock if variant != "direct" else os.path.join(self.state, "no-agent.sock"),
             "ipam": {"type": "host-local", "subnet": SUBNETS[variant], "dataDir": os.path.join(self.state, "ipam")},
         }).encode()
 
@@ -94,10 +108,7 @@ class Bench:
         """One plugin process, from the calling thread (which is in the node's namespace)."""
         env = dict(os.environ, CNI_COMMAND=command, CNI_CONTAINERID=container, CNI_NETNS=netns.path(pod),
                    CNI_IFNAME="eth0", CNI_PATH="/usr/lib/cni")
-        if variant == "direct":
-            env["KNET_CNI_DIRECT"] = "1"
-        exe = REFERENCE if variant == "reference" else KNET_CNI
-        proc = subprocess.run([exe], input=self.confs[variant], env=env, capture_output=True)
+        proc = subprocess.run([EXECUTABLES[variant]], input=self.confs[variant], env=env, capture_output=True)
         if proc.returncode != 0:
             raise RuntimeError(f"{variant} {command} failed: {proc.stdout.decode()} {proc.stderr.decode()}")
 
@@ -131,7 +142,8 @@ class Bench:
                         samples[variant].append(took)
                         cpu[variant] += used
         cpu_ms = {v: round(cpu[v] / iterations * 1000, 1) for v in VARIANTS}
-        cpu_ms["knet agent"] = round((self.agent_cpu() - agent_before) / iterations * 1000, 1)
+        # the agent served both knet variants
+        cpu_ms["knet agent"] = round((self.agent_cpu() - agent_before) / (2 * iterations) * 1000, 1)
         return samples, cpu_ms
 
     def concurrent(self, variant: str, count: int, round_no: int) -> tuple[float, float]:
@@ -196,8 +208,9 @@ def _timed(fn: Callable[[], object], n: int, cpu_clock: Callable[[], float] = ti
     return f"{median_ms(wall)} / {median_ms(cpu)}"
 
 
-def _exec(argv: list[str], n: int, env: dict[str, str] | None = None) -> str:
-    return _timed(lambda: subprocess.run(argv, env=env, input=b"", capture_output=True, check=True), n,
+def _exec(argv: list[str], n: int, env: dict[str, str] | None = None, stdin: bytes = b"",
+          check: bool = True) -> str:
+    return _timed(lambda: subprocess.run(argv, env=env, input=stdin, capture_output=True, check=check), n,
                   _children_cpu)
 
 
@@ -206,16 +219,22 @@ def parts(b: Bench, n: int, ip_masq: bool, took: dict[str, list[float]]) -> dict
     py = os.path.join(BIN, "python3")
     root = os.path.dirname(os.path.dirname(cni.__file__))
     version_env = {"CNI_COMMAND": "VERSION", "PATH": os.environ.get("PATH", "")}
+    # A request the agent answers at once (an unknown command: error 4), to time each executable's
+    # start plus one exchange with the agent.
+    refused_env = {"CNI_COMMAND": "NONE", "PATH": os.environ.get("PATH", "")}
     out: dict[str, str | float] = {
         "python -I -S start": _exec([py, "-I", "-S", "-c", "pass"], n),
-        "knet-cni start (VERSION, no agent)": _exec([KNET_CNI], n, version_env),
         "bridge start (VERSION)": _exec([REFERENCE], n, version_env),
+        "knet-cni-py start (VERSION, answered by itself)": _exec([KNET_CNI_PY], n, version_env),
         "direct path imports (+ start)": _exec(
             [py, "-I", "-S", "-c", f"import sys; sys.path.insert(0, {root!r}); import cni.plugin"], n),
     }
     with netns.enter(b.node):
+        for label, exe in (("knet-cni (native)", KNET_CNI), ("knet-cni-py", KNET_CNI_PY)):
+            out[f"{label} start + agent round trip"] = _exec([exe], n, refused_env, b.confs["knet"], check=False)
         env = {"CNI_COMMAND": "VERSION"}
-        out["agent round trip (VERSION, caller's CPU)"] = _timed(lambda: shim.via_agent(b.sock, env, b""), n)
+        out["agent round trip in-process (VERSION, caller's CPU)"] = _timed(
+            lambda: shim.via_agent(b.sock, env, b""), n)
     out["agent ADD, its own wall time (IPAM + netlink + result)"] = median_ms(took.get("ADD", [0.0]))
     out["agent DEL, its own wall time (netlink + IPAM)"] = median_ms(took.get("DEL", [0.0]))
     store_dir = tempfile.mkdtemp(dir=b.state)
@@ -257,19 +276,24 @@ def run(iterations: int, concurrency: int, concurrent_rounds: int, ip_masq: bool
     return {
         "iterations": iterations,
         "ip_masq": ip_masq,
+        "knet_executable": "native" if is_native(KNET_CNI) else "python",
         "knet_add_del_ms": med["knet"],
         "knet_add_del_p95_ms": percentile_ms(samples["knet"], 95),
+        "knet_py_add_del_ms": med["knet-py"],
+        "knet_py_add_del_p95_ms": percentile_ms(samples["knet-py"], 95),
         "knet_direct_add_del_ms": med["direct"],
         "knet_direct_add_del_p95_ms": percentile_ms(samples["direct"], 95),
         "reference_add_del_ms": med["reference"],
         "reference_add_del_p95_ms": percentile_ms(samples["reference"], 95),
         "ratio": round(med["knet"] / med["reference"], 2),
+        "py_ratio": round(med["knet-py"] / med["reference"], 2),
         "direct_ratio": round(med["direct"] / med["reference"], 2),
         "cpu_per_add_del_ms": cpu_ms,
         "concurrency": concurrency,
         "concurrent_adds_per_s": adds,
         "concurrent_dels_per_s": dels,
         "concurrent_add_ratio": round(adds["knet"] / adds["reference"], 2),
+        "concurrent_add_py_ratio": round(adds["knet-py"] / adds["reference"], 2),
         "parts_ms": part_ms,
         "load_average": {"before": [round(x, 2) for x in load_before],
                          "after": [round(x, 2) for x in os.getloadavg()]},
@@ -290,15 +314,19 @@ def main(argv: list[str] | None = None) -> int:
     s = run(args.iterations, args.concurrency, args.concurrent_rounds, args.ip_masq)
     rows = [
         ("iterations (ipMasq)", f"{s['iterations']} ({'on' if s['ip_masq'] else 'off'})"),
-        ("ADD+DEL median / p95: knet-cni via agent", f"{s['knet_add_del_ms']} / {s['knet_add_del_p95_ms']} ms"),
+        (f"ADD+DEL median / p95: knet-cni ({s['knet_executable']}) via agent",
+         f"{s['knet_add_del_ms']} / {s['knet_add_del_p95_ms']} ms"),
+        ("ADD+DEL median / p95: knet-cni-py via agent", f"{s['knet_py_add_del_ms']} / "
+                                                       f"{s['knet_py_add_del_p95_ms']} ms"),
         ("ADD+DEL median / p95: knet-cni direct", f"{s['knet_direct_add_del_ms']} / "
                                                  f"{s['knet_direct_add_del_p95_ms']} ms"),
         ("ADD+DEL median / p95: reference bridge", f"{s['reference_add_del_ms']} / "
                                                   f"{s['reference_add_del_p95_ms']} ms"),
         ("ratio agent / reference (target <= 1.5)", str(s["ratio"])),
+        ("ratio agent through knet-cni-py / reference", str(s["py_ratio"])),
         ("ratio direct / reference (target <= 5)", str(s["direct_ratio"])),
-        ("CPU per ADD+DEL: knet executable + agent", f"{s['cpu_per_add_del_ms']['knet']} + "
-                                                     f"{s['cpu_per_add_del_ms']['knet agent']} ms"),
+        ("CPU per ADD+DEL: knet executable, knet-cni-py; agent", f"{s['cpu_per_add_del_ms']['knet']}, "
+         f"{s['cpu_per_add_del_ms']['knet-py']}; {s['cpu_per_add_del_ms']['knet agent']} ms"),
         ("CPU per ADD+DEL: direct / reference", f"{s['cpu_per_add_del_ms']['direct']} / "
                                                f"{s['cpu_per_add_del_ms']['reference']} ms"),
     ]
@@ -306,6 +334,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append((f"{s['concurrency']} concurrent: {v} ADD/s, DEL/s",
                      f"{s['concurrent_adds_per_s'][v]}, {s['concurrent_dels_per_s'][v]}"))
     rows.append(("concurrent ADD/s agent / reference (target >= 1)", str(s["concurrent_add_ratio"])))
+    rows.append(("concurrent ADD/s agent through knet-cni-py / reference", str(s["concurrent_add_py_ratio"])))
     rows += [(f"part (wall / CPU): {k}", f"{v} ms") for k, v in s["parts_ms"].items()]
     rows.append(("load average before / after", f"{s['load_average']['before']} / {s['load_average']['after']}"))
     emit(rows, s, args.json)

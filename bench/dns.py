@@ -57,8 +57,8 @@ from kdns.endpoints import Endpoints
 from kdns.forward import Upstream
 from kdns.records import RecordStore
 from kdns.server import Server
-from kdns.testing import endpoint_slice, query, service
 from knet.kube.models import Pod
+from knet_testing.kdns import endpoint_slice, query, service
 from lab.agent import podenv
 
 KDNS_ADDR, UNBOUND_ADDR, AUTOPATH_ADDR = "127.0.0.61", "127.0.0.62", "127.0.0.63"

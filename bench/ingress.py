@@ -35,10 +35,10 @@ from bench.common import emit
 from ingress.accesslog import AccessLogReader, RequestMetrics
 from ingress.compiler import Options, Snapshot
 from ingress.controller import Controller
-from ingress.fixtures import endpoint_slice, ingress, path, rule, service
 from ingress.nginx import Nginx
 from ingress.nginxconf import Settings
 from knet import metrics, netns
+from knet_testing.ingress import endpoint_slice, ingress, path, rule, service
 from lab import api
 
 HOST = "bench.test"

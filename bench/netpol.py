@@ -1,4 +1,4 @@
-"""NetworkPolicy benchmark on a 2-node lab (the reachability-matrix lab of `netpolicy.testbed`).
+"""NetworkPolicy benchmark on a 2-node lab (the reachability-matrix lab of `knet_testing.netpolicy.testbed`).
 
 Measured:
   1. programming time with 10 / 100 / 500 policies over 200 pods (100 of them on the programmed
@@ -27,10 +27,10 @@ import time
 from bench.common import emit, unique_prefix
 from knet import netns
 from knet.kube.models import Namespace, NetworkPolicy, Pod
-from netpolicy import matrix, probe
+from knet_testing.netpolicy import matrix, probe
+from knet_testing.netpolicy.scenarios import A, Step, np, pods, rule
+from knet_testing.netpolicy.testbed import Daemon, MatrixLab, control_plane, matrix_lab, register_pods, stop
 from netpolicy.compiler import compile_policies
-from netpolicy.scenarios import A, Step, np, pods, rule
-from netpolicy.testbed import Daemon, MatrixLab, control_plane, matrix_lab, register_pods, stop
 
 RR_PORT = 9000
 

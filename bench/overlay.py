@@ -1,6 +1,6 @@
 """Overlay benchmark: cross-node pod-to-pod TCP over VXLAN and over host-gw, against the underlay.
 
-One mini cluster (flannel_py.testbed, namespaces only): nodes 1-2 run flannel-py with the vxlan
+One mini cluster (knet_testing.flannel, namespaces only): nodes 1-2 run flannel-py with the vxlan
 backend, nodes 3-4 with host-gw (another etcd prefix, another Network), all on one underlay
 bridge. Measured, interleaved round by round so machine noise hits every path alike:
   - bulk TCP throughput for --seconds (one stream, 256 KiB writes), in Gbit/s;
@@ -23,8 +23,8 @@ import threading
 import time
 
 from bench.common import emit, unique_prefix
-from flannel_py.testbed import PREFIX, Topo
 from knet import netns
+from knet_testing.flannel import PREFIX, Topo
 
 CHUNK = 256 * 1024
 HOSTGW_PREFIX = "/knet-bench/hostgw"

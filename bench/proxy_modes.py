@@ -66,7 +66,9 @@ import time
 
 from kproxy import backend as backends
 from kproxy.model import Config, Endpoint, ServicePort
-from lab import api, controlplane, kernel, proxy, topology
+from lab import api
+from lab.bringup import controlplane, proxy
+from lab.net import kernel, topology
 
 MODES = ("iptables", "userspace", "ebpf", "nftables")
 TARGETS = {"ebpf": 0.95, "iptables": 0.9, "userspace": 0.3, "nftables": 0.95}

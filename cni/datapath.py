@@ -202,17 +202,40 @@ def setup(conf: NetConf, container_id: str, netns_path: str, ifname: str, ipam_r
 def teardown(conf: NetConf, container_id: str, netns_path: str, ifname: str, addresses: list[str]) -> None:
     """Remove the pod's interface (its veth peer goes with it) and the masquerade chain
     (`addresses`: what IPAM had reserved, so the chain goes in one step). Everything already
-    gone is fine: DEL must be idempotent."""
-    if netns_path:
-        try:
-            with pod_socket(netns_path) as pod:
-                pod.request(rtnl.del_link(ifname), errno.ENODEV)
-        except CniError:
-            pass  # namespace already gone: the veth went with it
-        except NetlinkError as e:
-            raise _failed(f"cannot delete {ifname} in {netns_path}", e) from None
+    gone is fine: DEL must be idempotent.
+
+    The chain goes while the interface does: the kernel's deletion of a veth pair waits out RCU
+    grace periods (15-20 ms here, in the netlink call), time in which iptables-restore can run.
+    Neither depends on the other (the chain is the attachment's own), and both are done before
+    IPAM releases the addresses."""
+    masq_failed: list[BaseException] = []
+    masq_thread = None
     if conf.ip_masq:
-        masq().teardown(conf.name, container_id, addresses)
+        masq_module = masq()
+        import threading  # (imported already: cni.masq uses subprocess, which uses threading)
+
+        def remove_chain() -> None:
+            try:
+                masq_module.teardown(conf.name, container_id, addresses)
+            except BaseException as e:
+                masq_failed.append(e)
+
+        masq_thread = threading.Thread(target=remove_chain, name="masq-teardown")
+        masq_thread.start()  # (it runs in this thread's network namespace: the node's)
+    try:
+        if netns_path:
+            try:
+                with pod_socket(netns_path) as pod:
+                    pod.request(rtnl.del_link(ifname), errno.ENODEV)
+            except CniError:
+                pass  # namespace already gone: the veth went with it
+            except NetlinkError as e:
+                raise _failed(f"cannot delete {ifname} in {netns_path}", e) from None
+    finally:
+        if masq_thread is not None:
+            masq_thread.join()
+    if masq_failed:
+        raise masq_failed[0]
 
 
 def check(conf: NetConf, netns_path: str, ifname: str, prev: dict, node: Rtnl) -> None:

@@ -77,9 +77,9 @@ def host_local_add(cfg: HostLocalConfig, store: Store, container_id: str, ifname
     """Reserve one address per range set (under the store lock) and build the IPAM result."""
     ips: list[dict] = []
     with store.locked():
-        for ip, (cid, ifn) in store.reservations().items():
+        for held, (cid, ifn) in store.reservations().items():
             if cid == container_id and ifn == ifname:
-                raise CniError(ALREADY_EXISTS, f"ipam: {ip} is already allocated to container "
+                raise CniError(ALREADY_EXISTS, f"ipam: {held} is already allocated to container "
                                f"{container_id} interface {ifname}; duplicate allocation is not allowed")
         pending = list(requested)
         reserved: list[str] = []
@@ -95,8 +95,8 @@ def host_local_add(cfg: HostLocalConfig, store: Store, container_id: str, ifname
                 raise CniError(INVALID_CONFIG, "ipam: requested IP(s) "
                                + ", ".join(map(str, pending)) + " are in none of the configured ranges")
         except BaseException:
-            for ip in reserved:  # leave nothing half-made
-                store.release(ip)
+            for addr in reserved:  # leave nothing half-made
+                store.release(addr)
             raise
     return {"ips": ips, "routes": [r.to_json() for r in cfg.routes]}
 
@@ -140,7 +140,7 @@ def host_local_gc(store: Store, valid: list[dict]) -> list[str]:
 def host_local_has_free(cfg: HostLocalConfig, store: Store) -> bool:
     taken = set(store.reservations())
     for ranges in cfg.range_sets:
-        free = sum(r.size() - (1 if r.gateway in r else 0) for r in ranges)
+        free = sum(r.size() - (1 if r.gateway is not None and r.gateway in r else 0) for r in ranges)
         used = sum(1 for ip in taken if any(ipaddress.ip_address(ip) in r for r in ranges))
         if free - used <= 0:
             return False

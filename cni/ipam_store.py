@@ -50,10 +50,17 @@ class Store:
         return True
 
     def set_last_reserved(self, range_set: int, ip: str) -> None:
-        tmp = os.path.join(self.dir, f".{LAST_RESERVED_PREFIX}{range_set}.tmp")
-        with open(tmp, "w") as f:
-            f.write(ip)
-        os.replace(tmp, os.path.join(self.dir, f"{LAST_RESERVED_PREFIX}{range_set}"))
+        """Overwritten in place under the lock, as the reference plugin writes it: a temporary file
+        renamed over it (or a truncation to zero) makes ext4 flush the new data at once, 0.3-1 ms
+        of an ADD. A write torn by a crash only moves where the next search starts."""
+        data = ip.encode()
+        fd = os.open(os.path.join(self.dir, f"{LAST_RESERVED_PREFIX}{range_set}"),
+                     os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            os.pwrite(fd, data, 0)
+            os.ftruncate(fd, len(data))
+        finally:
+            os.close(fd)
 
     def last_reserved(self, range_set: int) -> str | None:
         try:

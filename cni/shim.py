@@ -1,21 +1,27 @@
-"""`knet-cni`: the executable a container runtime runs. Kept deliberately thin.
+"""`knet-cni` in Python: the thin executable where the native one (cni/shim/knet-cni.c) is not
+built, and, as `knet-cni-py --direct`, the direct path the native one hands a request to.
 
 Starting Python costs more than the work itself, so, as Cilium and Multus do, the executable
 hands the request to the node's long-running agent over a unix socket (`agentSocket` in the
 config, default /run/knet/cni.sock), importing only C modules on that path (`_socket` and, through
 `wire`, `_json`: the `socket` and `json` packages would pull in enum, re and selectors). Without a
 usable agent it runs the plugin in-process (the direct path: slower, identical in behaviour, the
-same IPAM files and locks, so both can run at once).
+same IPAM files and locks, so both can run at once). The native executable speaks the same
+exchange and behaves the same; whatever changes here changes there too (test_cni_executables.py
+runs both against the same fake agents).
 
 Bounds (`wire.py` describes the exchange and why falling back never runs a request twice), so
 that a runtime never hangs:
 - connecting takes at most CONNECT_TIMEOUT, and the agent's STARTED comes within START_TIMEOUT
   of the executable's first attempt; otherwise the executable runs the request itself.
-- after STARTED the executable waits up to ANSWER_TIMEOUT for the answer (the agent's own steps
-  are bounded: iptables waits 5 s for its lock, a delegated IPAM plugin 60 s). An agent that dies
-  meanwhile sends nothing, and the executable runs the request itself (DEL, CHECK, STATUS and GC
-  are idempotent; a repeated ADD fails with "already allocated" rather than allocating twice);
-  one that is only slow gets error 11, try again later.
+- after STARTED the executable waits up to ANSWER_TIMEOUT for each part of the answer (the agent's
+  own steps are bounded: iptables waits 5 s for its lock, a delegated IPAM plugin 60 s). An agent
+  that dies meanwhile, or answers with anything but "<exit status 0-255> <size>" and that many
+  bytes, has not answered: the executable runs the request itself (DEL, CHECK, STATUS and GC are
+  idempotent; a repeated ADD fails with "already allocated" rather than allocating twice); one
+  that is only slow gets error 11, try again later.
+KNET_CNI_START_TIMEOUT and KNET_CNI_ANSWER_TIMEOUT (seconds) override the last two, for tests.
+The agent's stdout is passed on byte for byte.
 """
 
 # Only what the interpreter has loaded at start-up (posix, sys) and two C extensions on the agent
@@ -35,12 +41,13 @@ CONNECT_TIMEOUT = 1.0
 START_TIMEOUT = 3.0
 ANSWER_TIMEOUT = 120.0
 TRY_AGAIN_LATER = 11
+MAX_ANSWER = 64 << 20
 
 
 def _exists(path: str) -> bool:
     try:
         posix.stat(path)
-    except OSError:
+    except (OSError, ValueError):  # ValueError: a NUL, or a character no file name can hold
         return False
     return True
 
@@ -95,6 +102,15 @@ class _Reader:
         return out
 
 
+def parse_answer_head(head: "bytes | None") -> "tuple[int, int] | None":
+    """(exit status, stdout size) from b"<0-255> <size>" (ASCII digits, no sign or padding)."""
+    parts = head.split(b" ") if head else []
+    if len(parts) != 2 or not all(p.isdigit() and (p == b"0" or not p.startswith(b"0")) for p in parts):
+        return None
+    code, size = int(parts[0]), int(parts[1])
+    return (code, size) if code <= 255 and size <= MAX_ANSWER else None
+
+
 def _first_line(sock: "_socket.socket", reader: _Reader, deadline_ns: int) -> "bytes | None":
     """The agent's first line, waited for until the deadline, then looked for once more without
     waiting (wire.py: why that last look makes giving up safe)."""
@@ -131,17 +147,14 @@ def via_agent(path: str, env: "dict[str, str] | dict[bytes, bytes]", stdin: byte
             return None  # not started in time, wrong namespace, refused, or gone: nothing was done
         try:
             sock.settimeout(ANSWER_TIMEOUT)
-            head = reader.line()
-            if head == b"ABORTED":
-                return None  # it saw the deadline pass before running anything
-            code, size = (int(x) for x in head.split()) if head else (None, 0)
-            out = reader.exactly(size) if code is not None else None
+            answer = parse_answer_head(reader.line())  # None: ABORTED (nothing was run), or garbled
+            out = reader.exactly(answer[1]) if answer else None
         except TimeoutError:
             return 1, _error(stdin, TRY_AGAIN_LATER, f"knet-cni-agent at {path} started the request but "
                              f"did not answer within {ANSWER_TIMEOUT:.0f}s; try again")
-        except (OSError, ValueError):
+        except OSError:
             return None  # the agent went away before answering: run it here
-        return (code, out.decode(errors="replace")) if out is not None else None
+        return (answer[0], out.decode("utf-8", "surrogateescape")) if answer and out is not None else None
     finally:
         sock.close()
 
@@ -162,23 +175,38 @@ def direct(stdin: bytes) -> "tuple[int, str]":
     return run(dict(os.environ), stdin)
 
 
-def main() -> int:
-    """Run one request; stdout is flushed when this returns (the launcher then exits at once)."""
+def _seconds(environ: "dict[bytes, bytes]", name: bytes, default: float) -> float:
+    try:
+        seconds = float(environ[name])
+    except (KeyError, ValueError):
+        return default
+    return seconds if 0 < seconds < 1e6 else default
+
+
+def _timeouts(environ: "dict[bytes, bytes]") -> None:
+    global START_TIMEOUT, ANSWER_TIMEOUT
+    START_TIMEOUT = _seconds(environ, b"KNET_CNI_START_TIMEOUT", START_TIMEOUT)
+    ANSWER_TIMEOUT = _seconds(environ, b"KNET_CNI_ANSWER_TIMEOUT", ANSWER_TIMEOUT)
+
+
+def main(argv: "list[str] | None" = None) -> int:
+    """Run one request; stdout is flushed when this returns (the launcher then exits at once).
+    `--direct` (how the native executable hands a request over): run it in-process."""
     stdin = sys.stdin.buffer.read() if not sys.stdin.isatty() else b""
     environ = posix.environ  # bytes; exactly what the agent is sent
     answer = None
     if environ.get(b"CNI_COMMAND") == b"VERSION":
         answer = _version(stdin)
-    elif environ.get(b"KNET_CNI_DIRECT") != b"1":
+    elif environ.get(b"KNET_CNI_DIRECT") != b"1" and (sys.argv if argv is None else argv)[1:] != ["--direct"]:
         path = _agent_socket(stdin)
         if path:
+            _timeouts(environ)
             answer = via_agent(path, environ, stdin)
     if answer is None:
         answer = direct(stdin)
     code, out = answer
     if out:
-        sys.stdout.write(out)
-        sys.stdout.write("\n")
+        sys.stdout.buffer.write(out.encode("utf-8", "surrogateescape") + b"\n")
     sys.stdout.flush()
     return code
 

@@ -68,11 +68,16 @@ def _remote(own: Lease, leases: Iterable[Lease], backend: str) -> tuple[list[Lea
 
 def desired_vxlan(own: Lease, leases: Iterable[Lease], vni: int) -> Desired:
     use, skipped = _remote(own, leases, VXLAN)
-    routes, neighs, macs = set(), set(), {}
+    routes: set[Route] = set()
+    neighs: set[Neigh] = set()
+    macs: dict[str, tuple[str, str]] = {}  # VtepMAC -> (subnet, public IP)
     for lease in use:
         a = lease.attrs
         if a.vni != vni:
             skipped.append((str(lease.subnet), f"VNI {a.vni}, not {vni}"))
+            continue
+        if a.vtep_mac is None:  # lease.decode() rejects such a vxlan lease; a hand-made one may lack it
+            skipped.append((str(lease.subnet), "no VtepMAC"))
             continue
         if a.vtep_mac in macs:
             # Two leases claiming one VTEP MAC (a node that came back under a new subnet while

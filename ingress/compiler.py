@@ -262,6 +262,7 @@ class _Builder:
             tls = self.tls.get(host) or (self.tls.get(wild) if wild else None)
             cert = tls[0] if tls else None
             servers[host] = Server(host, self.routes_for(host), fallback, cert,
+                                   # cert is tls[0]: never None where tls is set
                                    ssl_redirect=bool(tls and tls[1] and not cert.error),  # type: ignore[union-attr]
                                    wants_redirect=bool(tls and tls[1]))
         t = self.table
@@ -270,6 +271,7 @@ class _Builder:
         for host, server in servers.items():
             for route in (*server.routes, server.fallback):
                 if route.target.ref is not None:
+                    # service_key is None only for a target without a Service ref (excluded just above)
                     t.service_hosts.setdefault(route.target.service_key, set()).add(host)  # type: ignore[arg-type]
                 if route.target.upstream:
                     used.add(route.target.upstream)

@@ -13,6 +13,7 @@ resolvers cache the miss for the SOA's negative TTL (RFC 2308).
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from kdns.records import RecordStore
@@ -23,6 +24,7 @@ from kdns.wire import (
     CNAME,
     IN,
     IXFR,
+    MX,
     NOERROR,
     NS,
     NXDOMAIN,
@@ -180,3 +182,22 @@ def _synthetic_ent(store: RecordStore, qname: str) -> bool:
         return True
     label, _, rest = qname.partition(".")
     return rest == pod_zone and bool(label)
+
+
+def round_robin(answer: list[RR], shuffle: Callable[[list[RR]], None]) -> list[RR] | None:
+    """The `loadbalance` plugin's reordering, or None when there is nothing to reorder (fewer than
+    two A/AAAA or MX records: such answers stay on the cached fast path). As CoreDNS's
+    round_robin: CNAMEs first (a chain must precede what it points at), other records next, then
+    the addresses and the MX records, each group shuffled."""
+    cnames: list[RR] = []
+    others: list[RR] = []
+    addresses: list[RR] = []
+    mxs: list[RR] = []
+    for rr in answer:
+        rtype = rr[1]
+        (cnames if rtype == CNAME else addresses if rtype in (A, AAAA) else mxs if rtype == MX else others).append(rr)
+    if len(addresses) < 2 and len(mxs) < 2:
+        return None
+    shuffle(addresses)
+    shuffle(mxs)
+    return cnames + others + addresses + mxs

@@ -43,6 +43,7 @@ class Block:
         self.autopath = cfg.autopath
         self.log = cfg.log
         self.errors = cfg.errors
+        self.loadbalance = cfg.loadbalance
 
     def is_local(self, qname: str) -> bool:
         return qname.endswith(self.own_suffixes) or qname in self.own_zones
@@ -52,7 +53,7 @@ class Block:
         c = self.cfg
         named = [("kubernetes", c.kubernetes is not None), ("forward", bool(c.forwards)),
                  ("cache", c.cache is not None), ("autopath", c.autopath), ("log", c.log), ("errors", c.errors),
-                 ("loop", c.loop)]
+                 ("loop", c.loop), ("loadbalance", c.loadbalance)]
         return [name for name, on in named if on]
 
     def forward_for(self, qname: str) -> Group | None:

@@ -12,6 +12,7 @@ Plugins, with CoreDNS's syntax:
                   prefetch AMOUNT [DURATION [PERCENTAGE%]];
                   serve_stale [DURATION [immediate|verify [RESPONSE_TTL]]] }
     autopath @kubernetes      errors      log      bind ADDRESS...      loop
+    loadbalance [round_robin]
     health [ADDRESS] { lameduck DURATION }      ready [ADDRESS]      prometheus [ADDRESS]
     reload [INTERVAL [JITTER]]
 
@@ -38,9 +39,9 @@ from kdns.wire import RCODE_NAMES
 
 REVERSE_SUFFIXES = ("in-addr.arpa", "ip6.arpa")
 PLUGINS = ("kubernetes", "forward", "cache", "autopath", "errors", "log", "health", "ready", "reload",
-           "prometheus", "bind", "loop")
+           "prometheus", "bind", "loop", "loadbalance")
 ONCE = ("kubernetes", "cache", "autopath", "errors", "log", "health", "ready", "reload", "prometheus", "bind",
-        "loop")
+        "loop", "loadbalance")
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,7 @@ class BlockConfig:
     log: bool = False
     errors: bool = False
     loop: bool = False
+    loadbalance: bool = False  # shuffle A/AAAA/MX answers (CoreDNS's loadbalance round_robin)
 
     @property
     def label(self) -> str:
@@ -241,6 +243,12 @@ def _block(sb: ServerBlock, server: dict[str, object], read: Callable[[str], lis
             if d.args:
                 raise CorefileError(f"{where}: arguments are not supported by kdns ({' '.join(d.args)})")
             fields[d.name] = True
+        elif d.name == "loadbalance":
+            _no_block(d, where)
+            # CoreDNS's only other policy, `weighted FILE`, reads weights from a file per name.
+            if d.args not in ([], ["round_robin"]):
+                raise CorefileError(f"{where}: kdns implements `loadbalance [round_robin]` only ({' '.join(d.args)})")
+            fields["loadbalance"] = True
         elif d.name == "bind":
             _no_block(d, where)
             if not d.args:

@@ -26,6 +26,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
+import random
 import socket
 import struct
 import threading
@@ -34,7 +35,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from kdns import autopath, wire
-from kdns.answer import Resolution, resolve
+from kdns.answer import Resolution, resolve, round_robin
 from kdns.blocks import Block, Routes
 from kdns.cache import AnswerCache
 from kdns.config import BlockConfig
@@ -62,6 +63,7 @@ class Server(Relaying, Walking):
                  cache_size: int = 100_000, max_tcp: int = 256, tcp_idle: float = 10.0, udp_mode: str = "thread",
                  host_search: Iterable[str] = ()) -> None:
         self.lock = threading.Lock()
+        self._shuffle = random.Random().shuffle  # loadbalance: no need for a cryptographic source
         self.closing = False
         self.store = store
         self.stats = stats or Stats()
@@ -348,6 +350,9 @@ class Server(Relaying, Walking):
                 res = resolve(self.store, q.qname, q.qtype, q.qclass, block.scope)
                 if not (res.forward or res.chase):
                     cache_key = req.data[2:] if req.reply is None and self._cacheable(q.qname, res, block) else None
+                    if block.loadbalance and (order := round_robin(res.reply.answer, self._shuffle)) is not None:
+                        # A new order per query: such answers never go to the fast path's cache.
+                        res.reply.answer, cache_key = order, None
                     response, truncated = self._local_answer(q, res, req.limit, cache_key, block)
             if not (res.forward or res.chase):
                 self._respond(req, response, res.reply.rcode, "kubernetes", truncated)

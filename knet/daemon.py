@@ -50,7 +50,7 @@ def run(component: str, log_level: str, amain: Callable[[], Coroutine[Any, Any, 
     logs.setup(component, log_level, fmt=logging_format)
     try:
         if event_loop == "uvloop":
-            import uvloop
+            import uvloop  # only kproxy's userspace mode runs on it: the other daemons need not load it
             uvloop.run(amain())
         else:
             asyncio.run(amain())

@@ -11,6 +11,7 @@ import errno
 import ipaddress
 import os
 from collections.abc import Iterator
+from typing import Any
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
@@ -43,6 +44,14 @@ def index(ipr: IPRoute, ifname: str) -> int | None:
     return link["index"] if link is not None else None
 
 
+def _index_of_new(ipr: IPRoute, ifname: str) -> int:
+    """The index of a link just made (it vanishing at once is someone else's doing)."""
+    idx = index(ipr, ifname)
+    if idx is None:
+        raise LookupError(f"link {ifname} is gone right after it was made")
+    return idx
+
+
 def mac_of(link) -> str:
     return link.get("IFLA_ADDRESS") or link.get("address")
 
@@ -65,19 +74,19 @@ def ensure_bridge(ipr: IPRoute, name: str, mtu: int | None = None, promisc: bool
         try:
             # An explicit MAC: otherwise the bridge takes its lowest port's MAC and changes it
             # whenever that port goes, leaving every pod with a stale gateway neighbour entry.
-            kwargs = {"ifname": name, "kind": "bridge", "address": random_mac()}
+            kwargs: dict[str, Any] = {"ifname": name, "kind": "bridge", "address": random_mac()}
             if mtu:
                 kwargs["mtu"] = mtu
             ipr.link("add", **kwargs)
         except NetlinkError as e:
             if e.code != errno.EEXIST:
                 raise
-        idx = index(ipr, name)
+        idx = _index_of_new(ipr, name)
     else:
         kind = get_link(ipr, name).get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND")
         if kind != "bridge":
             raise ValueError(f"{name} exists and is a {kind or 'non-bridge'} device, not a bridge")
-    attrs = {"state": "up"}
+    attrs: dict[str, Any] = {"state": "up"}
     if promisc:
         attrs["flags"] = 0x100  # IFF_PROMISC
         attrs["change"] = 0x100
@@ -88,12 +97,13 @@ def ensure_bridge(ipr: IPRoute, name: str, mtu: int | None = None, promisc: bool
 def make_veth(ipr: IPRoute, name: str, peer: str, peer_netns_fd: int | None = None,
               mtu: int | None = None, master: int | None = None) -> int:
     """Create a veth pair; optionally move `peer` into another namespace and enslave `name`."""
-    kwargs = {"ifname": name, "kind": "veth", "peer": {"ifname": peer}}
+    peer_args: dict[str, Any] = {"ifname": peer}
+    kwargs: dict[str, Any] = {"ifname": name, "kind": "veth", "peer": peer_args}
     if mtu:
         kwargs["mtu"] = mtu
-        kwargs["peer"]["mtu"] = mtu
+        peer_args["mtu"] = mtu
     ipr.link("add", **kwargs)
-    idx = index(ipr, name)
+    idx = _index_of_new(ipr, name)
     if peer_netns_fd is not None:
         ipr.link("set", index=index(ipr, peer), net_ns_fd=peer_netns_fd)
     if master is not None:

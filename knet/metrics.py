@@ -53,6 +53,10 @@ class _Metric:
     def collect(self) -> Iterator[Metric]:
         raise NotImplementedError
 
+    def render(self) -> list[str]:
+        """The exposition lines of this metric (each kind renders its own)."""
+        raise NotImplementedError
+
 
 class Counter(_Metric):
     kind = "counter"
@@ -158,7 +162,7 @@ class Registry:
     def __init__(self, process_metrics: bool = True) -> None:
         self.metrics: list[Any] = []  # ours, in registration order (plus legacy render() collectors)
         self.prometheus = CollectorRegistry(auto_describe=False)
-        self.prometheus.register(_Bridge(self))  # type: ignore[arg-type]
+        self.prometheus.register(_Bridge(self))
         if process_metrics:
             # process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds, ...;
             # python_info; python_gc_*: what every Prometheus client exposes by default.
@@ -179,7 +183,7 @@ class Registry:
     def register(self, collector: Collector) -> None:
         """A custom collector: `collect()` yields prometheus_client metric families (e.g.
         `prometheus_client.core.CounterMetricFamily`), called on every scrape from the HTTP thread."""
-        self.prometheus.register(collector)  # type: ignore[arg-type]
+        self.prometheus.register(collector)
 
     def exposition(self, accept: str | None = None) -> tuple[bytes, str]:
         """(body, content type): Prometheus text 0.0.4, or OpenMetrics when `accept` asks for it."""

@@ -15,6 +15,8 @@ import subprocess
 import time
 from collections.abc import Iterator, Sequence
 
+from knet.cgroups import join_argv
+
 NETNS_DIR = "/run/netns"
 _CLONE_NEWNET = 0x40000000
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -142,8 +144,6 @@ def spawn(name: str, argv: Sequence[str], log_path: str | None = None,
     `cgroup`: the child joins it before it execs. `keep_mounts`: enter only the network
     namespace (nsenter) instead of `ip netns exec`, whose private mount namespace hides
     /sys/fs/cgroup and /run/netns bind mounts made later by others."""
-    from knet.cgroups import join_argv
-
     cmd = ["nsenter", f"--net={path(name)}", "--", *argv] if keep_mounts else exec_argv(name, argv)
     if cgroup:
         cmd = join_argv(cgroup, cmd)
@@ -152,5 +152,5 @@ def spawn(name: str, argv: Sequence[str], log_path: str | None = None,
         return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True, env=env)
     finally:
-        if log_path:
+        if not isinstance(out, int):
             out.close()

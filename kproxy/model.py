@@ -151,6 +151,8 @@ def categorize(sp: ServicePort, node_name: str) -> Categories:
     local = usable(e for e in sp.endpoints if e.node_name == node_name)
     internal = local if sp.internal_local else cluster
     external = local if sp.external_local else cluster
+    internal_verdict: str | None
+    external_verdict: str | None
     if not cluster:
         internal_verdict = external_verdict = REJECT
     else:

@@ -1,4 +1,5 @@
-"""The lab's Python API (what the CLI, the tests and the benchmarks call).
+"""The lab's Python API (what the CLI, the tests and the benchmarks call): its public entry point,
+with `lab.cli` (the `knet lab` subcommands) and `lab.errors`.
 
     lab = up("kt1a2b", nodes=3)          # -> Lab
     pod = lab.add_pod("node1", "web")    # -> dict with ip, netns, container_id, result, pids
@@ -20,18 +21,18 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from knet import cgroups, netns
-from lab import kernel, pods, state, topology
-from lab import overlay as lab_overlay
+from lab.bringup import controlplane, dns, netpol, proxy
+from lab.bringup import ingress as lab_ingress
+from lab.bringup import overlay as lab_overlay
+from lab.errors import LabError
+from lab.net import kernel, pods, state, topology
 
+__all__ = ["Lab", "LabError", "down", "exists", "get", "list_labs", "status", "sweep", "up"]
 Progress = Callable[[str], None]
 
 
 # Only names a lab makes count as leftovers, so a foreign "x-foo" namespace never looks like a lab.
 _LAB_NETNS_RE = re.compile(r"^([a-z][a-z0-9]{0,11})-(underlay|ctl|client|node[0-9]+|pod-.+)$")
-
-
-class LabError(RuntimeError):
-    pass
 
 
 def _quiet(_msg: str) -> None:
@@ -100,15 +101,18 @@ class Lab:
              **kwargs) -> subprocess.CompletedProcess:
         """Run argv in the target's namespace; in a pod, also in its node's pod cgroup (as
         `kubectl exec` joins the container), so service traffic meets what pods meet."""
-        ns = self.netns(target, namespace)
-        cmd = netns.exec_argv(ns, list(argv))
+        kwargs.setdefault("capture_output", True)
+        kwargs.setdefault("text", True)
+        return subprocess.run(self.exec_argv(target, argv, namespace), **kwargs)
+
+    def exec_argv(self, target: str, argv: Sequence[str], namespace: str = "default") -> list[str]:
+        """The command line `exec` runs (for a caller that needs a long-running process)."""
+        cmd = netns.exec_argv(self.netns(target, namespace), list(argv))
         record = self._pod_record(target, namespace)
         cg = kernel.node_cgroup(self.name, record["node"]) if record and record.get("node") else None
         if cg and os.path.isdir(cg):
             cmd = cgroups.join_argv(cg, cmd)
-        kwargs.setdefault("capture_output", True)
-        kwargs.setdefault("text", True)
-        return subprocess.run(cmd, **kwargs)
+        return cmd
 
     def _pod_record(self, target: str, namespace: str) -> dict | None:
         if target in ("ctl", "client", "underlay") or target.isdigit():
@@ -129,7 +133,7 @@ def exists(name: str, root: str = topology.STATE_ROOT) -> bool:
 
 def get(name: str = "knet", root: str = topology.STATE_ROOT) -> Lab:
     topology.validate_name(name)
-    state.load(name, root)  # raises LookupError with a hint when there is no such lab
+    state.load(name, root)  # raises NoSuchLab (a LabError) with a hint when there is no such lab
     return Lab(name, root)
 
 
@@ -138,7 +142,7 @@ def up(name: str = "knet", nodes: int = 3, cni_type: str = "knet-cni", recreate:
        overlay: str = "vxlan", control_plane: bool = False, proxy_mode: str | None = None,
        network_policy: bool = False, ingress: bool = False) -> Lab:
     """Build the lab; on any failure everything made so far is removed again. `control_plane`:
-    also etcd, the API server, the controllers and the node agents (lab.controlplane)."""
+    also etcd, the API server, the controllers and the node agents (lab.bringup.controlplane)."""
     t0 = time.monotonic()
     p = topology.plan(name, nodes, cni_type, root, overlay)
     if exists(name, root):
@@ -171,15 +175,17 @@ def up(name: str = "knet", nodes: int = 3, cni_type: str = "knet-cni", recreate:
             desc["agents"] = kernel.start_agents(p, progress)
         desc["created"] = time.time()
         state.save(desc, name, root)
-        if control_plane:
-            _start_control_plane(p, name, root, progress)
-            _start_dns(p, name, root, progress)
+        if control_plane:  # after lab.json exists: the node agents read it
+            cp = _record(name, root, "control_plane", controlplane.start_control_plane(p, progress))
+            kubeconfigs = cp["kubeconfigs"]
+            _record(name, root, "dns", dns.start(p, kubeconfigs, progress))
             if proxy_mode:
-                _start_proxies(p, name, root, proxy_mode, progress)
+                _record(name, root, "proxy", {"mode": proxy_mode,
+                                              "nodes": proxy.start(p, proxy_mode, kubeconfigs["kproxy"], progress)})
             if network_policy:
-                _start_netpol(p, name, root, progress)
+                _record(name, root, "netpolicy", netpol.start(p, kubeconfigs["netpolicy"], progress))
             if ingress and proxy_mode:
-                _start_ingress(p, name, root, progress)
+                _record(name, root, "ingress", lab_ingress.start(p, kubeconfigs, progress))
     except BaseException:
         kernel.teardown(name, root)  # first: a failing progress callback must not stop it
         with contextlib.suppress(Exception):
@@ -189,56 +195,16 @@ def up(name: str = "knet", nodes: int = 3, cni_type: str = "knet-cni", recreate:
     return Lab(name, root)
 
 
-def _start_control_plane(p: topology.Plan, name: str, root: str, progress: Progress) -> None:
-    """After lab.json exists (the node agents read it). Kept apart so overlay/proxy hooks merge."""
-    from lab import controlplane
-
-    info = controlplane.start_control_plane(p, progress)
+def _record(name: str, root: str, key: str, info: dict) -> dict:
+    """Put what a launcher started into lab.json under `key`; returns `info`."""
     with state.update(name, root) as d:
-        d["control_plane"] = info
-
-
-def _start_proxies(p: topology.Plan, name: str, root: str, mode: str, progress: Progress) -> None:
-    from lab import proxy
-
-    kubeconfigs = state.load(name, root)["control_plane"]["kubeconfigs"]
-    info = proxy.start(p, mode, kubeconfigs["kproxy"], progress)
-    with state.update(name, root) as d:
-        d["proxy"] = {"mode": mode, "nodes": info}
-
-
-def _start_dns(p: topology.Plan, name: str, root: str, progress: Progress) -> None:
-    from lab import dns
-
-    kubeconfigs = state.load(name, root)["control_plane"]["kubeconfigs"]
-    info = dns.start(p, kubeconfigs, progress)
-    with state.update(name, root) as d:
-        d["dns"] = info
-
-
-def _start_ingress(p: topology.Plan, name: str, root: str, progress: Progress) -> None:
-    from lab import ingress as lab_ingress
-
-    kubeconfigs = state.load(name, root)["control_plane"]["kubeconfigs"]
-    info = lab_ingress.start(p, kubeconfigs, progress)
-    with state.update(name, root) as d:
-        d["ingress"] = info
-
-
-def _start_netpol(p: topology.Plan, name: str, root: str, progress: Progress) -> None:
-    from lab import netpol
-
-    kubeconfigs = state.load(name, root)["control_plane"]["kubeconfigs"]
-    info = netpol.start(p, kubeconfigs["netpolicy"], progress)
-    with state.update(name, root) as d:
-        d["netpolicy"] = info
+        d[key] = info
+    return info
 
 
 def down(name: str = "knet", root: str = topology.STATE_ROOT, progress: Progress = _quiet) -> list[str]:
     """Remove everything of the lab (found by prefix, so a crashed run is covered too)."""
     topology.validate_name(name)
-    from lab import controlplane
-
     removed = kernel.teardown(name, root, progress)
     controlplane.remove_leftovers(name)  # the pods' /etc/netns dirs (the node agents' resolv.conf)
     return removed

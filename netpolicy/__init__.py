@@ -6,6 +6,6 @@
 
 Modules: `compiler` (pure), `model` (compiled data + evaluation used by `explain`), `nft` (pure
 rendering, diffing and an in-Python simulation of the ruleset), `backend` (the kernel side),
-`reference` (an independent evaluator written from the API documentation, the tests' oracle),
-`probe` (the reachability-matrix harness for the lab), `daemon`, `explain`.
+`daemon`, `explain`. The tests' oracle (`reference`, an independent evaluator written from the
+API documentation) and the reachability-matrix harness live in `knet_testing.netpolicy`.
 """

@@ -178,10 +178,10 @@ def compile_policies(policies: Iterable[NetworkPolicy], pods: Iterable[Pod], nam
                     ing_rules.append(RuleAllow(pol.key, i, (Clause(nets, ports),)))
             if "Egress" in types:
                 eg_pols.append(pol.key)
-                for i, rule in enumerate(pol.spec.egress):
+                for i, erule in enumerate(pol.spec.egress):
                     if (pol.key, i) not in egress_cache:
-                        egress_cache[(pol.key, i)] = egress_clauses(world.pods, nets_of(pol, EGRESS, i, rule.to),
-                                                                    rule.ports)
+                        egress_cache[(pol.key, i)] = egress_clauses(world.pods, nets_of(pol, EGRESS, i, erule.to),
+                                                                    erule.ports)
                     if egress_cache[(pol.key, i)]:
                         eg_rules.append(RuleAllow(pol.key, i, egress_cache[(pol.key, i)]))
         compiled.pods[pod.key] = PodRules(

@@ -8,7 +8,7 @@ is a number with an optional /TCP, /UDP or /SCTP (default TCP).
 Objects come from the API server (--kubeconfig / --context, as the daemons) or from a file
 (--objects: `kubectl get pods,namespaces,networkpolicies -A -o yaml` output, JSON or YAML).
 
-Wiring into `knet`: `netpolicy.explain.add_parser(subparsers)` adds `netpol explain`;
+Wiring into `knet`: `netpolicy.cli.register(subparsers)` adds `netpol explain` (through `add_parser`);
 `netpolicy.explain.main(argv)` runs it alone (`python -m netpolicy.explain ...`).
 """
 
@@ -20,6 +20,8 @@ import json
 import sys
 from collections.abc import Sequence
 from typing import Any
+
+import yaml
 
 from knet.kube.models import Namespace, NetworkPolicy, Pod, parse
 from netpolicy.compiler import compile_policies, eligible
@@ -41,8 +43,6 @@ def parse_port(text: str) -> tuple[int, str]:
 
 
 def load_file(path: str) -> dict[str, list]:
-    import yaml
-
     with open(path) as f:
         docs = [d for d in yaml.safe_load_all(f) if d]
     raw: list[dict[str, Any]] = []
@@ -58,7 +58,7 @@ def load_file(path: str) -> dict[str, list]:
 
 
 def load_api(args: argparse.Namespace) -> dict[str, list]:
-    from knet.kube import client as kube_client
+    from knet.kube import client as kube_client  # ~1 s to import; every `knet` command imports this module
 
     api = kube_client.api_client_from_args(args)
     out: dict[str, list] = {}
@@ -124,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Add `netpol explain` to a CLI's subparsers (knet/cli.py); the handler is set as `func`."""
+    """Add `netpol explain` to a CLI's subparsers (`netpolicy.cli`); the handler is set as `func`."""
     netpol = subparsers.add_parser("netpol", help="NetworkPolicy tools")
     sub = netpol.add_subparsers(dest="netpol_command", required=True)
     ex = sub.add_parser("explain", help="would SRC reach DST:PORT, and which policy decides")

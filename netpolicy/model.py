@@ -188,10 +188,10 @@ def block_minus_except(cidr: str, excepts: list[str]) -> list[Network]:
         for p in parts:
             if p.version != hole.version or not p.overlaps(hole):
                 nxt.append(p)
-            elif hole.supernet_of(p):  # type: ignore[arg-type]
+            elif hole.supernet_of(p):  # type: ignore[arg-type]  # same family (checked above); the stub wants one
                 continue  # all of p is excepted
             else:
-                nxt += list(p.address_exclude(hole))  # type: ignore[arg-type]
+                nxt += list(p.address_exclude(hole))  # type: ignore[arg-type]  # same family, as above
         parts = nxt
     return parts
 

@@ -2,11 +2,14 @@
 """knet-install-cni: the knet-node DaemonSet's init step.
 
 1. Installs the `knet-cni` executable into the host's CNI bin dir. The container runtime runs it on
-   the host, outside this image, so what is installed is a launcher for the host's python3 (>= 3.8)
-   plus the standard-library-only part of the `cni` package (shim, wire, versions, errors): it hands every
-   request to knet-cni-agent over /run/knet/cni.sock. Without an agent it answers CNI error 11
-   ("try again later") instead of running the plugin in-process (that needs pyroute2, which the host
-   does not have): kubelet retries until the DaemonSet is up.
+   the host, outside this image: it is the image's native client (static, needs nothing from the
+   host) when the image has one, which hands every request to knet-cni-agent over
+   /run/knet/cni.sock, plus a launcher for the host's python3 (>= 3.8) with the standard-library-only
+   part of the `cni` package (shim, wire, versions, errors) as knet-cni.d/knet-cni-py, which the
+   native client hands VERSION and what the agent cannot take to. Without a native client the
+   launcher itself is knet-cni. Without an agent the answer is CNI error 11 ("try again later")
+   instead of running the plugin in-process (that needs pyroute2, which the host does not have):
+   kubelet retries until the DaemonSet is up.
 2. Writes the conflist (from the ConfigMap) into the host's CNI config dir, atomically.
 3. Only for flannel-py's etcd subnet manager (--net-conf; deploy/ runs the kube subnet manager,
    which reads net-conf.json itself): writes flannel's network config to etcd at <prefix>/config
@@ -35,14 +38,14 @@ from cni import shim
 stdin = sys.stdin.buffer.read() if not sys.stdin.isatty() else b""
 env = dict(os.environ)
 answer = shim._version(stdin) if env.get("CNI_COMMAND") == "VERSION" else None
-if answer is None:
+if answer is None and sys.argv[1:] != ["--direct"]:  # --direct: the native knet-cni found no agent
     path = shim._agent_socket(stdin)
     answer = shim.via_agent(path, env, stdin) if path else None
 if answer is None:
     answer = (1, json.dumps({{"cniVersion": "1.0.0", "code": 11, "msg": "knet-cni-agent is not reachable",
                              "details": "is the knet-node DaemonSet pod running on this node?"}}))
 code, out = answer
-sys.stdout.write(out + "\\n" if out else "")
+sys.stdout.buffer.write((out + "\\n").encode("utf-8", "surrogateescape") if out else b"")
 sys.exit(code)
 '''
 
@@ -55,6 +58,16 @@ def _atomic_write(path: str, data: bytes, mode: int) -> None:
     os.replace(tmp, path)  # the runtime never sees a half-written file
 
 
+def native_client() -> bytes | None:
+    """The native knet-cni next to this interpreter (built into the image), if there is one."""
+    try:
+        with open(os.path.join(os.path.dirname(sys.executable), "knet-cni"), "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        return None
+    return data if data.startswith(b"\x7fELF") else None
+
+
 def install_binary(host_root: str, bin_dir: str) -> str:
     import cni
     src = os.path.dirname(cni.__file__)
@@ -64,9 +77,12 @@ def install_binary(host_root: str, bin_dir: str) -> str:
     for name in SHIM_FILES:
         with open(os.path.join(src, name), "rb") as f:
             _atomic_write(os.path.join(lib, name), f.read(), 0o644)
-    launcher = LAUNCHER.format(libdir=os.path.join(bin_dir, "knet-cni.d"))
+    launcher = LAUNCHER.format(libdir=os.path.join(bin_dir, "knet-cni.d")).encode()
     target = os.path.join(host_bin, "knet-cni")
-    _atomic_write(target, launcher.encode(), 0o755)
+    native = native_client()
+    if native is not None:  # the fallback first: the native client may run as soon as it is there
+        _atomic_write(os.path.join(host_bin, "knet-cni.d", "knet-cni-py"), launcher, 0o755)
+    _atomic_write(target, native or launcher, 0o755)
     return target
 
 

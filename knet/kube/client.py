@@ -85,7 +85,8 @@ def make_configuration(server: str, *, token: str | None = None, token_file: str
                 state["mtime"] = mtime
 
         refresh(cfg)
-        cfg.refresh_api_key_hook = refresh
+        # The client sets the hook to None in __init__ without an annotation, so its type reads as None.
+        cfg.refresh_api_key_hook = refresh  # type: ignore[assignment]
     return cfg
 
 

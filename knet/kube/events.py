@@ -22,7 +22,7 @@ class Event(Generic[M]):
 
     @property
     def obj(self) -> M:
-        return self.new if self.new is not None else self.old  # type: ignore[return-value]
+        return self.new if self.new is not None else self.old  # type: ignore[return-value]  # one is always set
 
 
 def relist_diff(old: Mapping[str, M], new: Mapping[str, M]) -> list[Event[M]]:
@@ -86,4 +86,7 @@ def lines(resp: Any) -> Iterator[bytes]:
 
 def threadsafe(loop: asyncio.AbstractEventLoop, fn: Callable[..., Any]) -> Callable[..., None]:
     """Wrap a callback so it runs on an asyncio loop instead of the informer thread."""
-    return lambda *args: loop.call_soon_threadsafe(fn, *args)  # type: ignore[func-returns-value]
+    def call(*args: Any) -> None:
+        loop.call_soon_threadsafe(fn, *args)
+
+    return call

@@ -58,7 +58,7 @@ class InformerFactory:
                     inf.start()
             if indexers:
                 inf.add_indexers(indexers)
-            return inf  # type: ignore[return-value]
+            return inf
 
     @property
     def informers(self) -> list[Informer[Any]]:

@@ -47,6 +47,7 @@ removes it and calls on_delete — the cache holds only objects as the server ha
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 import json
 import logging
@@ -105,6 +106,7 @@ class Informer(Generic[M]):
                  watch_timeout: int = 300, page_size: int | None = 500,
                  backoff: Backoff | None = None, name: str | None = None) -> None:
         self.api = api_client
+        # model_for returns the class registered for `kind`, which is the M this informer serves.
         self.model: type[M] = model_for(kind)  # type: ignore[assignment]
         self.resource = resource(self.model)
         self.namespace = namespace
@@ -230,7 +232,7 @@ class Informer(Generic[M]):
             objs = [o for o in objs if selector.matches(o.metadata.labels)]
         return objs
 
-    def keys(self) -> list[str]:
+    def keys(self) -> builtins.list[str]:  # builtins: `list` is a method of this class
         with self._lock:
             self.scans += 1
             return list(self._store.objects)
@@ -314,8 +316,8 @@ class Informer(Generic[M]):
             self._shutdown_response()
         return resp
 
-    def _list(self) -> tuple[list[dict[str, Any]], str | None]:
-        items: list[dict[str, Any]] = []
+    def _list(self) -> tuple[builtins.list[dict[str, Any]], str | None]:
+        items: builtins.list[dict[str, Any]] = []
         token: str | None = None
         paged = bool(self.page_size)
         while True:

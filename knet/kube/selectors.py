@@ -62,9 +62,11 @@ class Requirement:
         if self.op == "!":
             return not present
         # gt/lt: both sides must be integers, as in Go's labels package.
+        if value is None:
+            return False
         try:
-            have, want = int(value), int(self.values[0])  # type: ignore[arg-type]
-        except (TypeError, ValueError):
+            have, want = int(value), int(self.values[0])
+        except ValueError:
             return False
         return have > want if self.op == "gt" else have < want
 

@@ -30,6 +30,7 @@ CGROUP_PROGRAMS = (
     ("sock_getpeername4", "CGROUP_INET4_GETPEERNAME"),
 )
 TC_PROGRAMS = (("tc_ingress", TC_INGRESS), ("tc_egress", TC_EGRESS))
+TC_FILTER_PREFIX = "knet-"  # our tc filters are named knet-<program>
 
 
 class EbpfUnavailable(RuntimeError):
@@ -84,25 +85,42 @@ def detach_cgroup_all(cgroup: str, attach_types: Iterable[int]) -> int:
     done = 0
     for at in attach_types:
         for prog_id in cgroup_prog_ids(cgroup, at):
-            attr = (ct.c_uint8 * 16)()
-            ct.memmove(ct.byref(attr, 0), ct.byref(ct.c_uint32(prog_id)), 4)
-            try:
-                prog_fd = _bpf(_BPF_PROG_GET_FD_BY_ID, attr)
-            except OSError:
-                continue
-            try:
-                cg = os.open(cgroup, os.O_RDONLY | os.O_DIRECTORY)
-                try:
-                    dattr = (ct.c_uint8 * 16)()
-                    for off, val in ((0, cg), (4, prog_fd), (8, at)):
-                        ct.memmove(ct.byref(dattr, off), ct.byref(ct.c_uint32(val)), 4)
-                    _bpf(_BPF_PROG_DETACH, dattr)
-                    done += 1
-                finally:
-                    os.close(cg)
-            finally:
-                os.close(prog_fd)
+            done += detach_cgroup_prog(cgroup, at, prog_id)
     return done
+
+
+def detach_cgroup_prog(cgroup: str, attach_type: int, prog_id: int) -> bool:
+    """Detach one program, by id, from a cgroup (BPF_PROG_DETACH); False if it is gone already."""
+    try:
+        prog_fd = _fd_by_id(_BPF_PROG_GET_FD_BY_ID, prog_id)
+    except OSError:
+        return False
+    try:
+        cg = os.open(cgroup, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            attr = (ct.c_uint8 * 16)()
+            for off, val in ((0, cg), (4, prog_fd), (8, attach_type)):
+                _put_u32(attr, off, val)
+            _bpf(_BPF_PROG_DETACH, attr)
+        finally:
+            os.close(cg)
+    finally:
+        os.close(prog_fd)
+    return True
+
+
+def prog_name(prog_id: int) -> str:
+    """A loaded program's name as the kernel keeps it (cut to 15 characters); "" if it is gone."""
+    try:
+        fd = _fd_by_id(_BPF_PROG_GET_FD_BY_ID, prog_id)
+    except OSError:
+        return ""
+    try:
+        info = (ct.c_uint8 * 256)()
+        _obj_info(fd, info)
+        return bytes(info[64:80]).split(b"\0", 1)[0].decode(errors="replace")  # bpf_prog_info.name
+    finally:
+        os.close(fd)
 
 
 def _put_u32(buf: ct.Array, off: int, value: int) -> None:
@@ -183,6 +201,27 @@ def tc_filters(ipr, ifname: str) -> list[tuple[int, str]]:
             if name:
                 out.append((parent, name))
     return out
+
+
+def detach_tc(ifname: str, parents: Iterable[int] = (TC_INGRESS, TC_EGRESS)) -> None:
+    """Remove our filters (by handle and priority: also a predecessor's) from an interface's clsact
+    hooks, and the clsact qdisc once no filter is left on it. In the caller's network namespace."""
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    from knet import links
+    with links.iproute() as ipr:
+        idx = links.index(ipr, ifname)
+        if idx is None:
+            return
+        for parent in parents:
+            try:
+                ipr.tc("del-filter", "bpf", idx, TC_HANDLE, parent=parent, prio=TC_PRIO)
+            except NetlinkError as e:
+                if e.code not in (errno.ENOENT, errno.EINVAL):
+                    raise
+        if not tc_filters(ipr, ifname):
+            with contextlib.suppress(NetlinkError):
+                ipr.tc("del", "clsact", idx)
 
 
 class Datapath:
@@ -270,27 +309,12 @@ class Datapath:
                     raise
             for name, parent in TC_PROGRAMS:
                 fn = self.tc_fns[name]
-                ipr.tc("replace-filter", "bpf", idx, TC_HANDLE, fd=fn.fd, name=f"knet-{name}", parent=parent,
-                       prio=TC_PRIO, classid=1, direct_action=True)
+                ipr.tc("replace-filter", "bpf", idx, TC_HANDLE, fd=fn.fd, name=f"{TC_FILTER_PREFIX}{name}",
+                       parent=parent, prio=TC_PRIO, classid=1, direct_action=True)
         self.ifaces.append(ifname)
 
     def detach_tc(self, ifname: str) -> None:
-        from pyroute2.netlink.exceptions import NetlinkError
-
-        from knet import links
-        with links.iproute() as ipr:
-            idx = links.index(ipr, ifname)
-            if idx is None:
-                return
-            for _, parent in TC_PROGRAMS:
-                try:
-                    ipr.tc("del-filter", "bpf", idx, TC_HANDLE, parent=parent, prio=TC_PRIO)
-                except NetlinkError as e:
-                    if e.code not in (errno.ENOENT, errno.EINVAL):
-                        raise
-            if not tc_filters(ipr, ifname):
-                with contextlib.suppress(NetlinkError):
-                    ipr.tc("del", "clsact", idx)
+        detach_tc(ifname)
         if ifname in self.ifaces:
             self.ifaces.remove(ifname)
 

@@ -217,7 +217,8 @@ NODEPORTS_LAST = ('-A KUBE-SERVICES -m comment --comment "kubernetes service nod
                   'last rule in this chain" -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS')
 
 
-def render_filter(rejects: list[tuple[list[str], list[str]]], stale: set[str] = frozenset()) -> list[str]:
+def render_filter(rejects: list[tuple[list[str], list[str]]], stale: set[str] | frozenset[str] = frozenset(),
+                  ) -> list[str]:
     """The filter table part of an iptables-restore input (every mode that lets netfilter reject
     for services without endpoints writes it): the base chains, whole, with `rejects` (per service
     port: its KUBE-SERVICES and KUBE-EXTERNAL-SERVICES lines, from render_rejects); `stale`
@@ -238,7 +239,7 @@ def render_masquerade() -> list[str]:
 
 
 def render_restore(rendered: dict[str, ServiceRules], write: set[str] | None,
-                   stale_nat: set[str], stale_filter: set[str] = frozenset()) -> str:
+                   stale_nat: set[str], stale_filter: set[str] | frozenset[str] = frozenset()) -> str:
     """iptables-restore --noflush input. The shared chains are always rewritten whole; the
     per-service chains only for the service ports in `write` (None: all of them — a full sync),
     as kube-proxy's partial sync does. `stale_*` chains are flushed and deleted."""

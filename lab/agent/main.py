@@ -33,11 +33,11 @@ from typing import Any
 from knet import logs, metrics
 from knet.kube import InformerFactory, add_arguments, api_client_from_args, client
 from knet.kube.models import Pod, Service
-from lab import kernel, state, topology
 from lab.agent.containers import Process
 from lab.agent.podworker import PodWorker, finish_deletion
 from lab.agent.runtime import Runtime
 from lab.agent.status import now
+from lab.net import kernel, state, topology
 
 log = logging.getLogger("lab.agent")
 VERSION = "v1.29.0-knet"

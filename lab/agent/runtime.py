@@ -1,4 +1,4 @@
-"""The node agent's runtime side: pod sandboxes through the lab's runtime code (`lab.pods`: the
+"""The node agent's runtime side: pod sandboxes through the lab's runtime code (`lab.net.pods`: the
 pause namespace and the node's CNI conflist run plugin by plugin as containerd would), per-pod
 state files for adoption after a restart, the pod's resolv.conf/hosts, and lab.json records (so
 `knet lab exec <ns>/<pod>` and `knet lab status` see the agent's pods too)."""
@@ -16,8 +16,8 @@ from kubernetes.client import ApiClient
 
 from knet.kube import Informer
 from knet.kube.models import Pod, Service
-from lab import cniexec, pods, state, topology
 from lab.agent import podenv
+from lab.net import cniexec, pods, state, topology
 
 log = logging.getLogger("lab.agent")
 

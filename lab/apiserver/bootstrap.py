@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from typing import Any
 
 from lab.apiserver.errors import ApiError
-from lab.apiserver.lifecycle import SYSTEM_NAMESPACES
+from lab.apiserver.kinds.cluster import SYSTEM_NAMESPACES
 from lab.apiserver.registry import Registry
 from lab.apiserver.resources import by_kind
 
@@ -33,7 +34,7 @@ async def bootstrap(reg: Registry, advertise_ip: str | None = None, advertise_po
             log.warning("kubernetes service: %s", e.message)
     if not advertise_ip:
         return
-    ep = {"metadata": {"name": "kubernetes", "namespace": "default", "labels": labels},
+    ep: dict[str, Any] = {"metadata": {"name": "kubernetes", "namespace": "default", "labels": labels},
           "subsets": [{"addresses": [{"ip": advertise_ip}],
                        "ports": [{"name": "https", "port": advertise_port, "protocol": "TCP"}]}]}
     try:

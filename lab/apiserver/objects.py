@@ -9,16 +9,13 @@ import datetime as dt
 import json
 import secrets
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from knet.kube import selectors
-from lab.apiserver.resources import ResourceType
+if TYPE_CHECKING:
+    from lab.apiserver.resources import ResourceType
 
 # kube-apiserver's generateName alphabet (no vowels, so no words; no 0/1/3 look-alikes).
 _NAME_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
-# Kinds whose status a create may not set (their status belongs to a controller / agent).
-RESET_STATUS_ON_CREATE = ("Pod", "Service", "Deployment", "ReplicaSet", "ReplicationController", "StatefulSet",
-                          "Ingress")
 SERVER_FIELDS = ("resourceVersion", "selfLink", "managedFields", "deletionTimestamp", "deletionGracePeriodSeconds")
 
 
@@ -62,9 +59,9 @@ def init_create(rt: ResourceType, obj: dict, namespace: str | None) -> None:
         m.pop("namespace", None)
     m["uid"] = str(uuid.uuid4())
     m["creationTimestamp"] = now()
-    if "spec" in obj or rt.kind in ("Deployment", "ReplicaSet", "ReplicationController", "StatefulSet"):
+    if "spec" in obj or rt.strategy.always_generation:
         m["generation"] = 1
-    if rt.kind in RESET_STATUS_ON_CREATE:
+    if rt.strategy.status_from_controllers:
         obj["status"] = {}
 
 
@@ -74,12 +71,9 @@ def init_update(rt: ResourceType, new: dict, old: dict, subresource: str | None)
     if subresource == "status":
         out = copy.deepcopy(old)
         out["status"] = copy.deepcopy(new.get("status", {}))
-        if rt.kind == "Node":
-            # kube-apiserver's node status strategy resets only the spec: labels and annotations
-            # written through nodes/status stay (flannel publishes its annotations that way).
-            for key in ("labels", "annotations"):
-                if key in new.get("metadata", {}):
-                    meta(out)[key] = copy.deepcopy(new["metadata"][key])
+        for key in rt.strategy.status_writes_metadata:
+            if key in new.get("metadata", {}):
+                meta(out)[key] = copy.deepcopy(new["metadata"][key])
         return out
     out = copy.deepcopy(new)
     out["kind"], out["apiVersion"] = rt.kind, rt.api_version
@@ -109,11 +103,11 @@ def spec_changed(new: dict, old: dict) -> bool:
 
 
 def strip_for_storage(obj: dict) -> dict:
-    out = copy.deepcopy(obj)
-    m = meta(out)
-    m.pop("resourceVersion", None)
-    m.pop("selfLink", None)
-    m.pop("managedFields", None)
+    """The object as stored: without the fields the server derives when it reads (a copy of
+    the top level and metadata only; the rest is shared with `obj`, and only ever serialized)."""
+    out = dict(obj)
+    out["metadata"] = {k: v for k, v in (obj.get("metadata") or {}).items()
+                       if k not in ("resourceVersion", "selfLink", "managedFields")}
     return out
 
 
@@ -122,23 +116,14 @@ def with_rv(obj: dict, revision: int) -> dict:
     return obj
 
 
-def scale_selector(rt: ResourceType, obj: dict) -> str:
-    sel = (obj.get("spec") or {}).get("selector")
-    if rt.kind == "ReplicationController":
-        return ",".join(f"{k}={v}" for k, v in sorted((sel or {}).items()))
-    try:
-        return str(selectors.Selector.from_object(sel))
-    except selectors.SelectorError:
-        return ""
-
-
 def to_scale(rt: ResourceType, obj: dict) -> dict:
     m = obj.get("metadata", {})
     return {
         "kind": "Scale", "apiVersion": "autoscaling/v1",
         "metadata": {k: m[k] for k in ("name", "namespace", "uid", "resourceVersion", "creationTimestamp") if k in m},
         "spec": {"replicas": (obj.get("spec") or {}).get("replicas", 0)},
-        "status": {"replicas": (obj.get("status") or {}).get("replicas", 0), "selector": scale_selector(rt, obj)},
+        "status": {"replicas": (obj.get("status") or {}).get("replicas", 0),
+                   "selector": rt.strategy.scale_selector(obj)},
     }
 
 
@@ -156,7 +141,8 @@ def decode_continue(token: str) -> tuple[int, str]:
 
 
 def owner_uids(obj: dict) -> set[str]:
-    return {r.get("uid") for r in (obj.get("metadata") or {}).get("ownerReferences") or [] if isinstance(r, dict)}
+    return {str(r["uid"]) for r in (obj.get("metadata") or {}).get("ownerReferences") or []
+            if isinstance(r, dict) and r.get("uid")}
 
 
 def get_path(obj: Any, *path: str) -> Any:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Mapping
 from typing import Any
 
 PRIMITIVE = ""  # merge strategy for lists of scalars that are merged (set union), e.g. finalizers
@@ -35,11 +36,10 @@ MERGE_KEYS: dict[tuple[str, ...], str] = {
     ("status", "hostIPs"): "ip",
     ("spec", "podCIDRs"): PRIMITIVE,
 }
-# Lists whose merge key depends on the kind (ServiceSpec.ports vs PodSpec...ports): exact root paths.
-KIND_MERGE_KEYS: dict[str, dict[tuple[str, ...], str]] = {
-    "Service": {("spec", "ports"): "port"},
-    "Node": {("status", "addresses"): "type"},
-}
+# Lists whose merge key depends on the kind (ServiceSpec.ports vs PodSpec...ports) come from the
+# kind's strategy (`Strategy.merge_keys`: exact root paths) as `special`.
+MergeKeys = Mapping[tuple[str, ...], str]
+NO_SPECIAL: MergeKeys = {}
 
 
 class PatchError(ValueError):
@@ -159,15 +159,14 @@ def _remove(doc: Any, path: list[str]) -> tuple[Any, Any]:
 
 # --- strategic merge patch ----------------------------------------------------------------------
 
-def strategic_merge_patch(original: dict, patch: Any, kind: str = "") -> dict:
+def strategic_merge_patch(original: dict, patch: Any, special: MergeKeys = NO_SPECIAL) -> dict:
     if not isinstance(patch, dict):
         raise PatchError("a strategic merge patch must be a JSON object")
-    return _merge_map(copy.deepcopy(original) if isinstance(original, dict) else {}, patch, (), (), kind)
+    return _merge_map(copy.deepcopy(original) if isinstance(original, dict) else {}, patch, (), (), special)
 
 
-def merge_key(path: tuple[str, ...], root_path: tuple[str, ...], kind: str) -> str | None:
-    """Merge key of the list at `path` (generic suffix rules) / `root_path` (exact, per kind)."""
-    special = KIND_MERGE_KEYS.get(kind, {})
+def merge_key(path: tuple[str, ...], root_path: tuple[str, ...], special: MergeKeys) -> str | None:
+    """Merge key of the list at `path` (generic suffix rules) / `root_path` (exact, the kind's)."""
     if root_path in special:
         return special[root_path]
     for n in range(min(len(path), 3), 0, -1):
@@ -177,7 +176,7 @@ def merge_key(path: tuple[str, ...], root_path: tuple[str, ...], kind: str) -> s
     return None
 
 
-def _merge_map(original: dict, patch: dict, path: tuple[str, ...], root: tuple[str, ...], kind: str) -> dict:
+def _merge_map(original: dict, patch: dict, path: tuple[str, ...], root: tuple[str, ...], special: MergeKeys) -> dict:
     directive = patch.get("$patch")
     if directive == "replace":
         return {k: v for k, v in patch.items() if k != "$patch"}
@@ -202,16 +201,16 @@ def _merge_map(original: dict, patch: dict, path: tuple[str, ...], root: tuple[s
                 original.pop(key, None)
                 continue
             current = original.get(key)
-            original[key] = _merge_map(current if isinstance(current, dict) else {}, value, sub_path, sub_root, kind)
+            original[key] = _merge_map(current if isinstance(current, dict) else {}, value, sub_path, sub_root, special)
         elif isinstance(value, list):
-            mk = merge_key(sub_path, sub_root, kind)
+            mk = merge_key(sub_path, sub_root, special)
             current = original.get(key)
             if mk is None or not isinstance(current, list):
                 merged = _strip_directives(value)
                 if mk is not None:
-                    merged = _merge_list([], value, mk, sub_path, sub_root, kind)
+                    merged = _merge_list([], value, mk, sub_path, sub_root, special)
             else:
-                merged = _merge_list(current, value, mk, sub_path, sub_root, kind)
+                merged = _merge_list(current, value, mk, sub_path, sub_root, special)
             order = patch.get(f"$setElementOrder/{key}")
             original[key] = _order(merged, order, mk) if isinstance(order, list) else merged
         else:
@@ -221,7 +220,7 @@ def _merge_map(original: dict, patch: dict, path: tuple[str, ...], root: tuple[s
         if key.startswith("$setElementOrder/") and key.split("/", 1)[1] not in patch:
             field = key.split("/", 1)[1]
             if isinstance(original.get(field), list) and isinstance(order, list):
-                original[field] = _order(original[field], order, merge_key((*path, field), (*root, field), kind))
+                original[field] = _order(original[field], order, merge_key((*path, field), (*root, field), special))
     if isinstance(retain, list):
         for key in list(original):
             if key not in retain:
@@ -230,7 +229,7 @@ def _merge_map(original: dict, patch: dict, path: tuple[str, ...], root: tuple[s
 
 
 def _merge_list(original: list, patch: list, mk: str, path: tuple[str, ...], root: tuple[str, ...],
-                kind: str) -> list:
+                special: MergeKeys) -> list:
     if any(isinstance(e, dict) and e.get("$patch") == "replace" for e in patch):
         return [_strip_directives(e) for e in patch if not (isinstance(e, dict) and "$patch" in e)]
     out = copy.deepcopy(original)
@@ -251,9 +250,9 @@ def _merge_list(original: list, patch: list, mk: str, path: tuple[str, ...], roo
                 del out[idx]
             continue
         if idx is None:
-            out.append(_merge_map({}, e, elem_path, elem_root, kind))
+            out.append(_merge_map({}, e, elem_path, elem_root, special))
         else:
-            out[idx] = _merge_map(out[idx], e, elem_path, elem_root, kind)
+            out[idx] = _merge_map(out[idx], e, elem_path, elem_root, special)
     return out
 
 

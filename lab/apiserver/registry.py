@@ -1,72 +1,117 @@
-"""The verbs over etcd: what kube-apiserver's generic registry does for every kind — admission on
-writes, optimistic concurrency by mod_revision, selectors on reads — plus the few synchronous
-side effects the lab needs (ClusterIP/nodePort allocation keys, Endpoints mirroring, namespace
-and ownerReference cascades).
+"""The verbs: what kube-apiserver's generic registry does for every kind -- admission on writes,
+optimistic concurrency by mod_revision, selectors on reads. Everything a kind does differently
+comes from its strategy (`rt.strategy`, lab/apiserver/kinds/); deletion and its cascades are the
+lifecycle's (lifecycle.py), which writes through `commit` and `remove` here.
 
-Allocations are etcd keys (`<prefix>/ranges/serviceips/<ip>`, `.../servicenodeports/<port>`)
-created in the same transaction as the Service, with a must-not-exist compare: two Services can
-never hold one address, even if two servers raced.
+Reads: a get goes to etcd; lists and watches are served by the watch cache (cache.py), except
+what it cannot answer (paged or exact-revision lists, watches from before its window: direct.py).
+
+Allocations (a Service's ClusterIP and nodePorts) are etcd keys (`<prefix>/ranges/serviceips/<ip>`,
+`.../servicenodeports/<port>`) that the strategy says an object holds (`Strategy.held`); a write
+claims the keys its change adds and releases those it drops in the same transaction as the
+object, the claims with a must-not-exist compare: two Services can never hold one address, even
+if two servers raced. What is free is known from in-memory bitmaps (allocator.py) that the
+watch cache keeps current from those keys, so no request lists them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 import copy
 import json
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any
 
-from knet.kube import selectors
-from lab.apiserver import admission, objects, patch
-from lab.apiserver import admission_services as svc_admission
-from lab.apiserver.errors import MODIFIED_MSG, ApiError, already_exists, bad_request, conflict, gone, invalid, not_found
-from lab.apiserver.lifecycle import IPS, PORTS, Lifecycle
-from lab.apiserver.resources import ResourceType
+from lab.apiserver import admission, direct, objects, patch
+from lab.apiserver.allocator import Allocator, Reservation
+from lab.apiserver.cache import OWNER_INDEX, WatchCache
+from lab.apiserver.direct import WatchItem
+from lab.apiserver.errors import MODIFIED_MSG, ApiError, already_exists, bad_request, conflict, invalid, not_found
+from lab.apiserver.lifecycle import Lifecycle
+from lab.apiserver.query import Query
+from lab.apiserver.resources import RESOURCES, ResourceType, by_kind
 from lab.apiserver.storage import KV, Compacted, Store, TxnFailed
+from lab.apiserver.strategy import Config
 
 log = logging.getLogger("lab.apiserver.registry")
 
 PATCH_TYPES = {"application/merge-patch+json": "merge", "application/strategic-merge-patch+json": "strategic",
                "application/json-patch+json": "json"}
+READY_TIMEOUT = 10.0  # a request that needs the watch cache waits this long for it, then 503
+# Called after every committed write: (kind, namespace, name, revision).
+WriteHook = Callable[[ResourceType, str | None, str, int], Awaitable[None]]
 
 
-class Query:
-    """List/watch parameters, parsed once (a bad selector is a 400 before any work)."""
-
-    def __init__(self, rt: ResourceType, params: dict[str, str]) -> None:
-        try:
-            self.labels = selectors.Selector.parse(params.get("labelSelector"))
-            self.fields = selectors.parse_field_selector(params.get("fieldSelector"))
-            selectors.check_field_selector(self.fields, {"metadata.name", "metadata.namespace", *rt.fields}, rt.kind)
-        except selectors.SelectorError as e:
-            raise bad_request(f"unable to parse requirement: {e}" if "requirement" not in str(e) else str(e)) from None
-        self.rv = params.get("resourceVersion") or None
-        if self.rv is not None and not self.rv.isdigit():
-            raise bad_request(f"invalid resourceVersion {self.rv!r}: must be an integer")
-        self.rv_match = params.get("resourceVersionMatch") or None
-        self.cont = params.get("continue") or None
-        try:
-            self.limit = int(params.get("limit") or 0)
-            self.timeout = int(params["timeoutSeconds"]) if params.get("timeoutSeconds") else None
-        except ValueError as e:
-            raise bad_request(f"invalid limit or timeoutSeconds: {e}") from None
-
-    def matches(self, obj: dict | None) -> bool:
-        if obj is None:
-            return False
-        return self.labels.matches((obj.get("metadata") or {}).get("labels")) and \
-            selectors.field_selector_matches(self.fields, obj)
-
-
-class Registry(Lifecycle):
-    def __init__(self, store: Store, cfg: admission.Config | None = None) -> None:
+class Registry:
+    def __init__(self, store: Store, cfg: Config | None = None) -> None:
         self.store = store
-        self.cfg = cfg or admission.Config()
-        self._alloc_lock = asyncio.Lock()  # one allocation at a time here; etcd guards across processes
-        self._tasks: set[asyncio.Task] = set()
-        self.on_write: list[Callable[[ResourceType, str | None, str], Any]] = []  # (rt, ns, name) hooks
+        self.cfg = cfg or Config()
+        self.allocators = {name: Allocator(name, space)
+                           for rt in RESOURCES for name, space in rt.strategy.ranges(self.cfg).items()}
+        self.cache = WatchCache(store, RESOURCES, self._range_changed, self._ranges_listed)
+        self.namespaces = by_kind("", "Namespace")
+        self.on_write: list[WriteHook] = []
+        self.lifecycle = Lifecycle(self, RESOURCES, self.namespaces)
+
+    async def start(self) -> None:
+        """List the store into the watch cache (and the allocators), then follow it."""
+        await self.cache.start()
+
+    async def stop(self) -> None:
+        await self.cache.stop()
+        await self.lifecycle.drain()
+
+    # --- allocation keys, as the watch cache sees them ---------------------------------------------
+
+    def _range_key(self, key: str) -> tuple[Allocator, str] | None:
+        prefix = self.store.alloc_key("", "")[:-1]  # "<prefix>/ranges/"
+        if not key.startswith(prefix):
+            return None
+        name, _, value = key[len(prefix):].partition("/")
+        alloc = self.allocators.get(name)
+        return (alloc, value) if alloc is not None and value else None
+
+    def _range_changed(self, key: str, raw: bytes | None, revision: int) -> None:
+        found = self._range_key(key)
+        if found is not None:
+            found[0].apply(found[1], raw is not None, revision)
+
+    def _ranges_listed(self, kvs: list[KV], revision: int) -> None:
+        held: dict[str, list[str]] = {name: [] for name in self.allocators}
+        for kv in kvs:
+            found = self._range_key(kv.key)
+            if found is not None:
+                held[found[0].name].append(found[1])
+        for name, alloc in self.allocators.items():
+            alloc.reset(held[name], revision)
+
+    # --- the watch cache's readiness and freshness -------------------------------------------------
+
+    async def _ready(self) -> None:
+        if self.cache.ready.is_set():
+            return
+        try:
+            async with asyncio.timeout(READY_TIMEOUT):
+                await self.cache.ready.wait()
+        except TimeoutError:
+            raise ApiError(503, "storage is (re)initializing", "ServiceUnavailable") from None
+
+    async def _cache_current(self, rv: str | None) -> bool:
+        """Whether the cache can answer a read "at least as new as rv" (None: every write
+        acknowledged so far; "0": any); waits for it to catch up."""
+        await self._ready()
+        if rv == "0":
+            return True
+        if rv is None:
+            return await self.cache.fresh()
+        return await self.cache.wait_for(int(rv), timeout=3.0)
+
+    async def settled(self, revision: int) -> None:
+        """Until reads from the cache show every write up to `revision` (read-your-writes)."""
+        await self.cache.wait_for(revision)
 
     # --- reads ----------------------------------------------------------------------------------
 
@@ -84,81 +129,49 @@ class Registry(Lifecycle):
         return objects.with_rv(kv.value, kv.mod_revision)
 
     async def list(self, rt: ResourceType, ns: str | None, q: Query) -> dict:
-        prefix = self.key(rt, ns)
-        revision, start = None, None
-        try:
-            if q.cont:
-                revision, start = objects.decode_continue(q.cont)
-            elif q.rv and q.rv != "0" and q.rv_match == "Exact":
-                revision = int(q.rv)
-        except ValueError as e:
-            raise bad_request(str(e)) from None
-        items: list[dict] = []
-        last_key, more = "", False
-        batch = max(q.limit, 100) if q.limit else None
-        try:
-            while True:
-                kvs, rev, more = await self.store.list(prefix, revision, batch, start)
-                revision = revision or rev
-                for i, kv in enumerate(kvs):
-                    obj = objects.with_rv(kv.value, kv.mod_revision)
-                    if q.matches(obj):
-                        items.append(obj)
-                        last_key = kv.key
-                        if q.limit and len(items) >= q.limit:
-                            more = more or i < len(kvs) - 1
-                            break
-                else:
-                    if more and kvs:
-                        start = kvs[-1].key + "\0"
-                        continue
-                break
-        except Compacted:
-            if q.cont:
-                raise gone("The provided continue parameter is too old to display a consistent list result. "
-                           "You can start a new list without the continue parameter.") from None
-            raise gone(f"too old resource version: {q.rv}") from None
-        meta: dict[str, Any] = {"resourceVersion": str(revision)}
-        if q.limit and more and items:
-            meta["continue"] = objects.encode_continue(revision or 0, last_key + "\0")
+        exact = q.rv not in (None, "0") and q.rv_match == "Exact"
+        if not (q.limit or q.cont or exact) and await self._cache_current(q.rv):
+            items, meta = self.cache.kind(rt).select(ns, q), {"resourceVersion": str(self.cache.revision)}
+        else:
+            items, meta = await direct.list_objects(self.store, self.key(rt, ns), q)
         return {"kind": f"{rt.kind}List", "apiVersion": rt.api_version, "metadata": meta, "items": items}
 
-    async def watch(self, rt: ResourceType, ns: str | None, q: Query) -> AsyncIterator[tuple[str, Any]]:
-        """(type, object) events; ("ERROR", Status) and the end when the start is compacted; and
-        ("PROGRESS", revision) when the stream has got that far without anything for this client
-        (the selectors filtered it out, or etcd reported progress): material for bookmarks."""
-        prefix = self.key(rt, ns)
-        if q.rv in (None, "0"):
-            # No resourceVersion: the current state as ADDED events first, then changes.
-            kvs, rev, _ = await self.store.list(prefix)
-            for kv in kvs:
-                obj = objects.with_rv(kv.value, kv.mod_revision)
-                if q.matches(obj):
-                    yield "ADDED", obj
-            start = rev + 1
-            yield "PROGRESS", rev
+    async def watch(self, rt: ResourceType, ns: str | None, q: Query, stopping: asyncio.Event,
+                    tick: float) -> AsyncGenerator[WatchItem, None]:
+        """(type, object, encoded line) events until `stopping` is set (or the cache ends the
+        watch); ("ERROR", Status, None) and the end when the start is compacted; ("TICK", None,
+        None) after `tick` idle seconds. Progress (how far the stream has got without anything
+        for this client, material for bookmarks) comes as ("PROGRESS", revision, None) from
+        etcd, or once as ("PROGRESS_SOURCE", callable, None) from the cache."""
+        if stopping.is_set():
+            return
+        kind = self.cache.kind(rt)
+        since = None if q.rv in (None, "0") else int(q.rv)
+        if since is None:
+            served = await self._cache_current(q.rv)
         else:
-            try:
-                start = int(q.rv) + 1
-            except ValueError:
-                raise bad_request(f"invalid resourceVersion {q.rv!r}") from None
-        try:
-            async with contextlib.aclosing(self.store.watch(prefix, start)) as stream:
-                async for ev in stream:
-                    if ev.type == "PROGRESS":
-                        yield "PROGRESS", ev.revision
-                        continue
-                    new = objects.with_rv(ev.value, ev.revision) if ev.value is not None else None
-                    prev = objects.with_rv(ev.prev, ev.revision) if ev.prev is not None else None
-                    now_in, was_in = q.matches(new), q.matches(prev)
-                    if now_in:
-                        yield ("MODIFIED" if was_in else "ADDED"), new  # type: ignore[misc]
-                    elif was_in:
-                        yield "DELETED", new or prev  # type: ignore[misc]
-                    else:
-                        yield "PROGRESS", ev.revision
-        except Compacted as e:
-            yield "ERROR", gone(f"too old resource version: {q.rv} ({e.compact_revision})").status()
+            await self._ready()
+            if since > self.cache.revision:
+                await self.cache.wait_for(since, timeout=3.0)
+            served = kind.covers(since) and since <= self.cache.revision
+            if served and since + 1 <= self.cache.revision:
+                try:
+                    await self.store.check_not_compacted(since + 1)  # the cache remembers more than etcd
+                except Compacted as e:
+                    yield "ERROR", ApiError(410, f"too old resource version: {q.rv} ({e.compact_revision})",
+                                            "Expired").status(), None
+                    return
+        if not served:
+            async with contextlib.aclosing(direct.watch_objects(self.store, self.key(rt, ns), q)) as inner, \
+                    contextlib.aclosing(direct.until_stopping(inner, stopping, tick)) as events:
+                async for item in events:
+                    yield item
+            return
+        watcher = kind.subscribe(ns, q, since)  # no await since the checks above: nothing slips
+        yield "PROGRESS_SOURCE", watcher.progress, None
+        async with contextlib.aclosing(watcher.events(tick)) as events:
+            async for item in events:
+                yield item
 
     # --- writes ---------------------------------------------------------------------------------
 
@@ -182,12 +195,19 @@ class Registry(Lifecycle):
         return body
 
     async def _check_namespace(self, rt: ResourceType, ns: str | None) -> None:
+        """The namespace must exist and not be terminating (kube-apiserver's NamespaceLifecycle
+        admission, which also reads a cache first: a namespace made a moment ago may not be in
+        it yet, so a miss asks etcd; a namespace marked terminating is in the cache before the
+        DELETE that marked it returns)."""
         if not rt.namespaced:
             return
-        kv = await self.store.get(self.store.key("namespaces", None, ns or ""))
-        if kv is None:
-            raise not_found("namespaces", ns or "")
-        if objects.get_path(kv.value, "status", "phase") == "Terminating":
+        obj = self.cache.get(self.namespaces, None, ns or "") if self.cache.ready.is_set() else None
+        if obj is None:
+            kv = await self.store.get(self.key(self.namespaces, None, ns or ""))
+            if kv is None:
+                raise not_found("namespaces", ns or "")
+            obj = kv.value
+        if objects.get_path(obj, "status", "phase") == "Terminating":
             raise ApiError(403, f"{rt.plural} is forbidden: unable to create new content in namespace {ns} "
                                 f"because it is being terminated", "Forbidden", kind=rt.plural)
 
@@ -196,7 +216,8 @@ class Registry(Lifecycle):
         await self._check_namespace(rt, ns)
         generated = not objects.meta(obj).get("name") and objects.meta(obj).get("generateName")
         for attempt in range(3):
-            new = copy.deepcopy(obj)
+            # Admission changes the object in place; only a generated name may need another try.
+            new = copy.deepcopy(obj) if generated else obj
             objects.init_create(rt, new, ns)
             try:
                 return await self._write(rt, ns, new, None, dry_run)
@@ -235,7 +256,8 @@ class Registry(Lifecycle):
                 elif ptype == "json":
                     patched = patch.json_patch(base, doc)
                 else:
-                    patched = patch.strategic_merge_patch(base, doc, "Scale" if sub == "scale" else rt.kind)
+                    patched = patch.strategic_merge_patch(base, doc, patch.NO_SPECIAL if sub == "scale"
+                                                          else rt.strategy.merge_keys)
             except patch.PatchError as e:
                 raise bad_request(str(e)) from None
             except patch.PatchConflict as e:
@@ -282,66 +304,105 @@ class Registry(Lifecycle):
     async def _write(self, rt: ResourceType, ns: str | None, new: dict, old: KV | None, dry_run: bool) -> dict:
         """Admission + the compare-and-swap transaction, for create (old None) and update."""
         name = objects.meta(new).get("name", "")
-        old_obj = old.value if old else None
-        admission.default(rt, new, old_obj)
-        causes = admission.validate(rt, new, old_obj, self.cfg)
-        if causes:
-            raise invalid(rt.kind, name, causes, rt.group)
-        if old is not None and objects.strip_for_storage(new) == objects.strip_for_storage(old.value):
-            return objects.with_rv(new, old.mod_revision)  # no change, no write (RV stays)
+        if rt.strategy.ranges(self.cfg):
+            await self._ready()  # the allocators are current once the cache is
+        with Reservation(self.allocators) as res:
+            causes = admission.admit(rt, new, old.value if old else None, self.cfg, res)
+            if causes:
+                raise invalid(rt.kind, name, causes, rt.group)
+            if old is not None and objects.strip_for_storage(new) == objects.strip_for_storage(old.value):
+                return objects.with_rv(new, old.mod_revision)  # no change, no write (RV stays)
+            if dry_run:
+                return objects.with_rv(new, await self._dry_run(rt, ns, new, old))
+            return objects.with_rv(new, await self.commit(rt, ns, new, old))
+
+    # --- the primitives the lifecycle writes through too ------------------------------------------
+
+    def _claims(self, rt: ResourceType, new: dict | None, old: KV | None) -> tuple[set, set]:
+        """(claimed, released) (range, value) pairs of a change from `old` to `new` (None: deleted)."""
+        have = rt.strategy.held(old.value if old else None)
+        want = rt.strategy.held(new)
+        return want - have, have - want
+
+    def _allocated(self, claimed: set, released: set, revision: int) -> None:
+        """The allocators learn a committed change at once (the watch brings it again later)."""
+        for held, pairs in ((True, claimed), (False, released)):
+            for name, value in pairs:
+                self.allocators[name].apply(value, held, revision)
+
+    async def commit(self, rt: ResourceType, ns: str | None, new: dict, old: KV | None) -> int:
+        """Write `new` over `old` (None: it must not exist yet), with the allocation keys the
+        change claims and releases, in one transaction; then the write hooks. The revision."""
+        name = objects.meta(new).get("name", "")
         key = self.key(rt, ns, name)
-        if rt.kind != "Service":
-            rev = await self._txn(rt, name, key, new, old, {}, [], dry_run)
-        else:
-            async with self._alloc_lock:
-                rev = await self._write_service(rt, ns, name, key, new, old, dry_run)
-        out = objects.with_rv(new, rev)
-        if not dry_run:
-            for hook in self.on_write:
-                await hook(rt, ns, name)
-        return out
-
-    async def _write_service(self, rt: ResourceType, ns: str | None, name: str, key: str, new: dict,
-                             old: KV | None, dry_run: bool) -> int:
-        used_ips = {k.rsplit("/", 1)[1] for k in await self.store.keys(self.store.alloc_key(IPS, ""))}
-        used_ports = {int(k.rsplit("/", 1)[1]) for k in await self.store.keys(self.store.alloc_key(PORTS, ""))}
-        causes = admission.assign_service(new, old.value if old else None, self.cfg, used_ips, used_ports)
-        if causes:
-            raise invalid(rt.kind, name, causes, rt.group)
-        have_ips, have_ports = svc_admission.allocations(old.value if old else None)
-        want_ips, want_ports = svc_admission.allocations(new)
-        owner = f"{ns}/{name}"
-        claims = {self.store.alloc_key(IPS, ip): owner for ip in want_ips - have_ips}
-        claims |= {self.store.alloc_key(PORTS, p): owner for p in want_ports - have_ports}
-        releases = [self.store.alloc_key(IPS, ip) for ip in have_ips - want_ips]
-        releases += [self.store.alloc_key(PORTS, p) for p in have_ports - want_ports]
-        try:
-            return await self._txn(rt, name, key, new, old, claims, releases, dry_run)
-        except TxnFailed as e:  # only allocation keys get here: another server took them meanwhile
-            field = "spec.clusterIP" if any(f"/{IPS}/" in k for k, v in e.existing.items() if v) else "spec.ports"
-            raise invalid(rt.kind, name, [{"reason": "FieldValueInvalid", "field": field,
-                                           "message": "provided value is already allocated"}], rt.group) from None
-
-    async def _txn(self, rt: ResourceType, name: str, key: str, new: dict, old: KV | None, claims: dict[str, str],
-                   releases: list[str], dry_run: bool) -> int:
+        claimed, released = self._claims(rt, new, old)
+        claims = {self.store.alloc_key(r, v): f"{ns}/{name}" for r, v in sorted(claimed)}
         expect = {key: old.mod_revision if old else 0, **dict.fromkeys(claims, 0)}
-        if dry_run:
-            existing = {k: (kv.mod_revision if (kv := await self.store.get(k)) else 0) for k in expect}
-            if existing != expect:
-                self._raise_txn(rt, name, key, old, TxnFailed(existing))
-            return old.mod_revision if old else 0
         try:
-            return await self.store.txn({key: objects.strip_for_storage(new), **claims}, releases, expect)
+            rev = await self.store.txn({key: objects.strip_for_storage(new), **claims},
+                                       [self.store.alloc_key(r, v) for r, v in sorted(released)], expect)
         except TxnFailed as e:
             self._raise_txn(rt, name, key, old, e)
+            # Only allocation keys get here: another server took them meanwhile.
+            ip_taken = any("/serviceips/" in k for k, v in e.existing.items() if v and k != key)
+            raise invalid(rt.kind, name, [{"reason": "FieldValueInvalid",
+                                           "field": "spec.clusterIP" if ip_taken else "spec.ports",
+                                           "message": "provided value is already allocated"}], rt.group) from None
+        self._allocated(claimed, released, rev)
+        await self.notify(rt, ns, name, rev)
+        return rev
+
+    async def remove(self, rt: ResourceType, ns: str | None, kv: KV) -> None:
+        """Delete `kv` if it is still current, releasing every allocation key it held."""
+        name = objects.meta(kv.value).get("name", "")
+        key = self.key(rt, ns, name)
+        _, released = self._claims(rt, None, kv)
+        try:
+            rev = await self.store.txn({}, [key, *(self.store.alloc_key(r, v) for r, v in sorted(released))],
+                                       {key: kv.mod_revision})
+        except TxnFailed as e:
+            self._raise_txn(rt, name, key, kv, e)
             raise
+        self._allocated(set(), released, rev)
+        await self.notify(rt, ns, name, rev)
+
+    async def notify(self, rt: ResourceType, ns: str | None, name: str, revision: int) -> None:
+        for hook in self.on_write:
+            await hook(rt, ns, name, revision)
+
+    async def _dry_run(self, rt: ResourceType, ns: str | None, new: dict, old: KV | None) -> int:
+        """What `commit` would check, without writing: the object's revision and free claims."""
+        name = objects.meta(new).get("name", "")
+        key = self.key(rt, ns, name)
+        claimed, _ = self._claims(rt, new, old)
+        expect = {key: old.mod_revision if old else 0, **{self.store.alloc_key(r, v): 0 for r, v in claimed}}
+        existing = {k: (kv.mod_revision if (kv := await self.store.get(k)) else 0) for k in expect}
+        if existing != expect:
+            self._raise_txn(rt, name, key, old, TxnFailed(existing))
+            raise invalid(rt.kind, name, [{"reason": "FieldValueInvalid", "field": "spec",
+                                           "message": "provided value is already allocated"}], rt.group)
+        return old.mod_revision if old else 0
+
+    def _cached_kv(self, rt: ResourceType, obj: dict) -> KV:
+        meta = obj.get("metadata") or {}
+        return KV(self.key(rt, meta.get("namespace"), meta.get("name", "")), b"", int(meta["resourceVersion"]),
+                  value=obj)
+
+    async def in_namespace(self, rt: ResourceType, ns: str) -> builtins.list[KV]:
+        await self._cache_current(None)
+        return [self._cached_kv(rt, obj) for obj in list(self.cache.kind(rt).by_ns.get(ns, {}).values())]
+
+    async def dependents(self, ns: str, uid: str) -> builtins.list[tuple[ResourceType, KV]]:
+        await self._cache_current(None)
+        return [(rt, self._cached_kv(rt, obj)) for rt in RESOURCES if rt.namespaced
+                for obj in self.cache.kind(rt).by_index(OWNER_INDEX, uid, ns)]
 
     @staticmethod
     def _raise_txn(rt: ResourceType, name: str, key: str, old: KV | None, e: TxnFailed) -> None:
+        """The ApiError for a failed compare on the object's own key (returns if it was not that)."""
         if old is None and e.existing.get(key):
             raise already_exists(rt.plural, name, rt.group) from None
         if old is not None and e.existing.get(key) != old.mod_revision:
             if not e.existing.get(key):
                 raise not_found(rt.plural, name, rt.group) from None
             raise conflict(rt.plural, name, MODIFIED_MSG, rt.group) from None
-        raise e

@@ -1,12 +1,18 @@
-"""The kinds this server serves, as data: what discovery advertises and what routing resolves.
+"""The kinds this server serves, one line each: what discovery advertises, what routing resolves,
+and the strategy (`lab/apiserver/kinds/`) that holds everything the kind does differently.
 
-Adding a kind is one line here (plus defaults/validation in admission.py if components rely on its
-fields); storage, verbs, watch and tables are generic.
+Adding a kind is one line here plus, if it has behaviour of its own (defaults, validation,
+allocation, deletion, columns), its strategy class; storage, verbs, watch, the watch cache and
+tables are generic. lab/apiserver/README.md says what else a kind may need (its model in
+knet.kube, for components that read it).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from lab.apiserver.kinds import cluster, config, endpoints, networking, pods, services, workloads
+from lab.apiserver.strategy import Strategy
 
 VERBS = ("create", "delete", "deletecollection", "get", "list", "patch", "update", "watch")
 SUB_VERBS = {"status": ["get", "patch", "update"], "scale": ["get", "patch", "update"], "binding": ["create"]}
@@ -27,6 +33,7 @@ class ResourceType:
     # Field selectors kube-apiserver supports for this kind, besides metadata.name / metadata.namespace.
     fields: tuple[str, ...] = ()
     verbs: tuple[str, ...] = tuple(VERBS)
+    strategy: Strategy = field(default_factory=Strategy, compare=False)
 
     @property
     def api_version(self) -> str:
@@ -54,27 +61,36 @@ _EVENT_FIELDS = ("involvedObject.kind", "involvedObject.namespace", "involvedObj
                  "reason", "reportingComponent", "source", "type")
 
 RESOURCES: tuple[ResourceType, ...] = (
-    ResourceType("", "v1", "namespaces", "Namespace", False, ("ns",), ("status",), fields=("status.phase",)),
-    ResourceType("", "v1", "pods", "Pod", True, ("po",), ("status", "binding"), _ALL, _POD_FIELDS),
-    ResourceType("", "v1", "services", "Service", True, ("svc",), ("status",), _ALL),
-    ResourceType("", "v1", "endpoints", "Endpoints", True, ("ep",)),
-    ResourceType("", "v1", "nodes", "Node", False, ("no",), ("status",), fields=("spec.unschedulable",)),
-    ResourceType("", "v1", "secrets", "Secret", True, fields=("type",)),
-    ResourceType("", "v1", "configmaps", "ConfigMap", True, ("cm",)),
+    ResourceType("", "v1", "namespaces", "Namespace", False, ("ns",), ("status",), fields=("status.phase",),
+                 strategy=cluster.Namespaces()),
+    ResourceType("", "v1", "pods", "Pod", True, ("po",), ("status", "binding"), _ALL, _POD_FIELDS,
+                 strategy=pods.Pods()),
+    ResourceType("", "v1", "services", "Service", True, ("svc",), ("status",), _ALL, strategy=services.Services()),
+    ResourceType("", "v1", "endpoints", "Endpoints", True, ("ep",), strategy=endpoints.Endpoints()),
+    ResourceType("", "v1", "nodes", "Node", False, ("no",), ("status",), fields=("spec.unschedulable",),
+                 strategy=cluster.Nodes()),
+    ResourceType("", "v1", "secrets", "Secret", True, fields=("type",), strategy=config.Secrets()),
+    ResourceType("", "v1", "configmaps", "ConfigMap", True, ("cm",), strategy=config.ConfigMaps()),
     ResourceType("", "v1", "serviceaccounts", "ServiceAccount", True, ("sa",)),
-    ResourceType("", "v1", "events", "Event", True, ("ev",), fields=_EVENT_FIELDS),
+    ResourceType("", "v1", "events", "Event", True, ("ev",), fields=_EVENT_FIELDS, strategy=cluster.Events()),
     # The legacy way to bind a pod (POST a Binding named like the pod); pods/binding is the other.
-    ResourceType("", "v1", "bindings", "Binding", True, verbs=("create",)),
+    ResourceType("", "v1", "bindings", "Binding", True, verbs=("create",), strategy=pods.Bindings()),
     ResourceType("", "v1", "replicationcontrollers", "ReplicationController", True, ("rc",), ("status", "scale"),
-                 _ALL, ("status.replicas",)),
-    ResourceType("apps", "v1", "deployments", "Deployment", True, ("deploy",), ("status", "scale"), _ALL),
+                 _ALL, ("status.replicas",), strategy=workloads.ReplicationControllers()),
+    ResourceType("apps", "v1", "deployments", "Deployment", True, ("deploy",), ("status", "scale"), _ALL,
+                 strategy=workloads.Deployments()),
     ResourceType("apps", "v1", "replicasets", "ReplicaSet", True, ("rs",), ("status", "scale"), _ALL,
-                 ("status.replicas",)),
-    ResourceType("apps", "v1", "statefulsets", "StatefulSet", True, ("sts",), ("status", "scale"), _ALL),
-    ResourceType("discovery.k8s.io", "v1", "endpointslices", "EndpointSlice", True),
-    ResourceType("networking.k8s.io", "v1", "networkpolicies", "NetworkPolicy", True, ("netpol",)),
-    ResourceType("networking.k8s.io", "v1", "ingresses", "Ingress", True, ("ing",), ("status",)),
-    ResourceType("networking.k8s.io", "v1", "ingressclasses", "IngressClass", False),
+                 ("status.replicas",), strategy=workloads.ReplicaSets()),
+    ResourceType("apps", "v1", "statefulsets", "StatefulSet", True, ("sts",), ("status", "scale"), _ALL,
+                 strategy=workloads.StatefulSets()),
+    ResourceType("discovery.k8s.io", "v1", "endpointslices", "EndpointSlice", True,
+                 strategy=endpoints.EndpointSlices()),
+    ResourceType("networking.k8s.io", "v1", "networkpolicies", "NetworkPolicy", True, ("netpol",),
+                 strategy=networking.NetworkPolicies()),
+    ResourceType("networking.k8s.io", "v1", "ingresses", "Ingress", True, ("ing",), ("status",),
+                 strategy=networking.Ingresses()),
+    ResourceType("networking.k8s.io", "v1", "ingressclasses", "IngressClass", False,
+                 strategy=networking.IngressClasses()),
     ResourceType("coordination.k8s.io", "v1", "leases", "Lease", True),
 )
 

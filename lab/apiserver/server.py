@@ -15,15 +15,16 @@ import asyncio
 import json
 import logging
 import time
-from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 
+from knet import metrics
 from lab.apiserver import auth, discovery, objects, tables, watchstream
 from lab.apiserver.errors import ApiError, bad_request
-from lab.apiserver.registry import Query, Registry
+from lab.apiserver.query import Query
+from lab.apiserver.registry import Registry
 from lab.apiserver.resources import ResourceType, by_kind, lookup
 from lab.apiserver.storage import StoreError
 
@@ -81,11 +82,21 @@ def _json(obj: Any, status: int = 200) -> web.Response:
 
 
 class ApiServer:
-    def __init__(self, registry: Registry, tokens: dict[str, str], server_address: str = "") -> None:
+    def __init__(self, registry: Registry, tokens: dict[str, str], server_address: str = "",
+                 metrics_registry: metrics.Registry | None = None) -> None:
         self.registry = registry
         self.tokens = tokens
         self.server_address = server_address
-        self.requests: Counter[tuple[str, int]] = Counter()
+        self.metrics = metrics_registry or metrics.Registry()
+        # kube-apiserver's names; durations leave out watches (they last as long as the client wants).
+        self.requests = self.metrics.counter("apiserver_request_total", "requests by method and code",
+                                             ["verb", "code"])
+        self.durations = self.metrics.histogram("apiserver_request_duration_seconds", "time to answer a request",
+                                                ["verb", "resource"])
+        self.watchers = self.metrics.gauge("apiserver_registered_watchers", "open watches by resource",
+                                           ["resource"])
+        self.objects = self.metrics.gauge("apiserver_storage_objects", "objects stored, by resource",
+                                          ["resource"])
         self.stopping = asyncio.Event()  # set on shutdown: open watches end cleanly
         self.app = web.Application(middlewares=[self._middleware], client_max_size=8 * 1024 * 1024)
         self.app.router.add_route("*", "/{tail:.*}", self._dispatch)
@@ -112,9 +123,11 @@ class ApiServer:
             log.exception("%s %s failed", request.method, request.path)
             resp = _json(ApiError(500, f"internal error: {e}", "InternalError").status(), 500)
         code = resp.status
-        self.requests[(request.method, code)] += 1
-        log.info("%s %s user=%s code=%d %.1fms", request.method, request.path_qs, user, code,
-                 (time.monotonic() - t0) * 1000)
+        elapsed = time.monotonic() - t0
+        self.requests.inc(1, request.method, str(code))
+        if not request.get("watch"):
+            self.durations.observe(elapsed, request.method, request.get("resource", ""))
+        log.info("%s %s user=%s code=%d %.1fms", request.method, request.path_qs, user, code, elapsed * 1000)
         return resp
 
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
@@ -162,6 +175,7 @@ class ApiServer:
             raise bad_request(f"the body of the request could not be decoded as JSON: {e}") from None
 
     async def _resource(self, request: web.Request, t: Target) -> web.StreamResponse:
+        request["resource"] = t.rt.plural
         q = request.query
         reg, rt, method = self.registry, t.rt, request.method
         if rt.verbs == ("create",):  # bindings: create only, and it binds the pod the body names
@@ -172,7 +186,7 @@ class ApiServer:
             name = objects.get_path(body, "metadata", "name")
             if not name:
                 raise bad_request("a Binding needs metadata.name (the pod's name)")
-            return _json(await reg.bind(by_kind("", "Pod"), t.namespace, name, body), 201)
+            return _json(await reg.lifecycle.bind(by_kind("", "Pod"), t.namespace, name, body), 201)
         dry_run = q.get("dryRun") == "All"
         if method == "GET":
             if t.watch or q.get("watch") in ("1", "true", "True"):
@@ -191,7 +205,7 @@ class ApiServer:
             if t.name is None:
                 return _json(await reg.create(rt, t.namespace, await self._body(request), dry_run), 201)
             if t.sub == "binding":
-                return _json(await reg.bind(rt, t.namespace, t.name, await self._body(request)), 201)
+                return _json(await reg.lifecycle.bind(rt, t.namespace, t.name, await self._body(request)), 201)
         elif method == "PUT" and t.name is not None:
             body = await self._body(request)
             if t.sub == "scale":
@@ -213,8 +227,9 @@ class ApiServer:
                     raise bad_request(f"gracePeriodSeconds: not an integer: {q['gracePeriodSeconds']!r}") from None
             dry_run = dry_run or "All" in (options.get("dryRun") or [])
             if t.name is None:
-                return _json(await reg.delete_collection(rt, t.namespace, Query(rt, dict(q)), options, dry_run))
-            return _json(await reg.delete(rt, t.namespace, t.name, options, dry_run))
+                return _json(await reg.lifecycle.delete_collection(rt, t.namespace, Query(rt, dict(q)), options,
+                                                                   dry_run))
+            return _json(await reg.lifecycle.delete(rt, t.namespace, t.name, options, dry_run))
         raise ApiError(405, f"the server does not allow this method on the requested resource: {method}",
                        "MethodNotAllowed")
 
@@ -226,16 +241,23 @@ class ApiServer:
         return _json(tables.table(rt, items, meta, request.query.get("includeObject", "Metadata"), version))
 
     async def _watch(self, request: web.Request, t: Target) -> web.StreamResponse:
+        request["watch"] = True
         params = dict(request.query)
         if t.name is not None:  # the legacy /watch/.../<name> path: a watch of that one object
             params["fieldSelector"] = ",".join(filter(None, [params.get("fieldSelector"), f"metadata.name={t.name}"]))
         q = Query(t.rt, params)
-        events = self.registry.watch(t.rt, t.namespace, q)
-        return await watchstream.serve(request, t.rt, events, q.timeout or DEFAULT_WATCH_TIMEOUT, self.stopping,
-                                       int(q.rv or 0))
+        events = self.registry.watch(t.rt, t.namespace, q, self.stopping, watchstream.TICK)
+        return await watchstream.serve(request, t.rt, events, q.timeout or DEFAULT_WATCH_TIMEOUT, int(q.rv or 0))
+
+    def stop(self) -> None:
+        """Shutdown: open watches end cleanly (a complete response), new ones end at once."""
+        self.stopping.set()
+        self.registry.cache.end_watchers()
 
     def _metrics(self) -> str:
-        lines = ["# TYPE apiserver_request_total counter"]
-        for (verb, code), n in sorted(self.requests.items()):
-            lines.append(f'apiserver_request_total{{verb="{verb}",code="{code}"}} {n}')
-        return "\n".join(lines) + "\n"
+        cache = self.registry.cache
+        for resource, n in cache.watcher_counts.items():
+            self.watchers.set(n, resource)
+        for resource, n in cache.object_counts().items():
+            self.objects.set(n, resource)
+        return self.metrics.render()

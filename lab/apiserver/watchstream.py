@@ -1,6 +1,7 @@
 """One watch response: registry events -> JSON lines on a chunked HTTP response, with Table
 rendering for kubectl, BOOKMARK events for clients that allow them, a clean end on timeout or
 server shutdown, and errors reported in-band once the stream has started (as kube-apiserver does).
+A plain JSON watch writes the line the watch cache encoded once for all its watchers.
 """
 
 from __future__ import annotations
@@ -10,12 +11,13 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
 from aiohttp import web
 
 from lab.apiserver import tables
+from lab.apiserver.direct import WatchItem
 from lab.apiserver.errors import ApiError
 from lab.apiserver.resources import ResourceType
 from lab.apiserver.storage import StoreError
@@ -23,36 +25,7 @@ from lab.apiserver.storage import StoreError
 log = logging.getLogger("lab.apiserver")
 
 BOOKMARK_INTERVAL = 60.0  # kube-apiserver sends a bookmark about once a minute
-
-
-async def until_stopping(events: AsyncIterator[tuple[str, Any]], stopping: asyncio.Event,
-                         tick: float) -> AsyncIterator[tuple[str, Any]]:
-    """The events, plus ("TICK", None) after `tick` seconds without one, until `stopping` is set:
-    then the watch ends cleanly (a complete chunked response) instead of being cut."""
-    stop = asyncio.ensure_future(stopping.wait())
-    nxt: asyncio.Future | None = None
-    try:
-        while True:
-            if nxt is None:
-                nxt = asyncio.ensure_future(anext(events))
-            done, _ = await asyncio.wait({nxt, stop}, timeout=tick, return_when=asyncio.FIRST_COMPLETED)
-            if not done:
-                yield "TICK", None
-                continue
-            if not nxt.done():
-                return  # stopping
-            try:
-                item = nxt.result()
-            except StopAsyncIteration:
-                return
-            nxt = None
-            yield item
-    finally:
-        stop.cancel()
-        if nxt is not None and not nxt.done():
-            nxt.cancel()  # and wait for it: the generator must not be running when it is closed
-            with contextlib.suppress(BaseException):
-                await nxt
+TICK = 10.0  # an idle watch wakes this often to see whether a bookmark is due
 
 
 class WatchStream:
@@ -62,15 +35,19 @@ class WatchStream:
         self.bookmarks = bookmarks
         self.table_version, self.include = table_version, include
         self.progress = self.sent = client_rv  # revision reached / last told to the client
+        self.progress_source: Callable[[], int] | None = None  # the watch cache's view of the former
         self.first = True
         self.last_bookmark = time.monotonic()
 
     async def _line(self, etype: str, obj: Any) -> None:
         await self.resp.write(json.dumps({"type": etype, "object": obj}, separators=(",", ":")).encode() + b"\n")
 
-    async def event(self, etype: str, obj: Any) -> None:
+    async def event(self, etype: str, obj: Any, line: bytes | None = None) -> None:
         if etype == "PROGRESS":
             self.progress = max(self.progress, obj)
+            return
+        if etype == "PROGRESS_SOURCE":
+            self.progress_source = obj
             return
         if etype == "TICK":
             if time.monotonic() - self.last_bookmark >= BOOKMARK_INTERVAL:
@@ -82,12 +59,17 @@ class WatchStream:
             if self.table_version is not None:
                 obj = tables.table(self.rt, [obj], {"resourceVersion": str(rv)}, self.include, self.table_version,
                                    with_columns=self.first)
-                self.first = False
-        await self._line(etype, obj)
+                self.first, line = False, None
+        if line is not None:
+            await self.resp.write(line)
+        else:
+            await self._line(etype, obj)
 
     async def bookmark(self) -> None:
         """Tell the client how far the stream has got, if that is further than it knows."""
         self.last_bookmark = time.monotonic()
+        if self.progress_source is not None:
+            self.progress = max(self.progress, self.progress_source())
         if not self.bookmarks or self.progress <= self.sent:
             return
         self.sent = self.progress
@@ -102,21 +84,22 @@ class WatchStream:
         await self._line("ERROR", ApiError(500, f"watch of {self.rt.plural} failed: {e}", "InternalError").status())
 
 
-async def serve(request: web.Request, rt: ResourceType, events: AsyncIterator[tuple[str, Any]], timeout: float,
-                stopping: asyncio.Event, client_rv: int) -> web.StreamResponse:
+async def serve(request: web.Request, rt: ResourceType, events: AsyncGenerator[WatchItem, None], timeout: float,
+                client_rv: int) -> web.StreamResponse:
+    """Stream `events` (which end when the server stops, and bring a TICK now and then while
+    idle) until the client's timeout."""
     resp = web.StreamResponse(headers={"Content-Type": "application/json", "Cache-Control": "no-cache"})
     resp.enable_chunked_encoding()
     await resp.prepare(request)
     q = request.query
     out = WatchStream(resp, rt, client_rv, q.get("allowWatchBookmarks") in ("1", "true", "True"),
                       tables.table_version(request.headers.get("Accept", "")), q.get("includeObject", "Metadata"))
-    stream = until_stopping(events, stopping, min(BOOKMARK_INTERVAL, 10.0))
     try:
         with contextlib.suppress(ConnectionResetError):
             try:
                 async with asyncio.timeout(timeout):
-                    async for etype, obj in stream:
-                        await out.event(etype, obj)
+                    async for etype, obj, line in events:
+                        await out.event(etype, obj, line)
                         if etype == "ERROR":
                             break
                 await out.bookmark()  # the server ended the stream: where to resume from
@@ -125,8 +108,7 @@ async def serve(request: web.Request, rt: ResourceType, events: AsyncIterator[tu
             except Exception as e:
                 await out.error(request.path, e)
     finally:
-        await stream.aclose()  # explicitly, in this order: `async for` does not close generators
-        await events.aclose()
+        await events.aclose()  # explicitly: `async for` does not close generators
     with contextlib.suppress(ConnectionResetError):
         await resp.write_eof()
     return resp

@@ -21,6 +21,7 @@ from kubernetes.client import ApiClient
 
 from knet.kube import Informer, client
 from knet.kube.models import Deployment, Pod, ReplicaSet
+from lab.controllers import indexes
 from lab.controllers.common import condition, controlled_by, is_active, is_available, owner_ref
 from lab.controllers.replicas import owned_pods
 from lab.controllers.workqueue import Controller, Expectations
@@ -170,7 +171,7 @@ class DeploymentController(Controller):
         if not self.expectations.satisfied(key, lambda name: self.rses.get(name, ns) is not None):
             self.queue.add_after(key, 0.5)
             return
-        rses = sorted((r for r in self.rses.list(namespace=ns) if controlled_by(r, dep)),
+        rses = sorted((r for r in indexes.owned(self.rses, dep) if controlled_by(r, dep)),
                       key=lambda r: (r.metadata.creation_timestamp.timestamp() if r.metadata.creation_timestamp
                                      else 0.0, r.name))
         template = dep.spec.template.model_dump(by_alias=True, exclude_defaults=True, mode="json")
@@ -216,12 +217,11 @@ class DeploymentController(Controller):
         tmeta["labels"] = {**tmeta.get("labels", {}), HASH_LABEL: h}
         selector = dep.spec.selector.to_dict()
         selector["matchLabels"] = {**selector.get("matchLabels", {}), HASH_LABEL: h}
-        body = {"apiVersion": "apps/v1", "kind": "ReplicaSet",
-                "metadata": {"name": f"{dep.name}-{h}", "namespace": ns, "labels": dict(tmeta["labels"]),
-                             "annotations": {REVISION: str(revision)},
-                             "ownerReferences": [owner_ref(dep, "apps/v1", "Deployment")]},
-                "spec": {"replicas": replicas, "minReadySeconds": dep.spec.min_ready_seconds,
-                         "selector": selector, "template": template}}
+        meta = {"name": f"{dep.name}-{h}", "namespace": ns, "labels": dict(tmeta["labels"]),
+                "annotations": {REVISION: str(revision)}, "ownerReferences": [owner_ref(dep, "apps/v1", "Deployment")]}
+        body: dict[str, Any] = {"apiVersion": "apps/v1", "kind": "ReplicaSet", "metadata": meta, "spec": {
+            "replicas": replicas, "minReadySeconds": dep.spec.min_ready_seconds, "selector": selector,
+            "template": template}}
         try:
             client.create(self.api, "ReplicaSet", body, ns)
         except client.ApiException as e:

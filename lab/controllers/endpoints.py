@@ -10,9 +10,10 @@ import logging
 from kubernetes.client import ApiClient
 
 from knet.kube import Informer, client
-from knet.kube.models import SERVICE_NAME_LABEL, Endpoints, EndpointSlice, Pod, Service
-from knet.kube.selectors import map_selector_matches
-from lab.controllers import slices
+from knet.kube.indexes import SERVICE
+from knet.kube.models import Endpoints, EndpointSlice, Pod, Service
+from knet.kube.selectors import Selector
+from lab.controllers import indexes, slices
 from lab.controllers.common import MANAGED_BY, SLICE_CONTROLLER, owner_ref
 from lab.controllers.workqueue import Controller, Expectations
 
@@ -35,9 +36,8 @@ class EndpointSliceController(Controller):
         slice_informer.add_handler(on_update=lambda _o, s: self._on_slice(s), on_delete=self._on_slice)
 
     def _on_pod(self, pod: Pod) -> None:
-        for svc in self.services.list(namespace=pod.namespace):
-            if map_selector_matches(svc.spec.selector, pod.labels):
-                self.enqueue(svc.key)
+        for svc in indexes.selecting(self.services, pod):  # by selector term: never every Service
+            self.enqueue(svc.key)
 
     def _on_pod_update(self, old: Pod, new: Pod) -> None:
         if old.labels != new.labels:
@@ -53,9 +53,8 @@ class EndpointSliceController(Controller):
         return [s.key for s in self.services.list()]
 
     def _ours(self, ns: str, name: str) -> list[EndpointSlice]:
-        return [s for s in self.slices.list(namespace=ns)
-                if s.metadata.labels.get(SERVICE_NAME_LABEL) == name and s.metadata.labels.get(MANAGED_BY)
-                == SLICE_CONTROLLER]
+        return [s for s in self.slices.by_index(SERVICE, f"{ns}/{name}")
+                if s.metadata.labels.get(MANAGED_BY) == SLICE_CONTROLLER]
 
     def sync(self, key: str) -> None:
         ns, _, name = key.partition("/")
@@ -70,7 +69,7 @@ class EndpointSliceController(Controller):
             if svc is None and self.endpoints.get(name, ns) is not None:
                 client.delete(self.api, "Endpoints", name, ns)
             return
-        pods = self.pods.list(namespace=ns)
+        pods = indexes.selected(self.pods, ns, Selector.from_map(svc.spec.selector))
         labels = slices.labels_for(svc)
         owner = owner_ref(svc, "v1", "Service")
         creates, updates, deletes = slices.reconcile(slices.desired(svc, pods), have, labels, owner)

@@ -12,11 +12,13 @@ dependent appears whose owner is not in the cache, so such leftovers go within a
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from kubernetes.client import ApiClient
 
 from knet.kube import Informer, client
+from lab.controllers import indexes
 from lab.controllers.workqueue import Controller
 
 log = logging.getLogger("lab.controllers.gc")
@@ -27,18 +29,23 @@ class GarbageCollector(Controller):
     resync = 20.0
 
     def __init__(self, api: ApiClient, dependents: dict[str, Informer[Any]], owners: dict[str, Informer[Any]]) -> None:
-        """dependents: kind -> informer of objects that may have owners; owners: kind -> informer."""
+        """dependents: kind -> informer (with the OWNER index) of objects that may have owners;
+        owners: kind -> informer. Keys: "*" (sweep everything), "owner/<uid>" (the dependents of
+        a deleted owner), "<kind>/<namespace>/<name>" (one dependent)."""
         super().__init__()
         self.api, self.dependents, self.owners = api, dependents, owners
         for inf in owners.values():
-            inf.add_handler(on_delete=lambda _o: self.enqueue("*"))
-        for inf in dependents.values():
-            inf.add_handler(on_add=self._on_dependent)
+            inf.add_handler(on_delete=lambda o: self.enqueue(f"owner/{o.metadata.uid}"))
+        for kind, inf in dependents.items():
+            inf.add_handler(on_add=self._on_dependent(kind))
 
-    def _on_dependent(self, obj: Any) -> None:
-        if any(r.kind in self.owners and not self._owner_cached(r.kind, obj.namespace, r.name, r.uid)
-               for r in obj.metadata.owner_references):
-            self.enqueue("*")
+    def _on_dependent(self, kind: str) -> Callable[[Any], None]:
+        """The handler of new `kind` dependents: one whose owner is not cached is checked alone."""
+        def handle(obj: Any) -> None:
+            if any(r.kind in self.owners and not self._owner_cached(r.kind, obj.namespace, r.name, r.uid)
+                   for r in obj.metadata.owner_references):
+                self.enqueue(f"{kind}/{obj.key}")
+        return handle
 
     def _owner_cached(self, kind: str, ns: str | None, name: str, uid: str) -> bool:
         cached = self.owners[kind].get(name, ns)
@@ -56,12 +63,27 @@ class GarbageCollector(Controller):
         return live is None or (live.get("metadata") or {}).get("uid") != uid
 
     def sync(self, key: str) -> None:
-        for kind, inf in self.dependents.items():
-            for obj in inf.list():
-                refs = obj.metadata.owner_references
-                if not refs or obj.is_terminating:
-                    continue
-                if all(self._owner_gone(r.kind, obj.namespace, r.name, r.uid) for r in refs):
-                    log.info("deleting %s %s: its owner %s is gone", kind, obj.key,
-                             ", ".join(f"{r.kind}/{r.name}" for r in refs))
-                    client.delete(self.api, kind, obj.name, obj.namespace)
+        if key == "*":
+            for kind, inf in self.dependents.items():
+                for obj in inf.list():
+                    self._collect(kind, obj)
+        elif key.startswith("owner/"):
+            uid = key.partition("/")[2]
+            for kind, inf in self.dependents.items():
+                for obj in inf.by_index(indexes.OWNER, uid):
+                    self._collect(kind, obj)
+        else:
+            kind, _, okey = key.partition("/")
+            obj = self.dependents[kind].get_by_key(okey) if kind in self.dependents else None
+            if obj is not None:
+                self._collect(kind, obj)
+
+    def _collect(self, kind: str, obj: Any) -> None:
+        """Delete `obj` if every one of its owners is gone."""
+        refs = obj.metadata.owner_references
+        if not refs or obj.is_terminating:
+            return
+        if all(self._owner_gone(r.kind, obj.namespace, r.name, r.uid) for r in refs):
+            log.info("deleting %s %s: its owner %s is gone", kind, obj.key,
+                     ", ".join(f"{r.kind}/{r.name}" for r in refs))
+            client.delete(self.api, kind, obj.name, obj.namespace)

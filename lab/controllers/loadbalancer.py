@@ -18,6 +18,7 @@ from kubernetes.client import ApiClient
 
 from knet.kube import Informer, client
 from knet.kube.models import Service
+from lab.controllers import indexes
 from lab.controllers.workqueue import Controller
 
 log = logging.getLogger("lab.controllers.loadbalancer")
@@ -116,7 +117,7 @@ class LoadBalancerController(Controller):
         super().__init__()
         self.api, self.services, self.pool = api, services, pool
         services.add_handler(on_add=self._on_service, on_update=lambda _o, s: self._on_service(s),
-                             on_delete=lambda _s: self.enqueue("*"))
+                             on_delete=self._on_service)
 
     def _on_service(self, svc: Service) -> None:
         if wants_lb(svc) or svc.status.load_balancer.ingress:
@@ -126,7 +127,7 @@ class LoadBalancerController(Controller):
         return ["*"]
 
     def sync(self, key: str) -> None:
-        svcs = self.services.list()
+        svcs = self.services.by_index(indexes.LOADBALANCER, "")  # only those: not every Service
         requests = [LBRequest(s.key, s.spec.load_balancer_ip,
                               tuple(i.ip for i in s.status.load_balancer.ingress if i.ip),
                               s.metadata.creation_timestamp.timestamp() if s.metadata.creation_timestamp else 0.0)

@@ -16,8 +16,11 @@ import signal
 import sys
 import threading
 
+from kubernetes.client import ApiClient
+
 from knet import logs, metrics
 from knet.kube import InformerFactory, add_arguments, api_client_from_args
+from knet.kube.indexes import SERVICE, STANDARD
 from knet.kube.models import (
     Deployment,
     Endpoints,
@@ -32,6 +35,7 @@ from knet.kube.models import (
 from lab.controllers.deployment import DeploymentController
 from lab.controllers.endpoints import EndpointSliceController
 from lab.controllers.gc import GarbageCollector
+from lab.controllers.indexes import OWNED_INDEXES, POD_INDEXES, SERVICE_INDEXES
 from lab.controllers.loadbalancer import DEFAULT_POOL, LoadBalancerController, Pool
 from lab.controllers.replicas import ReplicaController
 from lab.controllers.scheduler import Scheduler
@@ -53,13 +57,16 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def build(factory: InformerFactory, api, pool: Pool, which: set[str]) -> list[Controller]:
-    pods = factory.informer(Pod)
+def build(factory: InformerFactory, api: ApiClient, pool: Pool, which: set[str]) -> list[Controller]:
+    """The controllers named in `which`, over informers from `factory` with the indexes they
+    look objects up by (lab.controllers.indexes)."""
+    pods = factory.informer(Pod, indexers=POD_INDEXES)
     nodes = factory.informer(Node)
-    services = factory.informer(Service)
-    rses = factory.informer(ReplicaSet)
-    rcs = factory.informer(ReplicationController)
-    deployments = factory.informer(Deployment)
+    services = factory.informer(Service, indexers=SERVICE_INDEXES)
+    rses = factory.informer(ReplicaSet, indexers=OWNED_INDEXES)
+    rcs = factory.informer(ReplicationController, indexers=OWNED_INDEXES)
+    deployments = factory.informer(Deployment, indexers=OWNED_INDEXES)
+    sets = factory.informer(StatefulSet, indexers=OWNED_INDEXES)
     out: list[Controller] = []
     if "scheduler" in which:
         out.append(Scheduler(api, pods, nodes))
@@ -68,16 +75,16 @@ def build(factory: InformerFactory, api, pool: Pool, which: set[str]) -> list[Co
     if "deployment" in which:
         out.append(DeploymentController(api, pods, rses, deployments))
     if "statefulset" in which:
-        out.append(StatefulSetController(api, pods, factory.informer(StatefulSet)))
+        out.append(StatefulSetController(api, pods, sets))
     if "endpointslice" in which:
-        out.append(EndpointSliceController(api, pods, services, factory.informer(EndpointSlice),
-                                           factory.informer(Endpoints)))
+        out.append(EndpointSliceController(api, pods, services, factory.informer(EndpointSlice, indexers={
+            SERVICE: STANDARD[SERVICE]}), factory.informer(Endpoints)))
     if "loadbalancer" in which:
         out.append(LoadBalancerController(api, services, pool))
     if "garbagecollector" in which:
         out.append(GarbageCollector(api, {"Pod": pods, "ReplicaSet": rses},
                                     {"ReplicaSet": rses, "ReplicationController": rcs, "Deployment": deployments,
-                                     "StatefulSet": factory.informer(StatefulSet)}))
+                                     "StatefulSet": sets}))
     return out
 
 

@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from kubernetes.client import ApiClient
 
 from knet.kube import Informer, client
+from knet.kube.indexes import NAMESPACE
 from knet.kube.models import KubeObject, Pod, ReplicaSet, ReplicationController
 from knet.kube.selectors import Selector
+from lab.controllers import indexes
 from lab.controllers.common import controlled_by, is_active, is_available, owner_ref
 from lab.controllers.workqueue import Controller, Expectations
 
@@ -83,7 +85,7 @@ def _selector(owner: KubeObject) -> Selector:
 
 
 def owned_pods(owner: KubeObject, pods: Informer[Pod]) -> list[Pod]:
-    return [p for p in pods.list(namespace=owner.namespace) if controlled_by(p, owner)]
+    return [p for p in indexes.owned(pods, owner) if controlled_by(p, owner)]
 
 
 class ReplicaController(Controller):
@@ -99,10 +101,18 @@ class ReplicaController(Controller):
         self.owners: dict[str, Informer[Any]] = {"rs": replicasets, "rc": rcs}
         self.expectations = Expectations()
         for prefix, inf in self.owners.items():
-            inf.add_handler(on_add=lambda o, p=prefix: self.enqueue(f"{p}/{o.key}"),
-                            on_update=lambda _o, n, p=prefix: self.enqueue(f"{p}/{n.key}"),
-                            on_delete=lambda o, p=prefix: self.enqueue(f"{p}/{o.key}"))
+            enqueue = self._owner_handler(prefix)
+            inf.add_handler(on_add=enqueue, on_update=self._updated(enqueue), on_delete=enqueue)
         pods.add_handler(on_add=self._on_pod, on_update=self._on_pod_update, on_delete=self._on_pod)
+
+    def _owner_handler(self, prefix: str) -> Callable[[KubeObject], None]:
+        def enqueue(owner: KubeObject) -> None:
+            self.enqueue(f"{prefix}/{owner.key}")
+        return enqueue
+
+    @staticmethod
+    def _updated(handle: Callable[[KubeObject], None]) -> Callable[[KubeObject, KubeObject], None]:
+        return lambda _old, new: handle(new)
 
     def _owner_key(self, pod: Pod) -> str | None:
         ref = pod.metadata.controller_ref()
@@ -118,9 +128,9 @@ class ReplicaController(Controller):
         if key:
             self.enqueue(key)
         elif pod.metadata.deletion_timestamp is None:
-            # An orphan: an owner whose selector matches may adopt it.
+            # An orphan: an owner of its namespace whose selector matches may adopt it.
             for prefix, inf in self.owners.items():
-                for owner in inf.list(namespace=pod.namespace):
+                for owner in inf.by_index(NAMESPACE, pod.namespace or ""):
                     if _selector(owner).matches(pod.labels):
                         self.enqueue(f"{prefix}/{owner.key}")
 
@@ -148,7 +158,7 @@ class ReplicaController(Controller):
         active = [p for p in pods if is_active(p)]
         template = owner.spec.template
         if owner.is_terminating or template is None:
-            n_create, to_delete = 0, []
+            n_create, to_delete = 0, list[Pod]()
         else:
             n_create, to_delete = replica_plan(owner.spec.replicas, active)
         if n_create:
@@ -180,7 +190,7 @@ class ReplicaController(Controller):
         if owner.is_terminating:
             return []
         selector, adopted = _selector(owner), []
-        for pod in self.pods.list(namespace=owner.namespace):
+        for pod in self.pods.by_index(indexes.ORPHAN, owner.namespace or ""):
             if pod.metadata.controller_ref() is None and is_active(pod) and selector.matches(pod.labels):
                 refs = [r.to_dict() for r in pod.metadata.owner_references]
                 patch = {"metadata": {"ownerReferences": [*refs, owner_ref(owner, api_version, kind)],

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Container, Mapping, Sequence
 from typing import Any
 
 from kubernetes.client import ApiClient, CoreV1Api
@@ -16,6 +16,7 @@ from kubernetes.client.exceptions import ApiException
 
 from knet.kube import Informer, client
 from knet.kube.models import Node, Pod
+from lab.controllers import indexes
 from lab.controllers.common import now
 from lab.controllers.workqueue import Controller
 
@@ -68,16 +69,13 @@ def choose_node(pod: Pod, nodes: Sequence[Node], load: Mapping[str, int]) -> tup
     return min(ok, key=lambda name: (load.get(name, 0), name)), ""
 
 
-def node_load(pods: Sequence[Pod], assumed: Mapping[str, str]) -> dict[str, int]:
-    """Active pods per node, counting bindings made but not yet seen in the cache."""
-    load: dict[str, int] = {}
-    seen = set()
-    for p in pods:
-        if p.spec.node_name and p.status.phase not in ("Succeeded", "Failed"):
-            load[p.spec.node_name] = load.get(p.spec.node_name, 0) + 1
-            seen.add(p.key)
+def node_load(active: Mapping[str, int], assumed: Mapping[str, str], bound: Container[str]) -> dict[str, int]:
+    """Pods per node: `active` (node -> pods the cache shows there, not finished), plus the
+    bindings made (`assumed`: pod key -> node) that the cache does not show yet (`bound`: the
+    assumed pods it already shows on their node)."""
+    load = dict(active)
     for key, node in assumed.items():
-        if key not in seen:
+        if key not in bound:
             load[node] = load.get(node, 0) + 1
     return load
 
@@ -116,7 +114,7 @@ class Scheduler(Controller):
         self.queue.add_all(self.all_keys())
 
     def all_keys(self) -> list[str]:
-        return [p.key for p in self.pods.list() if not p.spec.node_name and not p.is_terminating]
+        return self.pods.index_keys(indexes.PENDING, "")
 
     def sync(self, key: str) -> None:
         pod = self.pods.get_by_key(key)
@@ -126,15 +124,20 @@ class Scheduler(Controller):
             if key in self._assumed:
                 return  # bound already; the cache has not caught up
             assumed = dict(self._assumed)
-        node, reason = choose_node(pod, self.nodes.list(), node_load(self.pods.list(), assumed))
+        # Every node is weighed (a placement decision is over nodes); pods are only counted, per
+        # node, from the index: nothing here reads every pod.
+        nodes = self.nodes.list()
+        active = {n.name: len(self.pods.index_keys(indexes.ACTIVE_ON, n.name)) for n in nodes}
+        bound = {k for k in assumed if (p := self.pods.get_by_key(k)) is not None and p.spec.node_name}
+        node, reason = choose_node(pod, nodes, node_load(active, assumed, bound))
         ns = pod.namespace or "default"
         if node is None:
             self._unschedulable(pod, reason)
             return
-        body = {"apiVersion": "v1", "kind": "Binding", "metadata": {"name": pod.name, "namespace": ns},
-                "target": {"apiVersion": "v1", "kind": "Node", "name": node}}
+        body: Any = {"apiVersion": "v1", "kind": "Binding", "metadata": {"name": pod.name, "namespace": ns},
+                     "target": {"apiVersion": "v1", "kind": "Node", "name": node}}
         try:
-            resp = CoreV1Api(self.api).create_namespaced_pod_binding(
+            resp: Any = CoreV1Api(self.api).create_namespaced_pod_binding(
                 pod.name, ns, body, _preload_content=False, _request_timeout=client.REQUEST_TIMEOUT)
             resp.release_conn()
         except ApiException as e:

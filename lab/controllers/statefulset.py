@@ -31,6 +31,7 @@ from kubernetes.client import ApiClient
 
 from knet.kube import Informer, client
 from knet.kube.models import Pod, StatefulSet
+from lab.controllers import indexes
 from lab.controllers.common import controlled_by, is_available, owner_ref
 from lab.controllers.replicas import pod_from_template, status_differs
 from lab.controllers.workqueue import Controller
@@ -138,7 +139,7 @@ class StatefulSetController(Controller):
         ns = sts.namespace or "default"
         template = sts.spec.template.to_dict()
         rev = revision(sts.name, template)
-        owned = [p for p in self.pods.list(namespace=ns) if controlled_by(p, sts)]
+        owned = [p for p in indexes.owned(self.pods, sts) if controlled_by(p, sts)]
         by_ordinal = {i: p for p in owned if (i := ordinal(sts.name, p.name)) is not None}
         todo = plan(sts.spec.replicas, sts.spec.pod_management_policy == "Parallel", by_ordinal, rev,
                     sts.spec.update_strategy.type == "RollingUpdate")

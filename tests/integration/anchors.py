@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from knet_testing.apiserver_env import HOST, REPO, ApiServerProcess, free_port, start, stop, wait_for
 from lab.apiserver import pki
-from tests.integration.apiserver_env import HOST, REPO, ApiServerProcess, free_port, start, stop, wait_for
 
 BIN = os.path.join(REPO, ".anchors", "bin")
 SERVICE_CIDR = "10.96.0.0/12"  # the lab's (lab.topology.SERVICE_CIDR)

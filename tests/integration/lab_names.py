@@ -8,7 +8,8 @@ import secrets
 
 import pytest
 
-from lab import api, state
+from lab import api
+from lab.net import state
 
 NAME_RE = re.compile(r"^kt[0-9a-f]{4}$")
 

@@ -8,19 +8,20 @@ import random
 import pytest
 
 from lab.apiserver import admission
-from lab.apiserver.allocator import NodePortRange, ServiceCIDR
+from lab.apiserver.allocator import Allocator, NodePortRange, Reservation, ServiceCIDR, allocators_from
+from lab.apiserver.kinds.services import IPS, PORTS
 from lab.apiserver.resources import by_kind
+from lab.apiserver.strategy import Config
 
-CFG = admission.Config(ServiceCIDR.parse("10.96.0.0/12"), NodePortRange(30000, 32767))
+CFG = Config(ServiceCIDR.parse("10.96.0.0/12"), NodePortRange(30000, 32767))
 SVC, POD, DEP = by_kind("", "Service"), by_kind("", "Pod"), by_kind("apps", "Deployment")
 
 
 def admit(rt, obj, old=None, used_ips=(), used_ports=()):
     """defaults + validation (+ allocation for Services); returns (object, causes)."""
-    admission.default(rt, obj, old)
-    causes = admission.validate(rt, obj, old, CFG)
-    if not causes and rt.kind == "Service":
-        causes = admission.assign_service(obj, old, CFG, set(used_ips), set(used_ports))
+    held = {IPS: list(used_ips), PORTS: [str(p) for p in used_ports]}
+    with Reservation(allocators_from(SVC.strategy.ranges(CFG), held)) as res:
+        causes = admission.admit(rt, obj, old, CFG, res)
     return obj, causes
 
 
@@ -77,22 +78,30 @@ def test_cluster_ip_allocation_rules():
 
 def test_allocator_never_duplicates_and_keeps_the_static_band_for_last():
     cidr = ServiceCIDR.parse("10.0.0.0/24")
+    ips = Allocator("ips", cidr)
+    ips.apply(cidr.api_service_ip, True, 1)
     used: set[str] = {cidr.api_service_ip}
     rng = random.Random(1)
     for _ in range(253):
-        ip = cidr.pick(used, rng)
+        ip = ips.pick(rng)  # reserved: the next pick does not get it
         assert ip is not None and ip not in used and cidr.contains(ip)
         if len(used) < 253 - 16:  # the lower band (the first 16) is used only once the rest is full
             assert int(ip.rsplit(".", 1)[1]) > 16
         used.add(ip)
-    assert cidr.pick(used, rng) is None and len(used) == 254
-    ports = NodePortRange.parse("30000-30099")
-    taken: set[int] = set()
-    for _ in range(100):
-        port = ports.pick(taken, rng)
+    assert ips.pick(rng) is None and len(used) == 254
+    ports = Allocator("ports", NodePortRange.parse("30000-30099"))
+    taken: set[str] = set()
+    for i in range(100):
+        port = ports.pick(rng)
         assert port is not None and port not in taken
         taken.add(port)
-    assert ports.pick(taken, rng) is None
+        ports.apply(port, True, i + 1)  # stored (the store's view), then its reservation ends
+        ports.unreserve(port)
+    assert ports.pick(rng) is None and len(ports) == 100
+    # a release seen from the store frees it again; an older change arriving late is ignored
+    ports.apply("30042", False, 200)
+    ports.apply("30042", True, 150)
+    assert not ports.taken("30042") and ports.pick(rng) == "30042"
     with pytest.raises(ValueError):
         NodePortRange.parse("40000-30000")
     with pytest.raises(ValueError):
@@ -122,19 +131,23 @@ def test_node_port_rules():
 
 
 def test_health_check_node_port_for_local_load_balancers():
-    from lab.apiserver.admission_services import allocations
     obj, causes = admit(SVC, service(type="LoadBalancer", externalTrafficPolicy="Local"), used_ports={30000})
     hc = obj["spec"]["healthCheckNodePort"]
     assert causes == [] and 30000 < hc <= 32767 and hc != obj["spec"]["ports"][0]["nodePort"]
-    assert hc in allocations(obj)[1]  # held like a node port, released with the Service
+    held = SVC.strategy.held(obj)
+    assert (PORTS, str(hc)) in held  # held like a node port, released with the Service
     kept, causes = admit(SVC, service(type="LoadBalancer", externalTrafficPolicy="Local"), old=obj,
-                         used_ports=allocations(obj)[1])
+                         used_ports={int(v) for r, v in held if r == PORTS})
     assert causes == [] and kept["spec"]["healthCheckNodePort"] == hc
     cluster, _ = admit(SVC, service(type="LoadBalancer", externalTrafficPolicy="Cluster"), old=obj)
-    assert "healthCheckNodePort" not in cluster["spec"]
+    assert "healthCheckNodePort" not in cluster["spec"] and (PORTS, str(hc)) not in SVC.strategy.held(cluster)
     _, causes = admit(SVC, service(type="LoadBalancer", externalTrafficPolicy="Local", healthCheckNodePort=31000),
                       used_ports={31000})
     assert fields(causes) == ["spec.healthCheckNodePort"] and "already allocated" in causes[0]["message"]
+    # Without node ports for the load balancer the health check port is still allocated, as kube-apiserver does.
+    obj, causes = admit(SVC, service(type="LoadBalancer", externalTrafficPolicy="Local",
+                                     allocateLoadBalancerNodePorts=False))
+    assert causes == [] and "nodePort" not in obj["spec"]["ports"][0] and obj["spec"]["healthCheckNodePort"]
 
 
 def test_service_update_keeps_allocations_and_ip_is_immutable():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from lab.apiserver import patch as p
+from lab.apiserver.resources import by_kind
 
 DEPLOY = {
     "metadata": {"name": "d", "labels": {"a": "1", "b": "2"}, "finalizers": ["x", "y"]},
@@ -38,7 +39,7 @@ def test_smp_merges_containers_by_name_and_nested_lists_by_key():
          "env": [{"name": "B", "value": "20"}, {"name": "C", "value": "3"}]},
         {"name": "new", "image": "x"},
     ]}}}}
-    out = p.strategic_merge_patch(DEPLOY, patch, "Deployment")
+    out = p.strategic_merge_patch(DEPLOY, patch)
     cs = containers(out)
     assert list(cs) == ["web", "side", "new"]
     assert cs["web"]["image"] == "nginx:2" and cs["side"]["image"] == "busybox"
@@ -59,7 +60,7 @@ def test_smp_directives_kubectl_apply_sends():
             }},
         },
     }
-    out = p.strategic_merge_patch(DEPLOY, patch, "Deployment")
+    out = p.strategic_merge_patch(DEPLOY, patch)
     assert out["metadata"]["finalizers"] == ["y"] and out["metadata"]["labels"] == {"b": "2"}
     assert out["spec"]["replicas"] == 2
     assert [c["name"] for c in out["spec"]["template"]["spec"]["containers"]] == ["side", "web"]
@@ -82,12 +83,14 @@ def test_smp_replace_and_delete_directives():
 def test_smp_atomic_lists_and_service_ports():
     svc = {"spec": {"ports": [{"port": 80, "targetPort": 8080}, {"port": 443}], "externalIPs": ["1.1.1.1"]}}
     out = p.strategic_merge_patch(svc, {"spec": {"ports": [{"port": 80, "targetPort": 9090}],
-                                                 "externalIPs": ["2.2.2.2"]}}, "Service")
+                                                 "externalIPs": ["2.2.2.2"]}},
+                                  by_kind("", "Service").strategy.merge_keys)
     assert out["spec"]["ports"] == [{"port": 80, "targetPort": 9090}, {"port": 443}]
     assert out["spec"]["externalIPs"] == ["2.2.2.2"]  # no merge strategy: replaced
     node = {"status": {"addresses": [{"type": "InternalIP", "address": "a"}], "conditions": [
         {"type": "Ready", "status": "False"}, {"type": "DiskPressure", "status": "False"}]}}
-    out = p.strategic_merge_patch(node, {"status": {"conditions": [{"type": "Ready", "status": "True"}]}}, "Node")
+    out = p.strategic_merge_patch(node, {"status": {"conditions": [{"type": "Ready", "status": "True"}]}},
+                                  by_kind("", "Node").strategy.merge_keys)
     assert [c["status"] for c in out["status"]["conditions"]] == ["True", "False"]
 
 

@@ -148,3 +148,13 @@ def test_gc_keeps_only_valid_attachments(tmp_path):
     released = host_local_gc(st, [{"containerID": "b", "ifname": "eth0"}])
     assert sorted(released) == ["10.1.0.2", "10.1.0.4"]
     assert st.reservations() == {"10.1.0.3": ("b", "eth0")}
+
+
+def test_last_reserved_is_overwritten_whole_whatever_its_length(tmp_path):
+    store = store_for(tmp_path)
+    with store.locked():
+        for value in ("10.1.0.100", "10.1.0.9", "fd00::1:2:3:4", "10.1.0.10"):
+            store.set_last_reserved(0, value)
+            assert store.last_reserved(0) == value
+    with open(tmp_path / "net" / "last_reserved_ip.0", "rb") as f:
+        assert f.read() == b"10.1.0.10"  # what the reference plugin reads, byte for byte

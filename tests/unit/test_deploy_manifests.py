@@ -12,6 +12,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from kdns import config as kdns_config
+from kdns.forward import Upstream
 from kproxy.config import parse
 from kproxy.daemon import parser, settings_from
 from tests.integration.deploy import manifests as m
@@ -78,7 +80,7 @@ def test_flannel_uses_the_kube_subnet_manager():
 
 
 def test_probes_and_requests():
-    http = {"netpolicy": 9641, "kdns": 9153, "knet-ingress": 10254}
+    http = {"netpolicy": 9641, "knet-ingress": 10254}  # kdns: CoreDNS's probes (below); kproxy: kube-proxy's
     for _, c in m.containers(DOCS):
         assert c["resources"]["requests"]["cpu"] and c["resources"]["requests"]["memory"], c["name"]
         if c["name"] == "install-cni":
@@ -104,15 +106,23 @@ def test_cluster_dns_names():
     assert dep["spec"]["template"]["metadata"]["labels"]["k8s-app"] == "kube-dns"  # "allow DNS" policies match
 
 
-def test_corefile_mounted_where_coredns_has_it_and_flags_agree():
+def test_kdns_runs_from_kubeadms_corefile_where_coredns_has_it():
     spec = m.pod_spec(DOCS, "Deployment", "kdns")
     kdns = spec["containers"][0]
     volume = _mount(kdns, spec, "/etc/coredns")["configMap"]
     assert volume["name"] == "coredns" and volume["items"] == [{"key": "Corefile", "path": "Corefile"}]
-    zones, pods = m.corefile_kubernetes(DOCS)
-    assert zones[0] == "cluster.local"
-    argv = m.argv(kdns, DOCS)
-    assert f"--cluster-domain={zones[0]}" in argv and f"--pods={pods}" in argv
+    assert m.argv(kdns, DOCS) == ["kdns", "-conf", "/etc/coredns/Corefile"]  # CoreDNS's command line
+    # kdns's own parser takes the shipped file: every plugin of kubeadm's Corefile is served.
+    settings = kdns_config.from_corefile(m.corefile(DOCS), read=lambda path: [Upstream("192.0.2.53")])
+    root, = settings.blocks
+    assert root.kubernetes is not None and root.kubernetes.zone == "cluster.local"
+    assert root.kubernetes.pods == "insecure" and root.kubernetes.ttl == 30
+    assert root.errors and root.loop and root.loadbalance and root.cache is not None
+    assert root.forwards[0].max_concurrent == 1000
+    assert (settings.health, settings.ready, settings.prometheus, settings.lameduck) == (":8080", ":8181", ":9153", 5.0)
+    # CoreDNS's probes, on the health and ready plugins' ports.
+    assert kdns["livenessProbe"]["httpGet"] == {"path": "/health", "port": 8080}
+    assert kdns["readinessProbe"]["httpGet"] == {"path": "/ready", "port": 8181}
 
 
 def test_kube_proxy_configuration(tmp_path):

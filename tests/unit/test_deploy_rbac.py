@@ -26,10 +26,9 @@ COMPONENTS = {
     "kdns": ("kdns/*.py", "knet:kdns"),
     "ingress": ("ingress/*.py", "knet:ingress"),
 }
-# Test and lab helpers inside the packages, and explain.py (an operator CLI with the user's own
-# kubeconfig), do not run as the deployed daemon.
-NOT_DAEMON = {"explain.py", "testbed.py", "testing.py", "fixtures.py", "scenarios.py", "matrix.py", "randomized.py",
-              "probe.py", "reference.py"}
+# explain.py (an operator CLI with the user's own kubeconfig) does not run as the deployed daemon.
+# (Test support lives in knet_testing/, outside the component packages.)
+NOT_DAEMON = {"explain.py"}
 CLIENT_VERBS = {"create", "replace", "patch", "delete", "get", "list_objects", "replace_status", "patch_status"}
 
 

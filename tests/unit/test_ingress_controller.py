@@ -10,9 +10,9 @@ from ingress.accesslog import AccessLogReader, upstream_seconds
 from ingress.compiler import Options, Snapshot
 from ingress.controller import Controller
 from ingress.daemon import IngressDaemon, parse_args
-from ingress.fixtures import endpoint_slice, ingress, path, rule, service, tls_secret
 from ingress.nginx import NginxError
 from ingress.nginxconf import Settings, config_digest
+from knet_testing.ingress import endpoint_slice, ingress, path, rule, service, tls_secret
 from tests.informer_feed import feed, scans, settle
 from tests.promtext import value
 

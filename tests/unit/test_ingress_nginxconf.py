@@ -10,9 +10,9 @@ import subprocess
 import pytest
 
 from ingress.compiler import Options, Snapshot, compile_table
-from ingress.fixtures import backend, endpoint_slice, ingress, path, rule, service
 from ingress.model import TlsCert
 from ingress.nginxconf import Settings, config_digest, quote, render, server_name
+from knet_testing.ingress import backend, endpoint_slice, ingress, path, rule, service
 
 GOLDEN = os.path.join(os.path.dirname(__file__), "golden", "ingress_nginx.conf")
 FIXED_PEM = b"-----BEGIN CERTIFICATE-----\nfixed for the golden file\n-----END CERTIFICATE-----\n"

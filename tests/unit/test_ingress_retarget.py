@@ -10,8 +10,8 @@ import pytest
 
 from ingress import tls
 from ingress.compiler import Options, Snapshot, compile_table, retarget
-from ingress.fixtures import backend, endpoint_slice, ingress, path, rule, service, tls_secret
 from ingress.nginxconf import Settings, render
+from knet_testing.ingress import backend, endpoint_slice, ingress, path, rule, service, tls_secret
 
 SERVICES = ["web", "api", "db"]
 HOSTS = ["a.x", "b.x", "*.x", None]

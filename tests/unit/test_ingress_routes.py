@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from ingress.compiler import Options, Snapshot, compile_table, is_ours
-from ingress.fixtures import (
+from ingress.model import host_matches, normalize_path, prefix_matches, valid_host
+from knet_testing.ingress import (
     SPEC_PATH_TABLE,
     backend,
     endpoint_slice,
@@ -15,7 +16,6 @@ from ingress.fixtures import (
     rule,
     service,
 )
-from ingress.model import host_matches, normalize_path, prefix_matches, valid_host
 
 
 def table_of(*ingresses, services=None, slices=None, classes=(), secrets=(), **opts):

@@ -9,8 +9,8 @@ import pytest
 
 from ingress import tls
 from ingress.compiler import Options, Snapshot, compile_table
-from ingress.fixtures import endpoint_slice, ingress, path, rule, service, tls_secret
 from ingress.model import TlsCert
+from knet_testing.ingress import endpoint_slice, ingress, path, rule, service, tls_secret
 
 
 @pytest.fixture(scope="module")

@@ -6,10 +6,10 @@ import ipaddress
 
 import pytest
 
-from kdns.answer import pod_address, resolve
+from kdns.answer import pod_address, resolve, round_robin
 from kdns.records import Config, RecordStore
-from kdns.testing import endpoint_slice, service
-from kdns.wire import AAAA, ANY, AXFR, CNAME, NOERROR, NS, NXDOMAIN, PTR, REFUSED, SOA, SRV, TXT, A
+from kdns.wire import AAAA, ANY, AXFR, CNAME, MX, NOERROR, NS, NXDOMAIN, PTR, REFUSED, SOA, SRV, TXT, A
+from knet_testing.kdns import endpoint_slice, service
 
 Z = "cluster.local"
 
@@ -146,3 +146,22 @@ def test_any(store):
 def test_case_insensitive_lookup_is_the_callers_normalisation(store):
     # Names reach the builder lowercased by the wire parser; the store's names are lowercase.
     assert all(name == name.lower() for name in store.names)
+
+
+def _rr(rtype: int, data: object) -> tuple:
+    return ("x.default.svc.cluster.local", rtype, 5, data)
+
+
+@pytest.mark.parametrize("answer, expected", [
+    ([], None),
+    ([_rr(A, "10.0.0.1")], None),  # one address: nothing to reorder, the answer stays cacheable
+    ([_rr(CNAME, "y"), _rr(A, "10.0.0.1")], None),
+    ([_rr(A, "10.0.0.1"), _rr(A, "10.0.0.2"), _rr(A, "10.0.0.3")],
+     [_rr(A, "10.0.0.3"), _rr(A, "10.0.0.2"), _rr(A, "10.0.0.1")]),
+    # CNAMEs first, other types next, then the shuffled addresses and MX records (CoreDNS's order).
+    ([_rr(A, "10.0.0.1"), _rr(CNAME, "y"), _rr(AAAA, "fd00::1"), _rr(TXT, ("t",)), _rr(MX, (1, "m"))],
+     [_rr(CNAME, "y"), _rr(TXT, ("t",)), _rr(AAAA, "fd00::1"), _rr(A, "10.0.0.1"), _rr(MX, (1, "m"))]),
+    ([_rr(MX, (1, "a")), _rr(MX, (2, "b"))], [_rr(MX, (2, "b")), _rr(MX, (1, "a"))]),
+])
+def test_loadbalance_round_robin(answer, expected):
+    assert round_robin(list(answer), list.reverse) == expected

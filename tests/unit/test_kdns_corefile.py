@@ -13,7 +13,7 @@ from kdns.fcache import Prefetch, ServeStale
 from kdns.forward import Upstream
 from kdns.wire import NXDOMAIN, REFUSED, SERVFAIL
 
-# kubeadm's Corefile (without `loadbalance`, which kdns refuses: see below), with a stub domain.
+# kubeadm's Corefile, with a stub domain.
 KUBEADM = """
 .:53 {
     errors
@@ -33,6 +33,7 @@ KUBEADM = """
     cache 30
     loop
     reload
+    loadbalance
 }
 consul.local:53 {  # a stub domain
     errors
@@ -59,7 +60,7 @@ def test_kubeadm_corefile():
     assert fwd.zone == "" and fwd.to == (Upstream("192.0.2.53"), Upstream("192.0.2.54"))
     assert fwd.max_concurrent == 1000 and fwd.policy == "random" and fwd.max_fails == 2
     assert root.cache is not None and root.cache.success_ttl == 30 and root.cache.denial_ttl == 30
-    assert root.errors and root.loop and not root.log and not root.autopath
+    assert root.errors and root.loop and root.loadbalance and not root.log and not root.autopath
     assert s.health == ":8080" and s.lameduck == 5.0 and s.ready == ":8181" and s.prometheus == ":9153"
     assert s.reload == (30.0, 15.0) and s.kubernetes is k and s.listen() == [("0.0.0.0", 53)]
     assert consul.zones == ("consul.local",) and consul.forwards[0].to == (Upstream("10.150.0.1"),)
@@ -134,7 +135,7 @@ def test_defaults_follow_coredns():
 
 
 @pytest.mark.parametrize("text, message", [
-    (". {\n  loadbalance\n}", "line 2: plugin 'loadbalance' is not supported by kdns"),
+    (". {\n  loadbalance weighted /etc/weights\n}", "line 2: loadbalance: kdns implements `loadbalance [round_robin]`"),
     (". {\n  kubernetes cluster.local\n  rewrite name a b\n}", "line 3: plugin 'rewrite'"),
     (". {\n forward . 10.0.0.1 {\n  tls_servername dns.example\n }\n}", "line 3: forward tls_servername"),
     (". {\n forward . tls://9.9.9.9\n}", "plain DNS only"),

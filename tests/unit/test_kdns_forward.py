@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from kdns import message, wire
 from kdns.engine import Engine
 from kdns.forward import SOCKETS, Group, Relay, Upstream
-from kdns.testing import FakeUpstream
+from knet_testing.kdns import FakeUpstream
 
 Ask = Callable[..., Awaitable[message.Answer | None]]
 

@@ -7,8 +7,8 @@ import ipaddress
 import pytest
 
 from kdns.records import Config, RecordStore, service_records
-from kdns.testing import endpoint_slice, pod, service
 from kdns.wire import AAAA, CNAME, NS, PTR, SOA, SRV, TXT, A
+from knet_testing.kdns import endpoint_slice, pod, service
 
 ZONE = "cluster.local"
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 
 from kdns.daemon import Kdns, parse_args
-from kdns.testing import endpoint_slice, service
+from knet_testing.kdns import endpoint_slice, service
 from tests.informer_feed import feed, remove, scans, settle
 
 FQDN = "{}.default.svc.cluster.local"

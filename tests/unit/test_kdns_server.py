@@ -15,8 +15,8 @@ from kdns.daemon import parse_args
 from kdns.forward import Upstream
 from kdns.records import Config, RecordStore
 from kdns.server import Listener, Server
-from kdns.testing import endpoint_slice, pod, query, service
 from kdns.wire import SRV, A
+from knet_testing.kdns import endpoint_slice, pod, query, service
 
 Z = "cluster.local"
 

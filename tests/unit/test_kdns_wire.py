@@ -11,8 +11,8 @@ import dnslib
 import pytest
 
 from kdns import wire
-from kdns.testing import query
 from kdns.wire import FORMERR, SRV, A, FormError, Reply, build, error_response, parse_query
+from knet_testing.kdns import query
 
 Z = "cluster.local"
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from lab import cniexec, pods
-from lab.cniexec import CniExecError, RuntimeConf
+from lab.net import cniexec, pods
+from lab.net.cniexec import CniExecError, RuntimeConf
 
 FAKE = f"""#!{sys.executable}
 import json, os, sys

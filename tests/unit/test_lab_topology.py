@@ -6,8 +6,8 @@ import ipaddress
 
 import pytest
 
-from lab import topology
-from lab.topology import PlanError
+from lab.net import topology
+from lab.net.topology import PlanError
 
 
 @pytest.mark.parametrize("name", ["knet", "a", "kt1a2b", "abcdefghijkl", "x9"])
@@ -19,13 +19,13 @@ def test_valid_names(name: str) -> None:
                                   "ü", None, 3])
 def test_invalid_names(name: object) -> None:
     with pytest.raises(PlanError):
-        topology.validate_name(name)  # type: ignore[arg-type]
+        topology.validate_name(name)  # type: ignore[arg-type]  # wrong types on purpose
 
 
 @pytest.mark.parametrize("nodes", [0, -1, topology.MAX_NODES + 1, True, "3"])
 def test_invalid_node_counts(nodes: object) -> None:
     with pytest.raises(PlanError):
-        topology.plan("lab", nodes)  # type: ignore[arg-type]
+        topology.plan("lab", nodes)  # type: ignore[arg-type]  # wrong types on purpose
 
 
 def test_namespaces_all_carry_the_prefix() -> None:

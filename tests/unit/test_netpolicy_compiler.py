@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 
 from knet.kube.models import Pod
-from netpolicy import matrix
+from knet_testing.netpolicy import matrix
+from knet_testing.netpolicy.scenarios import A, E, block, both, expr, np, nss, pods, port, rule, sel
 from netpolicy.compiler import compile_policies
 from netpolicy.model import Clause, PortRange, block_minus_except, in_nets, normalize
-from netpolicy.scenarios import A, E, block, both, expr, np, nss, pods, port, rule, sel
 
 IPS = {"x/a": "10.244.1.2", "x/b": "10.244.2.2", "x/c": "10.244.1.3", "y/a": "10.244.2.3", "y/b": "10.244.1.4"}
 

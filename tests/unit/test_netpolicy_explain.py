@@ -9,9 +9,10 @@ import json
 import pytest
 import yaml
 
-from netpolicy import daemon, explain, matrix
+from knet_testing.netpolicy import matrix
+from knet_testing.netpolicy.scenarios import A, np, pods, port, rule, sel
+from netpolicy import daemon, explain
 from netpolicy.backend import ApplyResult
-from netpolicy.scenarios import A, np, pods, port, rule, sel
 from tests.informer_feed import feed, scans, settle
 
 

@@ -12,11 +12,11 @@ import pytest
 from knet.kube.indexes import NAMESPACE, NODE, by_namespace, by_node
 from knet.kube.informer import Informer
 from knet.kube.models import Namespace, NetworkPolicy, Pod
-from netpolicy import matrix
+from knet_testing.netpolicy import matrix
+from knet_testing.netpolicy.randomized import random_policies
+from knet_testing.netpolicy.scenarios import NS_KEY, Ctx, np, pods, port, rule, sel
 from netpolicy.compiler import PORT_NAMES, compile_policies, container_port_names
 from netpolicy.incremental import IncrementalCompiler, InformerWorld
-from netpolicy.randomized import random_policies
-from netpolicy.scenarios import NS_KEY, Ctx, np, pods, port, rule, sel
 from tests.informer_feed import feed, remove, scans
 
 NODE_NAME = "node1"

@@ -5,9 +5,10 @@ from __future__ import annotations
 import ipaddress
 import json
 
-from netpolicy import matrix, nft, nftscript
+from knet_testing.netpolicy import matrix
+from knet_testing.netpolicy.scenarios import A, E, block, np, pods, port, rule
+from netpolicy import nft, nftscript
 from netpolicy.compiler import compile_policies
-from netpolicy.scenarios import A, E, block, np, pods, port, rule
 
 IPS = {"x/a": "10.244.1.2", "x/b": "10.244.1.3", "x/c": "10.244.1.4", "y/a": "10.244.1.5"}
 

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import pytest
 
-from netpolicy import matrix, nft, randomized, scenarios
+from knet_testing.netpolicy import matrix, randomized, scenarios
+from knet_testing.netpolicy.reference import World
+from knet_testing.netpolicy.scenarios import A, E, block, both, np, nss, pods, port, rule, sel
+from netpolicy import nft
 from netpolicy.compiler import compile_policies
-from netpolicy.reference import World
-from netpolicy.scenarios import A, E, block, both, np, nss, pods, port, rule, sel
 
 KEYS = matrix.pod_keys()
 IPS = {k: f"10.244.{i % 2 + 1}.{10 + i}" for i, k in enumerate(KEYS)}

@@ -118,7 +118,9 @@ def model_for(kind: str | type[M]) -> type[KubeObject]:
 
 
 def _describe(raw: Mapping[str, Any]) -> str:
-    meta = raw.get("metadata") if isinstance(raw.get("metadata"), Mapping) else {}
+    meta = raw.get("metadata")
+    if not isinstance(meta, Mapping):
+        meta = {}
     name = meta.get("name") or meta.get("generateName") or "?"
     return f"{meta['namespace']}/{name}" if meta.get("namespace") else str(name)
 

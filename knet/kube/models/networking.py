@@ -101,7 +101,7 @@ class IPBlock(KubeModel):
         net = ipaddress.ip_network(self.cidr, strict=False)
         for ex in self.except_:
             sub = ipaddress.ip_network(ex, strict=False)
-            if sub.version != net.version or not sub.subnet_of(net):  # type: ignore[arg-type]
+            if sub.version != net.version or not sub.subnet_of(net):  # type: ignore[arg-type]  # same family here
                 raise ValueError(f"except {ex} is not inside cidr {self.cidr}")
         return self
 
@@ -187,7 +187,7 @@ class ServiceBackendPort(KubeModel):
 
     @property
     def value(self) -> int | str:
-        return self.number if self.number is not None else self.name  # type: ignore[return-value]
+        return self.number if self.number is not None else self.name  # type: ignore[return-value]  # one is set (_one)
 
 
 class IngressServiceBackend(KubeModel):

@@ -26,9 +26,9 @@ from dataclasses import dataclass
 
 import pytest
 
+from knet_testing.apiserver_env import REPO, Etcd, start_apiserver, start_etcd, stop
 from lab.apiserver import auth
 from tests.integration import anchors
-from tests.integration.apiserver_env import REPO, Etcd, start_apiserver, start_etcd, stop
 
 KUBECTL_DIR = os.path.join(REPO, ".venv", "kubectl-1.20")
 ADMIN_TOKEN = "admin-" + uuid.uuid4().hex

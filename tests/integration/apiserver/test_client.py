@@ -499,8 +499,8 @@ def test_endpoints_mirrored_into_endpointslices(api, ns, server):
 
 
 def test_server_restart_keeps_state(api, ns, server, etcd, tmp_path):
+    from knet_testing.apiserver_env import stop
     from tests.integration.apiserver.conftest import start_server
-    from tests.integration.apiserver_env import stop
     client.CoreV1Api(api).create_namespaced_config_map(ns, {"metadata": {"name": "persist"}})
     second = start_server(etcd, str(tmp_path), server.prefix, flavour=server.flavour)
     try:

@@ -11,9 +11,11 @@ import sys
 import pytest
 
 from knet import netns
-from lab import api, etcd, topology
+from lab import api
 from lab.apiserver import auth
 from lab.apiserver.main import start_in_lab
+from lab.bringup import etcd
+from lab.net import topology
 
 pytestmark = pytest.mark.integration
 

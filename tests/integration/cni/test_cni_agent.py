@@ -142,8 +142,9 @@ def test_restart_keeps_every_reservation(agent_node):
     assert node.ipam_files() == {ip.split("/")[0] for ip in ips[1:]}
 
 
-def test_sigterm_finishes_the_request_in_flight(agent_node, slow_ipam):
+def test_sigterm_finishes_the_request_in_flight(agent_node, slow_ipam, thin_executable):
     node = agent_node
+    node.exe = thin_executable
     conf, env, marks = slow_ipam
     pod = node.new_pod()
     t, out = in_background(lambda: node.cni("ADD", conf, "inflight", pod, **env))
@@ -158,8 +159,9 @@ def test_sigterm_finishes_the_request_in_flight(agent_node, slow_ipam):
     assert len(os.listdir(marks)) == 1  # ran once
 
 
-def test_a_stopped_agent_costs_a_bounded_wait_and_the_request_runs_once(agent_node, slow_ipam):
+def test_a_stopped_agent_costs_a_bounded_wait_and_the_request_runs_once(agent_node, slow_ipam, thin_executable):
     node = agent_node
+    node.exe = thin_executable
     conf, env, marks = slow_ipam
     env["SLOW_IPAM_SECONDS"] = "0"
     pod = node.new_pod()
@@ -177,8 +179,9 @@ def test_a_stopped_agent_costs_a_bounded_wait_and_the_request_runs_once(agent_no
     assert len(os.listdir(marks)) == 1
 
 
-def test_an_agent_killed_mid_request_means_the_request_runs_here(agent_node, slow_ipam):
+def test_an_agent_killed_mid_request_means_the_request_runs_here(agent_node, slow_ipam, thin_executable):
     node = agent_node
+    node.exe = thin_executable
     conf, env, marks = slow_ipam
     env["SLOW_IPAM_SECONDS"] = "2"
     pod = node.new_pod()

@@ -1,6 +1,7 @@
 """The agent path and the direct path are one plugin: the same cases, run through each on its own
-node (same configuration, same state layout), give the same answers and the same kernel state;
-and both paths can work on one node at the same time."""
+node (same configuration, same state layout), give the same answers and the same kernel state
+whichever thin executable (native or Python) the runtime is given; and both paths can work on one
+node at the same time."""
 
 from __future__ import annotations
 
@@ -13,18 +14,23 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from knet import links, netns
-from tests.integration.cni.conftest import Node, _make_node
+from tests.integration.cni.conftest import KNET_CNI, KNET_CNI_PY, Node, _make_node
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
 def nodes():
-    """Two nodes: one served by its agent, one where every call takes the direct path."""
+    """Three nodes: two served by their agent, through the native and the Python thin executable,
+    and one whose configured agent socket does not exist, so that every call takes the direct path
+    (through the native executable: it reads stdin, finds no agent, and hands both over)."""
     with contextlib.ExitStack() as stack:
-        agent = stack.enter_context(contextlib.contextmanager(_make_node)(with_agent=True))
-        direct = stack.enter_context(contextlib.contextmanager(_make_node)(with_agent=False))
-        yield {"agent": agent, "direct": direct}
+        make = contextlib.contextmanager(_make_node)
+        agent = stack.enter_context(make(with_agent=True, exe=KNET_CNI))
+        agent_py = stack.enter_context(make(with_agent=True, exe=KNET_CNI_PY))
+        direct = stack.enter_context(make(with_agent=False, exe=KNET_CNI))
+        direct.agent_socket = os.path.join(direct.state, "agent.sock")  # never created
+        yield {"agent": agent, "agent-py": agent_py, "direct": direct}
 
 
 def normalize(node: Node, text: str) -> str:
@@ -96,7 +102,6 @@ def run_case(node: Node, case: str, change: dict | bytes, env: dict, commands: l
     else:
         conf = json.loads(json.dumps(node.conf(**change)).replace("{state}", fill["state"])
                           .replace("{subnet_env}", fill["subnet_env"]))
-    direct = {"KNET_CNI_DIRECT": "1"} if node.agent is None else {}
     results, prev = [], None
     for command in commands:
         verb, _, variant = command.partition("-")
@@ -109,7 +114,7 @@ def run_case(node: Node, case: str, change: dict | bytes, env: dict, commands: l
                 this = dict(conf, **{"cni.dev/valid-attachments": []})
         if variant == "OTHER":
             container = f"o-{case}"
-        rc, out = node.cni(verb, this, container, pod, **{**env, **direct})
+        rc, out = node.cni(verb, this, container, pod, **env)
         if verb == "ADD" and rc == 0 and prev is None:
             prev = out
         results.append((command, rc, normalize(node, json.dumps(out, sort_keys=True))))
@@ -119,13 +124,15 @@ def run_case(node: Node, case: str, change: dict | bytes, env: dict, commands: l
 
 @pytest.mark.parametrize(("case", "change", "env", "commands"), CASES, ids=[c[0] for c in CASES])
 def test_same_answers_and_kernel_state_on_both_paths(nodes, case, change, env, commands):
-    agent = run_case(nodes["agent"], case, change, env, commands)
     direct = run_case(nodes["direct"], case, change, env, commands)
-    assert agent == direct
-    assert all(not isinstance(r[1], int) or r[1] in (0, 1) for r in agent)
-    # and the agent really served them (a silent fallback would make this test prove nothing)
+    for via in ("agent", "agent-py"):
+        assert run_case(nodes[via], case, change, env, commands) == direct, via
+    assert all(not isinstance(r[1], int) or r[1] in (0, 1) for r in direct)
+    # and the agents really served them (a silent fallback would make this test prove nothing)
     if "VERSION" not in commands and isinstance(change, dict) and "CNI_CONTAINERID" not in env:
         assert nodes["agent"].served_by_agent(commands[0], f"c-{case}")
+        assert nodes["agent-py"].served_by_agent(commands[0], f"c-{case}")
+    assert not nodes["direct"].agent_log_text()
 
 
 def test_both_paths_at_once_share_ipam_and_locks(agent_node):

@@ -10,7 +10,8 @@ from collections.abc import Iterator
 import pytest
 
 from knet.kube import client
-from lab import api, controlplane
+from lab import api
+from lab.bringup import controlplane
 from tests.integration.controlplane.cp_helpers import ControlPlaneLab
 from tests.integration.lab_names import new_lab_name, sweep_crashed_labs
 

@@ -13,6 +13,7 @@ is torn down at the end whatever happens (the lab by name, every process we star
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import shutil
@@ -27,12 +28,15 @@ import pytest
 
 from knet import netns
 from knet.kube import client
-from lab import api, controlplane, state, topology
+from lab import api
+from lab.bringup import controlplane
+from lab.net import state, topology
 from tests.integration.deploy import manifests as m
 from tests.integration.lab_names import new_lab_name, sweep_crashed_labs
 
 BIN = os.path.dirname(sys.executable)  # the venv's bin: every console script of the image is there
 HOST_PATH_FLAGS = ("--subnet-file=", "--socket=", "--run-dir=", "--net-config-path=")
+HOST_PATH_OPTIONS = ("-conf",)  # a path in the next argument (CoreDNS's spelling kdns keeps)
 
 
 @dataclass
@@ -88,10 +92,12 @@ def wait_for(cond, timeout: float, what: str, logs: str = "") -> None:
 def _adapt(argv: list[str], d: Deployed, kubeconfig: str | None) -> list[str]:
     """The manifest's argv, mapped onto the lab (see the module docstring)."""
     out = [os.path.join(BIN, argv[0])]
-    for a in argv[1:]:
+    for prev, a in itertools.pairwise(argv):
         for flag in HOST_PATH_FLAGS:
             if a.startswith(flag):
                 a = flag + d.host(a[len(flag):])
+        if prev in HOST_PATH_OPTIONS:
+            a = d.host(a)
         out.append(a)
     if kubeconfig:
         out.append(f"--kubeconfig={kubeconfig}")
@@ -120,6 +126,9 @@ def _install(d: Deployed) -> None:
     os.makedirs(d.host("/etc/knet"))
     with open(d.host("/etc/knet/cni-conflist.json"), "w") as f:
         json.dump(conf, f)
+    os.makedirs(d.host("/etc/coredns"))  # the coredns ConfigMap's volume
+    with open(d.host("/etc/coredns/Corefile"), "w") as f:
+        f.write(m.corefile(d.docs))
     os.makedirs(d.host("/etc/kube-flannel"))  # the kube-flannel-cfg ConfigMap's volume
     with open(d.host("/etc/kube-flannel/net-conf.json"), "w") as f:
         f.write(m.by_kind(d.docs, "ConfigMap")["kube-flannel-cfg"]["data"]["net-conf.json"])

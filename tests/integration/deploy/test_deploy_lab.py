@@ -46,6 +46,9 @@ def test_install_and_pod_through_launcher(deployed: Deployed):
     d = deployed
     launcher = d.host("/opt/cni/bin/knet-cni")
     assert os.access(launcher, os.X_OK)
+    with open(launcher, "rb") as f:
+        if f.read(4) == b"\x7fELF":  # the native client (static); the launcher is its direct path
+            launcher = d.host("/opt/cni/bin/knet-cni.d/knet-cni-py")
     with open(launcher) as f:
         assert f.readline() == "#!/usr/bin/env python3\n"  # the host's python, not the image's venv
     subnet_env = d.host("/run/flannel/subnet.env")
@@ -72,15 +75,16 @@ def test_install_and_pod_through_launcher(deployed: Deployed):
     assert netns.run(d.node1, ["ping", "-c1", "-W2", ip], capture_output=True).returncode == 0
 
 
-@pytest.mark.parametrize("daemon,ns,port", [("kproxy", 1, 10249), ("netpolicy", 1, 9641), ("kdns", 2, 9153),
-                                            ("knet-ingress", 2, 10254)])
-def test_health_endpoints(deployed: Deployed, daemon: str, ns: int, port: int):
+@pytest.mark.parametrize("daemon,ns,port,path", [
+    ("kproxy", 1, 10249, "/healthz"), ("netpolicy", 1, 9641, "/healthz"), ("knet-ingress", 2, 10254, "/healthz"),
+    ("kdns", 2, 8080, "/health"), ("kdns", 2, 8181, "/ready")])  # kdns: the Corefile's health and ready plugins
+def test_health_endpoints(deployed: Deployed, daemon: str, ns: int, port: int, path: str):
     d = deployed
     where = d.node1 if ns == 1 else d.node2
 
     def healthy() -> bool:
         assert d.procs[daemon].poll() is None, d.log(daemon)[-3000:]
-        return http_get(where, f"http://127.0.0.1:{port}/healthz")[0] == 200
+        return http_get(where, f"http://127.0.0.1:{port}{path}")[0] == 200
 
     wait_for(healthy, 45, f"{daemon} /healthz", d.log(daemon))
 

@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 
-from flannel_py.testbed import PREFIX, Topo
+from knet_testing.flannel import PREFIX, Topo
 from tests.integration.flannel.kube_env import KubeTopo
 
 VXLAN_CONFIG = {"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan", "VNI": 7, "Port": 4789}}

@@ -3,8 +3,8 @@ the kube subnet manager's use VNI 7: device flannel.7)."""
 
 from __future__ import annotations
 
-from flannel_py.testbed import Node
 from knet import links
+from knet_testing.flannel import Node
 from tests.netutil import icmp_echo
 
 DEV = "flannel.7"

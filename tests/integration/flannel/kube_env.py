@@ -14,10 +14,10 @@ import os
 import uuid
 from typing import Any
 
-from flannel_py.testbed import FLANNEL_PY, Node, Topo
 from knet import netns
 from knet.kube import client as kc
-from tests.integration.apiserver_env import ApiServerProcess, Etcd, start_apiserver, start_etcd, stop
+from knet_testing.apiserver_env import ApiServerProcess, Etcd, start_apiserver, start_etcd, stop
+from knet_testing.flannel import FLANNEL_PY, Node, Topo
 
 ANNOTATION = "flannel.alpha.coreos.com/"
 NETWORK = "10.246.0.0/16"

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from flannel_py.testbed import PREFIX, Node, Topo, wait_for
 from knet import links
+from knet_testing.flannel import PREFIX, Node, Topo, wait_for
 from tests.netutil import icmp_echo, tcp_request, tcp_server
 
 pytestmark = pytest.mark.integration

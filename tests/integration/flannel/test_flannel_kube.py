@@ -14,8 +14,8 @@ import os
 
 import pytest
 
-from flannel_py.testbed import Topo, wait_for
 from knet.kube import client as kc
+from knet_testing.flannel import Topo, wait_for
 from tests.integration.flannel.kernel import has_remote, knows_nothing_of, ping, vtep_mac
 from tests.integration.flannel.kube_env import NETWORK, KubeTopo
 from tests.netutil import tcp_request, tcp_server

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from flannel_py.testbed import Topo, wait_for
+from knet_testing.flannel import Topo, wait_for
 
 pytestmark = pytest.mark.integration
 

@@ -14,8 +14,8 @@ from scapy.all import AsyncSniffer, conf
 from scapy.layers.inet import IP, UDP
 from scapy.layers.vxlan import VXLAN
 
-from flannel_py.testbed import PREFIX, Node, Topo, wait_for
 from knet import links, netns
+from knet_testing.flannel import PREFIX, Node, Topo, wait_for
 from tests.integration.flannel.kernel import DEV, entries, has_remote, knows_nothing_of, ping, vtep_mac
 from tests.netutil import tcp_request, tcp_server, udp_exchange
 

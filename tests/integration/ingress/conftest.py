@@ -11,8 +11,9 @@ import shutil
 
 import pytest
 
-from ingress.fixtures import backend, ingress, path, rule
-from lab import api, state
+from knet_testing.ingress import backend, ingress, path, rule
+from lab import api
+from lab.net import state
 from tests.integration.ingress.ingress_env import Env
 
 NAME_RE = re.compile(r"^kt[0-9a-f]{4}$")

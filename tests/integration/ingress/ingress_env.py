@@ -21,11 +21,11 @@ from dataclasses import dataclass, field
 
 from ingress.compiler import Options, Snapshot
 from ingress.controller import Controller, SyncResult
-from ingress.fixtures import endpoint_slice, service
 from ingress.nginx import Nginx
 from ingress.nginxconf import Settings
 from knet import netns
 from knet.kube.models import KubeObject
+from knet_testing.ingress import endpoint_slice, service
 from lab import api
 
 BACKEND = os.path.join(os.path.dirname(os.path.abspath(__file__)), "backend.py")

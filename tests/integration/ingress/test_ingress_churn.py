@@ -10,8 +10,8 @@ import time
 import pytest
 
 from ingress.controller import Controller
-from ingress.fixtures import ingress, path, rule
 from ingress.nginx import Nginx
+from knet_testing.ingress import ingress, path, rule
 from tests.integration.ingress.ingress_env import STATUS_PORT, Env, Stream, ns_socket
 
 pytestmark = pytest.mark.integration

@@ -18,7 +18,8 @@ import pytest
 from ingress import tls
 from knet import netns
 from knet.kube import client as kube
-from lab import api, controlplane
+from lab import api
+from lab.bringup import controlplane
 from tests.promtext import value
 
 pytestmark = pytest.mark.integration

@@ -12,7 +12,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from ingress import tls
-from ingress.fixtures import ingress, path, rule, tls_secret
+from knet_testing.ingress import ingress, path, rule, tls_secret
 from tests.integration.ingress.ingress_env import Env, ns_socket
 
 pytestmark = pytest.mark.integration

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from ingress.accesslog import AccessLogReader
-from ingress.fixtures import SPEC_PATH_TABLE, backend, ingress, path, rule
+from knet_testing.ingress import SPEC_PATH_TABLE, backend, ingress, path, rule
 from tests.integration.ingress.ingress_env import Env, ns_socket
 from tests.promtext import value
 

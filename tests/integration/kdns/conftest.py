@@ -25,11 +25,11 @@ from dataclasses import dataclass
 
 import pytest
 
-from kdns.testing import FakeUpstream
 from knet import netns
 from knet.kube import client as kc
+from knet_testing.apiserver_env import HOST, free_port, start, start_apiserver, start_etcd, stop, tail, wait_for
+from knet_testing.kdns import FakeUpstream
 from tests.integration import anchors
-from tests.integration.apiserver_env import HOST, free_port, start, start_apiserver, start_etcd, stop, tail, wait_for
 
 OWNERS = "/run/knet/kdns-tests"  # namespace name -> pid of the test session that made it
 

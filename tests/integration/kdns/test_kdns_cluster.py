@@ -14,9 +14,9 @@ import time
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from kdns.testing import query
 from kdns.wire import SRV
 from knet.kube import client as kc
+from knet_testing.kdns import query
 from tests.integration.kdns.conftest import make_service, make_slice, poll
 
 pytestmark = pytest.mark.integration

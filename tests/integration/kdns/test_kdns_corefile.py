@@ -25,10 +25,10 @@ from dataclasses import dataclass
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from kdns.testing import FakeUpstream, query
 from knet import netns
 from knet.kube import client as kc
-from tests.integration.apiserver_env import free_port, start, stop, tail, wait_for
+from knet_testing.apiserver_env import free_port, start, stop, tail, wait_for
+from knet_testing.kdns import FakeUpstream, query
 from tests.integration.kdns.conftest import ApiServer, own_netns
 
 pytestmark = pytest.mark.integration
@@ -94,6 +94,7 @@ COREFILE = """
     }}
     loop
     reload 2s 1s
+    loadbalance
 }}
 stale.test:53 {{
     bind {dns}
@@ -329,11 +330,20 @@ def test_health_ready_and_the_query_log(env):
     assert re.search(r"NXDOMAIN qr,(aa,)?rd,ra \d+ [\d.]+s", line), line  # CoreDNS's log format
 
 
+def test_loadbalance_shuffles_a_headless_services_addresses(env):
+    """kubeadm's Corefile has `loadbalance`: the order of a multi-address answer changes from
+    query to query (CoreDNS's round_robin), a one-address answer stays as it is."""
+    orders = {tuple(env.dig("+short", f"node-js-none.default.svc.{Z}").split()) for _ in range(30)}
+    assert {frozenset(o) for o in orders} == {frozenset({"10.244.1.9", "10.244.2.3"})}
+    assert len(orders) == 2, f"30 answers, always in the same order: {orders}"
+    assert len({env.dig("+short", f"web.default.svc.{Z}") for _ in range(5)}) == 1
+
+
 def test_refused_corefile_names_the_plugin(workdir):
     bad = os.path.join(workdir, "Corefile.bad")
     with open(bad, "w") as f:
-        f.write(". {\n    kubernetes cluster.local\n    loadbalance\n}\n")
+        f.write(". {\n    kubernetes cluster.local\n    rewrite name a b\n}\n")
     proc = subprocess.run([sys.executable, "-m", "kdns.daemon", "--conf", bad], capture_output=True, text=True,
                           timeout=60)
     assert proc.returncode == 1
-    assert "line 3: plugin 'loadbalance' is not supported by kdns" in proc.stderr + proc.stdout
+    assert "line 3: plugin 'rewrite' is not supported by kdns" in proc.stderr + proc.stdout

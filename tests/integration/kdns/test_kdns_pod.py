@@ -18,9 +18,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from kdns.testing import FakeUpstream
 from knet import netns
-from tests.integration.apiserver_env import start, stop, tail, wait_for
+from knet_testing.apiserver_env import start, stop, tail, wait_for
+from knet_testing.kdns import FakeUpstream
 from tests.integration.kdns.conftest import ApiServer
 
 pytestmark = pytest.mark.integration

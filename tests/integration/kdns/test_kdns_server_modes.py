@@ -16,7 +16,7 @@ from kdns.daemon import parse_args
 from kdns.forward import Upstream
 from kdns.records import RecordStore
 from kdns.server import Server
-from kdns.testing import FakeUpstream, query, service
+from knet_testing.kdns import FakeUpstream, query, service
 
 pytestmark = pytest.mark.integration
 Z = "cluster.local"

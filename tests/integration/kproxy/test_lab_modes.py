@@ -20,7 +20,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from knet.kube import client
 from kproxy import backend as backends
 from kproxy.metrics import KUBE_PROXY_NAMES, MODE_NAMES
-from lab import api, controlplane
+from lab import api
+from lab.bringup import controlplane
 from tests.integration.controlplane.cp_helpers import wait_for
 from tests.integration.lab_names import new_lab_name
 from tests.promtext import samples, value

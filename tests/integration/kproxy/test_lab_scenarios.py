@@ -33,7 +33,9 @@ import pytest
 
 from knet import cgroups, netns
 from knet.kube import client
-from lab import api, kernel, proxy, state, topology
+from lab import api
+from lab.bringup import proxy
+from lab.net import kernel, state, topology
 from tests.integration.controlplane.cp_helpers import wait_for
 from tests.integration.kproxy.test_lab_modes import MODES, NODE_IPS, ServiceLab, svc, up_lab
 

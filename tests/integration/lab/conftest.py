@@ -9,7 +9,8 @@ import secrets
 
 import pytest
 
-from lab import api, state
+from lab import api
+from lab.net import state
 
 NAME_RE = re.compile(r"^kt[0-9a-f]{4}$")
 CNI_TYPE = os.environ.get("KNET_LAB_CNI", "knet-cni")  # "bridge": the reference plugin, to compare

@@ -10,7 +10,8 @@ import sys
 import pytest
 
 from knet import netns
-from lab import api, topology
+from lab import api
+from lab.net import topology
 
 pytestmark = pytest.mark.integration
 KNET = os.path.join(os.path.dirname(sys.executable), "knet")

@@ -7,7 +7,8 @@ import ipaddress
 import pytest
 
 from knet import links, netns
-from lab import api, kernel
+from lab import api
+from lab.net import kernel
 from tests.integration.lab.lab_helpers import scapy_in, tcp_exchange, udp_both_ways
 
 pytestmark = pytest.mark.integration

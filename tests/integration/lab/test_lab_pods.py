@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from knet import links, netns
-from lab import api, cniexec, kernel, topology
-from lab import pods as runtime  # `pods` is the fixture of the session's pods
+from lab import api
+from lab.net import cniexec, kernel, topology
+from lab.net import pods as runtime  # `pods` is the fixture of the session's pods
 
 pytestmark = pytest.mark.integration
 

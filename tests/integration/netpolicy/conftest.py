@@ -1,4 +1,4 @@
-"""One long-lived 2-node lab for the whole netpolicy suite (`netpolicy.testbed.matrix_lab`):
+"""One long-lived 2-node lab for the whole netpolicy suite (`knet_testing.netpolicy.testbed.matrix_lab`):
 namespaces x, y, z with pods a, b, c spread over both nodes (so the matrix covers same-node
 bridged and cross-node vxlan traffic), the matrix servers in every pod, an nftables backend per
 node. Scenarios re-program the same backends one after the other (each update incremental, as
@@ -14,8 +14,9 @@ import secrets
 
 import pytest
 
-from lab import api, state
-from netpolicy.testbed import MatrixLab, matrix_lab
+from knet_testing.netpolicy.testbed import MatrixLab, matrix_lab
+from lab import api
+from lab.net import state
 
 NAME_RE = re.compile(r"^kt[0-9a-f]{4}$")
 

@@ -15,9 +15,10 @@ import pytest
 from knet.kube import client as kube
 from knet.kube import parse
 from knet.kube.client import new_api_client
-from netpolicy import explain, matrix, probe
-from netpolicy.scenarios import A, np, nss, pods, port, rule
-from netpolicy.testbed import Daemon, control_plane, register_pods, stop
+from knet_testing.netpolicy import matrix, probe
+from knet_testing.netpolicy.scenarios import A, np, nss, pods, port, rule
+from knet_testing.netpolicy.testbed import Daemon, control_plane, register_pods, stop
+from netpolicy import explain
 from tests.promtext import value
 
 pytestmark = pytest.mark.integration

@@ -15,11 +15,11 @@ import sys
 import pytest
 
 from knet import cgroups, netns
+from knet_testing.netpolicy import probe
+from knet_testing.netpolicy.scenarios import EGR, A, E, Step, np, pods, rule
 from kproxy import backend as backends
 from kproxy.model import Config, Endpoint, ServicePort
-from lab import kernel
-from netpolicy import probe
-from netpolicy.scenarios import EGR, A, E, Step, np, pods, rule
+from lab.net import kernel
 
 pytestmark = pytest.mark.integration
 VIP = "10.96.77.77"

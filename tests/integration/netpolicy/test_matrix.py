@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from netpolicy import matrix, randomized, scenarios
+from knet_testing.netpolicy import matrix, randomized, scenarios
 
 pytestmark = pytest.mark.integration
 

@@ -9,9 +9,9 @@ import time
 import pytest
 
 from knet import netns
-from netpolicy import probe, scenarios
+from knet_testing.netpolicy import probe, scenarios
+from knet_testing.netpolicy.scenarios import EGR, A, E, Step, block, both, np, nss, pods, port, rule, sel
 from netpolicy.compiler import compile_policies
-from netpolicy.scenarios import EGR, A, E, Step, block, both, np, nss, pods, port, rule, sel
 
 pytestmark = pytest.mark.integration
 

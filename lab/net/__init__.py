@@ -1,0 +1,1 @@
+"""The network lab: nodes, pods and clients as network namespaces (see README.md, its map)."""
