@@ -101,3 +101,23 @@ def test_a_refused_transaction_changes_nothing(namespaces: tuple[str, str]) -> N
         finally:
             writer.close()
     assert listing(ns) == before
+
+
+def test_uninstall_removes_the_table(namespaces: tuple[str, str]) -> None:
+    """`knet uninstall-node`'s kproxy step: the nftables mode's table goes, the other namespace's stays."""
+    from kproxy import uninstall
+
+    ns, other = namespaces
+    old = {sp.key: render_service(sp, CFGS[0]) for sp in ports(0)}
+    elements = Elements()
+    elements.replace((k, None, r) for k, r in old.items())
+    for n in namespaces:
+        netns.run(n, ["nft", "-f", "-"], input=render_full(old, elements, set(), {}), text=True, check=True)
+    with netns.enter(ns):
+        steps = [s for s in uninstall.uninstall_steps() if s.label == "nft"]
+        assert [s.lines for s in steps] == [("nft table ip kube-proxy",)]
+        for s in steps:
+            s.run()
+        assert [s for s in uninstall.uninstall_steps() if s.label == "nft"] == []
+    gone = netns.run(ns, ["nft", "list", "table", "ip", "kube-proxy"], capture_output=True, text=True)
+    assert gone.returncode != 0 and "10.244.1.2" in listing(other)
