@@ -131,7 +131,8 @@ def parse_netconf(conf: dict, command: str = "ADD") -> NetConf:
 
 
 def read_subnet_env(path: str) -> dict[str, str]:
-    """flannel's subnet.env: KEY=VALUE lines (FLANNEL_NETWORK, FLANNEL_SUBNET, MTU, IPMASQ)."""
+    """flannel's subnet.env: KEY=VALUE lines (FLANNEL_NETWORK, FLANNEL_SUBNET, FLANNEL_IPV6_NETWORK,
+    FLANNEL_IPV6_SUBNET, FLANNEL_MTU, FLANNEL_IPMASQ)."""
     try:
         with open(path) as f:
             lines = f.read().splitlines()
@@ -143,29 +144,37 @@ def read_subnet_env(path: str) -> dict[str, str]:
         key, sep, value = line.strip().partition("=")
         if sep and key and not key.startswith("#"):
             env[key] = value
-    if "FLANNEL_SUBNET" not in env:
-        raise CniError(INVALID_CONFIG, f"subnetFile {path} has no FLANNEL_SUBNET")
+    if "FLANNEL_SUBNET" not in env and "FLANNEL_IPV6_SUBNET" not in env:
+        raise CniError(INVALID_CONFIG, f"subnetFile {path} has no FLANNEL_SUBNET (nor FLANNEL_IPV6_SUBNET)")
     return env
 
 
 def apply_subnet_file(conf: NetConf) -> None:
-    """Flannel mode: fill the subnet, route, MTU and masquerade from subnet.env, as flannel's CNI
-    plugin does when it delegates to bridge (the node's CNI config needs no per-node editing)."""
+    """Flannel mode: fill the subnets, routes, MTU and masquerade from subnet.env, as flannel's CNI
+    plugin does when it delegates to bridge (the node's CNI config needs no per-node editing).
+    Dual-stack (FLANNEL_IPV6_SUBNET present): one range set per family, a route to each family's
+    cluster network."""
     if not conf.subnet_file:
         return
     env = read_subnet_env(conf.subnet_file)
+    ranges: list[list[dict]] = []
+    routes: list[dict] = []
     try:
-        subnet = ipaddress.ip_interface(env["FLANNEL_SUBNET"]).network
-        network = ipaddress.ip_network(env["FLANNEL_NETWORK"]) if env.get("FLANNEL_NETWORK") else None
+        for subnet_key, network_key in (("FLANNEL_SUBNET", "FLANNEL_NETWORK"),
+                                        ("FLANNEL_IPV6_SUBNET", "FLANNEL_IPV6_NETWORK")):
+            if env.get(subnet_key):
+                ranges.append([{"subnet": str(ipaddress.ip_interface(env[subnet_key]).network)}])
+                if env.get(network_key):
+                    routes.append({"dst": str(ipaddress.ip_network(env[network_key]))})
         mtu = int(env["FLANNEL_MTU"]) if env.get("FLANNEL_MTU") else None
     except (ValueError, KeyError) as e:
         raise CniError(INVALID_CONFIG, f"subnetFile {conf.subnet_file} is malformed: {e}") from None
     ipam = dict(conf.ipam)
     ipam.setdefault("type", "host-local")
     if not ipam.get("ranges") and not ipam.get("subnet"):
-        ipam["ranges"] = [[{"subnet": str(subnet)}]]
-    if "routes" not in ipam and network is not None:
-        ipam["routes"] = [{"dst": str(network)}]
+        ipam["ranges"] = ranges
+    if "routes" not in ipam and routes:
+        ipam["routes"] = routes
     conf.ipam = ipam
     if conf.mtu is None and mtu:
         conf.mtu = mtu

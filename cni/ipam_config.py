@@ -64,6 +64,9 @@ def parse_range(raw: object) -> Range:
         subnet = ipaddress.ip_network(str(raw["subnet"]), strict=False)
     except ValueError:
         raise _err(f"subnet {raw['subnet']!r} is not a valid CIDR") from None
+    if ipaddress.ip_address(str(raw["subnet"]).partition("/")[0]) != subnet.network_address:
+        # host-local refuses these too: "10.1.0.5/24" or "fd00::1/64" is an address, not a range.
+        raise _err(f"subnet {raw['subnet']!r} has host bits set (the network is {subnet})")
     usable_first = subnet.network_address + 1
     last = subnet.broadcast_address - (1 if subnet.version == 4 else 0)
     if subnet.num_addresses < 4 or usable_first > last:

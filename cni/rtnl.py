@@ -55,6 +55,7 @@ IFLA_INFO_KIND, IFLA_INFO_DATA, IFLA_INFO_SLAVE_KIND, IFLA_INFO_SLAVE_DATA = 1, 
 VETH_INFO_PEER = 1
 IFLA_BRPORT_MODE = 4            # hairpin mode of a bridge port
 IFA_ADDRESS, IFA_LOCAL, IFA_BROADCAST = 1, 2, 4
+IFA_F_NODAD = 0x02              # `ip addr add ... nodad`: usable at once, never "dadfailed"
 RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_TABLE = 1, 4, 5, 15
 
 IFF_UP, IFF_PROMISC = 0x1, 0x100
@@ -161,11 +162,22 @@ def del_link(name: str) -> Request:
 
 def new_address(index: int, cidr: str) -> Request:
     """`ip addr add <cidr> dev <index>`, with the broadcast address iproute2 and the reference
-    plugin set for IPv4 prefixes shorter than /31."""
+    plugin set for IPv4 prefixes shorter than /31; an IPv6 address without duplicate address
+    detection (`nodad`).
+
+    Why no DAD: every address the plugin adds is one host-local reserved under its lock (the pod's,
+    or its range's gateway on the bridge), so DAD can only find a duplicate that is not one. While
+    DAD runs (a second or more) the address is tentative: the pod cannot bind it or use it as a
+    source, so its first connections fail. And with hairpinMode the bridge echoes the pod's own
+    neighbour solicitation back to it, which a kernel without enhanced_dad takes for a duplicate:
+    the address is never usable (the reference bridge plugin sets accept_dad=0 in the pod for that
+    reason). The per-address flag does the same in the message that adds the address, without
+    entering the pod's namespace to write a sysctl."""
     iface = ipaddress.ip_interface(cidr)
     family = AF_INET if iface.version == 4 else AF_INET6
     packed = iface.ip.packed
-    body = _IFADDRMSG.pack(family, iface.network.prefixlen, 0, RT_SCOPE_UNIVERSE, index) + \
+    flags = IFA_F_NODAD if iface.version == 6 else 0
+    body = _IFADDRMSG.pack(family, iface.network.prefixlen, flags, RT_SCOPE_UNIVERSE, index) + \
         attr(IFA_LOCAL, packed) + attr(IFA_ADDRESS, packed)
     if iface.version == 4 and iface.network.prefixlen < 31:
         body += attr(IFA_BROADCAST, iface.network.broadcast_address.packed)

@@ -8,6 +8,11 @@ subnet.env, the masquerade rules (--ip-masq). Then one loop applies the other no
 the manager's watcher to the kernel (reconcile: diff desired vs actual), re-acquires our lease if
 it is lost, and resyncs periodically to repair anything changed behind its back.
 
+Dual-stack (EnableIPv6 in the config): the underlay interface's IPv6 address is our PublicIPv6
+(flanneld's rule: none there is a start-up error), the lease and subnet.env carry the IPv6 subnet,
+the backend programs IPv6 as well (backend_vxlan.py, backend_hostgw.py), --ip-masq and the forward
+rules go into ip6tables too.
+
 SIGTERM/SIGINT stop the daemon and leave the data path as it is (as flanneld does): pods keep
 talking while it restarts, and the etcd lease (or the Node annotations) outlive us, so the
 restarted daemon gets the same subnet back.
@@ -23,7 +28,7 @@ import signal
 import sys
 import threading
 import time
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Protocol
 
 from flannel_py import masq, subnet_env
@@ -57,7 +62,8 @@ class SubnetManager(Protocol):
 
     def describe(self) -> dict[str, object]: ...
     def network_config(self) -> NetworkConfig: ...
-    def acquire(self, attrs: LeaseAttrs, previous: IPv4Network | None, wait: bool = True) -> Lease | None: ...
+    def acquire(self, attrs: LeaseAttrs, previous: IPv4Network | None, wait: bool = True,
+                previous_v6: IPv6Network | None = None) -> Lease | None: ...
     def start(self) -> None: ...
     def handle(self, item: object) -> bool: ...
     def close(self) -> None: ...
@@ -82,6 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iface", default=None,
                    help="underlay interface name or IP (default: the default route's, else the first non-lo)")
     p.add_argument("--public-ip", default=None, help="address other nodes reach us at (default: --iface's first IPv4)")
+    p.add_argument("--public-ipv6", default=None,
+                   help="dual-stack: IPv6 address other nodes reach us at (default: --iface's first global IPv6)")
     p.add_argument("--subnet-file", default=DEFAULT_SUBNET_FILE)
     p.add_argument("--ip-masq", action="store_true", help="masquerade pod traffic leaving the cluster Network")
     p.add_argument("--iptables-forward-rules", default=True, action=argparse.BooleanOptionalAction,
@@ -127,6 +135,20 @@ def find_underlay(iface: str | None, public_ip: str | None) -> tuple[str, IPv4Ad
         return name, IPv4Address(addrs[0])
 
 
+def find_public_ipv6(name: str, public_ipv6: str | None) -> IPv6Address:
+    """The underlay's IPv6 address for a dual-stack overlay: --public-ipv6, else the interface's
+    first global one (flanneld refuses to start dual-stack without one, and so does this)."""
+    if public_ipv6:
+        return IPv6Address(public_ipv6)
+    with links.iproute() as ipr:
+        found = [ipaddress.IPv6Interface(a).ip for a in links.addresses(ipr, name) if ":" in a]
+    usable = [ip for ip in found if not ip.is_link_local]
+    if not usable:
+        raise ValueError(f"failed to find IPv6 address for interface {name} (EnableIPv6 needs one on the "
+                         "underlay, as flanneld does; or pass --public-ipv6)")
+    return usable[0]
+
+
 class Daemon:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
@@ -154,12 +176,20 @@ class Daemon:
                                           "subnet_min": str(cfg.subnet_min), "subnet_max": str(cfg.subnet_max),
                                           "backend": cfg.backend.type, "vni": cfg.backend.vni,
                                           "port": cfg.backend.port})
+        public_ipv6 = None
+        if cfg.ipv6 is not None:
+            public_ipv6 = find_public_ipv6(underlay, a.public_ipv6)
+            log.info("dual-stack", extra={"ipv6_network": str(cfg.ipv6.network), "ipv6_subnet_len": cfg.ipv6.subnet_len,
+                                          "public_ipv6": str(public_ipv6)})
         if cfg.backend.type == HOST_GW:
-            self.backend = HostGwBackend(cfg.network, underlay, public_ip)
+            self.backend = HostGwBackend(cfg.network, underlay, public_ip,
+                                         ipv6_network=cfg.ipv6.network if cfg.ipv6 else None,  # type: ignore[arg-type]
+                                         public_ipv6=public_ipv6)
         else:
-            self.backend = VxlanBackend(cfg.backend, underlay, public_ip)
+            self.backend = VxlanBackend(cfg.backend, underlay, public_ip, public_ipv6=public_ipv6)
         self.attrs = self.backend.prepare()
-        lease = self.manager.acquire(self.attrs, subnet_env.previous_subnet(a.subnet_file))
+        lease = self.manager.acquire(self.attrs, subnet_env.previous_subnet(a.subnet_file),
+                                     previous_v6=subnet_env.previous_ipv6_subnet(a.subnet_file))
         assert lease is not None  # waiting acquire: a lease or an exception
         self._configure(lease)
 
@@ -171,20 +201,26 @@ class Daemon:
                       extra={"old": str(self.own.subnet), "new": str(lease.subnet)})
         self.own = lease
         self.backend.configure(lease)
-        subnet_env.write(self.args.subnet_file, self.cfg.network, lease.subnet, self.backend.mtu, self.args.ip_masq)
+        ipv6_network = self.cfg.ipv6.network if self.cfg.ipv6 else None
+        subnet_env.write(self.args.subnet_file, self.cfg.network, lease.subnet, self.backend.mtu, self.args.ip_masq,
+                         ipv6_network, lease.ipv6_subnet)  # type: ignore[arg-type]
         log.info("wrote subnet file", extra={"path": self.args.subnet_file, "subnet": str(lease.subnet),
-                                             "mtu": self.backend.mtu})
+                                             "ipv6_subnet": str(lease.ipv6_subnet or "-"), "mtu": self.backend.mtu})
         self._ensure_iptables(log_changes=False)
 
     def _ensure_iptables(self, log_changes: bool = True) -> None:
         assert self.cfg is not None and self.own is not None
-        try:
-            if self.args.ip_masq and masq.ensure_masq(self.cfg.network, self.own.subnet) and log_changes:
-                log.info("masquerade rules repaired", extra={"chain": masq.MASQ_CHAIN})
-            if self.args.iptables_forward_rules and masq.ensure_forward(self.cfg.network) and log_changes:
-                log.info("forward rules repaired", extra={"chain": masq.FWD_CHAIN})
-        except Exception as e:
-            log.error("iptables rules failed", extra={"error": str(e)})
+        families: list[tuple[masq.Net, masq.Net]] = [(self.cfg.network, self.own.subnet)]
+        if self.cfg.ipv6 is not None and self.own.ipv6_subnet is not None:
+            families.append((self.cfg.ipv6.network, self.own.ipv6_subnet))
+        for network, subnet in families:
+            try:
+                if self.args.ip_masq and masq.ensure_masq(network, subnet) and log_changes:
+                    log.info("masquerade rules repaired", extra={"chain": masq.MASQ_CHAIN, "network": str(network)})
+                if self.args.iptables_forward_rules and masq.ensure_forward(network) and log_changes:
+                    log.info("forward rules repaired", extra={"chain": masq.FWD_CHAIN, "network": str(network)})
+            except Exception as e:
+                log.error("iptables rules failed", extra={"error": str(e), "network": str(network)})
 
     # --- event loop ---------------------------------------------------------------------------
 

@@ -14,7 +14,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from ipaddress import IPv4Network
+from ipaddress import IPv4Network, IPv6Network
 from typing import TypeVar
 
 from flannel_py.config import NetworkConfig, parse_config
@@ -74,22 +74,26 @@ class EtcdSubnetManager:
             if self.stop.wait(0.5):
                 raise SystemExit(0)
 
-    def acquire(self, attrs: LeaseAttrs, previous: IPv4Network | None, wait: bool = True) -> Lease:
+    def acquire(self, attrs: LeaseAttrs, previous: IPv4Network | None, wait: bool = True,
+                previous_v6: IPv6Network | None = None) -> Lease:
         """Get (or get back) our lease; with wait, ride out etcd outages (start-up only: the event
         loop must keep reconciling during an outage, so there it is one try per loop turn)."""
         cfg, a = self.cfg, self.args
         assert cfg is not None
         if self.own is not None:
-            previous = self.own.lease.subnet
+            previous, previous_v6 = self.own.lease.subnet, self.own.lease.ipv6_subnet
         if previous is not None and not is_allocatable(cfg, previous):
             previous = None
+        if previous_v6 is not None and (cfg.ipv6 is None or not is_allocatable(cfg.ipv6, previous_v6)):
+            previous_v6 = None
 
         def attempt() -> Acquired:
-            return acquire(self._reg, cfg, attrs, a.subnet_lease_ttl, previous)
+            return acquire(self._reg, cfg, attrs, a.subnet_lease_ttl, previous, previous_v6=previous_v6)
 
         got = self._retry("acquiring lease", attempt) if wait else attempt()
         self.own = got
         log.info("lease acquired", extra={"subnet": str(got.lease.subnet), "key": got.key, "how": got.how,
+                                          "ipv6_subnet": str(got.lease.ipv6_subnet or "-"),
                                           "etcd_lease": f"{got.etcd_lease:x}", "ttl": a.subnet_lease_ttl})
         if self.renewer is not None:
             self.renewer.set_lease(got.etcd_lease)
@@ -130,6 +134,7 @@ class EtcdSubnetManager:
                 return self.leases.pop(item.key, None) is not None
             if self.leases.get(item.key) != lease:
                 log.info("lease added", extra={"key": item.key, "public_ip": str(lease.attrs.public_ip),
+                                               "public_ipv6": str(lease.attrs.public_ipv6 or "-"),
                                                "backend": lease.attrs.backend_type,
                                                "vtep_mac": lease.attrs.vtep_mac or "-"})
             self.leases[item.key] = lease

@@ -6,7 +6,12 @@
         <prefix>/backend-data:        '{"VNI":1,"VtepMAC":"2e:8a:..."}'      (host-gw: 'null')
         <prefix>/public-ip:           "192.168.33.11"
         <prefix>/public-ip-overwrite: set by an operator; published as public-ip instead of ours
-    spec.podCIDR / spec.podCIDRs:     the node subnet (kube-controller-manager's node IPAM)
+      dual-stack (EnableIPv6) also:
+        <prefix>/backend-v6-data:     '{"VNI":1,"VtepMAC":"9e:03:..."}'      (host-gw: 'null')
+        <prefix>/public-ipv6:         "fd00:33::11"
+        <prefix>/public-ipv6-overwrite: as public-ip-overwrite, for public-ipv6
+    spec.podCIDR / spec.podCIDRs:     the node subnet(s) (kube-controller-manager's node IPAM; the
+                                      IPv6 entry of podCIDRs is the node's IPv6 subnet)
 
 Exactly flanneld's names and value formats, so a node run by flanneld and one run by flannel-py
 read each other. Only Nodes carrying `kube-subnet-manager: "true"` are leases (flanneld's rule: a
@@ -20,7 +25,7 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from ipaddress import IPv4Network
+from ipaddress import IPv4Network, IPv6Network
 from typing import Any
 
 from flannel_py.config import ConfigError
@@ -38,6 +43,9 @@ class Annotations:
     backend_data: str
     public_ip: str
     public_ip_overwrite: str
+    backend_v6_data: str
+    public_ipv6: str
+    public_ipv6_overwrite: str
 
     @classmethod
     def with_prefix(cls, prefix: str = DEFAULT_PREFIX) -> Annotations:
@@ -51,17 +59,23 @@ class Annotations:
         if not _PREFIX.fullmatch(prefix):
             raise ConfigError(f"annotation prefix {prefix!r} must look like fqdn[/word]")
         return cls(prefix + "kube-subnet-manager", prefix + "backend-type", prefix + "backend-data",
-                   prefix + "public-ip", prefix + "public-ip-overwrite")
+                   prefix + "public-ip", prefix + "public-ip-overwrite", prefix + "backend-v6-data",
+                   prefix + "public-ipv6", prefix + "public-ipv6-overwrite")
 
 
 def published(names: Annotations, attrs: LeaseAttrs, current: Mapping[str, str]) -> dict[str, str]:
-    """The annotations a node with our attributes carries (an operator's public-ip-overwrite wins)."""
-    return {
+    """The annotations a node with our attributes carries (an operator's public-ip-overwrite wins);
+    the IPv6 ones only on a dual-stack node."""
+    out = {
         names.backend_type: attrs.backend_type,
         names.backend_data: json.dumps(attrs.backend_data, separators=(",", ":")),
         names.public_ip: current.get(names.public_ip_overwrite) or str(attrs.public_ip),
         names.kube_subnet_manager: "true",
     }
+    if attrs.public_ipv6 is not None:
+        out[names.backend_v6_data] = json.dumps(attrs.backend_v6_data, separators=(",", ":"))
+        out[names.public_ipv6] = current.get(names.public_ipv6_overwrite) or str(attrs.public_ipv6)
+    return out
 
 
 def annotation_patch(names: Annotations, attrs: LeaseAttrs, current: Mapping[str, str]) -> dict[str, Any] | None:
@@ -81,6 +95,15 @@ def pod_subnet(node: Node) -> IPv4Network | None:
     return None
 
 
+def pod_subnet_v6(node: Node) -> IPv6Network | None:
+    """The node's IPv6 pod subnet: the IPv6 entry of spec.podCIDRs (None on a single-stack node)."""
+    for cidr in node.pod_cidrs:
+        net = ipaddress.ip_network(cidr, strict=False)
+        if isinstance(net, IPv6Network):
+            return net
+    return None
+
+
 def node_lease(names: Annotations, node: Node) -> Lease:
     """The lease a Node stands for; LeaseError with the reason when it is not one (yet)."""
     ann = node.metadata.annotations
@@ -89,17 +112,22 @@ def node_lease(names: Annotations, node: Node) -> Lease:
     subnet = pod_subnet(node)
     if subnet is None:
         raise LeaseError("no IPv4 podCIDR")
-    return lease_of(names, ann, subnet)
+    return lease_of(names, ann, subnet, pod_subnet_v6(node))
 
 
-def lease_of(names: Annotations, ann: Mapping[str, str], subnet: IPv4Network) -> Lease:
-    """The lease that annotations describe for a subnet; LeaseError for unusable values."""
-    try:
-        data = json.loads(ann.get(names.backend_data) or "null")
-    except ValueError as e:
-        raise LeaseError(f"{names.backend_data} is not JSON: {e}") from None
-    doc = {"PublicIP": ann.get(names.public_ip), "BackendType": ann.get(names.backend_type), "BackendData": data}
-    return Lease(subnet, decode_doc(doc))
+def lease_of(names: Annotations, ann: Mapping[str, str], subnet: IPv4Network,
+             ipv6_subnet: IPv6Network | None = None) -> Lease:
+    """The lease that annotations describe for a subnet (and IPv6 subnet); LeaseError for unusable values."""
+    data = {}
+    for key in (names.backend_data, names.backend_v6_data):
+        try:
+            data[key] = json.loads(ann.get(key) or "null")
+        except ValueError as e:
+            raise LeaseError(f"{key} is not JSON: {e}") from None
+    doc = {"PublicIP": ann.get(names.public_ip), "PublicIPv6": ann.get(names.public_ipv6) or None,
+           "BackendType": ann.get(names.backend_type), "BackendData": data[names.backend_data],
+           "BackendV6Data": data[names.backend_v6_data]}
+    return Lease(subnet, decode_doc(doc), ipv6_subnet)
 
 
 def own_subnet(node: Node, network: IPv4Network) -> IPv4Network | None:
@@ -109,4 +137,14 @@ def own_subnet(node: Node, network: IPv4Network) -> IPv4Network | None:
     if subnet is not None and not subnet.subnet_of(network):
         raise ConfigError(f"node {node.name}'s podCIDR {subnet} is not inside the Network {network} of "
                           "net-conf.json (kube-controller-manager --cluster-cidr and net-conf.json must agree)")
+    return subnet
+
+
+def own_ipv6_subnet(node: Node, network: IPv6Network) -> IPv6Network | None:
+    """Our IPv6 node subnet (dual-stack), None while podCIDRs has no IPv6 entry; ConfigError when
+    it lies outside IPv6Network."""
+    subnet = pod_subnet_v6(node)
+    if subnet is not None and not subnet.subnet_of(network):
+        raise ConfigError(f"node {node.name}'s IPv6 podCIDR {subnet} is not inside the IPv6Network {network} "
+                          "of net-conf.json")
     return subnet

@@ -16,16 +16,25 @@ own Node, fresh, before patching it), nodes/status patch.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import queue
 import threading
 import time
 from dataclasses import dataclass
-from ipaddress import IPv4Network
+from ipaddress import IPv4Network, IPv6Network
 
 from flannel_py.config import ConfigError, NetworkConfig, parse_config
-from flannel_py.kube_annotations import Annotations, annotation_patch, lease_of, node_lease, own_subnet, published
+from flannel_py.kube_annotations import (
+    Annotations,
+    annotation_patch,
+    lease_of,
+    node_lease,
+    own_ipv6_subnet,
+    own_subnet,
+    published,
+)
 from flannel_py.lease import Lease, LeaseAttrs, LeaseError
 from knet.kube import client as kube_client
 from knet.kube.informer import Informer
@@ -107,7 +116,8 @@ class KubeSubnetManager:
         self.out.put(NodesSynced())
         return self.cfg
 
-    def acquire(self, attrs: LeaseAttrs, previous: IPv4Network | None, wait: bool = True) -> Lease | None:
+    def acquire(self, attrs: LeaseAttrs, previous: IPv4Network | None, wait: bool = True,
+                previous_v6: IPv6Network | None = None) -> Lease | None:
         """Our podCIDR with our annotations patched onto the Node. With `wait` (start-up) until
         there is one; without, one attempt: None while there is nothing to acquire (the reason is
         logged every 10 s), an exception when the API fails."""
@@ -143,8 +153,12 @@ class KubeSubnetManager:
         return lease
 
     def _why_waiting(self) -> str:
-        if self.nodes.get(self.node) is None:
+        node = self.nodes.get(self.node)
+        if node is None:
             return "the Node object does not exist (is the kubelet registered under this name?)"
+        if self.cfg is not None and self.cfg.ipv6 is not None and node.pod_cidrs:
+            return ("spec.podCIDRs has no IPv6 entry and EnableIPv6 is set: the node IPAM controller must "
+                    "allocate from an IPv6 cluster CIDR as well (kube-controller-manager --cluster-cidr=<v4>,<v6>)")
         return ("spec.podCIDR is not set: the node IPAM controller (kube-controller-manager "
                 "--allocate-node-cidrs) has not assigned one yet")
 
@@ -160,6 +174,11 @@ class KubeSubnetManager:
         subnet = own_subnet(node, self.cfg.network)
         if subnet is None:
             return None
+        ipv6_subnet = None
+        if self.cfg.ipv6 is not None:
+            ipv6_subnet = own_ipv6_subnet(node, self.cfg.ipv6.network)  # type: ignore[arg-type]
+            if ipv6_subnet is None:
+                return None
         current = node.metadata.annotations
         patch = annotation_patch(self.names, attrs, current)
         if patch is not None:
@@ -172,13 +191,13 @@ class KubeSubnetManager:
                 log.info("node annotations published", extra={"node": self.node, "keys": sorted(changed)})
         overwrite = current.get(self.names.public_ip_overwrite)
         try:
-            self.published = lease_of(self.names, published(self.names, attrs, current), subnet)
+            self.published = lease_of(self.names, published(self.names, attrs, current), subnet, ipv6_subnet)
         except LeaseError as e:  # an unusable public-ip-overwrite
             raise ConfigError(f"node {self.node}: {e}") from None
         if overwrite and self.own is None:
             log.info("public-ip-overwrite annotation is published as public-ip",
                      extra={"node": self.node, "public_ip": overwrite})
-        return Lease(subnet, attrs)
+        return Lease(subnet, attrs, ipv6_subnet)
 
     def start(self) -> None:
         """The informer runs since network_config(); nothing more to start."""
@@ -201,6 +220,8 @@ class KubeSubnetManager:
             return before is not None
         try:
             lease: Lease | None = node_lease(self.names, item.node)
+            if lease is not None and lease.ipv6_subnet is not None and (self.cfg is None or self.cfg.ipv6 is None):
+                lease = dataclasses.replace(lease, ipv6_subnet=None)  # an IPv4-only overlay ignores IPv6 podCIDRs
         except LeaseError as e:
             self.leases.pop(item.name, None)
             # Said once when a lease goes away; a node that never was one only at debug level

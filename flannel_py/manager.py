@@ -7,6 +7,9 @@ Acquire, as flanneld does it:
   3. else the lowest free subnet.
 A new key is written only if absent (an etcd transaction on create_revision == 0), so two nodes
 starting at the same moment cannot both get one subnet: the loser lists again and moves on.
+Dual-stack (the config's `ipv6` plan): the key names both subnets (flanneld's
+`<v4>-<len>&<v6>-<len>`), each picked the same way from its own plan; a lease of ours is reused
+only if it has the families the config asks for.
 
 The renewer and the watcher run in their own threads and report to the daemon's queue; both
 survive etcd outages by retrying, and the watcher resumes from the last revision it has seen
@@ -21,12 +24,12 @@ import queue
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from ipaddress import IPv4Network
+from ipaddress import IPv4Network, IPv6Network
 
 from flannel_py.config import NetworkConfig
 from flannel_py.lease import Lease, LeaseAttrs, LeaseError, decode
 from flannel_py.registry import Compacted, Created, KeyValue, Progress, Registry, WatchEvent
-from flannel_py.subnets import allocate, is_allocatable, parse_subnet_key, subnet_key
+from flannel_py.subnets import Subnet, allocate, is_allocatable, parse_key, subnet_key
 
 log = logging.getLogger(__name__)
 
@@ -52,36 +55,50 @@ class LeaseLost:
 
 def parse_entry(key: str, value: bytes) -> Lease:
     """The Lease stored at a key; ValueError (LeaseError) with the reason for a bad one."""
-    return Lease(parse_subnet_key(key), decode(value))
+    subnet, ipv6_subnet = parse_key(key)
+    return Lease(subnet, decode(value), ipv6_subnet)
 
 
-def parse_entries(kvs: list[KeyValue]) -> tuple[dict[str, tuple[Lease, KeyValue]], set[IPv4Network]]:
-    """Usable leases by key, plus every subnet whose key exists (usable or not): those are taken."""
+def parse_entries(kvs: list[KeyValue]) -> tuple[dict[str, tuple[Lease, KeyValue]], set[Subnet]]:
+    """Usable leases by key, plus every subnet (of either family) whose key exists, usable or
+    not: those are taken."""
     good: dict[str, tuple[Lease, KeyValue]] = {}
-    taken: set[IPv4Network] = set()
+    taken: set[Subnet] = set()
     for kv in kvs:
         try:
-            subnet = parse_subnet_key(kv.key)
+            subnet, ipv6_subnet = parse_key(kv.key)
         except ValueError as e:
             log.warning("skipping key with a bad name", extra={"key": kv.key, "error": str(e)})
             continue
         taken.add(subnet)
+        if ipv6_subnet is not None:
+            taken.add(ipv6_subnet)
         try:
-            good[kv.key] = (Lease(subnet, decode(kv.value)), kv)
+            good[kv.key] = (Lease(subnet, decode(kv.value), ipv6_subnet), kv)
         except LeaseError as e:
             log.warning("skipping corrupt lease", extra={"key": kv.key, "error": str(e)})
     return good, taken
 
 
+def fits(cfg: NetworkConfig, lease: Lease) -> bool:
+    """Whether the lease's subnets are ones this config hands out, in exactly its families."""
+    if not is_allocatable(cfg, lease.subnet):
+        return False
+    if cfg.ipv6 is None or lease.ipv6_subnet is None:
+        return cfg.ipv6 is None and lease.ipv6_subnet is None
+    return is_allocatable(cfg.ipv6, lease.ipv6_subnet)
+
+
 def acquire(reg: Registry, cfg: NetworkConfig, attrs: LeaseAttrs, ttl: int,
-            previous: IPv4Network | None = None, tries: int = 20) -> Acquired:
+            previous: IPv4Network | None = None, tries: int = 20,
+            previous_v6: IPv6Network | None = None) -> Acquired:
     value = attrs.encode()
-    lost: set[IPv4Network] = set()
+    lost: set[Subnet] = set()
     for _ in range(tries):
         kvs, _rev = reg.list_subnets()
         good, taken = parse_entries(kvs)
         mine = [(lease, kv) for lease, kv in good.values()
-                if lease.attrs.public_ip == attrs.public_ip and is_allocatable(cfg, lease.subnet)]
+                if lease.attrs.public_ip == attrs.public_ip and fits(cfg, lease)]
         if mine:
             mine.sort(key=lambda item: (item[0].subnet != previous, item[0].subnet))
             lease, kv = mine[0]
@@ -91,17 +108,22 @@ def acquire(reg: Registry, cfg: NetworkConfig, attrs: LeaseAttrs, ttl: int,
                     # The key has moved to the new etcd lease; the old one holds nothing now.
                     with contextlib.suppress(Exception):
                         reg.revoke(kv.lease)
-                return Acquired(Lease(lease.subnet, attrs), kv.key, etcd_lease, "reused")
+                return Acquired(Lease(lease.subnet, attrs, lease.ipv6_subnet), kv.key, etcd_lease, "reused")
             _quiet_revoke(reg, etcd_lease)
             continue
         subnet = allocate(cfg, taken, preferred=previous, exclude=lost)
-        key = reg.subnet_key(subnet_key(subnet))
+        ipv6_subnet = allocate(cfg.ipv6, taken, preferred=previous_v6, exclude=lost) if cfg.ipv6 else None
+        assert isinstance(subnet, IPv4Network) and (ipv6_subnet is None or isinstance(ipv6_subnet, IPv6Network))
+        key = reg.subnet_key(subnet_key(subnet, ipv6_subnet))
         etcd_lease = reg.grant(ttl)
         if reg.create_if_absent(key, value, etcd_lease):
-            return Acquired(Lease(subnet, attrs), key, etcd_lease, "previous" if subnet == previous else "new")
+            return Acquired(Lease(subnet, attrs, ipv6_subnet), key, etcd_lease,
+                            "previous" if subnet == previous else "new")
         log.info("subnet taken by another node meanwhile, trying again", extra={"subnet": str(subnet)})
         _quiet_revoke(reg, etcd_lease)
         lost.add(subnet)
+        if ipv6_subnet is not None:
+            lost.add(ipv6_subnet)
     raise RuntimeError(f"could not acquire a subnet lease after {tries} attempts (heavy contention?)")
 
 

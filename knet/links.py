@@ -112,12 +112,17 @@ def make_veth(ipr: IPRoute, name: str, peer: str, peer_netns_fd: int | None = No
     return idx
 
 
-def add_address(ipr: IPRoute, ifname: str, cidr: str) -> None:
-    """Add an address (a.b.c.d/len) to a device; already present is fine."""
+IFA_F_NODAD = 0x02
+
+
+def add_address(ipr: IPRoute, ifname: str, cidr: str, nodad: bool = False) -> None:
+    """Add an address (a.b.c.d/len or IPv6) to a device; already present is fine. `nodad`: an
+    IPv6 address usable at once, without duplicate address detection (one known to be unique)."""
     iface = ipaddress.ip_interface(cidr)
+    extra = {"flags": IFA_F_NODAD} if nodad and iface.version == 6 else {}
     try:
         ipr.addr("add", index=index(ipr, ifname), address=str(iface.ip),
-                 prefixlen=iface.network.prefixlen)
+                 prefixlen=iface.network.prefixlen, **extra)
     except NetlinkError as e:
         if e.code != errno.EEXIST:
             raise
@@ -205,19 +210,21 @@ def ensure_vxlan(ipr: IPRoute, name: str, vni: int, port: int, local: str, under
     underlay_idx = index(ipr, underlay)
     if underlay_idx is None:
         raise ValueError(f"underlay interface {underlay} does not exist")
+    local_key = "IFLA_VXLAN_LOCAL6" if ":" in local else "IFLA_VXLAN_LOCAL"  # an IPv6 underlay address
     link = get_link(ipr, name)
     attrs = vxlan_attrs(link)
     created = False
     if link is not None and (attrs is None or attrs.get("IFLA_VXLAN_ID") != vni
                              or attrs.get("IFLA_VXLAN_PORT") != port
-                             or attrs.get("IFLA_VXLAN_LOCAL") != local
+                             or attrs.get(local_key) != local
                              or attrs.get("IFLA_VXLAN_LINK") != underlay_idx
                              or bool(attrs.get("IFLA_VXLAN_LEARNING")) != learning):
         delete_link(ipr, name)
         link = None
     if link is None:
         try:
-            ipr.link("add", ifname=name, kind="vxlan", vxlan_id=vni, vxlan_port=port, vxlan_local=local,
+            local_arg = {"vxlan_local6" if ":" in local else "vxlan_local": local}
+            ipr.link("add", ifname=name, kind="vxlan", vxlan_id=vni, vxlan_port=port, **local_arg,
                      vxlan_link=underlay_idx, vxlan_learning=1 if learning else 0, mtu=mtu)
             created = True
         except NetlinkError as e:
@@ -244,6 +251,8 @@ def del_route(ipr: IPRoute, dst: str, gateway: str | None = None, ifname: str | 
     """Delete a main-table route; already gone is fine."""
     net = ipaddress.ip_network(dst, strict=False)
     kwargs: dict = {"dst": str(net.network_address), "dst_len": net.prefixlen}
+    if net.version == 6:
+        kwargs["family"] = 10
     if gateway:
         kwargs["gateway"] = gateway
     if ifname:
@@ -255,10 +264,11 @@ def del_route(ipr: IPRoute, dst: str, gateway: str | None = None, ifname: str | 
             raise
 
 
-def routes_via(ipr: IPRoute, ifname: str) -> list[dict]:
-    """Main-table IPv4 unicast routes whose output device is ifname ({"dst", "gw", "oif"})."""
+def routes_via(ipr: IPRoute, ifname: str, family: int = 2) -> list[dict]:
+    """Main-table unicast routes of the family (2: IPv4, 10: IPv6) whose output device is ifname
+    ({"dst", "gw", "oif"})."""
     idx = index(ipr, ifname)
-    return [r for r in routes(ipr) if idx is not None and r["oif"] == idx]
+    return [r for r in routes(ipr, family) if idx is not None and r["oif"] == idx]
 
 
 def default_route_ifname(ipr: IPRoute) -> str | None:
@@ -269,13 +279,14 @@ def default_route_ifname(ipr: IPRoute) -> str | None:
     return None
 
 
-def neighbours(ipr: IPRoute, ifname: str, permanent_only: bool = True) -> list[tuple[str, str]]:
-    """(ip, mac) of the IPv4 neighbour entries on a device (by default only permanent ones)."""
+def neighbours(ipr: IPRoute, ifname: str, permanent_only: bool = True, family: int = 2) -> list[tuple[str, str]]:
+    """(ip, mac) of the neighbour entries of the family (2: IPv4, 10: IPv6) on a device (by
+    default only permanent ones)."""
     idx = index(ipr, ifname)
     if idx is None:
         return []
     out = []
-    for n in ipr.neigh("dump", ifindex=idx, family=2):
+    for n in ipr.neigh("dump", ifindex=idx, family=family):
         if permanent_only and not n["state"] & NUD_PERMANENT:
             continue
         if n.get("NDA_DST") and n.get("NDA_LLADDR"):

@@ -2,10 +2,11 @@
 
 Deliberately independent of the lab package: it proves the daemon alone, with nothing else running.
 
-    <p>-ul   : bridge br0 = the nodes' LAN (192.168.33.0/24); no link to the root namespace
+    <p>-ul   : bridge br0 = the nodes' LAN (192.168.33.0/24, fd00:33::/64); no link to the root namespace
     <p>-ctl  : eth0 192.168.33.2, etcd on :2379 (as in the lab)
-    <p>-nI   : eth0 192.168.33.(10+I), flannel-py, bridge cni0 (.1 of its subnet)
-    <p>-nI-p : a pod: eth0 = .10 of the node subnet, default route via cni0
+    <p>-nI   : eth0 192.168.33.(10+I) and fd00:33::(10+I) (unless added with ipv6=False), flannel-py,
+               bridge cni0 (.1 of its subnet; ::1 of its IPv6 subnet on a dual-stack overlay)
+    <p>-nI-p : a pod: eth0 = .10 of the node subnet (and ::a of the IPv6 one), default routes via cni0
 
 Every namespace carries the prefix (tests: `ktf` + hex) and `cleanup()` removes all of them, killing
 whatever runs inside (etcd, daemons), whether the tests passed or not.
@@ -31,6 +32,7 @@ FLANNEL_PY = os.path.join(BIN, "flannel-py")
 ETCD_IP = "192.168.33.2"
 ETCD_URL = f"http://{ETCD_IP}:2379"
 PREFIX = "/coreos.com/network"
+UNDERLAY_V6 = "fd00:33::"
 
 
 @dataclass
@@ -42,9 +44,14 @@ class Node:
     proc: subprocess.Popen | None = None
     pod: str | None = None
     pod_ip: str | None = None
+    ipv6: str | None = None      # the node's underlay IPv6 address
+    pod_ip6: str | None = None   # its pod's IPv6 address (dual-stack overlay)
 
     def subnet(self) -> ipaddress.IPv4Network | None:
         return subnet_env.previous_subnet(self.subnet_file)
+
+    def ipv6_subnet(self) -> ipaddress.IPv6Network | None:
+        return subnet_env.previous_ipv6_subnet(self.subnet_file)
 
     def env(self) -> dict[str, str]:
         with open(self.subnet_file) as f:
@@ -66,8 +73,8 @@ class Topo:
         netns.create(self.ctl)
         self._attach(self.ctl, f"{ETCD_IP}/24", "ctl")
 
-    def _attach(self, ns: str, cidr: str, port: str) -> None:
-        """veth: `port` on br0 in the underlay, eth0 with `cidr` in ns."""
+    def _attach(self, ns: str, cidr: str, port: str, cidr6: str | None = None) -> None:
+        """veth: `port` on br0 in the underlay, eth0 with `cidr` (and `cidr6`) in ns."""
         fd = os.open(netns.path(ns), os.O_RDONLY)
         try:
             with links.iproute(self.ul) as ipr:
@@ -76,6 +83,8 @@ class Topo:
             os.close(fd)
         with links.iproute(ns) as ipr:
             links.add_address(ipr, "eth0", cidr)
+            if cidr6:
+                links.add_address(ipr, "eth0", cidr6, nodad=True)  # unique by construction
             links.set_up(ipr, "eth0")
 
     # --- etcd ------------------------------------------------------------------------------------
@@ -113,13 +122,15 @@ class Topo:
 
     # --- nodes, pods, daemons --------------------------------------------------------------------
 
-    def add_node(self, i: int) -> Node:
+    def add_node(self, i: int, ipv6: bool = True) -> Node:
         name = f"{self.prefix}-n{i}"
         netns.create(name)
         ip = f"192.168.33.{10 + i}"
-        self._attach(name, f"{ip}/24", f"n{i}")
-        netns.run(name, ["sysctl", "-qw", "net.ipv4.ip_forward=1"], check=True)
-        node = Node(name, ip, os.path.join(self.tmp, f"n{i}", "subnet.env"), os.path.join(self.tmp, f"n{i}.log"))
+        ip6 = f"{UNDERLAY_V6}{10 + i}" if ipv6 else None
+        self._attach(name, f"{ip}/24", f"n{i}", f"{ip6}/64" if ip6 else None)
+        netns.run(name, ["sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"], check=True)
+        node = Node(name, ip, os.path.join(self.tmp, f"n{i}", "subnet.env"), os.path.join(self.tmp, f"n{i}.log"),
+                    ipv6=ip6)
         self.nodes[i] = node
         return node
 
@@ -164,6 +175,15 @@ class Topo:
         with links.iproute(node.name) as ipr:
             ipr.link("set", index=links.index(ipr, "vpod"), master=bridge, state="up")
         node.pod, node.pod_ip = pod, pod_ip
+        subnet6 = node.ipv6_subnet()
+        if subnet6 is not None:  # a dual-stack overlay: the pod gets ::a, cni0 ::1 (no DAD: unique here)
+            gw6 = str(subnet6.network_address + 1)
+            with links.iproute(node.name) as ipr:
+                links.add_address(ipr, "cni0", f"{gw6}/{subnet6.prefixlen}", nodad=True)
+            node.pod_ip6 = str(subnet6.network_address + 10)
+            with links.iproute(pod) as ipr:
+                links.add_address(ipr, "eth0", f"{node.pod_ip6}/{subnet6.prefixlen}", nodad=True)
+                links.add_route(ipr, "::/0", gateway=gw6)
         return pod
 
     @staticmethod

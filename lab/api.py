@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from knet import cgroups, netns
-from lab.bringup import controlplane, dns, netpol, proxy
+from lab.bringup import controlplane, dns, launch, netpol, proxy
 from lab.bringup import ingress as lab_ingress
 from lab.bringup import overlay as lab_overlay
 from lab.errors import LabError
@@ -140,11 +140,14 @@ def get(name: str = "knet", root: str = topology.STATE_ROOT) -> Lab:
 def up(name: str = "knet", nodes: int = 3, cni_type: str = "knet-cni", recreate: bool = False,
        progress: Progress = _quiet, root: str = topology.STATE_ROOT, agents: bool = True,
        overlay: str = "vxlan", control_plane: bool = False, proxy_mode: str | None = None,
-       network_policy: bool = False, ingress: bool = False) -> Lab:
+       network_policy: bool = False, ingress: bool = False, subnet_manager: str | None = None) -> Lab:
     """Build the lab; on any failure everything made so far is removed again. `control_plane`:
-    also etcd, the API server, the controllers and the node agents (lab.bringup.controlplane)."""
+    also etcd, the API server, the controllers and the node agents (lab.bringup.controlplane).
+    `subnet_manager` (vxlan and host-gw overlays): "kube" (the Nodes' podCIDRs; needs the
+    control plane) or "etcd"; None: kube with the control plane, else etcd."""
     t0 = time.monotonic()
     p = topology.plan(name, nodes, cni_type, root, overlay)
+    manager = _subnet_manager(overlay, subnet_manager, control_plane)
     if exists(name, root):
         if not recreate:
             raise LabError(f"lab {name} already exists (knet lab down --name {name}, or --recreate)")
@@ -158,7 +161,7 @@ def up(name: str = "knet", nodes: int = 3, cni_type: str = "knet-cni", recreate:
     progress(f"lab {name}: {nodes} node(s), cni plugin {cni_type}, state in {p.state_dir}")
     try:
         kernel.build(p, progress)
-        leases = lab_overlay.start(p, progress) if p.overlay != "static" else {}
+        leases = lab_overlay.start(p, progress) if manager == "etcd" else {}
         for n in p.nodes:
             os.makedirs(os.path.dirname(n.conflist_path), exist_ok=True)
             os.makedirs(n.ipam_dir, exist_ok=True)
@@ -167,17 +170,24 @@ def up(name: str = "knet", nodes: int = 3, cni_type: str = "knet-cni", recreate:
                 f.write("\n")
         progress(f"cni: {', '.join(n.conflist_path for n in p.nodes)}")
         desc = topology.describe(p)
-        for short, lease in leases.items():
-            desc["nodes"][short]["pod_subnet"] = lease["pod_subnet"]
-            desc["nodes"][short]["mtu"] = lease["mtu"]
+        desc["subnet_manager"] = manager
         desc["agents"] = {}
         if agents and cni_type == "knet-cni":
             desc["agents"] = kernel.start_agents(p, progress)
         desc["created"] = time.time()
         state.save(desc, name, root)
+        _record_leases(name, root, leases)
         if control_plane:  # after lab.json exists: the node agents read it
-            cp = _record(name, root, "control_plane", controlplane.start_control_plane(p, progress))
+            flannel: dict[str, launch.Daemon] = {}
+
+            def start_flannel(kubeconfigs: dict[str, str]) -> None:
+                flannel.update(lab_overlay.spawn_kube(p, kubeconfigs["flannel"]))
+
+            cp = _record(name, root, "control_plane", controlplane.start_control_plane(
+                p, progress, with_nodes=start_flannel if manager == "kube" else None))
             kubeconfigs = cp["kubeconfigs"]
+            if manager == "kube":  # every Node has its podCIDR now
+                _record_leases(name, root, lab_overlay.wait_kube(p, flannel, progress))
             _record(name, root, "dns", dns.start(p, kubeconfigs, progress))
             if proxy_mode:
                 _record(name, root, "proxy", {"mode": proxy_mode,
@@ -193,6 +203,26 @@ def up(name: str = "knet", nodes: int = 3, cni_type: str = "knet-cni", recreate:
         raise
     progress(f"lab {name} is up in {time.monotonic() - t0:.1f}s")
     return Lab(name, root)
+
+
+def _subnet_manager(overlay: str, asked: str | None, control_plane: bool) -> str | None:
+    """The overlay's subnet manager (None: the static overlay has none)."""
+    if overlay == "static":
+        return None
+    manager = asked or ("kube" if control_plane else "etcd")
+    if manager not in lab_overlay.SUBNET_MANAGERS:
+        raise LabError(f"subnet manager must be one of {', '.join(lab_overlay.SUBNET_MANAGERS)}, got {manager!r}")
+    if manager == "kube" and not control_plane:
+        raise LabError("the kube subnet manager needs the control plane (the Nodes' podCIDRs are the subnets): "
+                       "drop --no-control-plane, or use --subnet-manager etcd")
+    return manager
+
+
+def _record_leases(name: str, root: str, leases: dict[str, dict]) -> None:
+    with state.update(name, root) as d:
+        for short, lease in leases.items():
+            d["nodes"][short]["pod_subnet"] = lease["pod_subnet"]
+            d["nodes"][short]["mtu"] = lease["mtu"]
 
 
 def _record(name: str, root: str, key: str, info: dict) -> dict:

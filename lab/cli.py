@@ -35,7 +35,7 @@ def _err(msg: str) -> None:
 
 def cmd_up(args: argparse.Namespace) -> int:
     lab = api.up(args.name, args.nodes, cni_type=args.cni_type, recreate=args.recreate, progress=_say,
-                 overlay=args.overlay, control_plane=not args.no_control_plane,
+                 overlay=args.overlay, subnet_manager=args.subnet_manager, control_plane=not args.no_control_plane,
                  proxy_mode=None if args.no_control_plane or args.proxy_mode == "none" else args.proxy_mode,
                  network_policy=not args.no_control_plane and not args.no_network_policy,
                  ingress=not args.no_control_plane and not args.no_ingress)
@@ -79,7 +79,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(data, indent=2, sort_keys=True))
         return 0
-    print(f"lab {data['name']}  cni {data.get('cni_type', '?')}  state {data['state_dir']}")
+    manager = f" ({data['subnet_manager']} subnet manager)" if data.get("subnet_manager") else ""
+    print(f"lab {data['name']}  overlay {data.get('overlay', '?')}{manager}  cni {data.get('cni_type', '?')}  "
+          f"state {data['state_dir']}")
     print(f"  ctl {data['ctl']['ip']} ({data['ctl']['netns']})   "
           f"client {data['client']['ip']} ({data['client']['netns']})")
     cp = data.get("control_plane")
@@ -148,8 +150,12 @@ def register(subparsers: Any) -> None:
     up.add_argument("--recreate", action="store_true", help="remove an existing lab of that name first")
     up.add_argument("--overlay", choices=["vxlan", "host-gw", "static"],
                     default=os.environ.get("KNET_LAB_OVERLAY", "vxlan"),
-                    help="pod network between nodes: flannel_py vxlan (default) or host-gw with subnets "
-                         "leased from etcd, or static subnets and routes (no etcd)")
+                    help="pod network between nodes: flannel_py vxlan (default) or host-gw, or static "
+                         "subnets and routes (no flannel)")
+    up.add_argument("--subnet-manager", choices=["kube", "etcd"], default=os.environ.get("KNET_LAB_SUBNET_MANAGER"),
+                    help="where flannel_py gets each node's subnet: kube (default) = the Node's podCIDR from the "
+                         "node IPAM controller, leases as Node annotations, as kube-flannel; etcd = leases in the "
+                         "lab's etcd (the default with --no-control-plane)")
     up.add_argument("--proxy-mode", choices=["iptables", "userspace", "ebpf", "nftables", "none"],
                     default=os.environ.get("KNET_PROXY_MODE", "iptables"),
                     help="kproxy data path on every node (needs the control plane)")

@@ -18,11 +18,16 @@ def unique(tag: str) -> str:
     return f"kt{tag}{secrets.token_hex(3)}"
 
 
+def family(addr: str) -> int:
+    """The socket family of an address literal ("::" and "fd00::2" are IPv6)."""
+    return socket.AF_INET6 if ":" in addr else socket.AF_INET
+
+
 def server_socket(ns: str, kind: int = socket.SOCK_STREAM, addr: str = "0.0.0.0", port: int = 0) -> socket.socket:
     """A socket made in `ns` and bound to addr:port (SO_REUSEADDR), listening if it is TCP, with the
     short timeout the serving loops below poll their stop event with."""
     with netns.enter(ns):
-        srv = socket.socket(socket.AF_INET, kind)
+        srv = socket.socket(family(addr), kind)
     srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     srv.bind((addr, port))
     if kind == socket.SOCK_STREAM:
@@ -76,7 +81,7 @@ def tcp_server(ns: str, addr: str = "0.0.0.0", port: int = 0) -> Iterator[int]:
 
 def tcp_request(ns: str, host: str, port: int, payload: bytes = b"hello", timeout: float = 3.0) -> bytes:
     with netns.enter(ns):
-        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s = socket.socket(family(host), socket.SOCK_STREAM)
     with s:
         s.settimeout(timeout)
         s.connect((host, port))

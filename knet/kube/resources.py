@@ -74,6 +74,7 @@ RESOURCES: dict[str, Resource] = {
         Resource("Secret", "", "v1", "secrets", True, "CoreV1Api"),
         Resource("ConfigMap", "", "v1", "configmaps", True, "CoreV1Api"),
         Resource("ReplicationController", "", "v1", "replicationcontrollers", True, "CoreV1Api"),
+        Resource("Event", "", "v1", "events", True, "CoreV1Api"),
         Resource("EndpointSlice", "discovery.k8s.io", "v1", "endpointslices", True, "DiscoveryV1Api"),
         Resource("NetworkPolicy", "networking.k8s.io", "v1", "networkpolicies", True, "NetworkingV1Api"),
         Resource("Ingress", "networking.k8s.io", "v1", "ingresses", True, "NetworkingV1Api"),

@@ -1,7 +1,13 @@
 """A container is a process in the pod's network namespace (`ip netns exec`, which also mounts
 /etc/netns/<pod>/resolv.conf and hosts over /etc), in a session of its own so that stopping it
-reaches its children. A process is identified by pid + start time (from /proc), so an agent that
-restarted can adopt the processes its predecessor started without mistaking a reused pid."""
+reaches its children, in a cgroup of its own (per-container CPU and memory). A process is
+identified by pid + start time (from /proc), so an agent that restarted can adopt the processes
+its predecessor started without mistaking a reused pid.
+
+Its output goes through pipes (a terminal with `tty: true`) to a log writer process of its own
+(`logwriter.py`, what conmon is to a container), which keeps it in CRI log files and outlives
+the agent. With `stdin: true` the log writer also feeds the container's input (a pipe, or the
+terminal) from a FIFO that `kubectl attach` writes to, and closes it when told (stdinOnce)."""
 
 from __future__ import annotations
 
@@ -9,10 +15,47 @@ import contextlib
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from knet import cgroups, netns
+
+LOGWRITER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "logwriter.py")
+
+
+@dataclass(frozen=True)
+class ContainerIO:
+    """Where one container instance's terminal, input and output go."""
+    log_path: str                     # <pod log dir>/<container>/<restart count>.log
+    tty: bool = False
+    stdin_fifo: str | None = None     # what `kubectl attach` writes for the container (`stdin: true`)
+    control_fifo: str | None = None   # JSON lines for the log writer: terminal sizes, closing stdin
+    max_size: int = 10 * 1024 * 1024
+    max_files: int = 5
+
+
+def _fifo(path: str) -> int:
+    """The FIFO opened read-write: opening never blocks, and its reader never sees EOF between
+    writers (the log writer, which inherits it, is its reader from the start)."""
+    if not os.path.exists(path):
+        os.mkfifo(path, 0o600)
+    return os.open(path, os.O_RDWR)
+
+
+def _start_logwriter(io: ContainerIO, fds: dict[str, int]) -> None:
+    """The container's I/O keeper, given its ends: `out`, `err` (or the terminal as `out`), `stdin`
+    (the container's input: the terminal, or a pipe's write end), `stdin-fifo`, `control-fifo`."""
+    argv = [sys.executable, "-S", LOGWRITER, "--log", io.log_path, "--max-size", str(io.max_size),
+            "--max-files", str(io.max_files), *(["--tty"] if io.tty else [])]
+    for name, fd in fds.items():
+        argv += [f"--{name}-fd", str(fd)]
+    with open(os.path.join(os.path.dirname(io.log_path), "logwriter.err"), "ab") as err:
+        # Not waited for: it lives as long as the container's output, across agent restarts
+        # (subprocess reaps it once this object is gone and it has exited).
+        subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
+                         pass_fds=sorted(set(fds.values())), start_new_session=True, close_fds=True)
 
 
 def start_time(pid: int) -> int | None:
@@ -32,17 +75,44 @@ class Process:
         self.pid, self.started, self.popen = pid, started, popen
 
     @classmethod
-    def spawn(cls, pod_netns: str, argv: Sequence[str], env: dict[str, str], log_path: str,
+    def spawn(cls, pod_netns: str, argv: Sequence[str], env: dict[str, str], io: ContainerIO,
               cwd: str | None = None, cgroup: str | None = None) -> Process:
-        os.makedirs(os.path.dirname(log_path), exist_ok=True)
-        cmd = netns.exec_argv(pod_netns, list(argv))
+        os.makedirs(os.path.dirname(io.log_path), exist_ok=True)
+        cmd = netns.exec_argv(pod_netns, ["setsid", "--ctty", *argv] if io.tty else list(argv))
         if cgroup:
-            cmd = cgroups.join_argv(cgroup, cmd)  # joins before exec: the pid stays the container's
-        with open(log_path, "ab") as out:
-            popen = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out,
-                                     stderr=subprocess.STDOUT, start_new_session=True, env=env,
+            cmd = cgroups.join_argv(cgroups.ensure(cgroup), cmd)  # joins before exec: the pid stays the container's
+        ours: list[int] = []  # descriptors this process holds only until both children have them
+        try:
+            keeper: dict[str, int] = {}
+            if io.tty:
+                master, slave = os.openpty()
+                ours += [master, slave]
+                stdin = stdout = stderr = slave
+                keeper = {"out": master, "stdin": master}
+            else:
+                out_r, out_w = os.pipe()
+                err_r, err_w = os.pipe()
+                ours += [out_r, out_w, err_r, err_w]
+                stdout, stderr, keeper = out_w, err_w, {"out": out_r, "err": err_r}
+                stdin = subprocess.DEVNULL
+                if io.stdin_fifo:  # a pipe the log writer feeds from the FIFO, and closes for stdinOnce
+                    in_r, in_w = os.pipe()
+                    ours += [in_r, in_w]
+                    stdin, keeper["stdin"] = in_r, in_w
+            for name, path in (("stdin-fifo", io.stdin_fifo), ("control-fifo", io.control_fifo)):
+                if path:
+                    keeper[name] = _fifo(path)
+                    ours.append(keeper[name])
+            _start_logwriter(io, keeper)
+            env = {"TERM": "xterm", **env} if io.tty else env
+            popen = subprocess.Popen(cmd, stdin=stdin, stdout=stdout, stderr=stderr, env=env,
+                                     # a tty container gets its session (and terminal) from setsid
+                                     start_new_session=not io.tty,
                                      cwd=cwd if cwd and os.path.isdir(cwd) else "/")
-        # `ip netns exec` execs the command in place: the pid is the container's own.
+        finally:
+            for fd in ours:
+                os.close(fd)
+        # `ip netns exec` and setsid exec the command in place: the pid is the container's own.
         return cls(popen.pid, start_time(popen.pid), popen)
 
     @classmethod

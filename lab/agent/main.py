@@ -4,8 +4,13 @@
     knet-node-agent --kubeconfig ... --node-name n1 --conflist /etc/cni/net.d/10-knet.conflist \\
                     --state-dir /var/lib/knet-agent --netns-prefix knet      # outside a lab
 
-It registers its Node (InternalIP = eth0's address, podCIDR, Ready with a heartbeat), watches the
-pods bound to it (`fieldSelector=spec.nodeName=<node>`) and runs one `PodWorker` per pod.
+It registers its Node (InternalIP = eth0's address, Ready with a heartbeat; as a kubelet, it leaves
+spec.podCIDR to the node IPAM controller: lab.controllers.nodeipam), watches the pods bound to it
+(`fieldSelector=spec.nodeName=<node>`) and runs one `PodWorker` per pod. It serves the kubelet's
+API on <node IP>:10250 (exec, attach, port-forward, container logs, stats, cAdvisor's network
+counters; HTTPS, only the API server's kubelet-client certificate let in, checked against
+--client-ca-file or else the kubeconfig's CA), samples its pods' cgroups, and records events
+(Pulled, Created, Started, Killing, Unhealthy, BackOff) as the kubelet does.
 
 Deletion: the lab API server deletes a pod at once (no grace period, no finalizer); the agent
 learns it from the DELETE event (or from the pod no longer being listed) and then stops the
@@ -18,13 +23,13 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import ipaddress
 import json
 import logging
 import os
 import platform
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -33,7 +38,12 @@ from typing import Any
 from knet import logs, metrics
 from knet.kube import InformerFactory, add_arguments, api_client_from_args, client
 from knet.kube.models import Pod, Service
+from knet.kube.recorder import EventRecorder
+from lab.agent import stats
 from lab.agent.containers import Process
+from lab.agent.nodeapi import tls
+from lab.agent.nodeapi.server import KUBELET_PORT, NodeApi, tls_context
+from lab.agent.podview import WorkerView
 from lab.agent.podworker import PodWorker, finish_deletion
 from lab.agent.runtime import Runtime
 from lab.agent.status import now
@@ -55,11 +65,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--state-dir", help="pod state and logs (default: <lab node dir>/agent)")
     p.add_argument("--netns-prefix", help="pod namespaces are <prefix>-pod-<ns>-<name> (default: the lab name)")
     p.add_argument("--node-ip", help="InternalIP (default: eth0's IPv4 address)")
-    p.add_argument("--pod-cidr", help="the node's pod subnet (default: the lab's or subnet.env's)")
     p.add_argument("--service-cidr", default=topology.SERVICE_CIDR)
     p.add_argument("--cluster-domain", default="cluster.local")
     p.add_argument("--heartbeat", type=float, default=10.0, help="seconds between Node status updates")
     p.add_argument("--metrics", default="", metavar="ADDR:PORT")
+    p.add_argument("--port", type=int, default=KUBELET_PORT,
+                   help="the node API (exec, logs, port-forward, stats) on the node IP; 0: none")
+    p.add_argument("--client-ca-file", help="CA of the API server's client certificate (default: the kubeconfig's)")
+    p.add_argument("--stats-period", type=float, default=5.0, help="seconds between cgroup samples")
     p.add_argument("--log-level", default="info")
     return p
 
@@ -75,8 +88,8 @@ def eth0_address() -> str | None:
     return None
 
 
-def node_facts(args: argparse.Namespace) -> tuple[dict[str, Any], str, str | None, str | None]:
-    """(node_info for the runtime, state dir, node IP, pod CIDR)."""
+def node_facts(args: argparse.Namespace) -> tuple[dict[str, Any], str, str | None]:
+    """(node_info for the runtime, state dir, node IP)."""
     info: dict[str, Any] = {}
     if args.lab:
         data = state.load(args.lab, args.lab_root)
@@ -91,29 +104,26 @@ def node_facts(args: argparse.Namespace) -> tuple[dict[str, Any], str, str | Non
     state_dir = args.state_dir or (os.path.join(info["dir"], "agent") if info.get("dir") else None)
     if not state_dir:
         raise SystemExit("knet-node-agent: no state dir (--lab or --state-dir)")
-    cidr = args.pod_cidr or info.get("pod_subnet") or None
-    subnet_env = os.path.join(info.get("dir", ""), "subnet.env")
-    if not cidr and os.path.exists(subnet_env):
-        with open(subnet_env) as f:
-            for line in f:
-                if line.startswith("FLANNEL_SUBNET="):
-                    cidr = str(ipaddress.ip_interface(line.split("=", 1)[1].strip()).network)
-    return info, state_dir, args.node_ip or eth0_address() or info.get("ip"), cidr
+    return info, state_dir, args.node_ip or eth0_address() or info.get("ip")
 
 
 class Agent:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.node = args.node_name
-        info, state_dir, self.node_ip, self.pod_cidr = node_facts(args)
+        info, state_dir, self.node_ip = node_facts(args)
         self.api = api_client_from_args(args)
         self.factory = InformerFactory(self.api)
         self.pods = self.factory.informer(Pod, field_selector=f"spec.nodeName={self.node}")
         self.services = self.factory.informer(Service)
         prefix = args.netns_prefix or args.lab or "knet"
+        self.recorder = EventRecorder(self.api, "kubelet", host=self.node)
         self.rt = Runtime(self.api, prefix, self.node, info, state_dir, self.node_ip, args.service_cidr,
                           args.cluster_domain, args.lab_root if args.lab else None, self.services,
-                          cgroup=args.cgroup or (kernel.node_cgroup(args.lab, self.node) if args.lab else None))
+                          cgroup=args.cgroup or (kernel.node_cgroup(args.lab, self.node) if args.lab else None),
+                          recorder=self.recorder)
+        self.sampler = stats.Sampler(self.node, self.rt.cgroup, self.stats_targets, args.stats_period)
+        self.node_api: NodeApi | None = None
         self.workers: dict[str, PodWorker] = {}
         self.finishing: set[str] = set()  # terminating pods without a worker, being finished
         self.saved: dict[str, dict[str, Any]] = {}
@@ -127,15 +137,12 @@ class Agent:
     # --- the Node --------------------------------------------------------------------------------
 
     def node_object(self) -> dict[str, Any]:
-        spec: dict[str, Any] = {}
-        if self.pod_cidr:
-            spec = {"podCIDR": self.pod_cidr, "podCIDRs": [self.pod_cidr]}
         return {"apiVersion": "v1", "kind": "Node",
                 "metadata": {"name": self.node, "labels": {
                     "kubernetes.io/hostname": self.node, "kubernetes.io/os": "linux",
                     "kubernetes.io/arch": "amd64", "beta.kubernetes.io/os": "linux",
                     "beta.kubernetes.io/arch": "amd64"}},
-                "spec": spec, "status": self.node_status()}
+                "spec": {}, "status": self.node_status()}
 
     def node_status(self) -> dict[str, Any]:
         t = now()
@@ -148,9 +155,51 @@ class Agent:
                          "architecture": "amd64", "containerRuntimeVersion": "knet-lab://0.1.0",
                          "osImage": "knet lab node", "kernelVersion": platform.release(),
                          "machineID": "", "systemUUID": "", "bootID": ""},
+            "daemonEndpoints": {"kubeletEndpoint": {"Port": self.args.port}},
             "capacity": {"pods": "110", "cpu": str(os.cpu_count() or 1), "memory": "4Gi"},
             "allocatable": {"pods": "110", "cpu": str(os.cpu_count() or 1), "memory": "4Gi"},
         }
+
+    # --- what the node API and the sampler see ----------------------------------------------------
+
+    def find(self, namespace: str, name: str) -> WorkerView | None:
+        with self.lock:
+            w = self.workers.get(f"{namespace}/{name}")
+        return WorkerView(w) if w is not None and not w.done.is_set() else None
+
+    def stats_targets(self) -> list[stats.PodTarget]:
+        with self.lock:
+            workers = list(self.workers.values())
+        return [stats.PodTarget(w.ns, w.name, w.uid, w.start_time,
+                                {c.name: cg for c in w.pod.spec.containers
+                                 if (cg := self.rt.container_cgroup(w.uid, c.name)) is not None},
+                                ((w.record or {}).get("pids") or {}).get("pause"))
+                for w in workers if not w.done.is_set()]
+
+    def cadvisor(self) -> metrics.Registry:
+        """kubelet's /metrics/cadvisor: only cAdvisor's families."""
+        reg = metrics.Registry(process_metrics=False)
+        reg.register(stats.CadvisorCollector(self.stats_targets, self.sampler.last))
+        return reg
+
+    def serve_node_api(self, registry: metrics.Registry) -> None:
+        """The kubelet's :10250 on the node IP (not started without a client CA to check)."""
+        if not self.args.port or not self.node_ip:
+            return
+        ca = self.args.client_ca_file or getattr(self.api.configuration, "ssl_ca_cert", None)
+        if not ca or not os.path.exists(ca):
+            log.error("node API not served: no client CA (--client-ca-file, or a kubeconfig with a CA)")
+            return
+        cert, key = tls.ensure_self_signed(os.path.join(self.rt.state_dir, "pki"), self.node, [self.node_ip])
+        try:
+            sock = socket.create_server((self.node_ip, self.args.port), reuse_port=False)
+        except OSError as e:
+            log.error("node API not served: cannot listen on %s:%d: %s", self.node_ip, self.args.port, e)
+            return
+        cadvisor = self.cadvisor()
+        self.node_api = NodeApi(self, self.sampler.summary, registry.render, cadvisor.render)
+        self.node_api.start(sock, tls_context(cert, key, ca))
+        log.info("node API on https://%s:%d (client CA %s)", self.node_ip, self.args.port, ca)
 
     def addresses(self) -> list[dict[str, str]]:
         out = [{"type": "Hostname", "address": self.node}]
@@ -165,17 +214,14 @@ class Agent:
         if existing is None:
             try:
                 client.create(self.api, "Node", body)
-                log.info("registered node %s (%s, podCIDR %s)", self.node, self.node_ip, self.pod_cidr or "-")
+                log.info("registered node %s (%s)", self.node, self.node_ip)
                 return
             except client.ApiException as e:
                 if e.status != 409:
                     raise
-        patch: dict[str, Any] = {"metadata": {"labels": body["metadata"]["labels"]}}
-        if self.pod_cidr and not (existing or {}).get("spec", {}).get("podCIDR"):
-            patch["spec"] = body["spec"]
-        client.patch(self.api, "Node", self.node, patch)
+        client.patch(self.api, "Node", self.node, {"metadata": {"labels": body["metadata"]["labels"]}})
         client.patch_status(self.api, "Node", self.node, body["status"])
-        log.info("updated node %s (%s, podCIDR %s)", self.node, self.node_ip, self.pod_cidr or "-")
+        log.info("updated node %s (%s)", self.node, self.node_ip)
 
     def heartbeat(self) -> None:
         while not self.stop.wait(self.args.heartbeat):
@@ -245,13 +291,15 @@ class Agent:
                 proc.stop(1.0)
         err = self.rt.sandbox_del(ns, name, data.get("record"))
         shutil.rmtree(os.path.join(self.rt.etc_netns, self.rt.pod_netns(ns, name)), ignore_errors=True)
-        self.rt.forget_pod(ns, name)
+        self.rt.forget_pod(ns, name, data.get("uid", ""))
         log.info("pod %s/%s: deleted while the agent was away: cleaned up%s", ns, name, f" ({err})" if err else "")
 
-    def run(self) -> int:
+    def run(self, registry: metrics.Registry | None = None) -> int:
         self.saved = self.rt.saved_pods()
         self.register()
         threading.Thread(target=self.heartbeat, name="heartbeat", daemon=True).start()
+        threading.Thread(target=self.sampler.run, args=(self.stop,), name="stats", daemon=True).start()
+        self.serve_node_api(registry or metrics.Registry())
         self.factory.start()
         while not self.factory.wait_synced(1.0):
             if self.stop.is_set():
@@ -262,6 +310,9 @@ class Agent:
             self.kick.wait(1.0)
             self.kick.clear()
         # Like a kubelet restart, stopping the agent leaves the pods running: the next one adopts them.
+        if self.node_api is not None:
+            self.node_api.stop()
+        self.recorder.stop(2.0)
         self.factory.stop()
         return 0
 
@@ -299,15 +350,16 @@ def main(argv: list[str] | None = None) -> int:
     agent = Agent(args)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: (agent.stop.set(), agent.kick.set()))
-    if args.metrics:
-        reg = metrics.Registry()
-        gauge = reg.gauge("knet_agent_pods", "pods this agent runs")
+    reg = metrics.Registry()
+    gauge = reg.gauge("knet_agent_pods", "pods this agent runs")
+    reg.register(stats.CadvisorCollector(agent.stats_targets, agent.sampler.last))
 
-        def health() -> tuple[bool, str]:
-            gauge.set(len(agent.workers))
-            return agent.pods.synced.is_set(), "ok"
+    def health() -> tuple[bool, str]:
+        gauge.set(len(agent.workers))
+        return agent.pods.synced.is_set(), "ok"
+    if args.metrics:
         metrics.serve(reg, args.metrics, health)
-    return agent.run()
+    return agent.run(reg)
 
 
 if __name__ == "__main__":

@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING, Any
 from knet.kube import client
 from knet.kube.models import Container, Pod
 from knet.kube.models.core import LifecycleHandler, Probe
+from knet.kube.recorder import NORMAL, WARNING
 from lab.agent import images, podenv
-from lab.agent.containers import Backoff, Process
+from lab.agent.containers import Backoff, ContainerIO, Process
 from lab.agent.probes import LIVENESS, READINESS, STARTUP, Tracker, run_probe
 from lab.agent.status import ContainerState, comparable, now, pod_status
 
@@ -159,6 +160,12 @@ class PodWorker(threading.Thread):
                         t.result = adopted_ready
                 self.trackers[(c.name, kind)] = t
 
+    def container_io(self, c: Container, instance: int) -> ContainerIO:
+        log_path = self.rt.container_log(self.ns, self.name, self.uid, c.name, instance)
+        cdir = os.path.dirname(log_path)
+        return ContainerIO(log_path, tty=c.tty, stdin_fifo=os.path.join(cdir, "stdin") if c.stdin else None,
+                           control_fifo=os.path.join(cdir, "control") if c.tty or c.stdin else None)
+
     def _start(self, c: Container) -> None:
         st = self.states[c.name]
         pod = self.pod
@@ -168,17 +175,46 @@ class PodWorker(threading.Thread):
         svc_env = podenv.service_env(self.rt.services(), self.ns, links)
         env = podenv.container_env(c, pod, svc_env, ip, self.rt.node_ip)
         argv = images.container_argv(c)
-        proc = Process.spawn(self.podns, argv, env, self.rt.log_path(self.ns, self.name, c.name), c.working_dir,
-                             cgroup=self.rt.cgroup)
-        if st.ever_started:
-            st.restart_count += 1
+        instance = st.restart_count + 1 if st.ever_started else 0
+        self._pull_events(c)
+        io = self.container_io(c, instance)
+        proc = Process.spawn(self.podns, argv, env, io, c.working_dir,
+                             cgroup=self.rt.container_cgroup(self.uid, c.name))
+        self._prune_logs(io.log_path, instance)
+        st.restart_count = instance
         st.ever_started, st.running, st.pid, st.started_at = True, True, proc.pid, now()
         st.terminated, st.waiting_reason, st.waiting_message = None, "", ""
         self.procs[c.name] = proc
         self.run_since[c.name] = time.monotonic()
         self._new_trackers(c, time.monotonic())
         log.info("pod %s: started container %s (pid %d): %s", self.key, c.name, proc.pid, " ".join(argv)[:200])
+        self.rt.event(pod, NORMAL, "Created", f"Created container {c.name}", c.name)
+        self.rt.event(pod, NORMAL, "Started", f"Started container {c.name}", c.name)
         self._save()
+
+    def _pull_events(self, c: Container) -> None:
+        """Pulling/Pulled as the kubelet reports them (the lab pulls nothing: host binaries run):
+        an image that is always pulled (policy Always, or a :latest tag by default) is "pulled",
+        others are "already present"."""
+        policy = (c.model_extra or {}).get("imagePullPolicy") or (
+            "Always" if images.parse_image(c.image).tag == "latest" else "IfNotPresent")
+        if policy == "Always":
+            self.rt.event(self.pod, NORMAL, "Pulling", f'Pulling image "{c.image}"', c.name)
+            self.rt.event(self.pod, NORMAL, "Pulled", f'Successfully pulled image "{c.image}" in 0s '
+                                                      "(0s including waiting)", c.name)
+        else:
+            self.rt.event(self.pod, NORMAL, "Pulled", f'Container image "{c.image}" already present on machine',
+                          c.name)
+
+    @staticmethod
+    def _prune_logs(log_path: str, instance: int) -> None:
+        """Keep the logs of this instance and the one before (`kubectl logs --previous`)."""
+        cdir = os.path.dirname(log_path)
+        with contextlib.suppress(OSError):
+            for name in os.listdir(cdir):
+                head = name.split(".", 1)[0]
+                if (name.endswith(".log") or ".log." in name) and head.isdigit() and int(head) < instance - 1:
+                    os.unlink(os.path.join(cdir, name))
 
     def _exited(self, c: Container, proc: Process, reason: str | None = None) -> None:
         st = self.states[c.name]
@@ -196,6 +232,9 @@ class PodWorker(threading.Thread):
             st.last_terminated, st.terminated = term, None
             st.waiting_reason = "CrashLoopBackOff" if delay else "ContainerCreating"
             st.waiting_message = f"back-off {delay:.0f}s restarting failed container={c.name}" if delay else ""
+            if delay and ran < self.backoffs[c.name].reset_after:
+                self.rt.event(self.pod, WARNING, "BackOff", f"Back-off restarting failed container {c.name} in pod "
+                                                            f"{self.name}_{self.ns}({self.uid})", c.name)
         else:
             st.terminated = term
         log.info("pod %s: container %s exited with %d (%s)", self.key, c.name, code, term["reason"])
@@ -214,6 +253,8 @@ class PodWorker(threading.Thread):
                 if live is not None and not live.result:
                     log.info("pod %s: container %s failed liveness (%s): restarting", self.key, c.name,
                              live.last_message)
+                    self.rt.event(pod, NORMAL, "Killing", f"Container {c.name} failed liveness probe, will be "
+                                                          "restarted", c.name)
                     proc.stop(grace=min(float(pod.spec.termination_grace_period_seconds or 2), 2.0))
                     self._exited(c, proc, "Unhealthy")
                     continue
@@ -227,6 +268,7 @@ class PodWorker(threading.Thread):
                     self._start(c)
                 except OSError as e:
                     st.waiting_reason, st.waiting_message = "RunContainerError", str(e)
+                    self.rt.event(pod, WARNING, "Failed", f"Error: {e}", c.name)
                     self.next_start[c.name] = t + self.backoffs[c.name].on_exit(0)
         self._report()
 
@@ -253,6 +295,9 @@ class PodWorker(threading.Thread):
             with self.lock:
                 current = self.trackers.get(due[0]) is tracker
                 flipped = tracker.record(ok, time.monotonic(), msg)
+            if current and not ok:  # every failure, as the kubelet's prober (deduplicated into counts)
+                self.rt.event(self.pod, WARNING, "Unhealthy", f"{tracker.kind.capitalize()} probe failed: {msg}",
+                              cname)
             if current and flipped:
                 log.info("pod %s: %s probe of %s %s%s", self.key, tracker.kind, cname,
                          "succeeded" if ok else "failed", f": {msg}" if msg else "")
@@ -292,14 +337,16 @@ class PodWorker(threading.Thread):
             grace = max(0.1, deadline - time.monotonic())
         else:  # removed at once (force delete, or gone while we were away)
             grace = min(float(self.pod.spec.termination_grace_period_seconds or 0), 2.0)
-        for proc in self.procs.values():
+        for cname, proc in self.procs.items():
             if proc is not None:
+                if proc.alive():
+                    self.rt.event(self.pod, NORMAL, "Killing", f"Stopping container {cname}", cname)
                 proc.stop(grace)
         error = self.rt.sandbox_del(self.ns, self.name, self.record)
         if error:
             log.warning("pod %s: CNI DEL: %s", self.key, error)
         shutil.rmtree(f"/etc/netns/{self.podns}", ignore_errors=True)
-        self.rt.forget_pod(self.ns, self.name)
+        self.rt.forget_pod(self.ns, self.name, self.uid)
         log.info("pod %s: removed (processes stopped, CNI DEL, namespace %s gone)", self.key, self.podns)
         if self.finalize:
             finish_deletion(self.rt.api, self.ns, self.name, self.uid)

@@ -9,13 +9,16 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 from dataclasses import dataclass, field
 from typing import Any
 
 from kubernetes.client import ApiClient
 
+from knet import cgroups
 from knet.kube import Informer
 from knet.kube.models import Pod, Service
+from knet.kube.recorder import EventRecorder
 from lab.agent import podenv
 from lab.net import cniexec, pods, state, topology
 
@@ -35,7 +38,8 @@ class Runtime:
     lab_root: str | None = None     # set: record pods in the lab's lab.json
     service_informer: Informer[Service] | None = None
     etc_netns: str = "/etc/netns"
-    cgroup: str | None = None       # the node's pod cgroup: every container process runs in it
+    cgroup: str | None = None       # the node's pod cgroup: every container process runs below it
+    recorder: EventRecorder | None = None  # the agent's events (source kubelet, host = the node)
     _dns_default: str = field(init=False, default="")
 
     def __post_init__(self) -> None:
@@ -51,8 +55,22 @@ class Runtime:
     def state_path(self, namespace: str, name: str) -> str:
         return os.path.join(self.state_dir, "pods", f"{namespace}_{name}.json")
 
-    def log_path(self, namespace: str, name: str, container: str) -> str:
-        return os.path.join(self.state_dir, "logs", f"{namespace}_{name}_{container}.log")
+    def pod_log_dir(self, namespace: str, name: str, uid: str) -> str:
+        """The kubelet's /var/log/pods/<ns>_<pod>_<uid> (one directory per container inside)."""
+        return os.path.join(self.state_dir, "logs", f"{namespace}_{name}_{uid}")
+
+    def container_log(self, namespace: str, name: str, uid: str, container: str, instance: int) -> str:
+        """The log of one container instance: <pod log dir>/<container>/<restart count>.log."""
+        return os.path.join(self.pod_log_dir(namespace, name, uid), container, f"{instance}.log")
+
+    def pod_cgroup(self, uid: str) -> str | None:
+        """The pod's cgroup under the node's pod cgroup (the kubelet's kubepods/pod<uid>): kproxy's
+        eBPF hooks on the node cgroup apply to it as to every descendant."""
+        return os.path.join(self.cgroup, f"pod{uid}") if self.cgroup and uid else None
+
+    def container_cgroup(self, uid: str, container: str) -> str | None:
+        pod = self.pod_cgroup(uid)
+        return os.path.join(pod, container) if pod else None
 
     def saved_pods(self) -> dict[str, dict[str, Any]]:
         """ns/name -> the state file of every pod this node's agent has made."""
@@ -75,6 +93,12 @@ class Runtime:
         with open(tmp, "w") as f:
             json.dump(data, f)
         os.replace(tmp, path)
+
+    def event(self, pod: Pod, type_: str, reason: str, message: str, container: str = "") -> None:
+        """An event about the pod (or one of its containers), as the kubelet records them."""
+        if self.recorder is not None:
+            self.recorder.event(pod, type_, reason, message, kind="Pod", api_version="v1",
+                                field_path=f"spec.containers{{{container}}}" if container else "")
 
     def services(self) -> list[Service]:
         return self.service_informer.list() if self.service_informer is not None else []
@@ -112,9 +136,15 @@ class Runtime:
     def sandbox_del(self, namespace: str, name: str, record: dict[str, Any] | None) -> cniexec.CniExecError | None:
         return pods.sandbox_del(self.prefix, self.node_info, name, namespace, record, exec_netns=None)
 
-    def forget_pod(self, namespace: str, name: str) -> None:
+    def forget_pod(self, namespace: str, name: str, uid: str = "") -> None:
+        """The pod is gone: its state file, logs, cgroup (and any process left in it), lab record."""
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.state_path(namespace, name))
+        if uid:
+            shutil.rmtree(self.pod_log_dir(namespace, name, uid), ignore_errors=True)
+            pod_cgroup = self.pod_cgroup(uid)
+            if pod_cgroup:
+                cgroups.remove(pod_cgroup)
         if self.lab_root is not None:
             with contextlib.suppress(OSError, LookupError), state.update(self.prefix, self.lab_root) as d:
                 rec = d["pods"].get(pods.pod_key(namespace, name))

@@ -11,7 +11,17 @@ from __future__ import annotations
 import platform
 import sys
 
+from lab.apiserver import metricsapi
 from lab.apiserver.resources import group_versions, resource_list
+
+# Subresources answered by the node agents (nodeproxy.py), listed as kube-apiserver lists them.
+AGENT_SUBRESOURCES = (
+    ("pods/attach", True, "PodAttachOptions", ["create", "get"]),
+    ("pods/exec", True, "PodExecOptions", ["create", "get"]),
+    ("pods/log", True, "Pod", ["get"]),
+    ("pods/portforward", True, "PodPortForwardOptions", ["create", "get"]),
+    ("nodes/proxy", False, "NodeProxyOptions", ["create", "delete", "get", "patch", "update"]),
+)
 
 GIT_VERSION = "v1.27.0-knet"
 
@@ -36,10 +46,13 @@ def _group(name: str, versions: list[str]) -> dict:
 
 def api_groups() -> dict:
     groups = [_group(g, vs) for g, vs in group_versions().items() if g]
+    groups.append(metricsapi.api_group())  # as an aggregated API's group is listed
     return {"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}
 
 
 def api_group(name: str) -> dict | None:
+    if name == metricsapi.GROUP:
+        return {"kind": "APIGroup", "apiVersion": "v1", **metricsapi.api_group()}
     versions = group_versions().get(name)
     if not name or not versions:
         return None
@@ -47,7 +60,13 @@ def api_group(name: str) -> dict | None:
 
 
 def resources(group: str, version: str) -> dict | None:
-    return resource_list(group, version)
+    if (group, version) == (metricsapi.GROUP, metricsapi.VERSION):
+        return metricsapi.resource_list()
+    out = resource_list(group, version)
+    if out is not None and (group, version) == ("", "v1"):
+        out["resources"] += [{"name": name, "singularName": "", "namespaced": namespaced, "kind": kind,
+                              "verbs": verbs} for name, namespaced, kind, verbs in AGENT_SUBRESOURCES]
+    return out
 
 
 def _field(number: int, payload: bytes) -> bytes:

@@ -20,6 +20,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import ssl
@@ -32,7 +33,7 @@ import uvloop
 from aiohttp import web
 
 from knet import logs, metrics, netns
-from lab.apiserver import auth, pki
+from lab.apiserver import auth, nodeproxy, pki
 from lab.apiserver.allocator import DEFAULT_SERVICE_CIDR, NodePortRange, ServiceCIDR
 from lab.apiserver.bootstrap import bootstrap
 from lab.apiserver.mirror import Mirror
@@ -65,6 +66,21 @@ def listen_socket(host: str, port: int, netns_name: str | None = None) -> socket
     return sock
 
 
+def _duration(text: str) -> int:
+    """Whole seconds of a Go duration as kube-apiserver's flags take them (`1h0m0s`, `90s`), or of
+    a plain number; at least one."""
+    if text.isdigit():
+        seconds = int(text)
+    else:
+        parts = re.findall(r"(\d+)([hms])", text)
+        if not parts or "".join(n + u for n, u in parts) != text:
+            raise argparse.ArgumentTypeError(f"not a duration: {text!r} (e.g. 1h0m0s, 90s)")
+        seconds = sum(int(n) * {"h": 3600, "m": 60, "s": 1}[u] for n, u in parts)
+    if seconds < 1:
+        raise argparse.ArgumentTypeError(f"a duration of at least 1s is needed: {text!r}")
+    return seconds
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="knet-apiserver", description="The knet lab's Kubernetes API server")
     p.add_argument("--etcd", required=True, help="etcd client URL (its gRPC gateway), e.g. http://127.0.0.1:2379")
@@ -81,6 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--advertise-port", type=int, default=None)
     p.add_argument("--tls-cert-file", help="serve HTTPS with this certificate (PEM); plain HTTP without")
     p.add_argument("--tls-private-key-file")
+    p.add_argument("--kubelet-client-certificate", help="client certificate towards the node agents (PEM)")
+    p.add_argument("--kubelet-client-key")
+    p.add_argument("--event-ttl", type=_duration, default=3600,
+                   help="how long an Event is kept after its last write (a Go duration, e.g. 1h0m0s, or seconds)")
     p.add_argument("--ready-file", help="written (JSON: the listening addresses) once serving")
     p.add_argument("--log-level", default="info")
     return p
@@ -91,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     logs.setup("apiserver", args.log_level)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     try:
-        cfg = Config(ServiceCIDR.parse(args.service_cidr), NodePortRange.parse(args.node_port_range))
+        cfg = Config(ServiceCIDR.parse(args.service_cidr), NodePortRange.parse(args.node_port_range), args.event_ttl)
     except ValueError as e:
         print(f"knet-apiserver: {e}", file=sys.stderr)
         return 2
@@ -135,7 +155,9 @@ async def serve(args: argparse.Namespace, cfg: Config, socks: list[socket.socket
                 raise
             log.info("waiting for etcd at %s: %s", args.etcd, e)
             await asyncio.sleep(0.5)
-    api = ApiServer(registry, auth.load_tokens(args.tokens), f"{advertise}:{port}" if advertise else "", reg)
+    kubelet_tls = nodeproxy.client_context(args.kubelet_client_certificate, args.kubelet_client_key)
+    api = ApiServer(registry, auth.load_tokens(args.tokens), f"{advertise}:{port}" if advertise else "", reg,
+                    kubelet_tls=kubelet_tls)
     runner = web.AppRunner(api.app, handle_signals=False, access_log=None, handler_cancellation=True,
                            shutdown_timeout=2.0)
     await runner.setup()
@@ -223,6 +245,7 @@ def start_in_lab(lab: str, etcd_url: str = "http://127.0.0.1:2379", *, host_port
     tokens_file = os.path.join(sdir, "tokens.csv")
     tokens = auth.ensure_tokens(tokens_file, users)
     certs = pki.ensure(os.path.join(sdir, "pki"), [ctl_ip, ServiceCIDR.parse(service_cidr).api_service_ip])
+    kubelet_cert, kubelet_key = pki.kubelet_client(os.path.join(sdir, "pki"))
     ready = os.path.join(sdir, "ready.json")
     with contextlib.suppress(FileNotFoundError):
         os.unlink(ready)
@@ -232,7 +255,8 @@ def start_in_lab(lab: str, etcd_url: str = "http://127.0.0.1:2379", *, host_port
             "--tokens", tokens_file, "--listen", f"{ctl_ip}:{lab_port}", "--listen-fd", str(host_sock.fileno()),
             "--service-cidr", service_cidr, "--node-port-range", node_port_range,
             "--advertise-address", ctl_ip, "--advertise-port", str(lab_port), "--ready-file", ready,
-            "--tls-cert-file", certs.cert, "--tls-private-key-file", certs.key]
+            "--tls-cert-file", certs.cert, "--tls-private-key-file", certs.key,
+            "--kubelet-client-certificate", kubelet_cert, "--kubelet-client-key", kubelet_key]
     with open(os.path.join(sdir, "apiserver.log"), "ab") as out:
         proc = subprocess.Popen(netns.exec_argv(ctl_ns, argv), stdin=subprocess.DEVNULL, stdout=out,
                                 stderr=subprocess.STDOUT, pass_fds=(host_sock.fileno(),), start_new_session=True,

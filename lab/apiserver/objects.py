@@ -26,12 +26,15 @@ def now(after_seconds: float = 0) -> str:
 
 
 def parse_time(text: str | None) -> dt.datetime | None:
+    """An RFC 3339 time as clients write them: `Z` or an offset (the Python client's models write
+    `+00:00`), with or without fractions (MicroTime)."""
     if not text:
         return None
     try:
-        return dt.datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC)
+        at = dt.datetime.fromisoformat(text)
     except ValueError:
         return None
+    return at if at.tzinfo else at.replace(tzinfo=dt.UTC)
 
 
 def generate_name(prefix: str) -> str:

@@ -1,5 +1,6 @@
 """A self-signed CA and the server certificate it signs (kubectl only sends a bearer token over
-TLS: client-go ignores a kubeconfig's credentials for a plain-http server).
+TLS: client-go ignores a kubeconfig's credentials for a plain-http server), and the API server's
+client certificate towards the node agents (kube-apiserver's --kubelet-client-certificate).
 
 EC P-256 keys: generated in milliseconds, accepted by Go's and Python's TLS stacks.
 """
@@ -84,3 +85,28 @@ def ensure(directory: str, ips: Iterable[str], dns: Iterable[str] = DNS_NAMES, c
                                       serialization.NoEncryption()), private=True)
     _write(pki.cert, cert.public_bytes(serialization.Encoding.PEM))
     return pki
+
+
+def kubelet_client(directory: str, cn: str = "kube-apiserver-kubelet-client") -> tuple[str, str]:
+    """(cert, key) the API server shows the node agents: signed by the CA of `ensure()` (which the
+    agents have in their kubeconfigs), CN kube-apiserver-kubelet-client, O system:masters, for
+    client authentication only. Made anew each time, as the serving certificate is."""
+    with open(os.path.join(directory, "ca.key"), "rb") as f:
+        ca_key = serialization.load_pem_private_key(f.read(), None)
+    with open(os.path.join(directory, "ca.crt"), "rb") as f:
+        ca_cert = x509.load_pem_x509_certificate(f.read())
+    now = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "system:masters"),
+                         x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(ca_cert.subject)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now).not_valid_after(now + dt.timedelta(days=3650))
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .sign(ca_key, hashes.SHA256()))  # type: ignore[arg-type]
+    paths = os.path.join(directory, "kubelet-client.crt"), os.path.join(directory, "kubelet-client.key")
+    _write(paths[1], key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                       serialization.NoEncryption()), private=True)
+    _write(paths[0], cert.public_bytes(serialization.Encoding.PEM))
+    return paths

@@ -22,6 +22,7 @@ import contextlib
 import copy
 import json
 import logging
+import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any
 
@@ -34,9 +35,37 @@ from lab.apiserver.lifecycle import Lifecycle
 from lab.apiserver.query import Query
 from lab.apiserver.resources import RESOURCES, ResourceType, by_kind
 from lab.apiserver.storage import KV, Compacted, Store, TxnFailed
-from lab.apiserver.strategy import Config
+from lab.apiserver.strategy import Config, Strategy
 
 log = logging.getLogger("lab.apiserver.registry")
+
+class LeaseManager:
+    """etcd leases for objects with a TTL (Events), shared by the writes of a minute as
+    kube-apiserver's lease manager shares them: a lease is granted for the TTL plus that reuse
+    window and handed out while it has at least the TTL left, so an object lives at least its TTL
+    after its last write, at most a window more, and etcd holds a lease per window, not per write."""
+
+    REUSE = 60.0  # seconds; less for short TTLs (a twentieth of them)
+
+    def __init__(self, store: Store, clock: Callable[[], float] = time.monotonic) -> None:
+        self.store, self.clock = store, clock
+        self._current: dict[int, tuple[int, float]] = {}  # ttl -> (lease id, its expiry)
+        self._lock = asyncio.Lock()
+
+    def reuse(self, ttl: int) -> int:
+        return max(1, min(int(self.REUSE), ttl // 20))
+
+    async def lease(self, ttl: int) -> int:
+        async with self._lock:
+            found = self._current.get(ttl)
+            now = self.clock()
+            if found is not None and found[1] - now >= ttl:
+                return found[0]
+            granted = ttl + self.reuse(ttl)
+            lease_id = await self.store.grant_lease(granted)
+            self._current[ttl] = (lease_id, now + granted)
+            return lease_id
+
 
 PATCH_TYPES = {"application/merge-patch+json": "merge", "application/strategic-merge-patch+json": "strategic",
                "application/json-patch+json": "json"}
@@ -55,6 +84,7 @@ class Registry:
         self.namespaces = by_kind("", "Namespace")
         self.on_write: list[WriteHook] = []
         self.lifecycle = Lifecycle(self, RESOURCES, self.namespaces)
+        self.leases = LeaseManager(store)
 
     async def start(self) -> None:
         """List the store into the watch cache (and the allocators), then follow it."""
@@ -237,7 +267,9 @@ class Registry:
         return await self._write(rt, ns, new, old, dry_run)
 
     async def patch(self, rt: ResourceType, ns: str | None, name: str, content_type: str, body: bytes,
-                    sub: str | None = None, dry_run: bool = False) -> dict:
+                    sub: str | None = None, dry_run: bool = False, view: Strategy | None = None) -> dict:
+        """`view`: the patch is written against that view's form of the object (events.k8s.io's
+        Events are stored as core ones)."""
         ptype = PATCH_TYPES.get(content_type.split(";")[0].strip())
         if ptype is None:
             raise ApiError(415, f"the body of the request was in an unknown format - accepted media types "
@@ -250,6 +282,8 @@ class Registry:
             old = await self.read(rt, ns, name)
             current = objects.with_rv(dict(old.value), old.mod_revision)
             base = objects.to_scale(rt, current) if sub == "scale" else current
+            if view is not None:
+                base = view.from_stored(base)
             try:
                 if ptype == "merge":
                     patched = patch.merge_patch(base, doc)
@@ -264,6 +298,8 @@ class Registry:
                 raise ApiError(422, str(e), "Invalid", name=name, kind=rt.plural) from None
             if not isinstance(patched, dict):
                 raise bad_request("the patched object is not a JSON object")
+            if view is not None:
+                patched = view.to_stored(patched)
             want = objects.meta(patched).get("resourceVersion")
             if want and want != str(old.mod_revision):
                 raise conflict(rt.plural, name, MODIFIED_MSG, rt.group)
@@ -338,9 +374,11 @@ class Registry:
         claimed, released = self._claims(rt, new, old)
         claims = {self.store.alloc_key(r, v): f"{ns}/{name}" for r, v in sorted(claimed)}
         expect = {key: old.mod_revision if old else 0, **dict.fromkeys(claims, 0)}
+        ttl = rt.strategy.ttl(self.cfg)
+        leases = {key: await self.leases.lease(ttl)} if ttl else None
         try:
             rev = await self.store.txn({key: objects.strip_for_storage(new), **claims},
-                                       [self.store.alloc_key(r, v) for r, v in sorted(released)], expect)
+                                       [self.store.alloc_key(r, v) for r, v in sorted(released)], expect, leases)
         except TxnFailed as e:
             self._raise_txn(rt, name, key, old, e)
             # Only allocation keys get here: another server took them meanwhile.

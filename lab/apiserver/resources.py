@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from lab.apiserver.kinds import cluster, config, endpoints, networking, pods, services, workloads
+from lab.apiserver.kinds import cluster, config, endpoints, events, networking, pods, services, workloads
 from lab.apiserver.strategy import Strategy
 
 VERBS = ("create", "delete", "deletecollection", "get", "list", "patch", "update", "watch")
@@ -72,7 +72,7 @@ RESOURCES: tuple[ResourceType, ...] = (
     ResourceType("", "v1", "secrets", "Secret", True, fields=("type",), strategy=config.Secrets()),
     ResourceType("", "v1", "configmaps", "ConfigMap", True, ("cm",), strategy=config.ConfigMaps()),
     ResourceType("", "v1", "serviceaccounts", "ServiceAccount", True, ("sa",)),
-    ResourceType("", "v1", "events", "Event", True, ("ev",), fields=_EVENT_FIELDS, strategy=cluster.Events()),
+    ResourceType("", "v1", "events", "Event", True, ("ev",), fields=_EVENT_FIELDS, strategy=events.Events()),
     # The legacy way to bind a pod (POST a Binding named like the pod); pods/binding is the other.
     ResourceType("", "v1", "bindings", "Binding", True, verbs=("create",), strategy=pods.Bindings()),
     ResourceType("", "v1", "replicationcontrollers", "ReplicationController", True, ("rc",), ("status", "scale"),
@@ -94,8 +94,16 @@ RESOURCES: tuple[ResourceType, ...] = (
     ResourceType("coordination.k8s.io", "v1", "leases", "Lease", True),
 )
 
-_BY_PATH = {(r.group, r.version, r.plural): r for r in RESOURCES}
-_BY_KIND = {(r.group, r.kind): r for r in RESOURCES}
+# Views of another kind's storage (the strategy's `stored_as`): routed, listed in discovery, and
+# converted by the server; the registry, the watch cache and the lifecycle see only the stored kind.
+VIEWS: tuple[ResourceType, ...] = (
+    # (field selectors: the view converts them to the stored kind's, which checks them)
+    ResourceType("events.k8s.io", "v1", "events", "Event", True, ("ev",),
+                 strategy=events.EventsV1()),
+)
+
+_BY_PATH = {(r.group, r.version, r.plural): r for r in (*RESOURCES, *VIEWS)}
+_BY_KIND = {(r.group, r.kind): r for r in (*RESOURCES, *VIEWS)}
 
 
 def lookup(group: str, version: str, plural: str) -> ResourceType | None:
@@ -113,7 +121,7 @@ def namespaced() -> list[ResourceType]:
 def group_versions() -> dict[str, list[str]]:
     """group -> versions, in the order discovery lists them ("" is the legacy core group)."""
     out: dict[str, list[str]] = {}
-    for r in RESOURCES:
+    for r in (*RESOURCES, *VIEWS):
         versions = out.setdefault(r.group, [])
         if r.version not in versions:
             versions.append(r.version)
@@ -123,7 +131,7 @@ def group_versions() -> dict[str, list[str]]:
 def resource_list(group: str, version: str) -> dict | None:
     """The APIResourceList of one group version (kubectl's discovery reads verbs, shortNames and the
     `scale` subresource's group/version/kind from it)."""
-    items = [r for r in RESOURCES if r.group == group and r.version == version]
+    items = [r for r in (*RESOURCES, *VIEWS) if r.group == group and r.version == version]
     if not items:
         return None
     out = []

@@ -14,19 +14,25 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
+import ssl
 import time
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 
 from knet import metrics
-from lab.apiserver import auth, discovery, objects, tables, watchstream
-from lab.apiserver.errors import ApiError, bad_request
+from lab.apiserver import auth, discovery, metricsapi, nodeproxy, objects, tables, watchstream
+from lab.apiserver.direct import WatchItem
+from lab.apiserver.errors import ApiError, bad_request, invalid
 from lab.apiserver.query import Query
 from lab.apiserver.registry import Registry
 from lab.apiserver.resources import ResourceType, by_kind, lookup
 from lab.apiserver.storage import StoreError
+from lab.apiserver.strategy import Strategy
+from lab.apiserver.validation import Causes
 
 log = logging.getLogger("lab.apiserver")
 
@@ -76,17 +82,38 @@ def parse_path(path: str) -> Target | tuple[str, ...]:
     return Target(rt, namespace, name, sub, watch)
 
 
+# The paths answered by the node agents (nodeproxy.py) rather than by storage.
+_POD_SUB = re.compile(r"^/api/v1/namespaces/([^/]+)/pods/([^/]+)/(exec|attach|portforward|log)$")
+_NODE_PROXY = re.compile(r"^/api/v1/nodes/([^/]+)/proxy(/.*)?$")
+_METRICS = f"/apis/{metricsapi.GROUP_VERSION}"
+
+
 def _json(obj: Any, status: int = 200) -> web.Response:
     return web.Response(body=json.dumps(obj, separators=(",", ":")).encode(), status=status,
                         content_type="application/json")
 
 
+async def _converted(events: AsyncGenerator[WatchItem, None], view: Strategy) -> AsyncGenerator[WatchItem, None]:
+    """A view's watch: its objects converted from the stored kind's (encoded again, per watcher)."""
+    try:
+        async for etype, obj, line in events:
+            if etype in ("ADDED", "MODIFIED", "DELETED"):
+                yield etype, view.from_stored(obj), None
+            else:
+                yield etype, obj, line
+    finally:
+        await events.aclose()
+
+
 class ApiServer:
     def __init__(self, registry: Registry, tokens: dict[str, str], server_address: str = "",
-                 metrics_registry: metrics.Registry | None = None) -> None:
+                 metrics_registry: metrics.Registry | None = None, *,
+                 kubelet_tls: ssl.SSLContext | None = None) -> None:
         self.registry = registry
         self.tokens = tokens
         self.server_address = server_address
+        self.node_proxy = nodeproxy.NodeProxy(self._get_object, kubelet_tls)
+        self.metrics_api = metricsapi.MetricsApi(self._list_objects, self.node_proxy.get)
         self.metrics = metrics_registry or metrics.Registry()
         # kube-apiserver's names; durations leave out watches (they last as long as the client wants).
         self.requests = self.metrics.counter("apiserver_request_total", "requests by method and code",
@@ -110,7 +137,7 @@ class ApiServer:
                 found = auth.authenticate(self.tokens, request.headers.get("Authorization"))
                 if found is None:
                     raise ApiError(401, "Unauthorized")
-                user = found
+                user = request["user"] = found
             resp = await handler(request)
         except ApiError as e:
             resp = _json(e.status(), e.code)
@@ -143,10 +170,31 @@ class ApiServer:
                 # Not the Accept type itself: Go's mime parser rejects its "@" (kube-openapi sends this too).
                 return web.Response(body=discovery.openapi_protobuf(), content_type="application/octet-stream")
             return _json(discovery.openapi_json())
+        if (m := _POD_SUB.match(path)) is not None:
+            request["resource"] = "pods"
+            # A session (exec, attach, port-forward, a followed log) lasts as long as the user wants:
+            # kept out of the request durations, as watches are (kube-apiserver's long-running requests).
+            request["watch"] = m[3] in nodeproxy.UPGRADE_SUBRESOURCES or request.query.get("follow") in ("true", "1")
+            return await self.node_proxy.pod(request, request.get("user", ""), m[1], m[2], m[3])
+        if (m := _NODE_PROXY.match(path)) is not None:
+            return await self.node_proxy.node(request, request.get("user", ""), m[1], m[2] or "/")
+        if path == _METRICS or path.startswith(_METRICS + "/"):
+            if path == _METRICS:
+                return _json(metricsapi.resource_list())
+            rest = [s for s in path[len(_METRICS):].split("/") if s]
+            return _json(await self.metrics_api.handle(request.method, rest, dict(request.query)))
         target = parse_path(path)
         if isinstance(target, tuple):
             return self._discovery(request, target)
         return await self._resource(request, target)
+
+    async def _get_object(self, kind: str, namespace: str | None, name: str) -> dict:
+        return await self.registry.get(by_kind("", kind), namespace, name)
+
+    async def _list_objects(self, kind: str, namespace: str | None, label_selector: str) -> list[dict]:
+        rt = by_kind("", kind)
+        params = {"labelSelector": label_selector} if label_selector else {}
+        return (await self.registry.list(rt, namespace, Query(rt, params)))["items"]
 
     def _discovery(self, request: web.Request, target: tuple[str, ...]) -> web.Response:
         if request.method != "GET":
@@ -176,6 +224,8 @@ class ApiServer:
 
     async def _resource(self, request: web.Request, t: Target) -> web.StreamResponse:
         request["resource"] = t.rt.plural
+        if t.rt.strategy.stored_as is not None:
+            return await self._view(request, t)
         q = request.query
         reg, rt, method = self.registry, t.rt, request.method
         if rt.verbs == ("create",):  # bindings: create only, and it binds the pod the body names
@@ -215,21 +265,76 @@ class ApiServer:
             return _json(await reg.patch(rt, t.namespace, t.name, request.headers.get("Content-Type", ""),
                                          await request.read(), t.sub, dry_run))
         elif method == "DELETE" and t.sub is None:
-            options = await self._body(request, required=False) or {}
-            if not isinstance(options, dict):
-                raise bad_request("DeleteOptions must be a JSON object")
-            if q.get("propagationPolicy"):
-                options["propagationPolicy"] = q["propagationPolicy"]
-            if q.get("gracePeriodSeconds"):
-                try:
-                    options["gracePeriodSeconds"] = int(q["gracePeriodSeconds"])
-                except ValueError:
-                    raise bad_request(f"gracePeriodSeconds: not an integer: {q['gracePeriodSeconds']!r}") from None
-            dry_run = dry_run or "All" in (options.get("dryRun") or [])
+            options, dry_run = await self._delete_options(request, dry_run)
             if t.name is None:
                 return _json(await reg.lifecycle.delete_collection(rt, t.namespace, Query(rt, dict(q)), options,
                                                                    dry_run))
             return _json(await reg.lifecycle.delete(rt, t.namespace, t.name, options, dry_run))
+        raise ApiError(405, f"the server does not allow this method on the requested resource: {method}",
+                       "MethodNotAllowed")
+
+    async def _delete_options(self, request: web.Request, dry_run: bool) -> tuple[dict, bool]:
+        """DeleteOptions from the body and the query; whether it is a dry run."""
+        q = request.query
+        options = await self._body(request, required=False) or {}
+        if not isinstance(options, dict):
+            raise bad_request("DeleteOptions must be a JSON object")
+        if q.get("propagationPolicy"):
+            options["propagationPolicy"] = q["propagationPolicy"]
+        if q.get("gracePeriodSeconds"):
+            try:
+                options["gracePeriodSeconds"] = int(q["gracePeriodSeconds"])
+            except ValueError:
+                raise bad_request(f"gracePeriodSeconds: not an integer: {q['gracePeriodSeconds']!r}") from None
+        return options, dry_run or "All" in (options.get("dryRun") or [])
+
+    async def _view(self, request: web.Request, t: Target) -> web.StreamResponse:
+        """A view of another kind's storage (events.k8s.io/v1 Events over the core ones): the
+        request in the stored kind's terms, the answer converted back to the view's."""
+        view, reg, method, q = t.rt.strategy, self.registry, request.method, request.query
+        stored = by_kind(*view.stored_as or ("", ""))
+        params = dict(q)
+        if params.get("fieldSelector"):
+            params["fieldSelector"] = view.stored_field_selector(params["fieldSelector"])
+        dry_run = q.get("dryRun") == "All"
+        if method == "GET" and t.sub is None:
+            if t.watch or q.get("watch") in ("1", "true", "True"):
+                return await self._watch(request, Target(stored, t.namespace, t.name, None, True), params, t.rt)
+            if t.name is None:
+                listed = await reg.list(stored, t.namespace, Query(stored, params))
+                items = [view.from_stored(o) for o in listed["items"]]
+                return self._maybe_table(request, t.rt, items, listed["metadata"],
+                                         {**listed, "kind": f"{t.rt.kind}List", "apiVersion": t.rt.api_version,
+                                          "items": items})
+            obj = view.from_stored(await reg.get(stored, t.namespace, t.name))
+            return self._maybe_table(request, t.rt, [obj], {"resourceVersion": obj["metadata"]["resourceVersion"]},
+                                     obj)
+        if method in ("POST", "PUT") and t.sub is None and (t.name is None) == (method == "POST"):
+            body = await self._body(request)
+            if not isinstance(body, dict):
+                raise bad_request(f"the body of the request must be a {t.rt.kind} object")
+            if method == "POST":
+                causes = Causes()
+                view.validate(causes, body, None, reg.cfg)
+                if causes:
+                    raise invalid(t.rt.kind, objects.get_path(body, "metadata", "name") or "", causes.items,
+                                  t.rt.group)
+                return _json(view.from_stored(await reg.create(stored, t.namespace, view.to_stored(body), dry_run)),
+                             201)
+            assert t.name is not None
+            return _json(view.from_stored(await reg.update(stored, t.namespace, t.name, view.to_stored(body), None,
+                                                           dry_run)))
+        if method == "PATCH" and t.name is not None and t.sub is None:
+            return _json(view.from_stored(await reg.patch(stored, t.namespace, t.name,
+                                                          request.headers.get("Content-Type", ""),
+                                                          await request.read(), None, dry_run, view)))
+        if method == "DELETE" and t.sub is None:
+            options, dry_run = await self._delete_options(request, dry_run)
+            if t.name is None:
+                return _json(await reg.lifecycle.delete_collection(stored, t.namespace, Query(stored, params), options,
+                                                                   dry_run))
+            gone = await reg.lifecycle.delete(stored, t.namespace, t.name, options, dry_run)
+            return _json(view.from_stored(gone) if gone.get("kind") == stored.kind else gone)
         raise ApiError(405, f"the server does not allow this method on the requested resource: {method}",
                        "MethodNotAllowed")
 
@@ -240,14 +345,19 @@ class ApiServer:
             return _json(plain)
         return _json(tables.table(rt, items, meta, request.query.get("includeObject", "Metadata"), version))
 
-    async def _watch(self, request: web.Request, t: Target) -> web.StreamResponse:
+    async def _watch(self, request: web.Request, t: Target, params: dict[str, str] | None = None,
+                     view: ResourceType | None = None) -> web.StreamResponse:
+        """A watch of `t`; with `view`, of the kind it is stored as (`t`), converted to the view's."""
         request["watch"] = True
-        params = dict(request.query)
+        params = dict(request.query) if params is None else params
         if t.name is not None:  # the legacy /watch/.../<name> path: a watch of that one object
             params["fieldSelector"] = ",".join(filter(None, [params.get("fieldSelector"), f"metadata.name={t.name}"]))
         q = Query(t.rt, params)
         events = self.registry.watch(t.rt, t.namespace, q, self.stopping, watchstream.TICK)
-        return await watchstream.serve(request, t.rt, events, q.timeout or DEFAULT_WATCH_TIMEOUT, int(q.rv or 0))
+        if view is not None:
+            events = _converted(events, view.strategy)
+        return await watchstream.serve(request, view or t.rt, events, q.timeout or DEFAULT_WATCH_TIMEOUT,
+                                       int(q.rv or 0))
 
     def stop(self) -> None:
         """Shutdown: open watches end cleanly (a complete response), new ones end at once."""

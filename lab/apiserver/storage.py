@@ -256,12 +256,15 @@ class Store:
         await self._post("/kv/range", {"key": _b64(self.prefix), "count_only": True, "revision": revision},
                          "revision")
 
-    async def txn(self, puts: dict[str, dict | str], deletes: builtins.list[str], expect: dict[str, int]) -> int:
+    async def txn(self, puts: dict[str, dict | str], deletes: builtins.list[str], expect: dict[str, int],
+                  leases: dict[str, int] | None = None) -> int:
         """Apply puts and deletes atomically if every key in `expect` has that mod_revision (0:
-        absent); returns the new store revision, or raises TxnFailed with the keys' actual state."""
+        absent); returns the new store revision, or raises TxnFailed with the keys' actual state.
+        `leases`: keys put under an etcd lease (its id), which etcd deletes when the lease expires."""
         compare = [{"key": _b64(k), "target": "MOD", "result": "EQUAL", "mod_revision": str(rev)}
                    for k, rev in expect.items()]
-        success = [{"request_put": {"key": _b64(k), "value": _b64(v if isinstance(v, str) else encode(v))}}
+        success = [{"request_put": {"key": _b64(k), "value": _b64(v if isinstance(v, str) else encode(v)),
+                                    **({"lease": str(leases[k])} if leases and k in leases else {})}}
                    for k, v in puts.items()]
         success += [{"request_delete_range": {"key": _b64(k)}} for k in deletes]
         failure = [{"request_range": {"key": _b64(k), "keys_only": True}} for k in expect]
@@ -273,6 +276,11 @@ class Store:
             for item in r.get("response_range", {}).get("kvs", []):
                 existing[_unb64(item["key"])] = int(item.get("mod_revision", 0))
         raise TxnFailed(existing)
+
+    async def grant_lease(self, ttl: int) -> int:
+        """A new etcd lease of `ttl` seconds; its id."""
+        resp = await self._post("/lease/grant", {"TTL": str(ttl)}, "grant")
+        return int(resp["ID"])
 
     async def compact(self, revision: int) -> None:
         await self._post("/kv/compaction", {"revision": revision, "physical": True}, "compact")

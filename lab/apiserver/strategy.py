@@ -23,9 +23,11 @@ NAME_RULES = ("subdomain", "label", "dns1035")
 
 @dataclass(frozen=True)
 class Config:
-    """Server flags that admission needs (--service-cluster-ip-range, --service-node-port-range)."""
+    """Server flags that admission and storage need (--service-cluster-ip-range,
+    --service-node-port-range, --event-ttl)."""
     service_cidr: ServiceCIDR = field(default_factory=lambda: ServiceCIDR.parse(DEFAULT_SERVICE_CIDR))
     node_ports: NodePortRange = field(default_factory=NodePortRange)
+    event_ttl: int = 3600  # seconds, kube-apiserver's default of 1h
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,9 @@ class Strategy:
     indexed_fields: ClassVar[tuple[str, ...]] = ()
     # Labels the watch cache indexes (a list selecting `key=value` reads the index).
     indexed_labels: ClassVar[tuple[str, ...]] = ()
+    # A view of another kind's storage (group, kind), converted both ways (events.k8s.io/v1 Events
+    # over the core ones): the registry and the watch cache know only the stored kind.
+    stored_as: ClassVar[tuple[str, str] | None] = None
     # `kubectl get` columns (meta.k8s.io Table), matching `row`.
     columns: ClassVar[list[dict[str, Any]]] = [tables.NAME, tables.AGE]
 
@@ -82,6 +87,28 @@ class Strategy:
         this set and releases what it removes (or, on delete, all of it), in the same etcd
         transaction as the object."""
         return set()
+
+    # --- storage ---------------------------------------------------------------------------------
+
+    def ttl(self, cfg: Config) -> int:
+        """Seconds the object lives after its last write (0: until deleted). The registry writes it
+        with an etcd lease of that length, so etcd removes it (and the watch cache and watchers
+        see a DELETED), as kube-apiserver stores Events."""
+        return 0
+
+    # --- a view's conversion (only with `stored_as`) ---------------------------------------------
+
+    def to_stored(self, obj: dict[str, Any]) -> dict[str, Any]:
+        """The stored kind's form of `obj` (written through this view)."""
+        return obj
+
+    def from_stored(self, obj: dict[str, Any]) -> dict[str, Any]:
+        """This view's form of a stored object."""
+        return obj
+
+    def stored_field_selector(self, selector: str) -> str:
+        """A field selector in this view's field names -> the stored kind's."""
+        return selector
 
     # --- deletion ----------------------------------------------------------------------------------
 

@@ -3,8 +3,13 @@
     <lab>-ctl    etcd            http://192.168.33.2:2379 and http://127.0.0.1:2379 (data <state>/etcd)
                  knet-apiserver  https://192.168.33.2:6443 on the lab LAN, and a loopback port of the
                                  root namespace for kubectl on the host (a listening socket only)
-                 knet-controllers scheduler, ReplicaSet/RC, Deployment, EndpointSlice, LoadBalancer, GC
+                 knet-controllers scheduler, ReplicaSet/RC, Deployment, EndpointSlice, LoadBalancer, GC,
+                                  node IPAM (a podCIDR per Node from the cluster CIDR, /24 each)
     <lab>-node<i> knet-node-agent registers node<i>, runs the pods bound to it
+
+With the static overlay the lab's routes fix node<i>'s pod subnet to 10.244.<i>.0/24: the Nodes
+are then created with that podCIDR before the agents register them (as an administrator may
+create Nodes), and the node IPAM controller adopts it.
 
 Kubeconfigs (tokens inside, files mode 0600) in the lab's state dir: `kubeconfig` (admin, host
 URL: what `knet lab kubeconfig` prints) and `apiserver/<user>.kubeconfig` (lab URL) for each
@@ -58,9 +63,13 @@ def kubeconfig_path(lab: str, root: str = topology.STATE_ROOT) -> str:
 
 
 def start_control_plane(p: topology.Plan, progress: Progress = _quiet, lb_pool: str = LB_POOL,
-                        wait: float = 60.0) -> dict[str, Any]:
+                        wait: float = 60.0, with_nodes: Callable[[dict[str, str]], None] | None = None
+                        ) -> dict[str, Any]:
     """Start etcd, the API server, the controllers and a node agent per node; wait until every
-    node is registered and Ready. Returns what lab.json records under "control_plane"."""
+    node is registered and Ready with a podCIDR. `with_nodes(kubeconfigs)` is called once the
+    agents are started, to start what runs next to them on the nodes meanwhile (flannel's kube
+    subnet manager, which waits for its Node's podCIDR itself). Returns what lab.json records
+    under "control_plane"."""
     from lab.apiserver.main import start_in_lab  # the server's module imports aiohttp (~1 s): only when needed
 
     t0 = time.monotonic()
@@ -71,19 +80,25 @@ def start_control_plane(p: topology.Plan, progress: Progress = _quiet, lb_pool: 
     except RuntimeError as e:  # it did not start (the message has its log's tail)
         raise ControlPlaneError(str(e)) from e
     progress(f"apiserver: {srv.lab_url} in {p.ctl.netns}, {srv.host_url} on the host (pid {srv.pid})")
-    ctl = launch.spawn("knet-controllers", p.ctl.netns, [
-        launch.binary("knet-controllers"), "--kubeconfig", srv.kubeconfigs["controllers"], "--lb-pool", lb_pool,
-        "--metrics", "127.0.0.1:10257"], os.path.join(p.state_dir, "controllers.log"), ControlPlaneError)
-    agents = {n.short: spawn_agent(n.netns, n.short, srv.kubeconfigs["node-agent"], p.name,
-                                   os.path.dirname(p.state_dir), topology.SERVICE_CIDR,
-                                   os.path.join(n.dir, "node-agent.log")) for n in p.nodes}
     # `<state>/kubeconfig` (the host URL). Not srv.kubeconfig: start_in_lab rewrites admin.kubeconfig
     # with the lab URL in its per-user loop, and the lab URL must never be dialled from here.
     kubeconfig = kubeconfig_path(p.name, os.path.dirname(p.state_dir))
+    if p.overlay == "static":
+        _create_static_nodes(kubeconfig, p)
+    ctl = launch.spawn("knet-controllers", p.ctl.netns, [
+        launch.binary("knet-controllers"), "--kubeconfig", srv.kubeconfigs["controllers"], "--lb-pool", lb_pool,
+        "--metrics", "127.0.0.1:10257", "--allocate-node-cidrs", "--cluster-cidr", topology.POD_CIDR,
+        "--node-cidr-mask-size", "24", "--service-cluster-ip-range", topology.SERVICE_CIDR,
+    ], os.path.join(p.state_dir, "controllers.log"), ControlPlaneError)
+    agents = {n.short: spawn_agent(n.netns, n.short, srv.kubeconfigs["node-agent"], p.name,
+                                   os.path.dirname(p.state_dir), topology.SERVICE_CIDR,
+                                   os.path.join(n.dir, "node-agent.log")) for n in p.nodes}
+    if with_nodes is not None:
+        with_nodes(srv.kubeconfigs)
     _wait_nodes_ready(kubeconfig, [n.short for n in p.nodes], wait, [ctl, *agents.values()])
     progress(f"controllers: pid {ctl.pid} in {p.ctl.netns} (LoadBalancer pool {lb_pool}); node agents: "
              + ", ".join(f"{k} pid {d.pid}" for k, d in sorted(agents.items()))
-             + f"; {len(p.nodes)} node(s) Ready in {time.monotonic() - t0:.1f}s")
+             + f"; {len(p.nodes)} node(s) Ready with a podCIDR in {time.monotonic() - t0:.1f}s")
     progress(f"kubectl: kubectl --kubeconfig {kubeconfig} get nodes,pods -o wide")
     progress(f"   (or: export KUBECONFIG=$(knet lab kubeconfig --name {p.name}))")
     return {
@@ -113,15 +128,30 @@ def loopback_only(kubeconfig: str) -> None:
                                     "is not a loopback address")
 
 
+def _create_static_nodes(kubeconfig: str, p: topology.Plan) -> None:
+    """The Nodes of a static-overlay lab, with the podCIDRs its routes were built for."""
+    from knet.kube import client
+
+    loopback_only(kubeconfig)
+    api = client.new_api_client(kubeconfig)
+    try:
+        for n in p.nodes:
+            client.create(api, "Node", {"apiVersion": "v1", "kind": "Node", "metadata": {"name": n.short},
+                                        "spec": {"podCIDR": n.pod_subnet, "podCIDRs": [n.pod_subnet]}})
+    finally:
+        api.close()
+
+
 def _wait_nodes_ready(kubeconfig: str, names: list[str], wait: float, daemons: list[launch.Daemon]) -> None:
+    """Every node registered and Ready (its agent) with a podCIDR (the node IPAM controller)."""
     from knet.kube import client  # ~1 s to import: `knet lab exec/status` (which import this module) never need it
 
     loopback_only(kubeconfig)
     api = client.new_api_client(kubeconfig)
-    missing, error = set(names), ""
+    not_ready, no_cidr, error = set(names), set(names), ""
 
     def all_ready() -> bool:
-        nonlocal missing, error
+        nonlocal not_ready, no_cidr, error
         try:
             items = client.list_objects(api, "Node")["items"]
         except Exception as e:  # not serving yet: reported if it never does
@@ -129,14 +159,18 @@ def _wait_nodes_ready(kubeconfig: str, names: list[str], wait: float, daemons: l
         ready = {n["metadata"]["name"] for n in items
                  if any(c.get("type") == "Ready" and c.get("status") == "True"
                         for c in (n.get("status") or {}).get("conditions") or [])}
-        missing = set(names) - ready
-        return not missing
+        cidr = {n["metadata"]["name"] for n in items if (n.get("spec") or {}).get("podCIDR")}
+        not_ready, no_cidr = set(names) - ready, set(names) - cidr
+        return not not_ready and not no_cidr
 
     try:
         if not launch.wait_until(all_ready, daemons, wait):
             why = f"; last error: {error}" if error else ""
-            raise ControlPlaneError(f"node(s) {', '.join(sorted(missing))} not Ready within {wait:.0f}s "
-                                    f"(see node<i>/node-agent.log in the lab's state dir){why}")
+            problems = [f"node(s) {', '.join(sorted(not_ready))} not Ready (see node<i>/node-agent.log in the "
+                        "lab's state dir)"] if not_ready else []
+            if no_cidr:
+                problems.append(f"node(s) {', '.join(sorted(no_cidr))} without podCIDR (see controllers.log)")
+            raise ControlPlaneError(f"{'; '.join(problems)} within {wait:.0f}s{why}")
     finally:
         api.close()
 

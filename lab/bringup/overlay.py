@@ -1,9 +1,18 @@
-"""The overlay in the lab: flannel_py on every node, leasing subnets from the lab's etcd.
+"""The overlay in the lab: flannel_py on every node, with one of its two subnet managers.
 
-`knet lab up` (default `--overlay vxlan`) writes flannel's network config, starts `flannel-py`
-inside each node namespace exactly as a node would run it, and waits for every node's
-subnet.env; the CNI plugin (flannel mode) reads that file, so pods get addresses from the leased
-subnet with the overlay's MTU.
+`knet lab up` (default `--overlay vxlan --subnet-manager kube`) starts `flannel-py` inside each
+node namespace exactly as a node would run it, and waits for every node's subnet.env; the CNI
+plugin (flannel mode) reads that file, so pods get addresses from the node's subnet with the
+overlay's MTU.
+
+- kube (`spawn_kube`, `wait_kube`; as kube-flannel runs flanneld): the node's subnet is its Node's
+  spec.podCIDR, which the lab's node IPAM controller assigns (lab.controllers.nodeipam); flannel
+  publishes its lease as Node annotations and reads everyone's from the Nodes. Started once the
+  API server is up, together with the node agents (each daemon waits for its Node and podCIDR, as
+  on a cluster), with the `flannel` identity's kubeconfig and the net-conf.json kube-flannel's
+  ConfigMap carries (<state>/kube-flannel/net-conf.json).
+- etcd (`start`): flannel leases subnets from the lab's etcd (/coreos.com/network); started before
+  the control plane, which it does not need.
 """
 
 from __future__ import annotations
@@ -19,6 +28,7 @@ from lab.errors import LabError
 from lab.net import topology
 
 NETWORK_KEY = "/coreos.com/network/config"
+SUBNET_MANAGERS = ("kube", "etcd")
 
 
 class OverlayError(LabError):
@@ -29,9 +39,26 @@ def network_config(backend: str) -> dict:
     return {"Network": topology.POD_CIDR, "SubnetLen": 24, "Backend": {"Type": backend}}
 
 
+def net_conf(backend: str) -> dict:
+    """kube-flannel's net-conf.json: the Network every podCIDR lies in (the node IPAM controller's
+    --cluster-cidr); SubnetLen does not apply with the kube subnet manager."""
+    return {"Network": topology.POD_CIDR, "Backend": {"Type": backend}}
+
+
+def net_conf_path(p: topology.Plan) -> str:
+    return os.path.join(p.state_dir, "kube-flannel", "net-conf.json")
+
+
 def flannel_argv(n: topology.Node) -> list[str]:
     return [launch.binary("flannel-py"), "--etcd-endpoints", topology.ETCD_URL, "--iface", "eth0",
             "--public-ip", n.ip, "--subnet-file", n.subnet_file, "--ip-masq"]
+
+
+def kube_flannel_argv(n: topology.Node, kubeconfig: str, conf: str) -> list[str]:
+    # --node-name where the DaemonSet sets $NODE_NAME from the downward API.
+    return [launch.binary("flannel-py"), "--kube-subnet-mgr", "--kubeconfig-file", kubeconfig,
+            "--net-config-path", conf, "--node-name", n.short, "--iface", "eth0", "--public-ip", n.ip,
+            "--subnet-file", n.subnet_file, "--ip-masq"]
 
 
 def read_subnet_env(path: str) -> dict[str, str]:
@@ -54,7 +81,7 @@ def leased(subnet_file: str) -> bool:
 
 
 def start(p: topology.Plan, progress=print, wait: float = 20.0) -> dict[str, dict]:
-    """Start flannel-py on every node; returns node -> {"pod_subnet", "mtu", "pid"}."""
+    """Start flannel-py (etcd subnet manager) on every node; returns node -> {"pod_subnet", "mtu", "pid"}."""
     etcd.start(p, progress)
     etcd.put(p, NETWORK_KEY, json.dumps(network_config(p.overlay)))
     out: dict[str, dict] = {}
@@ -63,15 +90,56 @@ def start(p: topology.Plan, progress=print, wait: float = 20.0) -> dict[str, dic
     # 10.244.<i>.0/24 in a fresh lab — addresses a person can read. (Concurrent starts are
     # race-free too; flannel_py's own tests prove that.)
     for n in p.nodes:
-        os.makedirs(n.dir, exist_ok=True)
-        log = os.path.join(n.dir, "flannel.log")
-        daemon = launch.spawn(f"flannel-py on {n.short}", n.netns, flannel_argv(n), log, OverlayError)
+        daemon = _spawn(n, flannel_argv(n))
         if not launch.wait_until(functools.partial(leased, n.subnet_file), [daemon], deadline - time.monotonic(),
                                  interval=0.02):
-            raise OverlayError(f"no subnet lease for {n.short} within {wait:.0f}s (see {log})")
-        env = read_subnet_env(n.subnet_file)
-        n.pod_subnet = str(ipaddress.ip_interface(env["FLANNEL_SUBNET"]).network)
-        out[n.short] = {"pod_subnet": n.pod_subnet, "mtu": int(env.get("FLANNEL_MTU", "1500")), "pid": daemon.pid}
-    progress(f"overlay {p.overlay}: " + ", ".join(f"{k} {v['pod_subnet']} (mtu {v['mtu']})"
-                                                  for k, v in sorted(out.items())))
+            raise OverlayError(f"no subnet lease for {n.short} within {wait:.0f}s (see {daemon.log})")
+        out[n.short] = _lease(n, daemon)
+    _report(p, "etcd", out, progress)
     return out
+
+
+def spawn_kube(p: topology.Plan, kubeconfig: str) -> dict[str, launch.Daemon]:
+    """Start flannel-py (kube subnet manager) on every node at once: each takes its own Node's
+    podCIDR, so there is no order to keep, and each waits for it by itself. Started while the
+    control plane comes up, the daemons' start-up (~1-3 s of imports and a Node list each) runs
+    while the agents register and the node IPAM controller assigns (bench/lab_up.py)."""
+    conf = net_conf_path(p)
+    os.makedirs(os.path.dirname(conf), exist_ok=True)
+    with open(conf, "w") as f:
+        json.dump(net_conf(p.overlay), f, indent=2)
+        f.write("\n")
+    return {n.short: _spawn(n, kube_flannel_argv(n, kubeconfig, conf)) for n in p.nodes}
+
+
+def wait_kube(p: topology.Plan, daemons: dict[str, launch.Daemon], progress=print,
+              wait: float = 30.0) -> dict[str, dict]:
+    """Wait for every node's subnet.env; returns node -> {"pod_subnet", "mtu", "pid"}."""
+    waiting = list(p.nodes)
+
+    def all_leased() -> bool:
+        waiting[:] = [n for n in waiting if not leased(n.subnet_file)]
+        return not waiting
+
+    if not launch.wait_until(all_leased, daemons.values(), wait, interval=0.02):
+        raise OverlayError(f"no subnet for {', '.join(n.short for n in waiting)} within {wait:.0f}s "
+                           f"(see {', '.join(daemons[n.short].log for n in waiting)})")
+    out = {n.short: _lease(n, daemons[n.short]) for n in p.nodes}
+    _report(p, "kube", out, progress)
+    return out
+
+
+def _spawn(n: topology.Node, argv: list[str]) -> launch.Daemon:
+    os.makedirs(n.dir, exist_ok=True)
+    return launch.spawn(f"flannel-py on {n.short}", n.netns, argv, os.path.join(n.dir, "flannel.log"), OverlayError)
+
+
+def _lease(n: topology.Node, daemon: launch.Daemon) -> dict:
+    env = read_subnet_env(n.subnet_file)
+    n.pod_subnet = str(ipaddress.ip_interface(env["FLANNEL_SUBNET"]).network)
+    return {"pod_subnet": n.pod_subnet, "mtu": int(env.get("FLANNEL_MTU", "1500")), "pid": daemon.pid}
+
+
+def _report(p: topology.Plan, manager: str, out: dict[str, dict], progress) -> None:
+    progress(f"overlay {p.overlay} ({manager} subnet manager): " + ", ".join(
+        f"{k} {v['pod_subnet']} (mtu {v['mtu']})" for k, v in sorted(out.items())))

@@ -21,6 +21,7 @@ from kubernetes.client import ApiClient
 
 from knet.kube import Informer, client
 from knet.kube.models import Deployment, Pod, ReplicaSet
+from knet.kube.recorder import NORMAL
 from lab.controllers import indexes
 from lab.controllers.common import condition, controlled_by, is_active, is_available, owner_ref
 from lab.controllers.replicas import owned_pods
@@ -134,6 +135,7 @@ def _revision(rs: ReplicaSet) -> int:
 
 class DeploymentController(Controller):
     name = "deployment"
+    source = "deployment-controller"
     resync = 30.0
 
     def __init__(self, api: ApiClient, pods: Informer[Pod], replicasets: Informer[ReplicaSet],
@@ -204,6 +206,8 @@ class DeploymentController(Controller):
             for name, replicas in plan.items():
                 client.patch(self.api, "ReplicaSet", name, {"spec": {"replicas": replicas}}, ns)
                 log.info("deployment %s: scaled %s to %d", key, name, replicas)
+                was = next((r.spec.replicas for r in rses if r.name == name), 0)
+                self._scaled(dep, name, was, replicas)
             self._bump_revision(dep, new, olds)
             self._cleanup(dep, olds, pods)
         self._status(dep, new, rses, pods, surge_and_unavailable(
@@ -232,6 +236,13 @@ class DeploymentController(Controller):
         self.expectations.expect(dep.key, adds=[body["metadata"]["name"]])
         log.info("deployment %s: created replicaset %s (revision %d, %d replicas)", dep.key,
                  body["metadata"]["name"], revision, replicas)
+        if replicas:
+            self._scaled(dep, body["metadata"]["name"], 0, replicas)
+
+    def _scaled(self, dep: Deployment, rs: str, was: int, now: int) -> None:
+        direction = "up" if now > was else "down"
+        self.event(dep, NORMAL, "ScalingReplicaSet", f"Scaled {direction} replica set {rs} from {was} to {now}",
+                   "Deployment", "apps/v1")
 
     def _bump_revision(self, dep: Deployment, new: ReplicaSet, olds: list[ReplicaSet]) -> None:
         """A rollback to an old template makes that ReplicaSet the newest revision again."""

@@ -18,6 +18,7 @@ from kubernetes.client import ApiClient
 
 from knet.kube import Informer, client
 from knet.kube.models import Service
+from knet.kube.recorder import NORMAL, WARNING
 from lab.controllers import indexes
 from lab.controllers.workqueue import Controller
 
@@ -111,13 +112,19 @@ def wants_lb(svc: Service) -> bool:
 
 class LoadBalancerController(Controller):
     name = "loadbalancer"
+    source = "service-controller"
     resync = 30.0
 
     def __init__(self, api: ApiClient, services: Informer[Service], pool: Pool) -> None:
         super().__init__()
         self.api, self.services, self.pool = api, services, pool
-        services.add_handler(on_add=self._on_service, on_update=lambda _o, s: self._on_service(s),
-                             on_delete=self._on_service)
+        services.add_handler(on_add=self._on_service, on_update=self._on_update, on_delete=self._on_service)
+
+    def _on_update(self, old: Service, new: Service) -> None:
+        # kube's service controller tells of a type change that makes or ends a load balancer
+        if old.spec.type != new.spec.type and (wants_lb(old) or wants_lb(new)):
+            self.event(new, NORMAL, "Type", f"{old.spec.type} -> {new.spec.type}", "Service", "v1")
+        self._on_service(new)
 
     def _on_service(self, svc: Service) -> None:
         if wants_lb(svc) or svc.status.load_balancer.ingress:
@@ -146,9 +153,21 @@ class LoadBalancerController(Controller):
         want = [ip] if ip else []
         if current == want:
             return
+        wanted = wants_lb(svc)
         if ip is None and svc.spec.type == "LoadBalancer":
             log.warning("service %s: no LoadBalancer address (pool %d addresses, requested %s)", svc.key,
                         len(self.pool), svc.spec.load_balancer_ip or "-")
+            self.event(svc, WARNING, "SyncLoadBalancerFailed", "Error syncing load balancer: no address free in the "
+                       f"pool{f' for the requested {svc.spec.load_balancer_ip}' if svc.spec.load_balancer_ip else ''}",
+                       "Service", "v1")
+        elif wanted:
+            self.event(svc, NORMAL, "EnsuringLoadBalancer", "Ensuring load balancer", "Service", "v1")
+        else:
+            self.event(svc, NORMAL, "DeletingLoadBalancer", "Deleting load balancer", "Service", "v1")
         ingress = [{"ip": ip, "ipMode": "VIP"}] if ip else []
         client.patch_status(self.api, "Service", svc.name, {"loadBalancer": {"ingress": ingress}}, svc.namespace)
         log.info("service %s: LoadBalancer ingress %s -> %s", svc.key, current or "-", ip or "-")
+        if wanted and ip:
+            self.event(svc, NORMAL, "EnsuredLoadBalancer", "Ensured load balancer", "Service", "v1")
+        elif not wanted:
+            self.event(svc, NORMAL, "DeletedLoadBalancer", "Deleted load balancer", "Service", "v1")

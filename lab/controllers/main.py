@@ -2,6 +2,7 @@
 
     knet-controllers --kubeconfig controllers.kubeconfig [--lb-pool 192.168.33.200-192.168.33.250]
                      [--metrics 127.0.0.1:10257] [--controllers scheduler,replicaset,...]
+                     [--allocate-node-cidrs --cluster-cidr 10.244.0.0/16 [--node-cidr-mask-size 24]]
 
 Each controller is a worker thread fed by shared informers (one watch per kind for the process);
 they talk to the API server only through the `kubernetes` client (knet.kube), as they would to a
@@ -32,18 +33,22 @@ from knet.kube.models import (
     Service,
     StatefulSet,
 )
+from knet.kube.recorder import EventRecorder
+from lab.controllers.cidrset import RangeAllocator
 from lab.controllers.deployment import DeploymentController
 from lab.controllers.endpoints import EndpointSliceController
 from lab.controllers.gc import GarbageCollector
 from lab.controllers.indexes import OWNED_INDEXES, POD_INDEXES, SERVICE_INDEXES
 from lab.controllers.loadbalancer import DEFAULT_POOL, LoadBalancerController, Pool
+from lab.controllers.nodeipam import CidrSetMetrics, NodeIpamController
 from lab.controllers.replicas import ReplicaController
 from lab.controllers.scheduler import Scheduler
 from lab.controllers.statefulset import StatefulSetController
 from lab.controllers.workqueue import Controller
 
 log = logging.getLogger("lab.controllers")
-ALL = ("scheduler", "replicaset", "deployment", "statefulset", "endpointslice", "loadbalancer", "garbagecollector")
+ALL = ("scheduler", "replicaset", "deployment", "statefulset", "endpointslice", "loadbalancer", "garbagecollector",
+       "nodeipam")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,13 +58,21 @@ def build_parser() -> argparse.ArgumentParser:
                                                           f"comma-separated (default {DEFAULT_POOL})")
     p.add_argument("--controllers", default=",".join(ALL), help=f"which to run (default all: {','.join(ALL)})")
     p.add_argument("--metrics", default="", metavar="ADDR:PORT", help="serve /metrics and /healthz here")
+    # kube-controller-manager's node IPAM flags (the range allocator).
+    p.add_argument("--allocate-node-cidrs", action="store_true",
+                   help="give every Node a spec.podCIDR from --cluster-cidr (the nodeipam controller)")
+    p.add_argument("--cluster-cidr", default="", help="the pods' range, cut into per-node blocks")
+    p.add_argument("--node-cidr-mask-size", type=int, default=24, help="prefix length of a node's block (default 24)")
+    p.add_argument("--service-cluster-ip-range", default="",
+                   help="no node block is handed out where it overlaps this range")
     p.add_argument("--log-level", default="info")
     return p
 
 
-def build(factory: InformerFactory, api: ApiClient, pool: Pool, which: set[str]) -> list[Controller]:
+def build(factory: InformerFactory, api: ApiClient, pool: Pool, which: set[str],
+          ipam: RangeAllocator | None = None) -> list[Controller]:
     """The controllers named in `which`, over informers from `factory` with the indexes they
-    look objects up by (lab.controllers.indexes)."""
+    look objects up by (lab.controllers.indexes); nodeipam only with an allocator."""
     pods = factory.informer(Pod, indexers=POD_INDEXES)
     nodes = factory.informer(Node)
     services = factory.informer(Service, indexers=SERVICE_INDEXES)
@@ -85,7 +98,19 @@ def build(factory: InformerFactory, api: ApiClient, pool: Pool, which: set[str])
         out.append(GarbageCollector(api, {"Pod": pods, "ReplicaSet": rses},
                                     {"ReplicaSet": rses, "ReplicationController": rcs, "Deployment": deployments,
                                      "StatefulSet": sets}))
+    if "nodeipam" in which and ipam is not None:
+        out.append(NodeIpamController(api, nodes, ipam))
     return out
+
+
+def node_ipam(args: argparse.Namespace) -> RangeAllocator | None:
+    """The range allocator the flags ask for (None without --allocate-node-cidrs); ValueError
+    with the reason for flags kube-controller-manager would refuse too."""
+    if not args.allocate_node_cidrs:
+        return None
+    if not args.cluster_cidr:
+        raise ValueError("--allocate-node-cidrs needs --cluster-cidr")
+    return RangeAllocator(args.cluster_cidr, args.node_cidr_mask_size, args.service_cluster_ip_range or None)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -103,13 +128,23 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         print(f"knet-controllers: --lb-pool: {e}", file=sys.stderr)
         return 2
+    try:
+        ipam = node_ipam(args)
+    except ValueError as e:
+        print(f"knet-controllers: node IPAM: {e}", file=sys.stderr)
+        return 2
     api = api_client_from_args(args)
     factory = InformerFactory(api)
-    controllers = build(factory, api, pool, which)
+    controllers = build(factory, api, pool, which, ipam)
+    recorder = EventRecorder(api, "knet-controllers")  # each controller reports as its own source
+    for c in controllers:
+        c.recorder = recorder
     reg = metrics.Registry()
     syncs = reg.counter("knet_controller_syncs_total", "syncs per controller", ["controller"])
     errors = reg.counter("knet_controller_sync_errors_total", "failed syncs per controller", ["controller"])
     depth = reg.gauge("knet_controller_queue_depth", "keys waiting per controller", ["controller"])
+    if ipam is not None and "nodeipam" in which:
+        reg.register(CidrSetMetrics(ipam))
     if args.metrics:
         def health() -> tuple[bool, str]:
             for c in controllers:
@@ -138,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     log.info("stopping")
     for c in controllers:
         c.stop()
+    recorder.stop(2.0)
     factory.stop()
     return 0
 

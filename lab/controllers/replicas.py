@@ -18,6 +18,7 @@ from kubernetes.client import ApiClient
 from knet.kube import Informer, client
 from knet.kube.indexes import NAMESPACE
 from knet.kube.models import KubeObject, Pod, ReplicaSet, ReplicationController
+from knet.kube.recorder import NORMAL, WARNING
 from knet.kube.selectors import Selector
 from lab.controllers import indexes
 from lab.controllers.common import controlled_by, is_active, is_available, owner_ref
@@ -27,6 +28,7 @@ log = logging.getLogger("lab.controllers.replicas")
 
 BURST = 100  # most pods made or removed in one sync (kube-controller-manager's burstReplicas)
 KINDS = {"rs": ("ReplicaSet", "apps/v1"), "rc": ("ReplicationController", "v1")}
+SOURCES = {"ReplicaSet": "replicaset-controller", "ReplicationController": "replication-controller"}
 
 
 # --- pure --------------------------------------------------------------------------------------
@@ -92,6 +94,7 @@ class ReplicaController(Controller):
     """Both kinds: keys are "rs/<ns>/<name>" and "rc/<ns>/<name>"."""
 
     name = "replicaset"
+    source = "replicaset-controller"
     resync = 30.0
 
     def __init__(self, api: ApiClient, pods: Informer[Pod], replicasets: Informer[ReplicaSet],
@@ -168,6 +171,12 @@ class ReplicaController(Controller):
             try:
                 for _ in range(n_create):
                     made.append(client.create(self.api, "Pod", body, ns)["metadata"]["name"])
+                    self.event(owner, NORMAL, "SuccessfulCreate", f"Created pod: {made[-1]}", kind, api_version,
+                               SOURCES[kind])
+            except client.ApiException as e:
+                self.event(owner, WARNING, "FailedCreate", f"Error creating: {e.reason}", kind, api_version,
+                           SOURCES[kind])
+                raise
             finally:
                 self.expectations.expect(key, adds=made)
             log.info("%s %s: created %d pod(s): %s", kind, okey, len(made), ", ".join(made))
@@ -176,6 +185,8 @@ class ReplicaController(Controller):
             self.expectations.expect(key, deletes=names)
             for name in names:
                 client.delete(self.api, "Pod", name, ns)
+                self.event(owner, NORMAL, "SuccessfulDelete", f"Deleted pod: {name}", kind, api_version,
+                           SOURCES[kind])
             log.info("%s %s: deleted %d pod(s): %s", kind, okey, len(names), ", ".join(names))
         labels = dict(template.metadata.labels) if template else {}
         want = replica_status(owner.metadata.generation, pods, labels, owner.spec.min_ready_seconds)

@@ -16,6 +16,7 @@ from kubernetes.client.exceptions import ApiException
 
 from knet.kube import Informer, client
 from knet.kube.models import Node, Pod
+from knet.kube.recorder import NORMAL, WARNING
 from lab.controllers import indexes
 from lab.controllers.common import now
 from lab.controllers.workqueue import Controller
@@ -84,6 +85,7 @@ def node_load(active: Mapping[str, int], assumed: Mapping[str, str], bound: Cont
 
 class Scheduler(Controller):
     name = "scheduler"
+    source = "default-scheduler"
     resync = 10.0
 
     def __init__(self, api: ApiClient, pods: Informer[Pod], nodes: Informer[Node]) -> None:
@@ -148,6 +150,7 @@ class Scheduler(Controller):
         with self._lock:
             self._assumed[key] = node
         log.info("bound pod %s to %s", key, node)
+        self.event(pod, NORMAL, "Scheduled", f"Successfully assigned {ns}/{pod.name} to {node}", "Pod", "v1")
 
     def _unschedulable(self, pod: Pod, reason: str) -> None:
         cond = pod.status.condition("PodScheduled")
@@ -157,3 +160,4 @@ class Scheduler(Controller):
                                                   "message": reason, "lastTransitionTime": now()}]}
         client.patch_status(self.api, "Pod", pod.name, status, pod.namespace)
         log.info("pod %s unschedulable: %s", pod.key, reason)
+        self.event(pod, WARNING, "FailedScheduling", reason, "Pod", "v1")

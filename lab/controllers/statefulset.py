@@ -31,6 +31,7 @@ from kubernetes.client import ApiClient
 
 from knet.kube import Informer, client
 from knet.kube.models import Pod, StatefulSet
+from knet.kube.recorder import NORMAL
 from lab.controllers import indexes
 from lab.controllers.common import controlled_by, is_available, owner_ref
 from lab.controllers.replicas import pod_from_template, status_differs
@@ -115,6 +116,7 @@ def sts_status(sts: StatefulSet, pods: Sequence[Pod], rev: str) -> dict[str, Any
 
 class StatefulSetController(Controller):
     name = "statefulset"
+    source = "statefulset-controller"
     resync = 30.0
 
     def __init__(self, api: ApiClient, pods: Informer[Pod], sets: Informer[StatefulSet]) -> None:
@@ -148,6 +150,8 @@ class StatefulSetController(Controller):
         for name in todo.delete:
             client.delete(self.api, "Pod", name, ns)
             log.info("StatefulSet %s: deleted pod %s", key, name)
+            self.event(sts, NORMAL, "SuccessfulDelete", f"delete Pod {name} in StatefulSet {sts.name} successful",
+                       "StatefulSet", "apps/v1")
         want = sts_status(sts, owned, rev)
         if status_differs(sts.status.to_dict(), want):
             client.patch_status(self.api, "StatefulSet", sts.name, want, ns)
@@ -169,3 +173,5 @@ class StatefulSetController(Controller):
                 raise
             return
         log.info("StatefulSet %s/%s: created pod %s", ns, sts.name, name)
+        self.event(sts, NORMAL, "SuccessfulCreate", f"create Pod {name} in StatefulSet {sts.name} successful",
+                   "StatefulSet", "apps/v1")

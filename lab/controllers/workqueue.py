@@ -10,6 +10,11 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from knet.kube.models import KubeObject
+    from knet.kube.recorder import EventRecorder
 
 log = logging.getLogger("lab.controllers")
 
@@ -145,6 +150,7 @@ class Controller:
     again now and then, so a missed event or a failed write heals by itself."""
 
     name = "controller"
+    source = ""  # the component its events come from (kube-controller-manager's controller names)
     resync = 60.0
 
     def __init__(self) -> None:
@@ -154,6 +160,14 @@ class Controller:
         self._threads: list[threading.Thread] = []
         self.syncs = 0
         self.errors = 0
+        self.recorder: EventRecorder | None = None
+
+    def event(self, obj: KubeObject, type_: str, reason: str, message: str, kind: str, api_version: str,
+              component: str = "") -> None:
+        """Record an event about `obj` as this controller (nothing without a recorder: tests)."""
+        if self.recorder is not None:
+            self.recorder.event(obj, type_, reason, message, kind=kind, api_version=api_version,
+                                component=component or self.source or self.name)
 
     def enqueue(self, key: str | None) -> None:
         if key:

@@ -3,6 +3,7 @@ traceback; the lab's errors share one base."""
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 
@@ -36,6 +37,18 @@ def test_a_missing_lab_is_one_line(capsys):
     assert cli.main(["lab", "status", "--name", "ktnolab"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("knet: lab ktnolab does not exist") and err.count("\n") == 1
+
+
+@pytest.mark.parametrize(("argv", "says"), [
+    (["--no-control-plane", "--subnet-manager", "kube"], "knet: the kube subnet manager needs the control plane"),
+    (["--subnet-manager", "consul"], "invalid choice: 'consul'"),
+])
+def test_an_impossible_subnet_manager_is_refused_before_anything_is_made(monkeypatch, capsys, argv, says):
+    made = []
+    monkeypatch.setattr("lab.api.state.write_owner", lambda *a, **kw: made.append(a))  # the first thing up() makes
+    with pytest.raises(SystemExit) if "invalid" in says else contextlib.nullcontext():
+        assert cli.main(["lab", "up", "--name", "ktnolab", *argv]) == 1
+    assert says in capsys.readouterr().err and not made
 
 
 def test_a_bug_keeps_its_traceback(monkeypatch):

@@ -81,6 +81,28 @@ def test_subnet_file_fills_flannel_mode(tmp_path):
     assert conf.ip_masq is False  # flanneld masquerades itself when FLANNEL_IPMASQ=true
 
 
+def test_dual_stack_subnet_file_gives_a_range_set_and_a_route_per_family(tmp_path):
+    env = tmp_path / "subnet.env"
+    env.write_text("FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.3.1/24\n"
+                   "FLANNEL_IPV6_NETWORK=fd00:10:244::/56\nFLANNEL_IPV6_SUBNET=fd00:10:244:3::1/64\n"
+                   "FLANNEL_MTU=1430\nFLANNEL_IPMASQ=false\n")
+    conf = parse_netconf({"cniVersion": "1.0.0", "name": "knet", "type": "knet-cni", "subnetFile": str(env)})
+    apply_subnet_file(conf)
+    assert conf.ipam == {"type": "host-local",
+                         "ranges": [[{"subnet": "10.244.3.0/24"}], [{"subnet": "fd00:10:244:3::/64"}]],
+                         "routes": [{"dst": "10.244.0.0/16"}, {"dst": "fd00:10:244::/56"}]}
+    assert conf.mtu == 1430 and conf.is_gateway and conf.ip_masq
+    # an IPv6-only overlay writes no FLANNEL_SUBNET
+    env.write_text("FLANNEL_IPV6_NETWORK=fd00:10:244::/56\nFLANNEL_IPV6_SUBNET=fd00:10:244:3::1/64\n")
+    conf = parse_netconf({"cniVersion": "1.0.0", "name": "knet", "type": "knet-cni", "subnetFile": str(env)})
+    apply_subnet_file(conf)
+    assert conf.ipam["ranges"] == [[{"subnet": "fd00:10:244:3::/64"}]]
+    env.write_text("FLANNEL_IPV6_NETWORK=fd00:10:244::/56\nFLANNEL_IPV6_SUBNET=fd00:10:244:3::1/129\n")
+    with pytest.raises(CniError) as e:
+        apply_subnet_file(conf)
+    assert e.value.code == errors.INVALID_CONFIG and "malformed" in e.value.msg
+
+
 def test_missing_subnet_file_is_clear(tmp_path):
     conf = parse_netconf({"cniVersion": "1.0.0", "name": "knet", "type": "knet-cni",
                           "subnetFile": str(tmp_path / "nope.env")})

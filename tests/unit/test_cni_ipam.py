@@ -35,6 +35,15 @@ def test_legacy_subnet_defaults():
     {"ranges": [[{"subnet": "10.1.0.0/24"}], [{"subnet": "10.1.0.0/25"}]]},
     {"subnet": "10.1.0.0/24", "routes": [{"gw": "10.1.0.1"}]},
     {"subnet": "10.1.0.0/24", "dataDir": "relative/dir"},
+    # IPv6: not a subnet (an address with host bits, a prefix past 128, no prefix room), overlapping
+    {"ranges": [[{"subnet": "fd00:10:244:1::5/64"}]]},
+    {"ranges": [[{"subnet": "fd00:10:244:1::/129"}]]},
+    {"ranges": [[{"subnet": "fd00:10:244:1::/127"}]]},
+    {"ranges": [[{"subnet": "fd00:10:244:1:::/64"}]]},
+    {"ranges": [[{"subnet": "10.1.0.0/24"}], [{"subnet": "fd00:10:244::/56"}], [{"subnet": "fd00:10:244:1::/64"}]]},
+    {"ranges": [[{"subnet": "10.1.0.0/24"}, {"subnet": "fd00::/64"}]]},
+    {"ranges": [[{"subnet": "fd00::/64", "gateway": "10.1.0.1"}]]},
+    {"subnet": "10.1.0.5/24"},
 ])
 def test_invalid_ipam(ipam):
     with pytest.raises(CniError) as e:
@@ -158,3 +167,28 @@ def test_last_reserved_is_overwritten_whole_whatever_its_length(tmp_path):
             assert store.last_reserved(0) == value
     with open(tmp_path / "net" / "last_reserved_ip.0", "rb") as f:
         assert f.read() == b"10.1.0.10"  # what the reference plugin reads, byte for byte
+
+
+def test_dual_stack_one_address_per_range_set_and_a_default_route_per_family(tmp_path):
+    from cni.config import parse_netconf
+    from cni.datapath import pod_routes
+
+    ipam = {"type": "host-local", "ranges": [[{"subnet": "10.244.1.0/24"}], [{"subnet": "fd00:10:244:1::/64"}]]}
+    cfg = parse_host_local(ipam)
+    st = store_for(tmp_path)
+    out = host_local_add(cfg, st, "a", "eth0", [])
+    assert out["ips"] == [{"address": "10.244.1.2/24", "gateway": "10.244.1.1"},
+                          {"address": "fd00:10:244:1::2/64", "gateway": "fd00:10:244:1::1"}]
+    again = host_local_add(cfg, st, "b", "eth0", [ip("fd00:10:244:1::77")])
+    assert [e["address"] for e in again["ips"]] == ["10.244.1.3/24", "fd00:10:244:1::77/64"]
+    conf = parse_netconf({"cniVersion": "1.0.0", "name": "n", "type": "knet-cni", "isGateway": True, "ipam": ipam})
+    assert pod_routes(conf, out) == [{"dst": "0.0.0.0/0", "gw": "10.244.1.1"},
+                                     {"dst": "::/0", "gw": "fd00:10:244:1::1"}]
+    # a v6 range set that is full fails the whole ADD and gives back the v4 address it took
+    full = parse_host_local({"ranges": [[{"subnet": "10.244.2.0/24"}], [{
+        "subnet": "fd00:10:244:2::/64", "rangeStart": "fd00:10:244:2::9", "rangeEnd": "fd00:10:244:2::9"}]]})
+    host_local_add(full, st, "c", "eth0", [])
+    with pytest.raises(CniError) as e:
+        host_local_add(full, st, "d", "eth0", [])
+    assert e.value.code == errors.IPAM_EXHAUSTED and "fd00:10:244:2::/64" in e.value.msg
+    assert "10.244.2.3" not in st.reservations()

@@ -1,4 +1,4 @@
-from cni.masq import chain_name, jump_rules, parse_comment, render_setup, render_teardown
+from cni.masq import chain_name, families, jump_rules, parse_comment, render_setup, render_teardown
 from cni.result import format_result, normalize_prev_result
 
 RESULT = {
@@ -56,3 +56,21 @@ def test_masq_teardown_golden():
     jump = f'POSTROUTING -s 10.1.0.2/32 -m comment --comment "name: \\"knet\\" id: \\"c1\\"" -j {chain}'
     assert f"-A {jump}\n" in render_setup("knet", "c1", ["10.1.0.2/24", "fd00::2/64"])
     assert render_teardown([chain], [jump]) == f"*nat\n:{chain} - [0:0]\n-D {jump}\n-X {chain}\nCOMMIT\n"
+
+
+def test_masq_rules_per_family_golden():
+    """A dual-stack pod: its IPv4 address in iptables' input, its IPv6 one in ip6tables' (same
+    chain name, IPv6 multicast spared); neither family's input names the other's address."""
+    chain = chain_name("knet", "c1")
+    note = '-m comment --comment "name: \\"knet\\" id: \\"c1\\""'
+    both = ["10.1.0.2/24", "fd00:10:244:1::2/64"]
+    assert render_setup("knet", "c1", both, 6) == (
+        "*nat\n"
+        f":{chain} - [0:0]\n"
+        f"-A {chain} -d fd00:10:244:1::/64 {note} -j ACCEPT\n"
+        f"-A {chain} ! -d ff00::/8 {note} -j MASQUERADE\n"
+        f"-A POSTROUTING -s fd00:10:244:1::2/128 {note} -j {chain}\n"
+        "COMMIT\n"
+    )
+    assert render_setup("knet", "c1", both, 4) == render_setup("knet", "c1", ["10.1.0.2/24"])
+    assert families(both) == [4, 6] and families(["fd00::2"]) == [6] and families([]) == []

@@ -53,6 +53,8 @@ def test_ipv4_address_has_broadcast_like_iproute2():
     v6 = rtnl.new_address(2, "fd00::2/64").body
     assert v6[0] == rtnl.AF_INET6
     assert dict(nlattrs(v6[8:]))[rtnl.IFA_ADDRESS] == bytes.fromhex("fd00" + "00" * 13 + "02")
+    # IPv6: no duplicate address detection (the address is usable at once); IPv4 has no DAD
+    assert v6[2] == rtnl.IFA_F_NODAD and _flags == 0
 
 
 def test_routes_golden():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from ipaddress import IPv4Address, IPv4Network
 
@@ -76,3 +77,46 @@ def test_invalid(doc, message):
 def test_not_json(raw):
     with pytest.raises(ConfigError):
         parse_config(raw)
+
+
+# --- dual-stack (EnableIPv6), flanneld's defaults and checks for the IPv6 keys --------------------
+
+@pytest.mark.parametrize(("network", "subnet_len", "smin", "smax"), [
+    ("fd00:10:244::/56", 64, "fd00:10:244:1::", "fd00:10:244:ff::"),   # the lab's: a /64 per node
+    ("fd00::/48", 64, "fd00:0:0:1::", "fd00:0:0:ffff::"),
+    ("fd00::/63", 65, "fd00::8000:0:0:0", "fd00:0:0:1:8000::"),        # smaller than /62: IPv6Network + 2
+    ("fd00::/124", 126, "fd00::4", "fd00::c"),
+])
+def test_ipv6_defaults(network, subnet_len, smin, smax):
+    c = cfg(Network="10.244.0.0/16", EnableIPv6=True, IPv6Network=network)
+    assert c.ipv6 is not None and c.ipv6.network == ipaddress.IPv6Network(network)
+    assert (c.ipv6.subnet_len, str(c.ipv6.subnet_min), str(c.ipv6.subnet_max)) == (subnet_len, smin, smax)
+    assert c.subnet_len == 24 and c.backend.device_v6 == "flannel-v6.1"
+
+
+def test_ipv6_explicit_values_and_off_by_default():
+    c = cfg(Network="10.244.0.0/16", EnableIPv6=True, IPv6Network="fd00:10:244::/56", IPv6SubnetLen=72,
+            IPv6SubnetMin="fd00:10:244:2::", IPv6SubnetMax="fd00:10:244:3::")
+    assert c.ipv6 is not None
+    assert (c.ipv6.subnet_len, str(c.ipv6.subnet_min), str(c.ipv6.subnet_max)) == \
+        (72, "fd00:10:244:2::", "fd00:10:244:3::")
+    assert cfg(Network="10.244.0.0/16", IPv6Network="fd00:10:244::/56").ipv6 is None  # EnableIPv6 not set
+
+
+@pytest.mark.parametrize(("doc", "message"), [
+    ({}, "IPv6Network is missing"),
+    ({"IPv6Network": "10.1.0.0/16"}, "not IPv6"),
+    ({"IPv6Network": "fd00:10:244::1/56"}, "not an IPv6 CIDR"),
+    ({"IPv6Network": "fd00::/125"}, "too small"),
+    ({"IPv6Network": "fd00::/56", "IPv6SubnetLen": 127}, "/126 or shorter"),
+    ({"IPv6Network": "fd00::/56", "IPv6SubnetLen": 57}, "fewer than four subnets"),
+    ({"IPv6Network": "fd00::/56", "IPv6SubnetMin": "fd01::"}, "not in the range"),
+    ({"IPv6Network": "fd00::/56", "IPv6SubnetMax": "fd00:0:0:3::1"}, "boundary"),
+    ({"IPv6Network": "fd00::/56", "IPv6SubnetMin": "10.244.1.0"}, "not an IPv6 address"),
+    ({"IPv6Network": "fd00::/56", "IPv6SubnetMin": "fd00:0:0:9::", "IPv6SubnetMax": "fd00:0:0:3::"}, "above"),
+    ({"IPv6Network": "fd00::/56", "EnableIPv4": False}, "IPv6-only"),
+    ({"IPv6Network": "fd00::/56", "EnableIPv6": "yes"}, "true or false"),
+])
+def test_ipv6_invalid(doc, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_config(json.dumps({"Network": "10.244.0.0/16", "EnableIPv6": True, **doc}))

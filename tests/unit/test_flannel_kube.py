@@ -4,7 +4,7 @@ that publishes ours, and Nodes read back as leases (table tests, pure)."""
 from __future__ import annotations
 
 import json
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
 import pytest
 
@@ -13,6 +13,7 @@ from flannel_py.kube_annotations import (
     Annotations,
     annotation_patch,
     node_lease,
+    own_ipv6_subnet,
     own_subnet,
     published,
 )
@@ -36,8 +37,9 @@ def node(name="n1", annotations=None, pod_cidr=None, pod_cidrs=None) -> Node:
 
 def test_flanneld_annotation_names():
     assert Annotations("flannel.alpha.coreos.com/kube-subnet-manager", "flannel.alpha.coreos.com/backend-type",
-                            "flannel.alpha.coreos.com/backend-data", "flannel.alpha.coreos.com/public-ip",
-                            "flannel.alpha.coreos.com/public-ip-overwrite") == A
+                       "flannel.alpha.coreos.com/backend-data", "flannel.alpha.coreos.com/public-ip",
+                       "flannel.alpha.coreos.com/public-ip-overwrite", "flannel.alpha.coreos.com/backend-v6-data",
+                       "flannel.alpha.coreos.com/public-ipv6", "flannel.alpha.coreos.com/public-ipv6-overwrite") == A
     assert Annotations.with_prefix("example.com/net").backend_type == "example.com/net-backend-type"
     assert Annotations.with_prefix("example.com/net-").public_ip == "example.com/net-public-ip"
 
@@ -104,3 +106,50 @@ def test_own_subnet():
 def test_backend_data_is_compact_json():
     data = published(A, VX, {})[A.backend_data]
     assert json.loads(data) == {"VNI": 1, "VtepMAC": "2e:8a:00:11:22:33"} and " " not in data
+
+
+# --- dual-stack ------------------------------------------------------------------------------------
+
+VX6 = vxlan_attrs(IPv4Address("192.168.33.11"), 1, "2E:8A:00:11:22:33", IPv6Address("fd00:33::11"),
+                  "9E:03:00:11:22:33")
+HG6 = hostgw_attrs(IPv4Address("192.168.33.12"), IPv6Address("fd00:33::12"))
+
+
+def test_dual_stack_publishes_flanneld_v6_annotations():
+    assert published(A, VX6, {}) == {
+        A.backend_type: "vxlan",
+        A.backend_data: '{"VNI":1,"VtepMAC":"2e:8a:00:11:22:33"}',
+        A.public_ip: "192.168.33.11",
+        A.kube_subnet_manager: "true",
+        A.backend_v6_data: '{"VNI":1,"VtepMAC":"9e:03:00:11:22:33"}',
+        A.public_ipv6: "fd00:33::11",
+    }
+    assert A.backend_v6_data == "flannel.alpha.coreos.com/backend-v6-data"
+    assert A.public_ipv6 == "flannel.alpha.coreos.com/public-ipv6"
+    assert published(A, HG6, {})[A.backend_v6_data] == "null"  # as flanneld's host-gw nodes carry it
+    assert published(A, VX6, {A.public_ipv6_overwrite: "2001:db8::7"})[A.public_ipv6] == "2001:db8::7"
+    assert A.backend_v6_data not in published(A, VX, {})  # a single-stack node writes none
+
+
+@pytest.mark.parametrize("attrs", [VX6, HG6], ids=["vxlan", "host-gw"])
+def test_dual_stack_node_reads_back_with_its_ipv6_subnet(attrs):
+    n = node(annotations=published(A, attrs, {}), pod_cidr="10.244.3.0/24",
+             pod_cidrs=["10.244.3.0/24", "fd00:10:244:3::/64"])
+    assert node_lease(A, n) == Lease(IPv4Network("10.244.3.0/24"), attrs, IPv6Network("fd00:10:244:3::/64"))
+
+
+def test_bad_v6_annotations_are_not_leases():
+    for bad, reason in (({A.public_ipv6: "nope"}, "not an IPv6"), ({A.backend_v6_data: "{x"}, "not JSON"),
+                        ({A.backend_v6_data: '{"VNI":2,"VtepMAC":"9e:03:00:11:22:33"}'}, "differs")):
+        n = node(annotations={**published(A, VX6, {}), **bad}, pod_cidrs=["10.244.3.0/24", "fd00:10:244:3::/64"])
+        with pytest.raises(LeaseError, match=reason):
+            node_lease(A, n)
+
+
+def test_own_ipv6_subnet():
+    net = IPv6Network("fd00:10:244::/56")
+    assert own_ipv6_subnet(node(pod_cidrs=["10.244.5.0/24", "fd00:10:244:5::/64"]), net) == \
+        IPv6Network("fd00:10:244:5::/64")
+    assert own_ipv6_subnet(node(pod_cidr="10.244.5.0/24"), net) is None  # no IPv6 entry yet: the daemon waits
+    with pytest.raises(ConfigError, match="not inside the IPv6Network"):
+        own_ipv6_subnet(node(pod_cidrs=["10.244.5.0/24", "fd00:99::/64"]), net)

@@ -56,3 +56,23 @@ def test_tolerates_extra_fields_and_case():
 def test_garbage_is_rejected_with_a_reason(raw, message):
     with pytest.raises(LeaseError, match=message):
         decode(raw)
+
+
+def test_dual_stack_value_is_flanneld_shape_and_round_trips():
+    from ipaddress import IPv6Address
+
+    attrs = vxlan_attrs(IPv4Address("192.168.33.11"), 1, "A2:E4:33:F8:BD:F3", IPv6Address("fd00:33::11"),
+                        "9E:03:00:00:00:11")
+    assert attrs.encode() == ('{"PublicIP":"192.168.33.11","PublicIPv6":"fd00:33::11","BackendType":"vxlan",'
+                              '"BackendData":{"VNI":1,"VtepMAC":"a2:e4:33:f8:bd:f3"},'
+                              '"BackendV6Data":{"VNI":1,"VtepMAC":"9e:03:00:00:00:11"}}')
+    assert decode(attrs.encode()) == attrs
+    hg = hostgw_attrs(IPv4Address("10.0.0.6"), IPv6Address("fd00:33::6"))
+    assert json.loads(hg.encode()) == {"PublicIP": "10.0.0.6", "PublicIPv6": "fd00:33::6", "BackendType": "host-gw"}
+    assert decode(hg.encode()) == hg
+    for bad, message in (({"PublicIPv6": "10.0.0.1"}, "not an IPv6"),
+                         ({"BackendV6Data": {"VNI": 1, "VtepMAC": "nope"}}, "not a MAC"),
+                         ({"BackendV6Data": {"VNI": 2, "VtepMAC": "9e:03:00:00:00:11"}}, "differs"),
+                         ({"BackendV6Data": "x"}, "no BackendV6Data")):
+        with pytest.raises(LeaseError, match=message):
+            decode(json.dumps({**json.loads(attrs.encode()), **bad}))

@@ -122,3 +122,27 @@ def test_renew_interval_is_well_before_expiry():
     assert renew_interval(86400) == 3600
     assert renew_interval(3) == 1.0
     assert renew_interval(1) == 0.5
+
+
+DUAL = parse_config(json.dumps({"Network": "10.244.0.0/16", "SubnetMax": "10.244.4.0", "EnableIPv6": True,
+                                "IPv6Network": "fd00:10:244::/56"}))
+
+
+def test_dual_stack_key_names_both_subnets_each_from_its_plan():
+    from ipaddress import IPv6Network as N6
+
+    etcd = FakeEtcd()
+    etcd.put(PREFIX + "10.244.1.0-24&fd00:10:244:1::-64", other("192.168.33.12", "02:00:00:00:00:12"))
+    got = acquire(etcd, DUAL, ME, ttl=60, previous_v6=N6("fd00:10:244:7::/64"))
+    assert got.key == PREFIX + "10.244.2.0-24&fd00:10:244:7::-64"
+    assert (got.lease.subnet, got.lease.ipv6_subnet) == (N("10.244.2.0/24"), N6("fd00:10:244:7::/64"))
+    # a restart gets both back
+    again = acquire(etcd, DUAL, ME, ttl=60)
+    assert (again.how, again.key, again.lease.ipv6_subnet) == ("reused", got.key, N6("fd00:10:244:7::/64"))
+
+
+def test_an_ipv4_only_lease_of_ours_is_not_reused_for_a_dual_stack_config():
+    etcd = FakeEtcd()
+    etcd.put(PREFIX + "10.244.1.0-24", other("192.168.33.11", "02:00:00:00:00:11"))
+    got = acquire(etcd, DUAL, ME, ttl=60)
+    assert got.how == "new" and got.key == PREFIX + "10.244.2.0-24&fd00:10:244:1::-64"

@@ -28,6 +28,23 @@ def test_subnet_env_is_written_as_flanneld_writes_it(tmp_path):
     assert [p.name for p in path.parent.iterdir()] == ["subnet.env"]  # no temp file left
 
 
+def test_dual_stack_subnet_env(tmp_path):
+    from ipaddress import IPv6Network as N6
+
+    path = tmp_path / "subnet.env"
+    subnet_env.write(str(path), N("10.244.0.0/16"), N("10.244.3.0/24"), 1430, False,
+                     N6("fd00:10:244::/56"), N6("fd00:10:244:3::/64"))
+    assert path.read_text() == ("FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.3.1/24\n"
+                                "FLANNEL_IPV6_NETWORK=fd00:10:244::/56\nFLANNEL_IPV6_SUBNET=fd00:10:244:3::1/64\n"
+                                "FLANNEL_MTU=1430\nFLANNEL_IPMASQ=false\n")
+    assert subnet_env.previous_ipv6_subnet(str(path)) == N6("fd00:10:244:3::/64")
+    assert subnet_env.previous_ipv6_subnet(str(tmp_path / "none")) is None
+    rules = masq.masq_rules(N6("fd00:10:244::/56"), N6("fd00:10:244:3::/64"))
+    assert rules[4].endswith('-s fd00:10:244::/56 ! -d ff00::/8 -m comment --comment "flanneld masq" '
+                             "-j MASQUERADE --random-fully")
+    assert masq.binary(N6("fd00::/56")) == "ip6tables" and masq.binary(N("10.0.0.0/8")) == "iptables"
+
+
 def test_previous_subnet_tolerates_missing_or_bad_files(tmp_path):
     assert subnet_env.previous_subnet(str(tmp_path / "none")) is None
     bad = tmp_path / "bad.env"

@@ -77,3 +77,22 @@ def test_keys():
 
 def test_gateway_is_dot_one():
     assert str(gateway(N("10.244.3.0/24"))) == "10.244.3.1"
+
+
+def test_dual_stack_keys_and_ipv6_allocation():
+    from ipaddress import IPv6Network as N6
+
+    from flannel_py.subnets import parse_key
+
+    v6 = N6("fd00:10:244:3::/64")
+    assert subnet_key(N("10.244.3.0/24"), v6) == "10.244.3.0-24&fd00:10:244:3::-64"
+    assert parse_key("/coreos.com/network/subnets/10.244.3.0-24&fd00:10:244:3::-64") == (N("10.244.3.0/24"), v6)
+    assert parse_key("10.244.3.0-24") == (N("10.244.3.0/24"), None)
+    with pytest.raises(ValueError):
+        parse_key("10.244.3.0-24&fd00:10:244:3::1-64")  # host bits
+    pool = cfg(EnableIPv6=True, IPv6Network="fd00:10:244::/56").ipv6
+    assert allocate(pool, {N6("fd00:10:244:1::/64"), N("10.244.2.0/24")}) == N6("fd00:10:244:2::/64")
+    assert allocate(pool, set(), preferred=v6) == v6
+    assert allocate(pool, set(), preferred=N6("fd00:99::/64")) == N6("fd00:10:244:1::/64")
+    assert capacity(pool) == 255 and not is_allocatable(pool, N("10.244.1.0/24"))
+    assert str(gateway(v6)) == "fd00:10:244:3::1"

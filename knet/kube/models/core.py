@@ -119,6 +119,9 @@ class Container(KubeModel):
     liveness_probe: Probe | None = None
     startup_probe: Probe | None = None
     lifecycle: Lifecycle | None = None
+    stdin: bool = False       # the container's stdin stays open (`kubectl attach -i`, `run -i`)
+    stdin_once: bool = False
+    tty: bool = False         # the container runs on a terminal (`kubectl run -it`)
 
 
 class PodSpec(KubeModel):

@@ -1,5 +1,5 @@
 """Namespaces (their deletion finalizes: Terminating, content, then the namespace; the system
-ones may not go), Nodes, Events."""
+ones may not go), Nodes (Events: events.py)."""
 
 from __future__ import annotations
 
@@ -71,13 +71,3 @@ class Nodes(Strategy):
                 addr("InternalIP"), addr("ExternalIP"), info.get("osImage", "<unknown>"),
                 info.get("kernelVersion", "<unknown>"), info.get("containerRuntimeVersion", "<unknown>")]
 
-
-class Events(Strategy):
-    cascades = False
-    columns = [column("Last Seen"), column("Type"), column("Reason"), column("Object"), column("Message")]
-
-    def row(self, obj: dict[str, Any]) -> list[Any]:
-        last = obj.get("lastTimestamp") or obj.get("eventTime") or get(obj, "metadata", "creationTimestamp")
-        io = obj.get("involvedObject") or {}
-        return [tables.since(last), obj.get("type", ""), obj.get("reason", ""),
-                f"{str(io.get('kind', '')).lower()}/{io.get('name', '')}", obj.get("message", "")]

@@ -54,7 +54,8 @@ def kernel_view(node: Node, pod: str | None) -> str:
     if pod and netns.exists(pod):
         out += [addresses(pod), netns.run(pod, ["ip", "route"]).stdout,
                 netns.run(pod, ["ip", "-6", "route", "show", "table", "main"]).stdout]
-    out += [addresses(node.name, "type", "bridge"), netns.run(node.name, ["iptables", "-t", "nat", "-S"]).stdout]
+    out += [addresses(node.name, "type", "bridge"), netns.run(node.name, ["iptables", "-t", "nat", "-S"]).stdout,
+            netns.run(node.name, ["ip6tables", "-t", "nat", "-S"]).stdout]
     return normalize(node, "\n".join(out))
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
 
@@ -62,6 +63,79 @@ def test_pods_on_one_bridge_talk_tcp_udp_icmp(agent_node):
     # and the node itself reaches its pods through the bridge gateway
     with tcp_server(a) as port:
         assert tcp_request(node.name, ip_a, port, b"n") == b"from 10.99.0.1:n"
+
+
+def dual_conf(node, **overrides) -> dict:
+    """Both families, as a dual-stack node's CNI config has them (flannel's subnet.env gives the same)."""
+    ipam = {"type": "host-local", "dataDir": os.path.join(node.state, "ipam"),
+            "ranges": [[{"subnet": "10.99.0.0/24"}], [{"subnet": "fd00:99:0:1::/64"}]]}
+    return node.conf(ipam=ipam, **overrides)
+
+
+def v6_of(result: dict) -> str:
+    return next(e["address"].split("/")[0] for e in result["ips"] if ":" in e["address"])
+
+
+def test_dual_stack_pods_get_both_families_and_talk_over_each(node):
+    """An address from each range set, a default route per family, IPv6 usable at once (no DAD: the
+    conf has hairpinMode, which would make DAD fail), forwarding and ipMasq per family; pods on one
+    bridge reach each other over IPv6 and IPv4, the node reaches them over IPv6 through the gateway."""
+    a, b = node.new_pod(), node.new_pod()
+    rc, ra = node.cni("ADD", dual_conf(node), "a", a)
+    assert rc == 0, ra
+    rc, rb = node.cni("ADD", dual_conf(node), "b", b)
+    assert rc == 0, rb
+    assert ra["ips"] == [{"address": "10.99.0.2/24", "gateway": "10.99.0.1", "interface": 2},
+                         {"address": "fd00:99:0:1::2/64", "gateway": "fd00:99:0:1::1", "interface": 2}]
+    assert ra["routes"] == [{"dst": "0.0.0.0/0", "gw": "10.99.0.1"}, {"dst": "::/0", "gw": "fd00:99:0:1::1"}]
+    assert ra["interfaces"][2]["sandbox"] == netns.path(a)
+    shown = netns.run(a, ["ip", "-6", "addr", "show", "dev", "eth0", "scope", "global"]).stdout
+    assert "fd00:99:0:1::2/64" in shown and "tentative" not in shown and "dadfailed" not in shown, shown
+    assert "default via fd00:99:0:1::1 dev eth0" in netns.run(a, ["ip", "-6", "route"]).stdout
+    assert netns.run(node.name, ["sysctl", "-n", "net.ipv6.conf.all.forwarding"]).stdout.strip() == "1"
+    assert "fd00:99:0:1::1/64" in netns.run(node.name, ["ip", "-6", "addr", "show", "dev", "cni0"]).stdout
+    ip6_a, ip6_b = v6_of(ra), v6_of(rb)
+    with tcp_server(b, "::") as port:
+        # no NAT between pods: the server sees the client's own IPv6 address
+        assert tcp_request(a, ip6_b, port, b"six", timeout=10) == f"from {ip6_a}:six".encode()
+        assert tcp_request(a, pod_ip(rb), port, b"four", timeout=10) == f"from ::ffff:{pod_ip(ra)}:four".encode()
+    ping = netns.run(a, ["ping", "-6", "-c", "1", "-W", "5", ip6_b])
+    assert ping.returncode == 0, ping.stdout + ping.stderr
+    with tcp_server(a, "::") as port:
+        assert tcp_request(node.name, ip6_a, port, b"n", timeout=10) == b"from fd00:99:0:1::1:n"
+    # ipMasq: each family's chain in its own table, jumped to from the pod's own address
+    v4_rules = netns.run(node.name, ["iptables", "-t", "nat", "-S"]).stdout
+    v6_rules = netns.run(node.name, ["ip6tables", "-t", "nat", "-S"]).stdout
+    assert f"-A POSTROUTING -s {pod_ip(ra)}/32" in v4_rules and ip6_a not in v4_rules
+    assert f"-A POSTROUTING -s {ip6_a}/128" in v6_rules and "! -d ff00::/8" in v6_rules and "-j MASQUERADE" in v6_rules
+    # CHECK sees both families; a lost IPv6 default route or address is reported
+    checked = dict(dual_conf(node), prevResult=ra)
+    assert node.cni("CHECK", checked, "a", a) == (0, {})
+    netns.run(a, ["ip", "-6", "route", "del", "default"], check=True)
+    rc, err = node.cni("CHECK", checked, "a", a)
+    assert rc == 1 and "route ::/0" in err["msg"], err
+    netns.run(a, ["ip", "-6", "addr", "del", "fd00:99:0:1::2/64", "dev", "eth0"], check=True)
+    rc, err = node.cni("CHECK", checked, "a", a)
+    assert rc == 1 and "fd00:99:0:1::2/64" in err["msg"], err
+    # DEL: both addresses released, both families' chains gone; a second DEL is fine
+    for cid, pod in (("a", a), ("b", b)):
+        assert node.cni("DEL", dual_conf(node), cid, pod)[0] == 0
+    assert node.ipam_files() == set()
+    assert "CNI-" not in netns.run(node.name, ["iptables", "-t", "nat", "-S"]).stdout
+    assert "CNI-" not in netns.run(node.name, ["ip6tables", "-t", "nat", "-S"]).stdout
+    assert not [n for n in node.link_names() if n.startswith("veth")]
+    assert node.cni("DEL", dual_conf(node), "a", a)[0] == 0
+
+
+def test_dual_stack_del_without_ipam_state_removes_both_chains(agent_node):
+    """DEL with the reservations gone (a wiped dataDir): the chains are found by listing each table."""
+    node = agent_node
+    pod = node.new_pod()
+    assert node.cni("ADD", dual_conf(node), "c1", pod)[0] == 0
+    shutil.rmtree(os.path.join(node.state, "ipam"))
+    assert node.cni("DEL", dual_conf(node), "c1", pod)[0] == 0
+    assert "CNI-" not in netns.run(node.name, ["iptables", "-t", "nat", "-S"]).stdout
+    assert "CNI-" not in netns.run(node.name, ["ip6tables", "-t", "nat", "-S"]).stdout
 
 
 def test_hairpin_and_mtu_and_promisc(agent_node):
@@ -218,6 +292,7 @@ def test_reference_conflist_with_only_type_changed(agent_node, tmp_path):
 @pytest.mark.parametrize(("case", "code"), [
     ("malformed-json", 6), ("missing-env", 4), ("bad-version", 1), ("no-netns", 3), ("bad-subnet", 7),
     ("exhausted", 100), ("not-a-netns", 3),
+    ("v6-not-a-subnet", 7), ("v6-host-bits", 7), ("overlapping-v6-ranges", 7), ("v6-exhausted", 100),
 ])
 def test_bad_input_leaves_nothing_behind(node, case, code, tmp_path):
     pod = node.new_pod()
@@ -241,13 +316,24 @@ def test_bad_input_leaves_nothing_behind(node, case, code, tmp_path):
         conf = node.conf(ipam={"type": "host-local", "dataDir": f"{node.state}/ipam", "ranges": [[{
             "subnet": "10.99.0.0/24", "rangeStart": "10.99.0.7", "rangeEnd": "10.99.0.7"}]]})
         assert node.cni("ADD", conf, "first", node.new_pod())[0] == 0
+    elif case.startswith(("v6-", "overlapping-")):
+        v6 = {"v6-not-a-subnet": [[{"subnet": "fd00:99::/129"}]],
+              "v6-host-bits": [[{"subnet": "fd00:99::5/64"}]],
+              "overlapping-v6-ranges": [[{"subnet": "fd00:99::/56"}], [{"subnet": "fd00:99:0:1::/64"}]],
+              "v6-exhausted": [[{"subnet": "fd00:99::/64", "rangeStart": "fd00:99::7", "rangeEnd": "fd00:99::7"}]]}
+        conf = node.conf(ipam={"type": "host-local", "dataDir": f"{node.state}/ipam",
+                               "ranges": [[{"subnet": "10.99.0.0/24"}], *v6[case]]})
+        if case == "v6-exhausted":
+            assert node.cni("ADD", conf, "first", node.new_pod())[0] == 0
     before_links, before_ips = node.link_names(), node.ipam_files()
+    before_nat = [netns.run(node.name, [t, "-t", "nat", "-S"]).stdout for t in ("iptables", "ip6tables")]
     rc, err = node.cni("ADD", conf, "bad", target, **env)
     assert rc == 1
     assert err["code"] == code, err
     assert err["msg"] and len(err["msg"]) > 10
     assert node.link_names() == before_links
-    assert node.ipam_files() == before_ips
+    assert node.ipam_files() == before_ips  # (v6-exhausted: the IPv4 address it took is given back)
+    assert [netns.run(node.name, [t, "-t", "nat", "-S"]).stdout for t in ("iptables", "ip6tables")] == before_nat
     with links.iproute(pod) as ipr:
         assert links.get_link(ipr, "eth0") is None
 

@@ -49,10 +49,11 @@ class KubeTopo(Topo):
         auth.write_kubeconfig(self.node_kubeconfig, ctl_url, "flannel", flannel)
         self.api = kc.new_api_client(admin_kc)
 
-    def create_node(self, i: int, pod_cidr: str | None) -> str:
-        """The Node object of node i (named node<i>), with a podCIDR or none yet."""
+    def create_node(self, i: int, pod_cidr: str | None, ipv6_cidr: str | None = None) -> str:
+        """The Node object of node i (named node<i>), with a podCIDR or none yet (and the IPv6
+        entry of podCIDRs of a dual-stack node)."""
         name = f"node{i}"
-        spec = {"podCIDR": pod_cidr, "podCIDRs": [pod_cidr]} if pod_cidr else {}
+        spec = {"podCIDR": pod_cidr, "podCIDRs": [pod_cidr] + ([ipv6_cidr] if ipv6_cidr else [])} if pod_cidr else {}
         kc.create(self.api, "Node", {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name}, "spec": spec})
         self.node_names[i] = name
         return name

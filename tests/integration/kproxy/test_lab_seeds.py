@@ -1,5 +1,6 @@
 """kproxy in the lab: seeds S9 (session affinity / A-B shift), S11 (endpoints follow delete,
-recreate and scale) and S13 (chaos: a backend's server process killed), for every data path.
+recreate and scale) and S13 (chaos: a backend's server process killed), for every data path;
+the seeds the material writes as `kubectl exec ... -- curl ...`, through kubectl, in one.
 
 One 2-node lab with the control plane per mode (module scope; ServiceLab from test_lab_modes.py).
 Every probe is a real client: curl in a pod (in the node's pod cgroup) or in the lab's outside
@@ -12,7 +13,9 @@ import collections
 import contextlib
 import itertools
 import os
+import shutil
 import signal
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -22,6 +25,7 @@ import pytest
 
 from knet import netns
 from knet.kube import client
+from lab.bringup import controlplane
 from tests.integration.controlplane.cp_helpers import wait_for
 from tests.integration.kproxy.test_lab_modes import MODES, NODE_IPS, ServiceLab, up_lab
 from tests.integration.kproxy.test_lab_scenarios import ready_endpoint_pods
@@ -269,3 +273,67 @@ def test_s13_chaos_kill_a_backend(slab: ServiceLab) -> None:
     finally:
         client.delete(slab.api, "Deployment", name, "default")
         client.delete(slab.api, "Service", name, "default")
+
+
+def kubectl_exec(s: ServiceLab, pod: str, *command: str, check: bool = True) -> subprocess.CompletedProcess:
+    """`kubectl exec <pod> -- <command>` with this machine's kubectl, as the material writes it."""
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("no kubectl on this machine")
+    proc = subprocess.run([kubectl, "--kubeconfig", controlplane.kubeconfig_path(s.lab.name), "--cache-dir",
+                           os.path.join(s.lab.state_dir, "kubectl-cache"), "exec", pod, "--", *command],
+                          capture_output=True, text=True, timeout=90)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"kubectl exec {pod} -- {' '.join(command)} ({proc.returncode}): {proc.stderr}")
+    return proc
+
+
+@pytest.mark.parametrize("slab", ["iptables"], indirect=True)  # (the data paths have their own suites)
+def test_seeds_as_written_with_kubectl_exec(slab: ServiceLab) -> None:
+    """The seeds the material runs as `kubectl exec <pod> -- curl ...` (and dig), typed as written
+    through kubectl (exec proxied by the API server to the node agent), in one proxy mode (the
+    data paths have their own suites): S1 a pod's IP from another pod; S4 the ClusterIP service
+    node-js-internal by name reaches all 3 replicas; S6 node-js-90 answers on :90, not :80; S7
+    node-js-multi's ports each reach their own target port; S16 the service names resolve."""
+    labels = {"name": "node-js"}
+    client.create(slab.api, "Deployment", {"metadata": {"name": "node-js"}, "spec": {
+        "replicas": 3, "selector": {"matchLabels": labels}, "template": {"metadata": {"labels": labels}, "spec": {
+            "containers": [{"name": "node-js", "image": "jonbaier/node-express-info:latest",
+                            "ports": [{"name": "www", "containerPort": 80}, {"name": "admin", "containerPort": 8080}],
+                            "readinessProbe": {"httpGet": {"path": "/", "port": "www"}, "periodSeconds": 1}}]}}}},
+        "default")
+    services = {
+        "node-js-internal": [{"port": 80}],
+        "node-js-90": [{"port": 90, "targetPort": "www"}],
+        "node-js-multi": [{"name": "http", "port": 80}, {"name": "fake-admin-http", "port": 8888, "targetPort": 8080}],
+    }
+    for name, ports in services.items():
+        client.create(slab.api, "Service", {"metadata": {"name": name}, "spec": {"selector": labels, "ports": ports}},
+                      "default")
+    try:
+        pods = {p["metadata"]["name"]: p["status"]["podIP"] for p in slab.ready("name=node-js", 3)}
+        for name in services:
+            slab.endpoints(name, 3)
+        # S1: curl a pod's IP from another pod: its own name answers (the http image says "<hostname> <tag>")
+        pod, ip = next(iter(pods.items()))
+        assert kubectl_exec(slab, "client-node1", "curl", "-s", ip).stdout.split()[0] == pod
+        # S4: by the service's name, repeatedly: every replica answers
+        seen = collections.Counter(
+            kubectl_exec(slab, "client-node1", "sh", "-c",
+                         "for i in $(seq 30); do curl -s -m 3 node-js-internal; echo; done").stdout.split("\n"))
+        assert {line.split()[0] for line in seen if line} == set(pods), seen
+        # S6: :90 works, :80 is no service port
+        assert kubectl_exec(slab, "client-node1", "curl", "-s", "-m", "5", "node-js-90:90").stdout.split()[0] in pods
+        assert kubectl_exec(slab, "client-node1", "curl", "-s", "-m", "2", "node-js-90:80", check=False).returncode != 0
+        # S7: each port of node-js-multi
+        for port in (80, 8888):
+            got = kubectl_exec(slab, "client-node1", "curl", "-s", "-m", "5", f"node-js-multi:{port}").stdout
+            assert got.split()[0] in pods, (port, got)
+        # S16: the name resolves to the VIP, bare and fully qualified
+        vip = client.get(slab.api, "Service", "node-js-90", "default")["spec"]["clusterIP"]
+        for name in ("node-js-90", "node-js-90.default.svc.cluster.local"):
+            assert kubectl_exec(slab, "client-node1", "dig", "+short", "+search", name).stdout.split() == [vip]
+    finally:
+        client.delete(slab.api, "Deployment", "node-js", "default")
+        for name in services:
+            client.delete(slab.api, "Service", name, "default")

@@ -1,5 +1,12 @@
-"""A session-wide 3-node lab (`kt` + 4 hex chars), always torn down; packet helpers are in
-lab_helpers.py."""
+"""Session-wide 3-node labs (`kt` + 4 hex chars), always torn down; packet helpers are in
+lab_helpers.py.
+
+- `lab`: the network lab alone (no control plane), flannel_py with the etcd subnet manager;
+- `kube_lab`: with the control plane and flannel_py's kube subnet manager (`knet lab up`'s
+  default): the Nodes' podCIDRs from the node IPAM controller are the node subnets;
+- `overlay_lab`: each of the two in turn, for the tests of traffic between pods and nodes (a module
+  runs all its tests with both by overriding `lab` and `pods`: test_lab_dataplane.py).
+`pods` / `overlay_pods`: a1, a2 on node1 and b1 on node2 of the lab they are asked for."""
 
 from __future__ import annotations
 
@@ -28,17 +35,57 @@ def sweep_test_labs() -> None:
             api.down(name)
 
 
-@pytest.fixture(scope="session")
-def lab(request: pytest.FixtureRequest) -> api.Lab:
+SUBNET_MANAGERS = ("etcd", "kube")
+_PODS: dict[str, dict[str, dict]] = {}  # lab name -> its session pods
+
+
+def _up(request: pytest.FixtureRequest, **kw) -> api.Lab:
     _require_root()
     sweep_test_labs()
     name = "kt" + secrets.token_hex(2)
     # Registered before anything is made: whatever happens, the lab goes.
     request.addfinalizer(lambda: api.down(name))
-    return api.up(name, nodes=3, cni_type=CNI_TYPE)
+    return api.up(name, nodes=3, cni_type=CNI_TYPE, **kw)
+
+
+@pytest.fixture(scope="session")
+def etcd_lab(request: pytest.FixtureRequest) -> api.Lab:
+    return _up(request, subnet_manager="etcd")
+
+
+@pytest.fixture(scope="session")
+def lab(etcd_lab: api.Lab) -> api.Lab:
+    return etcd_lab
+
+
+@pytest.fixture(scope="session")
+def kube_lab(request: pytest.FixtureRequest) -> api.Lab:
+    return _up(request, control_plane=True, subnet_manager="kube")
+
+
+@pytest.fixture(scope="session", params=SUBNET_MANAGERS)
+def overlay_lab(request: pytest.FixtureRequest) -> api.Lab:
+    return request.getfixturevalue(f"{request.param}_lab")
+
+
+def session_pods(lab: api.Lab) -> dict[str, dict]:
+    """a1, a2 on node1 and b1 on node2, made once per lab."""
+    if lab.name not in _PODS:
+        _PODS[lab.name] = {pod: lab.add_pod(node, pod)
+                           for node, pod in (("node1", "a1"), ("node1", "a2"), ("node2", "b1"))}
+    return _PODS[lab.name]
 
 
 @pytest.fixture(scope="session")
 def pods(lab: api.Lab) -> dict[str, dict]:
-    """a1, a2 on node1 and b1 on node2."""
-    return {pod: lab.add_pod(node, pod) for node, pod in (("node1", "a1"), ("node1", "a2"), ("node2", "b1"))}
+    return session_pods(lab)
+
+
+@pytest.fixture(scope="session")
+def overlay_pods(overlay_lab: api.Lab) -> dict[str, dict]:
+    return session_pods(overlay_lab)
+
+
+@pytest.fixture(scope="session")
+def kube_pods(kube_lab: api.Lab) -> dict[str, dict]:
+    return session_pods(kube_lab)

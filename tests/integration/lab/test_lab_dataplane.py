@@ -1,4 +1,5 @@
-"""Real packets between lab pods: TCP, UDP and ICMP, on one node and across nodes."""
+"""Real packets between lab pods: TCP, UDP and ICMP, on one node and across nodes, with each of
+flannel_py's subnet managers (every test runs on conftest.overlay_lab's two labs)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,16 @@ from lab.net import kernel
 from tests.integration.lab.lab_helpers import scapy_in, tcp_exchange, udp_both_ways
 
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def lab(overlay_lab: api.Lab) -> api.Lab:
+    return overlay_lab
+
+
+@pytest.fixture(scope="module")
+def pods(overlay_pods: dict[str, dict]) -> dict[str, dict]:
+    return overlay_pods
 
 
 def test_topology_in_the_kernel(lab: api.Lab) -> None:
@@ -80,7 +91,8 @@ def test_icmp_echo_with_scapy(pods: dict[str, dict], src: str, dst: str) -> None
 
 
 def test_pods_reach_their_gateway_but_the_client_has_no_route_to_pods(lab: api.Lab, pods: dict[str, dict]) -> None:
-    assert lab.exec("a1", ["ping", "-c1", "-W2", "10.244.1.1"]).returncode == 0
+    gateway = ipaddress.ip_network(lab.node("node1")["pod_subnet"]).network_address + 1
+    assert lab.exec("a1", ["ping", "-c1", "-W2", str(gateway)]).returncode == 0
     # No default route anywhere: the outside client cannot reach pod addresses directly.
     r = lab.exec("client", ["ping", "-c1", "-W1", pods["a1"]["ip"]])
     assert r.returncode != 0
