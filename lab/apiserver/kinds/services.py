@@ -1,6 +1,6 @@
-"""Services: defaults, validation, the ClusterIP and nodePorts they hold (picked, claimed and
-released here), `kubectl get svc`'s columns. What kproxy, kdns and the EndpointSlice controller
-read."""
+"""Services: defaults, validation, the ClusterIP, nodePorts and healthCheckNodePort they hold
+(picked, claimed and released here), `kubectl get svc`'s columns. What kproxy, kdns and the
+EndpointSlice controller read."""
 
 from __future__ import annotations
 
