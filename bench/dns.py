@@ -24,6 +24,13 @@ bind-mounted in a private mount namespace), against kdns with autopath off and o
 child that knows the client's address, 127.0.0.1, as a pod's): the time it takes and how many
 queries kdns received (its coredns_dns_requests_total).
 
+CoreDNS beside them (when scripts/install-anchors built it): the same synthetic cluster written
+as Services and EndpointSlices into a private etcd + knet-apiserver, CoreDNS's kubernetes plugin
+listing it, configured as the tests run it beside kdns (knet_testing.anchors.corefile: the cluster
+zone, every other name forwarded to the same unbound and cached), on the servers' core
+(GOMAXPROCS=1, every thread pinned): its peak in the same interleaved rounds, its latency at the
+same load, its CPU per query, its response codes next to kdns's.
+
 kdns is served by its real `Server` (the daemon's serving code; informers left out since they are
 idle during the run), in a child process: `python -m bench.dns --serve-kdns HOST:PORT`.
 """
@@ -57,7 +64,8 @@ from kdns.endpoints import Endpoints
 from kdns.forward import Upstream
 from kdns.records import RecordStore
 from kdns.server import Server
-from knet.kube.models import Pod
+from knet.kube.models import EndpointSlice, Pod, Service
+from knet_testing import anchors
 from knet_testing.kdns import endpoint_slice, query, service
 from lab.agent import podenv
 
@@ -67,22 +75,31 @@ FWD_ZONE = "upstream.test"
 Z = "cluster.local"
 
 
-def build_store(services: int = 300, headless: int = 30, replicas: int = 3) -> RecordStore:
-    """The same synthetic cluster every time (fixed seed)."""
-    store = RecordStore(serial=1)
-    rnd = random.Random(42)
-    namespaces = ["default", "kube-system", "prod", "staging", "my-ns"]
+NAMESPACES = ("default", "kube-system", "prod", "staging", "my-ns")
+
+
+def synthetic_cluster(services: int = 300, headless: int = 30,
+                      replicas: int = 3) -> list[tuple[Service, list[EndpointSlice]]]:
+    """The same synthetic cluster every time: ClusterIP services with named ports, headless
+    StatefulSet-style services with their slices."""
+    out: list[tuple[Service, list[EndpointSlice]]] = []
     for i in range(services):
-        ns = namespaces[i % len(namespaces)]
+        ns = NAMESPACES[i % len(NAMESPACES)]
         ip = str(ipaddress.IPv4Address("10.96.0.0") + 10 + i)
         ports = [("http", 80, "TCP"), ("metrics", 9100, "TCP")] if i % 2 else [("grpc", 8443, "TCP")]
-        store.update_service(f"{ns}/svc-{i}", service(f"svc-{i}", ns, ip, ports))
+        out.append((service(f"svc-{i}", ns, ip, ports), []))
     for j in range(headless):
-        ns = namespaces[j % len(namespaces)]
+        ns = NAMESPACES[j % len(NAMESPACES)]
         eps = [{"addresses": [f"10.244.{j}.{k + 1}"], "hostname": f"set{j}-{k}"} for k in range(replicas)]
-        store.update_service(f"{ns}/hs-{j}", service(f"hs-{j}", ns, "None", [("peer", 7000, "TCP")]),
-                             [endpoint_slice(f"hs-{j}", ns, eps, [("peer", 7000, "TCP")])])
-    rnd.random()
+        out.append((service(f"hs-{j}", ns, "None", [("peer", 7000, "TCP")]),
+                    [endpoint_slice(f"hs-{j}", ns, eps, [("peer", 7000, "TCP")])]))
+    return out
+
+
+def build_store() -> RecordStore:
+    store = RecordStore(serial=1)
+    for svc, slices in synthetic_cluster():
+        store.update_service(f"{svc.metadata.namespace}/{svc.metadata.name}", svc, slices)
     return store
 
 
@@ -183,7 +200,7 @@ def serve_kdns(address: str, udp_mode: str, upstream: str | None = None, metrics
 
 # --- measuring ------------------------------------------------------------------------------------
 
-def wait_answering(host: str, port: int, proc: subprocess.Popen, timeout: float = 20.0) -> None:
+def wait_answering(host: str, port: int, proc: subprocess.Popen, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.settimeout(0.2)
@@ -274,30 +291,45 @@ def run(seconds: float, rounds: int, server_cpu: int, client_cpu: int, udp_mode:
         wait_answering(KDNS_ADDR, port, kdns)
         wait_answering(UNBOUND_ADDR, port, unbound)
         wait_answering(AUTOPATH_ADDR, port, autopath)
-        servers = {"kdns": KDNS_ADDR, "unbound": UNBOUND_ADDR}
-        for host in servers.values():  # warm-up: kdns's answer cache fills on the first pass
-            dnsperf(client_cpu, host, port, qfile, 2)
+        servers = {"kdns": (KDNS_ADDR, port, kdns), "unbound": (UNBOUND_ADDR, port, unbound)}
+        if not anchors.missing("coredns"):
+            coredns, started = start_coredns_peer(tmp, f"{UNBOUND_ADDR}:{port}", server_cpu)
+            procs += started
+            servers["coredns"] = (anchors.HOST, coredns.port, coredns.proc)
+        for host, p, _ in servers.values():  # warm-up: kdns's answer cache fills on the first pass
+            dnsperf(client_cpu, host, p, qfile, 2)
         peaks: dict[str, list[float]] = {k: [] for k in servers}
         lost: dict[str, int] = {k: 0 for k in servers}
+        names = list(servers)
         for i in range(rounds):
-            # Back to back, alternating which goes first: drift in the machine's load hits both.
-            for name in (("kdns", "unbound") if i % 2 == 0 else ("unbound", "kdns")):
-                r = dnsperf(client_cpu, servers[name], port, qfile, seconds)
+            # Back to back, rotating which goes first: drift in the machine's load hits all alike.
+            for name in names[i % len(names):] + names[:i % len(names)]:
+                host, p, _ = servers[name]
+                r = dnsperf(client_cpu, host, p, qfile, seconds)
                 peaks[name].append(r["qps"])
                 lost[name] += r["lost"]
         kdns_qps, unbound_qps = statistics.median(peaks["kdns"]), statistics.median(peaks["unbound"])
         paired = statistics.median(k / u for k, u in zip(peaks["kdns"], peaks["unbound"], strict=True) if u)
         load = int(kdns_qps / 2)
         lat, cpu_us = {}, {}
-        for (name, host), proc in zip(servers.items(), procs, strict=False):
+        for name, (host, p, proc) in servers.items():
             before = cpu_seconds(proc.pid)
-            lat[name] = dnsperf(client_cpu, host, port, qfile, min(seconds, 5), qps=load, verbose=True)
+            lat[name] = dnsperf(client_cpu, host, p, qfile, min(seconds, 5), qps=load, verbose=True)
             answered = max(1, len(lat[name]["latencies"]))
             cpu_us[name] = round((cpu_seconds(proc.pid) - before) / answered * 1e6, 2)
+        peer = {}
+        if "coredns" in servers:
+            peer = {"coredns_qps": round(statistics.median(peaks["coredns"])),
+                    "coredns_rounds": [round(x) for x in peaks["coredns"]],
+                    "kdns_coredns_paired_ratio": round(statistics.median(
+                        k / c for k, c in zip(peaks["kdns"], peaks["coredns"], strict=True) if c), 3),
+                    "coredns_p50_ms": pct(lat["coredns"]["latencies"], 50),
+                    "coredns_p99_ms": pct(lat["coredns"]["latencies"], 99),
+                    "coredns_cpu_us_per_query": cpu_us["coredns"], "coredns_rcodes": lat["coredns"]["rcodes"]}
         fwd = forwarding(tmp, client_cpu, port, seconds, rounds, kdns.pid)
         pod = pod_level(tmp, port, rounds, external, metrics)
         return {
-            **fwd, **pod,
+            **fwd, **pod, **peer,
             "kdns_qps": round(kdns_qps), "unbound_qps": round(unbound_qps),
             "ratio": round(kdns_qps / unbound_qps, 3) if unbound_qps else 0.0,
             "paired_ratio": round(paired, 3),
@@ -324,6 +356,59 @@ def run(seconds: float, rounds: int, server_cpu: int, client_cpu: int, udp_mode:
                     p.kill()
                     p.wait()
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _api_body(obj: Service | EndpointSlice) -> dict:
+    body = obj.model_dump(mode="json", by_alias=True, exclude_none=True)
+    meta = body["metadata"]
+    body["metadata"] = {k: meta[k] for k in ("name", "namespace", "labels") if meta.get(k)}
+    if isinstance(obj, Service):
+        body["spec"] = {k: body["spec"][k] for k in ("clusterIP", "ports")}
+        body.pop("status", None)
+    return body
+
+
+def start_coredns_peer(tmp: str, upstream: str, server_cpu: int) -> tuple[anchors.CoreDns, list[subprocess.Popen]]:
+    """CoreDNS against a private etcd + knet-apiserver holding the synthetic cluster (see the
+    module's doc); answering on return. Returns it and every process started (the caller stops
+    them, also when this raises after starting some)."""
+    # Here, not at the top: the kdns children (`--serve-kdns`) import this module, and the
+    # kubernetes client's ~1 s import would slow their start on a pinned, busy core.
+    from knet.kube import client as kube_client
+    from knet_testing import apiserver_env
+    from lab.apiserver import auth
+
+    procs: list[subprocess.Popen] = []
+    os.makedirs(os.path.join(tmp, "coredns-etcd"))
+    etcd = apiserver_env.start_etcd(os.path.join(tmp, "coredns-etcd"))
+    procs.append(etcd.proc)
+    token = "bench-dns-" + os.urandom(8).hex()
+    api = apiserver_env.start_apiserver(os.path.join(tmp, "coredns-api"), etcd.url, "/registry",
+                                        f"{token},admin,admin\n")
+    procs.append(api.proc)
+    assert api.certs is not None
+    kubeconfig = auth.write_kubeconfig(os.path.join(tmp, "coredns.kubeconfig"), api.urls[0], "admin", token,
+                                       ca_pem=api.certs.ca_pem())
+    kube = kube_client.new_api_client(kubeconfig)
+    try:
+        for ns in NAMESPACES:
+            with contextlib.suppress(Exception):  # default and kube-system exist already
+                kube_client.create(kube, "Namespace", {"metadata": {"name": ns}})
+        for svc, slices in synthetic_cluster():
+            kube_client.create(kube, "Service", _api_body(svc), svc.metadata.namespace)
+            for sl in slices:
+                kube_client.create(kube, "EndpointSlice", _api_body(sl), sl.metadata.namespace)
+    finally:
+        kube.close()
+    # GOMAXPROCS=1: one core's worth of Go, as kdns and unbound run; WatchListClient off against
+    # knet-apiserver (knet_testing.anchors.NO_WATCH_LIST).
+    coredns = anchors.start_coredns(os.path.join(tmp, "coredns"), kubeconfig, upstream,
+                                    env={**anchors.NO_WATCH_LIST, "GOMAXPROCS": "1"})
+    procs.append(coredns.proc)
+    for tid in os.listdir(f"/proc/{coredns.proc.pid}/task"):
+        with contextlib.suppress(OSError):  # a thread that ended meanwhile
+            os.sched_setaffinity(int(tid), {server_cpu})
+    return coredns, procs
 
 
 def free_port() -> int:
@@ -448,7 +533,14 @@ def main(argv: list[str] | None = None) -> int:
          f"{s['kdns_cpu_us_per_query']} / {s['unbound_cpu_us_per_query']} us at the latency run's load "
          f"(unbound/kdns {s['cpu_ratio']}: the least noise-prone comparison)"),
         ("response codes (kdns, latency run)", ", ".join(f"{k} {v}" for k, v in sorted(s["rcodes"].items()))),
-        ("lost queries (peak runs)", f"kdns {s['lost']['kdns']}, unbound {s['lost']['unbound']}"),
+        ("lost queries (peak runs)", ", ".join(f"{k} {v}" for k, v in s["lost"].items())),
+        *([("CoreDNS peak qps (median of rounds)", f"{s['coredns_qps']}  {s['coredns_rounds']}: kdns/CoreDNS "
+            f"{s['kdns_coredns_paired_ratio']} (median of per-round ratios)"),
+           (f"latency at {s['load_qps']} qps: CoreDNS p50/p99", f"{s['coredns_p50_ms']} / {s['coredns_p99_ms']} ms"),
+           ("CPU per answered query: CoreDNS", f"{s['coredns_cpu_us_per_query']} us"),
+           ("response codes (CoreDNS, latency run)",
+            ", ".join(f"{k} {v}" for k, v in sorted(s["coredns_rcodes"].items())))]
+          if "coredns_qps" in s else [("CoreDNS", "not built (scripts/install-anchors coredns): no row")]),
         ("forwarding peak, unique names (median of rounds)",
          f"kdns {s['forward_qps']} qps {s['forward_rounds']} vs the upstream directly {s['upstream_direct_qps']} "
          f"{s['direct_rounds']}: ratio {s['forward_ratio']} (target >= 0.3); lost {s['forward_lost']}"),

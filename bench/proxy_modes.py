@@ -3,6 +3,11 @@
     python -m bench.proxy_modes [--modes iptables,userspace,ebpf,nftables] [--duration S] [--rounds R]
                                 [--sizes 10,1000,5000,10000] [--json] [--plot FILE.png]
 
+Peers: `--modes ...,kube-proxy-iptables,kube-proxy-nftables` adds upstream kube-proxy
+(lab.bringup.kube_proxy) in that mode as rows beside kproxy's, measured the same way in a lab of
+their own; they have no target, and the scale part (which drives kproxy's backends directly) is
+"n/a" for them.
+
 Traffic (seed scenario S23, one lab per mode, `kt` + hex, always removed): a 2-node lab with the
 control plane and kproxy in that mode. One backend pod on node2 (nginx answering a 3-byte body,
 keep-alive without limit, one worker; and a Python UDP echo server), one client pod on node1;
@@ -67,10 +72,11 @@ import time
 from kproxy import backend as backends
 from kproxy.model import Config, Endpoint, ServicePort
 from lab import api
-from lab.bringup import controlplane, proxy
+from lab.bringup import controlplane, kube_proxy, proxy
 from lab.net import kernel, topology
 
 MODES = ("iptables", "userspace", "ebpf", "nftables")
+PEERS = kube_proxy.MODES  # upstream kube-proxy: rows of their own, no target
 TARGETS = {"ebpf": 0.95, "iptables": 0.9, "userspace": 0.3, "nftables": 0.95}
 SCALE_MODES = ("iptables", "nftables", "ebpf")  # userspace: no per-packet lookup that grows
 CHANGE_TARGET = 0.10
@@ -570,8 +576,8 @@ def measure_scale(tl: TrafficLab, sizes: list[int], count: int, progress) -> dic
 def run(args: argparse.Namespace, progress) -> dict:
     modes = [m for m in args.modes.split(",") if m]
     for m in modes:
-        if m not in MODES:
-            raise SystemExit(f"unknown mode {m!r} (one of {', '.join(MODES)})")
+        if m not in MODES + PEERS:
+            raise SystemExit(f"unknown mode {m!r} (one of {', '.join(MODES + PEERS)})")
     sizes = [int(x) for x in args.sizes.split(",") if x]
     summary: dict = {"modes": {}, "direct": {}, "sync": {}, "load_average": list(os.getloadavg()), "targets": {
         **{f"ratio_{m}": t for m, t in TARGETS.items()}, "change_pct_of_full_at_largest": 100 * CHANGE_TARGET,
@@ -591,8 +597,9 @@ def run(args: argparse.Namespace, progress) -> dict:
             entry["direct"] = direct
             entry.update(res["ratios"])
             entry.update(res["load"])
-            entry["target"] = TARGETS[mode]
-            entry["meets_target"] = min(entry["ratio_rr"], entry["ratio_conn"]) >= TARGETS[mode]
+            entry["target"] = TARGETS.get(mode)
+            entry["meets_target"] = (min(entry["ratio_rr"], entry["ratio_conn"]) >= entry["target"]
+                                     if entry["target"] else None)
             summary["modes"][mode] = entry
             if mode in SCALE_MODES and sizes:
                 sync = measure_scale(tl, sizes, args.first_packet, progress)
@@ -631,16 +638,18 @@ def _ratio(a: float | None, b: float | None) -> float:
 
 def table(s: dict) -> str:
     lines = []
-    head = (f"{'path':<10} {'RR req/s':>9} {'p50 ms':>7} {'p99 ms':>7} {'conn/s':>8} {'UDP req/s':>10} "
+    w = max(10, *(len(m) for m in s["modes"]))  # the peers' names are longer than kproxy's modes
+    head = (f"{'path':<{w}} {'RR req/s':>9} {'p50 ms':>7} {'p99 ms':>7} {'conn/s':>8} {'UDP req/s':>10} "
             f"{'UDP p50':>8} {'UDP p99':>8} {'ratio_rr':>8} {'ratio_conn':>10} {'ratio_udp':>9}  target")
     lines.append(head)
     lines.append("-" * len(head))
     rows = [("direct", s["direct"], None)] if s["direct"] else []
     rows += [(m, e, e) for m, e in s["modes"].items()]
     for name, e, r in rows:
-        ratios = (f"{r['ratio_rr']:>8.3f} {r['ratio_conn']:>10.3f} {r['ratio_udp']:>9.3f}  "
-                  f">= {r['target']} {'ok' if r['meets_target'] else 'MISSED'}") if r else ""
-        lines.append(f"{name:<10} {e['rr_rps']:>9.0f} {e['p50_ms']:>7.3f} {e['p99_ms']:>7.3f} {e['conn_rate']:>8.0f} "
+        verdict = "peer" if r and r["target"] is None else (
+            f">= {r['target']} {'ok' if r['meets_target'] else 'MISSED'}" if r else "")
+        ratios = f"{r['ratio_rr']:>8.3f} {r['ratio_conn']:>10.3f} {r['ratio_udp']:>9.3f}  {verdict}" if r else ""
+        lines.append(f"{name:<{w}} {e['rr_rps']:>9.0f} {e['p50_ms']:>7.3f} {e['p99_ms']:>7.3f} {e['conn_rate']:>8.0f} "
                      f"{e['udp_rps']:>10.0f} {e['udp_p50_ms'] or 0:>8.3f} {e['udp_p99_ms'] or 0:>8.3f} {ratios}")
     lines.append("  RR: keep-alive requests/s; p50/p99: one keep-alive connection; UDP p50/p99 under load.")
     lines.append("  ratios: vip/direct, median of the per-round pairs in the mode's own lab (spread below); "
@@ -679,6 +688,7 @@ def table(s: dict) -> str:
                 fp_verdict = "ok" if sy["first_packet_meets_target"] else "MISSED"
                 line += f" (target <= {FIRST_PACKET_TARGET[mode]}: {fp_verdict})"
             lines.append(line)
+        lines += [f"{m:<10} n/a: the scale part drives kproxy's backends directly" for m in s["modes"] if m in PEERS]
         lines.append("  (1st pkt: ms from connect() to the first answer byte, new connections from a pod on node1, "
                      "each paired with one straight to the pod: /direct is the median of the pairs' ratios; "
                      "backends driven directly with generated service ports, not through the API server)")

@@ -25,6 +25,10 @@ The pollers (a small Python loop in the client pod: connect with a 50 ms timeout
 one DNS query at the cluster DNS Service) stamp CLOCK_MONOTONIC, which every namespace shares
 with this process, so a latency is the prober's stamp minus the write's.
 
+Peers: `--modes ...,kube-proxy-iptables,kube-proxy-nftables` runs upstream kube-proxy in that
+mode (lab.bringup.kube_proxy) in kproxy's place, measured the same way: its CPU and RSS in the
+kproxy columns, its own sync histograms (the same names) for the parts; no targets.
+
 Targets (issue 14; reported, not asserted): >= 500 objects/s, the rate at 10,000 within 1.5x of
 the rate at 1,000; at 10,000 services a change reaches the pod in p50 < 300 ms (iptables) and
 < 150 ms (ebpf, nftables), growing at most 1.5x from 1,000 to 10,000; kproxy at rest < 2% of a
@@ -51,7 +55,7 @@ from typing import Any
 
 import yaml
 
-from bench.proxy_modes import HTTP_PORT, TrafficLab, first_packet
+from bench.proxy_modes import HTTP_PORT, PEERS, TrafficLab, first_packet
 from lab.bringup import dns as lab_dns
 
 MODES = ("iptables", "nftables", "ebpf", "userspace")
@@ -416,8 +420,8 @@ def main(argv: list[str] | None = None) -> int:
     sizes = sorted({int(s) for s in args.sizes.split(",") if s.strip()} | ({LARGE} if args.large else set()))
     modes = [m for m in args.modes.split(",") if m]
     for m in modes:
-        if m not in MODES:
-            p.error(f"unknown mode {m!r} (one of {', '.join(MODES)})")
+        if m not in MODES + PEERS:
+            p.error(f"unknown mode {m!r} (one of {', '.join(MODES + PEERS)})")
     quiet = args.json
 
     def progress(msg: str) -> None:

@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from knet import cgroups, netns
-from lab.bringup import controlplane, dns, launch, netpol, proxy
+from lab.bringup import controlplane, dns, kube_proxy, launch, netpol, proxy
 from lab.bringup import ingress as lab_ingress
 from lab.bringup import overlay as lab_overlay
 from lab.errors import LabError
@@ -189,7 +189,10 @@ def up(name: str = "knet", nodes: int = 3, cni_type: str = "knet-cni", recreate:
             if manager == "kube":  # every Node has its podCIDR now
                 _record_leases(name, root, lab_overlay.wait_kube(p, flannel, progress))
             _record(name, root, "dns", dns.start(p, kubeconfigs, progress))
-            if proxy_mode:
+            if proxy_mode in kube_proxy.MODES:  # upstream kube-proxy as the peer of kproxy's modes
+                _record(name, root, "proxy", {"mode": proxy_mode, "nodes": kube_proxy.start(
+                    p, proxy_mode, kubeconfigs[kube_proxy.USER], progress)})
+            elif proxy_mode:
                 _record(name, root, "proxy", {"mode": proxy_mode,
                                               "nodes": proxy.start(p, proxy_mode, kubeconfigs["kproxy"], progress)})
             if network_policy:

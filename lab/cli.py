@@ -15,7 +15,7 @@ import sys
 from typing import Any
 
 from lab import api
-from lab.bringup import controlplane, demo
+from lab.bringup import controlplane, demo, kube_proxy
 from lab.net import state
 
 DEFAULT_LAB = os.environ.get("KNET_LAB", "knet")
@@ -156,9 +156,10 @@ def register(subparsers: Any) -> None:
                     help="where flannel_py gets each node's subnet: kube (default) = the Node's podCIDR from the "
                          "node IPAM controller, leases as Node annotations, as kube-flannel; etcd = leases in the "
                          "lab's etcd (the default with --no-control-plane)")
-    up.add_argument("--proxy-mode", choices=["iptables", "userspace", "ebpf", "nftables", "none"],
+    up.add_argument("--proxy-mode", choices=["iptables", "userspace", "ebpf", "nftables", *kube_proxy.MODES, "none"],
                     default=os.environ.get("KNET_PROXY_MODE", "iptables"),
-                    help="kproxy data path on every node (needs the control plane)")
+                    help="kproxy data path on every node (needs the control plane); kube-proxy-*: upstream "
+                         "kube-proxy in that mode instead (.anchors/bin, scripts/install-anchors)")
     up.add_argument("--no-network-policy", action="store_true", help="do not run the netpolicy daemons")
     up.add_argument("--no-ingress", action="store_true", help="do not run the ingress controller")
     up.add_argument("--no-control-plane", action="store_true",

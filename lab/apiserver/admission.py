@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from knet.kube import selectors
+from lab.apiserver import limits
 from lab.apiserver.allocator import Reservation
 from lab.apiserver.strategy import Config
 from lab.apiserver.validation import Causes, get
@@ -44,6 +45,9 @@ def validate_metadata(c: Causes, rt: ResourceType, obj: dict[str, Any]) -> None:
         c.dns_label("metadata.name", name)
     elif rule == "dns1035":
         c.dns1035("metadata.name", name)
+    elif rule == "path":  # RBAC objects: any name usable as a path segment (`system:discovery`)
+        if not isinstance(name, str) or name in (".", "..") or "/" in name or "%" in name:
+            c.invalid("metadata.name", name, "may not be '.' or '..' and may not contain '/' or '%'")
     else:
         c.dns_subdomain("metadata.name", name)
     c.labels("metadata.labels", meta.get("labels"))
@@ -56,6 +60,9 @@ def validate_metadata(c: Causes, rt: ResourceType, obj: dict[str, Any]) -> None:
                 if not selectors.valid_label_key(k):
                     c.invalid("metadata.annotations", k, "name part must consist of alphanumeric characters, "
                                                          "'-', '_' or '.'")
+            if limits.annotations_size(annotations) > limits.TOTAL_ANNOTATION_SIZE_LIMIT:
+                c.add("FieldValueTooLong", "metadata.annotations",
+                      f"Too long: may not be more than {limits.TOTAL_ANNOTATION_SIZE_LIMIT} bytes")
     for i, ref in enumerate(meta.get("ownerReferences") or []):
         for key in ("apiVersion", "kind", "name", "uid"):
             if not get(ref, key):

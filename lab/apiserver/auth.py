@@ -1,8 +1,16 @@
 """Bearer tokens and kubeconfigs.
 
 The tokens file has kube-apiserver's --token-auth-file format: one `token,user[,uid[,"groups"]]`
-per line (`#` comments). Every authenticated user may do everything (the lab has no RBAC). Tokens
-are never logged: log lines name the user only.
+per line (`#` comments); an authenticated user is also in `system:authenticated`. What a user may
+do is the authorizer's business (authorizer.py). Tokens are never logged: log lines name the
+user only.
+
+The lab's credentials (`LAB_IDENTITIES`): the admin is in system:masters; each knet component
+authenticates as the ServiceAccount its deploy/ manifest runs it as (`serviceAccountName`), so
+deploy/rbac.yaml's bindings, which the lab's server loads, give it exactly what a cluster gives
+it. The lab's own control plane (controllers, node agents) stands in for kube-controller-manager
+and the kubelets, whose bootstrap roles and Node authorizer the lab does not reproduce: they are
+in system:masters. The lab key of a credential is its uid column.
 """
 
 from __future__ import annotations
@@ -14,22 +22,55 @@ import hmac
 import json
 import os
 import secrets
+from dataclasses import dataclass
+
+from lab.apiserver import rbac
 
 # The lab's users: the admin kubeconfig and one per component.
-DEFAULT_USERS = ("admin", "kproxy", "kdns", "netpolicy", "ingress", "node-agent", "controllers", "flannel")
+DEFAULT_USERS = ("admin", "kproxy", "kdns", "netpolicy", "ingress", "node-agent", "controllers", "flannel",
+                 "kube-proxy")  # upstream kube-proxy, knet lab up --proxy-mode kube-proxy-*
+# lab key -> (user, groups). The ServiceAccounts are deploy/'s serviceAccountName of each
+# component (tests/unit/test_apiserver_rbac.py checks them against the manifests).
+_NODE_SA = rbac.service_account_user("knet-system", "knet-node")  # node-daemonset.yaml
+LAB_IDENTITIES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "admin": ("admin", (rbac.MASTERS,)),
+    "kproxy": _NODE_SA, "netpolicy": _NODE_SA, "flannel": _NODE_SA,
+    "kdns": rbac.service_account_user("kube-system", "kdns"),  # kdns.yaml
+    "ingress": rbac.service_account_user("knet-system", "knet-ingress"),  # ingress.yaml
+    "node-agent": ("knet:node-agent", (rbac.MASTERS,)),
+    "controllers": ("knet:controllers", (rbac.MASTERS,)),
+    # Upstream kube-proxy (a peer, not knet's): kubeadm binds it to system:node-proxier, a
+    # bootstrap role the lab does not have yet.
+    "kube-proxy": ("system:kube-proxy", (rbac.MASTERS,)),
+}
 
 
-def load_tokens(path: str) -> dict[str, str]:
-    """token -> user."""
-    out: dict[str, str] = {}
+@dataclass(frozen=True)
+class User:
+    name: str
+    uid: str = ""
+    groups: tuple[str, ...] = ()
+
+
+ANONYMOUS = User(rbac.ANONYMOUS, "", (rbac.UNAUTHENTICATED,))
+
+
+def load_tokens(path: str) -> dict[str, User]:
+    """token -> user (with system:authenticated among its groups)."""
+    out: dict[str, User] = {}
     with open(path) as f:
         for row in csv.reader(line for line in f if line.strip() and not line.lstrip().startswith("#")):
             if len(row) >= 2 and row[0].strip() and row[1].strip():
-                out[row[0].strip()] = row[1].strip()
+                name = row[1].strip()
+                uid = row[2].strip() if len(row) > 2 else ""
+                groups = [g.strip() for g in row[3].split(",") if g.strip()] if len(row) > 3 else []
+                if rbac.AUTHENTICATED not in groups:
+                    groups.append(rbac.AUTHENTICATED)
+                out[row[0].strip()] = User(name, uid, tuple(groups))
     return out
 
 
-def authenticate(tokens: dict[str, str], header: str | None) -> str | None:
+def authenticate(tokens: dict[str, User], header: str | None) -> User | None:
     """The user of an `Authorization: Bearer <token>` header, or None."""
     if not header or not header.startswith("Bearer "):
         return None
@@ -41,18 +82,21 @@ def authenticate(tokens: dict[str, str], header: str | None) -> str | None:
 
 
 def ensure_tokens(path: str, users: tuple[str, ...] | list[str] = DEFAULT_USERS) -> dict[str, str]:
-    """user -> token; existing users keep their tokens (a restarted lab keeps its kubeconfigs valid)."""
+    """lab key -> token; existing keys keep their tokens (a restarted lab keeps its kubeconfigs
+    valid), and every line names the key's current identity (`LAB_IDENTITIES`; a key not there
+    is a user of that name)."""
     current: dict[str, str] = {}
     with contextlib.suppress(FileNotFoundError):
-        current = {user: token for token, user in load_tokens(path).items()}
-    changed = False
+        current = {user.uid or user.name: token for token, user in load_tokens(path).items()}
     for user in users:
         if user not in current:
             current[user] = secrets.token_hex(24)
-            changed = True
-    if changed or not os.path.exists(path):
-        lines = "".join(f"{token},{user},{user}\n" for user, token in current.items())
-        _write_private(path, "# token,user,uid (kube-apiserver --token-auth-file format)\n" + lines)
+    lines = []
+    for key, token in current.items():
+        name, groups = LAB_IDENTITIES.get(key, (key, ()))
+        lines.append(f'{token},{name},{key},"{",".join(groups)}"\n' if groups else f"{token},{name},{key}\n")
+    _write_private(path, "# token,user,uid,\"groups\" (kube-apiserver --token-auth-file format; uid: the lab's "
+                         "key)\n" + "".join(lines))
     return current
 
 

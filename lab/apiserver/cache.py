@@ -153,7 +153,8 @@ class KindCache:
         self.items: dict[str, dict] = {}
         self.by_ns: dict[str | None, dict[str, dict]] = {}
         self.index_names = (OWNER_INDEX, *(f"label:{k}" for k in rt.strategy.indexed_labels),
-                            *(f"field:{p}" for p in rt.strategy.indexed_fields), "field:metadata.name")
+                            *(f"field:{p}" for p in rt.strategy.indexed_fields), "field:metadata.name",
+                            *(f"custom:{n}" for n in rt.strategy.custom_indexes))
         self.indexes: dict[str, dict[str, set[str]]] = {name: {} for name in self.index_names}
         self.window: deque[Change] = deque(maxlen=WINDOW)
         self.oldest = 0  # every change after this revision is in the window
@@ -169,6 +170,8 @@ class KindCache:
             labels = meta.get("labels") or {}
             key = name[6:]
             return [labels[key]] if key in labels else []
+        if name.startswith("custom:"):
+            return self.rt.strategy.index_values(name[7:], obj)
         return [selectors.field_value(obj, name[6:])]
 
     def put(self, key: str, obj: dict | None) -> dict | None:

@@ -35,7 +35,8 @@ from aiohttp import web
 from knet import logs, metrics, netns
 from lab.apiserver import auth, nodeproxy, pki
 from lab.apiserver.allocator import DEFAULT_SERVICE_CIDR, NodePortRange, ServiceCIDR
-from lab.apiserver.bootstrap import bootstrap
+from lab.apiserver.authorizer import MODES
+from lab.apiserver.bootstrap import bootstrap, load_policy
 from lab.apiserver.mirror import Mirror
 from lab.apiserver.registry import Registry
 from lab.apiserver.server import ApiServer
@@ -85,7 +86,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="knet-apiserver", description="The knet lab's Kubernetes API server")
     p.add_argument("--etcd", required=True, help="etcd client URL (its gRPC gateway), e.g. http://127.0.0.1:2379")
     p.add_argument("--etcd-prefix", default="/registry")
-    p.add_argument("--tokens", required=True, help="token file: token,user[,uid] per line")
+    p.add_argument("--tokens", required=True, help='token file: token,user[,uid[,"groups"]] per line')
+    p.add_argument("--authorization-mode", choices=MODES, default="AlwaysAllow",
+                   help="AlwaysAllow (kube-apiserver's default) or RBAC (the lab)")
+    p.add_argument("--authorization-policy-file", action="append", default=[], metavar="YAML",
+                   help="manifests whose Roles, ClusterRoles and bindings exist from the start, kept as "
+                        "the file says (the lab: deploy/rbac.yaml)")
     p.add_argument("--listen", action="append", default=[], type=parse_addr, metavar="ADDR:PORT")
     p.add_argument("--listen-netns", action="append", default=[], metavar="NETNS=ADDR:PORT",
                    help="listen inside another network namespace (a name under /run/netns or a path)")
@@ -115,6 +121,11 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         print(f"knet-apiserver: {e}", file=sys.stderr)
         return 2
+    try:
+        policy = load_policy(args.authorization_policy_file)
+    except (OSError, ValueError) as e:
+        print(f"knet-apiserver: {e}", file=sys.stderr)
+        return 2
     socks = [listen_socket(h, p) for h, p in args.listen]
     for spec in args.listen_netns:
         ns, _, addr = spec.partition("=")
@@ -127,14 +138,14 @@ def main(argv: list[str] | None = None) -> int:
         # uvloop: the server is all event loop (HTTP, etcd calls, watch fan-out); its loop costs
         # about half of asyncio's per request, which is most of what a create costs here.
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            runner.run(serve(args, cfg, socks))
+            runner.run(serve(args, cfg, socks, policy))
     except StoreError as e:
         log.error("etcd: %s", e)
         return 1
     return 0
 
 
-async def serve(args: argparse.Namespace, cfg: Config, socks: list[socket.socket]) -> None:
+async def serve(args: argparse.Namespace, cfg: Config, socks: list[socket.socket], policy: list[dict]) -> None:
     reg = metrics.Registry()
     store = Store(args.etcd, args.etcd_prefix, durations=reg.histogram(
         "etcd_request_duration_seconds", "etcd call latency", ["operation"]))
@@ -148,7 +159,7 @@ async def serve(args: argparse.Namespace, cfg: Config, socks: list[socket.socket
         try:
             if not registry.cache.ready.is_set():
                 await registry.start()
-            await bootstrap(registry, advertise, port)
+            await bootstrap(registry, advertise, port, policy)
             break
         except StoreError as e:
             if time.monotonic() > deadline:
@@ -157,7 +168,7 @@ async def serve(args: argparse.Namespace, cfg: Config, socks: list[socket.socket
             await asyncio.sleep(0.5)
     kubelet_tls = nodeproxy.client_context(args.kubelet_client_certificate, args.kubelet_client_key)
     api = ApiServer(registry, auth.load_tokens(args.tokens), f"{advertise}:{port}" if advertise else "", reg,
-                    kubelet_tls=kubelet_tls)
+                    args.authorization_mode, kubelet_tls=kubelet_tls)
     runner = web.AppRunner(api.app, handle_signals=False, access_log=None, handler_cancellation=True,
                            shutdown_timeout=2.0)
     await runner.setup()
@@ -192,6 +203,9 @@ async def serve(args: argparse.Namespace, cfg: Config, socks: list[socket.socket
 
 
 # --- the lab ------------------------------------------------------------------------------------
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+LAB_POLICY = os.path.join(REPO, "deploy", "rbac.yaml")
 
 @dataclass
 class LabApiServer:
@@ -256,11 +270,13 @@ def start_in_lab(lab: str, etcd_url: str = "http://127.0.0.1:2379", *, host_port
             "--service-cidr", service_cidr, "--node-port-range", node_port_range,
             "--advertise-address", ctl_ip, "--advertise-port", str(lab_port), "--ready-file", ready,
             "--tls-cert-file", certs.cert, "--tls-private-key-file", certs.key,
-            "--kubelet-client-certificate", kubelet_cert, "--kubelet-client-key", kubelet_key]
+            "--kubelet-client-certificate", kubelet_cert, "--kubelet-client-key", kubelet_key,
+            # RBAC with the bindings a cluster gets from deploy/ (the one source of both).
+            "--authorization-mode", "RBAC", "--authorization-policy-file", LAB_POLICY]
     with open(os.path.join(sdir, "apiserver.log"), "ab") as out:
         proc = subprocess.Popen(netns.exec_argv(ctl_ns, argv), stdin=subprocess.DEVNULL, stdout=out,
                                 stderr=subprocess.STDOUT, pass_fds=(host_sock.fileno(),), start_new_session=True,
-                                cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+                                cwd=REPO)
     host_sock.close()  # the child has its own copy
     deadline = time.monotonic() + timeout
     while not os.path.exists(ready):

@@ -20,13 +20,12 @@ import asyncio
 import builtins
 import contextlib
 import copy
-import json
 import logging
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any
 
-from lab.apiserver import admission, direct, objects, patch
+from lab.apiserver import admission, direct, limits, objects, patch
 from lab.apiserver.allocator import Allocator, Reservation
 from lab.apiserver.cache import OWNER_INDEX, WatchCache
 from lab.apiserver.direct import WatchItem
@@ -36,6 +35,7 @@ from lab.apiserver.query import Query
 from lab.apiserver.resources import RESOURCES, ResourceType, by_kind
 from lab.apiserver.storage import KV, Compacted, Store, TxnFailed
 from lab.apiserver.strategy import Config, Strategy
+from lab.apiserver.validation import Causes
 
 log = logging.getLogger("lab.apiserver.registry")
 
@@ -249,12 +249,16 @@ class Registry:
             # Admission changes the object in place; only a generated name may need another try.
             new = copy.deepcopy(obj) if generated else obj
             objects.init_create(rt, new, ns)
+            rt.strategy.default_on_create(new, self._lookup)
             try:
                 return await self._write(rt, ns, new, None, dry_run)
             except ApiError as e:
                 if not (generated and e.reason == "AlreadyExists" and attempt < 2):
                     raise
         raise AssertionError("unreachable")
+
+    def _lookup(self, group: str, kind: str, index: str, value: str) -> builtins.list[dict]:
+        return self.cache.kind(by_kind(group, kind)).by_index(f"custom:{index}", value)
 
     async def update(self, rt: ResourceType, ns: str | None, name: str, body: Any, sub: str | None = None,
                      dry_run: bool = False) -> dict:
@@ -274,10 +278,7 @@ class Registry:
         if ptype is None:
             raise ApiError(415, f"the body of the request was in an unknown format - accepted media types "
                                 f"include: {', '.join(PATCH_TYPES)}", "UnsupportedMediaType")
-        try:
-            doc = json.loads(body or b"null")
-        except ValueError as e:
-            raise bad_request(f"the patch is not valid JSON: {e}") from None
+        doc = limits.decode_json(body or b"null", "the patch")
         for _ in range(5):
             old = await self.read(rt, ns, name)
             current = objects.with_rv(dict(old.value), old.mod_revision)
@@ -299,6 +300,10 @@ class Registry:
             if not isinstance(patched, dict):
                 raise bad_request("the patched object is not a JSON object")
             if view is not None:
+                causes = Causes()  # the view's own update rules (events.k8s.io's immutable fields)
+                view.validate(causes, patched, base, self.cfg)
+                if causes:
+                    raise invalid(rt.kind, name, causes.items, rt.group)
                 patched = view.to_stored(patched)
             want = objects.meta(patched).get("resourceVersion")
             if want and want != str(old.mod_revision):

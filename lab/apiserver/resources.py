@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from lab.apiserver.kinds import cluster, config, endpoints, events, networking, pods, services, workloads
+from lab.apiserver.kinds import cluster, config, endpoints, events, networking, pods, rbac, services, workloads
 from lab.apiserver.strategy import Strategy
 
 VERBS = ("create", "delete", "deletecollection", "get", "list", "patch", "update", "watch")
@@ -65,7 +65,8 @@ RESOURCES: tuple[ResourceType, ...] = (
                  strategy=cluster.Namespaces()),
     ResourceType("", "v1", "pods", "Pod", True, ("po",), ("status", "binding"), _ALL, _POD_FIELDS,
                  strategy=pods.Pods()),
-    ResourceType("", "v1", "services", "Service", True, ("svc",), ("status",), _ALL, strategy=services.Services()),
+    ResourceType("", "v1", "services", "Service", True, ("svc",), ("status",), _ALL, ("spec.clusterIP", "spec.type"),
+                 strategy=services.Services()),
     ResourceType("", "v1", "endpoints", "Endpoints", True, ("ep",), strategy=endpoints.Endpoints()),
     ResourceType("", "v1", "nodes", "Node", False, ("no",), ("status",), fields=("spec.unschedulable",),
                  strategy=cluster.Nodes()),
@@ -91,7 +92,14 @@ RESOURCES: tuple[ResourceType, ...] = (
                  strategy=networking.Ingresses()),
     ResourceType("networking.k8s.io", "v1", "ingressclasses", "IngressClass", False,
                  strategy=networking.IngressClasses()),
+    # The service ranges (kube-apiserver's default one, made by bootstrap); kube-proxy watches them.
+    ResourceType("networking.k8s.io", "v1", "servicecidrs", "ServiceCIDR", False, (), ("status",)),
     ResourceType("coordination.k8s.io", "v1", "leases", "Lease", True),
+    ResourceType(rbac.GROUP, "v1", "roles", "Role", True, strategy=rbac.Roles()),
+    ResourceType(rbac.GROUP, "v1", "clusterroles", "ClusterRole", False, strategy=rbac.ClusterRoles()),
+    ResourceType(rbac.GROUP, "v1", "rolebindings", "RoleBinding", True, strategy=rbac.RoleBindings()),
+    ResourceType(rbac.GROUP, "v1", "clusterrolebindings", "ClusterRoleBinding", False,
+                 strategy=rbac.ClusterRoleBindings()),
 )
 
 # Views of another kind's storage (the strategy's `stored_as`): routed, listed in discovery, and

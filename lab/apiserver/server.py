@@ -24,7 +24,19 @@ from typing import Any
 from aiohttp import web
 
 from knet import metrics
-from lab.apiserver import auth, discovery, metricsapi, nodeproxy, objects, tables, watchstream
+from lab.apiserver import (
+    auth,
+    discovery,
+    limits,
+    metricsapi,
+    nodeproxy,
+    objects,
+    rbac,
+    requestinfo,
+    tables,
+    watchstream,
+)
+from lab.apiserver.authorizer import AlwaysAllow, RbacAuthorizer
 from lab.apiserver.direct import WatchItem
 from lab.apiserver.errors import ApiError, bad_request, invalid
 from lab.apiserver.query import Query
@@ -106,11 +118,15 @@ async def _converted(events: AsyncGenerator[WatchItem, None], view: Strategy) ->
 
 
 class ApiServer:
-    def __init__(self, registry: Registry, tokens: dict[str, str], server_address: str = "",
-                 metrics_registry: metrics.Registry | None = None, *,
+    def __init__(self, registry: Registry, tokens: dict[str, auth.User], server_address: str = "",
+                 metrics_registry: metrics.Registry | None = None, authorization_mode: str = "AlwaysAllow", *,
                  kubelet_tls: ssl.SSLContext | None = None) -> None:
         self.registry = registry
         self.tokens = tokens
+        # As kube-apiserver: requests without a token are system:anonymous (then authorized like any
+        # other: 403 unless a binding allows), except with AlwaysAllow, which turns anonymous off (401).
+        self.authorizer = RbacAuthorizer(registry.cache) if authorization_mode == "RBAC" else AlwaysAllow()
+        self.anonymous = authorization_mode != "AlwaysAllow"
         self.server_address = server_address
         self.node_proxy = nodeproxy.NodeProxy(self._get_object, kubelet_tls)
         self.metrics_api = metricsapi.MetricsApi(self._list_objects, self.node_proxy.get)
@@ -125,7 +141,7 @@ class ApiServer:
         self.objects = self.metrics.gauge("apiserver_storage_objects", "objects stored, by resource",
                                           ["resource"])
         self.stopping = asyncio.Event()  # set on shutdown: open watches end cleanly
-        self.app = web.Application(middlewares=[self._middleware], client_max_size=8 * 1024 * 1024)
+        self.app = web.Application(middlewares=[self._middleware], client_max_size=limits.MAX_REQUEST_BODY_BYTES)
         self.app.router.add_route("*", "/{tail:.*}", self._dispatch)
 
     @web.middleware
@@ -134,16 +150,22 @@ class ApiServer:
         user = "-"
         try:
             if not request.path.startswith(PUBLIC):
-                found = auth.authenticate(self.tokens, request.headers.get("Authorization"))
-                if found is None:
-                    raise ApiError(401, "Unauthorized")
-                user = request["user"] = found
+                found = self._authenticate(request)
+                user = request["user"] = found.name
+                if found.uid and found.uid != found.name:  # which credential (the lab's components share users)
+                    user = f"{found.name} uid={found.uid}"
+                self._authorize(request, found)
             resp = await handler(request)
         except ApiError as e:
             resp = _json(e.status(), e.code)
+        except web.HTTPRequestEntityTooLarge:  # the body grew past client_max_size while being read
+            resp = _json(limits.too_large().status(), 413)
         except StoreError as e:
-            log.error("storage: %s", e)
-            resp = _json(ApiError(503, f"storage unavailable: {e}", "ServiceUnavailable").status(), 503)
+            if "request is too large" in str(e):  # etcd's own limit (--max-request-bytes), below ours
+                resp = _json(ApiError(413, f"Request entity too large: {e}", "RequestEntityTooLarge").status(), 413)
+            else:
+                log.error("storage: %s", e)
+                resp = _json(ApiError(503, f"storage unavailable: {e}", "ServiceUnavailable").status(), 503)
         except (asyncio.CancelledError, ConnectionResetError):
             raise
         except Exception as e:
@@ -156,6 +178,21 @@ class ApiServer:
             self.durations.observe(elapsed, request.method, request.get("resource", ""))
         log.info("%s %s user=%s code=%d %.1fms", request.method, request.path_qs, user, code, elapsed * 1000)
         return resp
+
+    def _authenticate(self, request: web.Request) -> auth.User:
+        header = request.headers.get("Authorization")
+        found = auth.authenticate(self.tokens, header)
+        if found is not None:
+            return found
+        if header is None and self.anonymous:
+            return auth.ANONYMOUS
+        raise ApiError(401, "Unauthorized")
+
+    def _authorize(self, request: web.Request, user: auth.User) -> None:
+        attrs = requestinfo.attributes(request.method, request.path, request.query, user.name, user.groups)
+        decision = self.authorizer.authorize(attrs)
+        if not decision.allowed:
+            raise rbac.forbidden(attrs, decision.reason)
 
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
         path = request.path.rstrip("/") or "/"
@@ -209,7 +246,7 @@ class ApiServer:
         return _json(doc)
 
     async def _body(self, request: web.Request, required: bool = True) -> Any:
-        raw = await request.read()
+        raw = await self._raw_body(request)
         if not raw.strip():
             if required:
                 raise bad_request("the request body is empty")
@@ -217,10 +254,15 @@ class ApiServer:
         if "protobuf" in request.content_type or "yaml" in request.content_type:
             raise ApiError(415, f"the body of the request was in an unknown format - accepted media types "
                                 f"include: application/json (got {request.content_type})", "UnsupportedMediaType")
-        try:
-            return json.loads(raw)
-        except ValueError as e:
-            raise bad_request(f"the body of the request could not be decoded as JSON: {e}") from None
+        return limits.decode_json(raw)
+
+    @staticmethod
+    async def _raw_body(request: web.Request) -> bytes:
+        """The body, refused (413) from its Content-Length before it is read when that is over the
+        limit (aiohttp's client_max_size stops a chunked one while it is read)."""
+        if (request.content_length or 0) > limits.MAX_REQUEST_BODY_BYTES:
+            raise limits.too_large()
+        return await request.read()
 
     async def _resource(self, request: web.Request, t: Target) -> web.StreamResponse:
         request["resource"] = t.rt.plural
@@ -263,7 +305,7 @@ class ApiServer:
             return _json(await reg.update(rt, t.namespace, t.name, body, t.sub, dry_run))
         elif method == "PATCH" and t.name is not None:
             return _json(await reg.patch(rt, t.namespace, t.name, request.headers.get("Content-Type", ""),
-                                         await request.read(), t.sub, dry_run))
+                                         await self._raw_body(request), t.sub, dry_run))
         elif method == "DELETE" and t.sub is None:
             options, dry_run = await self._delete_options(request, dry_run)
             if t.name is None:
@@ -313,12 +355,15 @@ class ApiServer:
             body = await self._body(request)
             if not isinstance(body, dict):
                 raise bad_request(f"the body of the request must be a {t.rt.kind} object")
+            causes = Causes()  # the view's own rules; the stored kind's follow in the registry
+            meta = body.get("metadata")
+            if isinstance(meta, dict) and t.namespace and not meta.get("namespace"):
+                meta["namespace"] = t.namespace  # as the request says (the view's checks compare it)
+            current = None if method == "POST" else view.from_stored(await reg.get(stored, t.namespace, t.name))
+            view.validate(causes, body, current, reg.cfg)
+            if causes:
+                raise invalid(t.rt.kind, objects.get_path(body, "metadata", "name") or "", causes.items, t.rt.group)
             if method == "POST":
-                causes = Causes()
-                view.validate(causes, body, None, reg.cfg)
-                if causes:
-                    raise invalid(t.rt.kind, objects.get_path(body, "metadata", "name") or "", causes.items,
-                                  t.rt.group)
                 return _json(view.from_stored(await reg.create(stored, t.namespace, view.to_stored(body), dry_run)),
                              201)
             assert t.name is not None

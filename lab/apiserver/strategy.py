@@ -10,7 +10,7 @@ differs. The kinds' strategies live in `lab/apiserver/kinds/`, and `resources.py
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -18,7 +18,9 @@ from lab.apiserver import tables
 from lab.apiserver.allocator import DEFAULT_SERVICE_CIDR, NodePortRange, Reservation, ServiceCIDR, Space
 from lab.apiserver.validation import Causes
 
-NAME_RULES = ("subdomain", "label", "dns1035")
+# (group, kind, custom index, value) -> the cached objects of that kind with that index value.
+Lookup = Callable[[str, str, str, str], list[dict[str, Any]]]
+NAME_RULES = ("subdomain", "label", "dns1035", "path")
 
 
 @dataclass(frozen=True)
@@ -41,7 +43,8 @@ class Deletion:
 
 class Strategy:
     # How metadata.name is validated: "subdomain" (RFC 1123 subdomain, most kinds), "label"
-    # (RFC 1123 label: namespaces), "dns1035" (services: the name is a DNS label in their records).
+    # (RFC 1123 label: namespaces), "dns1035" (services: the name is a DNS label in their records),
+    # "path" (a URL path segment: RBAC objects, named like `system:discovery`).
     name_rule: ClassVar[str] = "subdomain"
     # A create may not set status: it belongs to a controller or an agent (PrepareForCreate).
     status_from_controllers: ClassVar[bool] = False
@@ -61,6 +64,8 @@ class Strategy:
     # A view of another kind's storage (group, kind), converted both ways (events.k8s.io/v1 Events
     # over the core ones): the registry and the watch cache know only the stored kind.
     stored_as: ClassVar[tuple[str, str] | None] = None
+    # Indexes of the kind's own (values from `index_values`): RBAC bindings by subject.
+    custom_indexes: ClassVar[tuple[str, ...]] = ()
     # `kubectl get` columns (meta.k8s.io Table), matching `row`.
     columns: ClassVar[list[dict[str, Any]]] = [tables.NAME, tables.AGE]
 
@@ -71,6 +76,10 @@ class Strategy:
 
     def validate(self, c: Causes, obj: dict[str, Any], old: dict[str, Any] | None, cfg: Config) -> None:
         """Add a cause for every invalid field (metadata is validated generically)."""
+
+    def default_on_create(self, obj: dict[str, Any], lookup: Lookup) -> None:
+        """Defaults of a create that depend on other objects (kube-apiserver's mutating admission
+        plugins, e.g. DefaultIngressClass), read through `lookup` (the watch cache's indexes)."""
 
     # --- allocation: claimed and released here, written by the registry ----------------------------
 
@@ -121,6 +130,10 @@ class Strategy:
     def row(self, obj: dict[str, Any]) -> list[Any]:
         """The Table cells of `obj`, one per column."""
         return [tables.name(obj), tables.age(obj)]
+
+    def index_values(self, name: str, obj: dict[str, Any]) -> list[str]:
+        """The values of the custom index `name` for `obj` (the watch cache keeps it current)."""
+        return []
 
     def scale_selector(self, obj: dict[str, Any]) -> str:
         """The Scale subresource's status.selector (a label selector's string form)."""

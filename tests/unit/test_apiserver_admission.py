@@ -251,3 +251,33 @@ def test_networking_kinds():
     assert causes == [] and obj["data"] == {"k": "dg=="} and obj["type"] == "Opaque"
     _, causes = admit(secret, {"metadata": {"name": "s"}, "data": {"k": "%%%"}})
     assert fields(causes) == ["data[k]"] and "redacted" in causes[0]["message"]  # secrets never echoed
+
+
+def test_default_ingress_class_is_the_newest_default() -> None:
+    from lab.apiserver.kinds import networking
+
+    def cls(name: str, created: str) -> dict:
+        return {"metadata": {"name": name, "creationTimestamp": created}}
+    assert networking.default_class([]) is None
+    assert networking.default_class([cls("old", "2026-01-01T00:00:00Z"), cls("new", "2026-02-01T00:00:00Z"),
+                                     cls("mid", "2026-01-15T00:00:00Z")]) == "new"
+    assert networking.default_class([cls("b", "2026-01-01T00:00:00Z"), cls("a", "2026-01-01T00:00:00Z")]) == "a"
+    ing = networking.Ingresses()
+    seen = []
+
+    def lookup(group: str, kind: str, index: str, value: str) -> list[dict]:
+        seen.append((group, kind, index, value))
+        return [cls("nginx", "2026-01-01T00:00:00Z")]
+    obj: dict = {"metadata": {"name": "i"}, "spec": {"rules": []}}
+    ing.default_on_create(obj, lookup)
+    assert obj["spec"]["ingressClassName"] == "nginx"
+    assert seen == [("networking.k8s.io", "IngressClass", "default", "true")]
+    named = {"metadata": {"name": "i"}, "spec": {"ingressClassName": "other"}}
+    ing.default_on_create(named, lookup)
+    assert named["spec"]["ingressClassName"] == "other"
+    legacy = {"metadata": {"name": "i", "annotations": {"kubernetes.io/ingress.class": "x"}}, "spec": {}}
+    ing.default_on_create(legacy, lookup)
+    assert "ingressClassName" not in legacy["spec"]
+    marked = {"metadata": {"annotations": {"ingressclass.kubernetes.io/is-default-class": "true"}}}
+    assert networking.IngressClasses().index_values("default", marked) == ["true"]
+    assert networking.IngressClasses().index_values("default", {"metadata": {}}) == []

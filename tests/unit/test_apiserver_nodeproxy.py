@@ -149,14 +149,20 @@ def test_events_v1_creates_need_what_kube_apiserver_requires() -> None:
     from lab.apiserver.kinds import events as eventsv1
     from lab.apiserver.validation import Causes
 
-    c = Causes()
-    eventsv1.validate_v1(c, {"note": "x" * 1025, "type": "Odd"})
-    assert {i["field"] for i in c.items} == {"eventTime", "reportingController", "reportingInstance", "action",
-                                             "reason", "note", "type"}
-    ok = Causes()
-    eventsv1.validate_v1(ok, {"eventTime": "2024-01-01T00:00:00.000000Z", "reportingController": "x/y",
-                           "reportingInstance": "i", "action": "Bound", "reason": "Scheduled", "type": "Normal"})
-    assert not ok
+    def fields(v1: dict) -> set[str]:
+        c = Causes()
+        eventsv1.validate_v1(c, {"metadata": {"namespace": "ns1"}, **v1})
+        return {i["field"] for i in c.items}
+
+    # As kube-apiserver's validateEventCreate: without an eventTime, the legacy checks are only the
+    # namespace agreement; with one, the reporting fields and the note's length.
+    assert fields({"note": "x" * 1025, "type": "Odd"}) == {"eventTime", "type", "involvedObject.namespace"}
+    assert fields({"eventTime": "2024-01-01T00:00:00.000000Z", "note": "x" * 1025, "type": "Normal",
+                   "regarding": {"namespace": "ns1"}, "deprecatedCount": 2}) == {
+        "reportingController", "reportingInstance", "action", "reason", "message", "count"}
+    assert not fields({"eventTime": "2024-01-01T00:00:00.000000Z", "reportingController": "x/y",
+                       "reportingInstance": "i", "action": "Bound", "reason": "Scheduled", "type": "Normal",
+                       "regarding": {"namespace": "ns1"}})
 
 
 def test_event_leases_are_shared_within_the_reuse_window() -> None:

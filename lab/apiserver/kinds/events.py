@@ -28,6 +28,8 @@ API_VERSION = f"{GROUP}/{VERSION}"
 RENAMED = (("involvedObject", "regarding"), ("message", "note"), ("source", "deprecatedSource"),
            ("firstTimestamp", "deprecatedFirstTimestamp"), ("lastTimestamp", "deprecatedLastTimestamp"),
            ("count", "deprecatedCount"), ("reportingComponent", "reportingController"))
+IMMUTABLE_ON_UPDATE = ("involvedObject", "reason", "message", "source", "firstTimestamp", "lastTimestamp", "count",
+                       "type", "eventTime", "action", "related", "reportingComponent", "reportingInstance")
 SHARED = ("metadata", "reason", "type", "action", "related", "series", "eventTime", "reportingInstance")
 _TO_V1 = dict(RENAMED)
 _TO_CORE = {v1: core for core, v1 in RENAMED}
@@ -73,16 +75,34 @@ def field_selector_to_core(selector: str) -> str:
 
 
 def validate_v1(c: Causes, v1: dict[str, Any]) -> None:
-    """What kube-apiserver requires of an Event created through events.k8s.io/v1."""
+    """What kube-apiserver requires of an Event created through events.k8s.io/v1: the legacy
+    checks every Event passes (namespace agreement; with an eventTime, the reporting fields), then
+    the strict ones of this API. Field names as kube-apiserver reports them."""
+    ns = str((v1.get("metadata") or {}).get("namespace") or "")
+    regarding_ns = str((v1.get("regarding") or {}).get("namespace") or "")
+    if not v1.get("eventTime"):
+        if (not regarding_ns and ns not in ("", "default")) or (regarding_ns and regarding_ns != ns):
+            c.invalid("involvedObject.namespace", regarding_ns, "does not match event.namespace")
+    else:
+        if not regarding_ns and ns not in ("default", "kube-system"):
+            c.invalid("involvedObject.namespace", regarding_ns, "does not match event.namespace")
+        for field, limit in (("reportingController", 0), ("reportingInstance", 128), ("action", 128),
+                             ("reason", 128)):
+            value = str(v1.get(field) or "")
+            if not value:
+                c.required(field)
+            elif limit and len(value) > limit:
+                c.invalid(field, "", f"can have at most {limit} characters")
+        if len(str(v1.get("note", ""))) > 1024:
+            c.invalid("message", "", "can have at most 1024 characters")
     if not v1.get("eventTime"):
         c.required("eventTime")
-    for field in ("reportingController", "reportingInstance", "action", "reason"):
-        if not v1.get(field):
-            c.required(field)
-    if len(str(v1.get("note", "")).encode()) > 1024:
-        c.add("FieldValueTooLong", "note", "Too long: may not be more than 1024 bytes")
-    if v1.get("type") not in (None, "Normal", "Warning"):
-        c.unsupported("type", v1.get("type"), ["Normal", "Warning"])
+    if v1.get("type") not in ("Normal", "Warning"):
+        c.invalid("type", "", f"has invalid value: {v1.get('type') or ''}")
+    for v1_field, core in (("deprecatedFirstTimestamp", "firstTimestamp"), ("deprecatedLastTimestamp", "lastTimestamp"),
+                           ("deprecatedCount", "count"), ("deprecatedSource", "source")):
+        if v1.get(v1_field):
+            c.invalid(core, "", "needs to be unset")
 
 
 class Events(Strategy):
@@ -106,6 +126,14 @@ class EventsV1(Events):
     def validate(self, c: Causes, obj: dict[str, Any], old: dict[str, Any] | None, cfg: Config) -> None:
         if old is None:
             validate_v1(c, obj)
+            return
+        # An update through events.k8s.io may change only the series and counts (kube-apiserver's
+        # ValidateEventUpdate for this API; core/v1 updates keep the legacy freedom). The causes
+        # name the core fields, as kube-apiserver's do.
+        new, prev = (x if x.get("apiVersion") != API_VERSION else to_core(x) for x in (obj, old))
+        for name in IMMUTABLE_ON_UPDATE:
+            if new.get(name) != prev.get(name):
+                c.immutable(name, new.get(name))
 
     def to_stored(self, obj: dict[str, Any]) -> dict[str, Any]:
         return to_core(obj)

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from knet.kube.models.networking import DEFAULT_INGRESS_CLASS_ANNOTATION
 from lab.apiserver import tables
-from lab.apiserver.strategy import Config, Strategy
+from lab.apiserver.strategy import Config, Lookup, Strategy
 from lab.apiserver.tables import AGE, NAME, NONE, column, get
 from lab.apiserver.validation import WILDCARD_DNS, Causes
 
@@ -151,9 +152,33 @@ class NetworkPolicies(Strategy):
         return [tables.name(obj), tables.label_selector(get(obj, "spec", "podSelector")), tables.age(obj)]
 
 
+LEGACY_CLASS_ANNOTATION = "kubernetes.io/ingress.class"
+DEFAULT_INDEX = "default"
+
+
+def default_class(classes: list[dict[str, Any]]) -> str | None:
+    """The default IngressClass among those annotated as default: the newest, the first name
+    among equally new ones (as the DefaultIngressClass admission plugin chooses). RFC 3339 times
+    in UTC sort as text; a stable sort keeps the names' order among equal times."""
+    by_name = sorted(classes, key=lambda c: get(c, "metadata", "name", default=""))
+    ranked = sorted(by_name, key=lambda c: get(c, "metadata", "creationTimestamp", default=""), reverse=True)
+    return get(ranked[0], "metadata", "name") if ranked else None
+
+
 class Ingresses(Strategy):
     status_from_controllers = True
     columns = [NAME, column("Class"), column("Hosts"), column("Address"), column("Ports"), AGE]
+
+    def default_on_create(self, obj: dict[str, Any], lookup: Lookup) -> None:
+        """DefaultIngressClass: an Ingress naming no class (neither the field nor the legacy
+        annotation) gets the default one, if there is one."""
+        spec = obj.get("spec")
+        annotations = get(obj, "metadata", "annotations", default=None) or {}
+        if not isinstance(spec, dict) or spec.get("ingressClassName") or LEGACY_CLASS_ANNOTATION in annotations:
+            return
+        name = default_class(lookup("networking.k8s.io", "IngressClass", DEFAULT_INDEX, "true"))
+        if name:
+            spec["ingressClassName"] = name
 
     def validate(self, c: Causes, obj: dict[str, Any], old: dict[str, Any] | None, cfg: Config) -> None:
         _validate_ingress(c, obj)
@@ -168,6 +193,11 @@ class Ingresses(Strategy):
 
 class IngressClasses(Strategy):
     columns = [NAME, column("Controller"), column("Parameters"), AGE]
+    custom_indexes = (DEFAULT_INDEX,)
+
+    def index_values(self, name: str, obj: dict[str, Any]) -> list[str]:
+        """The default classes (annotated `is-default-class: "true"`) under "true"."""
+        return ["true"] if get(obj, "metadata", "annotations", DEFAULT_INGRESS_CLASS_ANNOTATION) == "true" else []
 
     def validate(self, c: Causes, obj: dict[str, Any], old: dict[str, Any] | None, cfg: Config) -> None:
         if not get(obj, "spec", "controller"):

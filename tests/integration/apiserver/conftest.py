@@ -26,13 +26,15 @@ from dataclasses import dataclass
 
 import pytest
 
+from knet_testing import anchors
 from knet_testing.apiserver_env import REPO, Etcd, start_apiserver, start_etcd, stop
 from lab.apiserver import auth
-from tests.integration import anchors
 
 KUBECTL_DIR = os.path.join(REPO, ".venv", "kubectl-1.20")
 ADMIN_TOKEN = "admin-" + uuid.uuid4().hex
 OTHER_TOKEN = "kproxy-" + uuid.uuid4().hex
+# A user bound to nothing (no groups of its own): what RBAC tests grant things to.
+JANE_TOKEN = "jane-" + uuid.uuid4().hex
 KCM_TOKEN = "kcm-" + uuid.uuid4().hex
 
 
@@ -53,12 +55,14 @@ class Server:
 
 def start_server(etcd: Etcd, tmp: str, prefix: str, extra: list[str] = (), flavour: str = "lab",
                  controllers: bool = False) -> Server:
-    tokens = f"# test tokens\n{ADMIN_TOKEN},admin,admin\n{OTHER_TOKEN},kproxy,kproxy\n"
+    # Both servers authorize with RBAC: admin and kproxy in system:masters, jane in no group.
+    tokens = f'# test tokens\n{ADMIN_TOKEN},admin,admin\n{OTHER_TOKEN},kproxy,kproxy\n{JANE_TOKEN},jane,jane,""\n'
     if flavour == "real":
         p = anchors.start_kube_apiserver(tmp, etcd.url, prefix, tokens + f"{KCM_TOKEN},{anchors.KCM_USER}\n",
                                          *extra)
     else:
-        p = start_apiserver(tmp, etcd.url, prefix, tokens, *extra)
+        p = start_apiserver(tmp, etcd.url, prefix, anchors.kube_tokens(tokens), "--authorization-mode", "RBAC",
+                            *extra)
     url = p.urls[0]
     kubeconfig = auth.write_kubeconfig(os.path.join(tmp, "admin.kubeconfig"), url, "admin", ADMIN_TOKEN, "test",
                                        p.certs.ca_pem())

@@ -19,9 +19,9 @@ from kubernetes import client
 from kubernetes.client import ApiClient
 
 from knet.kube import client as kc
+from knet_testing import anchors
 from knet_testing.apiserver_env import free_port, start, start_apiserver, stop, tail, wait_for
 from lab.apiserver import auth
-from tests.integration import anchors
 from tests.integration.apiserver.conftest import ADMIN_TOKEN, Server
 
 pytestmark = pytest.mark.integration

@@ -22,7 +22,9 @@ from tests.integration.deploy.conftest import BIN, Deployed, http_get, wait_for
 
 pytestmark = pytest.mark.integration
 POD = "deploy-a"
-LOG_LINE = re.compile(r'msg="(GET|POST|PUT|PATCH|DELETE) (\S+) user=(\S+) code=(\d+)')
+# The lab's components authenticate as deploy/'s ServiceAccounts (kproxy, netpolicy and flannel as
+# one); each credential's lab key is its uid, which the log line names after the user.
+LOG_LINE = re.compile(r'msg="(GET|POST|PUT|PATCH|DELETE) (\S+) user=\S+ uid=(\S+) code=(\d+)')
 USERS = {"flannel": "knet:flannel", "kproxy": "knet:kproxy", "netpolicy": "knet:netpolicy", "kdns": "knet:kdns",
          "ingress": "knet:ingress"}
 

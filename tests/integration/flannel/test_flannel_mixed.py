@@ -8,8 +8,8 @@ from __future__ import annotations
 import pytest
 
 from knet import netns
+from knet_testing.anchors import binary, missing
 from knet_testing.flannel import ETCD_URL, PREFIX, Node, Topo, wait_for
-from tests.integration.anchors import binary, missing
 from tests.integration.flannel.conftest import VXLAN_CONFIG, _topo
 from tests.integration.flannel.test_flannel_vxlan import assert_pods_talk, has_remote, lease, ping, vtep_mac
 

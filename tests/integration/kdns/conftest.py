@@ -27,9 +27,9 @@ import pytest
 
 from knet import netns
 from knet.kube import client as kc
+from knet_testing import anchors
 from knet_testing.apiserver_env import HOST, free_port, start, start_apiserver, start_etcd, stop, tail, wait_for
 from knet_testing.kdns import FakeUpstream
-from tests.integration import anchors
 
 OWNERS = "/run/knet/kdns-tests"  # namespace name -> pid of the test session that made it
 
@@ -222,7 +222,7 @@ def kdns(request: pytest.FixtureRequest, kdns_processes: Callable[[str], Kdns]) 
 @pytest.fixture(scope="session")
 def coredns(apiserver: ApiServer, upstream: FakeUpstream, workdir: str) -> Iterator[DnsServer]:
     """CoreDNS with its kubernetes plugin on the same API server and upstream, configured as kdns
-    runs (tests.integration.anchors.corefile)."""
+    runs (knet_testing.anchors.corefile)."""
     if why := anchors.missing("coredns"):
         pytest.skip(why)
     c = anchors.start_coredns(os.path.join(workdir, "coredns"), apiserver.kubeconfig, upstream.address,

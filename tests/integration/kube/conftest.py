@@ -16,8 +16,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from knet_testing import anchors
 from knet_testing.apiserver_env import Etcd, free_port, start_apiserver, start_etcd, stop, tail
-from tests.integration import anchors
 
 TOKEN = "kube-informer-" + uuid.uuid4().hex
 

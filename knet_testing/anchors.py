@@ -44,13 +44,13 @@ def missing(*names: str) -> str:
 
 def kube_tokens(tokens: str) -> str:
     """The lab's tokens file (token,user[,uid] lines) in kube-apiserver's --token-auth-file form,
-    every user in system:masters: the lab's authorization (none) as RBAC states it."""
+    every user in system:masters unless its line names its groups (`token,user,uid,"groups"`)."""
     out = []
     for line in tokens.splitlines():
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         token, user, *rest = [f.strip() for f in line.split(",")]
-        out.append(f'{token},{user},{rest[0] if rest else user},"{MASTERS}"')
+        out.append(line.strip() if len(rest) >= 2 else f'{token},{user},{rest[0] if rest else user},"{MASTERS}"')
     return "\n".join(out) + "\n"
 
 
