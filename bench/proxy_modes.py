@@ -531,19 +531,19 @@ def measure_scale(tl: TrafficLab, sizes: list[int], count: int, progress) -> dic
                 backend = backends.create(tl.mode, cfg, opts)
                 for n in sizes:
                     ports = [*generated_ports(n - 1, avoid=tl.vip), real]
-                    backend.sync(ports, full=True)  # program them (from the previous size)
+                    backends.sync_all(backend, ports, full=True)  # program them (from the previous size)
                     fp = first_packet(tl, count)
                     fulls = []
                     for _ in range(2):
                         t = time.perf_counter()
-                        backend.sync(ports, full=True)
+                        backends.sync_all(backend, ports, full=True)
                         fulls.append(time.perf_counter() - t)
                     changes = []
                     for g in range(3):
                         if n > 1:
                             ports = changed(ports, (g * 7919) % (n - 1), g)
                         t = time.perf_counter()
-                        backend.sync(ports, full=False)
+                        backends.sync_all(backend, ports, full=False)
                         changes.append(time.perf_counter() - t)
                     # The faster of two full resyncs against the median change: change/full
                     # is, if anything, overstated.

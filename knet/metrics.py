@@ -195,23 +195,22 @@ class Registry:
         return self.exposition()[0].decode()
 
 
-def serve(registry: Registry, address: str, health: Callable[[], tuple[bool, str]] | None = None,
-          ) -> ThreadingHTTPServer:
-    """Serve /metrics and /healthz on "host:port" from a daemon thread; returns the server."""
+Answer = Callable[[str, Any], tuple[int, bytes, str]]  # (path, request headers) -> (code, body, content type)
+
+
+def serve_http(address: str, answer: Answer, name: str = "http") -> ThreadingHTTPServer:
+    """A small GET-only HTTP server on "host:port" (or "[v6]:port") from a daemon thread: every
+    request is answered by `answer`. The metrics endpoint below, and the daemons' other small
+    endpoints (kproxy's healthz and health check ports), are this."""
     host, _, port = address.rpartition(":")
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
-            path = self.path.split("?")[0]
-            if path == "/metrics":
-                code, (data, ctype) = 200, registry.exposition(self.headers.get("Accept"))
-            elif path in ("/healthz", "/health", "/livez", "/readyz"):
-                ok, why = health() if health else (True, "ok")
-                code, data, ctype = (200 if ok else 503), (why + "\n").encode(), "text/plain; charset=utf-8"
-            else:
-                code, data, ctype = 404, b"not found\n", "text/plain; charset=utf-8"
+            code, data, ctype = answer(self.path.split("?")[0], self.headers)
             self.send_response(code)
             self.send_header("Content-Type", ctype)
+            if ctype.startswith("application/json"):
+                self.send_header("X-Content-Type-Options", "nosniff")
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
             with contextlib.suppress(OSError):
@@ -222,5 +221,21 @@ def serve(registry: Registry, address: str, health: Callable[[], tuple[bool, str
 
     server = ThreadingHTTPServer((host.strip("[]") or "0.0.0.0", int(port)), Handler)
     server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
+    threading.Thread(target=server.serve_forever, name=name, daemon=True).start()
     return server
+
+
+def serve(registry: Registry, address: str, health: Callable[[], tuple[bool, str]] | None = None,
+          ) -> ThreadingHTTPServer:
+    """Serve /metrics and /healthz on "host:port" from a daemon thread; returns the server."""
+
+    def answer(path: str, headers: Any) -> tuple[int, bytes, str]:
+        if path == "/metrics":
+            data, ctype = registry.exposition(headers.get("Accept"))
+            return 200, data, ctype
+        if path in ("/healthz", "/health", "/livez", "/readyz"):
+            ok, why = health() if health else (True, "ok")
+            return (200 if ok else 503), (why + "\n").encode(), "text/plain; charset=utf-8"
+        return 404, b"not found\n", "text/plain; charset=utf-8"
+
+    return serve_http(address, answer, "metrics")

@@ -9,7 +9,7 @@ component says what is its own (`<component>/uninstall.py`), this command only c
              it; iptables chains KUBE-* in every table (iptables and ip6tables) and the rules
              jumping to them, except kubelet's own KUBE-FIREWALL / KUBE-KUBELET-CANARY /
              KUBE-IPTABLES-HINT (kubelet owns and recreates them); its cgroup programs on --cgroup
-             (default: the kubepods cgroup)
+             (default: the kubepods cgroup); the nftables mode's table `ip kube-proxy`
   netpolicy  the nftables table `inet knet-netpol`
   flannel_py flannel.<VNI> (vxlan) with its routes, neighbours and FDB entries; remaining static
              routes into the cluster Network (host-gw: `<subnet> via <node>`); chains FLANNEL-*;

@@ -1,4 +1,5 @@
-"""Stale UDP conntrack entries: which to delete when endpoints change (pure), and deleting them.
+"""Stale UDP conntrack entries: which to delete when endpoints change (pure), and deleting them;
+and the conntrack sysctls of kube-proxy's configuration.
 
 UDP has no connection teardown, so a client keeps sending to a DNAT'ed backend that is gone
 until its conntrack entry expires (the classic stale-DNS problem). kube-proxy deletes entries
@@ -9,8 +10,10 @@ a reject from the time there were none).
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from kproxy.config import Conntrack
 from kproxy.model import ServicePort, cluster_endpoints
 
 
@@ -52,6 +55,12 @@ def stale_flushes(old: ServicePort | None, new: ServicePort | None) -> list[Flus
     return out
 
 
+def flush_stale(old: Mapping[str, ServicePort], new: Mapping[str, ServicePort], changed: Iterable[str]) -> int:
+    """After a sync has programmed `new`: delete the stale entries of the `changed` service ports."""
+    flushes = [f for k in changed for f in stale_flushes(old.get(k), new.get(k))]
+    return apply(flushes) if flushes else 0
+
+
 def apply(flushes: list[Flush]) -> int:
     """Run the deletions; "0 flow entries deleted" exits 1 and is not an error."""
     done = 0
@@ -60,3 +69,46 @@ def apply(flushes: list[Flush]) -> int:
         if proc.returncode == 0:
             done += 1
     return done
+
+
+# --- conntrack settings (KubeProxyConfiguration.conntrack) ---------------------------------------
+
+SYSCTL_DIR = "/proc/sys/net/netfilter"
+
+
+def sysctl_plan(ct: Conntrack, cpus: int) -> list[tuple[str, int]]:
+    """The conntrack sysctls kube-proxy sets for these settings, as (name, value): the table size
+    max(maxPerCore x CPUs, min) when maxPerCore > 0, the TCP established / close-wait timeouts,
+    be_liberal when asked for, and the UDP timeouts when given (0 or unset: left alone). The hash
+    table size (/sys/module/nf_conntrack/parameters/hashsize) is a module parameter of the whole
+    machine: kproxy leaves it, where kube-proxy sets it to a quarter of the table size."""
+    plan: list[tuple[str, int]] = []
+    if ct.max_per_core:
+        plan.append(("nf_conntrack_max", max(ct.max_per_core * cpus, ct.min or 0)))
+    for name, seconds in (("nf_conntrack_tcp_timeout_established", ct.tcp_established_timeout),
+                          ("nf_conntrack_tcp_timeout_close_wait", ct.tcp_close_wait_timeout),
+                          ("nf_conntrack_udp_timeout", ct.udp_timeout),
+                          ("nf_conntrack_udp_timeout_stream", ct.udp_stream_timeout)):
+        if seconds:
+            plan.append((name, int(seconds)))
+    if ct.tcp_be_liberal:
+        plan.append(("nf_conntrack_tcp_be_liberal", 1))
+    return plan
+
+
+def apply_sysctls(plan: list[tuple[str, int]], directory: str = SYSCTL_DIR) -> list[str]:
+    """Write each sysctl that differs, in the calling thread's network namespace (the timeouts are
+    per namespace; nf_conntrack_max is writable only in the machine's first namespace, elsewhere
+    it is read-only and left). Returns one line per value not set."""
+    problems = []
+    for name, value in plan:
+        path = f"{directory}/{name}"
+        try:
+            with open(path) as f:
+                if int(f.read().strip() or 0) == value:
+                    continue
+            with open(path, "w") as f:
+                f.write(f"{value}\n")
+        except (OSError, ValueError) as e:
+            problems.append(f"{name}={value} not set: {getattr(e, 'strerror', None) or e}")
+    return problems

@@ -9,7 +9,11 @@ usable endpoint and is rejected or dropped, and where masquerading applies.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import TypeVar
+
+from knet.kube.endpoints import usable
 
 DEFAULT_AFFINITY_SECONDS = 10800
 MASQ_MARK = "0x4000"  # kube-proxy's masquerade mark, shared with flannel's "RETURN marked" rule
@@ -33,6 +37,8 @@ class SyncResult:
     services_written: int  # service ports whose data-path state was (re)written
     rules: int  # rules / map entries / elements written
     seconds: float
+    tables: dict[str, int] = field(default_factory=dict)  # iptables: rules owned per table (after the sync)
+    written: dict[str, int] = field(default_factory=dict)  # iptables: rules written per table by this sync
 
 
 @dataclass(frozen=True)
@@ -85,13 +91,32 @@ class ServicePort:
                [(ip, "loadbalancer IP") for ip in self.load_balancer_ips]
 
 
-def usable(endpoints: tuple[Endpoint, ...] | list[Endpoint]) -> list[Endpoint]:
-    """Endpoints for new connections: the ready ones; if none is ready, the serving terminating
-    ones (kube-proxy's fallback, so a rolling restart of every pod does not black-hole)."""
-    ready = [e for e in endpoints if e.ready]
-    if ready:
-        return ready
-    return [e for e in endpoints if e.serving and e.terminating]
+R = TypeVar("R")
+
+
+def advance(ports: dict[str, ServicePort], rendered: dict[str, R], desired: Mapping[str, ServicePort],
+            changed: Iterable[str], render: Callable[[ServicePort], R]) -> tuple[dict[str, ServicePort], dict[str, R]]:
+    """A backend's partial sync: copies of its last ports and renderings with the `changed` keys
+    taken from `desired` (re-rendered) or dropped. Copies, so a failed write leaves the originals."""
+    new_ports, new_rendered = dict(ports), dict(rendered)
+    for k in changed:
+        sp = desired.get(k)
+        if sp is not None:
+            new_ports[k] = sp
+            new_rendered[k] = render(sp)
+        else:
+            new_ports.pop(k, None)
+            new_rendered.pop(k, None)
+    return new_ports, new_rendered
+
+
+def recount(count: int, old: Mapping[str, R], new: Mapping[str, R], changed: Iterable[str],
+            size: Callable[[R], int], full: bool = False) -> int:
+    """A total kept over a backend's renderings: summed anew after a full sync, else moved by the
+    `changed` keys' difference only."""
+    if full:
+        return sum(size(r) for r in new.values())
+    return count + sum(size(new[k]) for k in changed if k in new) - sum(size(old[k]) for k in changed if k in old)
 
 
 @dataclass(frozen=True)
@@ -122,8 +147,8 @@ def categorize(sp: ServicePort, node_name: str) -> Categories:
     """kube-proxy's CategorizeEndpoints plus its no-endpoint verdicts: a service without any usable
     endpoint rejects; a Local policy whose node has none drops that traffic only (the other kind
     may still have endpoints)."""
-    cluster = tuple(cluster_endpoints(sp))
-    local = tuple(usable([e for e in sp.endpoints if e.node_name == node_name]))
+    cluster = cluster_endpoints(sp)
+    local = usable(e for e in sp.endpoints if e.node_name == node_name)
     internal = local if sp.internal_local else cluster
     external = local if sp.external_local else cluster
     internal_verdict: str | None
@@ -148,6 +173,8 @@ def masquerade_external(sp: ServicePort) -> bool:
     return not sp.external_local
 
 
-def cluster_endpoints(sp: ServicePort) -> list[Endpoint]:
-    """Every endpoint that may take new connections, on any node (what stale-flow cleanup compares)."""
+def cluster_endpoints(sp: ServicePort) -> tuple[Endpoint, ...]:
+    """Every endpoint that may take new connections, on any node (what stale-flow cleanup compares):
+    the ready ones, else the serving terminating ones (kube-proxy's fallback, so a rolling restart
+    of every pod does not black-hole)."""
     return usable(sp.endpoints)

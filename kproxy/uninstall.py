@@ -4,16 +4,21 @@
     iptables  chains KUBE-* in every table and the rules jumping to them; kubelet's own
               KUBE-FIREWALL / KUBE-KUBELET-CANARY / KUBE-IPTABLES-HINT stay (kubelet owns and
               recreates them)
+    nftables  the nftables mode's table `ip kube-proxy`, removed with NftablesBackend.cleanup()
     bpf       its cgroup programs (sock_*) on the given cgroups; other agents' programs stay
 """
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable, Iterable
 
-from knet import links
+from knet import links, netfilter
 from knet.uninstall import Step, iptables_steps
 from kproxy.ebpf import loader
+from kproxy.model import Config
+from kproxy.nftables.backend import NftablesBackend
+from kproxy.nftables.rules import TABLE
 
 KUBELET_CHAINS = {"KUBE-FIREWALL", "KUBE-KUBELET-CANARY", "KUBE-IPTABLES-HINT"}
 # The kernel's enum bpf_attach_type values (uapi, stable) of loader.CGROUP_PROGRAMS' hooks, so the
@@ -29,7 +34,14 @@ def owns_chain(chain: str) -> bool:
 
 def uninstall_steps(cgroups: Iterable[str] = ()) -> list[Step]:
     """`cgroups`: the cgroup v2 directories kproxy's ebpf mode may have attached to."""
-    return [*_tc_steps(), *iptables_steps(owns_chain), *_cgroup_steps(cgroups)]
+    return [*_tc_steps(), *iptables_steps(owns_chain), *_nftables_steps(), *_cgroup_steps(cgroups)]
+
+
+def _nftables_steps() -> list[Step]:
+    """The nftables mode's table, if this network namespace has it."""
+    if not shutil.which("nft") or not netfilter.nft_list(["list", "table", *TABLE.split()]):
+        return []
+    return [Step("nft", (f"nft table {TABLE}",), NftablesBackend(Config(node_name="")).cleanup)]
 
 
 def _tc_steps() -> list[Step]:

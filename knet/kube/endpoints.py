@@ -32,7 +32,8 @@ Meaning (discovery.k8s.io/v1, as kube-proxy and CoreDNS read it):
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
+from typing import Protocol, TypeVar
 
 from knet.kube.models import EndpointSlice, Service, ServicePort
 
@@ -111,8 +112,10 @@ def resolve(slices: Iterable[EndpointSlice], family: int | None = None) -> Servi
             if sp.port is None:
                 continue
             into = by_port.setdefault((sp.name or "", sp.protocol), {})
-            for e in found:
-                _keep(into, (e.address, sp.port), replace(e, port=sp.port))
+            port = sp.port
+            for e in found:  # the constructor, not dataclasses.replace: 4x cheaper, and this runs per endpoint
+                _keep(into, (e.address, port), ServiceEndpoint(e.address, e.family, e.ready, e.serving, e.terminating,
+                                                               port, e.hostname, e.node_name, e.zone, e.pod))
     return ServiceEndpoints({k: tuple(sorted(v.values(), key=_order)) for k, v in by_port.items()},
                             tuple(sorted(by_address.values(), key=_order)))
 
@@ -127,7 +130,20 @@ def _order(ep: ServiceEndpoint) -> tuple[str, int]:
     return ep.address, ep.port or 0
 
 
-def usable(endpoints: Iterable[ServiceEndpoint]) -> tuple[ServiceEndpoint, ...]:
+class Conditions(Protocol):
+    """What `usable` reads: an endpoint's conditions (a component's own endpoint type may have them)."""
+    @property
+    def ready(self) -> bool: ...
+    @property
+    def serving(self) -> bool: ...
+    @property
+    def terminating(self) -> bool: ...
+
+
+E = TypeVar("E", bound=Conditions)
+
+
+def usable(endpoints: Iterable[E]) -> tuple[E, ...]:
     """The endpoints to send new traffic to: the ready ones, or while none is ready the serving
     ones that are terminating (kube-proxy's graceful-termination fallback)."""
     eps = tuple(endpoints)

@@ -36,7 +36,8 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from collections.abc import Set as AbstractSet
 
 from knet import netfilter
 from kproxy.ebpf import maps, sockterm
@@ -44,7 +45,7 @@ from kproxy.ebpf.loader import CGROUP_PROGRAMS, Datapath, EbpfUnavailable, attac
 from kproxy.iptables.backend import ensure_jumps, remove_chains
 from kproxy.iptables.rules import FILTER_BASE, render_filter, render_masquerade, render_rejects
 from kproxy.iptables.rules import JUMPS as IPTABLES_JUMPS
-from kproxy.model import MASQ_MARK, Config, ServicePort, SyncResult, categorize
+from kproxy.model import MASQ_MARK, Config, ServicePort, SyncResult, categorize, recount
 
 log = logging.getLogger("knet.kproxy.ebpf")
 # The filter jumps (rejects for services without endpoints) and the masquerade jump; the nat
@@ -107,6 +108,7 @@ class EbpfBackend:
         self.addr_refs = maps.AddrRefs()
         self.ports: dict[str, ServicePort] = {}
         self.progs: dict[str, maps.Program] = {}
+        self.entry_count = 0
         self.rejects: dict[str, tuple[list[str], list[str]]] = {}  # service port -> its filter lines (no endpoints)
         self.applied_rejects: str | None = None
         self.attached = False
@@ -139,17 +141,28 @@ class EbpfBackend:
         self.applied_rejects = text
 
     # -- sync
-    def sync(self, ports: list[ServicePort], full: bool = False) -> SyncResult:
+    def sync(self, ports: Mapping[str, ServicePort], changed: AbstractSet[str], full: bool = False) -> SyncResult:
         start = time.monotonic()
-        new = {sp.key: sp for sp in ports}
         full = full or not self.attached  # the first sync is always full
-        if full and self.fixed_node_ips is None:
-            self.node_ips = local_ipv4()  # a full sync recompiles every service port with them
-        changed = {k for k in new.keys() | self.ports.keys()
-                   if new.get(k) != self.ports.get(k) or (k in new and k not in self.progs)}
+        if full:
+            new = dict(ports)
+            changed = {k for k in new.keys() | self.ports.keys()
+                       if new.get(k) != self.ports.get(k) or (k in new and k not in self.progs)}
+            if self.fixed_node_ips is None:
+                node_ips = local_ipv4()
+                if node_ips != self.node_ips:  # every service port's node port entries change
+                    self.node_ips = node_ips
+                    changed |= new.keys()
+        else:
+            new = dict(self.ports)
+            for k in changed:
+                if k in ports:
+                    new[k] = ports[k]
+                else:
+                    new.pop(k, None)
         old_progs = self.progs
         progs = dict(old_progs)
-        for k in (new.keys() | changed) if full else changed:
+        for k in (new.keys() - old_progs.keys()) | changed if full else changed:
             if k in self.ports and k in changed:
                 self._forget(self.ports[k])  # its protocol may have changed, and with it the owner names
             if k in new:
@@ -179,6 +192,7 @@ class EbpfBackend:
             self.addr_refs.count = saved_refs
             raise
         stale = set().union(*(sockterm.stale_targets(self.ports.get(k), new.get(k)) for k in changed))
+        self.entry_count = recount(self.entry_count, old_progs, progs, changed, lambda p: p.entries(), full)
         self.ports, self.progs = new, progs
         if stale:
             # After the maps: a client reconnecting on the error must find the new backends.
@@ -210,7 +224,7 @@ class EbpfBackend:
 
     def entries(self) -> int:
         """Map entries this backend owns (frontends, slots, members)."""
-        return sum(p.entries() for p in self.progs.values())
+        return self.entry_count
 
     def close(self) -> None:
         """Release fds; the programs stay attached so traffic keeps flowing across a restart."""

@@ -10,14 +10,56 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
+from collections.abc import Set as AbstractSet
 
 from knet import netfilter
 from kproxy import conntrack
-from kproxy.iptables.rules import JUMPS, ServiceRules, chain_names, render_restore, render_service
-from kproxy.model import Config, ServicePort, SyncResult
+from kproxy.iptables.rules import (
+    JUMPS,
+    NAT_FIXED_RULES,
+    ServiceRules,
+    chain_names,
+    render_partial_restore,
+    render_restore,
+    render_service,
+)
+from kproxy.model import Config, ServicePort, SyncResult, advance, recount
 
 log = logging.getLogger("knet.kproxy.iptables")
 OWN_PREFIXES = ("KUBE-SVC-", "KUBE-SEP-", "KUBE-EXT-", "KUBE-SVL-", "KUBE-FW-")
+
+
+HINT_CHAINS = ("KUBE-IPTABLES-HINT", "KUBE-KUBELET-CANARY")
+
+
+def legacy_tables() -> list[str]:
+    """The legacy (x_tables) tables that exist in this namespace. Read from /proc, because asking
+    iptables-legacy about a table instantiates it (with hooks) in the namespace."""
+    try:
+        with open("/proc/net/ip_tables_names") as f:
+            return f.read().split()
+    except OSError:
+        return []
+
+
+def detect_binary() -> str:
+    """The iptables variant kube-proxy's image uses on this node (kubernetes-sigs/iptables-wrappers):
+    the one whose mangle table holds the kubelet's hint chain; else the one with more rules; with
+    no rules in either (a fresh node), nf_tables. kube-proxy follows the node rather than choosing,
+    so the rules of the node's other agents and kube-proxy's end up in the same backend. Nothing
+    is created by looking (legacy tables only read when they exist)."""
+    rules = {"iptables-nft": 0, "iptables-legacy": 0}
+    present = {"iptables-nft": ["mangle", "nat", "filter"], "iptables-legacy": legacy_tables()}
+    for binary, tables in present.items():
+        for table in tables:
+            proc = netfilter.run([f"{binary}-save", "-t", table])
+            if proc.returncode != 0:
+                continue
+            if table == "mangle" and any(f":{c} " in proc.stdout for c in HINT_CHAINS):
+                return binary
+            rules[binary] += sum(line.startswith("-") for line in proc.stdout.splitlines())
+    return "iptables-legacy" if rules["iptables-legacy"] > rules["iptables-nft"] else "iptables-nft"
 
 
 def ensure_jumps(jumps: tuple[tuple[str, str, list[str]], ...], binary: str = "iptables") -> None:
@@ -56,6 +98,24 @@ def remove_chains(jumps: tuple[tuple[str, str, list[str]], ...], tables: dict[st
             netfilter.iptables(["-t", table, "-X", c], binary)
 
 
+def _own_rules(r: ServiceRules) -> int:
+    """A service port's nat rules: its own chains and its entries in the shared chains."""
+    return sum(len(rules) for rules in r.nat_chains.values()) + len(r.nat_shared) + len(r.nat_nodeports)
+
+
+def count_rules(text: str) -> dict[str, int]:
+    """Rules ("-A" lines) per table of an iptables-restore input."""
+    counts: dict[str, int] = {}
+    table = ""
+    for line in text.splitlines():
+        if line.startswith("*"):
+            table = line[1:]
+            counts.setdefault(table, 0)
+        elif line.startswith(("-A ", "-I ")):
+            counts[table] += 1
+    return counts
+
+
 class IptablesBackend:
     name = "iptables"
 
@@ -64,41 +124,67 @@ class IptablesBackend:
         self.binary = binary
         self.ports: dict[str, ServicePort] = {}
         self.rendered: dict[str, ServiceRules] = {}
+        self.rejects: dict[str, tuple[list[str], list[str]]] = {}  # ports with filter lines (no endpoints)
+        self.own_rules = 0  # rules in the per-service chains (kept incrementally, for the rule count)
+        self.synced = False
 
     def kernel_chains(self, table: str = "nat") -> set[str]:
         return kernel_chains(table, self.binary)
 
     # -- sync
-    def sync(self, ports: list[ServicePort], full: bool = False) -> SyncResult:
+    @staticmethod
+    def _note_rejects(rejects: dict[str, tuple[list[str], list[str]]], key: str, sr: ServiceRules | None) -> None:
+        """Keep the filter lines (rejects for traffic without endpoints) of the ports that have any."""
+        if sr is not None and (sr.filter_services or sr.filter_external):
+            rejects[key] = (sr.filter_services, sr.filter_external)
+        else:
+            rejects.pop(key, None)
+
+    def _render(self, key: str, sp: ServicePort) -> ServiceRules:
+        """A service port's rules, re-rendered only when the port differs from the last sync's."""
+        have = self.ports.get(key)
+        if have is not None and (have is sp or have == sp) and key in self.rendered:
+            return self.rendered[key]
+        return render_service(sp, self.cfg)
+
+    def sync(self, ports: Mapping[str, ServicePort], changed: AbstractSet[str], full: bool = False) -> SyncResult:
         start = time.monotonic()
-        new = {sp.key: sp for sp in ports}
-        changed = {k for k in new.keys() | self.ports.keys() if new.get(k) != self.ports.get(k)}
-        rendered = dict(self.rendered) if not full else {}
-        for k in (new.keys() if full else changed):
-            if k in new:
-                rendered[k] = render_service(new[k], self.cfg)
-            else:
-                rendered.pop(k, None)
+        full = full or not self.synced
         if full:
+            new = dict(ports)
+            rendered = {k: self._render(k, sp) for k, sp in new.items()}
+            changed = {k for k in new.keys() | self.ports.keys() if new.get(k) != self.ports.get(k)}
             ensure_jumps(JUMPS, self.binary)
             stale = {c for c in self.kernel_chains() if c.startswith(OWN_PREFIXES)} - chain_names(rendered)
             text = render_restore(rendered, None, stale)
+            rejects = {}
+            for k, sr in rendered.items():
+                self._note_rejects(rejects, k, sr)
         else:
+            new, rendered = advance(self.ports, self.rendered, ports, changed,
+                                    lambda sp: render_service(sp, self.cfg))
             old_chains = {c for k in changed if k in self.rendered for c in self.rendered[k].nat_chains}
             new_chains = {c for k in changed if k in rendered for c in rendered[k].nat_chains}
-            text = render_restore(rendered, changed, old_chains - new_chains - chain_names(rendered))
+            rejects = dict(self.rejects)
+            for k in changed:
+                self._note_rejects(rejects, k, rendered.get(k))
+            # Chain names hash the service port's key: only the same port could still want one.
+            text = render_partial_restore({k: self.rendered[k] for k in changed if k in self.rendered},
+                                          {k: rendered[k] for k in changed if k in rendered},
+                                          [rejects[k] for k in sorted(rejects)], old_chains - new_chains)
         netfilter.restore(text, self.binary)
-        flushes = [f for k in changed for f in conntrack.stale_flushes(self.ports.get(k), new.get(k))]
-        if flushes:
-            conntrack.apply(flushes)
-        self.ports, self.rendered = new, rendered
-        rules = sum(line.startswith("-A ") for line in text.splitlines())
-        return SyncResult(full=full, services_written=len(new) if full else len(changed), rules=rules,
-                          seconds=time.monotonic() - start)
+        conntrack.flush_stale(self.ports, new, changed)
+        self.own_rules = recount(self.own_rules, self.rendered, rendered, changed, _own_rules, full)
+        self.ports, self.rendered, self.rejects, self.synced = new, rendered, rejects, True
+        written = count_rules(text)
+        tables = {"filter": written["filter"], "nat": NAT_FIXED_RULES + self.own_rules}
+        return SyncResult(full=full, services_written=len(new) if full else len(changed),
+                          rules=sum(written.values()), seconds=time.monotonic() - start, tables=tables,
+                          written=written)
 
     def entries(self) -> int:
-        """Rules this backend owns in the kernel right now (for metrics)."""
-        return sum(len(r.nat_chains) for r in self.rendered.values())
+        """nat rules of the service ports this backend owns right now (for metrics)."""
+        return self.own_rules
 
     def close(self) -> None:
         """Nothing to release: the chains stay, so traffic keeps flowing while the daemon restarts."""

@@ -13,6 +13,8 @@ import contextlib
 import logging
 import socket
 import time
+from collections.abc import Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 
 from knet import netfilter
@@ -31,6 +33,7 @@ PORTAL_JUMPS = (
                        "NodePort rules", "-j", "KUBE-PORTALS-HOST"]),
 )
 JUMPS = PORTAL_JUMPS + tuple(j for j in IPTABLES_JUMPS if j[0] == "filter")
+LOOP_BATCH = 200  # service ports handed to the event loop at a time
 
 
 @dataclass
@@ -42,24 +45,37 @@ class PortProxy:
     port: int = 0  # the local port the portal rules redirect to
 
 
-def render_portals(proxies: dict[str, PortProxy], cfg: Config) -> str:
-    """iptables-restore input: REDIRECT portals + the same no-endpoint rejects as iptables mode."""
-    lines = render_filter([render_rejects(proxies[k].sp, categorize(proxies[k].sp, cfg.node_name))
-                           for k in sorted(proxies)])
-    lines += ["*nat", ":KUBE-PORTALS-CONTAINER - [0:0]", ":KUBE-PORTALS-HOST - [0:0]"]
-    for key in sorted(proxies):
-        p = proxies[key]
-        if not p.port:
-            continue
-        proto = p.sp.proto
-        dsts = [(ip, bool(p.internal.endpoints)) for ip in p.sp.cluster_ips]
-        dsts += [(ip, bool(p.external.endpoints)) for ip in (*p.sp.external_ips, *p.sp.load_balancer_ips)]
-        for ip, has_eps in dsts:
-            if not has_eps:
-                continue  # let the filter REJECT answer instead of a listener with nobody behind it
-            for chain in ("KUBE-PORTALS-CONTAINER", "KUBE-PORTALS-HOST"):
-                lines.append(f'-A {chain} -m comment --comment "{p.sp.key}" -m {proto} -p {proto} -d {ip}/32 '
-                             f"--dport {p.sp.port} -j REDIRECT --to-ports {p.port}")
+def portal_lines(sp: ServicePort, port: int, internal: bool, external: bool) -> list[str]:
+    """The REDIRECT rules sending a service port's destinations to its listener (`port`); a
+    destination whose traffic has no endpoint gets none (the filter REJECT answers instead of a
+    listener with nobody behind it)."""
+    if not port:
+        return []
+    proto = sp.proto
+    dsts = [ip for ip in sp.cluster_ips if internal] + \
+        [ip for ip in (*sp.external_ips, *sp.load_balancer_ips) if external]
+    return [f'-A {chain} -m comment --comment "{sp.key}" -m {proto} -p {proto} -d {ip}/32 '
+            f"--dport {sp.port} -j REDIRECT --to-ports {port}"
+            for ip in dsts for chain in ("KUBE-PORTALS-CONTAINER", "KUBE-PORTALS-HOST")]
+
+
+def render_portals(portals: dict[str, list[str]], rejects: dict[str, tuple[list[str], list[str]]],
+                   changed: dict[str, tuple[list[str], list[str]]] | None = None) -> str:
+    """iptables-restore input: the REDIRECT portals + the same no-endpoint rejects as iptables mode.
+    `changed` (a partial sync: port key -> its old and new portal lines): only those lines are
+    deleted and inserted (the portal entries are disjoint, so their order does not matter), as
+    the iptables mode edits KUBE-SERVICES; None (a full sync): the portal chains rewritten whole."""
+    lines = render_filter([rejects[k] for k in sorted(rejects)])
+    if changed is None:
+        lines += ["*nat", ":KUBE-PORTALS-CONTAINER - [0:0]", ":KUBE-PORTALS-HOST - [0:0]"]
+        for key in sorted(portals):
+            lines += portals[key]
+    else:
+        lines.append("*nat")
+        for old, new in changed.values():
+            lines += ["-D" + line[2:] for line in old if line not in new]
+            lines += [f"-I {line[3:].partition(' ')[0]} 1 {line[3:].partition(' ')[2]}" for line in new
+                      if line not in old]
     lines.append("COMMIT")
     return "\n".join(lines) + "\n"
 
@@ -77,7 +93,11 @@ class UserspaceBackend:
         self.loop = loop
         self.udp_idle_timeout = udp_idle_timeout
         self.binary = binary
-        self.proxies: dict[str, PortProxy] = {}
+        self.proxies: dict[str, PortProxy] = {}  # touched on the loop only
+        self.ports: dict[str, ServicePort] = {}  # the rest on the sync thread
+        self.portals: dict[str, list[str]] = {}
+        self.rejects: dict[str, tuple[list[str], list[str]]] = {}
+        self.synced = False
         self.stats: dict = {}
 
     def _on_loop(self, coro, timeout: float = 120.0):
@@ -136,43 +156,68 @@ class UserspaceBackend:
         for server in p.servers:
             server.close()
 
-    async def _sync_listeners(self, ports: list[ServicePort]) -> int:
-        """Open, re-balance and close listeners to match `ports` (on the loop); the count changed."""
-        new = {sp.key: sp for sp in ports}
-        changed = 0
-        for key in list(self.proxies):
-            if key not in new:
-                self._close(self.proxies.pop(key))
-                changed += 1
-        for key, sp in new.items():
+    async def _sync_listeners(self, changes: dict[str, ServicePort | None]) -> dict[str, tuple[int, bool, bool]]:
+        """On the loop: open, re-balance and close the listeners of the service ports in `changes`
+        (None: removed). Returns, per port still proxied, what its portal rules need: (listener
+        port, internal traffic has endpoints, external traffic has endpoints)."""
+        out = {}
+        for key, sp in changes.items():
             p = self.proxies.get(key)
-            if p is not None and (p.sp.protocol, p.sp.node_port) != (sp.protocol, sp.node_port):
+            if p is not None and (sp is None or (p.sp.protocol, p.sp.node_port) != (sp.protocol, sp.node_port)):
                 self._close(self.proxies.pop(key))
                 p = None
+            if sp is None:
+                continue
             if p is None:
                 p = self.proxies[key] = await self._open(sp)
-                changed += 1
-            elif p.sp != sp:
-                changed += 1
             p.sp = sp
             self._balance(p)
-        return changed
+            out[key] = (p.port, bool(p.internal.endpoints), bool(p.external.endpoints))
+        return out
 
-    async def _render(self) -> str:
-        return render_portals(self.proxies, self.cfg)  # on the loop: self.proxies changes there
-
-    def sync(self, ports: list[ServicePort], full: bool = False) -> SyncResult:
+    def sync(self, ports: Mapping[str, ServicePort], changed: AbstractSet[str], full: bool = False) -> SyncResult:
         start = time.monotonic()
-        changed = self._on_loop(self._sync_listeners(ports))
+        full = full or not self.synced
+        if full:  # listeners cannot drift: a full sync rewrites the rules, and opens what is missing
+            changed = {k for k in ports.keys() | self.ports.keys() if ports.get(k) != self.ports.get(k)}
+        changes = {k: ports.get(k) for k in changed}
+        opened: dict[str, tuple[int, bool, bool]] = {}
+        batch = list(changes.items())
+        for i in range(0, len(batch), LOOP_BATCH):  # in slices: the loop serves traffic in between
+            opened.update(self._on_loop(self._sync_listeners(dict(batch[i:i + LOOP_BATCH]))))
+        edits: dict[str, tuple[list[str], list[str]]] = {}
+        for key, sp in changes.items():
+            before = self.portals.get(key, [])
+            if sp is None:
+                self.ports.pop(key, None)
+                self.portals.pop(key, None)
+                self.rejects.pop(key, None)
+                edits[key] = (before, [])
+                continue
+            self.ports[key] = sp
+            self.portals[key] = portal_lines(sp, *opened[key])
+            edits[key] = (before, self.portals[key])
+            rejects = render_rejects(sp, categorize(sp, self.cfg.node_name))
+            if any(rejects):
+                self.rejects[key] = rejects
+            else:
+                self.rejects.pop(key, None)
         if full:
             ensure_jumps(JUMPS, self.binary)
-        text = self._on_loop(self._render())
-        netfilter.restore(text, self.binary)
-        return SyncResult(full=full, services_written=changed, rules=text.count("\n-A "),
+        # Rendered here, on the sync thread, from what the loop reported: the loop only did the
+        # socket work of the ports that changed.
+        text = render_portals(self.portals, self.rejects, None if full else edits)
+        try:
+            netfilter.restore(text, self.binary)
+        except netfilter.NetfilterError:
+            self.synced = False  # the portal rules are not what self.portals says: rewrite them all next time
+            raise
+        self.synced = True
+        return SyncResult(full=full, services_written=len(changes), rules=text.count("\n-A "),
                           seconds=time.monotonic() - start)
 
     def entries(self) -> int:
-        return len(self.proxies)
+        return len(self.ports)
 
     async def _close_all(self) -> None:
         for p in self.proxies.values():

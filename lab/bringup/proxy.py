@@ -19,6 +19,38 @@ from lab.net import kernel, topology
 
 MODES = ("iptables", "userspace", "ebpf", "nftables")
 METRICS_PORT = 10249
+HEALTHZ_PORT = 10256
+# kube-proxy's configuration file as kubeadm writes it into the kube-proxy ConfigMap (the lab's
+# values; every other field at kubeadm's zero value, which means kube-proxy's default). One
+# difference from kube-proxy's defaults: minSyncPeriod 100ms instead of 1s, so that a change is
+# programmed about as soon as the API server has it (the lab's tests and seed scenarios send
+# traffic the moment an EndpointSlice is ready; a cluster would trade that for fewer syncs).
+CONFIG = """\
+apiVersion: kubeproxy.config.k8s.io/v1alpha1
+kind: KubeProxyConfiguration
+bindAddress: 0.0.0.0
+clientConnection:
+  kubeconfig: {kubeconfig}
+clusterCIDR: {cluster_cidr}
+conntrack:
+  maxPerCore: null
+  min: null
+  tcpEstablishedTimeout: null
+  tcpCloseWaitTimeout: null
+healthzBindAddress: {node_ip}:{healthz_port}
+hostnameOverride: {node}
+iptables:
+  masqueradeAll: false
+  minSyncPeriod: 100ms
+  syncPeriod: 0s
+metricsBindAddress: {node_ip}:{metrics_port}
+mode: {mode}
+nftables:
+  masqueradeAll: false
+  minSyncPeriod: 100ms
+  syncPeriod: 0s
+nodePortAddresses: null
+"""
 
 
 class ProxyError(LabError):
@@ -27,13 +59,16 @@ class ProxyError(LabError):
 
 def kproxy_argv(p: topology.Plan, n: topology.Node, mode: str, kubeconfig: str,
                 sync_period: float | None = None) -> list[str]:
-    """`sync_period`: seconds between full syncs (None: kproxy's default); tests of drift repair
-    shorten it so they need not wait out the default."""
-    argv = [launch.binary("kproxy"), "--mode", mode, "--kubeconfig", kubeconfig,
-            "--node-name", n.short, "--cluster-cidr", topology.POD_CIDR,
-            "--metrics-bind-address", f"{n.ip}:{METRICS_PORT}"]
+    """kproxy reads a KubeProxyConfiguration, as kube-proxy does on a kubeadm node (written to the
+    node's directory). `sync_period`: seconds between syncs and full syncs (None: kproxy's
+    defaults); tests of drift repair shorten it so they need not wait out the hour."""
+    config = os.path.join(n.dir, "kube-proxy.conf")
+    with open(config, "w") as f:
+        f.write(CONFIG.format(kubeconfig=kubeconfig, cluster_cidr=topology.POD_CIDR, node_ip=n.ip, node=n.short,
+                              mode=mode, metrics_port=METRICS_PORT, healthz_port=HEALTHZ_PORT))
+    argv = [launch.binary("kproxy"), "--config", config]
     if sync_period is not None:
-        argv += ["--sync-period", str(sync_period)]
+        argv += ["--sync-period", str(sync_period), "--full-sync-period", str(sync_period)]
     if mode == "ebpf":
         cg = kernel.node_cgroup(p.name, n.short)
         if not cg:

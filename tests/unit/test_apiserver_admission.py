@@ -130,6 +130,26 @@ def test_node_port_rules():
     assert causes == []
 
 
+def test_health_check_node_port_for_local_load_balancers():
+    obj, causes = admit(SVC, service(type="LoadBalancer", externalTrafficPolicy="Local"), used_ports={30000})
+    hc = obj["spec"]["healthCheckNodePort"]
+    assert causes == [] and 30000 < hc <= 32767 and hc != obj["spec"]["ports"][0]["nodePort"]
+    held = SVC.strategy.held(obj)
+    assert (PORTS, str(hc)) in held  # held like a node port, released with the Service
+    kept, causes = admit(SVC, service(type="LoadBalancer", externalTrafficPolicy="Local"), old=obj,
+                         used_ports={int(v) for r, v in held if r == PORTS})
+    assert causes == [] and kept["spec"]["healthCheckNodePort"] == hc
+    cluster, _ = admit(SVC, service(type="LoadBalancer", externalTrafficPolicy="Cluster"), old=obj)
+    assert "healthCheckNodePort" not in cluster["spec"] and (PORTS, str(hc)) not in SVC.strategy.held(cluster)
+    _, causes = admit(SVC, service(type="LoadBalancer", externalTrafficPolicy="Local", healthCheckNodePort=31000),
+                      used_ports={31000})
+    assert fields(causes) == ["spec.healthCheckNodePort"] and "already allocated" in causes[0]["message"]
+    # Without node ports for the load balancer the health check port is still allocated, as kube-apiserver does.
+    obj, causes = admit(SVC, service(type="LoadBalancer", externalTrafficPolicy="Local",
+                                     allocateLoadBalancerNodePorts=False))
+    assert causes == [] and "nodePort" not in obj["spec"]["ports"][0] and obj["spec"]["healthCheckNodePort"]
+
+
 def test_service_update_keeps_allocations_and_ip_is_immutable():
     old, _ = admit(SVC, service(type="NodePort"))
     new, causes = admit(SVC, service(type="NodePort"), old=old, used_ips=old["spec"]["clusterIPs"],

@@ -14,6 +14,8 @@ import yaml
 
 from kdns import config as kdns_config
 from kdns.forward import Upstream
+from kproxy.config import parse
+from kproxy.daemon import parser, settings_from
 from tests.integration.deploy import manifests as m
 
 DOCS = m.render()
@@ -54,7 +56,7 @@ def test_daemonset_shape():
     assert [c["name"] for c in spec["initContainers"]] == ["install-cni"]
     assert [c["name"] for c in spec["containers"]] == ["flannel-py", "knet-cni-agent", "kproxy", "netpolicy"]
     kproxy = next(c for c in spec["containers"] if c["name"] == "kproxy")
-    assert "--mode=iptables" in m.argv(kproxy, DOCS)  # from the ConfigMap
+    assert "--proxy-mode=iptables" in m.argv(kproxy, DOCS)  # from the ConfigMap
     paths = {v["hostPath"]["path"] for v in spec["volumes"] if "hostPath" in v}
     assert {"/opt/cni/bin", "/etc/cni/net.d", "/run/flannel", "/run/knet", "/var/lib/cni", "/run/netns"} <= paths
 
@@ -78,12 +80,14 @@ def test_flannel_uses_the_kube_subnet_manager():
 
 
 def test_probes_and_requests():
-    http = {"kproxy": 10249, "netpolicy": 9641, "knet-ingress": 10254}  # kdns: CoreDNS's probes (below)
+    http = {"netpolicy": 9641, "knet-ingress": 10254}  # kdns: CoreDNS's probes (below); kproxy: kube-proxy's
     for _, c in m.containers(DOCS):
         assert c["resources"]["requests"]["cpu"] and c["resources"]["requests"]["memory"], c["name"]
         if c["name"] == "install-cni":
             continue
         assert "readinessProbe" in c, c["name"]
+        if c["name"] == "kproxy":  # kube-proxy's ports, from its config file (test_kube_proxy_configuration)
+            assert (c["livenessProbe"]["httpGet"]["port"], c["readinessProbe"]["httpGet"]["port"]) == (10256, 10249)
         if c["name"] in http:
             for probe in ("livenessProbe", "readinessProbe"):
                 get = c[probe]["httpGet"]
@@ -121,7 +125,7 @@ def test_kdns_runs_from_kubeadms_corefile_where_coredns_has_it():
     assert kdns["readinessProbe"]["httpGet"] == {"path": "/ready", "port": 8181}
 
 
-def test_kube_proxy_configuration():
+def test_kube_proxy_configuration(tmp_path):
     cm = m.by_kind(DOCS, "ConfigMap")["kube-proxy"]
     cfg = yaml.safe_load(cm["data"]["config.conf"])
     assert (cfg["apiVersion"], cfg["kind"]) == ("kubeproxy.config.k8s.io/v1alpha1", "KubeProxyConfiguration")
@@ -131,7 +135,18 @@ def test_kube_proxy_configuration():
     spec = m.pod_spec(DOCS, "DaemonSet", "knet-node")
     kproxy = next(c for c in spec["containers"] if c["name"] == "kproxy")
     assert _mount(kproxy, spec, "/var/lib/kube-proxy")["configMap"]["name"] == "kube-proxy"
-    assert "--metrics-bind-address=0.0.0.0:10249" in m.argv(kproxy, DOCS)  # kube-proxy's metrics port
+    argv = m.argv(kproxy, DOCS, node_name="worker7")
+    assert "--config=/var/lib/kube-proxy/config.conf" in argv and "--hostname-override=worker7" in argv
+    # kproxy reads the ConfigMap's file as shipped, and takes the DaemonSet's flags over it.
+    settings = parse(cm["data"]["config.conf"])
+    assert settings.ignored == () and settings.mode == "iptables"
+    file = tmp_path / "config.conf"
+    file.write_text(cm["data"]["config.conf"])
+    args = parser().parse_args([a.replace("/var/lib/kube-proxy/config.conf", str(file)) for a in argv[1:]])
+    s = settings_from(args)
+    assert (s.mode, s.node_name, s.cluster_cidr) == ("iptables", "worker7", "10.244.0.0/16")
+    assert (s.metrics_bind_address, s.healthz_bind_address) == ("0.0.0.0:10249", "0.0.0.0:10256")
+    assert {p["httpGet"]["port"] for p in (kproxy["livenessProbe"], kproxy["readinessProbe"])} == {10249, 10256}
 
 
 def test_ingress_pieces():
@@ -146,7 +161,10 @@ def _parse(argv: list[str]):
     if cmd == "flannel-py":
         from flannel_py.daemon import build_parser
         return build_parser().parse_args(rest)
-    module = {"kproxy": "kproxy.daemon", "netpolicy": "netpolicy.daemon", "kdns": "kdns.daemon",
+    if cmd == "kproxy":  # the flags only: the file they name is the ConfigMap's (test_kube_proxy_configuration)
+        from kproxy.daemon import parser
+        return parser().parse_args(rest)
+    module = {"netpolicy": "netpolicy.daemon", "kdns": "kdns.daemon",
               "knet-ingress": "ingress.daemon"}.get(cmd)
     if module is None:
         return None

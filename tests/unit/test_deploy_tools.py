@@ -60,4 +60,4 @@ def test_overlay_renders(tmp_path, mode):
     assert "cni-conflist.json" in cm  # merged, not replaced
     assert {c["image"] for _, c in m.containers(docs)} == {"registry.example/knet:1.2"}
     kproxy = next(c for _, c in m.containers(docs) if c["name"] == "kproxy")
-    assert f"--mode={mode}" in m.argv(kproxy, docs)
+    assert f"--proxy-mode={mode}" in m.argv(kproxy, docs)

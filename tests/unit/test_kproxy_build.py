@@ -1,5 +1,11 @@
+from knet.kube.endpoints import resolve
 from knet.kube.models import EndpointSlice, Service
-from kproxy.build import service_ports
+from kproxy import build
+from kproxy.build import health_check_node_port
+
+
+def service_ports(svc: Service, slices: list[EndpointSlice]):
+    return build.service_ports(svc, resolve(slices, family=build.FAMILY))
 
 
 def svc(**spec) -> Service:
@@ -9,10 +15,10 @@ def svc(**spec) -> Service:
     return Service.model_validate(body)
 
 
-def slice_(endpoints, ports=None) -> EndpointSlice:
+def slice_(endpoints, ports=None, family="IPv4") -> EndpointSlice:
     return EndpointSlice.model_validate({
-        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "addressType": "IPv4",
-        "metadata": {"name": "node-js-abc", "namespace": "default",
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "addressType": family,
+        "metadata": {"name": f"node-js-{family.lower()}", "namespace": "default",
                      "labels": {"kubernetes.io/service-name": "node-js"}},
         "endpoints": endpoints, "ports": ports or [{"name": "http", "port": 8080, "protocol": "TCP"}]})
 
@@ -54,3 +60,18 @@ def test_node_port_lb_affinity_and_policies():
 def test_cluster_ip_service_has_no_node_port_even_if_set():
     (sp,) = service_ports(svc(ports=[{"port": 80, "nodePort": 30001}]), [])
     assert sp.node_port is None
+
+
+def test_ipv6_slices_are_not_proxied():
+    v6 = slice_([{"addresses": ["fd00::5"]}], family="IPv6")
+    (sp,) = service_ports(svc(), [v6, slice_([{"addresses": ["10.244.1.5"]}])])
+    assert [e.ip for e in sp.endpoints] == ["10.244.1.5"]
+
+
+def test_health_check_node_port_only_for_local_load_balancers():
+    def lb(**spec) -> Service:
+        return Service.model_validate({"metadata": {"name": "lb", "namespace": "default"}, "spec": {
+            "type": "LoadBalancer", "clusterIP": "10.0.0.30", "ports": [{"port": 80, "nodePort": 30080}], **spec}})
+    assert health_check_node_port(lb(externalTrafficPolicy="Local", healthCheckNodePort=31000)) == 31000
+    assert health_check_node_port(lb(externalTrafficPolicy="Cluster", healthCheckNodePort=31000)) is None
+    assert health_check_node_port(lb(externalTrafficPolicy="Local")) is None

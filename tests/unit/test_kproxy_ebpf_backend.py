@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from knet import netfilter
+from kproxy.backend import sync_all
 from kproxy.ebpf import backend as ebpf_backend
 from kproxy.ebpf import loader, maps
 from kproxy.model import Config, Endpoint, ServicePort
@@ -82,7 +83,7 @@ def sp(name: str, eps: tuple[str, ...] = ("10.99.0.2",), **kw) -> ServicePort:
 
 
 def test_first_sync_is_full_and_attaches_after_the_maps_are_written(be):
-    res = be.sync([sp("a"), sp("bb")])
+    res = sync_all(be, [sp("a"), sp("bb")])
     assert res.full and res.services_written == 2
     first_attach = next(i for i, e in enumerate(be.dp.log) if e[0] == "attach")
     assert first_attach == len(be.dp.log) - 1 and first_attach > 0
@@ -90,14 +91,14 @@ def test_first_sync_is_full_and_attaches_after_the_maps_are_written(be):
 
 
 def test_partial_sync_writes_only_the_changed_service(be):
-    be.sync([sp("a"), sp("bb")], full=True)
+    sync_all(be, [sp("a"), sp("bb")], full=True)
     be.dp.log.clear()
-    res = be.sync([sp("a"), sp("bb", ("10.99.0.2", "10.99.0.3"))])
+    res = sync_all(be, [sp("a"), sp("bb", ("10.99.0.2", "10.99.0.3"))])
     assert not res.full and res.services_written == 1
     set_bb = be.ids.get(maps.owner(sp("bb"), "cluster"))
     touched = {k.set_id if hasattr(k, "set_id") else k.ip for _, _, k in be.dp.log}
     assert touched <= {set_bb, maps.ANY_SET, "10.96.0.2"}  # bb's set and bb's frontends only
-    res = be.sync([sp("a")])
+    res = sync_all(be, [sp("a")])
     assert res.services_written == 1
     assert all(k.ip != "10.96.0.2" for k in be.dp.store["services"])
     assert all(k.set_id != set_bb for k in be.dp.store["slots"])
@@ -105,36 +106,36 @@ def test_partial_sync_writes_only_the_changed_service(be):
 
 def test_full_sync_repairs_deleted_and_stray_entries(be):
     ports = [sp("a")]
-    be.sync(ports, full=True)
+    sync_all(be, ports, full=True)
     good = dict(be.dp.store["services"])
     victim = next(iter(good))
     del be.dp.store["services"][victim]
     stray = maps.FeKey("10.96.9.9", 80, 6, 0)
     be.dp.store["services"][stray] = maps.FeVal(1, 1, 0, 0)
-    be.sync(ports)  # nothing changed from the daemon's view: a partial sync does not notice
+    sync_all(be, ports)  # nothing changed from the daemon's view: a partial sync does not notice
     assert victim not in be.dp.store["services"]
-    be.sync(ports, full=True)
+    sync_all(be, ports, full=True)
     assert be.dp.store["services"] == good
 
 
 def test_rejects_only_for_services_without_endpoints_and_restore_only_when_they_change(be):
-    be.sync([sp("a"), sp("empty", ())], full=True)
+    sync_all(be, [sp("a"), sp("empty", ())], full=True)
     (text,) = be.restores
     assert "default/empty has no endpoints" in text and "default/a" not in text
     assert "-A KUBE-MARK-MASQ -j MARK --or-mark 0x4000" in text
-    be.sync([sp("a", ("10.99.0.2", "10.99.0.3")), sp("empty", ())])
+    sync_all(be, [sp("a", ("10.99.0.2", "10.99.0.3")), sp("empty", ())])
     assert len(be.restores) == 1  # same rejects: no iptables-restore on a partial sync
-    be.sync([sp("a"), sp("empty")])
+    sync_all(be, [sp("a"), sp("empty")])
     assert len(be.restores) == 2 and "has no endpoints" not in be.restores[-1]
 
 
 def test_node_ips_are_read_on_full_syncs(be, monkeypatch):
     np = ServicePort("default", "np", "", "TCP", 80, ("10.96.0.9",), node_port=30080,
                      endpoints=(Endpoint("10.99.0.2", 8080, node_name="n1"),))
-    be.sync([np], full=True)
+    sync_all(be, [np], full=True)
     assert maps.FeKey("192.168.1.1", 30080, 6, maps.SCOPE_EXT) in be.dp.store["services"]
     monkeypatch.setattr(ebpf_backend, "local_ipv4", lambda: ["192.168.1.7"])
-    be.sync([np], full=True)
+    sync_all(be, [np], full=True)
     fes = be.dp.store["services"]
     assert maps.FeKey("192.168.1.7", 30080, 6, maps.SCOPE_EXT) in fes
     assert maps.FeKey("192.168.1.1", 30080, 6, maps.SCOPE_EXT) not in fes

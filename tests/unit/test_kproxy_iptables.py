@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from kproxy.iptables.rules import render_restore, render_service, sep_chain, svc_chain
+from kproxy.iptables.rules import render_partial_restore, render_restore, render_service, sep_chain, svc_chain
 from kproxy.model import Config, Endpoint, ServicePort
 
 GOLDEN = os.path.join(os.path.dirname(__file__), "golden", "kproxy_iptables_full.txt")
@@ -123,6 +123,23 @@ def test_partial_sync_writes_only_changed_service_chains():
     assert f":{svc_chain(services()[0])} - [0:0]" in text
     assert f":{svc_chain(other)} " not in text  # untouched: not declared, so not flushed
     assert f"-j {svc_chain(other)}" in text  # but still referenced from KUBE-SERVICES
+
+
+def test_partial_sync_edits_only_the_changed_entries_of_the_shared_chains():
+    before = services()[0]
+    after = ServicePort(before.namespace, before.name, "", "TCP", 80, ("10.0.0.20",), node_port=30009,
+                        endpoints=(EP1,))
+    old, new = render_service(before, CFG), render_service(after, CFG)
+    stale = set(old.nat_chains) - set(new.nat_chains)
+    text = render_partial_restore({before.key: old}, {after.key: new}, [], stale)
+    nat = text[text.index("*nat"):]
+    assert ":KUBE-SERVICES" not in nat and ":KUBE-NODEPORTS" not in nat  # not declared: not flushed
+    assert "-A KUBE-SERVICES" not in nat and "ab" not in nat  # no other service's entry is written
+    assert "-D KUBE-NODEPORTS -m comment --comment \"default/node-js\" -m tcp -p tcp --dport 30001" in nat
+    assert "-I KUBE-NODEPORTS 1 -m comment --comment \"default/node-js\" -m tcp -p tcp --dport 30009" in nat
+    assert "-D KUBE-SERVICES" not in nat  # the ClusterIP entry is the same: kept as it is
+    assert f"-X {sep_chain(before, EP2)}" in nat and nat.index("-D KUBE-NODEPORTS") < nat.index("-X ")
+    assert f":{svc_chain(after)} - [0:0]" in nat
 
 
 def test_stale_chains_are_flushed_and_deleted():

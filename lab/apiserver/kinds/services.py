@@ -1,6 +1,6 @@
-"""Services: defaults, validation, the ClusterIP and nodePorts they hold (picked, claimed and
-released here), `kubectl get svc`'s columns. What kproxy, kdns and the EndpointSlice controller
-read."""
+"""Services: defaults, validation, the ClusterIP, nodePorts and healthCheckNodePort they hold
+(picked, claimed and released here), `kubectl get svc`'s columns. What kproxy, kdns and the
+EndpointSlice controller read."""
 
 from __future__ import annotations
 
@@ -22,6 +22,12 @@ def needs_cluster_ip(spec: dict) -> bool:
     return spec.get("type", "ClusterIP") != "ExternalName" and spec.get("clusterIP") != "None"
 
 
+def wants_health_check_port(spec: dict) -> bool:
+    """kube-apiserver gives a LoadBalancer Service with externalTrafficPolicy Local a
+    healthCheckNodePort (from the node port range), which kube-proxy serves and load balancers probe."""
+    return spec.get("type") == "LoadBalancer" and spec.get("externalTrafficPolicy") == "Local"
+
+
 def _carry_over(spec: dict, old: dict) -> None:
     """On update, an omitted clusterIP / nodePort keeps the allocated one (a PUT of a manifest
     without them must not reallocate), and nodePorts go when the type no longer uses them."""
@@ -37,6 +43,9 @@ def _carry_over(spec: dict, old: dict) -> None:
     if spec.get("type") != "LoadBalancer" and old.get("type") == "LoadBalancer" and \
             spec.get("allocateLoadBalancerNodePorts") == old.get("allocateLoadBalancerNodePorts"):
         spec.pop("allocateLoadBalancerNodePorts", None)
+    if wants_health_check_port(spec) and wants_health_check_port(old) and not spec.get("healthCheckNodePort") and \
+            old.get("healthCheckNodePort"):
+        spec["healthCheckNodePort"] = old["healthCheckNodePort"]
     old_ports = {(p.get("port"), p.get("protocol", "TCP")): p.get("nodePort") for p in old.get("ports") or []
                  if isinstance(p, dict)}
     for p in spec.get("ports") or []:
@@ -183,6 +192,9 @@ class Services(Strategy):
         if spec.get("type") in NODE_PORT_TYPES:
             out |= {(PORTS, str(p["nodePort"])) for p in spec.get("ports") or []
                     if isinstance(p, dict) and isinstance(p.get("nodePort"), int) and p["nodePort"]}
+        hc = spec.get("healthCheckNodePort")
+        if wants_health_check_port(spec) and isinstance(hc, int) and not isinstance(hc, bool) and hc:
+            out.add((PORTS, str(hc)))
         return out
 
     def allocate(self, c: Causes, obj: dict[str, Any], old: dict[str, Any] | None, res: Reservation,
@@ -210,10 +222,13 @@ class Services(Strategy):
             spec["clusterIPs"] = ["None"]
         else:
             spec.pop("clusterIPs", None)
-        if spec.get("type") not in NODE_PORT_TYPES:
-            return
-        if spec.get("type") == "LoadBalancer" and spec.get("allocateLoadBalancerNodePorts") is False:
-            return
+        if spec.get("type") in NODE_PORT_TYPES and not (
+                spec.get("type") == "LoadBalancer" and spec.get("allocateLoadBalancerNodePorts") is False):
+            self._allocate_node_ports(c, spec, own, res)
+        self._allocate_health_check_port(c, spec, own, res)
+
+    @staticmethod
+    def _allocate_node_ports(c: Causes, spec: dict[str, Any], own: set[tuple[str, str]], res: Reservation) -> None:
         mine: set[int] = set()
         for i, p in enumerate(spec.get("ports") or []):
             np = p.get("nodePort")
@@ -229,6 +244,29 @@ class Services(Strategy):
                     c.add("FieldValueInvalid", "spec.ports.nodePort", "Internal error: range is full")
                     return
                 p["nodePort"] = int(picked)
+
+    @staticmethod
+    def _allocate_health_check_port(c: Causes, spec: dict[str, Any], own: set[tuple[str, str]],
+                                    res: Reservation) -> None:
+        """After the node ports, so a pick cannot take one the user asked for. A Service that no
+        longer wants one loses it (kube-apiserver drops it with the Local policy or the type)."""
+        if not wants_health_check_port(spec):
+            spec.pop("healthCheckNodePort", None)
+            return
+        hc = spec.get("healthCheckNodePort")
+        if hc:
+            if not isinstance(hc, int) or isinstance(hc, bool):
+                c.invalid("spec.healthCheckNodePort", hc, "must be a port")
+                return
+            why = None if (PORTS, str(hc)) in own else res.reserve(PORTS, str(hc))
+            if why:
+                c.invalid("spec.healthCheckNodePort", hc, why)
+            return
+        picked = res.pick(PORTS)
+        if picked is None:
+            c.add("FieldValueInvalid", "spec.healthCheckNodePort", "Internal error: range is full")
+        else:
+            spec["healthCheckNodePort"] = int(picked)
 
     @staticmethod
     def _pick_ip(obj: dict[str, Any], res: Reservation, cidr: ServiceCIDR) -> str | None:

@@ -35,7 +35,7 @@ from tests.integration.deploy import manifests as m
 from tests.integration.lab_names import new_lab_name, sweep_crashed_labs
 
 BIN = os.path.dirname(sys.executable)  # the venv's bin: every console script of the image is there
-HOST_PATH_FLAGS = ("--subnet-file=", "--socket=", "--run-dir=", "--net-config-path=")
+HOST_PATH_FLAGS = ("--subnet-file=", "--socket=", "--run-dir=", "--net-config-path=", "--config=")
 HOST_PATH_OPTIONS = ("-conf",)  # a path in the next argument (CoreDNS's spelling kdns keeps)
 
 
@@ -129,6 +129,9 @@ def _install(d: Deployed) -> None:
     os.makedirs(d.host("/etc/coredns"))  # the coredns ConfigMap's volume
     with open(d.host("/etc/coredns/Corefile"), "w") as f:
         f.write(m.corefile(d.docs))
+    os.makedirs(d.host("/var/lib/kube-proxy"))  # the kube-proxy ConfigMap's volume
+    with open(d.host("/var/lib/kube-proxy/config.conf"), "w") as f:
+        f.write(m.by_kind(d.docs, "ConfigMap")["kube-proxy"]["data"]["config.conf"])
     os.makedirs(d.host("/etc/kube-flannel"))  # the kube-flannel-cfg ConfigMap's volume
     with open(d.host("/etc/kube-flannel/net-conf.json"), "w") as f:
         f.write(m.by_kind(d.docs, "ConfigMap")["kube-flannel-cfg"]["data"]["net-conf.json"])

@@ -62,7 +62,7 @@ class Harness:
 
     def sync(self, ports: list[ServicePort], full: bool = False):
         with netns.enter(self.node.name):
-            return self.backend.sync(ports, full)
+            return backends.sync_all(self.backend, ports, full)
 
     def close(self) -> None:
         self.backend.close()

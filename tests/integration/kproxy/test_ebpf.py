@@ -29,6 +29,7 @@ from collections.abc import Iterator
 import pytest
 
 from knet import links, netns
+from kproxy.backend import sync_all
 from kproxy.ebpf import loader, maps
 from kproxy.ebpf.backend import EbpfBackend
 from kproxy.model import Config, Endpoint, ServicePort
@@ -219,7 +220,7 @@ class Lab:
     def sync(self, ports: list[ServicePort], full: bool = False):
         assert self.backend is not None
         with netns.enter(self.node1.name):
-            return self.backend.sync(ports, full)
+            return sync_all(self.backend, ports, full)
 
     def pod_client(self, name: str) -> PodClient:
         if name not in self.clients:

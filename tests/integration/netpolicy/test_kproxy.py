@@ -55,7 +55,7 @@ def service(harness, request):
             with netns.enter(harness.node_ns(node)):
                 opts = backends.Options(cgroup=cgroups.ensure(kernel.node_cgroup(harness.lab.name, node)))
                 proxies[node] = backends.create(request.param, cfg, opts)
-                proxies[node].sync(ports, full=True)
+                backends.sync_all(proxies[node], ports, full=True)
         yield request.param
     finally:
         for node, proxy in proxies.items():
