@@ -82,6 +82,14 @@ class ServiceLab:
             return len(ready) == count
         wait_for(check, 30, f"{count} ready endpoints of {service}")
 
+    def serving(self, service: str, count: int, clients: tuple[str, ...] = ("client-node1", "client-node3")) -> None:
+        """Until the service proxy of every client's node has the service's `count` backends (the
+        API's endpoints come first; the data path follows at the proxy's own pace)."""
+        vip = svc(self, service)["spec"]["clusterIP"]
+        for where in clients:
+            wait_for(lambda w=where: len({self.curl(w, f"http://{vip}/hostname") for _ in range(3 * count)} - {None})
+                     == count, 60, f"{service}'s {count} backends through the proxy from {where}")
+
     def curl(self, where: str, url: str, timeout: float = 2.0) -> str | None:
         """The body, or None when the request failed (refused, dropped, timed out)."""
         r = self.lab.exec(where, ["curl", "-s", "-m", str(timeout), url])
@@ -119,6 +127,7 @@ def slab(request: pytest.FixtureRequest) -> Iterator[ServiceLab]:
     s.ready("role=client", 2)
     s.endpoints("web", 3)
     s.endpoints("solo-local", 1)
+    s.serving("web", 3)
     try:
         yield s
     finally:

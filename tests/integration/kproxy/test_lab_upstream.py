@@ -59,6 +59,7 @@ def slab(request: pytest.FixtureRequest) -> Iterator[modes.ServiceLab]:
     s.ready("app=web", 3)
     s.ready("role=client", 2)
     s.endpoints("web", 3)
+    s.serving("web", 3)  # kube-proxy syncs at most once a second (minSyncPeriod): wait for it
     try:
         yield s
     finally:
