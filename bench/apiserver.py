@@ -35,7 +35,7 @@ from typing import Any
 
 import aiohttp
 
-from bench.common import emit
+from bench.common import cpu_seconds, emit, rss_mb
 
 DEFAULT_COUNTS = (1000, 10000)
 LARGE_COUNT = 30000
@@ -86,22 +86,13 @@ def _ssl(target: Target) -> ssl.SSLContext | bool:
 
 
 def _cpu_times(processes: dict[str, int]) -> dict[str, float]:
-    out = {name: _cpu_seconds(pid) for name, pid in processes.items()}
+    out = {name: cpu_seconds(pid) for name, pid in processes.items()}
     out["client"] = time.process_time()
     return out
 
 
-def _rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        kb = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
-    return round(kb / 1024, 1)
 
 
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU time a process has used so far."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def _writer(session: aiohttp.ClientSession, target: Target, ns: str, queue: asyncio.Queue[int],
@@ -203,7 +194,7 @@ async def _measure(target: Target, counts: tuple[int, ...], window: int, writers
                                for _ in range(writers)))
         elapsed = time.monotonic() - t_start
         cpu_end = _cpu_times(processes)
-        rss = {name: _rss_mb(pid) for name, pid in processes.items()}
+        rss = {name: rss_mb(pid) for name, pid in processes.items()}
         cpu = {name: cpu_end[name] - cpu_before[name] for name in cpu_end}
         after = await _metrics(session, target, run) | await _etcd_disk(session, target)
         settle = time.monotonic() + 10

@@ -56,7 +56,7 @@ import time
 from prometheus_client import exposition
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.common import emit
+from bench.common import cpu_seconds, emit
 from kdns import config, wire
 from kdns import metrics as kdns_metrics
 from kdns.daemon import parse_args
@@ -246,11 +246,6 @@ def dnsperf(cpu: int, host: str, port: int, qfile: str, seconds: float, *, qps: 
     return result
 
 
-def cpu_seconds(pid: int) -> float:
-    """user + system CPU time of a process: a measure that machine noise barely moves."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def pct(values: list[float], p: float) -> float:

@@ -55,6 +55,7 @@ from typing import Any
 
 import yaml
 
+from bench.common import cpu_seconds, rss_mb
 from bench.proxy_modes import HTTP_PORT, PEERS, TrafficLab, first_packet
 from lab.bringup import dns as lab_dns
 
@@ -221,16 +222,8 @@ class Prober:
             self.proc.wait(5)
 
 
-def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        kb = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
-    return round(kb / 1024, 1)
 
 
 HISTOGRAMS = ("kubeproxy_sync_proxy_rules_duration_seconds", "kubeproxy_network_programming_duration_seconds")
