@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import os
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from kdns import wire
-from kdns.wire import IN, MX, NOERROR, NXDOMAIN, OPT, OUR_UDP_SIZE, QR, RD, SOA, SRV, TC, FormError
+from kdns.wire import AAAA, IN, MX, NOERROR, NXDOMAIN, OPT, OUR_UDP_SIZE, QR, RD, SOA, SRV, TC, A, FormError
 
 _H = struct.Struct("!HHHHHH")
 _RR = struct.Struct("!HHIH")
@@ -79,6 +80,7 @@ class Answer:
     ttl: int
     opt_ttl: int
     truncated: bool
+    multi: int = -1  # loadbalance has something to reorder: 1/0, -1 not yet looked at (see balanced)
 
     @property
     def denial(self) -> bool:
@@ -202,6 +204,55 @@ def render(a: Answer, qid: bytes, question: bytes, rd: int, edns: bool, do: bool
         buf += opt
         buf[10:12] = (int.from_bytes(buf[10:12], "big") + 1).to_bytes(2, "big")
     return bytes(buf), truncated
+
+
+def balanced(a: Answer) -> bool:
+    """Whether CoreDNS's `loadbalance` reorders `a`: a NOERROR answer with a section holding two or
+    more A/AAAA or two or more MX records. Read from the record headers (the type sits 4 bytes
+    before each TTL), once per answer: a cached answer keeps the verdict."""
+    if a.multi < 0:
+        found = False
+        if a.rcode == NOERROR:
+            data, ttls = a.data, a.ttls
+            bounds = (0, a.an, a.an + a.ns, len(ttls))
+            for section in range(3):
+                addresses = mxs = 0
+                for off in ttls[bounds[section]:bounds[section + 1]]:
+                    rtype = (data[off - 4] << 8) | data[off - 3]
+                    if rtype == A or rtype == AAAA:
+                        addresses += 1
+                    elif rtype == MX:
+                        mxs += 1
+                if addresses > 1 or mxs > 1:
+                    found = True
+                    break
+        a.multi = int(found)
+    return bool(a.multi)
+
+
+def shuffled(a: Answer, reorder: Callable[[list[URR]], list[URR] | None]) -> Answer:
+    """`a` with each section's records in the order `reorder` gives (None: as they were), as a new
+    Answer that `render` copies out like any other. Moving records would break compression
+    pointers into them, so the records are written with names expanded (owners equal to the
+    question's name point at it). Records of classes other than IN are left out (as `records`)."""
+    sections = records(a)
+    body = bytearray(a.data[:a.qend])
+    qname = a.data[12:a.qend - 4]
+    ends: list[int] = []
+    ttls: list[int] = []
+    counts = []
+    for rrs in sections:
+        rrs = reorder(rrs) or rrs
+        counts.append(len(rrs))
+        for owner, rtype, ttl, rdata in rrs:
+            body += b"\xc0\x0c" if owner == qname else owner
+            ttls.append(len(body) + 4)
+            body += _RR.pack(rtype, IN, ttl, len(rdata))
+            body += rdata
+            ends.append(len(body))
+    _COUNTS.pack_into(body, 6, *counts)
+    return Answer(bytes(body), a.qend, ends, counts[0], counts[1], counts[2], ttls, a.rcode, a.ttl, a.opt_ttl,
+                  a.truncated, 1)
 
 
 def question_text(question: bytes) -> str:

@@ -14,14 +14,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from kdns import message, wire
-from kdns.answer import Resolution
+from kdns.answer import Resolution, round_robin
 from kdns.blocks import Block, Routes
 from kdns.fcache import FRESH, ForwardCache
 from kdns.forward import Group, Relay
 from kdns.message import Answer
 from kdns.metrics import Stats
 from kdns.request import Listener, Request
-from kdns.wire import OUR_UDP_SIZE, RD, SERVFAIL, Reply
+from kdns.wire import NOERROR, OUR_UDP_SIZE, RD, SERVFAIL, Reply
 
 log = logging.getLogger("knet.kdns")
 perf = time.perf_counter
@@ -36,6 +36,7 @@ class Relaying:
     loop_probe_wire: bytes
     pods: Any  # autopath.PodAddresses
     _respond: Callable[..., None]
+    _shuffle: Callable[[list], None]
 
     def _forward(self, req: Request, block: Block, qname: str, name_wire: bytes,
                  deliver: Callable[..., None], arg: Any) -> bool:
@@ -87,6 +88,8 @@ class Relaying:
     def _deliver_forwarded(self, req: Request, answer: Answer | None, age: int = 0, fixed: int | None = None,
                            plugin: str = "forward") -> None:
         q = req.q
+        if answer is not None and req.block is not None and req.block.loadbalance and message.balanced(answer):
+            answer = message.shuffled(answer, self._reorder)
         response, rcode, truncated = _relayed(answer, req.data[:2], req.question(), q.flags & RD, q.edns, q.do,
                                               req.limit, age, fixed)
         self._respond(req, response, rcode, plugin, truncated)
@@ -137,19 +140,22 @@ class Relaying:
     def _deliver_lean(self, ctx: tuple, answer: Answer | None, age: int = 0, fixed: int | None = None,
                       plugin: str = "forward") -> None:
         lst, addr, qid, question, rd, edns, do, limit, t0, qtype = ctx
+        lean = self.lean
+        if answer is not None and lean is not None and lean.loadbalance and message.balanced(answer):
+            answer = message.shuffled(answer, self._reorder)
         response, rcode, truncated = _relayed(answer, qid, question, rd, edns, do, limit, age, fixed)
         try:  # noqa: SIM105 (per query)
             lst.sock.sendto(response, addr)
         except OSError:
             pass
         stats = self.stats
-        label = self.lean.label if self.lean is not None else "."
+        label = lean.label if lean is not None else "."
         k = (lst.index, label, "udp", qtype, rcode, plugin)
         stats.answered[k] = stats.answered.get(k, 0) + 1
         stats.observe(lst.index, label, perf() - t0)
         if truncated:
             stats.truncated += 1
-        if rcode == SERVFAIL and self.lean is not None and self.lean.errors:
+        if rcode == SERVFAIL and lean is not None and lean.errors:
             log.error("%s: SERVFAIL", message.question_text(question))
 
     def _chase(self, req: Request, res: Resolution) -> None:
@@ -181,8 +187,23 @@ class Relaying:
             reply.answer = reply.answer + an
             reply.authority = ns if not an else []
             reply.additional = ar
+        self._balance(reply, req.block)
         response, truncated = wire.build(req.q, reply, req.limit)
         self._respond(req, response, reply.rcode, plugin, truncated)
+
+
+    def _reorder(self, rrs: list) -> list | None:
+        """`loadbalance`'s order for one section of records (None: nothing to reorder)."""
+        return round_robin(rrs, self._shuffle)
+
+    def _balance(self, reply: Reply, block: Block | None) -> None:
+        """`loadbalance` on a reply composed here (a CNAME of ours before an upstream's records):
+        every section, as CoreDNS's response writer does it to whatever passes."""
+        if block is not None and block.loadbalance and reply.rcode == NOERROR:
+            for section in ("answer", "authority", "additional"):
+                order = round_robin(getattr(reply, section), self._shuffle)
+                if order is not None:
+                    setattr(reply, section, order)
 
 
 def _relayed(answer: Answer | None, qid: bytes, question: bytes, rd: int, edns: bool, do: bool, limit: int | None,
@@ -205,6 +226,7 @@ class Lean:
     label: str
     autopath: bool
     errors: bool
+    loadbalance: bool
 
     @classmethod
     def of(cls, routes: Routes) -> Lean | None:
@@ -212,4 +234,4 @@ class Lean:
         if b is None or b.log or len(b.groups) != 1 or b.groups[0].zone or b.groups[0].excepted:
             return None
         local = tuple(wire.name_to_wire(z) for z in b.own_zones)
-        return cls(b.cache, b.groups[0], local, b.label, b.autopath, b.errors)
+        return cls(b.cache, b.groups[0], local, b.label, b.autopath, b.errors, b.loadbalance)

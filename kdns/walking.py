@@ -42,6 +42,7 @@ class Walking:
     _respond: Callable[..., None]
     _forward: Callable[..., bool]
     _compose: Callable[..., None]
+    _balance: Callable[..., None]
     _local_answer: Callable[..., Any]
 
     def _autopath(self, req: Request, block: Block) -> bool:
@@ -84,6 +85,7 @@ class Walking:
                         return
                     self._autopathed(walk)
                     reply.ra = True
+                    self._balance(reply, req.block)
                     response, truncated = wire.build(q, reply, req.limit)
                     self._respond(req, response, reply.rcode, "autopath", truncated)
                     return
@@ -108,6 +110,7 @@ class Walking:
             if fixed is not None:
                 an, ns, ar = ([(o, t, fixed, d) for o, t, _, d in lst] for lst in (an, ns, ar))
             reply = Reply(answer.rcode, _cnamed(walk.req.q, name, an), ns if not an else [], ar, ra=True)
+            self._balance(reply, walk.req.block)
             response, truncated = wire.build(walk.req.q, reply, walk.req.limit)
             self._respond(walk.req, response, reply.rcode, "autopath", truncated)
             return

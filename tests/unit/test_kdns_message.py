@@ -118,6 +118,49 @@ def test_records_expand_compressed_names():
     assert ns[0][1] == wire.SOA
 
 
+@pytest.mark.parametrize(("answers", "additional", "rcode", "expected"), [
+    (("www.example.com. 60 IN A 192.0.2.1", "www.example.com. 60 IN A 192.0.2.2"), (), 0, True),
+    (("www.example.com. 60 IN CNAME web.example.com.", "web.example.com. 60 IN A 192.0.2.1"), (), 0, False),
+    (("www.example.com. 60 IN A 192.0.2.1", "www.example.com. 60 IN AAAA 2001:db8::1"), (), 0, True),
+    (("www.example.com. 60 IN MX 10 a.example.com.", "www.example.com. 60 IN MX 20 b.example.com."), (), 0, True),
+    (("www.example.com. 60 IN A 192.0.2.1",), ("a.example.com. 60 IN A 192.0.2.7", "b.example.com. 60 IN A 192.0.2.8"),
+     0, True),
+    ((), (), 3, False),
+])
+def test_loadbalance_decides_from_record_headers(answers, additional, rcode, expected):
+    """Reordered only when a section has two or more A/AAAA or MX records (NOERROR), as CoreDNS."""
+    a = message.scan(reply(rcode=rcode, answers=answers, additional=additional, soa_ttl=30 if rcode else None), QUESTION)
+    assert message.balanced(a) is expected
+    assert message.balanced(a) is expected  # the verdict is kept on the (cached) answer
+
+
+def test_shuffled_answer_keeps_every_record_whole():
+    """Records reordered in every section; compression pointers into moved records (dnslib points
+    the A records' owners and the additional section into the CNAME's and MX's rdata) must not
+    survive the move: the client's copy parses to the same records, in the new order."""
+    answers = ("www.example.com. 300 IN CNAME web.example.com.",
+               *(f"web.example.com. 60 IN A 192.0.2.{i}" for i in range(1, 5)))
+    extra = ("web.example.com. 60 IN AAAA 2001:db8::1", "web.example.com. 60 IN AAAA 2001:db8::2")
+    a = message.scan(reply(answers=answers, additional=extra), QUESTION)
+    def records(rec):  # names compared without case: the original's pointers into the question take the client's
+        return {(str(r.rname).lower(), r.rtype, str(r.rdata).lower()) for r in rec.rr + rec.ar}
+
+    before = records(client_copy(a)[0])
+
+    def reverse(rrs):
+        return list(reversed(rrs))
+
+    b = message.shuffled(a, reverse)
+    rec, truncated, _ = client_copy(b)
+    assert not truncated and rec.header.id == 0x4242 and str(rec.q.qname) == "WWW.Example.com."
+    assert [str(r.rdata) for r in rec.rr] == ["192.0.2.4", "192.0.2.3", "192.0.2.2", "192.0.2.1", "web.example.com."]
+    assert [str(r.rdata) for r in rec.ar[:2]] == ["2001:db8::2", "2001:db8::1"] and rec.ar[2].rtype == wire.OPT
+    assert records(rec) == before
+    assert [r.ttl for r in client_copy(b, age=10)[0].rr] == [50, 50, 50, 50, 290]  # TTLs still found and aged
+    small, truncated, data = client_copy(b, edns=False, limit=60)
+    assert truncated and len(data) <= 60 and small.header.tc
+
+
 def test_failure_reply():
     data = message.failure(b"\x00\x07", QUESTION, wire.RD, True, False, wire.SERVFAIL)
     rec = dnslib.DNSRecord.parse(data)

@@ -153,6 +153,7 @@ def env(dns_netns: str, apiserver: ApiServer, world: dict, kube, pod_nets: list[
     subprocess.run(["ip", "-n", dns_netns, "addr", "replace", f"{DNS_IP}/32", "dev", "lo"], check=True)
     with netns.enter(dns_netns):
         upstream = FakeUpstream("127.0.0.2", {"www.example.com": ["192.0.2.53"],
+                                              "pool.example.com": ["192.0.2.71", "192.0.2.72", "192.0.2.73"],
                                               "big.example.test": [f"198.51.100.{i}" for i in range(1, 101)]},
                                 ttl=60, negative_ttl=10)
         stale = FakeUpstream("127.0.0.3", {"www.stale.test": ["192.0.2.99"]}, ttl=1)
@@ -337,6 +338,18 @@ def test_loadbalance_shuffles_a_headless_services_addresses(env):
     assert {frozenset(o) for o in orders} == {frozenset({"10.244.1.9", "10.244.2.3"})}
     assert len(orders) == 2, f"30 answers, always in the same order: {orders}"
     assert len({env.dig("+short", f"web.default.svc.{Z}") for _ in range(5)}) == 1
+
+
+def test_loadbalance_shuffles_forwarded_answers(env):
+    """As CoreDNS's loadbalance wraps the response writer: a forwarded multi-address answer (the
+    first from the upstream, the rest from the cache) comes in a new order, the addresses intact;
+    a one-address answer is relayed as it is."""
+    asked = env.upstream.count("pool.example.com")
+    orders = {tuple(env.dig("+short", "pool.example.com").split()) for _ in range(30)}
+    assert {frozenset(o) for o in orders} == {frozenset({"192.0.2.71", "192.0.2.72", "192.0.2.73"})}
+    assert len(orders) > 1, f"30 answers, always in the same order: {orders}"
+    assert env.upstream.count("pool.example.com") - asked <= 2  # cached: the order changes all the same
+    assert {env.dig("+short", "www.example.com").strip() for _ in range(3)} == {"192.0.2.53"}
 
 
 def test_refused_corefile_names_the_plugin(workdir):
