@@ -28,7 +28,8 @@ from lab.apiserver import rbac
 
 # The lab's users: the admin kubeconfig and one per component.
 DEFAULT_USERS = ("admin", "kproxy", "kdns", "netpolicy", "ingress", "node-agent", "controllers", "flannel",
-                 "kube-proxy")  # upstream kube-proxy, knet lab up --proxy-mode kube-proxy-*
+                 "kube-proxy",  # upstream kube-proxy, knet lab up --proxy-mode kube-proxy-*
+                 "coredns")  # the lab's own cluster DNS (lab/bringup/dns.py)
 # lab key -> (user, groups). The ServiceAccounts are deploy/'s serviceAccountName of each
 # component (tests/unit/test_apiserver_rbac.py checks them against the manifests).
 _NODE_SA = rbac.service_account_user("knet-system", "knet-node")  # node-daemonset.yaml
@@ -36,6 +37,8 @@ LAB_IDENTITIES: dict[str, tuple[str, tuple[str, ...]]] = {
     "admin": ("admin", (rbac.MASTERS,)),
     "kproxy": _NODE_SA, "netpolicy": _NODE_SA, "flannel": _NODE_SA,
     "kdns": rbac.service_account_user("kube-system", "kdns"),  # kdns.yaml
+    # The lab's kdns, with autopath: CoreDNS's ServiceAccount, lab/bringup/dns-rbac.yaml's role.
+    "coredns": rbac.service_account_user("kube-system", "coredns"),
     "ingress": rbac.service_account_user("knet-system", "knet-ingress"),  # ingress.yaml
     "node-agent": ("knet:node-agent", (rbac.MASTERS,)),
     "controllers": ("knet:controllers", (rbac.MASTERS,)),

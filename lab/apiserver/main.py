@@ -206,6 +206,7 @@ async def serve(args: argparse.Namespace, cfg: Config, socks: list[socket.socket
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 LAB_POLICY = os.path.join(REPO, "deploy", "rbac.yaml")
+LAB_DNS_POLICY = os.path.join(REPO, "lab", "bringup", "dns-rbac.yaml")  # the lab's kdns with autopath
 
 @dataclass
 class LabApiServer:
@@ -272,7 +273,8 @@ def start_in_lab(lab: str, etcd_url: str = "http://127.0.0.1:2379", *, host_port
             "--tls-cert-file", certs.cert, "--tls-private-key-file", certs.key,
             "--kubelet-client-certificate", kubelet_cert, "--kubelet-client-key", kubelet_key,
             # RBAC with the bindings a cluster gets from deploy/ (the one source of both).
-            "--authorization-mode", "RBAC", "--authorization-policy-file", LAB_POLICY]
+            "--authorization-mode", "RBAC", "--authorization-policy-file", LAB_POLICY,
+            "--authorization-policy-file", LAB_DNS_POLICY]
     with open(os.path.join(sdir, "apiserver.log"), "ab") as out:
         proc = subprocess.Popen(netns.exec_argv(ctl_ns, argv), stdin=subprocess.DEVNULL, stdout=out,
                                 stderr=subprocess.STDOUT, pass_fds=(host_sock.fileno(),), start_new_session=True,

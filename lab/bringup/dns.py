@@ -23,9 +23,13 @@ STUB_PORT = 5353  # the stub domain's own server (a second upstream in the clien
 STUB_ZONE = "corp.lab"
 STUB_RECORDS = {"db.corp.lab": "192.168.33.101"}
 METRICS_PORT = 9153
+USER = "coredns"  # the lab's identity for kdns (lab.apiserver.auth): CoreDNS's ServiceAccount
 
-# kubeadm's Corefile, with the lab's addresses and a stub domain: the lab runs kdns from a
-# Corefile as a cluster does (the `coredns` ConfigMap), not from flags.
+# kubeadm's Corefile, with the lab's addresses, a stub domain and autopath: the lab runs kdns
+# from a Corefile as a cluster does (the `coredns` ConfigMap), not from flags. `pods verified` +
+# `autopath @kubernetes` (as CoreDNS documents them: a pod's external lookup takes one query
+# instead of one per search domain) need the Pods: the lab's kdns runs as kube-system/coredns,
+# which dns-rbac.yaml grants them (deploy/ keeps kubeadm's `pods insecure` and its RBAC).
 COREFILE = """\
 .:53 {{
     bind {ip}
@@ -33,11 +37,12 @@ COREFILE = """\
     health {ip}:8080
     ready {ip}:8181
     kubernetes cluster.local in-addr.arpa ip6.arpa {{
-        pods insecure
+        pods verified
         fallthrough in-addr.arpa ip6.arpa
         ttl 30
         kubeconfig {kubeconfig}
     }}
+    autopath @kubernetes
     prometheus {ip}:{metrics}
     forward . {upstream}
     cache 30
@@ -73,10 +78,11 @@ def start(p: topology.Plan, kubeconfigs: dict[str, str], progress=print, wait: f
     for n in p.nodes:  # replies from kdns to pods go back through the pods' node
         if n.pod_subnet:
             netns.run(p.ctl.netns, ["ip", "route", "replace", n.pod_subnet, "via", n.ip, "dev", "eth0"], check=True)
+        _unmasqueraded(n.netns, p.ctl.ip)
     corefile = os.path.join(p.state_dir, "coredns", "Corefile")
     os.makedirs(os.path.dirname(corefile), exist_ok=True)
     with open(corefile, "w") as f:
-        f.write(COREFILE.format(ip=p.ctl.ip, kubeconfig=kubeconfigs["kdns"], metrics=METRICS_PORT,
+        f.write(COREFILE.format(ip=p.ctl.ip, kubeconfig=kubeconfigs[USER], metrics=METRICS_PORT,
                                 upstream=f"{p.client.ip}:{UPSTREAM_PORT}", stub_zone=STUB_ZONE,
                                 stub=f"{p.client.ip}:{STUB_PORT}"))
     kdns = launch.spawn("kdns", p.ctl.netns, [launch.binary("kdns"), "-conf", corefile],
@@ -96,6 +102,19 @@ def start(p: topology.Plan, kubeconfigs: dict[str, str], progress=print, wait: f
     return {"kdns": {"pid": kdns.pid, "log": kdns.log, "corefile": corefile},
             "upstream": {"pid": upstream.pid, "log": upstream.log},
             "stub": {"pid": stub.pid, "log": stub.log}, "service_ip": dns_service_ip()}
+
+
+def _unmasqueraded(node_netns: str, kdns_ip: str) -> None:
+    """Pods' DNS traffic reaches kdns with the pod's address, as it reaches CoreDNS's pods in a
+    cluster (pod to pod: flannel's --ip-masq leaves it alone). kdns runs outside the pod network
+    here, where flannel would masquerade it as leaving the cluster; autopath (`pods verified`)
+    must see the pod. First in POSTROUTING, before flannel's jump (which it only adds when
+    missing), once per node."""
+    for proto in ("udp", "tcp"):
+        spec = ["-s", topology.POD_CIDR, "-d", f"{kdns_ip}/32", "-p", proto, "--dport", "53", "-m", "comment",
+                "--comment", "knet lab: pods reach kdns with their own address", "-j", "RETURN"]
+        if netns.run(node_netns, ["iptables", "-t", "nat", "-C", "POSTROUTING", *spec]).returncode != 0:
+            netns.run(node_netns, ["iptables", "-t", "nat", "-I", "POSTROUTING", "1", *spec], check=True)
 
 
 def _service(p: topology.Plan) -> None:

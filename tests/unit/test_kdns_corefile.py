@@ -207,3 +207,33 @@ def test_flags_become_one_server_block():
     assert f.policy == "sequential" and f.failover == frozenset({SERVFAIL, REFUSED}) and f.max_concurrent == 1000
     assert b.cache.success_ttl == 600 and NXDOMAIN not in f.failover
     assert s.prometheus == s.health == s.ready == "0.0.0.0:9153"
+
+
+def test_the_labs_corefile_has_autopath_and_its_identity_the_pods():
+    """The lab runs kdns with `pods verified` + `autopath @kubernetes` (deploy/ keeps kubeadm's
+    `pods insecure`): the lab's identity for it must be granted what that configuration lists and
+    watches (services, endpointslices, pods), and nothing in deploy/ may change for it."""
+    from lab.apiserver import auth, bootstrap, main, rbac
+    from lab.bringup import dns
+
+    text = dns.COREFILE.format(ip="192.168.33.2", kubeconfig="/k", metrics=9153, upstream="192.168.33.100:53",
+                               stub_zone=dns.STUB_ZONE, stub="192.168.33.100:5353")
+    root = from_corefile(text).blocks[0]
+    assert root.kubernetes is not None and root.kubernetes.pods == "verified" and root.autopath
+
+    policy = bootstrap.load_policy([main.LAB_POLICY, main.LAB_DNS_POLICY])
+    user, groups = auth.LAB_IDENTITIES[dns.USER]
+    keys = set(rbac.subject_keys(user, groups))
+    roles = {o["metadata"]["name"]: o for o in policy if o["kind"] == "ClusterRole"}
+    bound = [o["roleRef"]["name"] for o in policy if o["kind"] == "ClusterRoleBinding"
+             and keys & set(rbac.binding_subject_keys(o))]
+    grants = [rbac.Grant("ClusterRoleBinding", name, "ClusterRole", name, user,
+                         tuple(rbac.Rule.parse(r) for r in roles[name]["rules"])) for name in bound]
+    for group, resource in (("", "services"), ("discovery.k8s.io", "endpointslices"), ("", "pods")):
+        for verb in ("list", "watch"):
+            assert rbac.decide(rbac.Attributes(user, groups, verb, group, resource), grants).allowed, (resource, verb)
+    assert not rbac.decide(rbac.Attributes(user, groups, "list", "", "secrets"), grants).allowed
+    kdns_user, kdns_groups = auth.LAB_IDENTITIES["kdns"]  # deploy's identity: still no pods
+    kdns_keys = set(rbac.subject_keys(kdns_user, kdns_groups))
+    assert all(o["roleRef"]["name"] != "knet:lab-dns" for o in policy if o["kind"] == "ClusterRoleBinding"
+               and kdns_keys & set(rbac.binding_subject_keys(o)))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections
 import json
 import os
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -314,6 +315,62 @@ def test_cluster_dns_through_the_service_proxy(slab: ServiceLab) -> None:
     assert resolve("db.corp.lab") == "192.168.33.101"
     assert resolve("no-such-service") is None
     assert slab.curl("client-node3", "http://web/hostname")  # and by name all the way to a backend
+
+
+def test_autopath_answers_a_pods_external_lookup_in_one_query(slab: ServiceLab) -> None:
+    """Issue 22: the lab's Corefile has `pods verified` + `autopath @kubernetes`. A pod looking up
+    a name outside the cluster with its resolv.conf (ndots:5, its namespace's search path) sends
+    kdns one query, answered with a CNAME to the name and its address; a pod of another namespace
+    gets its own search path; a source that is no pod gets no autopath. (One mode's lab: kdns does
+    the same behind any proxy that keeps the pod's source address, which userspace does not.)"""
+    if slab.mode != "iptables":
+        pytest.skip("autopath is kdns's, the same behind every proxy mode: proven in the iptables-mode lab")
+    from lab.bringup import dns
+    from lab.net import topology
+
+    def counters() -> tuple[float, float]:
+        r = slab.lab.exec("ctl", ["curl", "-s", "-m", "5", f"http://{topology.CTL_IP}:{dns.METRICS_PORT}/metrics"])
+        assert r.returncode == 0, r.stderr
+        fams = {f.name: f for f in text_string_to_metric_families(r.stdout)}
+        return tuple(sum(s.value for s in fams[name].samples if s.name.endswith("_total"))  # type: ignore[return-value]
+                     for name in ("coredns_dns_requests", "coredns_autopath_success"))
+
+    client.create(slab.api, "Namespace", {"metadata": {"name": "apath"}})
+    client.create(slab.api, "Pod", {"metadata": {"name": "asker"}, "spec": {
+        "nodeSelector": {"kubernetes.io/hostname": "node1"},
+        "containers": [{"name": "c", "image": AGNHOST, "args": ["pause"]}]}}, "apath")
+    try:
+        def running() -> bool:
+            pod = client.get(slab.api, "Pod", "asker", "apath") or {}
+            return bool(pod.get("status", {}).get("podIP")) and pod["status"].get("phase") == "Running"
+
+        wait_for(running, 40, "a pod in namespace apath")
+        for target, ns in (("client-node3", "default"), ("asker", "apath")):
+            r = slab.lab.exec(target, ["cat", "/etc/resolv.conf"], namespace=ns)
+            assert f"search {ns}.svc.cluster.local" in r.stdout and "ndots:5" in r.stdout, r.stdout
+            # kdns learns the pod's address from its informer: the first lookup may precede it
+            wait_for(lambda t=target, n=ns: slab.lab.exec(t, ["getent", "ahostsv4", "outside.lab"], namespace=n)
+                     .returncode == 0, 30, f"{target} resolving through kdns")
+            before, autopaths = counters()
+            r = slab.lab.exec(target, ["getent", "ahostsv4", "www.example.com"], namespace=ns)
+            assert r.returncode == 0 and r.stdout.split()[:3] == ["192.168.33.100", "STREAM", "www.example.com"], \
+                r.stdout
+            after, autopaths_after = counters()
+            # one query (www.example.com.<ns>.svc.cluster.local, type A) reached kdns, answered with a
+            # CNAME to www.example.com and its address: without autopath, four (one per search domain)
+            assert (after - before, autopaths_after - autopaths) == (1, 1), (target, before, after)
+        q = slab.lab.exec(target, ["dig", "+tries=1", "+time=3", f"@{dns.dns_service_ip()}",
+                                   "www.example.com.apath.svc.cluster.local"], namespace="apath").stdout
+        assert "status: NOERROR" in q and re.search(r"\sCNAME\s+www\.example\.com\.", q), q
+        # The lab's outside client is no pod: its expansion is answered as asked (NXDOMAIN).
+        before, autopaths = counters()
+        q = slab.lab.exec("client", ["dig", "+tries=1", "+time=3", f"@{topology.CTL_IP}",
+                                     "www.example.com.default.svc.cluster.local"]).stdout
+        assert "status: NXDOMAIN" in q, q
+        assert counters()[1] == autopaths
+    finally:
+        client.delete(slab.api, "Pod", "asker", "apath")
+        client.delete(slab.api, "Namespace", "apath")
 
 
 def test_ingress_virtual_hosts_through_the_load_balancer(slab: ServiceLab) -> None:
