@@ -143,14 +143,10 @@ class ForwardCache:
         return entry
 
     def _evict(self, part: dict[bytes, Entry], cap: int, name: str, now: float) -> None:
-        """Make room in bulk: what is past serving, then the oldest tenth; one sweep per
-        ~cap/10 insertions, so a flood of distinct names costs O(1) per query, not a scan each."""
-        grace = self.cfg.serve_stale.duration if self.cfg.serve_stale else 0.0
-        gone = [k for k, e in part.items() if e.expires + grace <= now]
-        target = cap - max(1, cap // 10)
-        if len(part) - len(gone) > target:
-            gone += itertools.islice((k for k, e in part.items() if e.expires + grace > now),
-                                     len(part) - len(gone) - target)
+        """Make room in bulk: the oldest tenth, in insertion order (a refreshed entry moves to the
+        end; entries past serving are mostly the oldest). One sweep per ~cap/10 insertions that
+        reads only what it removes, so a flood of distinct names costs O(1) per query."""
+        gone = list(itertools.islice(part, max(1, len(part) - (cap - max(1, cap // 10)))))
         for k in gone:
             del part[k]
         self.evictions[name] += len(gone)

@@ -71,11 +71,11 @@ class Answer:
 
     data: bytes
     qend: int
-    ends: list[int]
+    ends: tuple[int, ...]
     an: int
     ns: int
     ar: int
-    ttls: list[int]
+    ttls: tuple[int, ...]
     rcode: int
     ttl: int
     opt_ttl: int
@@ -157,7 +157,8 @@ def scan(data: bytes, question: bytes) -> Answer:
         cache = negative
     else:
         cache = -1  # failures, and negative answers without an SOA (RFC 2308 §5: not cached)
-    return Answer(body, qend, ends, an, ns, kept_ar, ttls, rcode, cache, opt_ttl, bool(flags & TC))
+    # Tuples: kept in the cache by the thousand, and tuples of ints leave the GC's lists.
+    return Answer(body, qend, tuple(ends), an, ns, kept_ar, tuple(ttls), rcode, cache, opt_ttl, bool(flags & TC))
 
 
 def render(a: Answer, qid: bytes, question: bytes, rd: int, edns: bool, do: bool, limit: int | None,
@@ -219,7 +220,7 @@ def balanced(a: Answer) -> bool:
                 addresses = mxs = 0
                 for off in ttls[bounds[section]:bounds[section + 1]]:
                     rtype = (data[off - 4] << 8) | data[off - 3]
-                    if rtype == A or rtype == AAAA:
+                    if rtype in (A, AAAA):
                         addresses += 1
                     elif rtype == MX:
                         mxs += 1
@@ -251,8 +252,8 @@ def shuffled(a: Answer, reorder: Callable[[list[URR]], list[URR] | None]) -> Ans
             body += rdata
             ends.append(len(body))
     _COUNTS.pack_into(body, 6, *counts)
-    return Answer(bytes(body), a.qend, ends, counts[0], counts[1], counts[2], ttls, a.rcode, a.ttl, a.opt_ttl,
-                  a.truncated, 1)
+    return Answer(bytes(body), a.qend, tuple(ends), counts[0], counts[1], counts[2], tuple(ttls), a.rcode, a.ttl,
+                  a.opt_ttl, a.truncated, 1)
 
 
 def question_text(question: bytes) -> str:

@@ -129,7 +129,8 @@ def test_records_expand_compressed_names():
 ])
 def test_loadbalance_decides_from_record_headers(answers, additional, rcode, expected):
     """Reordered only when a section has two or more A/AAAA or MX records (NOERROR), as CoreDNS."""
-    a = message.scan(reply(rcode=rcode, answers=answers, additional=additional, soa_ttl=30 if rcode else None), QUESTION)
+    soa = 30 if rcode else None
+    a = message.scan(reply(rcode=rcode, answers=answers, additional=additional, soa_ttl=soa), QUESTION)
     assert message.balanced(a) is expected
     assert message.balanced(a) is expected  # the verdict is kept on the (cached) answer
 
