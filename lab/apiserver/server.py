@@ -397,7 +397,7 @@ class ApiServer:
         params = dict(request.query) if params is None else params
         if t.name is not None:  # the legacy /watch/.../<name> path: a watch of that one object
             params["fieldSelector"] = ",".join(filter(None, [params.get("fieldSelector"), f"metadata.name={t.name}"]))
-        q = Query(t.rt, params)
+        q = Query(t.rt, params, watch=True)
         events = self.registry.watch(t.rt, t.namespace, q, self.stopping, watchstream.TICK)
         if view is not None:
             events = _converted(events, view.strategy)
