@@ -265,6 +265,10 @@ def test_servers_agree(kdns6: Kdns, coredns6: DnsServer, world: World):
         (f"dual.default.svc.{Z}", "AAAA"), (f"v6.default.svc.{Z}", "AAAA"), (f"pets.default.svc.{Z}", "AAAA"),
         (f"pet-0.pets.default.svc.{Z}", "AAAA"), (f"h6.default.svc.{Z}", "AAAA"), ("-x", world.v6),
         ("-x", "fd00:10:244:2::6"), (f"fd00-10-244-1--5.default.pod.{Z}", "AAAA"),
+        (f"v6.default.svc.{Z}", "A"), (f"pets.default.svc.{Z}", "A"), (f"h6.default.svc.{Z}", "A"),
+        (f"nope.default.svc.{Z}", "AAAA"), (f"pet-9.pets.default.svc.{Z}", "AAAA"),
+        (f"fd00-10-244-2--8.pets.default.svc.{Z}", "AAAA"), ("-x", "fd00:10:96::ffff"),
+        (f"ext6.default.svc.{Z}", "AAAA"), (f"_web._tcp.h6.default.svc.{Z}", "SRV"),
     ]
     for server in (kdns6, coredns6):
         poll(lambda s=server: s.short(f"h6.default.svc.{Z}", "AAAA"), lambda r: r == ["fd00:10:244:1::9"], 20)
