@@ -1,0 +1,98 @@
+"""DaemonSets in the lab end to end: the controller keeps one pod per matching node as nodes gain
+and lose the label, appear and go; `kubectl rollout restart` replaces every pod within
+maxUnavailable and `kubectl rollout status` sees it finish; deleting the set deletes its pods."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from knet.kube import client
+from tests.integration.controlplane.cp_helpers import ControlPlaneLab, wait_for
+
+pytestmark = pytest.mark.integration
+
+LABEL = "ds.knet.test/run"
+
+
+def daemonset(name: str) -> dict:
+    return {"apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": {"name": name},
+            "spec": {"selector": {"matchLabels": {"ds": name}},
+                     "template": {"metadata": {"labels": {"ds": name}},
+                                  "spec": {"nodeSelector": {LABEL: "yes"},
+                                           "containers": [{"name": "p", "image": "registry.k8s.io/pause:3.9"}]}}}}
+
+
+def placed(cp: ControlPlaneLab, name: str) -> dict[str, dict]:
+    """node -> the set's live pod there."""
+    return {p["spec"]["nodeName"]: p for p in cp.pods(f"ds={name}") if not p["metadata"].get("deletionTimestamp")}
+
+
+def running_on(cp: ControlPlaneLab, name: str, nodes: set[str]) -> dict[str, dict]:
+    def ok():
+        got = placed(cp, name)
+        ready = {n for n, p in got.items() if any(c["type"] == "Ready" and c["status"] == "True"
+                                                  for c in p.get("status", {}).get("conditions", []))}
+        return got if set(got) == nodes and ready >= nodes & {"node1", "node2"} else None
+    return wait_for(ok, 60, f"daemon pods on exactly {sorted(nodes)}")
+
+
+def test_one_pod_per_matching_node_follows_labels_and_nodes(cp: ControlPlaneLab) -> None:
+    name = "agentd"
+    try:
+        cp.kubectl("label", "node", "node1", f"{LABEL}=yes")
+        cp.kubectl("apply", "-f", "-", input=json.dumps(daemonset(name)))
+        pods = running_on(cp, name, {"node1"})
+        pod = pods["node1"]
+        assert pod["metadata"]["ownerReferences"][0]["kind"] == "DaemonSet"
+        assert pod["metadata"]["labels"]["controller-revision-hash"]
+        terms = pod["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+        assert terms["nodeSelectorTerms"] == [{"matchFields": [{"key": "metadata.name", "operator": "In",
+                                                                 "values": ["node1"]}]}]
+        tolerated = {(t["key"], t["effect"]) for t in pod["spec"]["tolerations"]}
+        assert ("node.kubernetes.io/not-ready", "NoExecute") in tolerated
+        cp.kubectl("label", "node", "node2", f"{LABEL}=yes")
+        running_on(cp, name, {"node1", "node2"})
+        cp.kubectl("label", "node", "node1", f"{LABEL}-")
+        running_on(cp, name, {"node2"})
+        # A node that joins (no agent behind it: its pod stays Pending there) and leaves.
+        client.create(cp.api, "Node", {"metadata": {"name": "ghost", "labels": {LABEL: "yes"}}})
+        running_on(cp, name, {"node2", "ghost"})
+        client.delete(cp.api, "Node", "ghost")
+        running_on(cp, name, {"node2"})
+        ds = wait_for(lambda: (d := client.get(cp.api, "DaemonSet", name, "default"))["status"].get(
+            "numberReady") == 1 and d["status"].get("desiredNumberScheduled") == 1 and d, 30, "the set's status")
+        assert ds["status"]["observedGeneration"] == ds["metadata"]["generation"]
+        row = cp.kubectl("get", "ds", name).stdout.splitlines()[1].split()
+        assert row[:7] == [name, "1", "1", "1", "1", "1", f"{LABEL}=yes"]
+    finally:
+        cp.kubectl("delete", "ds", name, "--ignore-not-found")
+        client.delete(cp.api, "Node", "ghost")
+        for node in ("node1", "node2"):
+            cp.kubectl("label", "node", node, f"{LABEL}-", check=False)
+    wait_for(lambda: not cp.pods(f"ds={name}"), 60, "the set's pods to go with it")
+
+
+def test_rollout_restart_replaces_every_pod(cp: ControlPlaneLab) -> None:
+    name = "rolld"
+    try:
+        for node in ("node1", "node2"):
+            cp.kubectl("label", "node", node, f"{LABEL}=yes")
+        cp.kubectl("apply", "-f", "-", input=json.dumps(daemonset(name)))
+        before = running_on(cp, name, {"node1", "node2"})
+        cp.kubectl("rollout", "status", f"ds/{name}", "--timeout=90s")
+        cp.kubectl("rollout", "restart", f"ds/{name}")
+        out = cp.kubectl("rollout", "status", f"ds/{name}", "--timeout=120s").stdout
+        assert f'daemon set "{name}" successfully rolled out' in out
+        after = running_on(cp, name, {"node1", "node2"})
+        old_names = {p["metadata"]["name"] for p in before.values()}
+        assert not old_names & {p["metadata"]["name"] for p in after.values()}, "every pod replaced"
+        hashes = {p["metadata"]["labels"]["controller-revision-hash"] for p in after.values()}
+        assert len(hashes) == 1 and hashes != {p["metadata"]["labels"]["controller-revision-hash"]
+                                               for p in before.values()}
+    finally:
+        cp.kubectl("delete", "ds", name, "--ignore-not-found")
+        for node in ("node1", "node2"):
+            cp.kubectl("label", "node", node, f"{LABEL}-", check=False)
+    wait_for(lambda: not cp.pods(f"ds={name}"), 60, "the set's pods to go with it")
