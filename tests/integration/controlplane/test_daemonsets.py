@@ -1,13 +1,17 @@
 """DaemonSets in the lab end to end: the controller keeps one pod per matching node as nodes gain
 and lose the label, appear and go; `kubectl rollout restart` replaces every pod within
-maxUnavailable and `kubectl rollout status` sees it finish; deleting the set deletes its pods."""
+maxUnavailable and `kubectl rollout status` sees it finish; deleting the set deletes its pods.
+And what daemon pods need of the node agent: host network, init containers, volumes, env."""
 
 from __future__ import annotations
 
 import json
+import os
+import secrets
 
 import pytest
 
+from knet import netns
 from knet.kube import client
 from tests.integration.controlplane.cp_helpers import ControlPlaneLab, wait_for
 
@@ -96,3 +100,44 @@ def test_rollout_restart_replaces_every_pod(cp: ControlPlaneLab) -> None:
         for node in ("node1", "node2"):
             cp.kubectl("label", "node", node, f"{LABEL}-", check=False)
     wait_for(lambda: not cp.pods(f"ds={name}"), 60, "the set's pods to go with it")
+
+
+def test_host_network_pod_with_init_container_configmap_volume_and_env(cp: ControlPlaneLab) -> None:
+    """A hostNetwork pod of the `knet` image serves, on its node's address, a file its init
+    container made from a ConfigMap volume; its port comes from the ConfigMap through env and
+    $(VAR) in its command. Removing it leaves the node's namespace alone."""
+    port = str(18000 + secrets.randbelow(1000))
+    client.create(cp.api, "ConfigMap", {"metadata": {"name": "greeting"},
+                                        "data": {"message": "hello from a configmap\n", "port": port}}, "default")
+    pod = {"metadata": {"name": "hostweb"}, "spec": {
+        "nodeName": "node1", "hostNetwork": True,
+        "volumes": [{"name": "config", "configMap": {"name": "greeting"}}, {"name": "work", "emptyDir": {}}],
+        "initContainers": [{"name": "prepare", "image": "busybox",
+                            "command": ["sh", "-c", "cp /mnt/message /srv/index.html && echo init >> /srv/index.html"],
+                            "volumeMounts": [{"name": "config", "mountPath": "/mnt", "readOnly": True},
+                                             {"name": "work", "mountPath": "/srv"}]}],
+        "containers": [{"name": "web", "image": "ghcr.io/knet-project/knet:latest",
+                        "command": ["python3", "-m", "http.server", "$(PORT)", "--bind", "$(NODE_IP)",
+                                    "--directory", "/srv"],
+                        "env": [{"name": "PORT", "valueFrom": {"configMapKeyRef": {"name": "greeting", "key": "port"}}},
+                                {"name": "NODE_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.hostIP"}}}],
+                        "readinessProbe": {"tcpSocket": {"port": int(port)}, "periodSeconds": 1},
+                        "volumeMounts": [{"name": "work", "mountPath": "/srv", "readOnly": True}]}]}}
+    node1 = cp.lab.node("node1")
+    try:
+        client.create(cp.api, "Pod", pod, "default")
+        got = wait_for(lambda: (p := client.get(cp.api, "Pod", "hostweb", "default")) and any(
+            c["type"] == "Ready" and c["status"] == "True" for c in p.get("status", {}).get("conditions", [])) and p,
+            60, "the hostNetwork pod to be ready")
+        assert got["status"]["podIP"] == node1["ip"] == got["status"]["hostIP"]
+        (init,) = got["status"]["initContainerStatuses"]
+        assert init["state"]["terminated"]["exitCode"] == 0 and init["state"]["terminated"]["reason"] == "Completed"
+        body = cp.http(cp.lab.netns("node2"), f"http://{node1['ip']}:{port}/index.html")
+        assert body == "hello from a configmap\ninit\n"
+        assert not os.path.exists("/srv/index.html"), "the volume is the pod's, not the machine's"
+    finally:
+        client.delete(cp.api, "Pod", "hostweb", "default")
+        client.delete(cp.api, "ConfigMap", "greeting", "default")
+    wait_for(lambda: client.get(cp.api, "Pod", "hostweb", "default") is None, 60, "the pod to go")
+    assert node1["ip"] in netns.run(cp.lab.netns("node1"), ["ip", "-4", "-o", "addr"]).stdout, \
+        "the node's namespace and address survive the pod"
