@@ -226,6 +226,8 @@ def _record_leases(name: str, root: str, leases: dict[str, dict]) -> None:
         for short, lease in leases.items():
             d["nodes"][short]["pod_subnet"] = lease["pod_subnet"]
             d["nodes"][short]["mtu"] = lease["mtu"]
+            if lease.get("pid"):  # flannel-py's (`knet lab status`)
+                d["nodes"][short]["flannel_pid"] = lease["pid"]
 
 
 def _record(name: str, root: str, key: str, info: dict) -> dict:
