@@ -141,3 +141,40 @@ def test_host_network_pod_with_init_container_configmap_volume_and_env(cp: Contr
     wait_for(lambda: client.get(cp.api, "Pod", "hostweb", "default") is None, 60, "the pod to go")
     assert node1["ip"] in netns.run(cp.lab.netns("node1"), ["ip", "-4", "-o", "addr"]).stdout, \
         "the node's namespace and address survive the pod"
+
+
+def test_killed_daemon_container_is_restarted_by_its_node_agent(cp: ControlPlaneLab) -> None:
+    """A DaemonSet of the `knet` image on the host network (a /healthz server), as deploy/'s
+    node DaemonSet runs knet: SIGKILL of one pod's process brings it back, restartCount 1, healthy."""
+    name, port = "healthd", 19000 + secrets.randbelow(1000)
+    ds = daemonset(name)
+    ds["spec"]["template"]["spec"] = {
+        "hostNetwork": True, "nodeSelector": {LABEL: "yes"},
+        "containers": [{"name": "server", "image": "knet", "command": ["python3", "-m", "lab.workloads", "http"],
+                        "args": ["--port", "$(PORT)"], "env": [{"name": "PORT", "value": str(port)}],
+                        "livenessProbe": {"httpGet": {"path": "/healthz", "port": port}, "periodSeconds": 2},
+                        "readinessProbe": {"httpGet": {"path": "/healthz", "port": port}, "periodSeconds": 1}}]}
+    try:
+        for node in ("node1", "node2"):
+            cp.kubectl("label", "node", node, f"{LABEL}=yes")
+        cp.kubectl("apply", "-f", "-", input=json.dumps(ds))
+        pods = running_on(cp, name, {"node1", "node2"})
+        victim = pods["node1"]
+        pid = int(victim["status"]["containerStatuses"][0]["containerID"].removeprefix("knet://"))
+        node1_ip = cp.lab.node("node1")["ip"]
+        assert cp.http(cp.lab.netns("node2"), f"http://{node1_ip}:{port}/healthz") == "ok\n"
+        os.kill(pid, 9)
+
+        def back() -> dict | None:
+            p = client.get(cp.api, "Pod", victim["metadata"]["name"], "default")
+            st = (p or {}).get("status", {}).get("containerStatuses") or [{}]
+            return p if st[0].get("restartCount") == 1 and st[0].get("ready") else None
+        again = wait_for(back, 60, "the killed container restarted and ready")
+        assert again["status"]["containerStatuses"][0]["lastState"]["terminated"]["exitCode"] == 137
+        assert again["metadata"]["uid"] == victim["metadata"]["uid"], "the same pod, its container restarted"
+        assert cp.http(cp.lab.netns("node2"), f"http://{node1_ip}:{port}/healthz") == "ok\n"
+    finally:
+        cp.kubectl("delete", "ds", name, "--ignore-not-found")
+        for node in ("node1", "node2"):
+            cp.kubectl("label", "node", node, f"{LABEL}-", check=False)
+    wait_for(lambda: not cp.pods(f"ds={name}"), 60, "the set's pods to go with it")
