@@ -198,8 +198,11 @@ def container_mounts(mounts: Sequence[Mapping[str, Any]], volumes: Mapping[str, 
 
 
 def mount_argv(mounts: Sequence[Mount], argv: Sequence[str]) -> list[str]:
-    """argv run in a new mount namespace with `mounts` bound at their targets (nothing of it
-    propagates back to the node). The shell execs argv in place: the pid stays the container's."""
+    """argv run in a new mount namespace with `mounts` bound at their targets. Slave propagation:
+    nothing of it propagates back to the node, while mounts the node makes later reach the
+    container (every mount behaves as mountPropagation HostToContainer, which deploy/'s CNI agent
+    needs for the pod namespaces appearing under /run/netns). The shell execs argv in place: the
+    pid stays the container's."""
     if not mounts:
         return list(argv)
     lines = ["set -e"]
@@ -211,7 +214,7 @@ def mount_argv(mounts: Sequence[Mount], argv: Sequence[str]) -> list[str]:
         if m.read_only:
             lines.append(f"mount -o remount,bind,ro {dst}")
     lines.append('exec "$@"')
-    return ["unshare", "--mount", "--propagation", "private", "sh", "-c", "\n".join(lines), "sh", *argv]
+    return ["unshare", "--mount", "--propagation", "slave", "sh", "-c", "\n".join(lines), "sh", *argv]
 
 
 # --- the side effects ----------------------------------------------------------------------------

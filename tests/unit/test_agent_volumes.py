@@ -85,7 +85,7 @@ def test_mounts_and_the_mount_namespace_command() -> None:
     assert mounts == [volumes.Mount("/vol/config", "/etc/knet", True), volumes.Mount("/vol/config/iface",
                                                                                      "/etc/iface", False)]
     argv = volumes.mount_argv(mounts, ["kproxy", "--x"])
-    assert argv[:4] == ["unshare", "--mount", "--propagation", "private"] and argv[-3:] == ["sh", "kproxy", "--x"]
+    assert argv[:4] == ["unshare", "--mount", "--propagation", "slave"] and argv[-3:] == ["sh", "kproxy", "--x"]
     assert "mount --bind /vol/config /etc/knet" in argv[6] and "remount,bind,ro /etc/knet" in argv[6]
     assert volumes.mount_argv([], ["x"]) == ["x"]
     with pytest.raises(volumes.VolumeError, match="no such volume"):
