@@ -112,3 +112,16 @@ def test_env_from_key_refs_and_env_from() -> None:
         "name": "cfg", "key": "nope"}}}]})
     with pytest.raises(podenv.ConfigError, match="couldn't find key nope in ConfigMap ns1/cfg"):
         podenv.container_env(missing, pod([]), {}, lookup=lookup)
+
+
+def test_projected_tokens_come_from_the_labs_tokens_file(tmp_path) -> None:
+    from lab.agent.runtime import Runtime
+    tokens = tmp_path / "tokens.csv"
+    tokens.write_text('# token,user,uid,"groups"\n'
+                      't-admin,admin,admin,"system:masters"\n'
+                      't-node,system:serviceaccount:knet-system:knet-node,kproxy\n')
+    rt = Runtime(None, "kx", "node1", {"netns": "kx-node1"}, str(tmp_path / "agent"), sa_tokens=str(tokens))
+    assert rt.token("knet-system", "knet-node", "", 3600) == "t-node"
+    assert rt.token("default", "default", "", 3600) is None
+    assert rt.node_root == str(tmp_path / "agent" / "hostroot")
+    assert Runtime(None, "kx", "node1", {}, str(tmp_path / "a2")).token("knet-system", "knet-node", "", 1) is None
