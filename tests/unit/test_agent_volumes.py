@@ -120,8 +120,10 @@ def test_projected_tokens_come_from_the_labs_tokens_file(tmp_path) -> None:
     tokens.write_text('# token,user,uid,"groups"\n'
                       't-admin,admin,admin,"system:masters"\n'
                       't-node,system:serviceaccount:knet-system:knet-node,kproxy\n')
-    rt = Runtime(None, "kx", "node1", {"netns": "kx-node1"}, str(tmp_path / "agent"), sa_tokens=str(tokens))
+    rt = Runtime(None, "kx", "node1", {"netns": "kx-node1"}, str(tmp_path / "agent"),  # type: ignore[arg-type]
+                 sa_tokens=str(tokens))
     assert rt.token("knet-system", "knet-node", "", 3600) == "t-node"
     assert rt.token("default", "default", "", 3600) is None
     assert rt.node_root == str(tmp_path / "agent" / "hostroot")
-    assert Runtime(None, "kx", "node1", {}, str(tmp_path / "a2")).token("knet-system", "knet-node", "", 1) is None
+    bare = Runtime(None, "kx", "node1", {}, str(tmp_path / "a2"))  # type: ignore[arg-type]
+    assert bare.token("knet-system", "knet-node", "", 1) is None
