@@ -70,7 +70,7 @@ class ServiceRules:
 V6_MASK = "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"
 
 
-def _host(ip: str) -> str:
+def host_match(ip: str) -> str:
     """One address as a match: /32, or /128 for IPv6."""
     return f"{ip}/128" if ":" in ip else f"{ip}/32"
 
@@ -123,7 +123,7 @@ def _sep_rules(sp: ServicePort, ep: Endpoint) -> list[str]:
     recent = f"-m recent --name {sep} --mask {_recent_mask(sp)} --rsource --set " if sp.affinity_seconds else ""
     return [
         # hairpin: a pod reaching itself through the service must come back via the node
-        f"-A {sep} -m comment --comment {_q(sp.key)} -s {_host(ep.ip)} -j KUBE-MARK-MASQ",
+        f"-A {sep} -m comment --comment {_q(sp.key)} -s {host_match(ep.ip)} -j KUBE-MARK-MASQ",
         f"-A {sep} -m comment --comment {_q(sp.key)} {recent}{_match(sp)} -j DNAT --to-destination {ep.addr}",
     ]
 
@@ -139,12 +139,13 @@ def render_rejects(sp: ServicePort, cats: Categories) -> tuple[list[str], list[s
         target = "DROP" if cats.internal_verdict == DROP else _reject(sp)
         note = sp.key + (" has no local endpoints" if target == "DROP" else " has no endpoints")
         for cip in sp.cluster_ips:
-            services.append(_entry("KUBE-SERVICES", note, f"{m} -d {_host(cip)} --dport {sp.port}", target))
+            services.append(_entry("KUBE-SERVICES", note, f"{m} -d {host_match(cip)} --dport {sp.port}", target))
     if cats.external_verdict:
         target = "DROP" if cats.external_verdict == DROP else _reject(sp)
         note = sp.key + (" has no local endpoints" if target == "DROP" else " has no endpoints")
         for ip, _kind in sp.external_dsts:
-            external.append(_entry("KUBE-EXTERNAL-SERVICES", note, f"{m} -d {_host(ip)} --dport {sp.port}", target))
+            dst = f"{m} -d {host_match(ip)} --dport {sp.port}"
+            external.append(_entry("KUBE-EXTERNAL-SERVICES", note, dst, target))
         if sp.node_port:
             external.append(_entry("KUBE-EXTERNAL-SERVICES", note,
                                    f"{_local_dst(sp.family)} {m} --dport {sp.node_port}", target))
@@ -164,10 +165,10 @@ def render_service(sp: ServicePort, cfg: Config) -> ServiceRules:
         rules = []
         for cip in sp.cluster_ips:
             if cfg.masquerade_all:
-                rules.append(f"-A {svc} -m comment --comment {_q(sp.key + ' cluster IP')} {m} -d {_host(cip)} "
+                rules.append(f"-A {svc} -m comment --comment {_q(sp.key + ' cluster IP')} {m} -d {host_match(cip)} "
                              f"--dport {sp.port} -j KUBE-MARK-MASQ")
             elif cfg.cluster_cidr:
-                rules.append(f"-A {svc} -m comment --comment {_q(sp.key + ' cluster IP')} {m} -d {_host(cip)} "
+                rules.append(f"-A {svc} -m comment --comment {_q(sp.key + ' cluster IP')} {m} -d {host_match(cip)} "
                              f"--dport {sp.port} ! -s {cfg.cluster_cidr} -j KUBE-MARK-MASQ")
         out.nat_chains[svc] = rules + _endpoint_chain_jumps(sp, svc, cluster_eps)
     if cats.uses_local and local_eps:
@@ -198,11 +199,11 @@ def render_service(sp: ServicePort, cfg: Config) -> ServiceRules:
     # Entries in the shared chains: a jump to the service's chain, or a reject (drop) while it has no endpoints.
     if cats.internal:
         for cip in sp.cluster_ips:
-            dst = f"{m} -d {_host(cip)} --dport {sp.port}"
+            dst = f"{m} -d {host_match(cip)} --dport {sp.port}"
             out.nat_shared.append(_entry("KUBE-SERVICES", f"{sp.key} cluster IP", dst, internal_chain))
     if cats.external:
         for ip, kind in sp.external_dsts:
-            dst = f"{m} -d {_host(ip)} --dport {sp.port}"
+            dst = f"{m} -d {host_match(ip)} --dport {sp.port}"
             out.nat_shared.append(_entry("KUBE-SERVICES", f"{sp.key} {kind}", dst, ext))
         if sp.node_port:
             out.nat_nodeports.append(_entry("KUBE-NODEPORTS", sp.key, f"{m} --dport {sp.node_port}", ext))
