@@ -242,7 +242,6 @@ def nodeports_last(family: int = 4) -> str:
             f'last rule in this chain" {_local_dst(family)} -j KUBE-NODEPORTS')
 
 
-NODEPORTS_LAST = nodeports_last(4)
 
 
 def render_filter(rejects: list[tuple[list[str], list[str]]], stale: set[str] | frozenset[str] = frozenset(),

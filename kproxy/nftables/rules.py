@@ -98,7 +98,6 @@ def static_chains(family: int = 4) -> dict[str, list[str]]:
     }
 
 
-STATIC_CHAINS = static_chains(4)
 NODEPORT_KEY = "inet_proto . inet_service"
 
 
@@ -118,7 +117,6 @@ def maps_of(family: int = 4) -> dict[str, tuple[str, str, str]]:
     }
 
 
-MAPS = maps_of(4)
 SERVICE_CHAIN_PREFIXES = ("service-", "local-", "external-", "endpoint-", "firewall-")
 AFFINITY_PREFIX = "affinity-"
 
