@@ -19,6 +19,7 @@ import asyncio
 import collections
 import contextlib
 import os
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -205,3 +206,16 @@ def test_v6_service_without_endpoints_is_refused_at_once(dual: DualNode):
         with pytest.raises(ConnectionRefusedError):
             ask(ns, host, port, timeout=5)
         assert time.monotonic() - start < 2.5, (host, port)
+
+
+def test_v6_udp_service_without_endpoints_answers_with_icmp6(dual: DualNode):
+    d = dual
+    d.sync([ServicePort("default", "empty-udp", "", "UDP", 53, (VIP6,), family=6)])
+    with netns.enter(d.ns["c"]):
+        s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    with s:
+        s.settimeout(5)
+        s.connect((VIP6, 53))  # connected: the ICMPv6 port unreachable surfaces as ECONNREFUSED
+        s.send(b"q")
+        with pytest.raises(ConnectionRefusedError):
+            s.recv(100)
