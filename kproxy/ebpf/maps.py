@@ -168,12 +168,21 @@ def u16_port(value: int) -> int:
     return int.from_bytes(value.to_bytes(2, sys.byteorder), "big")
 
 
-def pack_fe_key(k: FeKey) -> CFeKey:
-    return CFeKey(ip_u32(k.ip), port_u16(k.port), k.proto, k.scope)
+def _addr(ip: str) -> int | ct.Array:
+    """An address as its struct field holds it: a u32 (IPv4) or four u32 (IPv6)."""
+    return ip6_words(ip) if ":" in ip else ip_u32(ip)
 
 
-def unpack_fe_key(c: CFeKey) -> FeKey:
-    return FeKey(u32_ip(c.ip), u16_port(c.port), c.proto, c.scope)
+def _ip(field: int | ct.Array) -> str:
+    return u32_ip(field) if isinstance(field, int) else words_ip6(field)
+
+
+def pack_fe_key(k: FeKey) -> CFeKey | CFe6Key:
+    return (CFe6Key if ":" in k.ip else CFeKey)(_addr(k.ip), port_u16(k.port), k.proto, k.scope)
+
+
+def unpack_fe_key(c: CFeKey | CFe6Key) -> FeKey:
+    return FeKey(_ip(c.ip), u16_port(c.port), c.proto, c.scope)
 
 
 def pack_fe_val(v: FeVal) -> CFeVal:
@@ -192,54 +201,29 @@ def unpack_slot_key(c: CSlotKey) -> SlotKey:
     return SlotKey(c.set, c.slot)
 
 
-def pack_backend(b: Backend) -> CBackend:
-    return CBackend(ip_u32(b.ip), port_u16(b.port), 0)
+def pack_backend(b: Backend) -> CBackend | CBackend6:
+    return (CBackend6 if ":" in b.ip else CBackend)(_addr(b.ip), port_u16(b.port), 0)
 
 
-def unpack_backend(c: CBackend) -> Backend:
-    return Backend(u32_ip(c.ip), u16_port(c.port))
+def unpack_backend(c: CBackend | CBackend6) -> Backend:
+    return Backend(_ip(c.ip), u16_port(c.port))
 
 
-def pack_member_key(k: MemberKey) -> CMemberKey:
-    return CMemberKey(k.set_id, ip_u32(k.ip), port_u16(k.port), 0)
+def pack_member_key(k: MemberKey) -> CMemberKey | CMember6Key:
+    return (CMember6Key if ":" in k.ip else CMemberKey)(k.set_id, _addr(k.ip), port_u16(k.port), 0)
 
 
-def unpack_member_key(c: CMemberKey) -> MemberKey:
-    return MemberKey(c.set, u32_ip(c.ip), u16_port(c.port))
+def unpack_member_key(c: CMemberKey | CMember6Key) -> MemberKey:
+    return MemberKey(c.set, _ip(c.ip), u16_port(c.port))
 
 
-def pack_fe6_key(k: FeKey) -> CFe6Key:
-    return CFe6Key(ip6_words(k.ip), port_u16(k.port), k.proto, k.scope)
-
-
-def unpack_fe6_key(c: CFe6Key) -> FeKey:
-    return FeKey(words_ip6(c.ip), u16_port(c.port), c.proto, c.scope)
-
-
-def pack_backend6(b: Backend) -> CBackend6:
-    return CBackend6(ip6_words(b.ip), port_u16(b.port), 0)
-
-
-def unpack_backend6(c: CBackend6) -> Backend:
-    return Backend(words_ip6(c.ip), u16_port(c.port))
-
-
-def pack_member6_key(k: MemberKey) -> CMember6Key:
-    return CMember6Key(k.set_id, ip6_words(k.ip), port_u16(k.port), 0)
-
-
-def unpack_member6_key(c: CMember6Key) -> MemberKey:
-    return MemberKey(c.set, words_ip6(c.ip), u16_port(c.port))
-
-
-PACK = {"services": (pack_fe_key, pack_fe_val), "slots": (pack_slot_key, pack_backend),
-        "members": (pack_member_key, lambda _v: CMember(1)),
-        "services6": (pack_fe6_key, pack_fe_val), "slots6": (pack_slot_key, pack_backend6),
-        "members6": (pack_member6_key, lambda _v: CMember(1))}
-UNPACK = {"services": (unpack_fe_key, unpack_fe_val), "slots": (unpack_slot_key, unpack_backend),
-          "members": (unpack_member_key, lambda _c: True),
-          "services6": (unpack_fe6_key, unpack_fe_val), "slots6": (unpack_slot_key, unpack_backend6),
-          "members6": (unpack_member6_key, lambda _c: True)}
+# Per map: (key packer, value packer); the IPv6 maps take the same packers (the address decides).
+_PACK = {"services": (pack_fe_key, pack_fe_val), "slots": (pack_slot_key, pack_backend),
+         "members": (pack_member_key, lambda _v: CMember(1))}
+_UNPACK = {"services": (unpack_fe_key, unpack_fe_val), "slots": (unpack_slot_key, unpack_backend),
+           "members": (unpack_member_key, lambda _c: True)}
+PACK = {**_PACK, **{map_name(k, 6): v for k, v in _PACK.items()}}
+UNPACK = {**_UNPACK, **{map_name(k, 6): v for k, v in _UNPACK.items()}}
 
 
 # -- compiling service ports ----------------------------------------------------------------

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
+import time
 from collections.abc import Iterator
 
 from knet import netns
@@ -58,3 +59,17 @@ def ask(ns: str, host: str, port: int, proto: str = "TCP", timeout: float = 2.0)
         s.connect((host, port))
         s.sendall(b"q")
         return s.recv(1024).decode()
+
+
+def wait_answers(ns: str, host: str, port: int, name: str, deadline: float = 30.0) -> None:
+    """Until `name` answers at host:port from `ns`: set-up (new IPv6 neighbours through a fresh
+    bridge), not speed, so a generous deadline on a loaded machine."""
+    end = time.monotonic() + deadline
+    while True:
+        try:
+            if ask(ns, host, port, timeout=1).split()[0] == name:
+                return
+        except OSError:
+            if time.monotonic() > end:
+                raise
+        time.sleep(0.1)

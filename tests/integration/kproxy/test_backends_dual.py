@@ -30,7 +30,7 @@ from knet import links, netns
 from kproxy import backend as backends
 from kproxy.model import Config, Endpoint, ServicePort
 from tests.integration.cni.conftest import _make_node
-from tests.integration.kproxy.kproxy_helpers import ask, named_server
+from tests.integration.kproxy.kproxy_helpers import ask, named_server, wait_answers
 
 pytestmark = pytest.mark.integration
 NODE4, NODE6 = "192.168.78.1", "fd00:33::1"
@@ -131,18 +131,6 @@ def dual(request) -> Iterator[DualNode]:
                 wait_answers(ns, d.pods[name][6], 8080, name)
         yield d
 
-
-def wait_answers(ns: str, host: str, port: int, name: str, deadline: float = 30.0) -> None:
-    """Until `name` answers at host:port from `ns` (the machine is loaded; this is set-up, not speed)."""
-    end = time.monotonic() + deadline
-    while True:
-        try:
-            if ask(ns, host, port, timeout=1).split()[0] == name:
-                return
-        except OSError:
-            if time.monotonic() > end:
-                raise
-        time.sleep(0.1)
 
 
 def web(d: DualNode, family: int, names: list[str], **kw) -> ServicePort:

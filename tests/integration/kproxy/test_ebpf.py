@@ -35,7 +35,7 @@ from kproxy.ebpf import loader, maps
 from kproxy.ebpf.backend import EbpfBackend
 from kproxy.model import Config, Endpoint, ServicePort
 from tests.integration.cni.conftest import _make_node
-from tests.integration.kproxy.kproxy_helpers import ask, named_server
+from tests.integration.kproxy.kproxy_helpers import ask, named_server, wait_answers
 from tests.netutil import accept_loop, server_socket, serving
 
 pytestmark = pytest.mark.integration
@@ -286,17 +286,6 @@ def lab() -> Iterator[Lab]:
             wait_answers(n1.name, lab.pods6[name], 8080, name)
         yield lab
 
-
-def wait_answers(ns: str, host: str, port: int, name: str, deadline: float = 30.0) -> None:
-    end = time.monotonic() + deadline
-    while True:
-        try:
-            if ask(ns, host, port, timeout=1).split()[0] == name:
-                return
-        except OSError:
-            if time.monotonic() > end:
-                raise
-        time.sleep(0.1)
 
 
 def svc(name: str, vip: str, eps: list[Endpoint], proto: str = "TCP", **kw) -> ServicePort:
