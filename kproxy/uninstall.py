@@ -62,17 +62,19 @@ def _detach_tc(ifname: str, parent: int) -> Callable[[], None]:
 
 
 def _cgroup_steps(cgroups: Iterable[str]) -> list[Step]:
-    ours = {prog[:BPF_OBJ_NAME_LEN - 1]: ATTACH_TYPES[at] for prog, at in loader.CGROUP_PROGRAMS}
+    # (name as the kernel keeps it, attach type): "sock_getpeername4" and "...6" are both cut to
+    # "sock_getpeernam", the attach type tells them apart.
+    ours = {(prog[:BPF_OBJ_NAME_LEN - 1], ATTACH_TYPES[at]) for prog, at in loader.CGROUP_PROGRAMS}
     steps = []
     for cg in cgroups:
-        for at in sorted(set(ours.values())):
+        for at in sorted({at for _, at in ours}):
             try:
                 ids = loader.cgroup_prog_ids(cg, at)
             except OSError:  # no such cgroup, or not cgroup v2
                 continue
             for prog_id in ids:
                 name = loader.prog_name(prog_id)
-                if ours.get(name) == at:  # only kproxy's: other agents' programs stay
+                if (name, at) in ours:  # only kproxy's: other agents' programs stay
                     steps.append(Step(f"bpf {name} on {cg}", (f"bpf cgroup program {name} (id {prog_id}, attach "
                                                              f"type {at}) on {cg}",),
                                       _detach_cgroup(cg, at, prog_id)))
