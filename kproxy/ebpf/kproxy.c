@@ -231,14 +231,18 @@ static __always_inline void remember_rev(__u64 cookie, struct backend *b, __u8 p
 // without, and the call fails with ECONNREFUSED (kube-proxy rejects such connections; that is
 // what a TCP RST gives the client, where a plain `return 0` would surface as EPERM); -1 for an
 // address that is no service (left alone).
-static __always_inline int sock_frontend(struct bpf_sock_addr *ctx, struct fe_val *fe) {
-    if (lookup_service(ctx->user_ip4, (__u16)ctx->user_port, (__u8)ctx->protocol, SCOPE_SOCK, fe) < 0)
-        return -1;
+static __always_inline int refuse_without_endpoints(struct fe_val *fe) {
     if (fe->count == 0) {
         bpf_set_retval(-ECONNREFUSED);
         return 0;
     }
     return 1;
+}
+
+static __always_inline int sock_frontend(struct bpf_sock_addr *ctx, struct fe_val *fe) {
+    if (lookup_service(ctx->user_ip4, (__u16)ctx->user_port, (__u8)ctx->protocol, SCOPE_SOCK, fe) < 0)
+        return -1;
+    return refuse_without_endpoints(fe);
 }
 
 // Send the call to backend b, remembering the service address for the replies' source.
@@ -318,6 +322,14 @@ int sock_getpeername4(struct bpf_sock_addr *ctx) {
 // Rewrite one address (at ip_off) and port (at port_off) and fix the IP and L4 checksums
 // (the L4 one covers the pseudo-header, hence BPF_F_PSEUDO_HDR for the address). UDP checksum 0
 // means "none" and must stay 0 (BPF_F_MARK_MANGLED_0).
+static __always_inline void rewrite_port(struct __sk_buff *skb, int csum_off, __u64 l4flags, int port_off,
+                                         __u16 old_port, __u16 new_port) {
+    if (old_port != new_port) {
+        bpf_l4_csum_replace(skb, csum_off, old_port, new_port, l4flags | 2);
+        bpf_skb_store_bytes(skb, port_off, &new_port, 2, 0);
+    }
+}
+
 static __always_inline void rewrite(struct __sk_buff *skb, __u8 proto, int ip_off, int port_off,
                                     __u32 old_ip, __u32 new_ip, __u16 old_port, __u16 new_port) {
     int csum_off = proto == IPPROTO_TCP ? L4_OFF + 16 : L4_OFF + 6;
@@ -327,10 +339,31 @@ static __always_inline void rewrite(struct __sk_buff *skb, __u8 proto, int ip_of
         bpf_l3_csum_replace(skb, IP_CSUM_OFF, old_ip, new_ip, 4);
         bpf_skb_store_bytes(skb, ip_off, &new_ip, 4, 0);
     }
-    if (old_port != new_port) {
-        bpf_l4_csum_replace(skb, csum_off, old_port, new_port, l4flags | 2);
-        bpf_skb_store_bytes(skb, port_off, &new_port, 2, 0);
+    rewrite_port(skb, csum_off, l4flags, port_off, old_port, new_port);
+}
+
+// The ports of the TCP or UDP header at l4, and whether it opens a TCP connection (a SYN without
+// ACK); -1 for other protocols or a header cut short.
+static __always_inline int parse_ports(void *l4, void *end, __u8 proto, __u16 *sport, __u16 *dport, __u8 *syn) {
+    *syn = 0;
+    if (proto == IPPROTO_TCP) {
+        struct tcphdr *th = l4;
+        if ((void *)(th + 1) > end)
+            return -1;
+        *sport = th->source;
+        *dport = th->dest;
+        *syn = th->syn && !th->ack;
+        return 0;
     }
+    if (proto == IPPROTO_UDP) {
+        struct udphdr *uh = l4;
+        if ((void *)(uh + 1) > end)
+            return -1;
+        *sport = uh->source;
+        *dport = uh->dest;
+        return 0;
+    }
+    return -1;
 }
 
 struct flow {
@@ -356,24 +389,7 @@ static __always_inline int parse(struct __sk_buff *skb, struct flow *f) {
     f->proto = ip->protocol;
     f->saddr = ip->saddr;
     f->daddr = ip->daddr;
-    f->syn = 0;
-    if (ip->protocol == IPPROTO_TCP) {
-        struct tcphdr *th = (void *)(ip + 1);
-        if ((void *)(th + 1) > end)
-            return -1;
-        f->sport = th->source;
-        f->dport = th->dest;
-        f->syn = th->syn && !th->ack;
-    } else if (ip->protocol == IPPROTO_UDP) {
-        struct udphdr *uh = (void *)(ip + 1);
-        if ((void *)(uh + 1) > end)
-            return -1;
-        f->sport = uh->source;
-        f->dport = uh->dest;
-    } else {
-        return -1;
-    }
-    return 0;
+    return parse_ports((void *)(ip + 1), end, ip->protocol, &f->sport, &f->dport, &f->syn);
 }
 
 // The conntrack-map key of a parsed packet seen in one direction.
@@ -618,11 +634,7 @@ static __always_inline void set_user_ip6(struct bpf_sock_addr *ctx, const __u32 
 static __always_inline int sock_frontend6(struct bpf_sock_addr *ctx, const __u32 *vip, struct fe_val *fe) {
     if (lookup_service6(vip, (__u16)ctx->user_port, (__u8)ctx->protocol, SCOPE_SOCK, fe) < 0)
         return -1;
-    if (fe->count == 0) {
-        bpf_set_retval(-ECONNREFUSED);
-        return 0;
-    }
-    return 1;
+    return refuse_without_endpoints(fe);
 }
 
 static __always_inline void steer6(struct bpf_sock_addr *ctx, __u64 cookie, const __u32 *vip, struct backend6 *b) {
@@ -739,24 +751,8 @@ static __always_inline int parse6(struct __sk_buff *skb, struct flow6 *f) {
     f->proto = ip->nexthdr;
     __builtin_memcpy(f->saddr, &ip->saddr, 16);
     __builtin_memcpy(f->daddr, &ip->daddr, 16);
-    f->syn = 0;
-    if (ip->nexthdr == IPPROTO_TCP) {
-        struct tcphdr *th = (void *)(ip + 1);
-        if ((void *)(th + 1) > end)
-            return -1;
-        f->sport = th->source;
-        f->dport = th->dest;
-        f->syn = th->syn && !th->ack;
-    } else if (ip->nexthdr == IPPROTO_UDP) {
-        struct udphdr *uh = (void *)(ip + 1);
-        if ((void *)(uh + 1) > end)
-            return -1;
-        f->sport = uh->source;
-        f->dport = uh->dest;
-    } else {
-        return -1;  // extension headers, ICMPv6, ...: not translated
-    }
-    return 0;
+    // Extension headers, ICMPv6, ...: not translated.
+    return parse_ports((void *)(ip + 1), end, ip->nexthdr, &f->sport, &f->dport, &f->syn);
 }
 
 // Rewrite one IPv6 address and port; the L4 checksum covers the pseudo-header (no IP checksum).
@@ -769,10 +765,7 @@ static __always_inline void rewrite6(struct __sk_buff *skb, __u8 proto, int ip_o
         bpf_l4_csum_replace(skb, csum_off, 0, diff, l4flags | BPF_F_PSEUDO_HDR);
         bpf_skb_store_bytes(skb, ip_off, new_ip, 16, 0);
     }
-    if (old_port != new_port) {
-        bpf_l4_csum_replace(skb, csum_off, old_port, new_port, l4flags | 2);
-        bpf_skb_store_bytes(skb, port_off, &new_port, 2, 0);
-    }
+    rewrite_port(skb, csum_off, l4flags, port_off, old_port, new_port);
 }
 
 static __always_inline int tc_ingress6(struct __sk_buff *skb) {
