@@ -66,12 +66,18 @@ STATIC_USERS: dict[str, tuple[str, tuple[str, ...]]] = {
     "kube-controller-manager": ("system:kube-controller-manager", ()),
     "kube-proxy": ("system:kube-proxy", ()),  # bootstrap RBAC: system:node-proxier
 }
-# knet's daemons -> (namespace, ServiceAccount) of deploy/ (as lab.apiserver.auth.LAB_IDENTITIES).
-SERVICE_ACCOUNTS: dict[str, tuple[str, str]] = {
-    "kproxy": ("knet-system", "knet-node"), "netpolicy": ("knet-system", "knet-node"),
-    "flannel": ("knet-system", "knet-node"), "kdns": ("kube-system", "kdns"),
-    "ingress": ("knet-system", "knet-ingress"),
-}
+SA_PREFIX = "system:serviceaccount:"
+
+
+def service_accounts() -> dict[str, tuple[str, str]]:
+    """knet's daemons -> (namespace, name) of their ServiceAccount in deploy/: the identities the
+    lab API server gives them too (lab.apiserver.auth.LAB_IDENTITIES, the one record of both)."""
+    out = {}
+    for key, (user, _) in auth.LAB_IDENTITIES.items():
+        if user.startswith(SA_PREFIX):
+            namespace, _, name = user.removeprefix(SA_PREFIX).partition(":")
+            out[key] = (namespace, name)
+    return out
 
 
 class RealControlPlaneError(LabError):
@@ -191,7 +197,7 @@ def start_control_plane(p: topology.Plan, progress: Progress = print, lb_pool: s
                    for key, token in tokens.items()}
     kubeconfigs.update(_service_account_kubeconfigs(kubeconfig, sdir, lab_url, p.name, ca))
     progress(f"rbac: deploy/namespace.yaml, deploy/rbac.yaml and the ServiceAccounts applied with kubectl; "
-             f"TokenRequest tokens ({TOKEN_DURATION}) for {', '.join(sorted(SERVICE_ACCOUNTS))}")
+             f"TokenRequest tokens ({TOKEN_DURATION}) for {', '.join(sorted(service_accounts()))}")
     kcm = launch.spawn("kube-controller-manager", p.ctl.netns,
                        controller_manager_argv(sdir, kubeconfigs["kube-controller-manager"], certs, sa[0]),
                        os.path.join(sdir, "controller-manager.log"), RealControlPlaneError)
@@ -298,10 +304,10 @@ def deploy_documents() -> str:
 def _service_account_kubeconfigs(admin: str, sdir: str, lab_url: str, lab: str, ca: bytes) -> dict[str, str]:
     kubectl(admin, "apply", "-f", "-", stdin=deploy_documents())
     out, tokens = {}, {}
-    for key, (namespace, name) in SERVICE_ACCOUNTS.items():
+    for key, (namespace, name) in service_accounts().items():
         if (namespace, name) not in tokens:
             tokens[namespace, name] = kubectl(admin, "-n", namespace, "create", "token", name,
                                               "--duration", TOKEN_DURATION).strip()
         out[key] = auth.write_kubeconfig(os.path.join(sdir, f"{key}.kubeconfig"), lab_url,
-                                         f"system:serviceaccount:{namespace}:{name}", tokens[namespace, name], lab, ca)
+                                         f"{SA_PREFIX}{namespace}:{name}", tokens[namespace, name], lab, ca)
     return out
