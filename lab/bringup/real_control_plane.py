@@ -29,6 +29,12 @@ at their InternalIP (--kubelet-preferred-address-types) with a client certificat
 lab's CA, the CA in the agents' kubeconfig that they check clients against; the agents' serving
 certificates are self-signed, which kube-apiserver accepts without --kubelet-certificate-authority
 (as a kubelet without --tls-cert-file).
+
+What only the lab's control plane offers: metrics.k8s.io (`kubectl top`; knet-apiserver serves it
+from the agents' summaries, a cluster needs metrics-server), a host socket handed to the server
+(--listen-fd; here the relay), deploy/rbac.yaml loaded at start (--authorization-policy-file;
+here `kubectl apply`). kube-scheduler is not among the anchors: the lab's scheduler binds pods
+(through the Binding subresource, as kube-scheduler does).
 """
 
 from __future__ import annotations
@@ -222,6 +228,8 @@ def start_control_plane(p: topology.Plan, progress: Progress = print, lb_pool: s
              "node agents: " + ", ".join(f"{k} pid {d.pid}" for k, d in sorted(agents.items()))
              + f"; {len(p.nodes)} node(s) Ready with a podCIDR in {time.monotonic() - t0:.1f}s")
     progress(f"kubectl: kubectl --kubeconfig {kubeconfig} get nodes,pods -o wide")
+    progress("   (no metrics.k8s.io here: `kubectl top` needs knet-apiserver's, or a metrics-server, which the "
+             "anchors do not build)")
     return {
         "kind": "real",
         "apiserver": {"pid": apiserver.pid, "log": apiserver.log, "host_url": host_url, "lab_url": lab_url,
