@@ -35,7 +35,8 @@ def _err(msg: str) -> None:
 
 def cmd_up(args: argparse.Namespace) -> int:
     lab = api.up(args.name, args.nodes, cni_type=args.cni_type, recreate=args.recreate, progress=_say,
-                 overlay=args.overlay, subnet_manager=args.subnet_manager, control_plane=not args.no_control_plane,
+                 overlay=args.overlay, subnet_manager=args.subnet_manager,
+                 control_plane=False if args.no_control_plane else args.control_plane,
                  proxy_mode=None if args.no_control_plane or args.proxy_mode == "none" else args.proxy_mode,
                  network_policy=not args.no_control_plane and not args.no_network_policy,
                  ingress=not args.no_control_plane and not args.no_ingress)
@@ -189,6 +190,10 @@ def register(subparsers: Any) -> None:
                          "kube-proxy in that mode instead (.anchors/bin, scripts/install-anchors)")
     up.add_argument("--no-network-policy", action="store_true", help="do not run the netpolicy daemons")
     up.add_argument("--no-ingress", action="store_true", help="do not run the ingress controller")
+    up.add_argument("--control-plane", choices=["lab", "real"], default="lab",
+                    help="lab: knet-apiserver and knet-controllers; real: the upstream kube-apiserver and "
+                         "kube-controller-manager (.anchors/bin, scripts/install-anchors) with the lab's scheduler "
+                         "and LoadBalancer pool, knet's daemons on deploy/rbac.yaml's ServiceAccounts")
     up.add_argument("--no-control-plane", action="store_true",
                     help="only the network: no etcd/API server/controllers/node agents (pods via `knet lab pod`)")
     up.set_defaults(func=cmd_up)

@@ -26,7 +26,7 @@ class Workload(Strategy):
     else they default or check."""
 
     status_from_controllers = True
-    always_generation = True
+    generation = True
     map_selector: ClassVar[bool] = False  # spec.selector is a label map (RC), not a LabelSelector
     empty_selector_message: ClassVar[str] = "empty selector is not valid"
     # status.replicas is not omitempty in Kubernetes: clients require it (Deployments leave it out).
