@@ -58,6 +58,7 @@ Progress = Callable[[str], None]
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ANCHORS_BIN = os.path.join(REPO, ".anchors", "bin")
 NEEDED = ("etcd", "kube-apiserver", "kube-controller-manager")
+LAB_DNS_RBAC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "dns-rbac.yaml")
 PORT = 6443
 KCM_PORT = 10257  # kube-controller-manager's secure port (healthz), in the ctl namespace
 CONTROLLERS_METRICS = "127.0.0.1:10259"  # knet-controllers' (10257 is kube-controller-manager's here)
@@ -297,10 +298,11 @@ def _has_default_service_account(kubeconfig: str) -> bool:
 def deploy_documents() -> str:
     """deploy/namespace.yaml, deploy/rbac.yaml and every ServiceAccount the other manifests of
     deploy/ declare (kdns's lives in kdns.yaml): what the components' identities need, nothing of
-    their workloads (the lab runs those itself)."""
+    their workloads (the lab runs those itself). Then the lab's own DNS identity (dns-rbac.yaml:
+    the lab's kdns runs with autopath as kube-system/coredns), as the lab API server loads it."""
     docs: list[dict] = []
-    for name in ("namespace.yaml", "rbac.yaml"):
-        with open(os.path.join(DEPLOY, name)) as f:
+    for path in (os.path.join(DEPLOY, "namespace.yaml"), os.path.join(DEPLOY, "rbac.yaml"), LAB_DNS_RBAC):
+        with open(path) as f:
             docs += [d for d in yaml.safe_load_all(f) if d]
     for name in sorted(os.listdir(DEPLOY)):
         if name.endswith(".yaml") and name not in ("namespace.yaml", "rbac.yaml", "kustomization.yaml"):

@@ -24,7 +24,8 @@ def test_knet_daemons_get_deploys_service_accounts() -> None:
     assert real.service_accounts() == {
         "kproxy": ("knet-system", "knet-node"), "netpolicy": ("knet-system", "knet-node"),
         "flannel": ("knet-system", "knet-node"), "kdns": ("kube-system", "kdns"),
-        "ingress": ("knet-system", "knet-ingress")}
+        "ingress": ("knet-system", "knet-ingress"),
+        "coredns": ("kube-system", "coredns")}  # the lab's kdns (lab/bringup/dns-rbac.yaml)
     # none of them is a static (system:masters) user of the real control plane
     assert not set(real.service_accounts()) & set(real.STATIC_USERS)
 
