@@ -61,7 +61,7 @@ def service_families(service: Service) -> list[Family]:
         return []
     fams = [f for f in service.spec.ip_families if f in FAMILIES]
     if fams:
-        return list(dict.fromkeys(fams))  # type: ignore[arg-type]  # filtered to Family above
+        return list(dict.fromkeys(fams))
     ips = [f for f in (family_or_none(ip) for ip in service.cluster_ips) if f]
     if ips:
         return list(dict.fromkeys(ips))

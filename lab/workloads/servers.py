@@ -20,6 +20,22 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 # Every address of the pod by default; tests running a workload in the root namespace bind loopback.
 BIND = os.environ.get("KNET_WORKLOAD_BIND", "")
+# Every address of both families (a dual-stack pod), as agnhost's Go listeners on ":port": one
+# IPv6 socket that takes IPv4 too; peers are reported without the IPv4-mapped form, as Go does.
+DUAL = BIND == "" and socket.has_ipv6
+
+
+def unmapped(addr: tuple) -> tuple:
+    host = addr[0]
+    if isinstance(host, str) and host.startswith("::ffff:") and "." in host:
+        return (host[7:], *addr[1:2])
+    return addr[:2]
+
+
+def _dual_socket(kind: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET6, kind)
+    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    return sock
 
 
 def hostname() -> str:
@@ -68,12 +84,19 @@ class Handler(BaseHTTPRequestHandler):
 class Server(ThreadingHTTPServer):
     allow_reuse_address = True
     daemon_threads = True
+    address_family = socket.AF_INET6 if DUAL else socket.AF_INET
 
     def server_bind(self) -> None:
         # HTTPServer.server_bind resolves its own name (socket.getfqdn): in a pod whose cluster DNS
         # is not up yet that blocks for seconds before the server listens.
+        if DUAL:
+            self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
         socketserver.TCPServer.server_bind(self)
         self.server_name, self.server_port = "localhost", self.server_address[1]
+
+    def get_request(self) -> tuple[socket.socket, tuple]:
+        conn, addr = self.socket.accept()
+        return conn, unmapped(addr)
 
 
 def http_server(port: int, routes: dict[str, Route], fallback: Route | None = None) -> ThreadingHTTPServer:
@@ -85,7 +108,7 @@ def http_server(port: int, routes: dict[str, Route], fallback: Route | None = No
 
 
 def udp_server(port: int, answer: Callable[[bytes, tuple[str, int]], bytes | None]) -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock = _dual_socket(socket.SOCK_DGRAM) if DUAL else socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((BIND, port))
 
@@ -95,7 +118,7 @@ def udp_server(port: int, answer: Callable[[bytes, tuple[str, int]], bytes | Non
                 data, peer = sock.recvfrom(65535)
             except OSError:
                 return
-            reply = answer(data, peer)
+            reply = answer(data, unmapped(peer))
             if reply is not None:
                 with contextlib.suppress(OSError):
                     sock.sendto(reply, peer)
