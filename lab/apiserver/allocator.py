@@ -132,6 +132,11 @@ def parse_service_cidrs(text: str) -> tuple[ServiceCIDR, ...]:
     if not 1 <= len(parts) <= 2 or not all(parts):
         raise ValueError(f"service CIDR {text!r}: one range, or two (one per IP family) separated by a comma")
     cidrs = tuple(ServiceCIDR.parse(p) for p in parts)
+    for c in cidrs:  # kube-apiserver's limit: at most 2^20 addresses per range
+        bits = c.network.max_prefixlen
+        if bits - c.network.prefixlen > 20:
+            raise ValueError(f"specified service CIDR {c.network} is too large; for {bits}-bit addresses, the mask "
+                             f"must be >= {bits - 20}")
     if len(cidrs) == 2 and cidrs[0].family == cidrs[1].family:
         raise ValueError(f"service CIDR {text!r}: a dual-stack range needs one IPv4 and one IPv6 CIDR")
     return cidrs

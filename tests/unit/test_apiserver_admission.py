@@ -159,7 +159,10 @@ def test_service_update_keeps_allocations_and_ip_is_immutable():
     assert causes == [] and new["spec"]["clusterIP"] == old["spec"]["clusterIP"]
     assert new["spec"]["ports"][0]["nodePort"] == old["spec"]["ports"][0]["nodePort"]
     _, causes = admit(SVC, service(clusterIP="10.96.9.9"), old=old)
-    assert fields(causes) == ["spec.clusterIPs[0]"] and "may not change once set" in causes[0]["message"]
+    assert fields(causes) == ["spec.clusterIPs"] and "first value must match `clusterIP`" in causes[0]["message"]
+    old_ip = old["spec"]["clusterIP"]
+    _, causes = admit(SVC, service(clusterIP="10.96.9.9", clusterIPs=["10.96.9.9"]), old=old)
+    assert fields(causes) == ["spec.clusterIPs[0]"] and "may not change once set" in causes[0]["message"], old_ip
     to_cluster_ip, causes = admit(SVC, service(type="ClusterIP", ports=[dict(old["spec"]["ports"][0])]), old=old)
     assert causes == [] and "nodePort" not in to_cluster_ip["spec"]["ports"][0]
 

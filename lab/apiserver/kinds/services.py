@@ -29,6 +29,25 @@ def wants_health_check_port(spec: dict) -> bool:
     return spec.get("type") == "LoadBalancer" and spec.get("externalTrafficPolicy") == "Local"
 
 
+def _normalize_cluster_ips(spec: dict, old: dict | None) -> None:
+    """clusterIP and clusterIPs from what the client sent, as kube-apiserver's NormalizeClusterIPs:
+    an old client sends clusterIP alone, a new one both (clusterIPs alone is refused later)."""
+    ip, ips = spec.get("clusterIP"), spec.get("clusterIPs")
+    if old is None:
+        if ip and not ips:
+            spec["clusterIPs"] = [ip]
+        return
+    old_ip, old_ips = old.get("clusterIP"), old.get("clusterIPs")
+    if old_ips and not ips and old_ip == ip:  # an old client's update without clusterIPs
+        spec["clusterIPs"] = ips = list(old_ips)
+    if old_ip != ip:
+        if old_ip and not ip:
+            if ips == old_ips:  # cleared: the plural with it
+                spec.pop("clusterIPs", None)
+        elif ips == old_ips and ips and len(ips) == 1:
+            spec["clusterIPs"] = [ip]
+
+
 def _carry_over(spec: dict, old: dict) -> None:
     """On update, an omitted clusterIP(s) / nodePort keeps the allocated one (a PUT of a manifest
     without them must not reallocate), and fields of a type the Service no longer has go with it."""
@@ -125,9 +144,7 @@ class Services(Strategy):
         if spec["sessionAffinity"] == "ClientIP":
             cfg = spec.setdefault("sessionAffinityConfig", {}).setdefault("clientIP", {})
             cfg.setdefault("timeoutSeconds", 10800)
-        # clusterIPs defaults to clusterIP (never the other way: clusterIPs alone is refused).
-        if spec.get("clusterIP") and not spec.get("clusterIPs"):
-            spec["clusterIPs"] = [spec["clusterIP"]]
+        _normalize_cluster_ips(spec, None if old is None else old.get("spec") or {})
         for p in spec.get("ports") or []:
             if isinstance(p, dict):
                 p.setdefault("protocol", "TCP")

@@ -191,6 +191,10 @@ def test_upgrade_downgrade_and_the_primary_family_is_immutable(core, dual_ns, du
     ips, fams, policy = families(up)
     assert policy == "PreferDualStack" and fams == ["IPv4", "IPv6"] and ips[0] == first and in_range(ips[1], SERVICE_V6)
     second = ips[1]
+    # an old client's PUT (clusterIP alone) keeps both addresses
+    cur = core.read_namespaced_service("web", ns)
+    cur.spec.cluster_ips = None
+    assert core.replace_namespaced_service("web", ns, cur).spec.cluster_ips == ips
     # the primary family stays the primary (the addresses it holds no longer match the families)
     got = causes(core, ns, {"spec": {"ipFamilies": ["IPv6", "IPv4"]}}, "web")
     assert ("spec.clusterIPs[0]", f'Invalid value: "{first}": expected an IPv6 value as indicated by `ipFamilies[0]`') \
