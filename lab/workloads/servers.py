@@ -32,6 +32,11 @@ def unmapped(addr: tuple) -> tuple:
     return addr[:2]
 
 
+def host_port(addr: tuple) -> str:
+    """`ip:port`, `[ip6]:port` (Go's net.JoinHostPort, as agnhost's /clientip writes RemoteAddr)."""
+    return f"[{addr[0]}]:{addr[1]}" if ":" in addr[0] else f"{addr[0]}:{addr[1]}"
+
+
 def _dual_socket(kind: int) -> socket.socket:
     sock = socket.socket(socket.AF_INET6, kind)
     sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
@@ -155,7 +160,7 @@ def _udp_answer(data: bytes, peer: tuple[str, int]) -> bytes:
     if msg.startswith("echo "):
         return msg[5:].encode()
     if msg == "clientip":
-        return f"{peer[0]}:{peer[1]}".encode()
+        return host_port(peer).encode()
     return b""
 
 
@@ -195,7 +200,7 @@ def netexec(http_port: int, udp_port: int) -> None:
         "/": lambda h, q: text(f"NOW: {time.strftime('%Y-%m-%d %H:%M:%S')}"),
         "/hostname": lambda h, q: text(hostname()),
         "/hostName": lambda h, q: text(hostname()),
-        "/clientip": lambda h, q: text(f"{h.client_address[0]}:{h.client_address[1]}"),
+        "/clientip": lambda h, q: text(host_port(h.client_address)),
         "/echo": lambda h, q: text((q.get("msg") or [""])[0]),
         "/healthz": lambda h, q: text("ok"),
         "/dial": _dial,
@@ -231,7 +236,7 @@ def plain_http(ports: list[int], udp_ports: list[int], version: str, image: str)
         "/version": lambda h, q: text(version + "\n"),
         "/image": lambda h, q: text(image + "\n"),
         "/healthz": lambda h, q: text("ok\n"),
-        "/clientip": lambda h, q: text(f"{h.client_address[0]}:{h.client_address[1]}\n"),
+        "/clientip": lambda h, q: text(host_port(h.client_address) + "\n"),
     }
     for port in ports:
         http_server(port, routes)

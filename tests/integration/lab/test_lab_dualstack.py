@@ -111,7 +111,7 @@ def test_pod_to_pod_over_ipv6_on_one_node_and_across_nodes(dual: DualLab) -> Non
         url = f"http://[{dual.ipv6(target)}]:8080"
         assert wait_for(lambda u=url: dual.curl("a1", f"{u}/hostname"), WAIT, f"a1 -> {target} over IPv6") == target
         # the pod's own address arrives: no NAT between pods in either family
-        assert dual.curl("a1", f"{url}/clientip").rsplit(":", 1)[0] == a1
+        assert dual.curl("a1", f"{url}/clientip").rsplit(":", 1)[0] == f"[{a1}]"
     # the reverse direction, and IPv4 still works beside it
     assert dual.curl("b1", f"http://[{a1}]:8080/hostname") == "a1"
     assert dual.curl("b1", f"http://{dual.ips('a1')[0]}:8080/hostname") == "a1"
