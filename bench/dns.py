@@ -395,10 +395,8 @@ def start_coredns_peer(tmp: str, upstream: str, server_cpu: int) -> tuple[anchor
                 kube_client.create(kube, "EndpointSlice", _api_body(sl), sl.metadata.namespace)
     finally:
         kube.close()
-    # GOMAXPROCS=1: one core's worth of Go, as kdns and unbound run; WatchListClient off against
-    # knet-apiserver (knet_testing.anchors.NO_WATCH_LIST).
-    coredns = anchors.start_coredns(os.path.join(tmp, "coredns"), kubeconfig, upstream,
-                                    env={**anchors.NO_WATCH_LIST, "GOMAXPROCS": "1"})
+    # GOMAXPROCS=1: one core's worth of Go, as kdns and unbound run.
+    coredns = anchors.start_coredns(os.path.join(tmp, "coredns"), kubeconfig, upstream, env={"GOMAXPROCS": "1"})
     procs.append(coredns.proc)
     for tid in os.listdir(f"/proc/{coredns.proc.pid}/task"):
         with contextlib.suppress(OSError):  # a thread that ended meanwhile

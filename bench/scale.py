@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import ipaddress
 import json
 import os
@@ -53,10 +52,9 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import yaml
-
 from bench.common import cpu_seconds, rss_mb
 from bench.proxy_modes import HTTP_PORT, PEERS, TrafficLab, first_packet
+from knet.kube import client as kube_client
 from lab.bringup import dns as lab_dns
 
 MODES = ("iptables", "nftables", "ebpf", "userspace")
@@ -121,17 +119,11 @@ class Target:
 
 def target_of(kubeconfig: str) -> Target:
     """URL, bearer token and CA of the lab's admin kubeconfig (a loopback URL: this process is in
-    the root namespace)."""
-    with open(kubeconfig) as f:
-        cfg = yaml.safe_load(f)
-    cluster = cfg["clusters"][0]["cluster"]
-    user = cfg["users"][0]["user"]
-    ctx: ssl.SSLContext | bool = False
-    if "certificate-authority-data" in cluster:
-        ctx = ssl.create_default_context(cadata=base64.b64decode(cluster["certificate-authority-data"]).decode())
-    elif "certificate-authority" in cluster:
-        ctx = ssl.create_default_context(cafile=cluster["certificate-authority"])
-    return Target(cluster["server"], {"Authorization": f"Bearer {user['token']}"}, ctx)
+    the root namespace), as the kubernetes client reads it."""
+    cfg = kube_client.load_configuration(kubeconfig)
+    ctx: ssl.SSLContext | bool = ssl.create_default_context(cafile=cfg.ssl_ca_cert) if cfg.ssl_ca_cert else False
+    headers = {a["key"]: a["value"] for a in cfg.auth_settings().values() if a["in"] == "header"}
+    return Target(cfg.host, headers, ctx)
 
 
 def service_body(name: str, cluster_ip: str | None = None) -> dict[str, Any]:

@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import logging
 import resource
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -44,7 +46,9 @@ class IngressDaemon:
         self.settings = Settings(run_dir=args.run_dir, http_port=args.http_port, https_port=args.https_port,
                                  status_port=args.status_port, worker_processes=args.worker_processes,
                                  max_body_size=args.max_body_size, header_buffer=args.max_header_size,
-                                 access_log=not args.no_access_log, rlimit_nofile=_nofile_limit())
+                                 access_log=not args.no_access_log, rlimit_nofile=_nofile_limit(),
+                                 ipv6=not args.disable_ipv6 and _ipv6_available(),
+                                 listen_addresses=tuple(args.listen_address))
         self.options = Options(ingress_class=args.ingress_class, default_backend=args.default_backend_service,
                                ssl_redirect=not args.no_ssl_redirect)
         self.nginx = Nginx(args.run_dir, args.status_port, binary=args.nginx_binary)
@@ -191,12 +195,36 @@ def _nofile_limit() -> int:
     return 65536 if hard == resource.RLIM_INFINITY else min(hard, 65536)
 
 
+def _address(text: str) -> str:
+    try:
+        return str(ipaddress.ip_address(text.strip("[]")))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an IPv4 or IPv6 address") from None
+
+
+def _ipv6_available() -> bool:
+    """Can nginx listen on [::] here (a kernel or namespace without IPv6 cannot)? As
+    ingress-nginx, which turns IPv6 off on such nodes instead of failing to start."""
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
+            s.bind(("::", 0))
+        return True
+    except OSError:
+        log.info("no IPv6 here: listening on IPv4 only")
+        return False
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="knet-ingress", description="knet's ingress controller (drives nginx)")
     kube_client.add_arguments(p)
     p.add_argument("--ingress-class", default="knet", help="IngressClass name served (default: knet)")
     p.add_argument("--http-port", type=int, default=80)
     p.add_argument("--https-port", type=int, default=443)
+    p.add_argument("--listen-address", action="append", default=[], type=_address,
+                   help="IPv4 or IPv6 address nginx listens on (repeatable; default: every address of both "
+                        "families)")
+    p.add_argument("--disable-ipv6", action="store_true",
+                   help="listen on IPv4 only (ingress-nginx's disable-ipv6; automatic without IPv6 here)")
     p.add_argument("--publish-address", action="append", default=[],
                    help="address written to status.loadBalancer.ingress of served Ingresses (repeatable)")
     p.add_argument("--publish-service", default=None,

@@ -14,6 +14,9 @@ How the routing semantics map onto nginx (nginx 1.22, no Lua, no njs):
     connections, `max_fails`/`fail_timeout` passive health shared by all workers through the
     upstream `zone`, and `proxy_next_upstream error timeout` (nginx never retries non-idempotent
     methods there unless told to, so POSTs are not replayed).
+  * listening: every IPv4 address and (`ipv6`) every IPv6 address (`listen 80` + `listen [::]:80`,
+    as ingress-nginx does unless `disable-ipv6`), or exactly `listen_addresses`; upstream servers
+    of IPv6 endpoints are bracketed (`server [fd00:10:244:1::5]:80`).
   * nginx's 494 (a header line larger than one buffer) is answered as 431 through `error_page`;
     413, 502, 503, 504 get short text bodies that say what happened.
 The config carries a hash of itself on the internal status server, so the controller can tell
@@ -53,6 +56,14 @@ class Settings:
     next_upstream_tries: int = 3
     shutdown_timeout: str = "60s"     # old workers of a reload: how long open connections may linger
     access_log: bool = True
+    ipv6: bool = True                 # with no listen_addresses: every IPv6 address too ([::])
+    listen_addresses: tuple[str, ...] = ()  # IPv4/IPv6 addresses to listen on; () = every address
+
+    def listens(self, port: int) -> list[str]:
+        """nginx `listen` targets for `port` (IPv6 literals bracketed)."""
+        if self.listen_addresses:
+            return [f"[{a}]:{port}" if ":" in a else f"{a}:{port}" for a in self.listen_addresses]
+        return [str(port), f"[::]:{port}"] if self.ipv6 else [str(port)]
 
     @property
     def cert_dir(self) -> str:
@@ -148,9 +159,11 @@ def _server_head(w: _Writer, s: Settings, server: Server, http: bool, https: boo
     default = " default_server" if not server.host else ""
     w.open("server")
     if http:
-        w(f"listen {s.http_port}{default};")
+        for target in s.listens(s.http_port):
+            w(f"listen {target}{default};")
     if https:
-        w(f"listen {s.https_port} ssl{default};")
+        for target in s.listens(s.https_port):
+            w(f"listen {target} ssl{default};")
     w(f"server_name {server_name(server.host)};")
     w(f"set $knet_host {quote(server.host or '_')};")
     if https and cert:

@@ -178,18 +178,10 @@ class CoreDns:
     log: str
 
 
-# client-go (v0.37, in CoreDNS 1.15) lists through a watch with sendInitialEvents=true and waits
-# for the BOOKMARK annotated k8s.io/initial-events-end that ends the initial events; knet-apiserver
-# does not send it yet, so against the lab's server the client is told to list and watch as
-# before (client-go's environment feature gate).
-NO_WATCH_LIST = {"KUBE_FEATURE_WatchListClient": "false"}
-
-
 def start_coredns(tmp: str, kubeconfig: str, upstream: str, *, wait: float = 60,
                   env: dict[str, str] | None = None) -> CoreDns:
     """CoreDNS on 127.0.0.1 (a free port) with `corefile`'s configuration; ready (its kubernetes
-    plugin has listed the cluster) on return. `kubeconfig` must reach the API server from here;
-    against knet-apiserver pass env=NO_WATCH_LIST."""
+    plugin has listed the cluster) on return. `kubeconfig` must reach the API server from here."""
     exe = binary("coredns")
     if exe is None:
         raise FileNotFoundError(missing("coredns"))

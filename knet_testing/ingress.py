@@ -74,6 +74,9 @@ def service(name: str, *ports: tuple[str, int], namespace: str = "default", kind
 def endpoint_slice(svc: str, addresses: list[str], port: int = 80, port_name: str = "",
                    namespace: str = "default", not_ready: list[str] = (), terminating: list[str] = (),
                    suffix: str = "a") -> EndpointSlice:
+    """One slice of one address family: IPv6 when its addresses are (the controller never mixes)."""
+    every = [*addresses, *not_ready, *terminating]
+    family = "IPv6" if every and ":" in every[0] else "IPv4"
     eps = [{"addresses": [a], "conditions": {"ready": True}} for a in addresses]
     eps += [{"addresses": [a], "conditions": {"ready": False}} for a in not_ready]
     eps += [{"addresses": [a], "conditions": {"ready": False, "serving": True, "terminating": True}}
@@ -81,7 +84,7 @@ def endpoint_slice(svc: str, addresses: list[str], port: int = 80, port_name: st
     obj = parse(EndpointSlice, {
         "metadata": {"name": f"{svc}-{suffix}", "namespace": namespace,
                      "labels": {"kubernetes.io/service-name": svc}},
-        "addressType": "IPv4", "ports": [{"name": port_name, "port": port, "protocol": "TCP"}], "endpoints": eps})
+        "addressType": family, "ports": [{"name": port_name, "port": port, "protocol": "TCP"}], "endpoints": eps})
     assert obj is not None
     return obj
 

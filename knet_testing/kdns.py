@@ -57,7 +57,7 @@ def query(name: str, qtype: int = wire.A, *, qid: int = 0x1234, rd: bool = True,
 
 
 class FakeUpstream:
-    """`records`: lowercase name -> list of IPv4 addresses (TTL `ttl`); other names: NXDOMAIN with
+    """`records`: lowercase name -> list of addresses, A and AAAA (TTL `ttl`); other names: NXDOMAIN with
     an SOA (negative TTL `negative_ttl`). `delay` seconds before each answer."""
 
     def __init__(self, host: str = "127.0.0.1", records: dict[str, list[str]] | None = None, *, ttl: int = 60,
@@ -120,8 +120,10 @@ class FakeUpstream:
             zone = q.qname.partition(".")[2] or q.qname
             reply.authority.append((zone, wire.SOA, self.negative_ttl,
                                     (f"ns.{zone}", f"root.{zone}", 1, 3600, 600, 86400, self.negative_ttl)))
-        elif q.qtype == wire.A:
-            reply.answer = [(q.qname, wire.A, self.ttl, ipaddress.IPv4Address(a).packed) for a in addrs]
+        elif q.qtype in (wire.A, wire.AAAA):  # the name's addresses of the asked family (none: NODATA)
+            version = 4 if q.qtype == wire.A else 6
+            reply.answer = [(q.qname, q.qtype, self.ttl, ip.packed) for ip in map(ipaddress.ip_address, addrs)
+                            if ip.version == version]
         return wire.build(q, reply, q.udp_limit if transport == "udp" else None)[0]
 
     def _serve_udp(self) -> None:

@@ -15,16 +15,14 @@ from collections.abc import Callable, Iterable
 
 from knet import links, netfilter
 from knet.uninstall import Step, iptables_steps
-from kproxy.ebpf import loader
+from kproxy.ebpf import bpfsys, loader
 from kproxy.model import Config
 from kproxy.nftables.backend import NftablesBackend
 from kproxy.nftables.rules import TABLE
 
 KUBELET_CHAINS = {"KUBE-FIREWALL", "KUBE-KUBELET-CANARY", "KUBE-IPTABLES-HINT"}
-# The kernel's enum bpf_attach_type values (uapi, stable) of loader.CGROUP_PROGRAMS' hooks, so the
-# uninstall needs no bcc; tests/unit/test_deploy_uninstall.py checks them against bcc's.
-ATTACH_TYPES = {"CGROUP_INET4_CONNECT": 10, "CGROUP_UDP4_SENDMSG": 14, "CGROUP_UDP4_RECVMSG": 19,
-                "CGROUP_INET4_GETPEERNAME": 29}
+# The kernel's enum bpf_attach_type values of loader.CGROUP_PROGRAMS' hooks (no bcc needed).
+ATTACH_TYPES = {at: bpfsys.ATTACH_TYPES[at] for _, at in loader.CGROUP_PROGRAMS}
 BPF_OBJ_NAME_LEN = 16  # the kernel keeps a program's name cut to 15 characters
 
 

@@ -24,6 +24,8 @@ from netpolicy.model import Compiled
 
 log = logging.getLogger("knet.netpolicy")
 BRIDGE_NF = "/proc/sys/net/bridge/bridge-nf-call-iptables"
+# IPv6 has its own switch: without it bridged IPv6 pod traffic skips the inet forward hook.
+BRIDGE_NF6 = "/proc/sys/net/bridge/bridge-nf-call-ip6tables"
 
 
 class NftError(RuntimeError):
@@ -58,7 +60,8 @@ class NftBackend:
 
     def ensure_bridge_netfilter(self) -> bool:
         """Bridged (same-node) pod traffic reaches the inet forward hook only with
-        bridge-nf-call-iptables=1 in this namespace (a per-namespace sysctl). Returns whether it is on."""
+        bridge-nf-call-iptables=1 (IPv4) and bridge-nf-call-ip6tables=1 (IPv6) in this namespace
+        (per-namespace sysctls). Returns whether they are on."""
         try:
             if self.netns:
                 own = knetns.inode()
@@ -135,10 +138,11 @@ class NftBackend:
 
 
 def _set_bridge_nf() -> bool:
-    with open(BRIDGE_NF) as f:
-        if f.read().strip() == "1":
-            return True
-    with open(BRIDGE_NF, "w") as f:
-        f.write("1")
-    log.info("set net.bridge.bridge-nf-call-iptables=1 so bridged pod traffic is filtered")
+    for path in (BRIDGE_NF, BRIDGE_NF6):
+        with open(path) as f:
+            if f.read().strip() == "1":
+                continue
+        with open(path, "w") as f:
+            f.write("1")
+        log.info("set net.bridge.%s=1 so bridged pod traffic is filtered", path.rsplit("/", 1)[1])
     return True

@@ -1,6 +1,8 @@
-"""Compile, load and attach kproxy.c with bcc; raw map access; cgroup/tc attachment helpers.
+"""Load and attach kproxy.c; raw map access; cgroup/tc attachment helpers.
 
-bcc is imported here only, so the pure planner (maps.py) and its unit tests need no bcc.
+bcc compiles and loads the programs in a child process (compiler.py); this process keeps their
+and the maps' file descriptors and works on them with bpf(2) itself (bpfsys.py), so neither the
+daemon nor the pure planner (maps.py) and its unit tests import bcc.
 Everything that touches links (tc) acts on the calling thread's network namespace.
 """
 
@@ -9,13 +11,13 @@ from __future__ import annotations
 import contextlib
 import ctypes as ct
 import errno
+import importlib.util
 import logging
 import os
-import platform
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from kproxy.ebpf import maps
+from kproxy.ebpf import bpfsys, compiler, maps
 
 log = logging.getLogger("knet.kproxy.ebpf")
 SOURCE = Path(__file__).with_name("kproxy.c")
@@ -37,29 +39,17 @@ class EbpfUnavailable(RuntimeError):
     """bcc cannot compile or load the programs on this machine (the message says what is missing)."""
 
 
-# -- raw bpf(2) for what bcc does not wrap (attachment queries, objects by id) ------------------
-_SYS_BPF = {"x86_64": 321, "aarch64": 280, "armv7l": 386, "ppc64le": 361, "s390x": 351}.get(platform.machine(), 321)
+# -- raw bpf(2): attachment queries, objects by id -------------------------------------------
 _BPF_PROG_DETACH, _BPF_PROG_GET_FD_BY_ID, _BPF_MAP_GET_FD_BY_ID = 9, 13, 14
 _BPF_OBJ_GET_INFO_BY_FD, _BPF_PROG_QUERY = 15, 16
-_BPF_NOEXIST = 1
 # Maps the programs fill themselves (flows, affinity, UDP sockets): a restarted daemon copies
 # them from its predecessor's programs, so established flows keep their backends.
 STATE_MAPS = ("ct", "affinity", "sock_fwd", "sock_rev")
-_libc = ct.CDLL(None, use_errno=True)
-_libc.syscall.restype = ct.c_long
-
-
-def _bpf(cmd: int, attr: ct.Array) -> int:
-    res = _libc.syscall(ct.c_long(_SYS_BPF), ct.c_long(cmd), attr, ct.c_uint(ct.sizeof(attr)))
-    if res < 0:
-        err = ct.get_errno()
-        raise OSError(err, os.strerror(err))
-    return res
+_bpf = bpfsys.call
 
 
 def attach_type_value(name: str) -> int:
-    from bcc import BPFAttachType
-    return int(getattr(BPFAttachType, name))
+    return bpfsys.ATTACH_TYPES[name]
 
 
 def cgroup_prog_ids(cgroup: str, attach_type: int) -> list[int]:
@@ -228,39 +218,41 @@ class Datapath:
     """The loaded programs and maps of one kproxy instance."""
 
     def __init__(self, masq_mark: int = 0x4000) -> None:
-        try:
-            from bcc import BPF
-        except ImportError as e:
+        try:  # a cheap check here (nothing of bcc is loaded); the compiler process imports it
+            have_bcc = importlib.util.find_spec("bcc") is not None
+        except (ImportError, ValueError):
+            have_bcc = False
+        if not have_bcc:
             raise EbpfUnavailable(
-                f"ebpf mode needs bcc's Python module, which is not importable ({e}): install the Debian "
-                "package python3-bpfcc and run scripts/install-deps (it links bcc into the venv)") from e
+                "ebpf mode needs bcc's Python module, which is not importable: install the Debian "
+                "package python3-bpfcc and run scripts/install-deps (it links bcc into the venv)")
         headers = Path(f"/lib/modules/{os.uname().release}/build")
         cflags = [f"-DFE_MAX={maps.FE_MAX}", f"-DSLOT_MAX={maps.SLOT_MAX}", f"-DAFF_MAX={maps.AFF_MAX}",
                   f"-DSOCK_MAX={maps.SOCK_MAX}", f"-DCT_MAX={maps.CT_MAX}", f"-DMASQ_MARK={masq_mark:#x}"]
+        programs = [(name, f"CGROUP_SOCK_ADDR:{at}") for name, at in CGROUP_PROGRAMS] + \
+                   [(name, "SCHED_CLS") for name, _ in TC_PROGRAMS]
         try:
-            self.bpf = BPF(src_file=str(SOURCE).encode(), cflags=cflags)
-        except Exception as e:
+            loaded = compiler.compile_and_load(str(SOURCE), cflags, programs, [*maps.LAYOUT, *STATE_MAPS])
+        except compiler.CompileError as e:
+            if e.stage == "import":
+                raise EbpfUnavailable(
+                    f"ebpf mode needs bcc's Python module, which is not importable ({e}): install the Debian "
+                    "package python3-bpfcc and run scripts/install-deps (it links bcc into the venv)") from e
+            if e.stage == "load":
+                raise EbpfUnavailable(
+                    f"the kernel refused kproxy's BPF programs ({e}); ebpf mode needs Linux >= 5.18 "
+                    "(bpf_set_retval, cgroup getpeername hooks, netns cookies) and CAP_BPF/CAP_NET_ADMIN") from e
             hint = "" if headers.exists() else (
                 f"; kernel headers missing: {headers} does not exist (install linux-headers-amd64 and run "
                 "scripts/install-deps, which links the Debian headers there)")
             raise EbpfUnavailable(f"bcc cannot compile {SOURCE.name}: {e}{hint}") from e
-        try:
-            self.cgroup_fns = {name: self.bpf.load_func(name.encode(), BPF.CGROUP_SOCK_ADDR,
-                                                        attach_type=attach_type_value(at))
-                               for name, at in CGROUP_PROGRAMS}
-            self.tc_fns = {name: self.bpf.load_func(name.encode(), BPF.SCHED_CLS) for name, _ in TC_PROGRAMS}
-        except Exception as e:
-            raise EbpfUnavailable(
-                f"the kernel refused kproxy's BPF programs ({e}); ebpf mode needs Linux >= 5.18 "
-                "(bpf_set_retval, cgroup getpeername hooks, netns cookies) and CAP_BPF/CAP_NET_ADMIN") from e
-        self.fds: dict[str, int] = {}
+        self.prog_fds = loaded.programs
+        self.fds: dict[str, int] = {name: fd for name, (fd, _, _) in loaded.maps.items()}
+        self.sizes: dict[str, tuple[int, int]] = {name: (k, v) for name, (_, k, v) in loaded.maps.items()}
         for name, (kt, vt) in maps.LAYOUT.items():
-            table = self.bpf[name.encode()]
-            if (ct.sizeof(table.Key), ct.sizeof(table.Leaf)) != (ct.sizeof(kt), ct.sizeof(vt)):
+            if self.sizes[name] != (ct.sizeof(kt), ct.sizeof(vt)):
+                self.close()
                 raise EbpfUnavailable(f"map {name}: kproxy.c and maps.py disagree on the struct sizes")
-            self.fds[name] = table.map_fd
-        for name in ("affinity", "sock_fwd", "sock_rev", "ct"):
-            self.fds[name] = self.bpf[name.encode()].map_fd
         self.cgroups: list[str] = []
         self.ifaces: list[str] = []
 
@@ -268,17 +260,15 @@ class Datapath:
     def attach_cgroup(self, cgroup: str) -> None:
         """Attach the socket hooks (replacing what a previous kproxy attached: a single-program
         attachment is swapped atomically, so a restart never leaves pods without translation)."""
-        from bcc import BPF
         fd = os.open(cgroup, os.O_RDONLY | os.O_DIRECTORY)
         try:
             for name, at in CGROUP_PROGRAMS:
-                BPF.attach_func(self.cgroup_fns[name], fd, attach_type_value(at))
+                bpfsys.attach_cgroup(fd, self.prog_fds[name], attach_type_value(at))
         finally:
             os.close(fd)
         self.cgroups.append(cgroup)
 
     def detach_cgroup(self, cgroup: str) -> None:
-        from bcc import BPF
         try:
             fd = os.open(cgroup, os.O_RDONLY | os.O_DIRECTORY)
         except FileNotFoundError:
@@ -286,8 +276,8 @@ class Datapath:
         try:
             for name, at in CGROUP_PROGRAMS:
                 try:
-                    BPF.detach_func(self.cgroup_fns[name], fd, attach_type_value(at))
-                except Exception as e:  # already gone (replaced by another instance): fine
+                    bpfsys.detach_cgroup(fd, self.prog_fds[name], attach_type_value(at))
+                except OSError as e:  # already gone (replaced by another instance): fine
                     log.debug("detach %s from %s: %s", name, cgroup, e)
         finally:
             os.close(fd)
@@ -308,9 +298,8 @@ class Datapath:
                 if e.code != errno.EEXIST:
                     raise
             for name, parent in TC_PROGRAMS:
-                fn = self.tc_fns[name]
-                ipr.tc("replace-filter", "bpf", idx, TC_HANDLE, fd=fn.fd, name=f"{TC_FILTER_PREFIX}{name}",
-                       parent=parent, prio=TC_PRIO, classid=1, direct_action=True)
+                ipr.tc("replace-filter", "bpf", idx, TC_HANDLE, fd=self.prog_fds[name],
+                       name=f"{TC_FILTER_PREFIX}{name}", parent=parent, prio=TC_PRIO, classid=1, direct_action=True)
         self.ifaces.append(ifname)
 
     def detach_tc(self, ifname: str) -> None:
@@ -358,23 +347,22 @@ class Datapath:
     def carry_over(self, old: dict[str, list[tuple[int, int, int]]], keep_newer: bool = False) -> int:
         """Copy entries of a predecessor's state maps into ours (same name and struct sizes).
         keep_newer: do not overwrite entries our programs made already. Returns entries copied."""
-        from bcc.libbcc import lib
         copied = 0
         for name, fds in old.items():
-            table = self.bpf[name.encode()]
-            ksize, vsize = ct.sizeof(table.Key), ct.sizeof(table.Leaf)
+            ksize, vsize = self.sizes[name]
             for fd, okey, oval in fds:
                 if (okey, oval) != (ksize, vsize):
                     log.warning("previous %s map has another layout; its entries are not carried over", name)
                     continue
                 cur, nxt, val = (ct.c_uint8 * ksize)(), (ct.c_uint8 * ksize)(), (ct.c_uint8 * vsize)()
-                rc = lib.bpf_get_next_key(fd, None, nxt)
-                while rc == 0:
-                    if lib.bpf_lookup_elem(fd, nxt, val) == 0 and lib.bpf_update_elem(
-                            self.fds[name], nxt, val, _BPF_NOEXIST if keep_newer else 0) == 0:
-                        copied += 1
+                more = bpfsys.next_key(fd, None, nxt)
+                while more:
+                    if bpfsys.lookup(fd, nxt, val):
+                        with contextlib.suppress(OSError):  # EEXIST: ours is newer (keep_newer)
+                            bpfsys.update(self.fds[name], nxt, val, bpfsys.NOEXIST if keep_newer else 0)
+                            copied += 1
                     ct.memmove(cur, nxt, ksize)
-                    rc = lib.bpf_get_next_key(fd, cur, nxt)
+                    more = bpfsys.next_key(fd, cur, nxt)
         return copied
 
     # -- maps
@@ -382,7 +370,6 @@ class Datapath:
         """Write (key, value) pairs (readable tuples) in order."""
         if not pairs:
             return
-        from bcc.libbcc import lib
         pack_k, pack_v = maps.PACK[name]
         fd = self.fds[name]
         kt, vt = maps.LAYOUT[name]
@@ -390,41 +377,40 @@ class Datapath:
             # One syscall for many entries; the kernel applies them in array order.
             keys = (kt * len(pairs))(*[pack_k(k) for k, _ in pairs])
             vals = (vt * len(pairs))(*[pack_v(v) for _, v in pairs])
-            count = ct.c_uint32(len(pairs))
-            if lib.bpf_update_batch(fd, keys, vals, ct.byref(count)) == 0:
+            try:
+                bpfsys.update_batch(fd, keys, vals, len(pairs))
                 return
-            err = ct.get_errno()
-            log.debug("batch update of %s failed (%s) after %d; per entry", name, os.strerror(err), count.value)
-            pairs = pairs[count.value:]
+            except OSError as e:
+                done = getattr(e, "done", 0)
+                log.debug("batch update of %s failed (%s) after %d; per entry", name, e.strerror, done)
+                pairs = pairs[done:]
         for k, v in pairs:
-            ck, cv = pack_k(k), pack_v(v)
-            if lib.bpf_update_elem(fd, ct.byref(ck), ct.byref(cv), 0) != 0:
-                err = ct.get_errno()
-                raise OSError(err, f"bpf map {name}: update of {k} failed: {os.strerror(err)}")
+            try:
+                bpfsys.update(fd, pack_k(k), pack_v(v))
+            except OSError as e:
+                raise OSError(e.errno, f"bpf map {name}: update of {k} failed: {e.strerror}") from None
 
     def delete(self, name: str, keys: list[object]) -> None:
-        from bcc.libbcc import lib
         pack_k, _ = maps.PACK[name]
         fd = self.fds[name]
         for k in keys:
-            ck = pack_k(k)
-            if lib.bpf_delete_elem(fd, ct.byref(ck)) != 0 and ct.get_errno() != errno.ENOENT:
-                err = ct.get_errno()
-                raise OSError(err, f"bpf map {name}: delete of {k} failed: {os.strerror(err)}")
+            try:
+                bpfsys.delete(fd, pack_k(k))  # an absent key is fine
+            except OSError as e:
+                raise OSError(e.errno, f"bpf map {name}: delete of {k} failed: {e.strerror}") from None
 
     def raw_keys(self, name: str) -> Iterator[ct.Structure]:
         """Every key of a daemon-written map (get_next_key walk; entries added meanwhile may be
         missed, which a full sync tolerates: it only deletes what it found and does not want)."""
-        from bcc.libbcc import lib
         kt, _ = maps.LAYOUT[name]
         fd = self.fds[name]
         cur, nxt = kt(), kt()
-        if lib.bpf_get_next_key(fd, None, ct.byref(nxt)) != 0:
+        if not bpfsys.next_key(fd, None, nxt):
             return
         while True:
             yield kt.from_buffer_copy(nxt)
             ct.memmove(ct.byref(cur), ct.byref(nxt), ct.sizeof(kt))
-            if lib.bpf_get_next_key(fd, ct.byref(cur), ct.byref(nxt)) != 0:
+            if not bpfsys.next_key(fd, cur, nxt):
                 return
 
     def keys(self, name: str) -> set:
@@ -432,12 +418,11 @@ class Datapath:
         return {unpack_k(k) for k in self.raw_keys(name)}
 
     def lookup(self, name: str, key: object) -> object | None:
-        from bcc.libbcc import lib
         pack_k, _ = maps.PACK[name]
         _, unpack_v = maps.UNPACK[name]
         _, vt = maps.LAYOUT[name]
-        ck, cv = pack_k(key), vt()
-        if lib.bpf_lookup_elem(self.fds[name], ct.byref(ck), ct.byref(cv)) != 0:
+        cv = vt()
+        if not bpfsys.lookup(self.fds[name], pack_k(key), cv):
             return None
         return unpack_v(cv)
 
@@ -459,4 +444,7 @@ class Datapath:
 
     def close(self) -> None:
         """Release our fds; attached programs (and the maps they use) stay in the kernel."""
-        self.bpf.cleanup()
+        for fd in [*self.prog_fds.values(), *self.fds.values()]:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.prog_fds, self.fds = {}, {}

@@ -8,9 +8,10 @@ user only.
 The lab's credentials (`LAB_IDENTITIES`): the admin is in system:masters; each knet component
 authenticates as the ServiceAccount its deploy/ manifest runs it as (`serviceAccountName`), so
 deploy/rbac.yaml's bindings, which the lab's server loads, give it exactly what a cluster gives
-it. The lab's own control plane (controllers, node agents) stands in for kube-controller-manager
-and the kubelets, whose bootstrap roles and Node authorizer the lab does not reproduce: they are
-in system:masters. The lab key of a credential is its uid column.
+it. Upstream kube-proxy is `system:kube-proxy`, bound to the bootstrap role system:node-proxier
+as kubeadm binds it. The lab's own control plane (controllers, node agents) stands in for
+kube-controller-manager and the kubelets, whose bootstrap roles and Node authorizer the lab does
+not reproduce: they are in system:masters. The lab key of a credential is its uid column.
 """
 
 from __future__ import annotations
@@ -39,9 +40,9 @@ LAB_IDENTITIES: dict[str, tuple[str, tuple[str, ...]]] = {
     "ingress": rbac.service_account_user("knet-system", "knet-ingress"),  # ingress.yaml
     "node-agent": ("knet:node-agent", (rbac.MASTERS,)),
     "controllers": ("knet:controllers", (rbac.MASTERS,)),
-    # Upstream kube-proxy (a peer, not knet's): kubeadm binds it to system:node-proxier, a
-    # bootstrap role the lab does not have yet.
-    "kube-proxy": ("system:kube-proxy", (rbac.MASTERS,)),
+    # Upstream kube-proxy (a peer, not knet's): the user kubeadm gives it, which the bootstrap
+    # role system:node-proxier is bound to.
+    "kube-proxy": ("system:kube-proxy", ()),
 }
 
 

@@ -37,6 +37,13 @@ def _cluster_role(name: str, rules: list[dict]) -> dict:
             "metadata": {"name": name, "labels": {"kubernetes.io/bootstrapping": "rbac-defaults"}}, "rules": rules}
 
 
+def _user_binding(name: str, users: list[str]) -> dict:
+    return {"apiVersion": f"{RBAC_GROUP}/v1", "kind": "ClusterRoleBinding",
+            "metadata": {"name": name, "labels": {"kubernetes.io/bootstrapping": "rbac-defaults"}},
+            "roleRef": {"apiGroup": RBAC_GROUP, "kind": "ClusterRole", "name": name},
+            "subjects": [{"apiGroup": RBAC_GROUP, "kind": "User", "name": u} for u in users]}
+
+
 def _group_binding(name: str, groups: list[str]) -> dict:
     return {"apiVersion": f"{RBAC_GROUP}/v1", "kind": "ClusterRoleBinding",
             "metadata": {"name": name, "labels": {"kubernetes.io/bootstrapping": "rbac-defaults"}},
@@ -52,10 +59,18 @@ DEFAULT_POLICY: list[dict] = [
     _cluster_role("system:basic-user", [
         {"apiGroups": ["authorization.k8s.io"], "resources": ["selfsubjectaccessreviews", "selfsubjectrulesreviews"],
          "verbs": ["create"]}]),
+    # What kube-proxy needs, bound to the user kubeadm gives it (kube-apiserver v1.37's rules).
+    _cluster_role("system:node-proxier", [
+        {"apiGroups": [""], "resources": ["endpoints", "services"], "verbs": ["list", "watch"]},
+        {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch"]},
+        {"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch", "update"]},
+        {"apiGroups": ["networking.k8s.io"], "resources": ["servicecidrs"], "verbs": ["list", "watch"]},
+        {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["list", "watch"]}]),
     _group_binding("cluster-admin", ["system:masters"]),
     _group_binding("system:discovery", ["system:authenticated"]),
     _group_binding("system:basic-user", ["system:authenticated"]),
     _group_binding("system:public-info-viewer", ["system:authenticated", "system:unauthenticated"]),
+    _user_binding("system:node-proxier", ["system:kube-proxy"]),
 ]
 
 

@@ -43,6 +43,7 @@ WINDOW = 20000  # changes per kind kept for watches that resume from a resourceV
 WATCHER_BACKLOG = 50000  # undelivered events after which a watcher is ended (its client re-watches)
 LIST_PAGE = 5000
 OWNER_INDEX = "owner"
+INITIAL_END = "INITIAL_END"  # a streaming list's initial objects are all out (bookmarked by the stream)
 # Callbacks for keys that are not objects: (key, raw value or None when deleted, revision), and a
 # full listing of them at a revision (start and relist).
 OtherChange = Callable[[str, bytes | None, int], None]
@@ -126,6 +127,10 @@ class Watcher:
             while True:
                 while self.queue:
                     etype, ch = self.queue.popleft()
+                    if etype == INITIAL_END:
+                        self.floor = max(self.floor, ch.revision)
+                        yield INITIAL_END, ch.revision, None
+                        continue
                     self._holding = True
                     yield etype, ch.obj(etype), ch.line(etype)
                     self._holding = False
@@ -252,14 +257,17 @@ class KindCache:
         """Whether every change of this kind after `revision` is in the window."""
         return revision >= self.oldest
 
-    def subscribe(self, ns: str | None, q: Query, since: int | None) -> Watcher:
+    def subscribe(self, ns: str | None, q: Query, since: int | None, *, initial_end: bool = False) -> Watcher:
         """A watcher that gets every change after revision `since` (None: from now, with the
-        current objects first as ADDED); nothing may be awaited between this and the caller's
-        first read, so no change can slip between the replay and the subscription."""
+        current objects first as ADDED; `initial_end`: then an INITIAL_END at the snapshot's
+        revision, for a streaming list's bookmark); nothing may be awaited between this and the
+        caller's first read, so no change can slip between the replay and the subscription."""
         w = Watcher(self, ns, q, since or 0)
         if since is None:
             for obj in self.select(ns, q):  # through the indexes, as a list would
                 w.queue.append(("ADDED", Change(0, ns, obj, None)))
+            if initial_end:
+                w.queue.append((INITIAL_END, Change(self.cache.revision, ns, None, None)))
             # Then everything after the snapshot: as if the client had listed at this revision.
             w.floor = 0 if w.queue else self.cache.revision
         else:

@@ -10,7 +10,8 @@ import re
 from typing import TYPE_CHECKING
 
 from knet.kube import selectors
-from lab.apiserver.errors import bad_request
+from lab.apiserver.errors import bad_request, invalid
+from lab.apiserver.validation import Causes
 
 if TYPE_CHECKING:
     from lab.apiserver.resources import ResourceType
@@ -20,7 +21,7 @@ _PLAIN = re.compile(r"^[A-Za-z0-9._/:-]+$")
 
 
 class Query:
-    def __init__(self, rt: ResourceType, params: dict[str, str]) -> None:
+    def __init__(self, rt: ResourceType, params: dict[str, str], *, watch: bool = False) -> None:
         try:
             self.labels = selectors.Selector.parse(params.get("labelSelector"))
             self.fields = selectors.parse_field_selector(params.get("fieldSelector"))
@@ -32,6 +33,12 @@ class Query:
             raise bad_request(f"invalid resourceVersion {self.rv!r}: must be an integer")
         self.rv_match = params.get("resourceVersionMatch") or None
         self.cont = params.get("continue") or None
+        # A streaming list (watch-list): the current objects first, then a bookmark marking their
+        # end, then the changes. None: not asked (a plain watch); False: no initial events.
+        initial = params.get("sendInitialEvents")
+        self.send_initial: bool | None = None if initial is None else initial.lower() in ("1", "true")
+        self.bookmarks = params.get("allowWatchBookmarks") in ("1", "true", "True")
+        _check_options(self, watch)
         try:
             self.limit = int(params.get("limit") or 0)
             self.timeout = int(params["timeoutSeconds"]) if params.get("timeoutSeconds") else None
@@ -76,3 +83,37 @@ class Query:
                     and f.path != "source":
                 hints.append(json.dumps(f.value).encode())
         return hints
+
+
+def _check_options(q: Query, watch: bool) -> None:
+    """kube-apiserver's ListOptions validation of the resourceVersion/watch-list parameters
+    (422 Invalid on ListOptions.meta.k8s.io, one cause per broken rule, in its words)."""
+    c = Causes()
+    match = q.rv_match
+    if watch:
+        if q.send_initial is not None and match != "NotOlderThan":
+            c.forbidden("resourceVersionMatch",
+                        "sendInitialEvents requires setting resourceVersionMatch to NotOlderThan")
+        if match:
+            if q.send_initial is None:
+                c.forbidden("resourceVersionMatch", "resourceVersionMatch is forbidden for watch unless "
+                                                    "sendInitialEvents is provided")
+            if match != "NotOlderThan":
+                c.unsupported("resourceVersionMatch", match, ["NotOlderThan"])
+            if q.cont:
+                c.forbidden("resourceVersionMatch", "resourceVersionMatch is forbidden when continue is provided")
+    else:
+        if match:
+            if q.rv is None:
+                c.forbidden("resourceVersionMatch", "resourceVersionMatch is forbidden unless resourceVersion is "
+                                                    "provided")
+            if q.cont:
+                c.forbidden("resourceVersionMatch", "resourceVersionMatch is forbidden when continue is provided")
+            if match not in ("Exact", "NotOlderThan"):
+                c.unsupported("resourceVersionMatch", match, ["Exact", "NotOlderThan", ""])
+            if match == "Exact" and q.rv == "0":
+                c.forbidden("resourceVersionMatch", 'resourceVersionMatch "exact" is forbidden for resourceVersion "0"')
+        if q.send_initial is not None:
+            c.forbidden("sendInitialEvents", "sendInitialEvents is forbidden for list")
+    if c:
+        raise invalid("ListOptions", "", c.items, group="meta.k8s.io")

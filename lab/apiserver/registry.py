@@ -27,7 +27,7 @@ from typing import Any
 
 from lab.apiserver import admission, direct, limits, objects, patch
 from lab.apiserver.allocator import Allocator, Reservation
-from lab.apiserver.cache import OWNER_INDEX, WatchCache
+from lab.apiserver.cache import OWNER_INDEX, KindCache, WatchCache
 from lab.apiserver.direct import WatchItem
 from lab.apiserver.errors import MODIFIED_MSG, ApiError, already_exists, bad_request, conflict, invalid, not_found
 from lab.apiserver.lifecycle import Lifecycle
@@ -176,6 +176,10 @@ class Registry:
         if stopping.is_set():
             return
         kind = self.cache.kind(rt)
+        if q.send_initial is not None:  # watch-list: a snapshot at least as new as rv from the cache
+            async for item in self._watch_list(kind, ns, q, tick):
+                yield item
+            return
         since = None if q.rv in (None, "0") else int(q.rv)
         if since is None:
             served = await self._cache_current(q.rv)
@@ -198,6 +202,20 @@ class Registry:
                     yield item
             return
         watcher = kind.subscribe(ns, q, since)  # no await since the checks above: nothing slips
+        yield "PROGRESS_SOURCE", watcher.progress, None
+        async with contextlib.aclosing(watcher.events(tick)) as events:
+            async for item in events:
+                yield item
+
+    async def _watch_list(self, kind: KindCache, ns: str | None, q: Query,
+                          tick: float) -> AsyncGenerator[WatchItem, None]:
+        """A streaming list: with sendInitialEvents, the objects of a state at least as new as
+        rv (the newest for no rv; any for "0") as ADDED, ("INITIAL_END", revision, None) and the
+        changes after that state; without, only the changes after it."""
+        if not await self._cache_current(q.rv):
+            raise ApiError(504, f"Timeout: Too large resource version: {q.rv}, current: {self.cache.revision}",
+                           "Timeout")
+        watcher = kind.subscribe(ns, q, None if q.send_initial else self.cache.revision, initial_end=True)
         yield "PROGRESS_SOURCE", watcher.progress, None
         async with contextlib.aclosing(watcher.events(tick)) as events:
             async for item in events:

@@ -212,9 +212,9 @@ class ApiServer:
             # A session (exec, attach, port-forward, a followed log) lasts as long as the user wants:
             # kept out of the request durations, as watches are (kube-apiserver's long-running requests).
             request["watch"] = m[3] in nodeproxy.UPGRADE_SUBRESOURCES or request.query.get("follow") in ("true", "1")
-            return await self.node_proxy.pod(request, request.get("user", ""), m[1], m[2], m[3])
+            return await self.node_proxy.pod(request, m[1], m[2], m[3])
         if (m := _NODE_PROXY.match(path)) is not None:
-            return await self.node_proxy.node(request, request.get("user", ""), m[1], m[2] or "/")
+            return await self.node_proxy.node(request, m[1], m[2] or "/")
         if path == _METRICS or path.startswith(_METRICS + "/"):
             if path == _METRICS:
                 return _json(metricsapi.resource_list())
@@ -397,7 +397,7 @@ class ApiServer:
         params = dict(request.query) if params is None else params
         if t.name is not None:  # the legacy /watch/.../<name> path: a watch of that one object
             params["fieldSelector"] = ",".join(filter(None, [params.get("fieldSelector"), f"metadata.name={t.name}"]))
-        q = Query(t.rt, params)
+        q = Query(t.rt, params, watch=True)
         events = self.registry.watch(t.rt, t.namespace, q, self.stopping, watchstream.TICK)
         if view is not None:
             events = _converted(events, view.strategy)

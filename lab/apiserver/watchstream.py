@@ -17,6 +17,7 @@ from typing import Any
 from aiohttp import web
 
 from lab.apiserver import tables
+from lab.apiserver.cache import INITIAL_END
 from lab.apiserver.direct import WatchItem
 from lab.apiserver.errors import ApiError
 from lab.apiserver.resources import ResourceType
@@ -25,6 +26,7 @@ from lab.apiserver.storage import StoreError
 log = logging.getLogger("lab.apiserver")
 
 BOOKMARK_INTERVAL = 60.0  # kube-apiserver sends a bookmark about once a minute
+INITIAL_EVENTS_END = "k8s.io/initial-events-end"  # client-go's watch-list waits for this bookmark
 TICK = 10.0  # an idle watch wakes this often to see whether a bookmark is due
 
 
@@ -48,6 +50,13 @@ class WatchStream:
             return
         if etype == "PROGRESS_SOURCE":
             self.progress_source = obj
+            return
+        if etype == INITIAL_END:  # a streaming list's initial objects are out: say so, at their revision
+            self.progress = self.sent = max(self.progress, obj)
+            if self.bookmarks:
+                await self._line("BOOKMARK", {"kind": self.rt.kind, "apiVersion": self.rt.api_version,
+                                              "metadata": {"resourceVersion": str(obj),
+                                                           "annotations": {INITIAL_EVENTS_END: "true"}}})
             return
         if etype == "TICK":
             if time.monotonic() - self.last_bookmark >= BOOKMARK_INTERVAL:

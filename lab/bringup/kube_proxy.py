@@ -4,11 +4,8 @@ on every node, in the node's network namespace, as lab.bringup.proxy runs kproxy
 
 Each node's kube-proxy gets a KubeProxyConfiguration (`<node dir>/kube-proxy.yaml`: the mode, the
 lab's pod range, metrics and healthz on the node's address, hostnameOverride = the node's name)
-and runs as the lab API server's `kube-proxy` user. Against knet-apiserver its client-go must list
-and watch the classic way (feature gate WatchListClient=false: the server does not end a watch's
-initial events with the bookmark that streaming lists wait for). A Kubernetes program takes
-client-go's gates in its own --feature-gates / featureGates (it replaces client-go's gate, so
-the KUBE_FEATURE_* environment that CoreDNS reads does nothing here).
+and runs as the lab API server's `kube-proxy` user. Its client-go lists through streaming watches
+(WatchListClient, on by default), which knet-apiserver serves as kube-apiserver does.
 
 What kube-proxy writes under /proc/sys and /sys (v1.37, cmd/kube-proxy and pkg/proxy): the
 conntrack settings (`net/netfilter/nf_conntrack_*` timeouts and tcp_be_liberal: per network
@@ -67,9 +64,6 @@ def configuration(n: topology.Node, mode: str, kubeconfig: str) -> dict[str, Any
     return {
         "apiVersion": "kubeproxy.config.k8s.io/v1alpha1", "kind": "KubeProxyConfiguration",
         "mode": upstream_mode(mode),
-        # client-go v0.37 lists through a streaming watch and waits for the initial-events-end
-        # bookmark, which knet-apiserver does not send (as for CoreDNS in the tests).
-        "featureGates": {"WatchListClient": False},
         "clientConnection": {"kubeconfig": kubeconfig},
         "hostnameOverride": n.short,
         "clusterCIDR": topology.POD_CIDR,

@@ -58,18 +58,6 @@ def test_node_address_prefers_internal_ip_and_the_announced_port() -> None:
         nodeproxy.node_address({"metadata": {"name": "n"}, "status": {}})
 
 
-def test_authorization_asks_create_for_streams_and_get_for_logs() -> None:
-    for method in ("GET", "POST"):  # a WebSocket upgrade is a GET, and still a create
-        for sub in ("exec", "attach", "portforward"):
-            assert nodeproxy.attributes(method, "pods", sub, "ns", "p").verb == "create"
-    assert nodeproxy.attributes("GET", "pods", "log", "ns", "p") == \
-        nodeproxy.Attributes("get", "", "pods", "log", "ns", "p")
-    assert nodeproxy.attributes("GET", "nodes", "proxy", "", "node1").verb == "get"
-    err = nodeproxy.attributes("GET", "pods", "exec", "default", "web").forbidden("bob")
-    assert err.code == 403 and str(err) == ('pods "web" is forbidden: User "bob" cannot create resource '
-                                            '"pods/exec" in API group "" in the namespace "default"')
-
-
 SUMMARY_POD = {"podRef": {"name": "web", "namespace": "default", "uid": "u1"}, "window": 5.0, "containers": [
     {"name": "app", "cpu": {"time": "2024-01-01T00:00:05Z", "usageNanoCores": 1_500_000},
      "memory": {"workingSetBytes": 20 * 1024 * 1024}}]}

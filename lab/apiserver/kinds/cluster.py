@@ -38,6 +38,14 @@ class Namespaces(Strategy):
         return [tables.name(obj), get(obj, "status", "phase", default=""), tables.age(obj)]
 
 
+def _pod_cidrs(node: dict[str, Any]) -> list[str]:
+    """A node's pod ranges (spec.podCIDRs, or the older single spec.podCIDR)."""
+    cidrs = get(node, "spec", "podCIDRs", default=None) or []
+    if not cidrs and get(node, "spec", "podCIDR"):
+        cidrs = [get(node, "spec", "podCIDR")]
+    return list(cidrs)
+
+
 class Nodes(Strategy):
     merge_keys = {("status", "addresses"): "type"}
     # kube-apiserver's node status strategy resets only the spec: labels and annotations written
@@ -54,6 +62,10 @@ class Nodes(Strategy):
         cidr = get(obj, "spec", "podCIDR")
         if cidr:
             c.cidr("spec.podCIDR", cidr)
+        # kube-apiserver: the node IPAM controller may give a node its ranges once; after that
+        # they are fixed (pods and routes were made from them).
+        if old is not None and _pod_cidrs(old) and _pod_cidrs(obj) != _pod_cidrs(old):
+            c.forbidden("spec.podCIDRs", 'node updates may not change podCIDR except from "" to valid')
 
     def row(self, obj: dict[str, Any]) -> list[Any]:
         ready = next((c for c in get(obj, "status", "conditions", default=[]) if c.get("type") == "Ready"), None)

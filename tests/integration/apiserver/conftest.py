@@ -36,6 +36,8 @@ OTHER_TOKEN = "kproxy-" + uuid.uuid4().hex
 # A user bound to nothing (no groups of its own): what RBAC tests grant things to.
 JANE_TOKEN = "jane-" + uuid.uuid4().hex
 KCM_TOKEN = "kcm-" + uuid.uuid4().hex
+# Upstream kube-proxy's identity (kubeadm's): what the bootstrap role system:node-proxier grants.
+KUBE_PROXY_TOKEN = "kube-proxy-" + uuid.uuid4().hex
 
 
 @dataclass
@@ -56,7 +58,8 @@ class Server:
 def start_server(etcd: Etcd, tmp: str, prefix: str, extra: list[str] = (), flavour: str = "lab",
                  controllers: bool = False) -> Server:
     # Both servers authorize with RBAC: admin and kproxy in system:masters, jane in no group.
-    tokens = f'# test tokens\n{ADMIN_TOKEN},admin,admin\n{OTHER_TOKEN},kproxy,kproxy\n{JANE_TOKEN},jane,jane,""\n'
+    tokens = f'# test tokens\n{ADMIN_TOKEN},admin,admin\n{OTHER_TOKEN},kproxy,kproxy\n{JANE_TOKEN},jane,jane,""\n' \
+        f'{KUBE_PROXY_TOKEN},system:kube-proxy,system:kube-proxy,""\n'
     if flavour == "real":
         p = anchors.start_kube_apiserver(tmp, etcd.url, prefix, tokens + f"{KCM_TOKEN},{anchors.KCM_USER}\n",
                                          *extra)

@@ -17,6 +17,7 @@ from ipaddress import ip_network
 import pytest
 from kubernetes import client
 from kubernetes.client import ApiClient
+from kubernetes.client.exceptions import ApiException
 
 from knet.kube import client as kc
 from knet_testing import anchors
@@ -173,3 +174,18 @@ def test_a_full_range_leaves_the_node_without_podcidr_says_so_and_a_restart_adop
         assert (pod_cidr(api, "n2"), pod_cidr(api, "n3")) == (first["n2"], first["n1"])
     finally:
         r.close()
+
+
+def test_a_nodes_pod_ranges_are_fixed_once_set(api) -> None:
+    """kube-apiserver lets a node's podCIDR go from "" to a range once (the node IPAM controller's
+    write) and refuses any change after: pods and routes were made from it."""
+    name = f"fixed-{uuid.uuid4().hex[:6]}"
+    with nodes_deleted(api, [name]):
+        new_node(api, name, "10.244.251.0/24")
+        for spec in ({"podCIDR": "10.244.252.0/24", "podCIDRs": ["10.244.252.0/24"]},
+                     {"podCIDRs": ["10.244.251.0/24", "10.244.253.0/24"]}):
+            with pytest.raises(ApiException) as refused:
+                kc.patch(api, "Node", name, {"spec": spec})
+            assert refused.value.status == 422, refused.value.body
+            assert 'node updates may not change podCIDR except from \\"\\" to valid' in refused.value.body
+        assert pod_cidr(api, name) == "10.244.251.0/24"

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from tests.integration.apiserver.conftest import JANE_TOKEN
+from tests.integration.apiserver.conftest import JANE_TOKEN, KUBE_PROXY_TOKEN
 from tests.integration.apiserver.test_client import raw
 
 pytestmark = pytest.mark.integration
@@ -131,3 +131,17 @@ def test_invalid_rbac_objects_are_422(server, ns):
     code, status = raw(server, f"{base}/roles", "POST", ADMIN_TOKEN, json.dumps(
         {"metadata": {"name": "r"}, "rules": [{"apiGroups": [""], "resources": ["pods"]}]}).encode())
     assert code == 422 and [c["field"] for c in status["details"]["causes"]] == ["rules[0].verbs"]
+
+
+def test_kube_proxy_gets_what_system_node_proxier_grants(server):
+    """The bootstrap role kube-apiserver gives kube-proxy's user (kubeadm's system:kube-proxy):
+    the Services, EndpointSlices, Nodes and ServiceCIDRs it watches, and nothing else."""
+    for path in ("/api/v1/services", "/apis/discovery.k8s.io/v1/endpointslices", "/api/v1/nodes",
+                 "/apis/networking.k8s.io/v1/servicecidrs"):
+        code, status = raw(server, path, token=KUBE_PROXY_TOKEN)
+        assert code == 200, (path, status)
+    code, status = raw(server, "/api/v1/secrets", token=KUBE_PROXY_TOKEN)
+    assert code == 403 and status["message"] == ('secrets is forbidden: User "system:kube-proxy" cannot list '
+                                                 'resource "secrets" in API group "" at the cluster scope')
+    code, status = raw(server, "/api/v1/namespaces/default/pods", token=KUBE_PROXY_TOKEN)
+    assert code == 403, status

@@ -1,6 +1,6 @@
 """A test backend for the ingress tests, run inside a lab pod (standard library only):
 
-    python3 backend.py --name "Whale Type A" --port 80
+    python3 backend.py --name "Whale Type A" --port 80 [--dual-stack]
 
 Every answer starts with the backend's name on a line of its own ("Whale Type A"), followed by a
 JSON line with what it received (method, path, headers, body length, client address).
@@ -126,13 +126,23 @@ class Handler(BaseHTTPRequestHandler):
         pass
 
 
+class DualStackServer(ThreadingHTTPServer):
+    address_family = socket.AF_INET6
+
+    def server_bind(self) -> None:
+        self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        super().server_bind()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--name", required=True)
     ap.add_argument("--port", type=int, default=80)
+    ap.add_argument("--dual-stack", action="store_true", help="listen on [::] for IPv6 and IPv4 clients")
     args = ap.parse_args()
     Handler.name = args.name
-    server = ThreadingHTTPServer(("0.0.0.0", args.port), Handler)
+    server = (DualStackServer if args.dual_stack else ThreadingHTTPServer)(("::" if args.dual_stack else "0.0.0.0",
+                                                                             args.port), Handler)
     server.daemon_threads = True
     done = threading.Event()
 

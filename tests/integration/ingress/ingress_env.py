@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import json
 import os
 import shlex
 import signal
@@ -30,6 +31,8 @@ from lab import api
 
 BACKEND = os.path.join(os.path.dirname(os.path.abspath(__file__)), "backend.py")
 STATUS_PORT = 10246
+NODE_V6, CLIENT_V6 = "fd00:33::11", "fd00:33::100"  # the issue's underlay fd00:33::/64
+POD_GATEWAY_V6 = "fd00:10:244:1::1"  # node1's pod /64 in fd00:10:244::/56
 
 
 def ns_socket(ns: str, timeout: float = 5.0) -> socket.socket:
@@ -79,18 +82,29 @@ class Env:
         assert r.error is None, r.error
         return r
 
+    # -- IPv6 (the lab's --ip-family dual is not there yet: the addresses are added here)
+    def enable_ipv6(self) -> None:
+        """IPv6 beside IPv4 on the underlay (node1 NODE_V6, the client CLIENT_V6) and on node1's
+        pod bridge (POD_GATEWAY_V6/64), with nodad: usable at once. Idempotent."""
+        _add_v6(self.node_ns, _ifname_of(self.node_ns, self.ip), f"{NODE_V6}/64")
+        _add_v6(self.client_ns, _ifname_of(self.client_ns, self.lab.data()["client"]["ip"]), f"{CLIENT_V6}/64")
+        _add_v6(self.node_ns, "cni0", f"{POD_GATEWAY_V6}/64")
+
+    def backend_pod_v6(self, pod: str, display: str, v6: str) -> str:
+        """A backend pod on node1 listening on both families, with `v6` beside its IPv4 address."""
+        self.backend_pod(pod, display, "node1", "--dual-stack")
+        pod_ns = self.pods[pod]["netns"]
+        _add_v6(pod_ns, _ifname_of(pod_ns, self.pods[pod]["ip"]), f"{v6}/64")
+        _wait_listening(self.node_ns, v6, pod)
+        return v6
+
     # -- backends
-    def backend_pod(self, pod: str, display: str, node: str = "node1") -> str:
-        cmd = f"exec python3 {shlex.quote(BACKEND)} --name {shlex.quote(display)} --port 80"
+    def backend_pod(self, pod: str, display: str, node: str = "node1", *extra: str) -> str:
+        cmd = f"exec python3 {shlex.quote(BACKEND)} --name {shlex.quote(display)} --port 80 {shlex.join(extra)}"
         rec = self.lab.add_pod(node, pod, cmd=cmd)
         self.pods[pod] = rec
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            with contextlib.suppress(OSError), ns_socket(self.node_ns, 0.5) as s:
-                s.connect((rec["ip"], 80))
-                return rec["ip"]
-            time.sleep(0.05)
-        raise RuntimeError(f"backend {pod} did not start")
+        _wait_listening(self.node_ns, rec["ip"], pod)
+        return rec["ip"]
 
     def kill(self, pod: str, graceful: bool = True) -> None:
         """Stop the pod's server process (SIGTERM: graceful; SIGKILL: a crash); the pod itself
@@ -108,18 +122,28 @@ class Env:
         self.lab.del_pod(pod)
 
     def service(self, name: str, pods: list[str], terminating: list[str] = (), port: int = 80,
-                port_name: str = "") -> None:
+                port_name: str = "", v6: list[str] = ()) -> None:
+        """A Service of `pods` (IPv4 slice); `v6`: IPv6 endpoint addresses, in a slice of their own."""
         ips = [self.pods[p]["ip"] for p in pods]
         term = [self.pods[p]["ip"] for p in terminating]
-        self.put(service(name, (port_name, port)),
-                 endpoint_slice(name, ips, port=80, port_name=port_name, terminating=term))
+        self.put(service(name, (port_name, port)))
+        self.remove("EndpointSlice", f"{name}-a")
+        self.remove("EndpointSlice", f"{name}-v6")
+        if ips or term or not v6:
+            self.put(endpoint_slice(name, ips, port=80, port_name=port_name, terminating=term))
+        if v6:
+            self.put(endpoint_slice(name, list(v6), port=80, port_name=port_name, suffix="v6"))
 
     # -- clients in the client namespace
     def curl(self, host: str, path: str = "/", *args: str, scheme: str = "http", port: int | None = None,
-             timeout: float = 10) -> tuple[int, str]:
+             timeout: float = 10, address: str | None = None) -> tuple[int, str]:
+        """`host` resolved to node1's address (`address`: another one, e.g. NODE_V6); a bracketed
+        IPv6 literal as `host` is asked as it is."""
         port = port or (443 if scheme == "https" else 80)
-        argv = ["curl", "-s", "-S", "-o", "-", "-w", "\n%{http_code}", "-m", str(timeout),
-                "--resolve", f"{host}:{port}:{self.ip}", *args, f"{scheme}://{host}:{port}{path}"]
+        to = address or self.ip
+        resolve = [] if host.startswith("[") else ["--resolve", f"{host}:{port}:{f'[{to}]' if ':' in to else to}"]
+        argv = ["curl", "-g", "-s", "-S", "-o", "-", "-w", "\n%{http_code}", "-m", str(timeout),
+                *resolve, *args, f"{scheme}://{host}:{port}{path}"]
         r = self.lab.exec("client", argv)
         body, _, code = r.stdout.rpartition("\n")
         return int(code or 0), body
@@ -131,6 +155,35 @@ class Env:
 
     def close(self) -> None:
         self.nginx.stop()
+
+
+def _ifname_of(ns: str, ip: str) -> str:
+    """The interface of `ns` that holds `ip`."""
+    out = netns.run(ns, ["ip", "-j", "addr", "show"], check=True).stdout
+    for link in json.loads(out):
+        if any(a.get("local") == ip for a in link.get("addr_info", [])):
+            return link["ifname"]
+    raise RuntimeError(f"no interface of {ns} holds {ip}")
+
+
+def _add_v6(ns: str, ifname: str, cidr: str) -> None:
+    r = netns.run(ns, ["ip", "-6", "addr", "replace", cidr, "dev", ifname, "nodad"])
+    if r.returncode != 0:
+        raise RuntimeError(f"ip -6 addr replace {cidr} dev {ifname} in {ns}: {r.stderr.strip()}")
+
+
+def _wait_listening(ns: str, ip: str, what: str, deadline: float = 10) -> None:
+    end = time.monotonic() + deadline
+    family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+    while time.monotonic() < end:
+        with netns.enter(ns):
+            s = socket.socket(family, socket.SOCK_STREAM)
+        with contextlib.suppress(OSError), s:
+            s.settimeout(0.5)
+            s.connect((ip, 80))
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"backend {what} did not start on {ip}")
 
 
 def _alive(pid: int) -> bool:

@@ -225,8 +225,7 @@ def coredns(apiserver: ApiServer, upstream: FakeUpstream, workdir: str) -> Itera
     runs (knet_testing.anchors.corefile)."""
     if why := anchors.missing("coredns"):
         pytest.skip(why)
-    c = anchors.start_coredns(os.path.join(workdir, "coredns"), apiserver.kubeconfig, upstream.address,
-                              env=anchors.NO_WATCH_LIST)
+    c = anchors.start_coredns(os.path.join(workdir, "coredns"), apiserver.kubeconfig, upstream.address)
     try:
         yield DnsServer(c.port, c.proc, c.log, "coredns")
     finally:
