@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from knet import cgroups, netns
-from lab.bringup import controlplane, dns, kube_proxy, launch, netpol, proxy
+from lab.bringup import controlplane, dns, kube_proxy, launch, netpol, proxy, real_control_plane
 from lab.bringup import ingress as lab_ingress
 from lab.bringup import overlay as lab_overlay
 from lab.errors import LabError
@@ -139,18 +139,26 @@ def get(name: str = "knet", root: str = topology.STATE_ROOT) -> Lab:
 
 def up(name: str = "knet", nodes: int = 3, cni_type: str = "knet-cni", recreate: bool = False,
        progress: Progress = _quiet, root: str = topology.STATE_ROOT, agents: bool = True,
-       overlay: str = "vxlan", control_plane: bool = False, proxy_mode: str | None = None,
+       overlay: str = "vxlan", control_plane: bool | str = False, proxy_mode: str | None = None,
        network_policy: bool = False, ingress: bool = False, subnet_manager: str | None = None,
        ip_family: str = "ipv4") -> Lab:
     """Build the lab; on any failure everything made so far is removed again. `control_plane`:
-    also etcd, the API server, the controllers and the node agents (lab.bringup.controlplane).
+    also etcd, the API server, the controllers and the node agents (lab.bringup.controlplane);
+    "real": kube-apiserver and kube-controller-manager instead (lab.bringup.real_control_plane).
     `subnet_manager` (vxlan and host-gw overlays): "kube" (the Nodes' podCIDRs; needs the
     control plane) or "etcd"; None: kube with the control plane, else etcd. `ip_family`: "ipv4"
     (the default), or "dual" (IPv4 primary): an IPv6 underlay, pod and service range beside the
     IPv4 ones ("ipv6" alone is refused: flannel-py has no IPv6-only overlay)."""
     t0 = time.monotonic()
     p = topology.plan(name, nodes, cni_type, root, overlay, ip_family)
-    manager = _subnet_manager(overlay, subnet_manager, control_plane)
+    manager = _subnet_manager(overlay, subnet_manager, bool(control_plane))
+    if control_plane not in (False, True, "lab", "real"):
+        raise LabError(f"control plane must be lab or real, got {control_plane!r}")
+    if control_plane == "real":
+        if topology.dual(ip_family):
+            raise LabError("--ip-family dual with --control-plane real is not supported yet: kube-apiserver and "
+                           "kube-controller-manager are started single-stack (lab/bringup/real_control_plane.py)")
+        real_control_plane.check_anchors()
     if exists(name, root):
         if not recreate:
             raise LabError(f"lab {name} already exists (knet lab down --name {name}, or --recreate)")
@@ -164,6 +172,8 @@ def up(name: str = "knet", nodes: int = 3, cni_type: str = "knet-cni", recreate:
     progress(f"lab {name}: {nodes} node(s), cni plugin {cni_type}, state in {p.state_dir}")
     try:
         kernel.build(p, progress)
+        if control_plane == "real":  # the anchors' etcd, before the overlay would start Debian's
+            real_control_plane.start_etcd(p, progress)
         leases = lab_overlay.start(p, progress) if manager == "etcd" else {}
         for n in p.nodes:
             os.makedirs(os.path.dirname(n.conflist_path), exist_ok=True)
@@ -186,7 +196,9 @@ def up(name: str = "knet", nodes: int = 3, cni_type: str = "knet-cni", recreate:
             def start_flannel(kubeconfigs: dict[str, str]) -> None:
                 flannel.update(lab_overlay.spawn_kube(p, kubeconfigs["flannel"]))
 
-            cp = _record(name, root, "control_plane", controlplane.start_control_plane(
+            start_cp = (real_control_plane.start_control_plane if control_plane == "real"
+                        else controlplane.start_control_plane)
+            cp = _record(name, root, "control_plane", start_cp(
                 p, progress, with_nodes=start_flannel if manager == "kube" else None))
             kubeconfigs = cp["kubeconfigs"]
             if manager == "kube":  # every Node has its podCIDR now
@@ -231,6 +243,8 @@ def _record_leases(name: str, root: str, leases: dict[str, dict]) -> None:
             d["nodes"][short]["mtu"] = lease["mtu"]
             if "pod_subnet6" in lease:
                 d["nodes"][short]["pod_subnet6"] = lease["pod_subnet6"]
+            if lease.get("pid"):  # flannel-py's (`knet lab status`)
+                d["nodes"][short]["flannel_pid"] = lease["pid"]
 
 
 def _record(name: str, root: str, key: str, info: dict) -> dict:
