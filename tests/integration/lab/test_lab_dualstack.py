@@ -1,9 +1,9 @@
 """A dual-stack lab (`knet lab up --ip-family dual`, IPv4 primary): 2 nodes with the control plane,
 flannel_py's VXLAN for both families (flannel-v6.1 over the IPv6 underlay fd00:33::/64) and kproxy
-nftables. What a user sees: Nodes with a podCIDR of each family, pods with both addresses in
+nftables (both families). What a user sees: Nodes with a podCIDR of each family, pods with both addresses in
 status.podIPs, HTTP between pods over IPv6 on one node and across nodes with the pods' own
 addresses, a dual-stack Service with two clusterIPs and an EndpointSlice per family, a
-SingleStack IPv6 Service with an IPv6 clusterIP."""
+SingleStack IPv6 Service with an IPv6 clusterIP, and both clusterIPs reaching every backend."""
 
 from __future__ import annotations
 
@@ -143,8 +143,6 @@ def test_single_stack_ipv6_service_gets_an_ipv6_cluster_ip(dual: DualLab) -> Non
     wait_for(lambda: dual.slices("web6") == {"IPv6": sorted(dual.ipv6(p) for p in PODS)}, WAIT, "web6's IPv6 slice")
 
 
-@pytest.mark.xfail(reason="kproxy serves IPv6 ClusterIPs only with the dualkp branch (issue 18), not merged "
-                          "yet; flip this once it is", strict=True)
 def test_cluster_ip_over_ipv6_reaches_every_backend(dual: DualLab) -> None:
     svc = client.get(dual.api, "Service", "web", "default") or client.create(dual.api, "Service", {
         "metadata": {"name": "web"}, "spec": {"selector": {"app": "web"}, "ipFamilyPolicy": "PreferDualStack",
