@@ -126,8 +126,9 @@ def start_kube_controller_manager(tmp: str, api: ApiServerProcess, token: str,
             "--authorization-kubeconfig", kubeconfig, "--bind-address", HOST, "--secure-port", str(free_port()),
             "--leader-elect=false", "--use-service-account-credentials=true",
             "--service-account-private-key-file", sa_key, "--root-ca-file", api.certs.ca_cert,
-            "--service-cluster-ip-range", SERVICE_CIDR, "--cluster-cidr", CLUSTER_CIDR,
-            "--allocate-node-cidrs=true", "--node-cidr-mask-size", "24",
+            "--service-cluster-ip-range", SERVICE_CIDR, "--cluster-cidr", CLUSTER_CIDR, "--allocate-node-cidrs=true",
+            # a dual-stack `extra` names each family's size; the one size is refused beside them
+            *(() if any(e.startswith("--node-cidr-mask-size-") for e in extra) else ("--node-cidr-mask-size", "24")),
             "--cert-dir", os.path.join(tmp, "kcm-certs"), "--profiling=false", *extra]
     log = os.path.join(tmp, "controller-manager.log")
     return ControllerManager(start(argv, log), log)

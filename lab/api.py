@@ -140,18 +140,24 @@ def get(name: str = "knet", root: str = topology.STATE_ROOT) -> Lab:
 def up(name: str = "knet", nodes: int = 3, cni_type: str = "knet-cni", recreate: bool = False,
        progress: Progress = _quiet, root: str = topology.STATE_ROOT, agents: bool = True,
        overlay: str = "vxlan", control_plane: bool | str = False, proxy_mode: str | None = None,
-       network_policy: bool = False, ingress: bool = False, subnet_manager: str | None = None) -> Lab:
+       network_policy: bool = False, ingress: bool = False, subnet_manager: str | None = None,
+       ip_family: str = "ipv4") -> Lab:
     """Build the lab; on any failure everything made so far is removed again. `control_plane`:
     also etcd, the API server, the controllers and the node agents (lab.bringup.controlplane);
     "real": kube-apiserver and kube-controller-manager instead (lab.bringup.real_control_plane).
     `subnet_manager` (vxlan and host-gw overlays): "kube" (the Nodes' podCIDRs; needs the
-    control plane) or "etcd"; None: kube with the control plane, else etcd."""
+    control plane) or "etcd"; None: kube with the control plane, else etcd. `ip_family`: "ipv4"
+    (the default), or "dual" (IPv4 primary): an IPv6 underlay, pod and service range beside the
+    IPv4 ones ("ipv6" alone is refused: flannel-py has no IPv6-only overlay)."""
     t0 = time.monotonic()
-    p = topology.plan(name, nodes, cni_type, root, overlay)
+    p = topology.plan(name, nodes, cni_type, root, overlay, ip_family)
     manager = _subnet_manager(overlay, subnet_manager, bool(control_plane))
     if control_plane not in (False, True, "lab", "real"):
         raise LabError(f"control plane must be lab or real, got {control_plane!r}")
     if control_plane == "real":
+        if topology.dual(ip_family):
+            raise LabError("--ip-family dual with --control-plane real is not supported yet: kube-apiserver and "
+                           "kube-controller-manager are started single-stack (lab/bringup/real_control_plane.py)")
         real_control_plane.check_anchors()
     if exists(name, root):
         if not recreate:
@@ -235,6 +241,8 @@ def _record_leases(name: str, root: str, leases: dict[str, dict]) -> None:
         for short, lease in leases.items():
             d["nodes"][short]["pod_subnet"] = lease["pod_subnet"]
             d["nodes"][short]["mtu"] = lease["mtu"]
+            if "pod_subnet6" in lease:
+                d["nodes"][short]["pod_subnet6"] = lease["pod_subnet6"]
             if lease.get("pid"):  # flannel-py's (`knet lab status`)
                 d["nodes"][short]["flannel_pid"] = lease["pid"]
 

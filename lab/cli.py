@@ -39,7 +39,7 @@ def cmd_up(args: argparse.Namespace) -> int:
                  control_plane=False if args.no_control_plane else args.control_plane,
                  proxy_mode=None if args.no_control_plane or args.proxy_mode == "none" else args.proxy_mode,
                  network_policy=not args.no_control_plane and not args.no_network_policy,
-                 ingress=not args.no_control_plane and not args.no_ingress)
+                 ingress=not args.no_control_plane and not args.no_ingress, ip_family=args.ip_family)
     if args.demo:
         return 0 if demo.run(lab, _say) else 1
     return 0
@@ -180,6 +180,10 @@ def register(subparsers: Any) -> None:
                     default=os.environ.get("KNET_LAB_OVERLAY", "vxlan"),
                     help="pod network between nodes: flannel_py vxlan (default) or host-gw, or static "
                          "subnets and routes (no flannel)")
+    up.add_argument("--ip-family", choices=["ipv4", "ipv6", "dual"], default="ipv4",
+                    help="the cluster's IP families: ipv4 (default), or dual (IPv4 primary; underlay fd00:33::/64, "
+                         "pods fd00:10:244::/56, services fd00:10:96::/112 beside the IPv4 ranges); ipv6 alone is "
+                         "refused (flannel-py has no IPv6-only overlay)")
     up.add_argument("--subnet-manager", choices=["kube", "etcd"], default=os.environ.get("KNET_LAB_SUBNET_MANAGER"),
                     help="where flannel_py gets each node's subnet: kube (default) = the Node's podCIDR from the "
                          "node IPAM controller, leases as Node annotations, as kube-flannel; etcd = leases in the "

@@ -26,7 +26,7 @@ from knet.kube.recorder import NORMAL, WARNING
 from lab.agent import images, podenv, volumes
 from lab.agent.containers import Backoff, ContainerIO, Process
 from lab.agent.probes import LIVENESS, READINESS, STARTUP, Tracker, run_probe
-from lab.agent.status import ContainerState, comparable, now, pod_status
+from lab.agent.status import ContainerState, comparable, now, pod_status, sandbox_ips
 
 if TYPE_CHECKING:
     from lab.agent.runtime import Runtime
@@ -371,9 +371,8 @@ class PodWorker(threading.Thread):
     # --- status ----------------------------------------------------------------------------------
 
     def _report(self) -> None:
-        ip = (self.record or {}).get("ip")
         status = pod_status(self.pod, [self.states[c.name] for c in self.pod.spec.containers if c.name in self.states],
-                            self.record is not None, [ip] if ip else [], self.rt.node_ip, self.start_time,
+                            self.record is not None, sandbox_ips(self.record), self.rt.node_ip, self.start_time,
                             [self.init_states[c.name] for c in self.pod.spec.init_containers
                              if c.name in self.init_states])
         if comparable(status) == self.reported:

@@ -6,11 +6,26 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any
 
+from knet.kube.ipfamily import FAMILIES, first_of_family
 from knet.kube.models import Condition, Pod
 
 
 def now() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def sandbox_ips(record: dict[str, Any] | None) -> list[str]:
+    """The pod's addresses from its sandbox record (the CNI result): one per family, in the
+    result's order (the network's primary family first), as the kubelet reports podIPs;
+    the record's `ip` alone for a record without a result."""
+    if not record:
+        return []
+    found = [e.get("address", "").split("/")[0] for e in (record.get("result") or {}).get("ips") or []]
+    ips = [ip for ip in (first_of_family(found, f) for f in FAMILIES) if ip]
+    ips.sort(key=found.index)
+    if not ips and record.get("ip"):
+        ips = [record["ip"]]
+    return ips
 
 
 @dataclass

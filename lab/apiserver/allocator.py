@@ -24,6 +24,9 @@ from typing import Protocol
 
 DNS_SERVICE = ("kube-system", "kube-dns")
 DEFAULT_SERVICE_CIDR = "10.96.0.0/12"
+# The ranges' names (the etcd key part under `ranges/`), per family: kube-apiserver's name for
+# the IPv4 one, and one beside it for IPv6 (whichever of them is the primary).
+SERVICE_IPS = {"IPv4": "serviceips", "IPv6": "serviceipsv6"}
 DEFAULT_NODE_PORTS = (30000, 32767)
 PROBES = 32  # random probes before a scan: cheap while the range is sparse
 
@@ -52,6 +55,10 @@ class ServiceCIDR:
         if net.num_addresses < 8:
             raise ValueError(f"service CIDR {text} is too small (fewer than 8 addresses)")
         return cls(net)
+
+    @property
+    def family(self) -> str:
+        return "IPv6" if self.network.version == 6 else "IPv4"
 
     @property
     def size(self) -> int:
@@ -116,6 +123,23 @@ class ServiceCIDR:
         if not self.contains(value):
             return f"provided IP is not in the valid range. The range of valid IPs is {self.network}"
         return None
+
+
+def parse_service_cidrs(text: str) -> tuple[ServiceCIDR, ...]:
+    """kube-apiserver's --service-cluster-ip-range: one range, or two of different families
+    (dual-stack), the primary first."""
+    parts = [p.strip() for p in text.split(",")]
+    if not 1 <= len(parts) <= 2 or not all(parts):
+        raise ValueError(f"service CIDR {text!r}: one range, or two (one per IP family) separated by a comma")
+    cidrs = tuple(ServiceCIDR.parse(p) for p in parts)
+    for c in cidrs:  # kube-apiserver's limit: at most 2^20 addresses per range
+        bits = c.network.max_prefixlen
+        if bits - c.network.prefixlen > 20:
+            raise ValueError(f"specified service CIDR {c.network} is too large; for {bits}-bit addresses, the mask "
+                             f"must be >= {bits - 20}")
+    if len(cidrs) == 2 and cidrs[0].family == cidrs[1].family:
+        raise ValueError(f"service CIDR {text!r}: a dual-stack range needs one IPv4 and one IPv6 CIDR")
+    return cidrs
 
 
 @dataclass(frozen=True)

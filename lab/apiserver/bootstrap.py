@@ -125,7 +125,7 @@ async def bootstrap(reg: Registry, advertise_ip: str | None = None, advertise_po
             await reg.create(namespaces, None, {"metadata": {"name": ns}})
     with contextlib.suppress(ApiError):  # already there (a restarted server)
         await reg.create(by_kind("networking.k8s.io", "ServiceCIDR"), None, {
-            "metadata": {"name": "kubernetes"}, "spec": {"cidrs": [str(reg.cfg.service_cidr.network)]}})
+            "metadata": {"name": "kubernetes"}, "spec": {"cidrs": [str(c.network) for c in reg.cfg.service_cidrs]}})
     services, endpoints = by_kind("", "Service"), by_kind("", "Endpoints")
     labels = {"component": "apiserver", "provider": "kubernetes"}
     try:

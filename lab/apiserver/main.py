@@ -34,7 +34,7 @@ from aiohttp import web
 
 from knet import logs, metrics, netns
 from lab.apiserver import auth, nodeproxy, pki
-from lab.apiserver.allocator import DEFAULT_SERVICE_CIDR, NodePortRange, ServiceCIDR
+from lab.apiserver.allocator import DEFAULT_SERVICE_CIDR, NodePortRange, parse_service_cidrs
 from lab.apiserver.authorizer import MODES
 from lab.apiserver.bootstrap import bootstrap, load_policy
 from lab.apiserver.mirror import Mirror
@@ -97,7 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="listen inside another network namespace (a name under /run/netns or a path)")
     p.add_argument("--listen-fd", action="append", default=[], type=int, metavar="FD",
                    help="an inherited listening socket")
-    p.add_argument("--service-cidr", default=DEFAULT_SERVICE_CIDR)
+    p.add_argument("--service-cidr", "--service-cluster-ip-range", dest="service_cidr", default=DEFAULT_SERVICE_CIDR,
+                   help="the service range, or two (IPv4 and IPv6, primary first, comma-separated): dual-stack")
     p.add_argument("--node-port-range", default="30000-32767")
     p.add_argument("--advertise-address", help="address in the `kubernetes` Service's Endpoints")
     p.add_argument("--advertise-port", type=int, default=None)
@@ -117,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     logs.setup("apiserver", args.log_level)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     try:
-        cfg = Config(ServiceCIDR.parse(args.service_cidr), NodePortRange.parse(args.node_port_range), args.event_ttl)
+        cfg = Config.with_ranges(parse_service_cidrs(args.service_cidr), NodePortRange.parse(args.node_port_range),
+                                 args.event_ttl)
     except ValueError as e:
         print(f"knet-apiserver: {e}", file=sys.stderr)
         return 2
@@ -181,7 +183,7 @@ async def serve(args: argparse.Namespace, cfg: Config, socks: list[socket.socket
     scheme = "https" if tls else "http"
     listening = [f"{scheme}://{h}:{p}" for h, p in addrs]
     log.info("serving on %s, etcd %s, service CIDR %s, node ports %s", ", ".join(listening), args.etcd,
-             cfg.service_cidr.network, cfg.node_ports)
+             ",".join(str(c.network) for c in cfg.service_cidrs), cfg.node_ports)
     if args.ready_file:
         tmp = args.ready_file + ".tmp"
         with open(tmp, "w") as f:
@@ -259,7 +261,7 @@ def start_in_lab(lab: str, etcd_url: str = "http://127.0.0.1:2379", *, host_port
     os.makedirs(sdir, exist_ok=True)
     tokens_file = os.path.join(sdir, "tokens.csv")
     tokens = auth.ensure_tokens(tokens_file, users)
-    certs = pki.ensure(os.path.join(sdir, "pki"), [ctl_ip, ServiceCIDR.parse(service_cidr).api_service_ip])
+    certs = pki.ensure(os.path.join(sdir, "pki"), [ctl_ip, parse_service_cidrs(service_cidr)[0].api_service_ip])
     kubelet_cert, kubelet_key = pki.kubelet_client(os.path.join(sdir, "pki"))
     ready = os.path.join(sdir, "ready.json")
     with contextlib.suppress(FileNotFoundError):

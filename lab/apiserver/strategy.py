@@ -25,11 +25,29 @@ NAME_RULES = ("subdomain", "label", "dns1035", "path")
 
 @dataclass(frozen=True)
 class Config:
-    """Server flags that admission and storage need (--service-cluster-ip-range,
-    --service-node-port-range, --event-ttl)."""
+    """Server flags that admission and storage need (--service-cluster-ip-range: the primary
+    range, and the other family's on a dual-stack cluster; --service-node-port-range, --event-ttl)."""
     service_cidr: ServiceCIDR = field(default_factory=lambda: ServiceCIDR.parse(DEFAULT_SERVICE_CIDR))
     node_ports: NodePortRange = field(default_factory=NodePortRange)
     event_ttl: int = 3600  # seconds, kube-apiserver's default of 1h
+    secondary_service_cidr: ServiceCIDR | None = None
+
+    @classmethod
+    def with_ranges(cls, cidrs: tuple[ServiceCIDR, ...], node_ports: NodePortRange, event_ttl: int = 3600) -> Config:
+        return cls(cidrs[0], node_ports, event_ttl, cidrs[1] if len(cidrs) > 1 else None)
+
+    @property
+    def service_cidrs(self) -> tuple[ServiceCIDR, ...]:
+        """The service ranges, primary first."""
+        return (self.service_cidr,) + ((self.secondary_service_cidr,) if self.secondary_service_cidr else ())
+
+    @property
+    def service_families(self) -> tuple[str, ...]:
+        """The cluster's service IP families, primary first (kube-apiserver's allocators by family)."""
+        return tuple(c.family for c in self.service_cidrs)
+
+    def service_cidr_of(self, family: str) -> ServiceCIDR | None:
+        return next((c for c in self.service_cidrs if c.family == family), None)
 
 
 @dataclass(frozen=True)

@@ -76,7 +76,7 @@ def start_control_plane(p: topology.Plan, progress: Progress = _quiet, lb_pool: 
     etcd.start(p, progress)  # already running when the overlay started it
     try:
         srv = start_in_lab(p.name, "http://127.0.0.1:2379", state_dir=p.state_dir,
-                           service_cidr=topology.SERVICE_CIDR)
+                           service_cidr=topology.service_cidrs(p.ip_family))
     except RuntimeError as e:  # it did not start (the message has its log's tail)
         raise ControlPlaneError(str(e)) from e
     progress(f"apiserver: {srv.lab_url} in {p.ctl.netns}, {srv.host_url} on the host (pid {srv.pid})")
@@ -87,8 +87,8 @@ def start_control_plane(p: topology.Plan, progress: Progress = _quiet, lb_pool: 
         create_static_nodes(kubeconfig, p)
     ctl = launch.spawn("knet-controllers", p.ctl.netns, [
         launch.binary("knet-controllers"), "--kubeconfig", srv.kubeconfigs["controllers"], "--lb-pool", lb_pool,
-        "--metrics", "127.0.0.1:10257", "--allocate-node-cidrs", "--cluster-cidr", topology.POD_CIDR,
-        "--node-cidr-mask-size", "24", "--service-cluster-ip-range", topology.SERVICE_CIDR,
+        "--metrics", "127.0.0.1:10257", "--allocate-node-cidrs", "--cluster-cidr", topology.pod_cidrs(p.ip_family),
+        *topology.node_cidr_mask_flags(p.ip_family), "--service-cluster-ip-range", topology.service_cidrs(p.ip_family),
     ], os.path.join(p.state_dir, "controllers.log"), ControlPlaneError)
     agents = {n.short: spawn_agent(n.netns, n.short, srv.kubeconfigs["node-agent"], p.name,
                                    os.path.dirname(p.state_dir), topology.SERVICE_CIDR,

@@ -35,30 +35,41 @@ class OverlayError(LabError):
     pass
 
 
-def network_config(backend: str) -> dict:
-    return {"Network": topology.POD_CIDR, "SubnetLen": 24, "Backend": {"Type": backend}}
+def _ipv6(ip_family: str, subnet_len: bool) -> dict:
+    """Dual-stack: flannel's EnableIPv6 with the pods' IPv6 range (a /64 per node)."""
+    if not topology.dual(ip_family):
+        return {}
+    return {"EnableIPv6": True, "IPv6Network": topology.POD6_CIDR, **({"IPv6SubnetLen": 64} if subnet_len else {})}
 
 
-def net_conf(backend: str) -> dict:
-    """kube-flannel's net-conf.json: the Network every podCIDR lies in (the node IPAM controller's
-    --cluster-cidr); SubnetLen does not apply with the kube subnet manager."""
-    return {"Network": topology.POD_CIDR, "Backend": {"Type": backend}}
+def network_config(backend: str, ip_family: str = "ipv4") -> dict:
+    return {"Network": topology.POD_CIDR, "SubnetLen": 24, **_ipv6(ip_family, True), "Backend": {"Type": backend}}
+
+
+def net_conf(backend: str, ip_family: str = "ipv4") -> dict:
+    """kube-flannel's net-conf.json: the Network (and IPv6Network) every podCIDR lies in (the
+    node IPAM controller's --cluster-cidr); SubnetLen does not apply with the kube subnet manager."""
+    return {"Network": topology.POD_CIDR, **_ipv6(ip_family, False), "Backend": {"Type": backend}}
 
 
 def net_conf_path(p: topology.Plan) -> str:
     return os.path.join(p.state_dir, "kube-flannel", "net-conf.json")
 
 
+def _public_ipv6(n: topology.Node) -> list[str]:
+    return ["--public-ipv6", n.ip6] if n.ip6 else []
+
+
 def flannel_argv(n: topology.Node) -> list[str]:
     return [launch.binary("flannel-py"), "--etcd-endpoints", topology.ETCD_URL, "--iface", "eth0",
-            "--public-ip", n.ip, "--subnet-file", n.subnet_file, "--ip-masq"]
+            "--public-ip", n.ip, *_public_ipv6(n), "--subnet-file", n.subnet_file, "--ip-masq"]
 
 
 def kube_flannel_argv(n: topology.Node, kubeconfig: str, conf: str) -> list[str]:
     # --node-name where the DaemonSet sets $NODE_NAME from the downward API.
     return [launch.binary("flannel-py"), "--kube-subnet-mgr", "--kubeconfig-file", kubeconfig,
             "--net-config-path", conf, "--node-name", n.short, "--iface", "eth0", "--public-ip", n.ip,
-            "--subnet-file", n.subnet_file, "--ip-masq"]
+            *_public_ipv6(n), "--subnet-file", n.subnet_file, "--ip-masq"]
 
 
 def read_subnet_env(path: str) -> dict[str, str]:
@@ -83,7 +94,7 @@ def leased(subnet_file: str) -> bool:
 def start(p: topology.Plan, progress=print, wait: float = 20.0) -> dict[str, dict]:
     """Start flannel-py (etcd subnet manager) on every node; returns node -> {"pod_subnet", "mtu", "pid"}."""
     etcd.start(p, progress)
-    etcd.put(p, NETWORK_KEY, json.dumps(network_config(p.overlay)))
+    etcd.put(p, NETWORK_KEY, json.dumps(network_config(p.overlay, p.ip_family)))
     out: dict[str, dict] = {}
     deadline = time.monotonic() + wait
     # One node after the other: flannel hands out the lowest free subnet, so node<i> gets
@@ -107,7 +118,7 @@ def spawn_kube(p: topology.Plan, kubeconfig: str) -> dict[str, launch.Daemon]:
     conf = net_conf_path(p)
     os.makedirs(os.path.dirname(conf), exist_ok=True)
     with open(conf, "w") as f:
-        json.dump(net_conf(p.overlay), f, indent=2)
+        json.dump(net_conf(p.overlay, p.ip_family), f, indent=2)
         f.write("\n")
     return {n.short: _spawn(n, kube_flannel_argv(n, kubeconfig, conf)) for n in p.nodes}
 
@@ -137,9 +148,13 @@ def _spawn(n: topology.Node, argv: list[str]) -> launch.Daemon:
 def _lease(n: topology.Node, daemon: launch.Daemon) -> dict:
     env = read_subnet_env(n.subnet_file)
     n.pod_subnet = str(ipaddress.ip_interface(env["FLANNEL_SUBNET"]).network)
-    return {"pod_subnet": n.pod_subnet, "mtu": int(env.get("FLANNEL_MTU", "1500")), "pid": daemon.pid}
+    out = {"pod_subnet": n.pod_subnet, "mtu": int(env.get("FLANNEL_MTU", "1500")), "pid": daemon.pid}
+    if env.get("FLANNEL_IPV6_SUBNET"):
+        out["pod_subnet6"] = str(ipaddress.ip_interface(env["FLANNEL_IPV6_SUBNET"]).network)
+    return out
 
 
 def _report(p: topology.Plan, manager: str, out: dict[str, dict], progress) -> None:
     progress(f"overlay {p.overlay} ({manager} subnet manager): " + ", ".join(
-        f"{k} {v['pod_subnet']} (mtu {v['mtu']})" for k, v in sorted(out.items())))
+        f"{k} {v['pod_subnet']}{' ' + v['pod_subnet6'] if 'pod_subnet6' in v else ''} (mtu {v['mtu']})"
+        for k, v in sorted(out.items())))

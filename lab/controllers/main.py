@@ -35,7 +35,7 @@ from knet.kube.models import (
     StatefulSet,
 )
 from knet.kube.recorder import EventRecorder
-from lab.controllers.cidrset import RangeAllocator
+from lab.controllers.cidrset import NodeIpam, mask_sizes
 from lab.controllers.daemonset import DaemonSetController
 from lab.controllers.deployment import DeploymentController
 from lab.controllers.endpoints import EndpointSliceController
@@ -63,16 +63,20 @@ def build_parser() -> argparse.ArgumentParser:
     # kube-controller-manager's node IPAM flags (the range allocator).
     p.add_argument("--allocate-node-cidrs", action="store_true",
                    help="give every Node a spec.podCIDR from --cluster-cidr (the nodeipam controller)")
-    p.add_argument("--cluster-cidr", default="", help="the pods' range, cut into per-node blocks")
-    p.add_argument("--node-cidr-mask-size", type=int, default=24, help="prefix length of a node's block (default 24)")
+    p.add_argument("--cluster-cidr", default="", help="the pods' range, cut into per-node blocks; two "
+                   "(IPv4 and IPv6, primary first, comma-separated) on a dual-stack cluster")
+    p.add_argument("--node-cidr-mask-size", type=int, default=0,
+                   help="prefix length of a node's block on a single-stack cluster (default 24 / 64)")
+    p.add_argument("--node-cidr-mask-size-ipv4", type=int, default=0, help="of an IPv4 block (default 24)")
+    p.add_argument("--node-cidr-mask-size-ipv6", type=int, default=0, help="of an IPv6 block (default 64)")
     p.add_argument("--service-cluster-ip-range", default="",
-                   help="no node block is handed out where it overlaps this range")
+                   help="no node block is handed out where it overlaps this range (or these two)")
     p.add_argument("--log-level", default="info")
     return p
 
 
 def build(factory: InformerFactory, api: ApiClient, pool: Pool, which: set[str],
-          ipam: RangeAllocator | None = None) -> list[Controller]:
+          ipam: NodeIpam | None = None) -> list[Controller]:
     """The controllers named in `which`, over informers from `factory` with the indexes they
     look objects up by (lab.controllers.indexes); nodeipam only with an allocator."""
     pods = factory.informer(Pod, indexers=POD_INDEXES)
@@ -108,14 +112,16 @@ def build(factory: InformerFactory, api: ApiClient, pool: Pool, which: set[str],
     return out
 
 
-def node_ipam(args: argparse.Namespace) -> RangeAllocator | None:
+def node_ipam(args: argparse.Namespace) -> NodeIpam | None:
     """The range allocator the flags ask for (None without --allocate-node-cidrs); ValueError
     with the reason for flags kube-controller-manager would refuse too."""
     if not args.allocate_node_cidrs:
         return None
     if not args.cluster_cidr:
         raise ValueError("--allocate-node-cidrs needs --cluster-cidr")
-    return RangeAllocator(args.cluster_cidr, args.node_cidr_mask_size, args.service_cluster_ip_range or None)
+    masks = mask_sizes(args.cluster_cidr, args.node_cidr_mask_size, args.node_cidr_mask_size_ipv4,
+                       args.node_cidr_mask_size_ipv6)
+    return NodeIpam(args.cluster_cidr, masks, args.service_cluster_ip_range or None)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,8 +1,9 @@
 """Node IPAM (kube-controller-manager `--allocate-node-cidrs`, the range allocator): every Node
-gets one block of the cluster CIDR as `spec.podCIDR` / `spec.podCIDRs`, which flannel's kube
+gets one block of each cluster CIDR (one per family on a dual-stack cluster, primary first) as
+`spec.podCIDRs`, and the first as `spec.podCIDR`, which flannel's kube
 subnet manager and the CNI then use as the node's pod subnet.
 
-The decisions are cidrset.RangeAllocator's (pure); this controller feeds it Node events, keyed by
+The decisions are cidrset.NodeIpam's (pure); this controller feeds it Node events, keyed by
 node name, and carries its actions out: a strategic-merge patch of the Node's spec (as upstream's
 PatchNodeCIDRs), a `CIDRNotAvailable` event on a Node a full range leaves without podCIDR (and a
 log line), log lines for adoptions and releases. Before the first allocation every podCIDR the
@@ -19,7 +20,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from knet.kube import Informer, client
 from knet.kube.models import Node
-from lab.controllers.cidrset import Action, NodeView, RangeAllocator
+from lab.controllers.cidrset import Action, CidrSet, NodeIpam, NodeView
 from lab.controllers.workqueue import Controller
 
 log = logging.getLogger("lab.controllers.nodeipam")
@@ -34,7 +35,7 @@ class NodeIpamController(Controller):
     name = "nodeipam"
     resync = 60.0
 
-    def __init__(self, api: ApiClient, nodes: Informer[Node], allocator: RangeAllocator) -> None:
+    def __init__(self, api: ApiClient, nodes: Informer[Node], allocator: NodeIpam) -> None:
         super().__init__()
         self.api, self.nodes, self.allocator = api, nodes, allocator
         nodes.add_handler(on_add=lambda n: self.enqueue(n.name), on_update=self._on_update,
@@ -53,8 +54,9 @@ class NodeIpamController(Controller):
         controllers once the informers have listed)."""
         for action in self.allocator.adopt_existing(view(n) for n in self.nodes.list()):
             self._apply(action, None)
-        log.info("node IPAM: cluster CIDR %s, /%d per node, %d of %d blocks in use", self.allocator.cidrs.cluster,
-                 self.allocator.cidrs.mask_size, self.allocator.cidrs.allocated, self.allocator.cidrs.max)
+        for s in (f.cidrs for f in self.allocator.families):
+            log.info("node IPAM: cluster CIDR %s, /%d per node, %d of %d blocks in use", s.cluster, s.mask_size,
+                     s.allocated, s.max)
         super().start()
 
     def sync(self, key: str) -> None:
@@ -65,7 +67,8 @@ class NodeIpamController(Controller):
     def _apply(self, a: Action, node: Node | None) -> None:
         if a.kind == "assign":
             try:
-                client.patch(self.api, "Node", a.node, {"spec": {"podCIDR": a.cidr, "podCIDRs": [a.cidr]}})
+                cidrs = a.cidr.split(",")
+                client.patch(self.api, "Node", a.node, {"spec": {"podCIDR": cidrs[0], "podCIDRs": cidrs}})
             except client.ApiException as e:
                 if e.status == 404:
                     return  # gone meanwhile: its delete event releases the block
@@ -96,12 +99,16 @@ class CidrSetMetrics:
     """kube-controller-manager's node IPAM metrics under its names (`cirdset_max_cidrs` is
     upstream's spelling), read from the allocator on every scrape."""
 
-    def __init__(self, ipam: RangeAllocator) -> None:
+    def __init__(self, ipam: NodeIpam) -> None:
         self.ipam = ipam
 
     def collect(self) -> Iterator[Metric]:
-        s, labels = self.ipam.cidrs, ["clusterCIDR"]
-        key = [str(s.cluster)]
+        for s in (f.cidrs for f in self.ipam.families):
+            yield from self._collect(s)
+
+    @staticmethod
+    def _collect(s: CidrSet) -> Iterator[Metric]:
+        labels, key = ["clusterCIDR"], [str(s.cluster)]
         for family, value in (
             (CounterMetricFamily("node_ipam_controller_cidrset_cidrs_allocations_total",
                                  "Counter measuring total number of CIDR allocations.", labels=labels), s.allocations),

@@ -15,6 +15,7 @@ import ipaddress
 from collections.abc import Sequence
 from typing import Any
 
+from knet.kube.ipfamily import first_of_family, service_families
 from knet.kube.models import SERVICE_NAME_LABEL, EndpointSlice, Pod, Service
 from knet.kube.selectors import map_selector_matches
 from lab.controllers.common import MANAGED_BY, SLICE_CONTROLLER
@@ -63,22 +64,18 @@ def endpoint(service: Service, pod: Pod, address: str) -> dict[str, Any]:
     return ep
 
 
-def _families(service: Service) -> set[str]:
-    fams = {"IPv4" if f == "IPv4" else "IPv6" for f in service.spec.ip_families}
-    return fams or {"IPv4", "IPv6"}
-
-
 def groups(service: Service, pods: Sequence[Pod]) -> dict[tuple, list[dict[str, Any]]]:
-    """(addressType, resolved ports) -> endpoints, sorted by address."""
+    """(addressType, resolved ports) -> endpoints, sorted by address: per family the Service
+    has, the pod's first address of that family (status.podIPs)."""
     out: dict[tuple, list[dict[str, Any]]] = {}
-    families = _families(service)
+    families = service_families(service)
     for pod in selected(service, pods):
         if pod.status.phase in ("Succeeded", "Failed") or not pod.ips:
             continue
         ports = resolve_ports(service, pod)
-        for ip in pod.ips:
-            fam = "IPv4" if ipaddress.ip_address(ip).version == 4 else "IPv6"
-            if fam in families:
+        for fam in families:
+            ip = first_of_family(pod.ips, fam)
+            if ip is not None:
                 out.setdefault((fam, ports), []).append(endpoint(service, pod, ip))
     for eps in out.values():
         eps.sort(key=lambda e: (ipaddress.ip_address(e["addresses"][0]).packed, e["targetRef"]["name"]))
@@ -96,14 +93,18 @@ def slice_ports(ports: tuple) -> list[dict[str, Any]]:
 
 
 def desired(service: Service, pods: Sequence[Pod]) -> list[dict[str, Any]]:
-    """The content of each slice the Service should have: addressType, endpoints, ports. A
-    Service without endpoints keeps one empty IPv4 slice, as Kubernetes' placeholder slice."""
+    """The content of each slice the Service should have: addressType, endpoints, ports. Each of
+    the Service's families without endpoints keeps one empty slice of its addressType, as
+    Kubernetes' placeholder slice (its reconciler works per address type)."""
     out = []
-    for (fam, ports), eps in sorted(groups(service, pods).items(), key=lambda kv: (kv[0][0], kv[0][1])):
-        for i in range(0, len(eps), MAX_ENDPOINTS):
-            out.append({"addressType": fam, "endpoints": eps[i:i + MAX_ENDPOINTS], "ports": slice_ports(ports)})
-    if not out:
-        out.append({"addressType": "IPv4", "endpoints": [], "ports": []})
+    found = groups(service, pods)
+    for fam in service_families(service):
+        mine = sorted(((ports, eps) for (f, ports), eps in found.items() if f == fam), key=lambda kv: kv[0])
+        for ports, eps in mine:
+            for i in range(0, len(eps), MAX_ENDPOINTS):
+                out.append({"addressType": fam, "endpoints": eps[i:i + MAX_ENDPOINTS], "ports": slice_ports(ports)})
+        if not mine:
+            out.append({"addressType": fam, "endpoints": [], "ports": []})
     return out
 
 

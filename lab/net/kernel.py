@@ -83,6 +83,8 @@ def build(p: topology.Plan, progress: Progress = _quiet) -> None:
         with ns_iproute(m.netns) as ipr:
             links.set_up(ipr, "eth0")
             links.add_address(ipr, "eth0", m.cidr)
+            if m.ip6:  # dual-stack: the underlay's IPv6 address, unique by plan (no DAD wait)
+                links.add_address(ipr, "eth0", m.cidr6, nodad=True)
             for r in m.routes:
                 links.add_route(ipr, r.dst, gateway=r.via, ifname="eth0")
     for n in p.nodes:
@@ -91,10 +93,15 @@ def build(p: topology.Plan, progress: Progress = _quiet) -> None:
             # rule catches still have to be routed (out of the LAN, where nobody answers), so the
             # proxies' REJECT rules in FORWARD see them instead of an early "no route".
             links.add_route(ipr, topology.SERVICE_CIDR, ifname="eth0")
+            if n.ip6:
+                links.add_route(ipr, topology.SERVICE6_CIDR, ifname="eth0")
         sysctl(n.netns, "net.ipv4.ip_forward", "1")
+        if n.ip6:
+            sysctl(n.netns, "net.ipv6.conf.all.forwarding", "1")
         if p.overlay == "static":
             _no_masq_between_pods(n.netns)
-        progress(f"{n.short}: {n.netns} eth0 {n.cidr}, pods {n.pod_subnet or 'leased by ' + p.overlay}, "
+        eth0 = f"{n.cidr} {n.cidr6}" if n.ip6 else n.cidr
+        progress(f"{n.short}: {n.netns} eth0 {eth0}, pods {n.pod_subnet or 'leased by ' + p.overlay}, "
                  f"routes {', '.join(f'{r.dst} via {r.via}' for r in n.routes) or '-'}")
     nexthops = [arg for n in p.nodes for arg in ("nexthop", "via", n.ip, "dev", "eth0")]
     netns.run(p.client.netns, ["ip", "route", "add", topology.LB_ROUTE, *nexthops], check=True)

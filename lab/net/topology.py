@@ -21,6 +21,12 @@ CTL_IP = "192.168.33.2"
 CLIENT_IP = "192.168.33.100"
 POD_CIDR = "10.244.0.0/16"
 SERVICE_CIDR = "10.96.0.0/12"
+# Dual-stack (`--ip-family dual`, IPv4 primary): the IPv6 twins, beside the IPv4 ranges. A member's
+# IPv6 address repeats its IPv4 one's last byte as hex digits (192.168.33.11 -> fd00:33::11).
+UNDERLAY6_CIDR = "fd00:33::/64"
+POD6_CIDR = "fd00:10:244::/56"   # a /64 per node
+SERVICE6_CIDR = "fd00:10:96::/112"
+IP_FAMILIES = ("ipv4", "ipv6", "dual")
 # LoadBalancer addresses (assigned from 192.168.33.200-250 by the lab's LB controller): the
 # "cloud load balancer" is the client's route for this block, spread over every node (ECMP),
 # which is what an external LB in front of kube-proxy does.
@@ -75,6 +81,32 @@ def container_id(lab: str, namespace: str, pod: str) -> str:
     return hashlib.sha256(f"knet-lab/{lab}/{namespace}/{pod}".encode()).hexdigest()
 
 
+def dual(ip_family: str) -> bool:
+    return ip_family == "dual"
+
+
+def pod_cidrs(ip_family: str = "ipv4") -> str:
+    """The cluster CIDR(s), primary first, as --cluster-cidr takes them."""
+    return f"{POD_CIDR},{POD6_CIDR}" if dual(ip_family) else POD_CIDR
+
+
+def service_cidrs(ip_family: str = "ipv4") -> str:
+    """The service range(s), primary first, as --service-cluster-ip-range takes them."""
+    return f"{SERVICE_CIDR},{SERVICE6_CIDR}" if dual(ip_family) else SERVICE_CIDR
+
+
+def node_cidr_mask_flags(ip_family: str = "ipv4") -> list[str]:
+    """kube-controller-manager's block-size flags: one size single-stack, one per family dual."""
+    if dual(ip_family):
+        return ["--node-cidr-mask-size-ipv4", "24", "--node-cidr-mask-size-ipv6", "64"]
+    return ["--node-cidr-mask-size", "24"]
+
+
+def ipv6_of(ipv4: str) -> str:
+    """The member's underlay IPv6 address beside its IPv4 one."""
+    return f"fd00:33::{ipv4.rsplit('.', 1)[1]}"
+
+
 def conflist(lab: str, index: int, cni_type: str = "knet-cni", root: str = STATE_ROOT,
              overlay: str = "static") -> dict:
     """The node's CNI network configuration list (what /etc/cni/net.d holds on a real node).
@@ -126,10 +158,15 @@ class Member:
     ip: str
     prefixlen: int = 24
     routes: list[Route] = field(default_factory=list)
+    ip6: str = ""        # dual-stack: the underlay IPv6 address (a /64)
 
     @property
     def cidr(self) -> str:
         return f"{self.ip}/{self.prefixlen}"
+
+    @property
+    def cidr6(self) -> str:
+        return f"{self.ip6}/64" if self.ip6 else ""
 
 
 @dataclass
@@ -169,6 +206,7 @@ class Plan:
     client: Member
     nodes: list[Node]
     overlay: str = "static"
+    ip_family: str = "ipv4"
 
     @property
     def members(self) -> list[Member]:
@@ -188,8 +226,16 @@ class Plan:
 
 
 def plan(name: str, nodes: int = 3, cni_type: str = "knet-cni", root: str = STATE_ROOT,
-         overlay: str = "static") -> Plan:
+         overlay: str = "static", ip_family: str = "ipv4") -> Plan:
     validate_name(name)
+    if ip_family not in IP_FAMILIES:
+        raise PlanError(f"ip family must be one of {', '.join(IP_FAMILIES)}, got {ip_family!r}")
+    if ip_family == "ipv6":
+        raise PlanError("--ip-family ipv6 is not supported: flannel-py refuses an IPv6-only overlay "
+                        "(EnableIPv4 false), as its pod network needs IPv4; use --ip-family dual")
+    if dual(ip_family) and overlay == "static":
+        raise PlanError("--ip-family dual needs an overlay (vxlan or host-gw): the static overlay's "
+                        "routes are IPv4 only")
     if not isinstance(nodes, int) or isinstance(nodes, bool) or not 1 <= nodes <= MAX_NODES:
         raise PlanError(f"node count must be 1..{MAX_NODES}, got {nodes!r}")
     if overlay not in OVERLAYS:
@@ -206,15 +252,19 @@ def plan(name: str, nodes: int = 3, cni_type: str = "knet-cni", root: str = STAT
                               # with an overlay the subnet is leased at start-up (filled in by lab.api)
                               pod_subnet=pod_subnet(i) if overlay == "static" else "",
                               dir=os.path.join(base, f"node{i}"),
-                              conflist=conflist(name, i, cni_type, root, overlay)))
+                              conflist=conflist(name, i, cni_type, root, overlay),
+                              ip6=ipv6_of(node_ip(i)) if dual(ip_family) else ""))
+    v6 = dual(ip_family)
     return Plan(
         name=name,
         state_dir=base,
         underlay_netns=f"{name}-underlay",
-        ctl=Member(role="ctl", short="ctl", netns=f"{name}-ctl", ip=CTL_IP),
-        client=Member(role="client", short="client", netns=f"{name}-client", ip=CLIENT_IP),
+        ctl=Member(role="ctl", short="ctl", netns=f"{name}-ctl", ip=CTL_IP, ip6=ipv6_of(CTL_IP) if v6 else ""),
+        client=Member(role="client", short="client", netns=f"{name}-client", ip=CLIENT_IP,
+                      ip6=ipv6_of(CLIENT_IP) if v6 else ""),
         nodes=node_list,
         overlay=overlay,
+        ip_family=ip_family,
     )
 
 
@@ -223,16 +273,21 @@ def describe(p: Plan) -> dict:
     return {
         "name": p.name,
         "state_dir": p.state_dir,
-        "underlay": {"netns": p.underlay_netns, "bridge": UNDERLAY_BRIDGE, "cidr": UNDERLAY_CIDR},
-        "ctl": {"netns": p.ctl.netns, "ip": p.ctl.ip},
-        "client": {"netns": p.client.netns, "ip": p.client.ip},
-        "pod_cidr": POD_CIDR,
+        "underlay": {"netns": p.underlay_netns, "bridge": UNDERLAY_BRIDGE, "cidr": UNDERLAY_CIDR,
+                     **({"cidr6": UNDERLAY6_CIDR} if dual(p.ip_family) else {})},
+        "ctl": {"netns": p.ctl.netns, "ip": p.ctl.ip, **({"ip6": p.ctl.ip6} if p.ctl.ip6 else {})},
+        "client": {"netns": p.client.netns, "ip": p.client.ip, **({"ip6": p.client.ip6} if p.client.ip6 else {})},
+        "ip_family": p.ip_family,
+        "pod_cidr": POD_CIDR,  # the primary ones (what an IPv4 consumer reads); both below
         "service_cidr": SERVICE_CIDR,
+        "pod_cidrs": pod_cidrs(p.ip_family).split(","),
+        "service_cidrs": service_cidrs(p.ip_family).split(","),
         "overlay": p.overlay,
         "cni_type": p.nodes[0].conflist["plugins"][0]["type"],
         "nodes": {
             n.short: {
                 "index": n.index, "netns": n.netns, "ip": n.ip, "pod_subnet": n.pod_subnet,
+                **({"ip6": n.ip6} if n.ip6 else {}),
                 "routes": [{"dst": r.dst, "via": r.via} for r in n.routes],
                 "dir": n.dir, "conflist": n.conflist_path, "agent_socket": n.agent_socket,
             }

@@ -20,6 +20,27 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 # Every address of the pod by default; tests running a workload in the root namespace bind loopback.
 BIND = os.environ.get("KNET_WORKLOAD_BIND", "")
+# Every address of both families (a dual-stack pod), as agnhost's Go listeners on ":port": one
+# IPv6 socket that takes IPv4 too; peers are reported without the IPv4-mapped form, as Go does.
+DUAL = BIND == "" and socket.has_ipv6
+
+
+def unmapped(addr: tuple) -> tuple:
+    host = addr[0]
+    if isinstance(host, str) and host.startswith("::ffff:") and "." in host:
+        return (host[7:], *addr[1:2])
+    return addr[:2]
+
+
+def host_port(addr: tuple) -> str:
+    """`ip:port`, `[ip6]:port` (Go's net.JoinHostPort, as agnhost's /clientip writes RemoteAddr)."""
+    return f"[{addr[0]}]:{addr[1]}" if ":" in addr[0] else f"{addr[0]}:{addr[1]}"
+
+
+def _dual_socket(kind: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET6, kind)
+    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    return sock
 
 
 def hostname() -> str:
@@ -68,12 +89,19 @@ class Handler(BaseHTTPRequestHandler):
 class Server(ThreadingHTTPServer):
     allow_reuse_address = True
     daemon_threads = True
+    address_family = socket.AF_INET6 if DUAL else socket.AF_INET
 
     def server_bind(self) -> None:
         # HTTPServer.server_bind resolves its own name (socket.getfqdn): in a pod whose cluster DNS
         # is not up yet that blocks for seconds before the server listens.
+        if DUAL:
+            self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
         socketserver.TCPServer.server_bind(self)
         self.server_name, self.server_port = "localhost", self.server_address[1]
+
+    def get_request(self) -> tuple[socket.socket, tuple]:
+        conn, addr = self.socket.accept()
+        return conn, unmapped(addr)
 
 
 def http_server(port: int, routes: dict[str, Route], fallback: Route | None = None) -> ThreadingHTTPServer:
@@ -85,7 +113,7 @@ def http_server(port: int, routes: dict[str, Route], fallback: Route | None = No
 
 
 def udp_server(port: int, answer: Callable[[bytes, tuple[str, int]], bytes | None]) -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock = _dual_socket(socket.SOCK_DGRAM) if DUAL else socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((BIND, port))
 
@@ -95,7 +123,7 @@ def udp_server(port: int, answer: Callable[[bytes, tuple[str, int]], bytes | Non
                 data, peer = sock.recvfrom(65535)
             except OSError:
                 return
-            reply = answer(data, peer)
+            reply = answer(data, unmapped(peer))
             if reply is not None:
                 with contextlib.suppress(OSError):
                     sock.sendto(reply, peer)
@@ -132,7 +160,7 @@ def _udp_answer(data: bytes, peer: tuple[str, int]) -> bytes:
     if msg.startswith("echo "):
         return msg[5:].encode()
     if msg == "clientip":
-        return f"{peer[0]}:{peer[1]}".encode()
+        return host_port(peer).encode()
     return b""
 
 
@@ -172,7 +200,7 @@ def netexec(http_port: int, udp_port: int) -> None:
         "/": lambda h, q: text(f"NOW: {time.strftime('%Y-%m-%d %H:%M:%S')}"),
         "/hostname": lambda h, q: text(hostname()),
         "/hostName": lambda h, q: text(hostname()),
-        "/clientip": lambda h, q: text(f"{h.client_address[0]}:{h.client_address[1]}"),
+        "/clientip": lambda h, q: text(host_port(h.client_address)),
         "/echo": lambda h, q: text((q.get("msg") or [""])[0]),
         "/healthz": lambda h, q: text("ok"),
         "/dial": _dial,
@@ -208,7 +236,7 @@ def plain_http(ports: list[int], udp_ports: list[int], version: str, image: str)
         "/version": lambda h, q: text(version + "\n"),
         "/image": lambda h, q: text(image + "\n"),
         "/healthz": lambda h, q: text("ok\n"),
-        "/clientip": lambda h, q: text(f"{h.client_address[0]}:{h.client_address[1]}\n"),
+        "/clientip": lambda h, q: text(host_port(h.client_address) + "\n"),
     }
     for port in ports:
         http_server(port, routes)

@@ -53,11 +53,13 @@ def test_cluster_ip_allocation_rules():
     obj, causes = admit(SVC, service(clusterIP="10.96.5.5"))
     assert causes == [] and obj["spec"]["clusterIP"] == "10.96.5.5"
     _, causes = admit(SVC, service(clusterIP="10.96.5.5"), used_ips={"10.96.5.5"})
-    assert fields(causes) == ["spec.clusterIP"] and "already allocated" in causes[0]["message"]
-    assert causes[0]["message"] == 'Invalid value: "10.96.5.5": provided IP is already allocated'
-    for bad in ("10.112.0.1", "10.96.0.0", "nonsense"):
+    assert fields(causes) == ["spec.clusterIPs"] and "already allocated" in causes[0]["message"]
+    assert causes[0]["message"] == \
+        'Invalid value: ["10.96.5.5"]: failed to allocate IP 10.96.5.5: provided IP is already allocated'
+    for bad, field in (("10.112.0.1", "spec.clusterIPs"), ("10.96.0.0", "spec.clusterIPs"),
+                       ("nonsense", "spec.clusterIPs[0]")):
         _, causes = admit(SVC, service(clusterIP=bad))
-        assert fields(causes) == ["spec.clusterIP"], bad
+        assert fields(causes) == [field], bad
     # headless: no address, and not for NodePort
     obj, causes = admit(SVC, service(clusterIP="None"))
     assert causes == [] and obj["spec"]["clusterIP"] == "None"
@@ -157,7 +159,10 @@ def test_service_update_keeps_allocations_and_ip_is_immutable():
     assert causes == [] and new["spec"]["clusterIP"] == old["spec"]["clusterIP"]
     assert new["spec"]["ports"][0]["nodePort"] == old["spec"]["ports"][0]["nodePort"]
     _, causes = admit(SVC, service(clusterIP="10.96.9.9"), old=old)
-    assert fields(causes) == ["spec.clusterIP"] and "immutable" in causes[0]["message"]
+    assert fields(causes) == ["spec.clusterIPs"] and "first value must match `clusterIP`" in causes[0]["message"]
+    old_ip = old["spec"]["clusterIP"]
+    _, causes = admit(SVC, service(clusterIP="10.96.9.9", clusterIPs=["10.96.9.9"]), old=old)
+    assert fields(causes) == ["spec.clusterIPs[0]"] and "may not change once set" in causes[0]["message"], old_ip
     to_cluster_ip, causes = admit(SVC, service(type="ClusterIP", ports=[dict(old["spec"]["ports"][0])]), old=old)
     assert causes == [] and "nodePort" not in to_cluster_ip["spec"]["ports"][0]
 

@@ -7,7 +7,16 @@ from ipaddress import IPv4Network
 
 import pytest
 
-from lab.controllers.cidrset import SERVICE_RANGE, Action, CidrSet, NodeView, OutOfRange, RangeAllocator, RangeFull
+from lab.controllers.cidrset import (
+    SERVICE_RANGE,
+    Action,
+    CidrSet,
+    NodeIpam,
+    NodeView,
+    OutOfRange,
+    RangeAllocator,
+    RangeFull,
+)
 from lab.controllers.main import build_parser, node_ipam
 
 
@@ -35,7 +44,8 @@ def test_cidrset_blocks(cluster: str, mask: int, first: str, count: int) -> None
     ("10.244.0.0/16", 15, "between"),
     ("10.244.0.0/16", 33, "between"),
     ("10.0.0.0/8", 30, "more than 65536"),
-    ("fd00::/48", 64, "only IPv4"),
+    ("fd00::/48", 129, "between"),
+    ("fd00::/48", 72, "more than 65536"),
     ("10.244.0.0/33", 24, "10.244.0.0/33"),
 ])
 def test_cidrset_refuses_what_upstream_refuses(cluster: str, mask: int, error: str) -> None:
@@ -194,6 +204,12 @@ def test_the_service_range_is_never_handed_out() -> None:
      ("10.244.0.0/16", 26)),
     (["--allocate-node-cidrs"], "needs --cluster-cidr"),
     (["--allocate-node-cidrs", "--cluster-cidr", "10.244.0.0/16", "--node-cidr-mask-size", "8"], "between"),
+    (["--allocate-node-cidrs", "--cluster-cidr", "fd00:10:244::/56"], ("fd00:10:244::/56", 64)),
+    (["--allocate-node-cidrs", "--cluster-cidr", "10.244.0.0/16,fd00:10:244::/56", "--node-cidr-mask-size", "24"],
+     "not allowed with dual-stack clusters"),
+    (["--allocate-node-cidrs", "--cluster-cidr", "10.244.0.0/16", "--node-cidr-mask-size-ipv6", "64"],
+     "not allowed for a single-stack IPv4 cluster"),
+    (["--allocate-node-cidrs", "--cluster-cidr", "10.244.0.0/16,10.245.0.0/16"], "two of different IP families"),
 ])
 def test_flags(argv: list[str], result: object) -> None:
     args = build_parser().parse_args(["--kubeconfig", "x", *argv])
@@ -202,4 +218,22 @@ def test_flags(argv: list[str], result: object) -> None:
             node_ipam(args)
         return
     ipam = node_ipam(args)
-    assert (None if ipam is None else (str(ipam.cidrs.cluster), ipam.cidrs.mask_size)) == result
+    first = None if ipam is None else ipam.families[0].cidrs
+    assert (None if first is None else (str(first.cluster), first.mask_size)) == result
+
+
+def test_dual_stack_node_gets_a_block_of_each_family_primary_first() -> None:
+    ipam = NodeIpam("10.244.0.0/16,fd00:10:244::/56", {"IPv4": 24, "IPv6": 64}, "10.96.0.0/12,fd00:10:96::/112")
+    assert ipam.sync("a", NodeView("a", "u1")) == [Action("assign", "a", "10.244.0.0/24,fd00:10:244::/64")]
+    assert ipam.sync("b", NodeView("b", "u2")) == [Action("assign", "b", "10.244.1.0/24,fd00:10:244:1::/64")]
+    # the patch landed: nothing more to do
+    assert ipam.sync("a", NodeView("a", "u1", ("10.244.0.0/24", "fd00:10:244::/64"))) == []
+    # an IPv6-primary cluster orders them the other way
+    v6 = NodeIpam("fd00:10:244::/56,10.244.0.0/16", {"IPv4": 24, "IPv6": 64})
+    assert v6.sync("a", NodeView("a", "u1")) == [Action("assign", "a", "fd00:10:244::/64,10.244.0.0/24")]
+    # a Node holding only its IPv4 block gets the IPv6 one beside it
+    assert ipam.sync("c", NodeView("c", "u3", ("10.244.9.0/24",)))[-1] == \
+        Action("assign", "c", "10.244.9.0/24,fd00:10:244:2::/64")
+    # deletion releases both
+    released = ipam.sync("b", None)
+    assert sorted(a.cidr for a in released) == ["10.244.1.0/24", "fd00:10:244:1::/64"]

@@ -4,18 +4,19 @@ EndpointSlice controller read."""
 
 from __future__ import annotations
 
-import ipaddress
 from typing import Any
 
+from knet.kube.ipfamily import family_or_none
 from lab.apiserver import tables
-from lab.apiserver.allocator import DNS_SERVICE, NodePortRange, Reservation, ServiceCIDR, Space
+from lab.apiserver.allocator import DNS_SERVICE, SERVICE_IPS, NodePortRange, Reservation, ServiceCIDR, Space
+from lab.apiserver.kinds import servicefamilies
 from lab.apiserver.strategy import Config, Strategy
 from lab.apiserver.tables import AGE, NAME, NONE, column, get
 from lab.apiserver.validation import Causes
 
 TYPES = ("ClusterIP", "NodePort", "LoadBalancer", "ExternalName")
 NODE_PORT_TYPES = ("NodePort", "LoadBalancer")
-IPS, PORTS = "serviceips", "servicenodeports"  # the ranges, named as kube-apiserver's etcd keys
+IPS, PORTS = SERVICE_IPS["IPv4"], "servicenodeports"  # the IPv4 range and the node ports, as kube-apiserver names them
 
 
 def needs_cluster_ip(spec: dict) -> bool:
@@ -28,13 +29,42 @@ def wants_health_check_port(spec: dict) -> bool:
     return spec.get("type") == "LoadBalancer" and spec.get("externalTrafficPolicy") == "Local"
 
 
+def _normalize_cluster_ips(spec: dict, old: dict | None) -> None:
+    """clusterIP and clusterIPs from what the client sent, as kube-apiserver's NormalizeClusterIPs:
+    an old client sends clusterIP alone, a new one both (clusterIPs alone is refused later)."""
+    ip, ips = spec.get("clusterIP"), spec.get("clusterIPs")
+    if old is None:
+        if ip and not ips:
+            spec["clusterIPs"] = [ip]
+        return
+    old_ip, old_ips = old.get("clusterIP"), old.get("clusterIPs")
+    if old_ips and not ips and old_ip == ip:  # an old client's update without clusterIPs
+        spec["clusterIPs"] = ips = list(old_ips)
+    if old_ip != ip:
+        if old_ip and not ip:
+            if ips == old_ips:  # cleared: the plural with it
+                spec.pop("clusterIPs", None)
+        elif ips == old_ips and ips and len(ips) == 1:
+            spec["clusterIPs"] = [ip]
+
+
 def _carry_over(spec: dict, old: dict) -> None:
-    """On update, an omitted clusterIP / nodePort keeps the allocated one (a PUT of a manifest
-    without them must not reallocate), and nodePorts go when the type no longer uses them."""
+    """On update, an omitted clusterIP(s) / nodePort keeps the allocated one (a PUT of a manifest
+    without them must not reallocate), and fields of a type the Service no longer has go with it."""
     keeps_ip = "ExternalName" not in (spec.get("type"), old.get("type"))
-    if keeps_ip and not spec.get("clusterIP") and old.get("clusterIP"):
-        spec["clusterIP"] = old["clusterIP"]
-        spec["clusterIPs"] = list(old.get("clusterIPs") or [old["clusterIP"]])
+    if keeps_ip:  # kube-apiserver's patchAllocatedValues
+        if not spec.get("clusterIP") and old.get("clusterIP"):
+            spec["clusterIP"] = old["clusterIP"]
+        if not spec.get("clusterIPs") and old.get("clusterIPs"):
+            spec["clusterIPs"] = list(old["clusterIPs"])
+    elif spec.get("type") == "ExternalName" and old.get("type") != "ExternalName":
+        # What the user left as it was goes with the ClusterIP type (dropTypeDependentFields).
+        if spec.get("clusterIP") == old.get("clusterIP") and spec.get("clusterIPs") == old.get("clusterIPs"):
+            spec.pop("clusterIP", None)
+            spec.pop("clusterIPs", None)
+        for key in ("ipFamilies", "ipFamilyPolicy"):
+            if spec.get(key) == old.get(key):
+                spec.pop(key, None)
     # Fields of the old type that the user left alone go with it (kube-apiserver's dropTypeDependentFields).
     if spec.get("type") not in NODE_PORT_TYPES and old.get("type") in NODE_PORT_TYPES:
         for key in ("externalTrafficPolicy", "healthCheckNodePort"):
@@ -114,17 +144,14 @@ class Services(Strategy):
         if spec["sessionAffinity"] == "ClientIP":
             cfg = spec.setdefault("sessionAffinityConfig", {}).setdefault("clientIP", {})
             cfg.setdefault("timeoutSeconds", 10800)
-        if not spec.get("clusterIP") and spec.get("clusterIPs"):
-            spec["clusterIP"] = spec["clusterIPs"][0]
+        _normalize_cluster_ips(spec, None if old is None else old.get("spec") or {})
         for p in spec.get("ports") or []:
             if isinstance(p, dict):
                 p.setdefault("protocol", "TCP")
                 if p.get("targetPort") in (None, 0, "") and isinstance(p.get("port"), int):
                     p["targetPort"] = p["port"]
         if spec["type"] != "ExternalName":
-            spec.setdefault("internalTrafficPolicy", "Cluster")
-            spec.setdefault("ipFamilies", ["IPv4"])
-            spec.setdefault("ipFamilyPolicy", "SingleStack")
+            spec.setdefault("internalTrafficPolicy", "Cluster")  # families: at allocation, by the cluster's
         if spec["type"] in NODE_PORT_TYPES:
             spec.setdefault("externalTrafficPolicy", "Cluster")
         if spec["type"] == "LoadBalancer":
@@ -138,7 +165,6 @@ class Services(Strategy):
         if not isinstance(spec, dict):
             c.required("spec")
             return
-        cidr = cfg.service_cidr
         stype = spec.get("type")
         c.one_of("spec.type", stype, TYPES)
         cip = spec.get("clusterIP")
@@ -150,15 +176,9 @@ class Services(Strategy):
                 c.required("spec.externalName")
             else:
                 c.dns_subdomain("spec.externalName", str(name).rstrip("."))
-        elif cip == "None":
-            if stype != "ClusterIP":
-                c.invalid("spec.clusterIP", cip, "may not be set to 'None' for LoadBalancer or NodePort services")
-        elif cip and not cidr.contains(cip):
-            c.invalid("spec.clusterIP", cip, cidr.check(cip) or "invalid")
-        if old is not None:
-            old_ip = get(old, "spec", "clusterIP")
-            if old_ip and cip != old_ip and "ExternalName" not in (stype, get(old, "spec", "type")):
-                c.immutable("spec.clusterIP", cip)
+        elif cip == "None" and stype != "ClusterIP":
+            c.invalid("spec.clusterIP", cip, "may not be set to 'None' for LoadBalancer or NodePort services")
+        servicefamilies.validate_fields(c, spec, old.get("spec") or {} if old is not None else None)
         plist = spec.get("ports")
         if not plist and stype != "ExternalName" and cip != "None":
             c.required("spec.ports")
@@ -184,11 +204,15 @@ class Services(Strategy):
     # --- allocation ------------------------------------------------------------------------------
 
     def ranges(self, cfg: Config) -> dict[str, Space]:
-        return {IPS: cfg.service_cidr, PORTS: cfg.node_ports}
+        return {**{SERVICE_IPS[c.family]: c for c in cfg.service_cidrs}, PORTS: cfg.node_ports}
 
     def held(self, obj: dict[str, Any] | None) -> set[tuple[str, str]]:
         spec = (obj or {}).get("spec") or {}
-        out = {(IPS, ip) for ip in (spec.get("clusterIPs") or [spec.get("clusterIP")]) if ip and ip != "None"}
+        out = set()
+        for ip in spec.get("clusterIPs") or [spec.get("clusterIP")]:
+            fam = family_or_none(ip) if ip and ip != "None" else None
+            if fam:
+                out.add((SERVICE_IPS[fam], ip))
         if spec.get("type") in NODE_PORT_TYPES:
             out |= {(PORTS, str(p["nodePort"])) for p in spec.get("ports") or []
                     if isinstance(p, dict) and isinstance(p.get("nodePort"), int) and p["nodePort"]}
@@ -199,25 +223,18 @@ class Services(Strategy):
 
     def allocate(self, c: Causes, obj: dict[str, Any], old: dict[str, Any] | None, res: Reservation,
                  cfg: Config) -> None:
-        """Fill in clusterIP and nodePorts: explicit ones are reserved (422 when another Service
-        holds them), missing ones picked. What `old` holds already is this Service's own."""
+        """Settle the IP families, then fill in clusterIPs (one per family, primary first) and
+        nodePorts: explicit ones are reserved (422 when another Service holds them), missing ones
+        picked. What `old` holds already is this Service's own; what it held and `obj` no longer
+        does (a downgrade, a switch to ExternalName) is released with the write."""
         spec = obj["spec"]
         own = self.held(old)
+        servicefamilies.init_families(c, spec, (old or {}).get("spec") if old is not None else None,
+                                      cfg.service_families)
+        if c:
+            return
         if needs_cluster_ip(spec):
-            ip = spec.get("clusterIP")
-            if ip:
-                why = None if (IPS, ip) in own else res.reserve(IPS, ip)
-                if why:
-                    c.invalid("spec.clusterIP", ip, why)
-            else:
-                ip = self._pick_ip(obj, res, cfg.service_cidr)
-                if ip is None:
-                    c.add("FieldValueInvalid", "spec.clusterIP", "Internal error: range is full")
-                else:
-                    spec["clusterIP"] = ip
-            if ip:
-                spec["clusterIPs"] = [ip]
-                spec["ipFamilies"] = ["IPv6" if ipaddress.ip_address(ip).version == 6 else "IPv4"]
+            self._allocate_cluster_ips(c, obj, own, res, cfg)
         elif spec.get("clusterIP") == "None":
             spec["clusterIPs"] = ["None"]
         else:
@@ -226,6 +243,29 @@ class Services(Strategy):
                 spec.get("type") == "LoadBalancer" and spec.get("allocateLoadBalancerNodePorts") is False):
             self._allocate_node_ports(c, spec, own, res)
         self._allocate_health_check_port(c, spec, own, res)
+
+    def _allocate_cluster_ips(self, c: Causes, obj: dict[str, Any], own: set[tuple[str, str]], res: Reservation,
+                              cfg: Config) -> None:
+        spec = obj["spec"]
+        ips = list(spec.get("clusterIPs") or [])
+        for i, fam in enumerate(spec.get("ipFamilies") or []):
+            cidr = cfg.service_cidr_of(fam)
+            if cidr is None:  # init_families admits only the cluster's families
+                continue
+            name = SERVICE_IPS[fam]
+            if i < len(ips) and ips[i]:
+                why = None if (name, ips[i]) in own else res.reserve(name, ips[i])
+                if why:
+                    c.invalid("spec.clusterIPs", ips, f"failed to allocate IP {ips[i]}: {why}")
+                continue
+            picked = self._pick_ip(obj, res, name, cidr)
+            if picked is None:
+                c.add("FieldValueInvalid", "spec.clusterIPs", f"Internal error: range {cidr.network} is full")
+                return
+            ips.append(picked)
+        if ips:
+            spec["clusterIPs"] = ips
+            spec["clusterIP"] = ips[0]
 
     @staticmethod
     def _allocate_node_ports(c: Causes, spec: dict[str, Any], own: set[tuple[str, str]], res: Reservation) -> None:
@@ -269,12 +309,12 @@ class Services(Strategy):
             spec["healthCheckNodePort"] = int(picked)
 
     @staticmethod
-    def _pick_ip(obj: dict[str, Any], res: Reservation, cidr: ServiceCIDR) -> str | None:
-        """Cluster DNS gets the range's tenth address if it is free; everything else a free one."""
+    def _pick_ip(obj: dict[str, Any], res: Reservation, name: str, cidr: ServiceCIDR) -> str | None:
+        """Cluster DNS gets each range's tenth address if it is free; everything else a free one."""
         key = (get(obj, "metadata", "namespace", default=""), get(obj, "metadata", "name", default=""))
-        if key == DNS_SERVICE and res.reserve(IPS, cidr.dns_service_ip) is None:
+        if key == DNS_SERVICE and res.reserve(name, cidr.dns_service_ip) is None:
             return cidr.dns_service_ip
-        return res.pick(IPS)
+        return res.pick(name)
 
     # --- reading ---------------------------------------------------------------------------------
 

@@ -83,18 +83,29 @@ def start_server(etcd: Etcd, tmp: str, prefix: str, extra: list[str] = (), flavo
 def server(request: pytest.FixtureRequest) -> Iterator[Server]:
     """The API server with its own etcd: Debian's for the lab's server (as the lab runs it), the
     one kube-apiserver is paired with (scripts/install-anchors) for the real one."""
+    real = request.param == "real"
+    with running_server(request.param, controllers=real) as srv:
+        if real:  # kube-apiserver makes default/kubernetes a moment after it is ready
+            _wait_kubernetes_service(srv)
+        yield srv
+
+
+@contextlib.contextmanager
+def running_server(flavour: str, extra: list[str] = (), controllers: bool = False) -> Iterator[Server]:
+    """An API server of `flavour` with its own etcd in a temp dir (skips when they are not
+    there); on exit its controllers (`srv.controllers`, which the caller may set), the server and
+    etcd are stopped and the server must have exited cleanly on SIGTERM."""
     if not shutil.which("etcd"):
         pytest.skip("etcd is not installed (scripts/install-deps installs it)")
-    real = request.param == "real"
+    real = flavour == "real"
     if real and (why := anchors.missing("kube-apiserver", "kube-controller-manager", "etcd")):
         pytest.skip(why)
     tmp = tempfile.mkdtemp(prefix="knet-apiserver-")
     etcd = srv = None
     try:
         etcd = start_etcd(tmp, binary=anchors.binary("etcd") if real else "etcd")
-        srv = start_server(etcd, tmp, "/registry-" + uuid.uuid4().hex[:8], flavour=request.param, controllers=real)
-        if real:  # kube-apiserver makes default/kubernetes a moment after it is ready
-            _wait_kubernetes_service(srv)
+        srv = start_server(etcd, tmp, "/registry-" + uuid.uuid4().hex[:8], extra, flavour=flavour,
+                           controllers=controllers)
         yield srv
     finally:
         code = None
@@ -104,7 +115,7 @@ def server(request: pytest.FixtureRequest) -> Iterator[Server]:
         if etcd is not None:
             stop(etcd.proc)
         shutil.rmtree(tmp, ignore_errors=True)
-    assert code == 0, f"{request.param} API server did not exit cleanly on SIGTERM (exit {code})"
+    assert code == 0, f"{flavour} API server did not exit cleanly on SIGTERM (exit {code})"
 
 
 def _wait_kubernetes_service(srv: Server) -> None:
