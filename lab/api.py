@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from knet import cgroups, netns
-from lab.bringup import controlplane, dns, kube_proxy, launch, netpol, proxy
+from lab.bringup import controlplane, dns, flanneld, kube_proxy, launch, netpol, proxy
 from lab.bringup import ingress as lab_ingress
 from lab.bringup import overlay as lab_overlay
 from lab.errors import LabError
@@ -140,14 +140,18 @@ def get(name: str = "knet", root: str = topology.STATE_ROOT) -> Lab:
 def up(name: str = "knet", nodes: int = 3, cni_type: str = "knet-cni", recreate: bool = False,
        progress: Progress = _quiet, root: str = topology.STATE_ROOT, agents: bool = True,
        overlay: str = "vxlan", control_plane: bool = False, proxy_mode: str | None = None,
-       network_policy: bool = False, ingress: bool = False, subnet_manager: str | None = None) -> Lab:
+       network_policy: bool = False, ingress: bool = False, subnet_manager: str | None = None,
+       flannel: str = "py") -> Lab:
     """Build the lab; on any failure everything made so far is removed again. `control_plane`:
     also etcd, the API server, the controllers and the node agents (lab.bringup.controlplane).
     `subnet_manager` (vxlan and host-gw overlays): "kube" (the Nodes' podCIDRs; needs the
-    control plane) or "etcd"; None: kube with the control plane, else etcd."""
+    control plane) or "etcd"; None: kube with the control plane, else etcd. `flannel`: "py"
+    (flannel-py on every node), "real" (upstream flanneld on every node) or "real:N" (flanneld on
+    the last N nodes, flannel-py on the others; lab.bringup.flanneld)."""
     t0 = time.monotonic()
     p = topology.plan(name, nodes, cni_type, root, overlay)
     manager = _subnet_manager(overlay, subnet_manager, control_plane)
+    real_flannel = flanneld.nodes(flannel, p, manager)
     if exists(name, root):
         if not recreate:
             raise LabError(f"lab {name} already exists (knet lab down --name {name}, or --recreate)")
@@ -159,9 +163,11 @@ def up(name: str = "knet", nodes: int = 3, cni_type: str = "knet-cni", recreate:
     os.makedirs(p.state_dir, exist_ok=True)
     state.write_owner(name, root)  # before any namespace: leftovers always have an owner record
     progress(f"lab {name}: {nodes} node(s), cni plugin {cni_type}, state in {p.state_dir}")
+    if real_flannel:
+        progress(f"flannel: {flanneld.describe(real_flannel)}, flannel-py on the other nodes")
     try:
         kernel.build(p, progress)
-        leases = lab_overlay.start(p, progress) if manager == "etcd" else {}
+        leases = lab_overlay.start(p, progress, flanneld_nodes=real_flannel) if manager == "etcd" else {}
         for n in p.nodes:
             os.makedirs(os.path.dirname(n.conflist_path), exist_ok=True)
             os.makedirs(n.ipam_dir, exist_ok=True)
@@ -171,6 +177,7 @@ def up(name: str = "knet", nodes: int = 3, cni_type: str = "knet-cni", recreate:
         progress(f"cni: {', '.join(n.conflist_path for n in p.nodes)}")
         desc = topology.describe(p)
         desc["subnet_manager"] = manager
+        desc["flanneld_nodes"] = real_flannel
         desc["agents"] = {}
         if agents and cni_type == "knet-cni":
             desc["agents"] = kernel.start_agents(p, progress)
@@ -181,12 +188,13 @@ def up(name: str = "knet", nodes: int = 3, cni_type: str = "knet-cni", recreate:
             flannel: dict[str, launch.Daemon] = {}
 
             def start_flannel(kubeconfigs: dict[str, str]) -> None:
-                flannel.update(lab_overlay.spawn_kube(p, kubeconfigs["flannel"]))
+                flannel.update(lab_overlay.spawn_kube(p, kubeconfigs["flannel"], real_flannel))
 
             cp = _record(name, root, "control_plane", controlplane.start_control_plane(
                 p, progress, with_nodes=start_flannel if manager == "kube" else None))
             kubeconfigs = cp["kubeconfigs"]
-            if manager == "kube":  # every Node has its podCIDR now
+            if manager == "kube":  # every Node has its podCIDR now (flanneld exits without one)
+                flannel.update(lab_overlay.spawn_flanneld_kube(p, kubeconfigs["flannel"], real_flannel))
                 _record_leases(name, root, lab_overlay.wait_kube(p, flannel, progress))
             _record(name, root, "dns", dns.start(p, kubeconfigs, progress))
             if proxy_mode in kube_proxy.MODES:  # upstream kube-proxy as the peer of kproxy's modes
@@ -226,6 +234,8 @@ def _record_leases(name: str, root: str, leases: dict[str, dict]) -> None:
         for short, lease in leases.items():
             d["nodes"][short]["pod_subnet"] = lease["pod_subnet"]
             d["nodes"][short]["mtu"] = lease["mtu"]
+            if lease.get("pid"):  # flannel-py's (`knet lab status`)
+                d["nodes"][short]["flannel_pid"] = lease["pid"]
 
 
 def _record(name: str, root: str, key: str, info: dict) -> dict:

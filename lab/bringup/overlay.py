@@ -13,6 +13,9 @@ overlay's MTU.
   ConfigMap carries (<state>/kube-flannel/net-conf.json).
 - etcd (`start`): flannel leases subnets from the lab's etcd (/coreos.com/network); started before
   the control plane, which it does not need.
+
+`flanneld_nodes` (`knet lab up --flannel real:N`): those nodes run upstream flanneld instead, on
+the same subnet manager (lab.bringup.flanneld).
 """
 
 from __future__ import annotations
@@ -22,8 +25,9 @@ import ipaddress
 import json
 import os
 import time
+from collections.abc import Collection
 
-from lab.bringup import etcd, launch
+from lab.bringup import etcd, flanneld, launch
 from lab.errors import LabError
 from lab.net import topology
 
@@ -80,7 +84,8 @@ def leased(subnet_file: str) -> bool:
     return "FLANNEL_SUBNET" in read_subnet_env(subnet_file)
 
 
-def start(p: topology.Plan, progress=print, wait: float = 20.0) -> dict[str, dict]:
+def start(p: topology.Plan, progress=print, wait: float = 20.0, flanneld_nodes: Collection[str] = ()
+          ) -> dict[str, dict]:
     """Start flannel-py (etcd subnet manager) on every node; returns node -> {"pod_subnet", "mtu", "pid"}."""
     etcd.start(p, progress)
     etcd.put(p, NETWORK_KEY, json.dumps(network_config(p.overlay)))
@@ -90,7 +95,7 @@ def start(p: topology.Plan, progress=print, wait: float = 20.0) -> dict[str, dic
     # 10.244.<i>.0/24 in a fresh lab — addresses a person can read. (Concurrent starts are
     # race-free too; flannel_py's own tests prove that.)
     for n in p.nodes:
-        daemon = _spawn(n, flannel_argv(n))
+        daemon = _spawn(n, flanneld.etcd_argv(n) if n.short in flanneld_nodes else flannel_argv(n))
         if not launch.wait_until(functools.partial(leased, n.subnet_file), [daemon], deadline - time.monotonic(),
                                  interval=0.02):
             raise OverlayError(f"no subnet lease for {n.short} within {wait:.0f}s (see {daemon.log})")
@@ -99,7 +104,7 @@ def start(p: topology.Plan, progress=print, wait: float = 20.0) -> dict[str, dic
     return out
 
 
-def spawn_kube(p: topology.Plan, kubeconfig: str) -> dict[str, launch.Daemon]:
+def spawn_kube(p: topology.Plan, kubeconfig: str, flanneld_nodes: Collection[str] = ()) -> dict[str, launch.Daemon]:
     """Start flannel-py (kube subnet manager) on every node at once: each takes its own Node's
     podCIDR, so there is no order to keep, and each waits for it by itself. Started while the
     control plane comes up, the daemons' start-up (~1-3 s of imports and a Node list each) runs
@@ -109,7 +114,15 @@ def spawn_kube(p: topology.Plan, kubeconfig: str) -> dict[str, launch.Daemon]:
     with open(conf, "w") as f:
         json.dump(net_conf(p.overlay), f, indent=2)
         f.write("\n")
-    return {n.short: _spawn(n, kube_flannel_argv(n, kubeconfig, conf)) for n in p.nodes}
+    return {n.short: _spawn(n, kube_flannel_argv(n, kubeconfig, conf)) for n in p.nodes
+            if n.short not in flanneld_nodes}
+
+
+def spawn_flanneld_kube(p: topology.Plan, kubeconfig: str, nodes: Collection[str]) -> dict[str, launch.Daemon]:
+    """Start flanneld (kube subnet manager) on `nodes`, with spawn_kube's net-conf: only once their
+    Nodes have a podCIDR (flanneld exits without one; lab.bringup.flanneld)."""
+    return {n.short: _spawn(n, flanneld.kube_argv(n, kubeconfig, net_conf_path(p))) for n in p.nodes
+            if n.short in nodes}
 
 
 def wait_kube(p: topology.Plan, daemons: dict[str, launch.Daemon], progress=print,
@@ -131,7 +144,8 @@ def wait_kube(p: topology.Plan, daemons: dict[str, launch.Daemon], progress=prin
 
 def _spawn(n: topology.Node, argv: list[str]) -> launch.Daemon:
     os.makedirs(n.dir, exist_ok=True)
-    return launch.spawn(f"flannel-py on {n.short}", n.netns, argv, os.path.join(n.dir, "flannel.log"), OverlayError)
+    what = "flanneld" if flanneld.BINARY in argv else "flannel-py"
+    return launch.spawn(f"{what} on {n.short}", n.netns, argv, os.path.join(n.dir, "flannel.log"), OverlayError)
 
 
 def _lease(n: topology.Node, daemon: launch.Daemon) -> dict:
