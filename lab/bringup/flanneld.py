@@ -50,9 +50,13 @@ def nodes(choice: str, p: topology.Plan, subnet_manager: str | None) -> list[str
         raise FlanneldError(f"--flannel {choice}: N must be 1..{len(p.nodes)} (the lab's nodes), got {n}")
     if subnet_manager is None:
         raise FlanneldError(f"--flannel {choice}: the {p.overlay} overlay runs no flannel (use vxlan or host-gw)")
-    if not os.access(BINARY, os.X_OK):
-        raise FlanneldError(f"--flannel {choice} needs flanneld: {BINARY} is not built (run scripts/install-anchors)")
+    check_built(f"--flannel {choice}")
     return [node.short for node in p.nodes[-n:]]
+
+
+def check_built(what: str) -> None:
+    if not os.access(BINARY, os.X_OK):
+        raise FlanneldError(f"{what} needs flanneld: {BINARY} is not built (run scripts/install-anchors)")
 
 
 def _common(n: topology.Node) -> list[str]:

@@ -29,7 +29,7 @@ from collections.abc import Collection
 
 from lab.bringup import etcd, flanneld, launch
 from lab.errors import LabError
-from lab.net import topology
+from lab.net import state, topology
 
 NETWORK_KEY = "/coreos.com/network/config"
 SUBNET_MANAGERS = ("kube", "etcd")
@@ -157,3 +157,44 @@ def _lease(n: topology.Node, daemon: launch.Daemon) -> dict:
 def _report(p: topology.Plan, manager: str, out: dict[str, dict], progress) -> None:
     progress(f"overlay {p.overlay} ({manager} subnet manager): " + ", ".join(
         f"{k} {v['pod_subnet']} (mtu {v['mtu']})" for k, v in sorted(out.items())))
+
+
+def switch(lab: str, node: str, daemon: str, root: str = topology.STATE_ROOT, wait: float = 30.0) -> int:
+    """Replace a node's flannel in place by `daemon` ("flannel-py" or "flanneld"), as an operator
+    moves a cluster node by node: SIGTERM to the recorded pid (both daemons leave the device,
+    routes and lease behind), the other daemon with the same subnet manager, waiting until it has
+    rewritten the node's subnet file. Records the new pid and the flanneld nodes; returns the pid."""
+    from lab.apiserver.main import stop_pid  # the server's module imports aiohttp (~1 s): only when needed
+
+    if daemon not in ("flannel-py", "flanneld"):
+        raise OverlayError(f"daemon must be flannel-py or flanneld, got {daemon!r}")
+    data = state.load(lab, root)
+    p = topology.plan(lab, len(data["nodes"]), data.get("cni_type", "knet-cni"), root, data["overlay"])
+    n = p.node(node)
+    manager, pid = data.get("subnet_manager"), data["nodes"][n.short].get("flannel_pid")
+    if manager not in SUBNET_MANAGERS or not pid:
+        raise OverlayError(f"lab {lab} runs no flannel on {n.short}")
+    if daemon == "flanneld":
+        flanneld.check_built(f"flanneld on {n.short}")
+    kubeconfig = (data.get("control_plane") or {}).get("kubeconfigs", {}).get("flannel", "")
+    if manager == "kube":
+        argv = (flanneld.kube_argv(n, kubeconfig, net_conf_path(p)) if daemon == "flanneld"
+                else kube_flannel_argv(n, kubeconfig, net_conf_path(p)))
+    else:
+        argv = flanneld.etcd_argv(n) if daemon == "flanneld" else flannel_argv(n)
+
+    def written() -> tuple[int, int]:
+        st = os.stat(n.subnet_file)
+        return st.st_ino, st.st_mtime_ns
+
+    before = written()
+    stop_pid(pid)
+    started = _spawn(n, argv)
+    if not launch.wait_until(lambda: leased(n.subnet_file) and written() != before, [started], wait, interval=0.05):
+        raise OverlayError(f"{daemon} on {n.short} did not write {n.subnet_file} within {wait:.0f}s "
+                           f"(see {started.log})")
+    with state.update(lab, root) as d:
+        d["nodes"][n.short]["flannel_pid"] = started.pid
+        others = [s for s in d.get("flanneld_nodes") or [] if s != n.short]
+        d["flanneld_nodes"] = sorted(others + ([n.short] if daemon == "flanneld" else []), key=lambda s: (len(s), s))
+    return started.pid

@@ -5,6 +5,7 @@ on the last N nodes, flannel-py on the others, one subnet manager.
   on node3: each daemon reads the Node annotations the other writes and programs its VTEP, pods on
   every node reach each other in both directions without masquerade, and both say on their Node
   that the network is up (NetworkUnavailable False: flannel-py did not before this mix showed it).
+  node3 switches to flannel-py and back in place, keeping its subnet, VTEP and annotations.
 - `test_etcd_host_gw_mix_and_down` (its own small lab, no control plane): the other subnet manager
   (leases flanneld and flannel-py write to the lab's etcd, read by each other) and the other
   backend (host-gw) with N=2, and `knet lab down` ending flanneld by pid with its namespace.
@@ -170,6 +171,31 @@ def test_every_node_says_its_network_is_up(mixed_lab: api.Lab) -> None:
     for name, c in conditions().items():
         assert (c["NetworkUnavailable"]["status"], c["NetworkUnavailable"]["reason"]) == ("False", "FlannelIsUp"), name
         assert c["Ready"]["status"] == "True", name  # the agents' heartbeats keep it beside theirs
+
+
+def test_a_node_switches_daemon_in_place(mixed_lab: api.Lab, mixed_pods: dict[str, dict]) -> None:
+    """node3 from flanneld to flannel-py and back (`overlay.switch`), as a cluster moves node by
+    node: each daemon takes over what the other left (device, routes, Node annotations), so the
+    subnet, the VTEP MAC and the annotations stay, and pods talk across after each switch."""
+    lab, pods = mixed_lab, mixed_pods
+
+    def flannel_annotations() -> dict[str, str]:
+        return {k: v for k, v in kube_nodes(lab)["node3"]["metadata"]["annotations"].items()
+                if k.startswith(ANNOTATION)}
+
+    subnet, mac, annotations = lab.node("node3")["pod_subnet"], vtep_mac(lab, "node3"), flannel_annotations()
+    for i, daemon in enumerate(("flannel-py", "flanneld")):
+        overlay.switch(lab.name, "node3", daemon, lab.root)
+        assert daemon_of(lab, "node3") == daemon
+        assert lab.data()["flanneld_nodes"] == (["node3"] if daemon == "flanneld" else [])
+        env = overlay.read_subnet_env(os.path.join(lab.node("node3")["dir"], "subnet.env"))
+        assert env["FLANNEL_SUBNET"] == f"{ipaddress.ip_network(subnet)[1]}/24"
+        assert vtep_mac(lab, "node3") == mac
+        assert flannel_annotations() == annotations
+        for j, (server, client) in enumerate((("node1", "node3"), ("node3", "node1"))):
+            s, c = pods[server], pods[client]
+            peer, data, _reply = tcp_exchange(s["netns"], s["ip"], c["netns"], s["ip"], 7400 + 2 * i + j)
+            assert (peer, data) == (c["ip"], b"hello knet"), (daemon, client, server)
 
 
 def test_etcd_host_gw_mix_and_down(request: pytest.FixtureRequest) -> None:
