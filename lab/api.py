@@ -185,17 +185,17 @@ def up(name: str = "knet", nodes: int = 3, cni_type: str = "knet-cni", recreate:
         state.save(desc, name, root)
         _record_leases(name, root, leases)
         if control_plane:  # after lab.json exists: the node agents read it
-            flannel: dict[str, launch.Daemon] = {}
+            flannel_daemons: dict[str, launch.Daemon] = {}
 
             def start_flannel(kubeconfigs: dict[str, str]) -> None:
-                flannel.update(lab_overlay.spawn_kube(p, kubeconfigs["flannel"], real_flannel))
+                flannel_daemons.update(lab_overlay.spawn_kube(p, kubeconfigs["flannel"], real_flannel))
 
             cp = _record(name, root, "control_plane", controlplane.start_control_plane(
                 p, progress, with_nodes=start_flannel if manager == "kube" else None))
             kubeconfigs = cp["kubeconfigs"]
             if manager == "kube":  # every Node has its podCIDR now (flanneld exits without one)
-                flannel.update(lab_overlay.spawn_flanneld_kube(p, kubeconfigs["flannel"], real_flannel))
-                _record_leases(name, root, lab_overlay.wait_kube(p, flannel, progress))
+                flannel_daemons.update(lab_overlay.spawn_flanneld_kube(p, kubeconfigs["flannel"], real_flannel))
+                _record_leases(name, root, lab_overlay.wait_kube(p, flannel_daemons, progress))
             _record(name, root, "dns", dns.start(p, kubeconfigs, progress))
             if proxy_mode in kube_proxy.MODES:  # upstream kube-proxy as the peer of kproxy's modes
                 _record(name, root, "proxy", {"mode": proxy_mode, "nodes": kube_proxy.start(
