@@ -19,22 +19,20 @@ import itertools
 import json
 import os
 import subprocess
-import time
-from collections.abc import Callable
 
 import pytest
 
 from knet import netns
 from knet_testing.anchors import missing
 from lab import api
-from lab.bringup import controlplane, launch, overlay
+from lab.bringup import launch, overlay
 from lab.net import topology
 from tests.integration.lab.conftest import _up
 from tests.integration.lab.lab_helpers import tcp_exchange, udp_both_ways
+from tests.integration.lab.test_lab_kube_subnets import ANNOTATION, wait_for
+from tests.integration.lab.test_lab_kube_subnets import nodes as kube_nodes
 
 pytestmark = pytest.mark.integration
-WAIT = 60.0  # generous: the machine is shared
-ANNOTATION = "flannel.alpha.coreos.com/"
 NODES = ("node1", "node2", "node3")
 
 
@@ -53,23 +51,6 @@ def mixed_lab(request: pytest.FixtureRequest) -> api.Lab:
 def mixed_pods(mixed_lab: api.Lab) -> dict[str, dict]:
     """One pod per node: m1 on node1 ... m3 on node3 (added through each node's CNI conflist)."""
     return {node: mixed_lab.add_pod(node, f"m{node[-1]}") for node in NODES}
-
-
-def wait_for(cond: Callable[[], object], what: str, timeout: float = WAIT) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout:.0f}s")
-        time.sleep(0.2)
-
-
-def kube_nodes(lab: api.Lab) -> dict[str, dict]:
-    kubeconfig = controlplane.kubeconfig_path(lab.name, lab.root)
-    controlplane.loopback_only(kubeconfig)  # we are in the root namespace
-    r = subprocess.run(["kubectl", "--kubeconfig", kubeconfig, "get", "nodes", "-o", "json"],
-                       capture_output=True, text=True, timeout=60)
-    assert r.returncode == 0, r.stderr
-    return {n["metadata"]["name"]: n for n in json.loads(r.stdout)["items"]}
 
 
 def daemon_of(lab: api.Lab, node: str) -> str:
