@@ -15,11 +15,10 @@ import ssl
 import urllib.request
 from dataclasses import dataclass
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-
 from knet_testing.apiserver_env import HOST, REPO, ApiServerProcess, free_port, start, stop, wait_for
 from lab.apiserver import pki
+from lab.bringup.real_control_plane import NEEDED as REAL_CONTROL_PLANE
+from lab.bringup.real_control_plane import service_account_key
 
 BIN = os.path.join(REPO, ".anchors", "bin")
 SERVICE_CIDR = "10.96.0.0/12"  # the lab's (lab.topology.SERVICE_CIDR)
@@ -42,6 +41,11 @@ def missing(*names: str) -> str:
     return f"{', '.join(absent)} not built (scripts/install-anchors)" if absent else ""
 
 
+def real_control_plane_missing() -> str:
+    """'' when `knet lab up --control-plane real` can run, else the reason to skip its tests."""
+    return missing(*REAL_CONTROL_PLANE)
+
+
 def kube_tokens(tokens: str) -> str:
     """The lab's tokens file (token,user[,uid] lines) in kube-apiserver's --token-auth-file form,
     every user in system:masters unless its line names its groups (`token,user,uid,"groups"`)."""
@@ -52,20 +56,6 @@ def kube_tokens(tokens: str) -> str:
         token, user, *rest = [f.strip() for f in line.split(",")]
         out.append(line.strip() if len(rest) >= 2 else f'{token},{user},{rest[0] if rest else user},"{MASTERS}"')
     return "\n".join(out) + "\n"
-
-
-def _service_account_key(directory: str) -> tuple[str, str]:
-    """(private, public) PEM files of the key that signs and checks service-account tokens."""
-    private, public = os.path.join(directory, "sa.key"), os.path.join(directory, "sa.pub")
-    if not os.path.exists(private):
-        key = ec.generate_private_key(ec.SECP256R1())
-        with open(private, "wb") as f:
-            f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                      serialization.NoEncryption()))
-        with open(public, "wb") as f:
-            f.write(key.public_key().public_bytes(serialization.Encoding.PEM,
-                                                  serialization.PublicFormat.SubjectPublicKeyInfo))
-    return private, public
 
 
 def _ready(url: str, ca: str) -> bool:
@@ -86,7 +76,7 @@ def start_kube_apiserver(tmp: str, etcd_url: str, prefix: str, tokens: str, *ext
         raise FileNotFoundError(missing("kube-apiserver"))
     os.makedirs(tmp, exist_ok=True)
     certs = pki.ensure(os.path.join(tmp, "pki"), [HOST])
-    sa_key, sa_pub = _service_account_key(os.path.join(tmp, "pki"))
+    sa_key, sa_pub = service_account_key(os.path.join(tmp, "pki"))
     tokens_file = os.path.join(tmp, "tokens.csv")
     with open(tokens_file, "w") as f:
         f.write(kube_tokens(tokens))
@@ -131,7 +121,7 @@ def start_kube_controller_manager(tmp: str, api: ApiServerProcess, token: str,
         raise FileNotFoundError(missing("kube-controller-manager"))
     kubeconfig = auth.write_kubeconfig(os.path.join(tmp, "kcm.kubeconfig"), api.urls[0], KCM_USER, token,
                                        "anchors", api.certs.ca_pem())
-    sa_key, _ = _service_account_key(os.path.join(tmp, "pki"))
+    sa_key, _ = service_account_key(os.path.join(tmp, "pki"))
     argv = [exe, "--kubeconfig", kubeconfig, "--authentication-kubeconfig", kubeconfig,
             "--authorization-kubeconfig", kubeconfig, "--bind-address", HOST, "--secure-port", str(free_port()),
             "--leader-elect=false", "--use-service-account-credentials=true",

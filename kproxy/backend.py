@@ -22,6 +22,8 @@ from typing import Protocol
 from kproxy.model import Config, ServicePort, SyncResult
 
 MODES = ("iptables", "userspace", "ebpf", "nftables")
+# The IP families each mode serves (one backend per family, made with Config.family).
+FAMILIES = {"iptables": (4, 6), "userspace": (4, 6), "nftables": (4, 6), "ebpf": (4, 6)}
 # uvloop (libuv, C) in userspace mode: the proxied bytes and datagrams go through the loop, and
 # it carries them with ~20% more new connections/s and ~70% more UDP requests/s than asyncio's
 # pure-Python loop on the same CPU (bench/proxy_modes.py). The other modes only program the kernel.

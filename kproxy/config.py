@@ -215,16 +215,24 @@ def check_mode(mode: str) -> str:
 
 
 def check_cidr(value: str, what: str = "clusterCIDR") -> str | None:
-    """An IPv4 CIDR (of a comma-separated dual-stack pair, the IPv4 one; kproxy proxies IPv4)."""
-    found = None
+    """A CIDR, or a comma-separated dual-stack pair: normalized, the first of each family kept
+    ("10.244.0.0/16,fd00:10:244::/56"; each family's proxier takes its own, `family_cidr`)."""
+    found: dict[int, str] = {}
     for part in (p.strip() for p in value.split(",") if p.strip()):
         try:
             net = ipaddress.ip_network(part, strict=False)
         except ValueError:
             raise ConfigError(f"{what}: {part!r} is not a CIDR") from None
-        if net.version == 4 and found is None:
-            found = str(net)
-    return found
+        found.setdefault(net.version, str(net))
+    return ",".join(found.values()) or None
+
+
+def family_cidr(value: str | None, family: int) -> str | None:
+    """The `family` (4 or 6) CIDR of a check_cidr value, or None."""
+    for part in (value or "").split(","):
+        if part and (":" in part) == (family == 6):
+            return part
+    return None
 
 
 def check_address(value: str, what: str, default_port: int) -> str:
@@ -372,6 +380,7 @@ class Effective:
     udp_idle_timeout: float
     logging_format: str
     ignored: tuple[str, ...] = ()
+    primary_family: int = 4  # kube-proxy's: the bind address's family (the other family is served too)
 
 
 def with_defaults(s: Settings, hostname: str, full_sync_period: float | None = None) -> Effective:
@@ -404,4 +413,5 @@ def with_defaults(s: Settings, hostname: str, full_sync_period: float | None = N
         full_sync_period=full_sync_period if full_sync_period is not None else FULL_SYNC_PERIOD,
         node_port_addresses=s.node_port_addresses or (), conntrack=conntrack, kubeconfig=s.kubeconfig,
         oom_score_adj=s.oom_score_adj, udp_idle_timeout=s.udp_idle_timeout if s.udp_idle_timeout is not None
-        else 60.0, logging_format=s.logging_format or "text", ignored=s.ignored)
+        else 60.0, logging_format=s.logging_format or "text", ignored=s.ignored,
+        primary_family=6 if bind_v6 else 4)

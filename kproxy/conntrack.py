@@ -24,9 +24,10 @@ class Flush:
     dst_nat: str | None = None
     orig_port: int | None = None
     protocol: str = "udp"
+    family: int = 4  # conntrack's table of that family (-f ipv6: a node port's entries have no address to tell)
 
     def argv(self) -> list[str]:
-        args = ["conntrack", "-D", "-p", self.protocol]
+        args = ["conntrack", "-D", *(["-f", "ipv6"] if self.family == 6 else []), "-p", self.protocol]
         if self.orig_dst:
             args += ["--orig-dst", self.orig_dst]
         if self.orig_port:
@@ -44,14 +45,15 @@ def stale_flushes(old: ServicePort | None, new: ServicePort | None) -> list[Flus
     new_eps = {e.ip for e in cluster_endpoints(new)} if new else set()
     dsts = [*ref.cluster_ips, *ref.external_ips, *ref.load_balancer_ips]
     out: list[Flush] = []
+    fam = ref.family
     for gone in sorted(old_eps - new_eps):
-        out += [Flush(orig_dst=d, dst_nat=gone) for d in dsts]
+        out += [Flush(orig_dst=d, dst_nat=gone, family=fam) for d in dsts]
         if ref.node_port:
-            out.append(Flush(orig_port=ref.node_port, dst_nat=gone))
+            out.append(Flush(orig_port=ref.node_port, dst_nat=gone, family=fam))
     if new_eps and not old_eps:
-        out += [Flush(orig_dst=d) for d in dsts]
+        out += [Flush(orig_dst=d, family=fam) for d in dsts]
         if ref.node_port:
-            out.append(Flush(orig_port=ref.node_port))
+            out.append(Flush(orig_port=ref.node_port, family=fam))
     return out
 
 

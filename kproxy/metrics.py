@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from knet import metrics
 
-IP_FAMILY = "IPv4"  # kproxy programs one family; kube-proxy labels per-family metrics with it
+IP_FAMILY = "IPv4"  # the default primary family; kube-proxy labels per-family metrics with it
 
 
 def exponential(start: float, factor: float, count: int) -> tuple[float, ...]:
@@ -58,8 +58,10 @@ MODE_NAMES = {"iptables": IPTABLES_NAMES, "userspace": IPTABLES_NAMES[2:], "nfta
 class ProxyMetrics:
     """Every metric kproxy serves in `mode`; the daemon updates them, the registry renders them."""
 
-    def __init__(self, mode: str, registry: metrics.Registry | None = None) -> None:
+    def __init__(self, mode: str, registry: metrics.Registry | None = None, ip_family: str = IP_FAMILY) -> None:
+        """`ip_family`: the label of what is measured once per sync for both families (the primary's)."""
         self.mode = mode
+        self.ip_family = ip_family
         r = self.registry = registry or metrics.Registry()
         fam = ["ip_family"]
         self.sync = r.histogram("kubeproxy_sync_proxy_rules_duration_seconds", "SyncProxyRules latency in seconds",
@@ -117,21 +119,21 @@ class ProxyMetrics:
         for c in (self.restore_failures, self.partial_restore_failures, self.nft_sync_failures,
                   self.nft_cleanup_failures):
             if c is not None:
-                c.inc(0, IP_FAMILY)
+                c.inc(0, self.ip_family)
         for g in (self.endpoint_pending, self.service_pending):
             g.set(0)
         for policy in ("internal", "external"):
-            self.no_local.set(0, IP_FAMILY, policy)
+            self.no_local.set(0, self.ip_family, policy)
 
     def observe_sync(self, seconds: float, full: bool, at: float) -> None:
-        self.sync.observe(seconds, IP_FAMILY)
-        (self.sync_full if full else self.sync_partial).observe(seconds, IP_FAMILY)
-        self.last_sync.set(at, IP_FAMILY)
+        self.sync.observe(seconds, self.ip_family)
+        (self.sync_full if full else self.sync_partial).observe(seconds, self.ip_family)
+        self.last_sync.set(at, self.ip_family)
 
     def sync_failed(self, partial: bool) -> None:
         if self.restore_failures is not None:
-            self.restore_failures.inc(1, IP_FAMILY)
+            self.restore_failures.inc(1, self.ip_family)
             if partial and self.partial_restore_failures is not None:
-                self.partial_restore_failures.inc(1, IP_FAMILY)
+                self.partial_restore_failures.inc(1, self.ip_family)
         if self.nft_sync_failures is not None:
-            self.nft_sync_failures.inc(1, IP_FAMILY)
+            self.nft_sync_failures.inc(1, self.ip_family)

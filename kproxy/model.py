@@ -23,11 +23,22 @@ REJECT = "reject"  # no endpoints at all: the client gets a TCP reset / ICMP err
 DROP = "drop"  # a Local traffic policy without local endpoints (others have some): silently dropped
 
 
+FAMILIES = (4, 6)
+FAMILY_NAMES = {4: "IPv4", 6: "IPv6"}  # kube-proxy's ip_family label values and the API's addressType
+
+
 @dataclass(frozen=True)
 class Config:
+    """One family's proxier settings: a backend programs `family`'s tables only (kube-proxy's
+    per-family proxiers), so `cluster_cidr` is that family's pod network."""
     node_name: str
     cluster_cidr: str | None = None  # pod network: off-cluster traffic to a ClusterIP is masqueraded
     masquerade_all: bool = False
+    family: int = 4  # 4 or 6
+
+    @property
+    def v6(self) -> bool:
+        return self.family == 6
 
 
 @dataclass
@@ -52,7 +63,8 @@ class Endpoint:
 
     @property
     def addr(self) -> str:
-        return f"{self.ip}:{self.port}"
+        """ip:port as kube-proxy writes an endpoint ("[ip]:port" for IPv6, as JoinHostPort)."""
+        return f"[{self.ip}]:{self.port}" if ":" in self.ip else f"{self.ip}:{self.port}"
 
 
 @dataclass(frozen=True)
@@ -70,6 +82,7 @@ class ServicePort:
     external_local: bool = False  # externalTrafficPolicy: Local
     internal_local: bool = False  # internalTrafficPolicy: Local
     endpoints: tuple[Endpoint, ...] = field(default=())
+    family: int = 4  # the family of every address above (one proxier per family)
 
     @property
     def key(self) -> str:

@@ -4,7 +4,8 @@
     iptables  chains KUBE-* in every table and the rules jumping to them; kubelet's own
               KUBE-FIREWALL / KUBE-KUBELET-CANARY / KUBE-IPTABLES-HINT stay (kubelet owns and
               recreates them)
-    nftables  the nftables mode's table `ip kube-proxy`, removed with NftablesBackend.cleanup()
+    nftables  the nftables mode's tables `ip kube-proxy` and `ip6 kube-proxy`, removed with
+              NftablesBackend.cleanup()
     bpf       its cgroup programs (sock_*) on the given cgroups; other agents' programs stay
 """
 
@@ -18,7 +19,7 @@ from knet.uninstall import Step, iptables_steps
 from kproxy.ebpf import bpfsys, loader
 from kproxy.model import Config
 from kproxy.nftables.backend import NftablesBackend
-from kproxy.nftables.rules import TABLE
+from kproxy.nftables.rules import SPECS
 
 KUBELET_CHAINS = {"KUBE-FIREWALL", "KUBE-KUBELET-CANARY", "KUBE-IPTABLES-HINT"}
 # The kernel's enum bpf_attach_type values of loader.CGROUP_PROGRAMS' hooks (no bcc needed).
@@ -36,10 +37,12 @@ def uninstall_steps(cgroups: Iterable[str] = ()) -> list[Step]:
 
 
 def _nftables_steps() -> list[Step]:
-    """The nftables mode's table, if this network namespace has it."""
-    if not shutil.which("nft") or not netfilter.nft_list(["list", "table", *TABLE.split()]):
+    """The nftables mode's tables (one per family), those this network namespace has."""
+    if not shutil.which("nft"):
         return []
-    return [Step("nft", (f"nft table {TABLE}",), NftablesBackend(Config(node_name="")).cleanup)]
+    return [Step("nft" if family == 4 else f"nft (IPv{family})", (f"nft table {spec.table}",),
+                 NftablesBackend(Config(node_name="", family=family)).cleanup)
+            for family, spec in SPECS.items() if netfilter.nft_list(["list", "table", *spec.table.split()])]
 
 
 def _tc_steps() -> list[Step]:
@@ -59,17 +62,19 @@ def _detach_tc(ifname: str, parent: int) -> Callable[[], None]:
 
 
 def _cgroup_steps(cgroups: Iterable[str]) -> list[Step]:
-    ours = {prog[:BPF_OBJ_NAME_LEN - 1]: ATTACH_TYPES[at] for prog, at in loader.CGROUP_PROGRAMS}
+    # (name as the kernel keeps it, attach type): "sock_getpeername4" and "...6" are both cut to
+    # "sock_getpeernam", the attach type tells them apart.
+    ours = {(prog[:BPF_OBJ_NAME_LEN - 1], ATTACH_TYPES[at]) for prog, at in loader.CGROUP_PROGRAMS}
     steps = []
     for cg in cgroups:
-        for at in sorted(set(ours.values())):
+        for at in sorted({at for _, at in ours}):
             try:
                 ids = loader.cgroup_prog_ids(cg, at)
             except OSError:  # no such cgroup, or not cgroup v2
                 continue
             for prog_id in ids:
                 name = loader.prog_name(prog_id)
-                if ours.get(name) == at:  # only kproxy's: other agents' programs stay
+                if (name, at) in ours:  # only kproxy's: other agents' programs stay
                     steps.append(Step(f"bpf {name} on {cg}", (f"bpf cgroup program {name} (id {prog_id}, attach "
                                                              f"type {at}) on {cg}",),
                                       _detach_cgroup(cg, at, prog_id)))

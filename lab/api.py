@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from knet import cgroups, netns
-from lab.bringup import controlplane, dns, flanneld, kube_proxy, launch, netpol, proxy
+from lab.bringup import controlplane, dns, flanneld, kube_proxy, launch, netpol, proxy, real_control_plane
 from lab.bringup import ingress as lab_ingress
 from lab.bringup import overlay as lab_overlay
 from lab.errors import LabError
@@ -139,18 +139,23 @@ def get(name: str = "knet", root: str = topology.STATE_ROOT) -> Lab:
 
 def up(name: str = "knet", nodes: int = 3, cni_type: str = "knet-cni", recreate: bool = False,
        progress: Progress = _quiet, root: str = topology.STATE_ROOT, agents: bool = True,
-       overlay: str = "vxlan", control_plane: bool = False, proxy_mode: str | None = None,
+       overlay: str = "vxlan", control_plane: bool | str = False, proxy_mode: str | None = None,
        network_policy: bool = False, ingress: bool = False, subnet_manager: str | None = None,
        flannel: str = "py") -> Lab:
     """Build the lab; on any failure everything made so far is removed again. `control_plane`:
-    also etcd, the API server, the controllers and the node agents (lab.bringup.controlplane).
+    also etcd, the API server, the controllers and the node agents (lab.bringup.controlplane);
+    "real": kube-apiserver and kube-controller-manager instead (lab.bringup.real_control_plane).
     `subnet_manager` (vxlan and host-gw overlays): "kube" (the Nodes' podCIDRs; needs the
     control plane) or "etcd"; None: kube with the control plane, else etcd. `flannel`: "py"
     (flannel-py on every node), "real" (upstream flanneld on every node) or "real:N" (flanneld on
     the last N nodes, flannel-py on the others; lab.bringup.flanneld)."""
     t0 = time.monotonic()
     p = topology.plan(name, nodes, cni_type, root, overlay)
-    manager = _subnet_manager(overlay, subnet_manager, control_plane)
+    manager = _subnet_manager(overlay, subnet_manager, bool(control_plane))
+    if control_plane not in (False, True, "lab", "real"):
+        raise LabError(f"control plane must be lab or real, got {control_plane!r}")
+    if control_plane == "real":
+        real_control_plane.check_anchors()
     real_flannel = flanneld.nodes(flannel, p, manager)
     if exists(name, root):
         if not recreate:
@@ -167,6 +172,8 @@ def up(name: str = "knet", nodes: int = 3, cni_type: str = "knet-cni", recreate:
         progress(f"flannel: {flanneld.describe(real_flannel)}, flannel-py on the other nodes")
     try:
         kernel.build(p, progress)
+        if control_plane == "real":  # the anchors' etcd, before the overlay would start Debian's
+            real_control_plane.start_etcd(p, progress)
         leases = lab_overlay.start(p, progress, flanneld_nodes=real_flannel) if manager == "etcd" else {}
         for n in p.nodes:
             os.makedirs(os.path.dirname(n.conflist_path), exist_ok=True)
@@ -190,7 +197,9 @@ def up(name: str = "knet", nodes: int = 3, cni_type: str = "knet-cni", recreate:
             def start_flannel(kubeconfigs: dict[str, str]) -> None:
                 flannel_daemons.update(lab_overlay.spawn_kube(p, kubeconfigs["flannel"], real_flannel))
 
-            cp = _record(name, root, "control_plane", controlplane.start_control_plane(
+            start_cp = (real_control_plane.start_control_plane if control_plane == "real"
+                        else controlplane.start_control_plane)
+            cp = _record(name, root, "control_plane", start_cp(
                 p, progress, with_nodes=start_flannel if manager == "kube" else None))
             kubeconfigs = cp["kubeconfigs"]
             if manager == "kube":  # every Node has its podCIDR now (flanneld exits without one)

@@ -1,6 +1,6 @@
 """The lab's subcommands of the `knet` command line (its public entry point for the CLI):
 
-    knet lab up | down | list | status | kubeconfig | agent-restart | pod add | pod del | exec
+    knet lab up | down | list | status | logs | kubeconfig | agent-restart | pod add | pod del | exec
 
 Thin: the work is in `lab.api`. `register(subparsers)` adds `lab ...`; every handler returns the
 exit code, and a failure the user can act on raises a `lab.errors.LabError`.
@@ -14,7 +14,7 @@ import os
 import sys
 from typing import Any
 
-from lab import api
+from lab import api, observe
 from lab.bringup import controlplane, demo, flanneld, kube_proxy
 from lab.net import state
 
@@ -35,7 +35,8 @@ def _err(msg: str) -> None:
 
 def cmd_up(args: argparse.Namespace) -> int:
     lab = api.up(args.name, args.nodes, cni_type=args.cni_type, recreate=args.recreate, progress=_say,
-                 overlay=args.overlay, subnet_manager=args.subnet_manager, control_plane=not args.no_control_plane,
+                 overlay=args.overlay, subnet_manager=args.subnet_manager,
+                 control_plane=False if args.no_control_plane else args.control_plane,
                  proxy_mode=None if args.no_control_plane or args.proxy_mode == "none" else args.proxy_mode,
                  network_policy=not args.no_control_plane and not args.no_network_policy,
                  ingress=not args.no_control_plane and not args.no_ingress, flannel=args.flannel)
@@ -76,6 +77,8 @@ def cmd_list(_args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     data = api.status(args.name)
+    components = observe.observe_lab(data)
+    data["components"] = observe.as_json(components)
     if args.json:
         print(json.dumps(data, indent=2, sort_keys=True))
         return 0
@@ -102,6 +105,31 @@ def cmd_status(args: argparse.Namespace) -> int:
         _table(rows)
     else:
         print("no pods (knet lab pod add node1 NAME)")
+    if components:
+        print()
+        _table(observe.rows(components))
+    return 0
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    data = api.status(args.name)
+    try:
+        path = observe.find_log(data, args.component, args.node)
+        for line in observe.tail(path, args.tail):
+            sys.stdout.write(line)
+        sys.stdout.flush()
+        if args.follow:
+            for line in observe.follow(path):
+                sys.stdout.write(line)
+                sys.stdout.flush()
+    except observe.LogNotFound as e:
+        _err(f"logs: {e.args[0]}")
+        return 1
+    except FileNotFoundError as e:
+        _err(f"logs: {e.filename}: no such file (the component has not logged yet?)")
+        return 1
+    except KeyboardInterrupt:
+        pass
     return 0
 
 
@@ -167,6 +195,10 @@ def register(subparsers: Any) -> None:
                          "kube-proxy in that mode instead (.anchors/bin, scripts/install-anchors)")
     up.add_argument("--no-network-policy", action="store_true", help="do not run the netpolicy daemons")
     up.add_argument("--no-ingress", action="store_true", help="do not run the ingress controller")
+    up.add_argument("--control-plane", choices=["lab", "real"], default="lab",
+                    help="lab: knet-apiserver and knet-controllers; real: the upstream kube-apiserver and "
+                         "kube-controller-manager (.anchors/bin, scripts/install-anchors) with the lab's scheduler "
+                         "and LoadBalancer pool, knet's daemons on deploy/rbac.yaml's ServiceAccounts")
     up.add_argument("--no-control-plane", action="store_true",
                     help="only the network: no etcd/API server/controllers/node agents (pods via `knet lab pod`)")
     up.set_defaults(func=cmd_up)
@@ -181,6 +213,12 @@ def register(subparsers: Any) -> None:
     st = named(labsub.add_parser("status", help="nodes and pods"))
     st.add_argument("--json", action="store_true")
     st.set_defaults(func=cmd_status)
+    lg = named(labsub.add_parser("logs", help="a component's log (kproxy, etcd, ..., or NAMESPACE/POD[/CONTAINER])"))
+    lg.add_argument("component")
+    lg.add_argument("--node", help="the node of a per-node component (node1, ...; ctl: the control plane)")
+    lg.add_argument("-f", "--follow", action="store_true", help="keep printing what it logs")
+    lg.add_argument("--tail", type=int, default=None, metavar="N", help="only the last N lines")
+    lg.set_defaults(func=cmd_logs)
 
     pod = labsub.add_parser("pod", help="add or delete pods")
     podsub = pod.add_subparsers(dest="pod_command", required=True)

@@ -82,6 +82,7 @@ RESOURCES: dict[str, Resource] = {
         Resource("Deployment", "apps", "v1", "deployments", True, "AppsV1Api"),
         Resource("ReplicaSet", "apps", "v1", "replicasets", True, "AppsV1Api"),
         Resource("StatefulSet", "apps", "v1", "statefulsets", True, "AppsV1Api"),
+        Resource("DaemonSet", "apps", "v1", "daemonsets", True, "AppsV1Api"),
     )
 }
 

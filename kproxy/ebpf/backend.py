@@ -28,6 +28,15 @@ first sync has filled the maps, so a restarted daemon replaces its predecessor's
 (atomically: single-program cgroup attachment and tc filter replace) with fully populated ones.
 close() leaves programs attached (traffic keeps flowing while the daemon restarts); cleanup()
 removes everything.
+
+Dual-stack: the daemon makes one backend per family (as for every mode), and both write the maps
+of one loaded program set: the IPv6 backend its own maps (services6, ...: maps.map_name), through
+the connect6 / sendmsg6 / recvmsg6 / getpeername6 hooks and the IPv6 branch of the tc programs,
+its node ports on the node's global IPv6 addresses, its rejects and masquerade with ip6tables.
+The program set is shared per (network namespace, cgroup) in the process (`_Shared`) and attached
+once, after every family's backend made so far has filled its maps. An IPv4-mapped address on an
+IPv6 socket (::ffff:10.96.0.1) is not translated: the kernel runs no IPv4 hook for it and the
+IPv6 hook sees no IPv6 service there.
 """
 
 from __future__ import annotations
@@ -35,14 +44,16 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 import time
 from collections.abc import Iterable, Mapping
 from collections.abc import Set as AbstractSet
+from dataclasses import dataclass, field
 
-from knet import netfilter
+from knet import netfilter, netns
 from kproxy.ebpf import maps, sockterm
 from kproxy.ebpf.loader import CGROUP_PROGRAMS, Datapath, EbpfUnavailable, attach_type_value, detach_cgroup_all
-from kproxy.iptables.backend import ensure_jumps, remove_chains
+from kproxy.iptables.backend import ensure_jumps, family_binary, remove_chains
 from kproxy.iptables.rules import FILTER_BASE, render_filter, render_masquerade, render_rejects
 from kproxy.iptables.rules import JUMPS as IPTABLES_JUMPS
 from kproxy.model import MASQ_MARK, Config, ServicePort, SyncResult, categorize, recount
@@ -80,6 +91,30 @@ def local_ipv4() -> list[str]:
     return sorted({a for a in addrs if a and not a.startswith("127.")})
 
 
+def local_ipv6() -> list[str]:
+    """This namespace's IPv6 addresses except ::1 (kube-proxy never serves node ports there) and
+    link-local ones (meaningless without an interface)."""
+    from knet import links
+    with links.iproute() as ipr:
+        addrs = [a.get("IFA_ADDRESS") for a in ipr.get_addr(family=socket.AF_INET6)]
+    return sorted({socket.inet_ntop(socket.AF_INET6, socket.inet_pton(socket.AF_INET6, a)) for a in addrs
+                   if a and a != "::1" and not a.lower().startswith("fe80:")})
+
+
+@dataclass
+class _Shared:
+    """The program set both families' backends write (one per network namespace and cgroup)."""
+    dp: Datapath
+    families: set[int] = field(default_factory=set)  # the backends made so far
+    synced: set[int] = field(default_factory=set)  # those whose maps are filled
+    attached: bool = False
+    users: int = 0
+
+
+_SHARED: dict[tuple[int, str], _Shared] = {}
+_SHARED_LOCK = threading.Lock()
+
+
 class EbpfBackend:
     name = "ebpf"
 
@@ -88,8 +123,8 @@ class EbpfBackend:
         """Compile and load the programs (raises EbpfUnavailable when bcc cannot) in the calling
         thread's network namespace (the node's). `cgroup`: the cgroup v2 directory holding this
         node's pods (socket hooks); `external_ifaces`: interfaces where node port / LB traffic
-        arrives (tc); `node_ips`: node port addresses (None: every local IPv4 address, re-read
-        at each full sync)."""
+        arrives (tc); `node_ips`: node port addresses (None: every local address of the family,
+        re-read at each full sync)."""
         if not cgroup:
             raise ValueError("ebpf mode needs the cgroup v2 directory of this node's pods (--cgroup)")
         self.cfg = cfg
@@ -97,13 +132,22 @@ class EbpfBackend:
         self.external_ifaces = list(external_ifaces)
         self.fixed_node_ips = sorted(node_ips) if node_ips is not None else None
         self.node_ips: list[str] = list(self.fixed_node_ips or [])
-        self.binary = binary
+        self.family = cfg.family
+        self.binary = family_binary(binary, cfg.family)
         from knet import links
         with links.iproute() as ipr:
             for ifname in self.external_ifaces:
                 if links.index(ipr, ifname) is None:
                     raise ValueError(f"external interface {ifname} does not exist in this network namespace")
-        self.dp = Datapath(masq_mark=int(MASQ_MARK, 16))
+        with _SHARED_LOCK:
+            key = (netns.inode(), self.cgroup)
+            shared = _SHARED.get(key)
+            if shared is None:
+                shared = _SHARED[key] = _Shared(Datapath(masq_mark=int(MASQ_MARK, 16)))
+            shared.families.add(cfg.family)
+            shared.users += 1
+        self.shared_key, self.shared = key, shared
+        self.dp = shared.dp
         self.ids = maps.SetIds()
         self.addr_refs = maps.AddrRefs()
         self.ports: dict[str, ServicePort] = {}
@@ -111,7 +155,7 @@ class EbpfBackend:
         self.entry_count = 0
         self.rejects: dict[str, tuple[list[str], list[str]]] = {}  # service port -> its filter lines (no endpoints)
         self.applied_rejects: str | None = None
-        self.attached = False
+        self.synced = False
         self.closed = False
 
     # -- compile
@@ -143,13 +187,13 @@ class EbpfBackend:
     # -- sync
     def sync(self, ports: Mapping[str, ServicePort], changed: AbstractSet[str], full: bool = False) -> SyncResult:
         start = time.monotonic()
-        full = full or not self.attached  # the first sync is always full
+        full = full or not self.synced  # the first sync is always full
         if full:
             new = dict(ports)
             changed = {k for k in new.keys() | self.ports.keys()
                        if new.get(k) != self.ports.get(k) or (k in new and k not in self.progs)}
             if self.fixed_node_ips is None:
-                node_ips = local_ipv4()
+                node_ips = local_ipv6() if self.family == 6 else local_ipv4()
                 if node_ips != self.node_ips:  # every service port's node port entries change
                     self.node_ips = node_ips
                     changed |= new.keys()
@@ -176,16 +220,18 @@ class EbpfBackend:
         saved_refs = dict(self.addr_refs.count)
         try:
             if full:
-                kernel = {name: self.dp.keys(name) for name in ("services", "slots", "members")}
+                kernel = {name: self.dp.keys(maps.map_name(name, self.family)) for name in maps.DAEMON_MAPS}
                 ops = maps.plan_full(progs.values(), kernel)
                 self.addr_refs.reset(progs.values())
             else:
                 addrs = self.addr_refs.change((old_progs.get(k), progs.get(k)) for k in changed)
                 ops = maps.plan([old_progs[k] for k in changed if k in old_progs],
                                 [progs[k] for k in changed if k in progs], addrs)
-            self.dp.apply(ops)
+            self.dp.apply(ops, self.family)
             self._sync_iptables(full)
-            if not self.attached:
+            self.shared.synced.add(self.family)
+            self.synced = True
+            if not self.shared.attached and self.shared.synced >= self.shared.families:
                 self._attach()
         except Exception:
             # The daemon retries the same changes against the state we last completed.
@@ -219,7 +265,7 @@ class EbpfBackend:
                     os.close(fd)
         if old:
             log.info("took over %d flow/affinity entries from the previous programs", copied)
-        self.attached = True
+        self.shared.attached = True
         log.info("ebpf programs attached: cgroup %s, interfaces %s", self.cgroup, ",".join(self.external_ifaces) or "-")
 
     def entries(self) -> int:
@@ -230,7 +276,12 @@ class EbpfBackend:
         """Release fds; the programs stay attached so traffic keeps flowing across a restart."""
         if not self.closed:
             self.closed = True
-            self.dp.close()
+            with _SHARED_LOCK:
+                self.shared.users -= 1
+                self.shared.families.discard(self.family)
+                if self.shared.users == 0:
+                    _SHARED.pop(self.shared_key, None)
+                    self.dp.close()
 
     def cleanup(self) -> None:
         """Detach every program (also a predecessor's) and remove the filter/masquerade rules."""
@@ -239,6 +290,7 @@ class EbpfBackend:
             detach_cgroup_all(self.cgroup, [attach_type_value(at) for _, at in CGROUP_PROGRAMS])
         for ifname in self.external_ifaces:
             self.dp.detach_tc(ifname)
-        self.attached = False
+        self.shared.attached = False
+        self.synced = False
         remove_chains(JUMPS, {"filter": list(FILTER_BASE), "nat": ["KUBE-POSTROUTING", "KUBE-MARK-MASQ"]}, self.binary)
         self.close()

@@ -30,6 +30,10 @@ CGROUP_PROGRAMS = (
     ("sock_sendmsg4", "CGROUP_UDP4_SENDMSG"),
     ("sock_recvmsg4", "CGROUP_UDP4_RECVMSG"),
     ("sock_getpeername4", "CGROUP_INET4_GETPEERNAME"),
+    ("sock_connect6", "CGROUP_INET6_CONNECT"),
+    ("sock_sendmsg6", "CGROUP_UDP6_SENDMSG"),
+    ("sock_recvmsg6", "CGROUP_UDP6_RECVMSG"),
+    ("sock_getpeername6", "CGROUP_INET6_GETPEERNAME"),
 )
 TC_PROGRAMS = (("tc_ingress", TC_INGRESS), ("tc_egress", TC_EGRESS))
 TC_FILTER_PREFIX = "knet-"  # our tc filters are named knet-<program>
@@ -44,7 +48,7 @@ _BPF_PROG_DETACH, _BPF_PROG_GET_FD_BY_ID, _BPF_MAP_GET_FD_BY_ID = 9, 13, 14
 _BPF_OBJ_GET_INFO_BY_FD, _BPF_PROG_QUERY = 15, 16
 # Maps the programs fill themselves (flows, affinity, UDP sockets): a restarted daemon copies
 # them from its predecessor's programs, so established flows keep their backends.
-STATE_MAPS = ("ct", "affinity", "sock_fwd", "sock_rev")
+STATE_MAPS = ("ct", "affinity", "sock_fwd", "sock_rev", "ct6", "affinity6", "sock_fwd6", "sock_rev6")
 _bpf = bpfsys.call
 
 
@@ -426,21 +430,21 @@ class Datapath:
             return None
         return unpack_v(cv)
 
-    def apply(self, ops: maps.Ops) -> None:
-        """Apply in plan order: set entries, then frontends, then deletions."""
+    def apply(self, ops: maps.Ops, family: int = 4) -> None:
+        """Apply in plan order: set entries, then frontends, then deletions (to `family`'s maps)."""
         for group in (ops.puts_sets, ops.puts_frontends):
             run: list[tuple[object, object]] = []
             current = None
             for name, k, v in group:
                 if name != current and run:
-                    self.update(current, run)
+                    self.update(maps.map_name(current, family), run)
                     run = []
                 current = name
                 run.append((k, v))
             if run and current is not None:
-                self.update(current, run)
-        for name in ("services", "slots", "members"):
-            self.delete(name, [k for m, k in ops.deletes if m == name])
+                self.update(maps.map_name(current, family), run)
+        for name in maps.DAEMON_MAPS:
+            self.delete(maps.map_name(name, family), [k for m, k in ops.deletes if m == name])
 
     def close(self) -> None:
         """Release our fds; attached programs (and the maps they use) stay in the kernel."""

@@ -15,6 +15,10 @@ Update order (`plan`) never lets a program see a half-written service:
 The C structs in kproxy.c are mirrored by the ctypes structures here; `pack_*` / `unpack_*`
 convert between readable tuples and them. Addresses and ports are stored in network byte order,
 as the BPF hooks see them.
+
+IPv6 (the second family's backend): the same readable tuples and the same plans, written to the
+maps of the same names with a "6" (services6, slots6, members6: `map_name`), whose structs hold
+128-bit addresses; the packers take the family from the address.
 """
 
 from __future__ import annotations
@@ -108,12 +112,42 @@ class CCtKey(ct.Structure):
                 ("proto", ct.c_uint8), ("dir", ct.c_uint8), ("pad", ct.c_uint16)]
 
 
+class CFe6Key(ct.Structure):
+    _fields_ = [("ip", ct.c_uint32 * 4), ("port", ct.c_uint16), ("proto", ct.c_uint8), ("scope", ct.c_uint8)]
+
+
+class CBackend6(ct.Structure):
+    _fields_ = [("ip", ct.c_uint32 * 4), ("port", ct.c_uint16), ("pad", ct.c_uint16)]
+
+
+class CMember6Key(ct.Structure):
+    _fields_ = [("set", ct.c_uint32), ("ip", ct.c_uint32 * 4), ("port", ct.c_uint16), ("pad", ct.c_uint16)]
+
+
 # map name -> (key struct, value struct); the loader checks bcc's sizes against these.
 LAYOUT: dict[str, tuple[type[ct.Structure], type[ct.Structure]]] = {
     "services": (CFeKey, CFeVal),
     "slots": (CSlotKey, CBackend),
     "members": (CMemberKey, CMember),
+    "services6": (CFe6Key, CFeVal),
+    "slots6": (CSlotKey, CBackend6),
+    "members6": (CMember6Key, CMember),
 }
+DAEMON_MAPS = ("services", "slots", "members")  # the maps the daemon writes (per family: map_name)
+
+
+def map_name(name: str, family: int) -> str:
+    """The map of `family` holding what `name` holds for IPv4 ("services" -> "services6")."""
+    return name + "6" if family == 6 else name
+
+
+def ip6_words(ip: str) -> ct.Array:
+    """The four u32 whose in-memory bytes are the IPv6 address in network order (as `user_ip6`)."""
+    return (ct.c_uint32 * 4).from_buffer_copy(socket.inet_pton(socket.AF_INET6, ip))
+
+
+def words_ip6(words: ct.Array) -> str:
+    return socket.inet_ntop(socket.AF_INET6, bytes(words))
 
 
 def ip_u32(ip: str) -> int:
@@ -134,12 +168,21 @@ def u16_port(value: int) -> int:
     return int.from_bytes(value.to_bytes(2, sys.byteorder), "big")
 
 
-def pack_fe_key(k: FeKey) -> CFeKey:
-    return CFeKey(ip_u32(k.ip), port_u16(k.port), k.proto, k.scope)
+def _addr(ip: str) -> int | ct.Array:
+    """An address as its struct field holds it: a u32 (IPv4) or four u32 (IPv6)."""
+    return ip6_words(ip) if ":" in ip else ip_u32(ip)
 
 
-def unpack_fe_key(c: CFeKey) -> FeKey:
-    return FeKey(u32_ip(c.ip), u16_port(c.port), c.proto, c.scope)
+def _ip(field: int | ct.Array) -> str:
+    return u32_ip(field) if isinstance(field, int) else words_ip6(field)
+
+
+def pack_fe_key(k: FeKey) -> CFeKey | CFe6Key:
+    return (CFe6Key if ":" in k.ip else CFeKey)(_addr(k.ip), port_u16(k.port), k.proto, k.scope)
+
+
+def unpack_fe_key(c: CFeKey | CFe6Key) -> FeKey:
+    return FeKey(_ip(c.ip), u16_port(c.port), c.proto, c.scope)
 
 
 def pack_fe_val(v: FeVal) -> CFeVal:
@@ -158,26 +201,29 @@ def unpack_slot_key(c: CSlotKey) -> SlotKey:
     return SlotKey(c.set, c.slot)
 
 
-def pack_backend(b: Backend) -> CBackend:
-    return CBackend(ip_u32(b.ip), port_u16(b.port), 0)
+def pack_backend(b: Backend) -> CBackend | CBackend6:
+    return (CBackend6 if ":" in b.ip else CBackend)(_addr(b.ip), port_u16(b.port), 0)
 
 
-def unpack_backend(c: CBackend) -> Backend:
-    return Backend(u32_ip(c.ip), u16_port(c.port))
+def unpack_backend(c: CBackend | CBackend6) -> Backend:
+    return Backend(_ip(c.ip), u16_port(c.port))
 
 
-def pack_member_key(k: MemberKey) -> CMemberKey:
-    return CMemberKey(k.set_id, ip_u32(k.ip), port_u16(k.port), 0)
+def pack_member_key(k: MemberKey) -> CMemberKey | CMember6Key:
+    return (CMember6Key if ":" in k.ip else CMemberKey)(k.set_id, _addr(k.ip), port_u16(k.port), 0)
 
 
-def unpack_member_key(c: CMemberKey) -> MemberKey:
-    return MemberKey(c.set, u32_ip(c.ip), u16_port(c.port))
+def unpack_member_key(c: CMemberKey | CMember6Key) -> MemberKey:
+    return MemberKey(c.set, _ip(c.ip), u16_port(c.port))
 
 
-PACK = {"services": (pack_fe_key, pack_fe_val), "slots": (pack_slot_key, pack_backend),
-        "members": (pack_member_key, lambda _v: CMember(1))}
-UNPACK = {"services": (unpack_fe_key, unpack_fe_val), "slots": (unpack_slot_key, unpack_backend),
-          "members": (unpack_member_key, lambda _c: True)}
+# Per map: (key packer, value packer); the IPv6 maps take the same packers (the address decides).
+_PACK = {"services": (pack_fe_key, pack_fe_val), "slots": (pack_slot_key, pack_backend),
+         "members": (pack_member_key, lambda _v: CMember(1))}
+_UNPACK = {"services": (unpack_fe_key, unpack_fe_val), "slots": (unpack_slot_key, unpack_backend),
+           "members": (unpack_member_key, lambda _c: True)}
+PACK = {**_PACK, **{map_name(k, 6): v for k, v in _PACK.items()}}
+UNPACK = {**_UNPACK, **{map_name(k, 6): v for k, v in _UNPACK.items()}}
 
 
 # -- compiling service ports ----------------------------------------------------------------
@@ -260,7 +306,11 @@ def owner(sp: ServicePort, kind: str) -> str:
 
 
 def _backends(eps: Iterable[Endpoint]) -> tuple[Backend, ...]:
-    return tuple(sorted({Backend(e.ip, e.port) for e in eps}, key=lambda b: (socket.inet_aton(b.ip), b.port)))
+    return tuple(sorted({Backend(e.ip, e.port) for e in eps}, key=lambda b: (_packed(b.ip), b.port)))
+
+
+def _packed(ip: str) -> bytes:
+    return socket.inet_pton(socket.AF_INET6, ip) if ":" in ip else socket.inet_aton(ip)
 
 
 def compile_port(sp: ServicePort, node_name: str, node_ips: Iterable[str], ids: SetIds) -> Program:

@@ -12,7 +12,8 @@ The sockets live in the pods' network namespaces: the namespaces of the processe
 cgroup (the one the hooks are attached to), each visited once. Inside a namespace, sock_diag
 (NETLINK_SOCK_DIAG) lists connected UDP sockets and SOCK_DESTROY aborts one (the kernel's
 CONFIG_INET_DIAG_DESTROY, which `ss -K` uses too). Pure parts (message building and parsing,
-which sockets match) are separate from the socket I/O for unit tests.
+which sockets match) are separate from the socket I/O for unit tests. IPv6 backends' sockets are
+dumped and aborted the same way, in the AF_INET6 table.
 """
 
 from __future__ import annotations
@@ -57,17 +58,18 @@ class UdpSocket:
     dst: str
     dport: int
     sockid: bytes
+    family: int = socket.AF_INET
 
 
-def dump_request(seq: int = 1) -> bytes:
-    """SOCK_DIAG_BY_FAMILY dump of connected IPv4 UDP sockets."""
-    body = _REQ.pack(socket.AF_INET, socket.IPPROTO_UDP, 0, 1 << TCP_ESTABLISHED) + bytes(SOCKID_LEN)
+def dump_request(seq: int = 1, family: int = socket.AF_INET) -> bytes:
+    """SOCK_DIAG_BY_FAMILY dump of connected UDP sockets of one family."""
+    body = _REQ.pack(family, socket.IPPROTO_UDP, 0, 1 << TCP_ESTABLISHED) + bytes(SOCKID_LEN)
     return _NLMSG.pack(_NLMSG.size + len(body), SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP, seq, 0) + body
 
 
 def destroy_request(sock: UdpSocket, seq: int) -> bytes:
     """SOCK_DESTROY for one socket: the id exactly as dumped (the kernel checks its cookie)."""
-    body = _REQ.pack(socket.AF_INET, socket.IPPROTO_UDP, 0, 0xFFFFFFFF) + sock.sockid
+    body = _REQ.pack(sock.family, socket.IPPROTO_UDP, 0, 0xFFFFFFFF) + sock.sockid
     return _NLMSG.pack(_NLMSG.size + len(body), SOCK_DESTROY, NLM_F_REQUEST | NLM_F_ACK, seq, 0) + body
 
 
@@ -83,11 +85,14 @@ def parse_messages(data: bytes) -> Iterator[tuple[int, bytes]]:
 
 
 def parse_socket(payload: bytes) -> UdpSocket:
-    """An inet_diag_msg (IPv4) as a UdpSocket."""
+    """An inet_diag_msg (IPv4 or IPv6) as a UdpSocket."""
     if len(payload) < _MSG_HEAD.size + SOCKID_LEN:
         raise ValueError("short inet_diag_msg")
+    family = payload[0]
     sockid = payload[_MSG_HEAD.size:_MSG_HEAD.size + SOCKID_LEN]
     sport, dport, src, dst = _SOCKID.unpack_from(sockid)
+    if family == socket.AF_INET6:
+        return UdpSocket(socket.inet_ntop(family, src), sport, socket.inet_ntop(family, dst), dport, sockid, family)
     return UdpSocket(socket.inet_ntoa(src[:4]), sport, socket.inet_ntoa(dst[:4]), dport, sockid)
 
 
@@ -122,9 +127,9 @@ class _Diag:
     def close(self) -> None:
         self.sock.close()
 
-    def connected_udp(self) -> list[UdpSocket]:
+    def connected_udp(self, family: int = socket.AF_INET) -> list[UdpSocket]:
         self.seq += 1
-        self.sock.send(dump_request(self.seq))
+        self.sock.send(dump_request(self.seq, family))
         out: list[UdpSocket] = []
         while True:
             for kind, payload in parse_messages(self.sock.recv(1 << 16)):
@@ -161,13 +166,15 @@ def terminate(cgroup: str, targets: set[tuple[str, int]]) -> int:
     (its processes exited meanwhile) are logged and skipped."""
     if not targets:
         return 0
+    families = {socket.AF_INET6 if ":" in ip else socket.AF_INET for ip, _ in targets}
     aborted = 0
     for ns_inode, pid in pod_namespaces(cgroup).items():
         try:
             with netns.enter(f"/proc/{pid}/ns/net"):
                 diag = _Diag()
             try:
-                for sock in matching(diag.connected_udp(), targets):
+                found = [s for family in sorted(families) for s in diag.connected_udp(family)]
+                for sock in matching(found, targets):
                     code = diag.destroy(sock)
                     if code == 0:
                         aborted += 1

@@ -3,7 +3,8 @@
 Partial syncs rewrite only the chains of changed service ports in one iptables-restore (plus the
 shared chains, always whole), as kube-proxy's MinimizeIPTablesRestore does; a full sync rewrites
 everything, deletes chains nobody owns any more (also ones left by a previous run) and re-ensures
-the jumps from the built-in chains, which repairs any drift.
+the jumps from the built-in chains, which repairs any drift. A backend serves one family
+(Config.family): IPv6 goes through the ip6tables variant of the node's iptables (`family_binary`).
 """
 
 from __future__ import annotations
@@ -60,6 +61,13 @@ def detect_binary() -> str:
                 return binary
             rules[binary] += sum(line.startswith("-") for line in proc.stdout.splitlines())
     return "iptables-legacy" if rules["iptables-legacy"] > rules["iptables-nft"] else "iptables-nft"
+
+
+def family_binary(binary: str, family: int) -> str:
+    """The iptables command of `family` in the same variant ("iptables-nft" -> "ip6tables-nft")."""
+    if family != 6 or binary.startswith("ip6tables"):
+        return binary
+    return binary.replace("iptables", "ip6tables", 1)
 
 
 def ensure_jumps(jumps: tuple[tuple[str, str, list[str]], ...], binary: str = "iptables") -> None:
@@ -121,7 +129,7 @@ class IptablesBackend:
 
     def __init__(self, cfg: Config, binary: str = "iptables") -> None:
         self.cfg = cfg
-        self.binary = binary
+        self.binary = family_binary(binary, cfg.family)
         self.ports: dict[str, ServicePort] = {}
         self.rendered: dict[str, ServiceRules] = {}
         self.rejects: dict[str, tuple[list[str], list[str]]] = {}  # ports with filter lines (no endpoints)
@@ -156,7 +164,7 @@ class IptablesBackend:
             changed = {k for k in new.keys() | self.ports.keys() if new.get(k) != self.ports.get(k)}
             ensure_jumps(JUMPS, self.binary)
             stale = {c for c in self.kernel_chains() if c.startswith(OWN_PREFIXES)} - chain_names(rendered)
-            text = render_restore(rendered, None, stale)
+            text = render_restore(rendered, None, stale, family=self.cfg.family)
             rejects = {}
             for k, sr in rendered.items():
                 self._note_rejects(rejects, k, sr)

@@ -8,6 +8,11 @@ filter: KUBE-SERVICES / KUBE-EXTERNAL-SERVICES reject traffic to services with n
         accepts marked and established forwarded traffic.
 Chain names are hashes of the service port (and endpoint), as kube-proxy computes them, so they
 are stable across restarts and a rendered service can be compared with the kernel's.
+
+IPv6 (ip6tables, one proxier per family): the same chains with the same names (kube-proxy's
+layout is family-blind), addresses as /128, the `recent` mask of 128 bits, REJECT answering with
+icmp6-port-unreachable (ip6tables' default; TCP still gets a reset), and node ports never on ::1
+(kube-proxy: localhost node ports do not work on IPv6, there is no route_localnet).
 """
 
 from __future__ import annotations
@@ -62,6 +67,18 @@ class ServiceRules:
     filter_external: list[str] = field(default_factory=list)
 
 
+V6_MASK = "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"
+
+
+def host_match(ip: str) -> str:
+    """One address as a match: /32, or /128 for IPv6."""
+    return f"{ip}/128" if ":" in ip else f"{ip}/32"
+
+
+def _recent_mask(sp: ServicePort) -> str:
+    return V6_MASK if sp.family == 6 else "255.255.255.255"
+
+
 def _q(text: str) -> str:
     return '"' + text.replace('"', '\\"') + '"'
 
@@ -93,7 +110,7 @@ def _endpoint_chain_jumps(sp: ServicePort, chain: str, eps: list[Endpoint]) -> l
         for ep in eps:
             sep = sep_chain(sp, ep)
             lines.append(f"-A {chain} -m comment --comment {_q(f'{sp.key} -> {ep.addr}')} "
-                         f"-m recent --name {sep} --mask 255.255.255.255 --rsource "
+                         f"-m recent --name {sep} --mask {_recent_mask(sp)} --rsource "
                          f"--rcheck --seconds {sp.affinity_seconds} --reap -j {sep}")
     for i, ep in enumerate(eps):
         stat = _probability(len(eps) - i) if i < len(eps) - 1 else ""
@@ -103,10 +120,10 @@ def _endpoint_chain_jumps(sp: ServicePort, chain: str, eps: list[Endpoint]) -> l
 
 def _sep_rules(sp: ServicePort, ep: Endpoint) -> list[str]:
     sep = sep_chain(sp, ep)
-    recent = f"-m recent --name {sep} --mask 255.255.255.255 --rsource --set " if sp.affinity_seconds else ""
+    recent = f"-m recent --name {sep} --mask {_recent_mask(sp)} --rsource --set " if sp.affinity_seconds else ""
     return [
         # hairpin: a pod reaching itself through the service must come back via the node
-        f"-A {sep} -m comment --comment {_q(sp.key)} -s {ep.ip}/32 -j KUBE-MARK-MASQ",
+        f"-A {sep} -m comment --comment {_q(sp.key)} -s {host_match(ep.ip)} -j KUBE-MARK-MASQ",
         f"-A {sep} -m comment --comment {_q(sp.key)} {recent}{_match(sp)} -j DNAT --to-destination {ep.addr}",
     ]
 
@@ -122,15 +139,16 @@ def render_rejects(sp: ServicePort, cats: Categories) -> tuple[list[str], list[s
         target = "DROP" if cats.internal_verdict == DROP else _reject(sp)
         note = sp.key + (" has no local endpoints" if target == "DROP" else " has no endpoints")
         for cip in sp.cluster_ips:
-            services.append(_entry("KUBE-SERVICES", note, f"{m} -d {cip}/32 --dport {sp.port}", target))
+            services.append(_entry("KUBE-SERVICES", note, f"{m} -d {host_match(cip)} --dport {sp.port}", target))
     if cats.external_verdict:
         target = "DROP" if cats.external_verdict == DROP else _reject(sp)
         note = sp.key + (" has no local endpoints" if target == "DROP" else " has no endpoints")
         for ip, _kind in sp.external_dsts:
-            external.append(_entry("KUBE-EXTERNAL-SERVICES", note, f"{m} -d {ip}/32 --dport {sp.port}", target))
+            dst = f"{m} -d {host_match(ip)} --dport {sp.port}"
+            external.append(_entry("KUBE-EXTERNAL-SERVICES", note, dst, target))
         if sp.node_port:
             external.append(_entry("KUBE-EXTERNAL-SERVICES", note,
-                                   f"-m addrtype --dst-type LOCAL {m} --dport {sp.node_port}", target))
+                                   f"{_local_dst(sp.family)} {m} --dport {sp.node_port}", target))
     return services, external
 
 
@@ -147,10 +165,10 @@ def render_service(sp: ServicePort, cfg: Config) -> ServiceRules:
         rules = []
         for cip in sp.cluster_ips:
             if cfg.masquerade_all:
-                rules.append(f"-A {svc} -m comment --comment {_q(sp.key + ' cluster IP')} {m} -d {cip}/32 "
+                rules.append(f"-A {svc} -m comment --comment {_q(sp.key + ' cluster IP')} {m} -d {host_match(cip)} "
                              f"--dport {sp.port} -j KUBE-MARK-MASQ")
             elif cfg.cluster_cidr:
-                rules.append(f"-A {svc} -m comment --comment {_q(sp.key + ' cluster IP')} {m} -d {cip}/32 "
+                rules.append(f"-A {svc} -m comment --comment {_q(sp.key + ' cluster IP')} {m} -d {host_match(cip)} "
                              f"--dport {sp.port} ! -s {cfg.cluster_cidr} -j KUBE-MARK-MASQ")
         out.nat_chains[svc] = rules + _endpoint_chain_jumps(sp, svc, cluster_eps)
     if cats.uses_local and local_eps:
@@ -181,11 +199,11 @@ def render_service(sp: ServicePort, cfg: Config) -> ServiceRules:
     # Entries in the shared chains: a jump to the service's chain, or a reject (drop) while it has no endpoints.
     if cats.internal:
         for cip in sp.cluster_ips:
-            dst = f"{m} -d {cip}/32 --dport {sp.port}"
+            dst = f"{m} -d {host_match(cip)} --dport {sp.port}"
             out.nat_shared.append(_entry("KUBE-SERVICES", f"{sp.key} cluster IP", dst, internal_chain))
     if cats.external:
         for ip, kind in sp.external_dsts:
-            dst = f"{m} -d {ip}/32 --dport {sp.port}"
+            dst = f"{m} -d {host_match(ip)} --dport {sp.port}"
             out.nat_shared.append(_entry("KUBE-SERVICES", f"{sp.key} {kind}", dst, ext))
         if sp.node_port:
             out.nat_nodeports.append(_entry("KUBE-NODEPORTS", sp.key, f"{m} --dport {sp.node_port}", ext))
@@ -213,8 +231,17 @@ def filter_static() -> list[str]:
     ]
 
 
-NODEPORTS_LAST = ('-A KUBE-SERVICES -m comment --comment "kubernetes service nodeports; NOTE: this must be the '
-                  'last rule in this chain" -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS')
+def _local_dst(family: int) -> str:
+    """Node-port destinations: every local address (nodePortAddresses unset), but on IPv6 not
+    ::1, as kube-proxy (localhost node ports never work there)."""
+    return "-m addrtype --dst-type LOCAL" + (" ! -d ::1/128" if family == 6 else "")
+
+
+def nodeports_last(family: int = 4) -> str:
+    return ('-A KUBE-SERVICES -m comment --comment "kubernetes service nodeports; NOTE: this must be the '
+            f'last rule in this chain" {_local_dst(family)} -j KUBE-NODEPORTS')
+
+
 
 
 def render_filter(rejects: list[tuple[list[str], list[str]]], stale: set[str] | frozenset[str] = frozenset(),
@@ -239,10 +266,11 @@ def render_masquerade() -> list[str]:
 
 
 def render_restore(rendered: dict[str, ServiceRules], write: set[str] | None,
-                   stale_nat: set[str], stale_filter: set[str] | frozenset[str] = frozenset()) -> str:
-    """iptables-restore --noflush input. The shared chains are always rewritten whole; the
-    per-service chains only for the service ports in `write` (None: all of them — a full sync),
-    as kube-proxy's partial sync does. `stale_*` chains are flushed and deleted."""
+                   stale_nat: set[str], stale_filter: set[str] | frozenset[str] = frozenset(), family: int = 4) -> str:
+    """iptables-restore --noflush input (ip6tables-restore for `family` 6). The shared chains are
+    always rewritten whole; the per-service chains only for the service ports in `write` (None:
+    all of them — a full sync), as kube-proxy's partial sync does. `stale_*` chains are flushed
+    and deleted."""
     keys = sorted(rendered)
     write_keys = keys if write is None else [k for k in keys if k in write]
     nat_own = {c: r for k in write_keys for c, r in rendered[k].nat_chains.items()}
@@ -256,7 +284,7 @@ def render_restore(rendered: dict[str, ServiceRules], write: set[str] | None,
         lines += rendered[k].nat_shared
     for k in keys:
         lines += rendered[k].nat_nodeports
-    lines.append(NODEPORTS_LAST)
+    lines.append(nodeports_last(family))
     for chain in sorted(nat_own):
         lines += nat_own[chain]
     lines += [f"-X {c}" for c in sorted(stale_nat - set(nat_own))]

@@ -1,4 +1,5 @@
-"""The nftables data path: keep the table `ip kube-proxy` equal to the rendered service ports.
+"""The nftables data path: keep the table `ip kube-proxy` (IPv6: `ip6 kube-proxy`, one backend per
+family as kube-proxy's) equal to the rendered service ports.
 
 Every sync is one nf_tables transaction (all of it or nothing, and packets see either the old or
 the new ruleset). A partial sync touches only what changed: the changed service ports' chains
@@ -24,14 +25,14 @@ from knet import netfilter
 from kproxy import conntrack
 from kproxy.model import Config, ServicePort, SyncResult, advance, recount
 from kproxy.nftables import netlink
-from kproxy.nftables.rules import TABLE, Elements, ServiceNft, ops_text, partial_ops, render_full, render_service
+from kproxy.nftables.rules import SPECS, Elements, ServiceNft, ops_text, partial_ops, render_full, render_service
 
 log = logging.getLogger("knet.kproxy.nftables")
 
 
-def kernel_objects() -> tuple[set[str], dict[str, int | None]]:
+def kernel_objects(ip_family: int = 4) -> tuple[set[str], dict[str, int | None]]:
     """The chains of our table, and its sets with their timeouts (empty when the table is absent)."""
-    family, table = TABLE.split()
+    family, table = SPECS[ip_family].table.split()
     chains: set[str] = set()
     sets: dict[str, int | None] = {}
     for what in ("chains", "sets"):
@@ -54,8 +55,10 @@ class NftablesBackend:
     def __init__(self, cfg: Config, writer: str = "netlink") -> None:
         """`writer`: how partial syncs are written, "netlink" (direct) or "nft" (`nft -f`)."""
         self.cfg = cfg
+        self.family = cfg.family
+        self.table = SPECS[cfg.family].table
         self.writer = writer
-        self.netlink = netlink.Netlink()
+        self.netlink = netlink.Netlink(cfg.family)
         self.ports: dict[str, ServicePort] = {}
         self.rendered: dict[str, ServiceNft] = {}
         self.elements = Elements()
@@ -76,7 +79,7 @@ class NftablesBackend:
             elements = Elements()
             elements.replace((k, None, sr) for k, sr in rendered.items())
             kernel_chains, kernel_sets = self._kernel_objects()
-            script = render_full(rendered, elements, kernel_chains, kernel_sets)
+            script = render_full(rendered, elements, kernel_chains, kernel_sets, self.family)
         else:
             new, rendered = advance(self.ports, self.rendered, ports, changed,
                                     lambda sp: render_service(sp, self.cfg))
@@ -112,7 +115,7 @@ class NftablesBackend:
                 log.info("transaction written with nft -f: the netlink encoder does not know %s", e)
             except netlink.KernelError as e:
                 raise netfilter.NetfilterError(str(e)) from None
-        netfilter.nft(ops_text(ops))
+        netfilter.nft(ops_text(ops, self.family))
         return count
 
     def _kernel_objects(self) -> tuple[set[str], dict[str, int | None]]:
@@ -122,7 +125,7 @@ class NftablesBackend:
             return self.netlink.objects()
         except (OSError, netlink.KernelError) as e:
             log.warning("netlink dump of the table failed (%s); listing with nft", e)
-            return kernel_objects()
+            return kernel_objects(self.family)
 
     def _rebuild_elements(self) -> Elements:
         elements = Elements()
@@ -139,5 +142,5 @@ class NftablesBackend:
 
     def cleanup(self) -> None:
         """Delete the table and everything in it (uninstall); absent already is fine."""
-        netfilter.run(["nft", "delete", "table", *TABLE.split()])
+        netfilter.run(["nft", "delete", "table", *self.table.split()])
         self.ports, self.rendered, self.elements, self.synced = {}, {}, Elements(), False

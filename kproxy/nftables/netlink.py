@@ -16,7 +16,9 @@ Unsupported, and the caller falls back to `nft -f` for that transaction. Encodin
 nft 1.0.6 sends for the same text (seen with `nft --debug=netlink,mnl`): a CIDR on a byte
 boundary is a shorter payload load, otherwise a 4-byte load and a mask; `tcp dport` is a
 meta l4proto check and a transport-header load; integers in attributes are big-endian,
-register contents in network order except numgen's and fib's results (host order).
+register contents in network order except numgen's and fib's results (host order). The IPv6
+table (`ip6 kube-proxy`) differs only in the family of the messages, the address offsets and
+lengths in the header (saddr at 8, daddr at 24, 16 bytes) and the set key type.
 
 The kernel processes a batch synchronously within sendmsg(), so every error is already queued
 on the socket when the call returns: no acknowledgements are requested, and the replies are
@@ -33,7 +35,7 @@ import socket
 import struct
 from collections.abc import Iterable
 
-from kproxy.nftables.rules import AFFINITY_PREFIX, MAPS, TABLE, Op
+from kproxy.nftables.rules import AFFINITY_PREFIX, SPECS, Op, maps_of
 
 NETLINK_NETFILTER = 12
 NFNL_SUBSYS_NFTABLES = 10
@@ -41,7 +43,10 @@ NFNL_MSG_BATCH_BEGIN, NFNL_MSG_BATCH_END = 0x10, 0x11
 NLMSG_ERROR, NLMSG_DONE = 2, 3
 NLM_F_REQUEST, NLM_F_DUMP, NLM_F_CREATE, NLM_F_APPEND = 0x1, 0x300, 0x400, 0x800
 NLA_F_NESTED = 0x8000
-NFPROTO_IPV4 = 2
+NFPROTO_IPV4, NFPROTO_IPV6 = 2, 10
+NFPROTO = {4: NFPROTO_IPV4, 6: NFPROTO_IPV6}
+# per family: (address length, saddr offset, daddr offset) in the network header
+ADDRESS = {4: (4, 12, 16), 6: (16, 8, 24)}
 # nf_tables message types
 GETCHAIN, GETSET = 4, 10
 NEWCHAIN, DELCHAIN, NEWRULE, DELRULE, NEWSET, DELSET, NEWSETELEM, DELSETELEM = 3, 5, 6, 8, 9, 11, 12, 14
@@ -54,7 +59,8 @@ RTN_LOCAL = 2
 NFT_META_L4PROTO = 16
 NFT_PAYLOAD_NETWORK, NFT_PAYLOAD_TRANSPORT = 1, 2
 NFT_SET_TIMEOUT, NFT_SET_EVAL = 0x10, 0x20
-TYPE_IPADDR = 7  # nft's ipv4_addr datatype
+TYPE_IPADDR, TYPE_IP6ADDR = 7, 8  # nft's ipv4_addr / ipv6_addr datatypes
+ADDR_TYPES = {4: TYPE_IPADDR, 6: TYPE_IP6ADDR}
 KEY_BYTEORDER_BIG = b"\x00\x04\x02\x00\x00\x00"  # set userdata: NFTNL_UDATA_SET_KEYBYTEORDER = big endian
 SOCKET_BUFFER = 4 << 20
 
@@ -128,11 +134,12 @@ def _immediate_verdict(code: int, chain: str | None) -> bytes:
     return _expr("immediate", _u32(1, REG_VERDICT), _verdict(2, code, chain))
 
 
-def _address_match(field: str, value: str, negate: bool) -> list[bytes]:
-    """`ip saddr|daddr [!=] ADDR[/PREFIX]` as nft encodes it."""
-    offset = 12 if field == "saddr" else 16
+def _address_match(field: str, value: str, negate: bool, family: int = 4) -> list[bytes]:
+    """`ip|ip6 saddr|daddr [!=] ADDR[/PREFIX]` as nft encodes it."""
+    size, saddr, daddr = ADDRESS[family]
+    offset = saddr if field == "saddr" else daddr
     try:
-        net = ipaddress.IPv4Network(value, strict=False)
+        net = (ipaddress.IPv4Network if family == 4 else ipaddress.IPv6Network)(value, strict=False)
     except ValueError:
         raise Unsupported(f"address {value!r}") from None
     prefix = net.prefixlen
@@ -142,9 +149,9 @@ def _address_match(field: str, value: str, negate: bool) -> list[bytes]:
     if prefix % 8 == 0:
         n = prefix // 8
         return [_payload(NFT_PAYLOAD_NETWORK, offset, n), _cmp(net.network_address.packed[:n], op)]
-    return [_payload(NFT_PAYLOAD_NETWORK, offset, 4),
-            _expr("bitwise", _u32(1, REG_1), _u32(2, REG_1), _u32(3, 4), _value(4, net.netmask.packed),
-                  _value(5, b"\0\0\0\0")),
+    return [_payload(NFT_PAYLOAD_NETWORK, offset, size),
+            _expr("bitwise", _u32(1, REG_1), _u32(2, REG_1), _u32(3, size), _value(4, net.netmask.packed),
+                  _value(5, bytes(size))),
             _cmp(net.network_address.packed, op)]
 
 
@@ -161,9 +168,11 @@ def _port(text: str) -> bytes:
     return struct.pack(">H", int(text))
 
 
-def compile_rule(rule: str, set_ids: dict[str, int]) -> tuple[bytes, bytes | None]:
+def compile_rule(rule: str, set_ids: dict[str, int], family: int = 4) -> tuple[bytes, bytes | None]:
     """A rule of rules.render_service -> (NFTA_RULE_EXPRESSIONS payload, userdata or None).
-    `set_ids`: sets created earlier in the same batch (name -> batch id)."""
+    `set_ids`: sets created earlier in the same batch (name -> batch id); `family`: the table's."""
+    l3 = SPECS[family].ip
+    size, saddr, _ = ADDRESS[family]
     try:
         toks = shlex.split(rule)
     except ValueError:
@@ -179,7 +188,7 @@ def compile_rule(rule: str, set_ids: dict[str, int]) -> tuple[bytes, bytes | Non
 
     while i < n:
         t = toks[i]
-        if t == "ip" and i + 1 < n and toks[i + 1] in ("saddr", "daddr"):
+        if t == l3 and i + 1 < n and toks[i + 1] in ("saddr", "daddr"):
             field = toks[i + 1]
             negate = i + 2 < n and toks[i + 2] == "!="
             i += 3 if negate else 2
@@ -190,9 +199,9 @@ def compile_rule(rule: str, set_ids: dict[str, int]) -> tuple[bytes, bytes | Non
                     raise Unsupported(rule)
                 name = value[1:]
                 attrs = [_str(1, name), _u32(2, REG_1)] + ([_u32(4, set_ids[name])] if name in set_ids else [])
-                exprs += [_payload(NFT_PAYLOAD_NETWORK, 12, 4), _expr("lookup", *attrs)]
+                exprs += [_payload(NFT_PAYLOAD_NETWORK, saddr, size), _expr("lookup", *attrs)]
             else:
-                exprs += _address_match(field, value, negate)
+                exprs += _address_match(field, value, negate, family)
         elif t in PROTOCOLS and i + 1 < n and toks[i + 1] == "dport":
             _, _, port = need(3)
             i += 3
@@ -222,11 +231,11 @@ def compile_rule(rule: str, set_ids: dict[str, int]) -> tuple[bytes, bytes | Non
         elif t == "update":
             _, target, *shape = need(6)
             i += 6
-            if not target.startswith("@") or shape != ["{", "ip", "saddr", "}"]:
+            if not target.startswith("@") or shape != ["{", l3, "saddr", "}"]:
                 raise Unsupported(rule)
             name = target[1:]
             attrs = [_str(1, name), _u32(3, 1), _u32(4, REG_1)] + ([_u32(2, set_ids[name])] if name in set_ids else [])
-            exprs += [_payload(NFT_PAYLOAD_NETWORK, 12, 4), _expr("dynset", *attrs)]
+            exprs += [_payload(NFT_PAYLOAD_NETWORK, saddr, size), _expr("dynset", *attrs)]
         elif t == "dnat":
             _, to, target = need(3)
             i += 3
@@ -234,12 +243,13 @@ def compile_rule(rule: str, set_ids: dict[str, int]) -> tuple[bytes, bytes | Non
             if to != "to":
                 raise Unsupported(rule)
             try:
-                addr = socket.inet_pton(socket.AF_INET, host)
+                addr = socket.inet_pton(socket.AF_INET6, host[1:-1]) if family == 6 and host.startswith("[") \
+                    else socket.inet_pton(socket.AF_INET, host)
             except OSError:
                 raise Unsupported(rule) from None
             exprs += [_expr("immediate", _u32(1, REG_1), _value(2, addr)),
                       _expr("immediate", _u32(1, REG_2), _value(2, _port(port))),
-                      _expr("nat", _u32(1, 1), _u32(2, NFPROTO_IPV4), _u32(3, REG_1), _u32(5, REG_2), _u32(7, 2))]
+                      _expr("nat", _u32(1, 1), _u32(2, NFPROTO[family]), _u32(3, REG_1), _u32(5, REG_2), _u32(7, 2))]
         elif t == "comment":
             _, comment = need(2)
             i += 2
@@ -250,21 +260,21 @@ def compile_rule(rule: str, set_ids: dict[str, int]) -> tuple[bytes, bytes | Non
 
 # --- elements --------------------------------------------------------------------------------
 
-_KEY_TYPES = {name: spec[1].split(" : ")[0].split(" . ") for name, spec in MAPS.items()}
+_KEY_TYPES = {f: {name: spec[1].split(" : ")[0].split(" . ") for name, spec in maps_of(f).items()} for f in SPECS}
 
 
-def _key(map_name: str, key: str) -> bytes:
+def _key(map_name: str, key: str, family: int = 4) -> bytes:
     """An element key (components joined by " . "), each component in a 4-byte-aligned register
     slot as nft lays out concatenations."""
-    types = _KEY_TYPES.get(map_name)
+    types = _KEY_TYPES[family].get(map_name)
     parts = key.split(" . ")
     if types is None or len(parts) != len(types):
         raise Unsupported(f"element {key!r} of {map_name}")
     out = b""
     for typ, part in zip(types, parts, strict=True):
-        if typ == "ipv4_addr":
+        if typ in ("ipv4_addr", "ipv6_addr"):
             try:
-                raw = socket.inet_pton(socket.AF_INET, part)
+                raw = socket.inet_pton(socket.AF_INET if typ == "ipv4_addr" else socket.AF_INET6, part)
             except OSError:
                 raise Unsupported(f"element {key!r}") from None
         elif typ == "inet_proto":
@@ -277,9 +287,9 @@ def _key(map_name: str, key: str) -> bytes:
     return out
 
 
-def _element(map_name: str, key: str, value: str | None) -> bytes:
+def _element(map_name: str, key: str, value: str | None, family: int = 4) -> bytes:
     """NFTA_LIST_ELEM of one element; `value` as rules.Elements keeps it (' comment "x" : goto c')."""
-    attrs = [_value(1, _key(map_name, key))]
+    attrs = [_value(1, _key(map_name, key, family))]
     text = (value or "").strip()
     userdata = None
     if text.startswith("comment "):
@@ -309,11 +319,12 @@ def _element(map_name: str, key: str, value: str | None) -> bytes:
 class Batch:
     """The messages of one transaction, with the op each one came from (for error messages)."""
 
-    def __init__(self) -> None:
+    def __init__(self, family: int = 4) -> None:
         self.parts: list[bytes] = []
         self.ops: list[Op | None] = []
-        family, self.table = TABLE.split()
-        self.family = {"ip": NFPROTO_IPV4}[family]
+        self.ip_family = family
+        self.table = SPECS[family].table.split()[1]
+        self.family = NFPROTO[family]
 
     def message(self, kind: int, flags: int, attrs: bytes, op: Op | None, family: int | None = None,
                 res_id: int = 0) -> None:
@@ -342,11 +353,12 @@ class Batch:
                 if not name.startswith(AFFINITY_PREFIX):
                     raise Unsupported(f"set {name}")
                 set_ids[name] = len(set_ids) + 1
+                size = ADDRESS[self.ip_family][0]
                 self.message(NEWSET, NLM_F_CREATE, table + _str(2, name) + _u32(3, NFT_SET_TIMEOUT | NFT_SET_EVAL)
-                             + _u32(4, TYPE_IPADDR) + _u32(5, 4) + _u32(10, set_ids[name])
+                             + _u32(4, ADDR_TYPES[self.ip_family]) + _u32(5, size) + _u32(10, set_ids[name])
                              + _attr(11, struct.pack(">Q", int(timeout) * 1000)) + _attr(13, KEY_BYTEORDER_BIG), op)
             elif kind == "add_rule":
-                exprs, userdata = compile_rule(op[2], set_ids)
+                exprs, userdata = compile_rule(op[2], set_ids, self.ip_family)
                 attrs = table + _str(2, op[1]) + _attr(4 | NLA_F_NESTED, exprs)
                 if userdata is not None:
                     attrs += _attr(7, userdata)
@@ -354,7 +366,7 @@ class Batch:
             elif kind in ("add_elements", "delete_elements"):
                 adding = kind == "add_elements"
                 items = op[2] if adding else [(k, None) for k in op[2]]
-                elems = b"".join(_element(op[1], k, v) for k, v in items)
+                elems = b"".join(_element(op[1], k, v, self.ip_family) for k, v in items)
                 self.message(NEWSETELEM if adding else DELSETELEM, NLM_F_CREATE if adding else 0,
                              table + _str(2, op[1]) + _nest(3, elems), op)
             else:
@@ -364,9 +376,11 @@ class Batch:
 
 
 class Netlink:
-    """One NETLINK_NETFILTER socket (made on first use, in the calling thread's namespace)."""
+    """One NETLINK_NETFILTER socket (made on first use, in the calling thread's namespace), writing
+    `family`'s table."""
 
-    def __init__(self) -> None:
+    def __init__(self, family: int = 4) -> None:
+        self.family = family
         self.sock: socket.socket | None = None
 
     def _socket(self) -> socket.socket:
@@ -381,7 +395,7 @@ class Netlink:
     def apply(self, ops: list[Op]) -> int:
         """Send `ops` as one transaction; KernelError (nothing applied) when the kernel refuses it,
         Unsupported (nothing sent) when an op cannot be encoded. Returns the messages sent."""
-        batch = Batch()
+        batch = Batch(self.family)
         data = batch.build(ops)
         s = self._socket()
         s.sendto(data, (0, 0))
@@ -407,8 +421,7 @@ class Netlink:
     def _dump(self, kind: int, attrs: bytes) -> Iterable[dict[int, bytes]]:
         """A dump request; yields each reply's top-level attributes (type -> raw payload)."""
         s = self._socket()
-        family = {"ip": NFPROTO_IPV4}[TABLE.split()[0]]
-        body = struct.pack("=BBH", family, 0, 0) + attrs
+        body = struct.pack("=BBH", NFPROTO[self.family], 0, 0) + attrs
         s.sendto(struct.pack("=IHHII", 16 + len(body), (NFNL_SUBSYS_NFTABLES << 8) | kind,
                              NLM_F_REQUEST | NLM_F_DUMP, 1, 0) + body, (0, 0))
         while True:
@@ -434,7 +447,7 @@ class Netlink:
     def objects(self) -> tuple[set[str], dict[str, int | None]]:
         """Our table's chain names, and its sets with their timeouts in seconds (empty when the
         table is absent) — what `nft -j list chains/sets` tells, without nft and its JSON."""
-        table = TABLE.split()[1]
+        table = SPECS[self.family].table.split()[1]
         name = table.encode() + b"\0"
         chains = {a[3].rstrip(b"\0").decode() for a in self._dump(GETCHAIN, _str(1, table))
                   if a.get(1) == name and 3 in a}

@@ -1,6 +1,8 @@
 """Render kube-proxy's nftables proxier layout for a set of service ports (pure).
 
-One table, `ip kube-proxy`:
+One table per IP family, as kube-proxy's per-family proxiers: `ip kube-proxy` and `ip6 kube-proxy`
+(Config.family picks; the IPv6 table matches `ip6 saddr/daddr`, keys `ipv6_addr`, never serves
+node ports on ::1, DNATs to "[addr]:port"; `reject` answers with ICMPv6 there). The layout:
   base chains   filter-{prerouting,input,forward,output} (priority dstnat-10: before DNAT, so the
                 filter checks see service addresses), filter-output-post-dnat (dstnat+10),
                 nat-{prerouting,output} (dstnat) and nat-postrouting (srcnat);
@@ -32,7 +34,19 @@ from dataclasses import dataclass, field
 
 from kproxy.model import DROP, MASQ_MARK, Config, Endpoint, ServicePort, categorize, masquerade_external
 
-TABLE = "ip kube-proxy"
+
+@dataclass(frozen=True)
+class FamilySpec:
+    """What differs between the two families' tables."""
+    table: str  # "<nft family> <name>"
+    ip: str  # the payload expression prefix: ip / ip6
+    addr_type: str  # nft's address datatype
+    localhost: str  # node ports are not served on these destinations (kube-proxy's noLocalhost)
+
+
+SPECS = {4: FamilySpec("ip kube-proxy", "ip", "ipv4_addr", "127.0.0.0/8"),
+         6: FamilySpec("ip6 kube-proxy", "ip6", "ipv6_addr", "::1")}
+TABLE = SPECS[4].table
 NAME_MAX = 256 - 16  # nftables' name limit less the longest prefix, as kube-proxy truncates
 # (name, type, hook, priority): the filter chains run before DNAT (dstnat - 10 = -110) so they see
 # service addresses; filter-output-post-dnat after it (dstnat + 10 = -90), to see what DNAT left.
@@ -61,34 +75,48 @@ JUMPS = (
     ("filter-forward", "ct state new jump cluster-ips-check"),
     ("filter-output-post-dnat", "ct state new jump cluster-ips-check"),
 )
-LOCAL_DST = "fib daddr type local ip daddr != 127.0.0.0/8"  # node ports: every local address
-STATIC_CHAINS = {
-    "services": ["ip daddr . meta l4proto . th dport vmap @service-ips",
-                 f"{LOCAL_DST} meta l4proto . th dport vmap @service-nodeports"],
-    "service-endpoints-check": ["ip daddr . meta l4proto . th dport vmap @no-endpoint-services"],
-    "nodeport-endpoints-check": [f"{LOCAL_DST} meta l4proto . th dport vmap @no-endpoint-nodeports"],
-    "firewall-check": ["ip daddr . meta l4proto . th dport vmap @firewall-ips"],
-    "cluster-ips-check": ['ip daddr @cluster-ips reject comment "Reject traffic to invalid ports of ClusterIPs"'],
-    # A TCP client gets a reset at once (kube-proxy's plain `reject` sends ICMP, which the ICMP
-    # rate limit can swallow, leaving the client to time out); everything else an ICMP error.
-    "reject-chain": ["meta l4proto tcp reject with tcp reset", "reject"],
-    "mark-for-masquerade": [f"mark set mark or {MASQ_MARK}"],
-    "masquerading": [f"mark and {MASQ_MARK} == 0 return", f"mark set mark xor {MASQ_MARK}",
-                     "masquerade fully-random"],
-}
-SERVICE_KEY = "ipv4_addr . inet_proto . inet_service"
+
+
+def static_chains(family: int = 4) -> dict[str, list[str]]:
+    """The top-level chains' rules, in `family`'s table."""
+    f = SPECS[family]
+    local_dst = f"fib daddr type local {f.ip} daddr != {f.localhost}"  # node ports: every local address
+    return {
+        "services": [f"{f.ip} daddr . meta l4proto . th dport vmap @service-ips",
+                     f"{local_dst} meta l4proto . th dport vmap @service-nodeports"],
+        "service-endpoints-check": [f"{f.ip} daddr . meta l4proto . th dport vmap @no-endpoint-services"],
+        "nodeport-endpoints-check": [f"{local_dst} meta l4proto . th dport vmap @no-endpoint-nodeports"],
+        "firewall-check": [f"{f.ip} daddr . meta l4proto . th dport vmap @firewall-ips"],
+        "cluster-ips-check": [f"{f.ip} daddr @cluster-ips reject "
+                              'comment "Reject traffic to invalid ports of ClusterIPs"'],
+        # A TCP client gets a reset at once (kube-proxy's plain `reject` sends ICMP, which the ICMP
+        # rate limit can swallow, leaving the client to time out); everything else an ICMP error.
+        "reject-chain": ["meta l4proto tcp reject with tcp reset", "reject"],
+        "mark-for-masquerade": [f"mark set mark or {MASQ_MARK}"],
+        "masquerading": [f"mark and {MASQ_MARK} == 0 return", f"mark set mark xor {MASQ_MARK}",
+                         "masquerade fully-random"],
+    }
+
+
 NODEPORT_KEY = "inet_proto . inet_service"
-# name -> (set or map, type, comment)
-MAPS = {
-    "cluster-ips": ("set", "ipv4_addr", "Active ClusterIPs"),
-    "service-ips": ("map", f"{SERVICE_KEY} : verdict", "ClusterIP, ExternalIP and LoadBalancer IP traffic"),
-    "service-nodeports": ("map", f"{NODEPORT_KEY} : verdict", "NodePort traffic"),
-    "no-endpoint-services": ("map", f"{SERVICE_KEY} : verdict",
-                             "vmap to drop or reject packets to services with no endpoints"),
-    "no-endpoint-nodeports": ("map", f"{NODEPORT_KEY} : verdict",
-                              "vmap to drop or reject packets to service nodeports with no endpoints"),
-    "firewall-ips": ("map", f"{SERVICE_KEY} : verdict", "destinations that are subject to LoadBalancerSourceRanges"),
-}
+
+
+def maps_of(family: int = 4) -> dict[str, tuple[str, str, str]]:
+    """name -> (set or map, type, comment) in `family`'s table."""
+    service_key = f"{SPECS[family].addr_type} . inet_proto . inet_service"
+    return {
+        "cluster-ips": ("set", SPECS[family].addr_type, "Active ClusterIPs"),
+        "service-ips": ("map", f"{service_key} : verdict", "ClusterIP, ExternalIP and LoadBalancer IP traffic"),
+        "service-nodeports": ("map", f"{NODEPORT_KEY} : verdict", "NodePort traffic"),
+        "no-endpoint-services": ("map", f"{service_key} : verdict",
+                                 "vmap to drop or reject packets to services with no endpoints"),
+        "no-endpoint-nodeports": ("map", f"{NODEPORT_KEY} : verdict",
+                                  "vmap to drop or reject packets to service nodeports with no endpoints"),
+        "firewall-ips": ("map", f"{service_key} : verdict",
+                         "destinations that are subject to LoadBalancerSourceRanges"),
+    }
+
+
 SERVICE_CHAIN_PREFIXES = ("service-", "local-", "external-", "endpoint-", "firewall-")
 AFFINITY_PREFIX = "affinity-"
 
@@ -106,8 +134,10 @@ def chain_base(sp: ServicePort) -> str:
 
 
 def endpoint_base(sp: ServicePort, ep: Endpoint) -> str:
-    """"HASH-namespace/name/protocol/portName__ip/port" of one endpoint of the service port."""
-    return _hash_and_truncate(f"{sp.namespace}/{sp.name}/{sp.proto}/{sp.port_name}__{ep.ip}/{ep.port}")
+    """"HASH-namespace/name/protocol/portName__ip/port" of one endpoint of the service port (an IPv6
+    address with "." for ":", which nft names cannot hold: "fd00.10.244..2/8080", as kube-proxy)."""
+    address = ep.ip.replace(":", ".")
+    return _hash_and_truncate(f"{sp.namespace}/{sp.name}/{sp.proto}/{sp.port_name}__{address}/{ep.port}")
 
 
 def is_service_chain(name: str) -> bool:
@@ -129,7 +159,7 @@ def _verdict(verdict: str) -> str:
     return "drop" if verdict == DROP else "goto reject-chain"
 
 
-def _dispatch(sp: ServicePort, chain: list[str], eps: Iterable[Endpoint]) -> None:
+def _dispatch(sp: ServicePort, chain: list[str], eps: Iterable[Endpoint], ip: str = "ip") -> None:
     """Rules choosing an endpoint: affinity hits first, then a random pick. The pick is a walk of
     `numgen random mod N-i 0 goto endpoint-i` rules (a fresh number each, so every endpoint gets
     1/N, as iptables' statistic chain), not kube-proxy's single `numgen random mod N vmap { ... }`:
@@ -140,7 +170,7 @@ def _dispatch(sp: ServicePort, chain: list[str], eps: Iterable[Endpoint]) -> Non
     if sp.affinity_seconds:
         for ep in eps:
             base = endpoint_base(sp, ep)
-            chain.append(f"ip saddr @{AFFINITY_PREFIX}{base} goto endpoint-{base}")
+            chain.append(f"{ip} saddr @{AFFINITY_PREFIX}{base} goto endpoint-{base}")
     for i, ep in enumerate(eps):
         left = len(eps) - i
         pick = f"numgen random mod {left} 0 " if left > 1 else ""
@@ -159,6 +189,7 @@ def render_service(sp: ServicePort, cfg: Config) -> ServiceNft:
     uses_ext_chain = cats.has_endpoints and sp.externally_accessible
     note = f' comment "{sp.key}"'
     port_key = f"{sp.proto} . {sp.port}"
+    l3 = SPECS[cfg.family].ip  # "ip" / "ip6" in matches
 
     if uses_cluster_chain:
         out.chains[cluster_chain] = []
@@ -173,11 +204,11 @@ def render_service(sp: ServicePort, cfg: Config) -> ServiceNft:
         key = f"{cip} . {port_key}"
         if cats.internal_verdict is None:
             out.elements[("service-ips", key)] = f" : goto {internal_chain}"
-            match = f"ip daddr {cip} {sp.proto} dport {sp.port}"
+            match = f"{l3} daddr {cip} {sp.proto} dport {sp.port}"
             if cfg.masquerade_all:
                 out.chains[internal_chain].append(f"{match} jump mark-for-masquerade")
             elif cfg.cluster_cidr:
-                out.chains[internal_chain].append(f"{match} ip saddr != {cfg.cluster_cidr} jump mark-for-masquerade")
+                out.chains[internal_chain].append(f"{match} {l3} saddr != {cfg.cluster_cidr} jump mark-for-masquerade")
         else:
             out.elements[("no-endpoint-services", key)] = f"{note} : {_verdict(cats.internal_verdict)}"
 
@@ -202,23 +233,23 @@ def render_service(sp: ServicePort, cfg: Config) -> ServiceNft:
             rules.append("jump mark-for-masquerade")  # the endpoint may be on another node
         else:
             if cfg.cluster_cidr:
-                rules.append(f'ip saddr {cfg.cluster_cidr} goto {cluster_chain} comment "short-circuit pod traffic"')
+                rules.append(f'{l3} saddr {cfg.cluster_cidr} goto {cluster_chain} comment "short-circuit pod traffic"')
             rules.append('fib saddr type local jump mark-for-masquerade comment "masquerade local traffic"')
             rules.append(f'fib saddr type local goto {cluster_chain} comment "short-circuit local traffic"')
         if cats.external_verdict is None:
             rules.append(f"goto {external_policy_chain}")
 
     if uses_cluster_chain:
-        _dispatch(sp, out.chains[cluster_chain], cats.cluster)
+        _dispatch(sp, out.chains[cluster_chain], cats.cluster, l3)
     if uses_local_chain:
-        _dispatch(sp, out.chains[local_chain], cats.local)
+        _dispatch(sp, out.chains[local_chain], cats.local, l3)
     for ep in cats.reachable:
         ep_base = endpoint_base(sp, ep)
-        rules = [f"ip saddr {ep.ip} jump mark-for-masquerade"]  # hairpin: a pod reaching itself
+        rules = [f"{l3} saddr {ep.ip} jump mark-for-masquerade"]  # hairpin: a pod reaching itself
         if sp.affinity_seconds:
             out.affinity[f"{AFFINITY_PREFIX}{ep_base}"] = sp.affinity_seconds
-            rules.append(f"update @{AFFINITY_PREFIX}{ep_base} {{ ip saddr }}")
-        rules.append(f"meta l4proto {sp.proto} dnat to {ep.ip}:{ep.port}")
+            rules.append(f"update @{AFFINITY_PREFIX}{ep_base} {{ {l3} saddr }}")
+        rules.append(f"meta l4proto {sp.proto} dnat to {ep.addr}")
         out.chains[f"endpoint-{ep_base}"] = rules
     return out
 
@@ -268,61 +299,65 @@ def _element(ek: ElementKey, value: str | None = None) -> str:
     return f"{ek[1]}{value}" if value is not None else ek[1]
 
 
-def _elements(verb: str, eks: Iterable[ElementKey], values: Elements | None) -> list[str]:
+def _elements(verb: str, eks: Iterable[ElementKey], values: Elements | None, table: str = TABLE) -> list[str]:
     """One `add/delete element` command per map, elements sorted (stable output)."""
     by_map: dict[str, list[str]] = {}
     for ek in sorted(eks):
         by_map.setdefault(ek[0], []).append(_element(ek, values.value(ek) if values else None))
-    return [f"{verb} element {TABLE} {m} {{ {', '.join(items)} }}" for m, items in sorted(by_map.items())]
+    return [f"{verb} element {table} {m} {{ {', '.join(items)} }}" for m, items in sorted(by_map.items())]
 
 
-def _add_set(name: str, timeout: int) -> str:
-    return f"add set {TABLE} {name} {{ type ipv4_addr; flags dynamic,timeout; timeout {timeout}s; }}"
+def _add_set(name: str, timeout: int, family: int = 4) -> str:
+    f = SPECS[family]
+    return f"add set {f.table} {name} {{ type {f.addr_type}; flags dynamic,timeout; timeout {timeout}s; }}"
 
 
-def _rules(chains: dict[str, list[str]]) -> list[str]:
-    return [f"add rule {TABLE} {c} {r}" for c in sorted(chains) for r in chains[c]]
+def _rules(chains: dict[str, list[str]], table: str = TABLE) -> list[str]:
+    return [f"add rule {table} {c} {r}" for c in sorted(chains) for r in chains[c]]
 
 
-def static_objects() -> list[str]:
+def static_objects(family: int = 4) -> list[str]:
     """The table, base chains (with their jumps), top-level chains and maps, each declared and
     flushed (maps are refilled by the caller): what a full sync rewrites besides the services."""
-    lines = [f'add table {TABLE} {{ comment "rules for kube-proxy"; }}']
+    table = SPECS[family].table
+    chains = static_chains(family)
+    lines = [f'add table {table} {{ comment "rules for kube-proxy"; }}']
     for name, kind, hook, prio in BASE_CHAINS:
-        lines += [f"add chain {TABLE} {name} {{ type {kind} hook {hook} priority {prio}; }}",
-                  f"flush chain {TABLE} {name}"]
-    for name in STATIC_CHAINS:
-        lines += [f"add chain {TABLE} {name}", f"flush chain {TABLE} {name}"]
-    for name, (kind, typ, comment) in MAPS.items():
-        lines += [f'add {kind} {TABLE} {name} {{ type {typ}; comment "{comment}"; }}', f"flush {kind} {TABLE} {name}"]
-    lines += [f"add rule {TABLE} {chain} {rule}" for chain, rule in JUMPS]
-    lines += [f"add rule {TABLE} {c} {r}" for c, rules in STATIC_CHAINS.items() for r in rules]
+        lines += [f"add chain {table} {name} {{ type {kind} hook {hook} priority {prio}; }}",
+                  f"flush chain {table} {name}"]
+    for name in chains:
+        lines += [f"add chain {table} {name}", f"flush chain {table} {name}"]
+    for name, (kind, typ, comment) in maps_of(family).items():
+        lines += [f'add {kind} {table} {name} {{ type {typ}; comment "{comment}"; }}', f"flush {kind} {table} {name}"]
+    lines += [f"add rule {table} {chain} {rule}" for chain, rule in JUMPS]
+    lines += [f"add rule {table} {c} {r}" for c, rules in chains.items() for r in rules]
     return lines
 
 
 def render_full(rendered: dict[str, ServiceNft], elements: Elements, kernel_chains: set[str],
-                kernel_sets: dict[str, int | None]) -> str:
+                kernel_sets: dict[str, int | None], family: int = 4) -> str:
     """One transaction rewriting the whole table: every object declared and flushed, every rule and
     element written again; service chains and affinity sets nobody owns (left by a predecessor,
     or by hand) deleted at the end, after everything that referred to them is gone. Affinity sets
     are kept (established affinities survive a restart) unless their timeout changed.
-    `kernel_sets`: affinity set name -> its timeout in the kernel."""
+    `kernel_sets`: affinity set name -> its timeout in the kernel. `family`: whose table."""
+    table = SPECS[family].table
     chains = {c: r for sr in rendered.values() for c, r in sr.chains.items()}
     sets = {s: t for sr in rendered.values() for s, t in sr.affinity.items()}
     stale_chains = sorted(c for c in kernel_chains if is_service_chain(c) and c not in chains)
     stale_sets = sorted(s for s in kernel_sets if s.startswith(AFFINITY_PREFIX) and s not in sets)
-    lines = static_objects()
+    lines = static_objects(family)
     # A chain the kernel has is flushed, one it lacks is added: both lines for each would be a
     # third of the script at 10,000 services, and nft's parsing is most of a full sync's cost.
-    lines += [f"flush chain {TABLE} {c}" if c in kernel_chains else f"add chain {TABLE} {c}" for c in sorted(chains)]
-    lines += [f"flush chain {TABLE} {c}" for c in stale_chains]
+    lines += [f"flush chain {table} {c}" if c in kernel_chains else f"add chain {table} {c}" for c in sorted(chains)]
+    lines += [f"flush chain {table} {c}" for c in stale_chains]
     retimed = sorted(s for s, t in sets.items() if s in kernel_sets and kernel_sets[s] != t)
-    lines += [f"delete set {TABLE} {s}" for s in retimed]
-    lines += [_add_set(s, sets[s]) for s in sorted(sets)]
-    lines += _rules(chains)
-    lines += _elements("add", elements.all(), elements)
-    lines += [f"delete chain {TABLE} {c}" for c in stale_chains]
-    lines += [f"delete set {TABLE} {s}" for s in stale_sets]
+    lines += [f"delete set {table} {s}" for s in retimed]
+    lines += [_add_set(s, sets[s], family) for s in sorted(sets)]
+    lines += _rules(chains, table)
+    lines += _elements("add", elements.all(), elements, table)
+    lines += [f"delete chain {table} {c}" for c in stale_chains]
+    lines += [f"delete set {table} {s}" for s in stale_sets]
     return "\n".join(lines) + "\n"
 
 
@@ -374,24 +409,25 @@ _OP_TEXT = {"add_chain": "add chain {t} {0}", "flush_chain": "flush chain {t} {0
             "add_rule": "add rule {t} {0} {1}"}
 
 
-def ops_text(ops: list[Op]) -> str:
-    """The transaction as an `nft -f` script."""
+def ops_text(ops: list[Op], family: int = 4) -> str:
+    """The transaction as an `nft -f` script (in `family`'s table)."""
+    table = SPECS[family].table
     lines = []
     for kind, *args in ops:
         if kind in _OP_TEXT:
-            lines.append(_OP_TEXT[kind].format(*args, t=TABLE))
+            lines.append(_OP_TEXT[kind].format(*args, t=table))
         elif kind == "add_set":
-            lines.append(_add_set(args[0], args[1]))
+            lines.append(_add_set(args[0], args[1], family))
         elif kind == "delete_elements":
-            lines.append(f"delete element {TABLE} {args[0]} {{ {', '.join(args[1])} }}")
+            lines.append(f"delete element {table} {args[0]} {{ {', '.join(args[1])} }}")
         elif kind == "add_elements":
-            lines.append(f"add element {TABLE} {args[0]} {{ {', '.join(k + v for k, v in args[1])} }}")
+            lines.append(f"add element {table} {args[0]} {{ {', '.join(k + v for k, v in args[1])} }}")
         else:
             raise ValueError(f"unknown nftables operation {kind!r}")
     return "\n".join(lines) + "\n"
 
 
 def render_partial(old: dict[str, ServiceNft], new: dict[str, ServiceNft], changed: Iterable[str],
-                   deletes: set[ElementKey], adds: set[ElementKey], elements: Elements) -> str:
+                   deletes: set[ElementKey], adds: set[ElementKey], elements: Elements, family: int = 4) -> str:
     """`partial_ops` as an `nft -f` script."""
-    return ops_text(partial_ops(old, new, changed, deletes, adds, elements))
+    return ops_text(partial_ops(old, new, changed, deletes, adds, elements), family)

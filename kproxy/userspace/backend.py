@@ -4,6 +4,10 @@ REDIRECT rules sending cluster/external IP traffic to it (node ports are listene
 As in the original kube-proxy userspace mode, the proxy opens the backend connection itself, so
 backends see the node as the client (also under externalTrafficPolicy: Local, which still
 restricts the choice to local endpoints); a refused backend is retried on the next one.
+
+One backend per IP family (Config.family): the IPv6 one listens on AF_INET6 sockets (IPV6_V6ONLY,
+so its node ports and the IPv4 backend's share the port numbers) and writes its portals with
+ip6tables.
 """
 
 from __future__ import annotations
@@ -18,8 +22,8 @@ from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 
 from knet import netfilter
-from kproxy.iptables.backend import ensure_jumps, remove_chains
-from kproxy.iptables.rules import FILTER_BASE, render_filter, render_rejects
+from kproxy.iptables.backend import ensure_jumps, family_binary, remove_chains
+from kproxy.iptables.rules import FILTER_BASE, host_match, render_filter, render_rejects
 from kproxy.iptables.rules import JUMPS as IPTABLES_JUMPS
 from kproxy.model import Config, ServicePort, SyncResult, categorize
 from kproxy.userspace.balancer import Balancer
@@ -54,7 +58,7 @@ def portal_lines(sp: ServicePort, port: int, internal: bool, external: bool) -> 
     proto = sp.proto
     dsts = [ip for ip in sp.cluster_ips if internal] + \
         [ip for ip in (*sp.external_ips, *sp.load_balancer_ips) if external]
-    return [f'-A {chain} -m comment --comment "{sp.key}" -m {proto} -p {proto} -d {ip}/32 '
+    return [f'-A {chain} -m comment --comment "{sp.key}" -m {proto} -p {proto} -d {host_match(ip)} '
             f"--dport {sp.port} -j REDIRECT --to-ports {port}"
             for ip in dsts for chain in ("KUBE-PORTALS-CONTAINER", "KUBE-PORTALS-HOST")]
 
@@ -92,7 +96,8 @@ class UserspaceBackend:
         self.cfg = cfg
         self.loop = loop
         self.udp_idle_timeout = udp_idle_timeout
-        self.binary = binary
+        self.binary = family_binary(binary, cfg.family)
+        self.family = socket.AF_INET6 if cfg.family == 6 else socket.AF_INET
         self.proxies: dict[str, PortProxy] = {}  # touched on the loop only
         self.ports: dict[str, ServicePort] = {}  # the rest on the sync thread
         self.portals: dict[str, list[str]] = {}
@@ -111,6 +116,21 @@ class UserspaceBackend:
             raise RuntimeError("userspace backend: sync()/close() must not be called from its event loop's thread")
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
+    def _socket(self, kind: int, port: int) -> socket.socket:
+        """A socket of this backend's family bound to every address (IPv6: only IPv6, so that the
+        other family's backend can listen on the same node port)."""
+        sock = socket.socket(self.family, kind)
+        try:
+            if kind == socket.SOCK_STREAM:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if self.family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(("::" if self.family == socket.AF_INET6 else "0.0.0.0", port))
+        except OSError:
+            sock.close()
+            raise
+        return sock
+
     async def _listen(self, sp: ServicePort, port: int, balancer: Balancer) -> tuple[object, int]:
         loop = asyncio.get_running_loop()
         if sp.protocol == "UDP":
@@ -119,11 +139,10 @@ class UserspaceBackend:
                 background(loop.create_datagram_endpoint(lambda: flow, remote_addr=(ep.ip, ep.port)))
 
             front = UdpFront(balancer, self.udp_idle_timeout, self.stats, spawn)
-            transport, _ = await loop.create_datagram_endpoint(lambda: front, local_addr=("0.0.0.0", port))
+            sock = self._socket(socket.SOCK_DGRAM, port)
+            transport, _ = await loop.create_datagram_endpoint(lambda: front, sock=sock)
             return front, transport.get_extra_info("sockname")[1]
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("0.0.0.0", port))
+        sock = self._socket(socket.SOCK_STREAM, port)
         server = await loop.create_server(lambda: TcpFront(balancer, self.stats), sock=sock, backlog=1024)
         return server, sock.getsockname()[1]
 

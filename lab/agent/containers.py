@@ -77,8 +77,11 @@ class Process:
     @classmethod
     def spawn(cls, pod_netns: str, argv: Sequence[str], env: dict[str, str], io: ContainerIO,
               cwd: str | None = None, cgroup: str | None = None) -> Process:
+        """pod_netns "": in the agent's own namespace (a hostNetwork pod of an agent that is not
+        told its node's namespace name)."""
         os.makedirs(os.path.dirname(io.log_path), exist_ok=True)
-        cmd = netns.exec_argv(pod_netns, ["setsid", "--ctty", *argv] if io.tty else list(argv))
+        inner = ["setsid", "--ctty", *argv] if io.tty else list(argv)
+        cmd = netns.exec_argv(pod_netns, inner) if pod_netns else inner
         if cgroup:
             cmd = cgroups.join_argv(cgroups.ensure(cgroup), cmd)  # joins before exec: the pid stays the container's
         ours: list[int] = []  # descriptors this process holds only until both children have them

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass
 
@@ -47,6 +48,17 @@ def parse_image(image: str) -> ImageRef:
 
 def version_of(image: str) -> str:
     return parse_image(image).tag
+
+
+def is_knet(image: str) -> bool:
+    """The project's own image (`knet`, `ghcr.io/<owner>/knet:<tag>`): its executables are this
+    installation's."""
+    return parse_image(image).name == "knet"
+
+
+def knet_path(path: str, python: str = sys.executable) -> str:
+    """PATH with the installed project's executables (the console scripts beside its python) first."""
+    return os.path.dirname(python) + ":" + path
 
 
 def _workload(mode: str, *args: str, python: str) -> list[str]:

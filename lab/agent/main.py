@@ -72,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=KUBELET_PORT,
                    help="the node API (exec, logs, port-forward, stats) on the node IP; 0: none")
     p.add_argument("--client-ca-file", help="CA of the API server's client certificate (default: the kubeconfig's)")
+    p.add_argument("--service-account-tokens", metavar="FILE",
+                   help="tokens file (token,user,... lines) whose system:serviceaccount:<ns>:<name> tokens go "
+                        "into projected serviceAccountToken volumes (the lab has no TokenRequest API)")
     p.add_argument("--stats-period", type=float, default=5.0, help="seconds between cgroup samples")
     p.add_argument("--log-level", default="info")
     return p
@@ -121,7 +124,7 @@ class Agent:
         self.rt = Runtime(self.api, prefix, self.node, info, state_dir, self.node_ip, args.service_cidr,
                           args.cluster_domain, args.lab_root if args.lab else None, self.services,
                           cgroup=args.cgroup or (kernel.node_cgroup(args.lab, self.node) if args.lab else None),
-                          recorder=self.recorder)
+                          recorder=self.recorder, sa_tokens=args.service_account_tokens)
         self.sampler = stats.Sampler(self.node, self.rt.cgroup, self.stats_targets, args.stats_period)
         self.node_api: NodeApi | None = None
         self.workers: dict[str, PodWorker] = {}

@@ -9,13 +9,63 @@ Service name upper-cased with '-' -> '_'. `enableServiceLinks: false` keeps only
 
 from __future__ import annotations
 
+import base64
 import ipaddress
-from collections.abc import Iterable
+import re
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from knet.kube.models import Container, Pod, Service
 
 CLUSTER_DOMAIN = "cluster.local"
+# (kind, namespace, name) -> the ConfigMap or Secret (a dict), None when it does not exist.
+Lookup = Callable[[str, str, str], "dict[str, Any] | None"]
+_ENV_NAME = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
+
+
+class ConfigError(Exception):
+    """The container's configuration cannot be resolved (the kubelet's CreateContainerConfigError)."""
+
+
+def _values(kind: str, obj: dict[str, Any]) -> dict[str, str]:
+    if kind == "Secret":
+        out = {k: base64.b64decode(v).decode(errors="replace") for k, v in (obj.get("data") or {}).items()}
+        out.update({k: str(v) for k, v in (obj.get("stringData") or {}).items()})
+        return out
+    return {k: str(v) for k, v in (obj.get("data") or {}).items()}
+
+
+def _key_ref(kind: str, ref: dict[str, Any], ns: str, lookup: Lookup | None) -> str | None:
+    name, key = str(ref.get("name") or ""), str(ref.get("key") or "")
+    obj = lookup(kind, ns, name) if lookup else None
+    if obj is None:
+        if ref.get("optional"):
+            return None
+        raise ConfigError(f'{kind.lower()} "{name}" not found')
+    values = _values(kind, obj)
+    if key not in values:
+        if ref.get("optional"):
+            return None
+        raise ConfigError(f"couldn't find key {key} in {kind} {ns}/{name}")
+    return values[key]
+
+
+def env_from(sources: Iterable[dict[str, Any]], ns: str, lookup: Lookup | None) -> dict[str, str]:
+    """envFrom: every key of each ConfigMap / Secret (with its prefix) that is a valid variable name."""
+    env: dict[str, str] = {}
+    for src in sources:
+        prefix = str(src.get("prefix") or "")
+        for kind, field in (("ConfigMap", "configMapRef"), ("Secret", "secretRef")):
+            ref = src.get(field)
+            if not isinstance(ref, dict):
+                continue
+            obj = lookup(kind, ns, str(ref.get("name") or "")) if lookup else None
+            if obj is None:
+                if ref.get("optional"):
+                    continue
+                raise ConfigError(f'{kind.lower()} "{ref.get("name")}" not found')
+            env.update({prefix + k: v for k, v in _values(kind, obj).items() if _ENV_NAME.match(prefix + k)})
+    return env
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
@@ -76,9 +126,13 @@ def _field_ref(path: str, pod: Pod, host_ip: str | None) -> str:
 
 
 def container_env(container: Container, pod: Pod, services_env: dict[str, str], pod_ip: str | None = None,
-                  host_ip: str | None = None) -> dict[str, str]:
-    """Service variables, then the container's own `env` (which wins), HOSTNAME and PATH."""
-    env = {"PATH": DEFAULT_PATH, "HOSTNAME": pod_hostname(pod), **services_env}
+                  host_ip: str | None = None, lookup: Lookup | None = None) -> dict[str, str]:
+    """Service variables, then envFrom, then the container's own `env` (which wins), HOSTNAME and
+    PATH; configMapKeyRef / secretKeyRef / envFrom read through `lookup` (ConfigError when a
+    referenced object or key is missing and not optional)."""
+    ns = pod.namespace or "default"
+    env = {"PATH": DEFAULT_PATH, "HOSTNAME": pod_hostname(pod), **services_env,
+           **env_from((container.model_extra or {}).get("envFrom") or [], ns, lookup)}
     view = pod
     if pod_ip and not pod.status.pod_ip:
         view = pod.model_copy(update={"status": pod.status.model_copy(update={"pod_ip": pod_ip})})
@@ -87,9 +141,22 @@ def container_env(container: Container, pod: Pod, services_env: dict[str, str], 
             env[var.name] = _expand(var.value, env)
         elif var.value_from and isinstance(var.value_from.get("fieldRef"), dict):
             env[var.name] = _field_ref(str(var.value_from["fieldRef"].get("fieldPath", "")), view, host_ip)
+        elif var.value_from and isinstance(var.value_from.get("configMapKeyRef"), dict):
+            value = _key_ref("ConfigMap", var.value_from["configMapKeyRef"], ns, lookup)
+            if value is not None:
+                env[var.name] = value
+        elif var.value_from and isinstance(var.value_from.get("secretKeyRef"), dict):
+            value = _key_ref("Secret", var.value_from["secretKeyRef"], ns, lookup)
+            if value is not None:
+                env[var.name] = value
         else:
-            env[var.name] = ""  # secretKeyRef / configMapKeyRef: not resolved in the lab
+            env[var.name] = ""  # resourceFieldRef: not resolved in the lab
     return env
+
+
+def expand_argv(argv: list[str], env: dict[str, str]) -> list[str]:
+    """$(VAR) in a container's command and args, from its environment (as the kubelet does)."""
+    return [_expand(a, env) for a in argv]
 
 
 def _expand(value: str, env: dict[str, str]) -> str:

@@ -1,6 +1,12 @@
-"""One thread per pod (the kubelet's pod worker): make or adopt the sandbox, start the containers,
-restart them (restartPolicy, CrashLoopBackOff, failed liveness), run the probes, report status,
-and on removal stop everything and give the sandbox back (CNI DEL, namespace removed)."""
+"""One thread per pod (the kubelet's pod worker): make or adopt the sandbox, run the init
+containers to completion in order, start the containers, restart them (restartPolicy,
+CrashLoopBackOff, failed liveness), run the probes, report status, and on removal stop everything
+and give the sandbox back (CNI DEL, namespace removed).
+
+A `hostNetwork: true` pod has no sandbox: its containers run in the node's network namespace and
+its IP is the node's (no CNI ADD/DEL, the node's resolv.conf and hosts). Every container start
+makes the pod's volumes afresh (lab.agent.volumes: ConfigMaps and Secrets read then) and runs the
+process in a mount namespace of its own with its volumeMounts bound in."""
 
 from __future__ import annotations
 
@@ -17,7 +23,7 @@ from knet.kube import client
 from knet.kube.models import Container, Pod
 from knet.kube.models.core import LifecycleHandler, Probe
 from knet.kube.recorder import NORMAL, WARNING
-from lab.agent import images, podenv
+from lab.agent import images, podenv, volumes
 from lab.agent.containers import Backoff, ContainerIO, Process
 from lab.agent.probes import LIVENESS, READINESS, STARTUP, Tracker, run_probe
 from lab.agent.status import ContainerState, comparable, now, pod_status
@@ -34,11 +40,14 @@ class PodWorker(threading.Thread):
         self.rt, self.pod, self.saved = rt, pod, saved
         self.key, self.uid = pod.key, pod.metadata.uid or ""
         self.ns, self.name = pod.namespace or "default", pod.name
-        self.podns = rt.pod_netns(self.ns, self.name)
+        self.host_network = pod.spec.host_network
+        # hostNetwork: the node's namespace ("": the agent's own, when it is not told its name)
+        self.podns: str = (rt.node_info.get("netns") or "") if self.host_network else rt.pod_netns(self.ns, self.name)
         self.record: dict[str, Any] | None = None
         self.states = {c.name: ContainerState(c.name, c.image) for c in pod.spec.containers}
+        self.init_states = {c.name: ContainerState(c.name, c.image) for c in pod.spec.init_containers}
         self.procs: dict[str, Process | None] = {}
-        self.backoffs = {c.name: Backoff() for c in pod.spec.containers}
+        self.backoffs = {c.name: Backoff() for c in (*pod.spec.init_containers, *pod.spec.containers)}
         self.next_start: dict[str, float] = {}
         self.run_since: dict[str, float] = {}
         self.trackers: dict[tuple[str, str], Tracker] = {}
@@ -96,6 +105,15 @@ class PodWorker(threading.Thread):
 
     def _setup(self) -> None:
         saved = self.saved
+        if self.host_network:
+            self.record = {"ip": self.rt.node_ip, "host_network": True}
+            if saved and saved.get("uid") == self.uid:
+                self._adopt(saved)
+            else:
+                self.start_time = now()
+            log.info("pod %s: host network (%s)", self.key, self.rt.node_ip)
+            self._save()
+            return
         if saved and saved.get("uid") == self.uid and os.path.exists(f"/run/netns/{self.podns}"):
             self.record = saved["record"]
             self._adopt(saved)
@@ -117,6 +135,12 @@ class PodWorker(threading.Thread):
 
     def _adopt(self, saved: dict[str, Any]) -> None:
         ready_now = {c.name: c.ready for c in self.pod.status.container_statuses}
+        self.start_time = saved.get("start_time") or self.start_time
+        for name, info in (saved.get("init") or {}).items():
+            if name in self.init_states:
+                self.init_states[name].ever_started = True
+                self.init_states[name].restart_count = info.get("restart_count", 0)
+                self.init_states[name].terminated = info.get("terminated")
         for c in self.pod.spec.containers:
             info = saved.get("containers", {}).get(c.name)
             st = self.states[c.name]
@@ -140,7 +164,9 @@ class PodWorker(threading.Thread):
                 "containers": {n: {"pid": p.pid, "started": p.started, "restart_count": self.states[n].restart_count,
                                    "started_at": self.states[n].started_at,
                                    "last_terminated": self.states[n].last_terminated}
-                               for n, p in self.procs.items() if p is not None}}
+                               for n, p in self.procs.items() if p is not None and n in self.states},
+                "init": {n: {"restart_count": st.restart_count, "terminated": st.terminated}
+                         for n, st in self.init_states.items() if st.terminated is not None}}
         self.rt.save_pod_state(self.ns, self.name, data)
 
     # --- containers ------------------------------------------------------------------------------
@@ -166,15 +192,19 @@ class PodWorker(threading.Thread):
         return ContainerIO(log_path, tty=c.tty, stdin_fifo=os.path.join(cdir, "stdin") if c.stdin else None,
                            control_fifo=os.path.join(cdir, "control") if c.tty or c.stdin else None)
 
-    def _start(self, c: Container) -> None:
-        st = self.states[c.name]
+    def _start(self, c: Container, st: ContainerState) -> None:
         pod = self.pod
         ip = (self.record or {}).get("ip")
         links = (pod.spec.model_extra or {}).get("enableServiceLinks", True) is not False
         # The Services that exist now: a container started later sees later ones (as in Kubernetes).
         svc_env = podenv.service_env(self.rt.services(), self.ns, links)
-        env = podenv.container_env(c, pod, svc_env, ip, self.rt.node_ip)
-        argv = images.container_argv(c)
+        env = podenv.container_env(c, pod, svc_env, ip, self.rt.node_ip, self.rt.lookup)
+        if images.is_knet(c.image):
+            env["PATH"] = images.knet_path(env["PATH"])
+        vols = volumes.plan(pod, self.rt.pod_volume_dir(self.uid), self.rt.node_root, self.rt.lookup, self.rt.token)
+        mounts = volumes.container_mounts((c.model_extra or {}).get("volumeMounts") or [], vols)
+        volumes.materialize(vols)
+        argv = volumes.mount_argv(mounts, podenv.expand_argv(images.container_argv(c), env))
         instance = st.restart_count + 1 if st.ever_started else 0
         self._pull_events(c)
         io = self.container_io(c, instance)
@@ -216,8 +246,8 @@ class PodWorker(threading.Thread):
                 if (name.endswith(".log") or ".log." in name) and head.isdigit() and int(head) < instance - 1:
                     os.unlink(os.path.join(cdir, name))
 
-    def _exited(self, c: Container, proc: Process, reason: str | None = None) -> None:
-        st = self.states[c.name]
+    def _exited(self, c: Container, proc: Process, reason: str | None = None, init: bool = False) -> None:
+        st = self.init_states[c.name] if init else self.states[c.name]
         code = proc.exit_code()
         code = 137 if reason == "Unhealthy" and code is None else (code if code is not None else 0)
         term = {"exitCode": code, "reason": reason or ("Completed" if code == 0 else "Error"),
@@ -225,7 +255,9 @@ class PodWorker(threading.Thread):
         self.procs[c.name] = None
         st.running, st.ready, st.pid = False, False, None
         policy = self.pod.spec.restart_policy
-        if policy == "Always" or (policy == "OnFailure" and code != 0):
+        if init and code == 0:
+            st.terminated = term  # done: the next init container (or the app containers) starts
+        elif (policy == "Always" and not init) or (policy in ("Always", "OnFailure") and code != 0):
             ran = time.monotonic() - self.run_since.get(c.name, time.monotonic())
             delay = 0.0 if reason == "Unhealthy" else self.backoffs[c.name].on_exit(ran)
             self.next_start[c.name] = time.monotonic() + delay
@@ -239,9 +271,47 @@ class PodWorker(threading.Thread):
             st.terminated = term
         log.info("pod %s: container %s exited with %d (%s)", self.key, c.name, code, term["reason"])
 
+    def _start_or_wait(self, c: Container, st: ContainerState, t: float) -> None:
+        try:
+            self._start(c, st)
+        except (podenv.ConfigError, volumes.VolumeError) as e:
+            st.waiting_reason, st.waiting_message = "CreateContainerConfigError", str(e)
+            self.rt.event(self.pod, WARNING, "Failed", f"Error: {e}", c.name)
+            self.next_start[c.name] = t + self.backoffs[c.name].on_exit(0)
+        except OSError as e:
+            st.waiting_reason, st.waiting_message = "RunContainerError", str(e)
+            self.rt.event(self.pod, WARNING, "Failed", f"Error: {e}", c.name)
+            self.next_start[c.name] = t + self.backoffs[c.name].on_exit(0)
+
+    def _init_tick(self, t: float) -> bool:
+        """Run the init containers in order; True once all have completed."""
+        for c in self.pod.spec.init_containers:
+            st = self.init_states.setdefault(c.name, ContainerState(c.name, c.image))
+            if st.terminated is not None and st.terminated.get("exitCode") == 0:
+                continue
+            if st.terminated is not None:
+                return False  # failed with restartPolicy Never: the pod has failed
+            proc = self.procs.get(c.name)
+            if proc is not None and proc.alive():
+                return False
+            if proc is not None:
+                self._exited(c, proc, init=True)
+                if st.terminated is not None and st.terminated.get("exitCode") == 0:
+                    self._save()
+                    continue
+                if st.terminated is not None:
+                    return False
+            if t >= self.next_start.get(c.name, 0.0):
+                self._start_or_wait(c, st, t)
+            return False
+        return True
+
     def _tick(self) -> None:
         pod = self.pod
         t = time.monotonic()
+        if not self._init_tick(t):
+            self._report()
+            return
         for c in pod.spec.containers:
             st = self.states.setdefault(c.name, ContainerState(c.name, c.image))
             proc = self.procs.get(c.name)
@@ -264,12 +334,7 @@ class PodWorker(threading.Thread):
             if proc is not None:
                 self._exited(c, proc)
             if st.terminated is None and t >= self.next_start.get(c.name, 0.0):
-                try:
-                    self._start(c)
-                except OSError as e:
-                    st.waiting_reason, st.waiting_message = "RunContainerError", str(e)
-                    self.rt.event(pod, WARNING, "Failed", f"Error: {e}", c.name)
-                    self.next_start[c.name] = t + self.backoffs[c.name].on_exit(0)
+                self._start_or_wait(c, st, t)
         self._report()
 
     # --- probes ----------------------------------------------------------------------------------
@@ -308,7 +373,9 @@ class PodWorker(threading.Thread):
     def _report(self) -> None:
         ip = (self.record or {}).get("ip")
         status = pod_status(self.pod, [self.states[c.name] for c in self.pod.spec.containers if c.name in self.states],
-                            self.record is not None, [ip] if ip else [], self.rt.node_ip, self.start_time)
+                            self.record is not None, [ip] if ip else [], self.rt.node_ip, self.start_time,
+                            [self.init_states[c.name] for c in self.pod.spec.init_containers
+                             if c.name in self.init_states])
         if comparable(status) == self.reported:
             return
         try:
@@ -342,10 +409,11 @@ class PodWorker(threading.Thread):
                 if proc.alive():
                     self.rt.event(self.pod, NORMAL, "Killing", f"Stopping container {cname}", cname)
                 proc.stop(grace)
-        error = self.rt.sandbox_del(self.ns, self.name, self.record)
-        if error:
-            log.warning("pod %s: CNI DEL: %s", self.key, error)
-        shutil.rmtree(f"/etc/netns/{self.podns}", ignore_errors=True)
+        if not self.host_network:  # the node's namespace and /etc/netns files are not the pod's
+            error = self.rt.sandbox_del(self.ns, self.name, self.record)
+            if error:
+                log.warning("pod %s: CNI DEL: %s", self.key, error)
+            shutil.rmtree(f"/etc/netns/{self.podns}", ignore_errors=True)
         self.rt.forget_pod(self.ns, self.name, self.uid)
         log.info("pod %s: removed (processes stopped, CNI DEL, namespace %s gone)", self.key, self.podns)
         if self.finalize:

@@ -6,6 +6,7 @@ state files for adoption after a restart, the pod's resolv.conf/hosts, and lab.j
 from __future__ import annotations
 
 import contextlib
+import csv
 import json
 import logging
 import os
@@ -16,7 +17,7 @@ from typing import Any
 from kubernetes.client import ApiClient
 
 from knet import cgroups
-from knet.kube import Informer
+from knet.kube import Informer, client
 from knet.kube.models import Pod, Service
 from knet.kube.recorder import EventRecorder
 from lab.agent import podenv
@@ -40,10 +41,14 @@ class Runtime:
     etc_netns: str = "/etc/netns"
     cgroup: str | None = None       # the node's pod cgroup: every container process runs below it
     recorder: EventRecorder | None = None  # the agent's events (source kubelet, host = the node)
+    # A tokens file (--token-auth-file format): projected ServiceAccount tokens come from it.
+    sa_tokens: str | None = None
+    node_root: str = ""             # this node's "/" for hostPath volumes (lab.agent.volumes)
     _dns_default: str = field(init=False, default="")
 
     def __post_init__(self) -> None:
         self._dns_default = podenv.dns_service_ip(self.service_cidr)
+        self.node_root = self.node_root or os.path.join(self.state_dir, "hostroot")
         os.makedirs(os.path.join(self.state_dir, "pods"), exist_ok=True)
         os.makedirs(os.path.join(self.state_dir, "logs"), exist_ok=True)
 
@@ -62,6 +67,27 @@ class Runtime:
     def container_log(self, namespace: str, name: str, uid: str, container: str, instance: int) -> str:
         """The log of one container instance: <pod log dir>/<container>/<restart count>.log."""
         return os.path.join(self.pod_log_dir(namespace, name, uid), container, f"{instance}.log")
+
+    def pod_volume_dir(self, uid: str) -> str:
+        """The kubelet's /var/lib/kubelet/pods/<uid>/volumes: one directory per volume."""
+        return os.path.join(self.state_dir, "volumes", uid)
+
+    def lookup(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        """A ConfigMap or Secret for a volume or the environment, read from the API server when a
+        container starts (as the kubelet reads them)."""
+        return client.get(self.api, kind, name, namespace) if name else None
+
+    def token(self, namespace: str, service_account: str, audience: str, expiration: int) -> str | None:
+        """A bearer token of the ServiceAccount: the lab has no TokenRequest API, so this is the
+        lab's long-lived token of that ServiceAccount from `sa_tokens` (None without one)."""
+        if not self.sa_tokens:
+            return None
+        user = f"system:serviceaccount:{namespace}:{service_account}"
+        with contextlib.suppress(OSError), open(self.sa_tokens, newline="") as f:
+            for row in csv.reader(line for line in f if not line.lstrip().startswith("#")):
+                if len(row) >= 2 and row[1] == user:
+                    return row[0]
+        return None
 
     def pod_cgroup(self, uid: str) -> str | None:
         """The pod's cgroup under the node's pod cgroup (the kubelet's kubepods/pod<uid>): kproxy's
@@ -142,6 +168,7 @@ class Runtime:
             os.unlink(self.state_path(namespace, name))
         if uid:
             shutil.rmtree(self.pod_log_dir(namespace, name, uid), ignore_errors=True)
+            shutil.rmtree(self.pod_volume_dir(uid), ignore_errors=True)
             pod_cgroup = self.pod_cgroup(uid)
             if pod_cgroup:
                 cgroups.remove(pod_cgroup)

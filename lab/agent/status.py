@@ -73,24 +73,40 @@ def _cond(type_: str, ok: bool, old: list[Condition], reason: str = "") -> dict[
     return out
 
 
+def init_done(inits: list[ContainerState]) -> bool:
+    return all(c.terminated is not None and c.terminated.get("exitCode") == 0 for c in inits)
+
+
 def pod_status(pod: Pod, containers: list[ContainerState], sandbox_ready: bool, pod_ips: list[str],
-               host_ip: str | None, start_time: str | None) -> dict[str, Any]:
+               host_ip: str | None, start_time: str | None, inits: list[ContainerState] | None = None,
+               ) -> dict[str, Any]:
     old = pod.status.conditions
+    inits = inits or []
+    initialized = init_done(inits)
     p = phase(pod.spec.restart_policy, containers, sandbox_ready)
+    if not initialized:
+        failed = any(c.terminated is not None and c.terminated.get("exitCode") != 0 for c in inits)
+        p = "Failed" if failed and pod.spec.restart_policy == "Never" else "Pending"
     all_ready = bool(containers) and all(c.ready and c.running for c in containers)
     not_ready = [c.name for c in containers if not (c.ready and c.running)]
     reason = "ContainersNotReady" if p in ("Pending", "Running") else "PodCompleted"
     status: dict[str, Any] = {
         "phase": p,
         "conditions": [
-            _cond("Initialized", True, old),
+            _cond("Initialized", initialized, old, "ContainersNotInitialized"),
             _cond("Ready", all_ready, old, reason),
             _cond("ContainersReady", all_ready, old, reason),
             _cond("PodScheduled", True, old),
         ],
         "containerStatuses": [c.to_status() for c in containers],
+        **({"initContainerStatuses": [c.to_status() for c in inits]} if inits else {}),
         "qosClass": pod.status.model_extra.get("qosClass", "BestEffort") if pod.status.model_extra else "BestEffort",
     }
+    if not initialized:
+        waiting = [c.name for c in inits if not (c.terminated and c.terminated.get("exitCode") == 0)]
+        status["conditions"][0]["message"] = f"containers with incomplete status: [{' '.join(waiting)}]"
+        for c in status["containerStatuses"]:
+            c["state"] = {"waiting": {"reason": "PodInitializing"}}
     if not_ready and p in ("Pending", "Running"):
         msg = f"containers with unready status: [{' '.join(not_ready)}]"
         for c in status["conditions"]:

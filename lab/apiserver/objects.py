@@ -62,7 +62,7 @@ def init_create(rt: ResourceType, obj: dict, namespace: str | None) -> None:
         m.pop("namespace", None)
     m["uid"] = str(uuid.uuid4())
     m["creationTimestamp"] = now()
-    if "spec" in obj or rt.strategy.always_generation:
+    if rt.strategy.generation:
         m["generation"] = 1
     if rt.strategy.status_from_controllers:
         obj["status"] = {}

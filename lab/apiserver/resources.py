@@ -84,6 +84,8 @@ RESOURCES: tuple[ResourceType, ...] = (
                  ("status.replicas",), strategy=workloads.ReplicaSets()),
     ResourceType("apps", "v1", "statefulsets", "StatefulSet", True, ("sts",), ("status", "scale"), _ALL,
                  strategy=workloads.StatefulSets()),
+    ResourceType("apps", "v1", "daemonsets", "DaemonSet", True, ("ds",), ("status",), _ALL,
+                 strategy=workloads.DaemonSets()),
     ResourceType("discovery.k8s.io", "v1", "endpointslices", "EndpointSlice", True,
                  strategy=endpoints.EndpointSlices()),
     ResourceType("networking.k8s.io", "v1", "networkpolicies", "NetworkPolicy", True, ("netpol",),

@@ -48,8 +48,11 @@ class Strategy:
     name_rule: ClassVar[str] = "subdomain"
     # A create may not set status: it belongs to a controller or an agent (PrepareForCreate).
     status_from_controllers: ClassVar[bool] = False
-    # metadata.generation is kept even for an object created without a spec (workloads).
-    always_generation: ClassVar[bool] = False
+    # metadata.generation (1 on create, +1 when anything but metadata and status changes): only
+    # the kinds whose kube-apiserver strategy keeps one (workloads, pods, EndpointSlices,
+    # NetworkPolicies, Ingresses, IngressClasses), not every kind with a spec (Services and
+    # Nodes have none).
+    generation: ClassVar[bool] = False
     # Deleting one deletes (or, with propagationPolicy Orphan, orphans) its dependents.
     cascades: ClassVar[bool] = True
     # Strategic merge patch: merge keys of lists at exact paths that differ by kind

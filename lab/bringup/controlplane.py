@@ -84,7 +84,7 @@ def start_control_plane(p: topology.Plan, progress: Progress = _quiet, lb_pool: 
     # with the lab URL in its per-user loop, and the lab URL must never be dialled from here.
     kubeconfig = kubeconfig_path(p.name, os.path.dirname(p.state_dir))
     if p.overlay == "static":
-        _create_static_nodes(kubeconfig, p)
+        create_static_nodes(kubeconfig, p)
     ctl = launch.spawn("knet-controllers", p.ctl.netns, [
         launch.binary("knet-controllers"), "--kubeconfig", srv.kubeconfigs["controllers"], "--lb-pool", lb_pool,
         "--metrics", "127.0.0.1:10257", "--allocate-node-cidrs", "--cluster-cidr", topology.POD_CIDR,
@@ -95,7 +95,7 @@ def start_control_plane(p: topology.Plan, progress: Progress = _quiet, lb_pool: 
                                    os.path.join(n.dir, "node-agent.log")) for n in p.nodes}
     if with_nodes is not None:
         with_nodes(srv.kubeconfigs)
-    _wait_nodes_ready(kubeconfig, [n.short for n in p.nodes], wait, [ctl, *agents.values()])
+    wait_nodes_ready(kubeconfig, [n.short for n in p.nodes], wait, [ctl, *agents.values()])
     progress(f"controllers: pid {ctl.pid} in {p.ctl.netns} (LoadBalancer pool {lb_pool}); node agents: "
              + ", ".join(f"{k} pid {d.pid}" for k, d in sorted(agents.items()))
              + f"; {len(p.nodes)} node(s) Ready with a podCIDR in {time.monotonic() - t0:.1f}s")
@@ -128,7 +128,7 @@ def loopback_only(kubeconfig: str) -> None:
                                     "is not a loopback address")
 
 
-def _create_static_nodes(kubeconfig: str, p: topology.Plan) -> None:
+def create_static_nodes(kubeconfig: str, p: topology.Plan) -> None:
     """The Nodes of a static-overlay lab, with the podCIDRs its routes were built for."""
     from knet.kube import client
 
@@ -142,7 +142,7 @@ def _create_static_nodes(kubeconfig: str, p: topology.Plan) -> None:
         api.close()
 
 
-def _wait_nodes_ready(kubeconfig: str, names: list[str], wait: float, daemons: list[launch.Daemon]) -> None:
+def wait_nodes_ready(kubeconfig: str, names: list[str], wait: float, daemons: list[launch.Daemon]) -> None:
     """Every node registered and Ready (its agent) with a podCIDR (the node IPAM controller)."""
     from knet.kube import client  # ~1 s to import: `knet lab exec/status` (which import this module) never need it
 

@@ -29,11 +29,11 @@ def healthy(p: topology.Plan) -> bool:
     return proc.returncode == 0
 
 
-def start(p: topology.Plan, progress=print, wait: float = 20.0) -> None:
-    """Start etcd in <lab>-ctl unless it already answers there."""
+def start(p: topology.Plan, progress=print, wait: float = 20.0, binary: str | None = None) -> None:
+    """Start etcd (`binary`, else Debian's) in <lab>-ctl unless it already answers there."""
     if healthy(p):
         return
-    binary = shutil.which("etcd") or "/usr/bin/etcd"
+    binary = binary or shutil.which("etcd") or "/usr/bin/etcd"
     data = etcd_dir(p)
     os.makedirs(data, mode=0o700, exist_ok=True)
     log = os.path.join(data, "etcd.log")

@@ -48,7 +48,8 @@ def _objects(p: topology.Plan, node_ip: str) -> None:
     controlplane.loopback_only(kubeconfig)  # this process is in the root namespace
     api = client.new_api_client(kubeconfig)
     try:
-        client.create(api, "Namespace", {"metadata": {"name": "knet-system"}})
+        if client.get(api, "Namespace", "knet-system") is None:  # the real control plane has deploy/'s
+            client.create(api, "Namespace", {"metadata": {"name": "knet-system"}})
         client.create(api, "IngressClass", {
             "metadata": {"name": "knet", "annotations": {"ingressclass.kubernetes.io/is-default-class": "true"}},
             "spec": {"controller": "knet.io/ingress"}})

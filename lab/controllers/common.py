@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import json
 from typing import Any
 
 from knet.kube.models import KubeObject, Pod
@@ -13,6 +15,12 @@ SLICE_CONTROLLER = "endpointslice-controller.k8s.io"
 
 def now() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def template_hash(template: dict[str, Any]) -> str:
+    """A pod template's revision (the `controller-revision-hash` label's value): the same template
+    gives the same hash in every process, any change gives another."""
+    return hashlib.sha256(json.dumps(template, sort_keys=True).encode()).hexdigest()[:10]
 
 
 def owner_ref(owner: KubeObject, api_version: str, kind: str) -> dict[str, Any]:

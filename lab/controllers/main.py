@@ -23,6 +23,7 @@ from knet import logs, metrics
 from knet.kube import InformerFactory, add_arguments, api_client_from_args
 from knet.kube.indexes import SERVICE, STANDARD
 from knet.kube.models import (
+    DaemonSet,
     Deployment,
     Endpoints,
     EndpointSlice,
@@ -35,6 +36,7 @@ from knet.kube.models import (
 )
 from knet.kube.recorder import EventRecorder
 from lab.controllers.cidrset import RangeAllocator
+from lab.controllers.daemonset import DaemonSetController
 from lab.controllers.deployment import DeploymentController
 from lab.controllers.endpoints import EndpointSliceController
 from lab.controllers.gc import GarbageCollector
@@ -47,8 +49,8 @@ from lab.controllers.statefulset import StatefulSetController
 from lab.controllers.workqueue import Controller
 
 log = logging.getLogger("lab.controllers")
-ALL = ("scheduler", "replicaset", "deployment", "statefulset", "endpointslice", "loadbalancer", "garbagecollector",
-       "nodeipam")
+ALL = ("scheduler", "replicaset", "deployment", "statefulset", "daemonset", "endpointslice", "loadbalancer",
+       "garbagecollector", "nodeipam")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -80,6 +82,7 @@ def build(factory: InformerFactory, api: ApiClient, pool: Pool, which: set[str],
     rcs = factory.informer(ReplicationController, indexers=OWNED_INDEXES)
     deployments = factory.informer(Deployment, indexers=OWNED_INDEXES)
     sets = factory.informer(StatefulSet, indexers=OWNED_INDEXES)
+    daemonsets = factory.informer(DaemonSet, indexers=OWNED_INDEXES)
     out: list[Controller] = []
     if "scheduler" in which:
         out.append(Scheduler(api, pods, nodes))
@@ -89,6 +92,8 @@ def build(factory: InformerFactory, api: ApiClient, pool: Pool, which: set[str],
         out.append(DeploymentController(api, pods, rses, deployments))
     if "statefulset" in which:
         out.append(StatefulSetController(api, pods, sets))
+    if "daemonset" in which:
+        out.append(DaemonSetController(api, pods, nodes, daemonsets))
     if "endpointslice" in which:
         out.append(EndpointSliceController(api, pods, services, factory.informer(EndpointSlice, indexers={
             SERVICE: STANDARD[SERVICE]}), factory.informer(Endpoints)))
@@ -97,7 +102,7 @@ def build(factory: InformerFactory, api: ApiClient, pool: Pool, which: set[str],
     if "garbagecollector" in which:
         out.append(GarbageCollector(api, {"Pod": pods, "ReplicaSet": rses},
                                     {"ReplicaSet": rses, "ReplicationController": rcs, "Deployment": deployments,
-                                     "StatefulSet": sets}))
+                                     "StatefulSet": sets, "DaemonSet": daemonsets}))
     if "nodeipam" in which and ipam is not None:
         out.append(NodeIpamController(api, nodes, ipam))
     return out

@@ -19,8 +19,6 @@ revision is the template's hash, recomputed from the StatefulSet itself.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import re
 from collections.abc import Sequence
@@ -33,7 +31,7 @@ from knet.kube import Informer, client
 from knet.kube.models import Pod, StatefulSet
 from knet.kube.recorder import NORMAL
 from lab.controllers import indexes
-from lab.controllers.common import controlled_by, is_available, owner_ref
+from lab.controllers.common import controlled_by, is_available, owner_ref, template_hash
 from lab.controllers.replicas import pod_from_template, status_differs
 from lab.controllers.workqueue import Controller
 
@@ -46,8 +44,7 @@ POD_NAME_LABEL = "statefulset.kubernetes.io/pod-name"
 # --- pure --------------------------------------------------------------------------------------
 
 def revision(sts_name: str, template: dict[str, Any]) -> str:
-    digest = hashlib.sha256(json.dumps(template, sort_keys=True).encode()).hexdigest()[:10]
-    return f"{sts_name}-{digest}"
+    return f"{sts_name}-{template_hash(template)}"
 
 
 def ordinal(sts_name: str, pod_name: str) -> int | None:

@@ -225,6 +225,33 @@ def test_deployment_defaults_and_selector_rules():
     assert causes == [] and obj["spec"]["selector"] == {"app": "web"} and obj["metadata"]["labels"] == {"app": "web"}
 
 
+def test_daemonset_defaults_and_rules():
+    ds = by_kind("apps", "DaemonSet")
+    template = {"metadata": {"labels": {"app": "node"}}, "spec": {"containers": [{"name": "c", "image": "i"}]}}
+
+    def spec(**more):
+        return {"metadata": {"name": "n"}, "spec": {"selector": {"matchLabels": {"app": "node"}},
+                                                     "template": template, **more}}
+    obj, causes = admit(ds, spec())
+    assert causes == [] and "replicas" not in obj["spec"] and obj["spec"]["revisionHistoryLimit"] == 10
+    assert obj["spec"]["updateStrategy"] == {"type": "RollingUpdate",
+                                             "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 0}}
+    assert obj["status"] == {"currentNumberScheduled": 0, "numberMisscheduled": 0, "desiredNumberScheduled": 0,
+                             "numberReady": 0}
+    obj, causes = admit(ds, spec(updateStrategy={"type": "OnDelete"}))
+    assert causes == [] and obj["spec"]["updateStrategy"] == {"type": "OnDelete"}
+    _, causes = admit(ds, spec(selector={"matchLabels": {"app": "other"}}))
+    assert fields(causes) == ["spec.template.metadata.labels"]
+    _, causes = admit(ds, spec(updateStrategy={"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0}}))
+    assert fields(causes) == ["spec.updateStrategy.rollingUpdate.maxUnavailable"]
+    assert "may not be 0 when `maxSurge` is 0" in causes[0]["message"]
+    _, causes = admit(ds, spec(updateStrategy={"type": "Sometimes"}))
+    assert fields(causes) == ["spec.updateStrategy.type"]
+    old, _ = admit(ds, spec())
+    _, causes = admit(ds, spec(selector={"matchLabels": {"app": "node", "x": "y"}}), old=old)
+    assert "spec.selector" in fields(causes)
+
+
 def test_networking_kinds():
     np = by_kind("networking.k8s.io", "NetworkPolicy")
     obj, causes = admit(np, {"metadata": {"name": "n"}, "spec": {"egress": [{"ports": [{"port": 53}]}]}})

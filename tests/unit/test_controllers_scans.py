@@ -99,6 +99,8 @@ def cluster(monkeypatch: pytest.MonkeyPatch):
     feed(informers["Deployment"], m.Deployment.model_validate({"metadata": meta("d", "dep-d"), "spec": {
         "replicas": 1, "selector": {"matchLabels": {"app": "d"}}, "template": {"metadata": {"labels": {
             "app": "d"}}}}}))
+    feed(informers["DaemonSet"], m.DaemonSet.model_validate({"metadata": meta("ds", "ds-ds"), "spec": {
+        "selector": {"matchLabels": {"app": "ds"}}, "template": {"metadata": {"labels": {"app": "ds"}}}}}))
     listed: Counter[str] = Counter()
     for kind, inf in informers.items():
         for method in ("list", "keys"):
@@ -146,6 +148,14 @@ def test_one_change_reads_what_it_concerns_never_a_whole_cache(cluster):
     feed(informers["Service"], service(3, "LoadBalancer"))
     synced = settle(controllers)
     assert ("loadbalancer", "*") in synced and ("patch_status", "Service", "s3") in writes.calls
+
+    # A daemon pod becomes not ready: its DaemonSet (found through the pod's owner) counts again.
+    daemon = pod(N + 2, node="n1", ready=False)
+    daemon.metadata.owner_references = [m.OwnerReference.model_validate({
+        "apiVersion": "apps/v1", "kind": "DaemonSet", "name": "ds", "uid": "ds-ds", "controller": True})]
+    feed(informers["Pod"], daemon)
+    synced = settle(controllers)
+    assert ("daemonset", f"{NS}/ds") in synced
 
     assert {kind: n for kind, n in listed.items() if kind != "Node"} == {}, "list()/keys() during one change"
     assert {kind: inf.scans for kind, inf in informers.items() if kind != "Node"} == \

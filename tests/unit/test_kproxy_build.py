@@ -62,7 +62,7 @@ def test_cluster_ip_service_has_no_node_port_even_if_set():
     assert sp.node_port is None
 
 
-def test_ipv6_slices_are_not_proxied():
+def test_the_ipv4_proxier_reads_no_ipv6_slices():
     v6 = slice_([{"addresses": ["fd00::5"]}], family="IPv6")
     (sp,) = service_ports(svc(), [v6, slice_([{"addresses": ["10.244.1.5"]}])])
     assert [e.ip for e in sp.endpoints] == ["10.244.1.5"]
@@ -75,3 +75,19 @@ def test_health_check_node_port_only_for_local_load_balancers():
     assert health_check_node_port(lb(externalTrafficPolicy="Local", healthCheckNodePort=31000)) == 31000
     assert health_check_node_port(lb(externalTrafficPolicy="Cluster", healthCheckNodePort=31000)) is None
     assert health_check_node_port(lb(externalTrafficPolicy="Local")) is None
+
+
+def test_each_family_reads_its_own_addresses_and_slices_in_the_kernels_form():
+    s = svc(type="NodePort", clusterIPs=["10.0.0.20", "fd00:10:96:0::20"], externalIPs=["192.168.33.9", "fd00:33::9"],
+            ports=[{"name": "http", "port": 80, "nodePort": 30080}])
+    v4 = slice_([{"addresses": ["10.244.1.5"]}])
+    v6 = slice_([{"addresses": ["fd00:10:244:1:0::5"]}], family="IPv6")
+    (four,) = build.service_ports(s, resolve([v4, v6], family=4), family=4)
+    (six,) = build.service_ports(s, resolve([v4, v6], family=6), family=6)
+    assert (four.family, four.cluster_ips, four.external_ips, [e.ip for e in four.endpoints]) == \
+        (4, ("10.0.0.20",), ("192.168.33.9",), ["10.244.1.5"])
+    assert (six.family, six.cluster_ips, six.external_ips, [e.ip for e in six.endpoints]) == \
+        (6, ("fd00:10:96::20",), ("fd00:33::9",), ["fd00:10:244:1::5"])
+    assert four.node_port == six.node_port == 30080  # the node port in both families
+    # A single-stack Service has no ports in the other family.
+    assert build.service_ports(svc(), resolve([v6], family=6), family=6) == []

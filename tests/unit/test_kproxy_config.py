@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from kproxy import conntrack
-from kproxy.config import ConfigError, Conntrack, Settings, merge, parse, parse_duration, with_defaults
+from kproxy.config import ConfigError, Conntrack, Settings, family_cidr, merge, parse, parse_duration, with_defaults
 from kproxy.daemon import parse_args
 
 # `kubeadm config print init-defaults --component-configs KubeProxyConfiguration` (v1.30-1.33 shape)
@@ -121,7 +121,10 @@ conntrack: {maxPerCore: 0, min: 5, tcpEstablishedTimeout: 2s, tcpCloseWaitTimeou
             udpTimeout: 30s, udpStreamTimeout: 2m0s}
 featureGates: {SomeGate: true}
 """)
-    assert s.mode == "userspace" and s.hostname_override == "worker-7" and s.cluster_cidr == "10.244.0.0/16"
+    assert s.mode == "userspace" and s.hostname_override == "worker-7"
+    # a dual-stack pair: each family's proxier takes its own CIDR
+    assert s.cluster_cidr == "fd00::/48,10.244.0.0/16"
+    assert (family_cidr(s.cluster_cidr, 4), family_cidr(s.cluster_cidr, 6)) == ("10.244.0.0/16", "fd00::/48")
     assert (s.metrics_bind_address, s.healthz_bind_address) == ("0.0.0.0:10249", "192.168.33.11:12345")
     assert (s.sync_period, s.min_sync_period, s.masquerade_all) == (5400.0, 1.5, True)
     assert s.udp_idle_timeout == 0.25 and s.oom_score_adj == -999 and s.logging_format == "json"

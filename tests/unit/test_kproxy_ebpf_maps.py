@@ -190,3 +190,23 @@ def test_any_set_addresses_are_refcounted_across_service_ports():
     assert not added and removed == {MemberKey(0, "10.99.0.2", 8080)}
     ops = maps.plan([b1], [], (added, removed))
     assert ops.deletes[-1] == ("members", MemberKey(0, "10.99.0.2", 8080))
+
+
+@pytest.mark.parametrize("struct,cls", [("fe6_key", maps.CFe6Key), ("backend6", maps.CBackend6),
+                                        ("member6_key", maps.CMember6Key)])
+def test_ipv6_ctypes_structs_mirror_the_c_source(struct, cls):
+    body = re.search(rf"struct {struct} \{{(.*?)\}};", C_SOURCE, re.S).group(1)
+    c = [(name, C_SIZES[typ] * int(n or 1)) for typ, name, n in re.findall(r"(__u\d+) (\w+)(?:\[(\d+)\])?;", body)]
+    assert [(name, ct.sizeof(typ)) for name, typ in cls._fields_] == c
+    assert ct.sizeof(cls) == sum(size for _, size in c)
+
+
+def test_ipv6_addresses_are_packed_in_network_order_into_the_v6_maps():
+    key = maps.pack_fe_key(FeKey("fd00:10:96::1", 8080, socket.IPPROTO_TCP, SCOPE_SOCK))
+    assert isinstance(key, maps.CFe6Key)
+    assert bytes(key) == socket.inet_pton(socket.AF_INET6, "fd00:10:96::1") + (8080).to_bytes(2, "big") + bytes([6, 0])
+    assert maps.unpack_fe_key(key) == FeKey("fd00:10:96::1", 8080, 6, 0)
+    assert maps.unpack_backend(maps.pack_backend(Backend("fd00:10:244:1::7", 53))) == Backend("fd00:10:244:1::7", 53)
+    assert maps.unpack_member_key(maps.pack_member_key(MemberKey(7, "fd00::4", 443))) == MemberKey(7, "fd00::4", 443)
+    assert maps.map_name("slots", 6) == "slots6" and maps.map_name("slots", 4) == "slots"
+    assert set(maps.PACK) == set(maps.LAYOUT)

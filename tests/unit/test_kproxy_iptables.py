@@ -151,3 +151,51 @@ def test_masquerade_all():
     sp = services()[0]
     r = render_service(sp, Config(node_name="node1", masquerade_all=True))
     assert r.nat_chains[svc_chain(sp)][0].endswith("--dport 80 -j KUBE-MARK-MASQ")
+
+
+# --- IPv6: the same layout in ip6tables ---------------------------------------------------------
+GOLDEN6 = os.path.join(os.path.dirname(__file__), "golden", "kproxy_ip6tables_full.txt")
+EP6_1 = Endpoint("fd00:10:244:1::2", 8080, node_name="node1")
+EP6_2 = Endpoint("fd00:10:244:2::2", 8080, node_name="node2")
+CFG6 = Config(node_name="node1", cluster_cidr="fd00:10:244::/56", family=6)
+
+
+def services6() -> list[ServicePort]:
+    return [
+        ServicePort("default", "node-js", "", "TCP", 80, ("fd00:10:96::20",), node_port=30001,
+                    endpoints=(EP6_1, EP6_2), family=6),
+        ServicePort("default", "ab", "http", "TCP", 80, ("fd00:10:96::21",), affinity_seconds=10800,
+                    endpoints=(EP6_1, EP6_2), family=6),
+        ServicePort("default", "local", "", "UDP", 53, ("fd00:10:96::22",), node_port=30002, external_local=True,
+                    external_ips=("fd00:33::200",), endpoints=(EP6_2,), family=6),
+        ServicePort("default", "empty", "", "TCP", 80, ("fd00:10:96::23",), node_port=30003,
+                    load_balancer_ips=("fd00:33::201",), family=6),
+    ]
+
+
+def test_ipv6_full_sync_matches_golden():
+    text = render_restore({sp.key: render_service(sp, CFG6) for sp in services6()}, None, set(), family=6)
+    assert_golden(GOLDEN6, text)
+
+
+def test_ipv6_rules_use_128_bit_addresses_brackets_and_no_localhost_node_ports():
+    sp = services6()[1]
+    r = render_service(sp, CFG6)
+    lines = [line for chain in r.nat_chains.values() for line in chain] + r.nat_shared
+    assert "-d fd00:10:96::21/128" in r.nat_shared[0] and "/32" not in "\n".join(lines)
+    assert f"-s {EP6_1.ip}/128 -j KUBE-MARK-MASQ" in r.nat_chains[sep_chain(sp, EP6_1)][0]
+    assert r.nat_chains[sep_chain(sp, EP6_1)][1].endswith("-j DNAT --to-destination [fd00:10:244:1::2]:8080")
+    assert all("--mask ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff" in line for line in lines if "recent" in line)
+    assert "! -s fd00:10:244::/56 -j KUBE-MARK-MASQ" in r.nat_chains[svc_chain(sp)][0]
+    text = render_restore({sp.key: r}, None, set(), family=6)
+    assert "-m addrtype --dst-type LOCAL ! -d ::1/128 -j KUBE-NODEPORTS" in text
+    # The chain names are the IPv4 table's (kube-proxy hashes the service port, not the address).
+    assert svc_chain(sp) == svc_chain(services()[1])
+
+
+def test_ipv6_service_without_endpoints_rejects_on_its_node_ports_too():
+    r = render_service(services6()[3], CFG6)
+    assert r.filter_services == ['-A KUBE-SERVICES -m comment --comment "default/empty has no endpoints" '
+                                 "-m tcp -p tcp -d fd00:10:96::23/128 --dport 80 -j REJECT --reject-with tcp-reset"]
+    assert r.filter_external[-1].endswith("-m addrtype --dst-type LOCAL ! -d ::1/128 -m tcp -p tcp --dport 30003 "
+                                          "-j REJECT --reject-with tcp-reset")

@@ -128,3 +128,36 @@ def test_full_sync_removes_what_nobody_owns_and_keeps_affinity_sets():
     assert f"delete set ip kube-proxy {kept}" not in lines  # same timeout: its clients stay
     text = render_full(r, elements(r), set(), {kept: 60})
     assert f"delete set ip kube-proxy {kept}" in text.splitlines()  # timeout changed: made anew
+
+
+# --- IPv6: the `ip6 kube-proxy` table -------------------------------------------------------------
+GOLDEN6 = os.path.join(os.path.dirname(__file__), "golden", "kproxy_nftables6_full.txt")
+
+
+def test_ipv6_full_sync_matches_golden():
+    from tests.unit.test_kproxy_iptables import CFG6, services6
+    r = rendered(services6(), CFG6)
+    assert_golden(GOLDEN6, render_full(r, elements(r), set(), {}, family=6))
+
+
+def test_ipv6_table_matches_ip6_and_never_serves_node_ports_on_localhost():
+    from tests.unit.test_kproxy_iptables import CFG6, EP6_1, services6
+    text = render_full(rendered(services6(), CFG6), elements(rendered(services6(), CFG6)), set(), {}, family=6)
+    assert "table ip kube-proxy" not in text and "add table ip6 kube-proxy" in text
+    assert "type ipv6_addr . inet_proto . inet_service : verdict" in text and "ipv4_addr" not in text
+    assert "fib daddr type local ip6 daddr != ::1 meta l4proto . th dport vmap @service-nodeports" in text
+    sp = services6()[1]  # affinity
+    r = render_service(sp, CFG6)
+    ep_chain = r.chains[f"endpoint-{endpoint_base(sp, EP6_1)}"]
+    assert ep_chain == [f"ip6 saddr {EP6_1.ip} jump mark-for-masquerade",
+                        f"update @affinity-{endpoint_base(sp, EP6_1)} {{ ip6 saddr }}",
+                        "meta l4proto tcp dnat to [fd00:10:244:1::2]:8080"]
+    assert r.chains[f"service-{chain_base(sp)}"][0] == \
+        "ip6 daddr fd00:10:96::21 tcp dport 80 ip6 saddr != fd00:10:244::/56 jump mark-for-masquerade"
+    assert ("service-ips", "fd00:10:96::21 . tcp . 80") in r.elements
+    # Partial transactions write the same family's table.
+    e = Elements()
+    deletes, adds = e.replace([(sp.key, None, r)])
+    partial = render_partial({}, {sp.key: r}, [sp.key], deletes, adds, e, family=6)
+    assert all(" ip6 kube-proxy " in line for line in partial.splitlines())
+    assert "type ipv6_addr; flags dynamic,timeout; timeout 10800s;" in partial

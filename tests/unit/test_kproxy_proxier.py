@@ -46,9 +46,9 @@ def service(name: str, **spec) -> Service:
 
 
 def endpoint_slice(service_name: str, addresses: list[str], node: str = "node1", ready: bool = True,
-                   annotations: dict | None = None, name: str | None = None) -> EndpointSlice:
+                   annotations: dict | None = None, name: str | None = None, family: str = "IPv4") -> EndpointSlice:
     return EndpointSlice.model_validate({
-        "addressType": "IPv4",
+        "addressType": family,
         "metadata": {"name": name or f"{service_name}-abc", "namespace": "default",
                      "labels": {"kubernetes.io/service-name": service_name}, "annotations": annotations or {}},
         "endpoints": [{"addresses": [a], "nodeName": node, "conditions": {"ready": ready}} for a in addresses],
@@ -174,3 +174,64 @@ def test_tracker_keeps_the_earliest_time_and_wakes_once():
 def test_trigger_time_parsing(text, expected):
     got = parse_trigger_time(text)
     assert got == pytest.approx(expected) if expected is not None else got is None
+
+
+# --- dual-stack: one plan and one backend per family ----------------------------------------------
+
+def slice6(service_name: str, addresses: list[str], name: str | None = None) -> EndpointSlice:
+    return endpoint_slice(service_name, addresses, name=name or f"{service_name}-v6", family="IPv6")
+
+
+@pytest.fixture
+def dual():
+    p = Proxier(with_defaults(Settings(mode="iptables"), "node1"))
+    p.plans[4].backend, p.plans[6].backend = RecordingBackend(), RecordingBackend()
+    p.make_informers(None)
+    feed(p.services, service("both", clusterIPs=["10.96.0.4", "fd00:10:96::4"], clusterIP="10.96.0.4",
+                             ipFamilies=["IPv4", "IPv6"], ipFamilyPolicy="RequireDualStack"))
+    feed(p.slices, endpoint_slice("both", ["10.244.0.4"]))
+    feed(p.slices, slice6("both", ["fd00:10:244::4"]))
+    feed(p.services, service("six", clusterIP="fd00:10:96::6", clusterIPs=["fd00:10:96::6"], ipFamilies=["IPv6"]))
+    feed(p.slices, slice6("six", ["fd00:10:244::6"]))
+    feed(p.services, service("four"))
+    feed(p.slices, endpoint_slice("four", ["10.244.0.5"]))
+    p.sync_once(full=True)
+    p.tracker.start_recording()
+    yield p
+    p.health_checks.close()
+    p.executor.shutdown(wait=False)
+
+
+def test_each_family_programs_its_own_addresses_and_slices(dual):
+    four, six = dual.plans[4], dual.plans[6]
+    assert four.backend.calls == [({"default/both:http", "default/four:http"}, True)]
+    assert six.backend.calls == [({"default/both:http", "default/six:http"}, True)]
+    both4, both6 = four.ports["default/both:http"], six.ports["default/both:http"]
+    assert (both4.cluster_ips, [e.ip for e in both4.endpoints], both4.family) == (("10.96.0.4",), ["10.244.0.4"], 4)
+    assert (both6.cluster_ips, [e.ip for e in both6.endpoints], both6.family) == \
+        (("fd00:10:96::4",), ["fd00:10:244::4"], 6)
+    assert six.ports["default/six:http"].cluster_ips == ("fd00:10:96::6",)
+
+
+def test_an_ipv6_slice_change_syncs_the_ipv6_family_only(dual):
+    feed(dual.slices, slice6("both", ["fd00:10:244::4", "fd00:10:244::7"]))
+    dual.sync_once(full=False)
+    assert dual.plans[6].backend.calls[-1] == ({"default/both:http"}, False)
+    assert dual.plans[4].backend.calls[-1] == (set(), False)  # rebuilt, but nothing of IPv4 changed
+    assert [e.ip for e in dual.plans[6].ports["default/both:http"].endpoints] == ["fd00:10:244::4", "fd00:10:244::7"]
+    # The Service becomes IPv4-only: its IPv6 port goes from the IPv6 plan alone.
+    feed(dual.services, service("both", clusterIP="10.96.0.4", clusterIPs=["10.96.0.4"], ipFamilies=["IPv4"]))
+    dual.sync_once(full=False)
+    assert dual.plans[6].backend.calls[-1] == ({"default/both:http"}, False)
+    assert "default/both:http" not in dual.plans[6].ports and "default/both:http" in dual.plans[4].ports
+
+
+def test_a_failed_family_makes_the_next_sync_full_for_both(dual):
+    dual.plans[6].backend.fail = True
+    feed(dual.slices, endpoint_slice("four", ["10.244.0.8"]))
+    with pytest.raises(RuntimeError):
+        dual.sync_once(full=False)
+    dual.plans[6].backend.fail = False
+    dual.sync_once(full=False)
+    assert dual.plans[4].backend.calls[-1][1] and dual.plans[6].backend.calls[-1][1]
+    assert [e.ip for e in dual.plans[4].ports["default/four:http"].endpoints] == ["10.244.0.8"]

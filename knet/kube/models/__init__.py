@@ -16,6 +16,9 @@ from typing import Any, TypeVar, overload
 from pydantic import ValidationError
 
 from knet.kube.models.apps import (
+    DaemonSet,
+    DaemonSetSpec,
+    DaemonSetStatus,
     Deployment,
     DeploymentSpec,
     DeploymentStatus,
@@ -100,7 +103,7 @@ MODELS: dict[str, type[KubeObject]] = {
     m.__name__: m
     for m in (
         Pod, Service, Endpoints, EndpointSlice, Namespace, Node, NetworkPolicy, Ingress, IngressClass,
-        Secret, ConfigMap, Deployment, ReplicaSet, ReplicationController, StatefulSet,
+        Secret, ConfigMap, Deployment, ReplicaSet, ReplicationController, StatefulSet, DaemonSet,
     )
 }
 
@@ -162,6 +165,7 @@ def parse(kind: str | type[M], raw: Any) -> KubeObject | None:
 
 __all__ = [
     "MODELS", "SERVICE_NAME_LABEL", "Condition", "ConfigMap", "Container", "ContainerPort", "ContainerStatus",
+    "DaemonSet", "DaemonSetSpec", "DaemonSetStatus",
     "Deployment", "DeploymentSpec", "DeploymentStatus", "DeploymentStrategy", "Endpoint", "EndpointAddress",
     "EndpointConditions", "EndpointPort", "EndpointSlice", "EndpointSlicePort", "EndpointSubset", "Endpoints",
     "EnvVar", "ExecAction", "HTTPGetAction", "HTTPIngressPath", "IPBlock", "Ingress", "IngressBackend",

@@ -1,4 +1,4 @@
-"""apps/v1 Deployment, ReplicaSet and core/v1 ReplicationController."""
+"""apps/v1 Deployment, ReplicaSet, StatefulSet, DaemonSet and core/v1 ReplicationController."""
 
 from __future__ import annotations
 
@@ -94,6 +94,40 @@ class StatefulSetStatus(KubeModel):
 class StatefulSet(KubeObject):
     spec: StatefulSetSpec
     status: StatefulSetStatus = Field(default_factory=StatefulSetStatus)
+
+
+class RollingUpdateDaemonSet(KubeModel):
+    max_unavailable: IntOrString | None = None  # the server defaults it to 1
+    max_surge: IntOrString | None = None        # and this to 0
+
+
+class DaemonSetUpdateStrategy(KubeModel):
+    type: Literal["RollingUpdate", "OnDelete"] = "RollingUpdate"
+    rolling_update: RollingUpdateDaemonSet | None = None
+
+
+class DaemonSetSpec(KubeModel):
+    selector: LabelSelector
+    template: PodTemplateSpec = Field(default_factory=PodTemplateSpec)
+    update_strategy: DaemonSetUpdateStrategy = Field(default_factory=DaemonSetUpdateStrategy)
+    min_ready_seconds: int = Field(default=0, ge=0)
+    revision_history_limit: int | None = None
+
+
+class DaemonSetStatus(KubeModel):
+    current_number_scheduled: int = 0
+    number_misscheduled: int = 0
+    desired_number_scheduled: int = 0
+    number_ready: int = 0
+    updated_number_scheduled: int = 0
+    number_available: int = 0
+    number_unavailable: int = 0
+    observed_generation: int | None = None
+
+
+class DaemonSet(KubeObject):
+    spec: DaemonSetSpec
+    status: DaemonSetStatus = Field(default_factory=DaemonSetStatus)
 
 
 class ReplicationControllerSpec(KubeModel):

@@ -45,6 +45,7 @@ class Endpoints(Strategy):
 
 
 class EndpointSlices(Strategy):
+    generation = True
     indexed_labels = (SERVICE_NAME_LABEL,)
     columns = [NAME, column("AddressType"), column("Ports"), column("Endpoints"), AGE]
 

@@ -140,6 +140,7 @@ def _validate_backend(c: Causes, backend: Any, f: str) -> None:
 
 
 class NetworkPolicies(Strategy):
+    generation = True
     columns = [NAME, column("Pod-Selector"), AGE]
 
     def default(self, obj: dict[str, Any], old: dict[str, Any] | None) -> None:
@@ -167,6 +168,7 @@ def default_class(classes: list[dict[str, Any]]) -> str | None:
 
 class Ingresses(Strategy):
     status_from_controllers = True
+    generation = True
     columns = [NAME, column("Class"), column("Hosts"), column("Address"), column("Ports"), AGE]
 
     def default_on_create(self, obj: dict[str, Any], lookup: Lookup) -> None:
@@ -192,6 +194,7 @@ class Ingresses(Strategy):
 
 
 class IngressClasses(Strategy):
+    generation = True
     columns = [NAME, column("Controller"), column("Parameters"), AGE]
     custom_indexes = (DEFAULT_INDEX,)
 

@@ -174,6 +174,7 @@ def _status_text(obj: dict) -> str:
 
 class Pods(Strategy):
     status_from_controllers = True
+    generation = True
     cascades = False  # nothing is owned by a pod here
     indexed_fields = ("spec.nodeName",)
     columns = [NAME, column("Ready"), column("Status"), column("Restarts", "integer"), AGE,

@@ -1,6 +1,6 @@
-"""ReplicaSets, ReplicationControllers, Deployments, StatefulSets: replicas, a selector that must
-match the pod template, the template validated as a pod spec, the scale subresource's selector,
-and `kubectl get`'s columns for each."""
+"""ReplicaSets, ReplicationControllers, Deployments, StatefulSets, DaemonSets: replicas (not a
+DaemonSet's), a selector that must match the pod template, the template validated as a pod spec,
+the scale subresource's selector, and `kubectl get`'s columns for each."""
 
 from __future__ import annotations
 
@@ -26,16 +26,19 @@ class Workload(Strategy):
     else they default or check."""
 
     status_from_controllers = True
-    always_generation = True
+    generation = True
     map_selector: ClassVar[bool] = False  # spec.selector is a label map (RC), not a LabelSelector
     empty_selector_message: ClassVar[str] = "empty selector is not valid"
     # status.replicas is not omitempty in Kubernetes: clients require it (Deployments leave it out).
     status_replicas: ClassVar[bool] = True
+    # spec.replicas exists (a DaemonSet has one pod per node instead).
+    has_replicas: ClassVar[bool] = True
     columns = [NAME, column("Desired", "integer"), column("Current", "integer"), column("Ready", "integer"), *_TAIL]
 
     def default(self, obj: dict[str, Any], old: dict[str, Any] | None) -> None:
         spec = obj.setdefault("spec", {})
-        spec.setdefault("replicas", 1)
+        if self.has_replicas:
+            spec.setdefault("replicas", 1)
         template = spec.get("template")
         if isinstance(template, dict):
             default_pod_spec(template.setdefault("spec", {}))
@@ -49,7 +52,7 @@ class Workload(Strategy):
             c.required("spec")
             return
         replicas = spec.get("replicas")
-        if not isinstance(replicas, int) or isinstance(replicas, bool) or replicas < 0:
+        if self.has_replicas and (not isinstance(replicas, int) or isinstance(replicas, bool) or replicas < 0):
             c.invalid("spec.replicas", replicas, "must be greater than or equal to 0")
         template = spec.get("template")
         tlabels = get(template, "metadata", "labels", default={})
@@ -172,3 +175,75 @@ class StatefulSets(Workload):
     def row(self, obj: dict[str, Any]) -> list[Any]:
         ready = f"{get(obj, 'status', 'readyReplicas', default=0)}/{get(obj, 'spec', 'replicas', default=0)}"
         return [tables.name(obj), ready, *self.tail(obj)[:3]]
+
+
+class DaemonSets(Workload):
+    """One pod per node: no replicas; updateStrategy RollingUpdate (maxUnavailable 1, maxSurge 0)
+    or OnDelete, as apps/v1's defaults and validation have it."""
+
+    has_replicas = False
+    status_replicas = False
+    empty_selector_message = "empty selector is invalid for daemonset"
+    columns = [NAME, column("Desired", "integer"), column("Current", "integer"), column("Ready", "integer"),
+               column("Up-to-date", "integer"), column("Available", "integer"), column("Node Selector"), *_TAIL]
+
+    def default(self, obj: dict[str, Any], old: dict[str, Any] | None) -> None:
+        super().default(obj, old)
+        spec = obj["spec"]
+        spec.setdefault("revisionHistoryLimit", 10)
+        strategy = spec.setdefault("updateStrategy", {})
+        if isinstance(strategy, dict):
+            strategy.setdefault("type", "RollingUpdate")
+            if strategy["type"] == "RollingUpdate":
+                ru = strategy.setdefault("rollingUpdate", {})
+                if isinstance(ru, dict):
+                    ru.setdefault("maxUnavailable", 1)
+                    ru.setdefault("maxSurge", 0)
+        # These four are not omitempty in DaemonSetStatus: clients require them.
+        status = obj.setdefault("status", {})
+        for name in ("currentNumberScheduled", "numberMisscheduled", "desiredNumberScheduled", "numberReady"):
+            status.setdefault(name, 0)
+
+    def validate(self, c: Causes, obj: dict[str, Any], old: dict[str, Any] | None, cfg: Config) -> None:
+        super().validate(c, obj, old, cfg)
+        spec = obj.get("spec")
+        if not isinstance(spec, dict):
+            return
+        mrs = spec.get("minReadySeconds", 0)
+        if not isinstance(mrs, int) or isinstance(mrs, bool) or mrs < 0:
+            c.invalid("spec.minReadySeconds", mrs, "must be greater than or equal to 0")
+        strategy = spec.get("updateStrategy") or {}
+        if not c.one_of("spec.updateStrategy.type", strategy.get("type"), ("RollingUpdate", "OnDelete")):
+            return
+        ru = strategy.get("rollingUpdate")
+        if strategy["type"] == "OnDelete" or not isinstance(ru, dict):
+            return
+        unavailable, surge = ru.get("maxUnavailable"), ru.get("maxSurge")
+        for field_name, value in (("maxUnavailable", unavailable), ("maxSurge", surge)):
+            if not _int_or_percent(value):
+                c.invalid(f"spec.updateStrategy.rollingUpdate.{field_name}", value,
+                          "must be an integer or a percentage (e.g. '5%')")
+                return
+        if _is_zero(unavailable) and _is_zero(surge):
+            c.invalid("spec.updateStrategy.rollingUpdate.maxUnavailable", unavailable,
+                      "may not be 0 when `maxSurge` is 0")
+
+    def row(self, obj: dict[str, Any]) -> list[Any]:
+        status = obj.get("status") or {}
+        node_selector = ",".join(f"{k}={v}" for k, v in
+                                 sorted((get(obj, "spec", "template", "spec", "nodeSelector") or {}).items()))
+        return [tables.name(obj), status.get("desiredNumberScheduled", 0), status.get("currentNumberScheduled", 0),
+                status.get("numberReady", 0), status.get("updatedNumberScheduled", 0),
+                status.get("numberAvailable", 0), node_selector or tables.NONE, *self.tail(obj)]
+
+
+def _int_or_percent(value: Any) -> bool:
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return value >= 0
+    return isinstance(value, str) and value.endswith("%") and value[:-1].isdigit()
+
+
+def _is_zero(value: Any) -> bool:
+    return value == 0 or value == "0%"

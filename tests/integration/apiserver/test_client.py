@@ -537,3 +537,26 @@ def test_watch_bookmarks_carry_filtered_progress(api, ns, server, lab_only):
     assert code == 200 and [e["type"] for e in lines] == ["BOOKMARK"]
     assert int(lines[0]["object"]["metadata"]["resourceVersion"]) >= int(last)
     assert lines[0]["object"]["kind"] == "ConfigMap"
+
+
+def test_generation_only_on_the_kinds_kube_apiserver_keeps_it_for(api, ns):
+    """metadata.generation: set (and bumped by a spec change) on pods, EndpointSlices,
+    NetworkPolicies; absent on Services and Nodes although they have a spec (the lab's server
+    gave every object with a spec one: found running the lab on kube-apiserver)."""
+    core, disc, net = client.CoreV1Api(api), client.DiscoveryV1Api(api), client.NetworkingV1Api(api)
+    pod = core.create_namespaced_pod(ns, {"metadata": {"name": "g"}, "spec": {"containers": [{"name": "c",
+                                                                                               "image": "i"}]}})
+    eps = disc.create_namespaced_endpoint_slice(ns, {"metadata": {"name": "g"}, "addressType": "IPv4",
+                                                     "endpoints": [{"addresses": ["10.1.2.3"]}]})
+    pol = net.create_namespaced_network_policy(ns, {"metadata": {"name": "g"}, "spec": {"podSelector": {}}})
+    assert (pod.metadata.generation, eps.metadata.generation, pol.metadata.generation) == (1, 1, 1)
+    eps = disc.patch_namespaced_endpoint_slice("g", ns, {"endpoints": [{"addresses": ["10.1.2.4"]}]})
+    assert eps.metadata.generation == 2
+    svc = core.create_namespaced_service(ns, {"metadata": {"name": "g"}, "spec": {"ports": [{"port": 80}]}})
+    assert svc.metadata.generation is None
+    node = core.create_node({"metadata": {"name": f"gen-{ns}"}, "spec": {"unschedulable": True}})
+    try:
+        assert node.metadata.generation is None
+        assert core.patch_node(node.metadata.name, {"spec": {"unschedulable": False}}).metadata.generation is None
+    finally:
+        core.delete_node(node.metadata.name)

@@ -130,6 +130,41 @@ def test_statefulset_apply_scale_get(kubectl, ns):
     assert out.returncode != 0 and "selector" in out.stderr
 
 
+def test_daemonset_get_restart_and_rollout_status(kubectl, ns, server, api):
+    from kubernetes import client
+    ds = {"apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": {"name": "node-agent"},
+          "spec": {"selector": {"matchLabels": {"app": "agent"}},
+                   "template": {"metadata": {"labels": {"app": "agent"}},
+                                "spec": {"nodeSelector": {"role": "edge"},
+                                         "containers": [{"name": "a", "image": "knet"}]}}}}
+    kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(ds))
+    got = json.loads(kubectl("get", "ds", "node-agent", "-n", ns, "-o", "json").stdout)
+    assert got["spec"]["updateStrategy"] == {"type": "RollingUpdate",
+                                             "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 0}}
+    assert got["spec"]["revisionHistoryLimit"] == 10 and got["metadata"]["generation"] == 1
+    header, row = kubectl("get", "daemonsets", "-n", ns).stdout.splitlines()[:2]
+    assert header.split() == ["NAME", "DESIRED", "CURRENT", "READY", "UP-TO-DATE", "AVAILABLE", "NODE", "SELECTOR",
+                              "AGE"]
+    assert row.split()[:7] == ["node-agent", "0", "0", "0", "0", "0", "role=edge"]
+    assert "restarted" in kubectl("rollout", "restart", "-n", ns, "ds/node-agent").stdout
+    got = json.loads(kubectl("get", "ds", "node-agent", "-n", ns, "-o", "json").stdout)
+    assert got["metadata"]["generation"] == 2
+    assert "kubectl.kubernetes.io/restartedAt" in got["spec"]["template"]["metadata"]["annotations"]
+    if server.flavour == "lab":  # no controllers here: write the status a DaemonSet controller would
+        client.AppsV1Api(api).patch_namespaced_daemon_set_status("node-agent", ns, {"status": {
+            "observedGeneration": 2, "desiredNumberScheduled": 0, "updatedNumberScheduled": 0,
+            "numberAvailable": 0}})
+    out = kubectl("rollout", "status", "-n", ns, "ds/node-agent", "--timeout=60s").stdout
+    assert 'daemon set "node-agent" successfully rolled out' in out
+    bad = dict(ds, metadata={"name": "bad"}, spec=dict(ds["spec"], selector={"matchLabels": {"app": "other"}}))
+    out = kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(bad), check=False)
+    assert out.returncode != 0 and "`selector` does not match template `labels`" in out.stderr
+    moved = dict(ds, spec=dict(ds["spec"], selector={"matchLabels": {"app": "agent", "tier": "x"}}))
+    moved["spec"]["template"] = {**ds["spec"]["template"], "metadata": {"labels": {"app": "agent", "tier": "x"}}}
+    out = kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(moved), check=False)
+    assert out.returncode != 0 and "spec.selector" in out.stderr and "field is immutable" in out.stderr
+
+
 def test_validation_errors_reach_kubectl(kubectl, ns, server, etcd):
     kubectl("create", "-n", ns, "-f", "-", input=json.dumps(
         {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "fixed"},

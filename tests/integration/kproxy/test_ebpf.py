@@ -2,11 +2,12 @@
 
 Topology (one per module; every test full-syncs its own services, so tests do not leak state):
 
-    client (192.168.77.100) --+
-    node1 eth0 (.1) ----------+-- bridge in an underlay namespace
-    node2 eth0 (.2) ----------+
-    node1: cni0 10.99.0.0/24, pods a, b, c (knet-cni), kproxy ebpf backend, pods' cgroup
-    node2: cni0 10.99.1.0/24, pod r (a remote backend, reached over the LAN)
+    client (192.168.77.100, fd00:33::100) --+
+    node1 eth0 (.1, fd00:33::1) ------------+-- bridge in an underlay namespace
+    node2 eth0 (.2, fd00:33::2) ------------+
+    node1: cni0 10.99.0.0/24 + fd00:10:244:1::/64, pods a, b, c (knet-cni), kproxy's ebpf
+           backends (one per family, one program set), pods' cgroup
+    node2: cni0 10.99.1.0/24 + fd00:10:244:2::/64, pod r (a remote backend, reached over the LAN)
 
 The socket hooks only act on processes in the pods' cgroup, so pod clients are subprocesses that
 join the cgroup and the pod's namespace before they open a socket (servers run in this process,
@@ -34,13 +35,15 @@ from kproxy.ebpf import loader, maps
 from kproxy.ebpf.backend import EbpfBackend
 from kproxy.model import Config, Endpoint, ServicePort
 from tests.integration.cni.conftest import _make_node
-from tests.integration.kproxy.kproxy_helpers import ask, named_server
+from tests.integration.kproxy.kproxy_helpers import ask, named_server, wait_answers
 from tests.netutil import accept_loop, server_socket, serving
 
 pytestmark = pytest.mark.integration
 CGROUP2 = "/sys/fs/cgroup/unified"
 NODE1, NODE2, CLIENT = "192.168.77.1", "192.168.77.2", "192.168.77.100"
 LB_IP = "192.168.200.10"
+NODE1_6, NODE2_6, CLIENT_6 = "fd00:33::1", "fd00:33::2", "fd00:33::100"
+POD_SUBNETS = {"node1": ("10.99.0.0/24", "fd00:10:244:1::/64"), "node2": ("10.99.1.0/24", "fd00:10:244:2::/64")}
 
 # A pod client: joins the cgroup, then the pod's network namespace (in that order: /sys/fs/cgroup
 # is reachable from here, and sockets must be made after both), then answers JSON requests.
@@ -69,7 +72,7 @@ for line in sys.stdin:
             else:
                 s = socks.get(req.get("sock"))
                 if s is None:
-                    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                    s = socket.socket(socket.AF_INET6 if ":" in req["host"] else socket.AF_INET, socket.SOCK_DGRAM)
                     s.settimeout(req.get("timeout", 2))
                     if req.get("sock"):
                         socks[req["sock"]] = s
@@ -108,8 +111,8 @@ class PodClient:
 
 @contextlib.contextmanager
 def servers(ns: str, name: str, port: int = 8080) -> Iterator[None]:
-    """TCP and UDP servers in `ns` answering "<name> <peer ip>"."""
-    with named_server(ns, name, "TCP", port), named_server(ns, name, "UDP", port):
+    """TCP and UDP servers in `ns` answering "<name> <peer ip>", on both families."""
+    with named_server(ns, name, "TCP", port, addr="::"), named_server(ns, name, "UDP", port, addr="::"):
         yield
 
 
@@ -170,9 +173,11 @@ class Lab:
         self.node1, self.node2, self.cgroup = node1, node2, cgroup
         self.ul, self.client = f"{node1.prefix}-ul", f"{node1.prefix}-cl"
         self.pods: dict[str, str] = {}  # name -> IP
+        self.pods6: dict[str, str] = {}  # name -> IPv6 address
         self.ns: dict[str, str] = {}  # name -> namespace
         self.clients: dict[str, PodClient] = {}
         self.backend: EbpfBackend | None = None
+        self.backend6: EbpfBackend | None = None
         self._underlay()
 
     def _underlay(self) -> None:
@@ -186,41 +191,66 @@ class Lab:
                     links.make_veth(ipr, short, "eth0", peer_netns_fd=fd, master=bridge)
                 finally:
                     os.close(fd)
-        for ns, ip in ((self.node1.name, NODE1), (self.node2.name, NODE2), (self.client, CLIENT)):
+        for ns, ip, ip6 in ((self.node1.name, NODE1, NODE1_6), (self.node2.name, NODE2, NODE2_6),
+                            (self.client, CLIENT, CLIENT_6)):
             with links.iproute(ns) as ipr:
                 links.set_up(ipr, "eth0")
                 links.add_address(ipr, "eth0", f"{ip}/24")
+                links.add_address(ipr, "eth0", f"{ip6}/64", nodad=True)
         with links.iproute(self.node1.name) as ipr:
             links.add_route(ipr, "10.99.1.0/24", gateway=NODE2)
+            links.add_route(ipr, POD_SUBNETS["node2"][1], gateway=NODE2_6)
         with links.iproute(self.node2.name) as ipr:
             links.add_route(ipr, "10.99.0.0/24", gateway=NODE1)
+            links.add_route(ipr, POD_SUBNETS["node1"][1], gateway=NODE1_6)
         with links.iproute(self.client) as ipr:
             links.add_route(ipr, f"{LB_IP}/32", gateway=NODE1)
             links.add_route(ipr, "10.96.0.0/12", gateway=NODE1)
+            links.add_route(ipr, "fd00:10:96::/112", gateway=NODE1_6)
         for ns in (self.node1.name, self.node2.name):
             sysctl(ns, "net.ipv4.ip_forward", "1")
+            sysctl(ns, "net.ipv6.conf.all.forwarding", "1")
             # node1 forwards remote-backend traffic out the interface it came in on; no redirects
             sysctl(ns, "net.ipv4.conf.all.send_redirects", "0")
 
-    def pod(self, node, name: str, subnet: str) -> str:
+    def pod(self, node, name: str, subnets: tuple[str, str]) -> str:
+        """A pod with an address of each family."""
         ns = node.new_pod()
-        conf = node.conf(ipam={"type": "host-local", "ranges": [[{"subnet": subnet}]],
-                               "routes": [{"dst": "0.0.0.0/0"}], "dataDir": os.path.join(node.state, "ipam")})
+        conf = node.conf(ipam={"type": "host-local", "ranges": [[{"subnet": subnets[0]}], [{"subnet": subnets[1]}]],
+                               "routes": [{"dst": "0.0.0.0/0"}, {"dst": "::/0"}],
+                               "dataDir": os.path.join(node.state, "ipam")})
         rc, res = node.cni("ADD", conf, name, ns)
         assert rc == 0, res
-        self.pods[name] = res["ips"][0]["address"].split("/")[0]
+        for ip in res["ips"]:
+            address = ip["address"].split("/")[0]
+            (self.pods6 if ":" in address else self.pods)[name] = address
         self.ns[name] = ns
         return ns
 
     def start_backend(self) -> None:
+        """Both families' backends, as the daemon makes them; the IPv6 one filled (empty) at once,
+        so that the programs attach after the IPv4 one's first sync."""
         with netns.enter(self.node1.name):
             self.backend = EbpfBackend(Config(node_name="node1", cluster_cidr="10.99.0.0/16"),
                                        cgroup=self.cgroup, external_ifaces=["eth0"])
+            self.backend6 = EbpfBackend(Config(node_name="node1", cluster_cidr="fd00:10:244::/56", family=6),
+                                        cgroup=self.cgroup, external_ifaces=["eth0"])
+            sync_all(self.backend6, [], True)
+
+    def stop_backends(self, cleanup: bool = False) -> None:
+        """The daemon's SIGTERM (close: programs stay) or its uninstall (cleanup)."""
+        with netns.enter(self.node1.name):
+            for be in (self.backend, self.backend6):
+                if be is not None:
+                    be.cleanup() if cleanup else be.close()
+        self.backend = self.backend6 = None
 
     def sync(self, ports: list[ServicePort], full: bool = False):
-        assert self.backend is not None
+        """Each family's ports to its backend (the IPv4 backend's result)."""
+        assert self.backend is not None and self.backend6 is not None
         with netns.enter(self.node1.name):
-            return sync_all(self.backend, ports, full)
+            sync_all(self.backend6, [sp for sp in ports if sp.family == 6], full)
+            return sync_all(self.backend, [sp for sp in ports if sp.family == 4], full)
 
     def pod_client(self, name: str) -> PodClient:
         if name not in self.clients:
@@ -230,12 +260,13 @@ class Lab:
     def ep(self, name: str, node: str = "node1") -> Endpoint:
         return Endpoint(self.pods[name], 8080, node_name=node)
 
+    def ep6(self, name: str, node: str = "node1") -> Endpoint:
+        return Endpoint(self.pods6[name], 8080, node_name=node)
+
     def close(self) -> None:
         for c in self.clients.values():
             c.close()
-        if self.backend is not None:
-            with netns.enter(self.node1.name):
-                self.backend.cleanup()
+        self.stop_backends(cleanup=True)
 
 
 @pytest.fixture(scope="module")
@@ -247,11 +278,14 @@ def lab() -> Iterator[Lab]:
         lab = Lab(n1, n2, cgroup)
         stack.callback(lab.close)
         for name in ("a", "b", "c"):
-            stack.enter_context(servers(lab.pod(n1, name, "10.99.0.0/24"), name))
+            stack.enter_context(servers(lab.pod(n1, name, POD_SUBNETS["node1"]), name))
             stack.enter_context(echo_server(lab.ns[name], name))
-        stack.enter_context(servers(lab.pod(n2, "r", "10.99.1.0/24"), "r"))
+        stack.enter_context(servers(lab.pod(n2, "r", POD_SUBNETS["node2"]), "r"))
         lab.start_backend()
+        for name in ("a", "b", "r"):  # new IPv6 neighbours answer before the tests (set-up, not speed)
+            wait_answers(n1.name, lab.pods6[name], 8080, name)
         yield lab
+
 
 
 def svc(name: str, vip: str, eps: list[Endpoint], proto: str = "TCP", **kw) -> ServicePort:
@@ -438,9 +472,7 @@ def test_restart_keeps_established_node_port_flows(lab: Lab):
             conns.append((s, s.recv(64).decode()))
         assert {name for _, name in conns} == {"a", "b"}
         # The daemon stops (programs stay attached) and a new one takes over.
-        assert lab.backend is not None
-        with netns.enter(lab.node1.name):
-            lab.backend.close()
+        lab.stop_backends()
         lab.start_backend()
         lab.sync([sp], full=True)
         for s, name in conns:
@@ -459,13 +491,72 @@ def test_cleanup_detaches_programs_and_removes_cgroup_hooks(lab: Lab):
     assert all(loader.cgroup_prog_ids(lab.cgroup, t) for t in types)
     with links.iproute(lab.node1.name) as ipr:
         assert len(loader.tc_filters(ipr, "eth0")) == 2
-    with netns.enter(lab.node1.name):
-        lab.backend.cleanup()
-    lab.backend = None
+    lab.stop_backends(cleanup=True)
     assert not any(loader.cgroup_prog_ids(lab.cgroup, t) for t in types)
     with links.iproute(lab.node1.name) as ipr:
         assert loader.tc_filters(ipr, "eth0") == []
     assert lab.pod_client("c").names("tcp", vip, 80, timeout=0.5)[0].startswith("!")
-    out = netns.run(lab.node1.name, ["iptables-save"]).stdout
-    assert "KUBE-" not in out
+    for save in ("iptables-save", "ip6tables-save"):
+        assert "KUBE-" not in netns.run(lab.node1.name, [save]).stdout
     lab.start_backend()  # a new instance attaches again (and later tests need one)
+
+
+# --- IPv6: the connect6 / sendmsg6 / recvmsg6 / getpeername6 hooks and the tc programs' v6 branch ---
+VIP6 = "fd00:10:96::701"
+
+
+def svc6(name: str, vip: str, eps: list[Endpoint], proto: str = "TCP", **kw) -> ServicePort:
+    return ServicePort("default", name, "", proto, 80, (vip,), endpoints=tuple(eps), family=6, **kw)
+
+
+def test_v6_cluster_ip_spreads_and_getpeername_shows_the_service(lab: Lab):
+    lab.sync([svc6("web6", VIP6, [lab.ep6("a"), lab.ep6("b")])], full=True)
+    client = lab.pod_client("c")
+    results = client.run("tcp", VIP6, 80, n=40)
+    seen = collections.Counter(r["ok"].split()[0] for r in results)
+    assert set(seen) == {"a", "b"} and min(seen.values()) >= 8, seen
+    assert {tuple(r["peer"][:2]) for r in results} == {(VIP6, 80)}
+    assert {r["ok"].split()[1] for r in results} == {lab.pods6["c"]}  # no NAT: the backend sees the pod
+    # A partial sync of the v6 maps moves the traffic.
+    lab.sync([svc6("web6", VIP6, [lab.ep6("b")])])
+    assert set(client.names("tcp", VIP6, 80, n=10)) == {"b"}
+
+
+def test_v6_udp_replies_come_from_the_vip(lab: Lab):
+    lab.sync([svc6("dns6", VIP6, [lab.ep6("a")], "UDP")], full=True)
+    (r,) = lab.pod_client("c").run("udp", VIP6, 80, sock="s6")
+    assert r["ok"].split()[0] == "a" and r["peer"][:2] == [VIP6, 80], r
+
+
+def test_v6_no_endpoints_is_refused_at_once(lab: Lab):
+    lab.sync([svc6("empty6", VIP6, []), svc6("empty6-udp", VIP6, [], "UDP")], full=True)
+    for op in ("tcp", "udp"):
+        (r,) = lab.pod_client("c").run(op, VIP6, 80, timeout=3)
+        assert r.get("errno") == 111 and r["t"] < 0.5, r
+
+
+def test_v6_affinity_and_a_dual_stack_service_on_both_cluster_ips(lab: Lab):
+    v4 = svc("both", "10.96.7.21", [lab.ep("a"), lab.ep("b")], affinity_seconds=60)
+    v6 = svc6("both", VIP6, [lab.ep6("a"), lab.ep6("b")], affinity_seconds=60)
+    lab.sync([v4, v6], full=True)
+    client = lab.pod_client("c")
+    assert len(set(client.names("tcp", VIP6, 80, n=15))) == 1
+    assert len(set(client.names("tcp", "10.96.7.21", 80, n=15))) == 1
+
+
+def test_v6_node_port_from_outside_with_masquerade(lab: Lab):
+    sp = ServicePort("default", "np6", "", "TCP", 80, (VIP6,), node_port=30180,
+                     endpoints=(lab.ep6("a"), lab.ep6("r", "node2")), family=6)
+    lab.sync([sp], full=True)
+    seen = collections.Counter()
+    for _ in range(30):
+        name, src = ask(lab.client, NODE1_6, 30180).split()
+        seen[name] += 1
+        assert src != CLIENT_6  # Cluster policy: masqueraded
+    assert set(seen) == {"a", "r"}, seen  # the remote backend answers through node1 too
+    # An off-cluster client routed to the node reaches the v6 cluster IP too.
+    assert ask(lab.client, VIP6, 80).split()[0] in ("a", "r")
+    # No endpoints: the tc program leaves the packet to ip6tables, which rejects it.
+    lab.sync([ServicePort("default", "np6", "", "TCP", 80, (VIP6,), node_port=30180, family=6)])
+    with pytest.raises(ConnectionRefusedError):
+        ask(lab.client, NODE1_6, 30180, timeout=3)

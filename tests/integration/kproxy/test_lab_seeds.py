@@ -25,6 +25,7 @@ import pytest
 
 from knet import netns
 from knet.kube import client
+from knet_testing import anchors
 from lab.bringup import controlplane
 from tests.integration.controlplane.cp_helpers import wait_for
 from tests.integration.kproxy.test_lab_modes import MODES, NODE_IPS, ServiceLab, up_lab
@@ -37,10 +38,18 @@ EXTRA_IPS = [f"192.168.33.{i}" for i in range(101, 117)]
 Answers = list[tuple[float, str | None]]  # (when the request started, its answer or None)
 
 
-@pytest.fixture(scope="module", params=MODES)
+# The seeds also against the upstream control plane (kube-apiserver, kube-controller-manager:
+# `knet lab up --control-plane real`), in one proxy mode: the data paths are the same.
+REAL = "iptables+real"
+
+
+@pytest.fixture(scope="module", params=[*MODES, REAL])
 def slab(request: pytest.FixtureRequest) -> Iterator[ServiceLab]:
-    lab = up_lab(request, nodes=2, control_plane=True, proxy_mode=request.param)
-    s = ServiceLab(lab, request.param)
+    mode, _, control_plane = request.param.partition("+")
+    if control_plane == "real" and (why := anchors.real_control_plane_missing()):
+        pytest.skip(f"--control-plane real: {why}")
+    lab = up_lab(request, nodes=2, control_plane=control_plane or True, proxy_mode=mode)
+    s = ServiceLab(lab, mode)
     s.client_pod("client-node1", "node1")
     s.ready("role=client", 1)
     try:
@@ -288,7 +297,7 @@ def kubectl_exec(s: ServiceLab, pod: str, *command: str, check: bool = True) -> 
     return proc
 
 
-@pytest.mark.parametrize("slab", ["iptables"], indirect=True)  # (the data paths have their own suites)
+@pytest.mark.parametrize("slab", ["iptables", REAL], indirect=True)  # (the data paths have their own suites)
 def test_seeds_as_written_with_kubectl_exec(slab: ServiceLab) -> None:
     """The seeds the material runs as `kubectl exec <pod> -- curl ...` (and dig), typed as written
     through kubectl (exec proxied by the API server to the node agent), in one proxy mode (the

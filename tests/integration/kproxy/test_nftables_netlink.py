@@ -9,6 +9,7 @@ from __future__ import annotations
 import secrets
 import subprocess
 from collections.abc import Iterator
+from dataclasses import replace
 
 import pytest
 
@@ -20,12 +21,28 @@ from kproxy.nftables.rules import Elements, ops_text, partial_ops, render_full, 
 pytestmark = pytest.mark.integration
 CFGS = [Config(node_name="node1", cluster_cidr="10.244.0.0/16"),
         Config(node_name="node1", cluster_cidr="10.240.0.0/12"),
-        Config(node_name="node1", masquerade_all=True)]
+        Config(node_name="node1", masquerade_all=True),
+        Config(node_name="node1", cluster_cidr="fd00:10:244::/56", family=6),
+        Config(node_name="node1", cluster_cidr="fd00:10:240::/44", family=6)]
 LOCAL, REMOTE = Endpoint("10.244.1.2", 8080, node_name="node1"), Endpoint("10.244.2.3", 8080, node_name="node2")
+V6 = {"10.244.1.2": "fd00:10:244:1::2", "10.244.2.3": "fd00:10:244:2::3", "10.244.1.9": "fd00:10:244:1::9",
+      "192.168.33.200": "fd00:33::200", "192.168.33.50": "fd00:33::50"}
 
 
-def ports(version: int) -> list[ServicePort]:
+def v6(sp: ServicePort) -> ServicePort:
+    """The same service port in the IPv6 family (services fd00:10:96::/112, pods fd00:10:244::/56)."""
+    def addr(ip: str) -> str:
+        return V6.get(ip) or "fd00:10:96::" + ip.rsplit(".", 1)[1]
+    return replace(sp, family=6, cluster_ips=tuple(map(addr, sp.cluster_ips)),
+                   external_ips=tuple(map(addr, sp.external_ips)),
+                   load_balancer_ips=tuple(map(addr, sp.load_balancer_ips)),
+                   endpoints=tuple(replace(e, ip=addr(e.ip)) for e in sp.endpoints))
+
+
+def ports(version: int, family: int = 4) -> list[ServicePort]:
     """Every shape the renderer knows, and a second version of each that differs."""
+    if family == 6:
+        return [v6(sp) for sp in ports(version)]
     v = version
     eps = (LOCAL, REMOTE) if v == 0 else (REMOTE, Endpoint("10.244.1.9", 9090, node_name="node1"))
     return [
@@ -53,19 +70,20 @@ def namespaces() -> Iterator[tuple[str, str]]:
             netns.delete(n)
 
 
-def listing(ns: str) -> str:
-    return subprocess.run(["ip", "netns", "exec", ns, "nft", "list", "table", "ip", "kube-proxy"],
-                          capture_output=True, text=True, check=True).stdout
+def listing(ns: str, family: int = 4) -> str:
+    return subprocess.run(["ip", "netns", "exec", ns, "nft", "list", "table", "ip6" if family == 6 else "ip",
+                           "kube-proxy"], capture_output=True, text=True, check=True).stdout
 
 
-@pytest.mark.parametrize("cfg", CFGS, ids=["cidr16", "cidr12", "masquerade-all"])
+@pytest.mark.parametrize("cfg", CFGS, ids=["cidr16", "cidr12", "masquerade-all", "ipv6-cidr56", "ipv6-cidr44"])
 def test_netlink_and_nft_leave_the_same_table(namespaces: tuple[str, str], cfg: Config) -> None:
     by_nft, by_netlink = namespaces
-    old = {sp.key: render_service(sp, cfg) for sp in ports(0)}
-    new = {sp.key: render_service(sp, cfg) for sp in ports(1)}
+    fam = cfg.family
+    old = {sp.key: render_service(sp, cfg) for sp in ports(0, fam)}
+    new = {sp.key: render_service(sp, cfg) for sp in ports(1, fam)}
     elements = Elements()
     elements.replace((k, None, r) for k, r in old.items())
-    full = render_full(old, elements, set(), {})
+    full = render_full(old, elements, set(), {}, fam)
     changed = old.keys() | new.keys()
     deletes, adds = elements.replace((k, old.get(k), new.get(k)) for k in changed)
     ops = partial_ops(old, new, changed, deletes, adds, elements)
@@ -73,16 +91,17 @@ def test_netlink_and_nft_leave_the_same_table(namespaces: tuple[str, str], cfg: 
                                      "add_elements", "delete_elements"}
     for ns in namespaces:
         netns.run(ns, ["nft", "-f", "-"], input=full, text=True, check=True)
-    netns.run(by_nft, ["nft", "-f", "-"], input=ops_text(ops), text=True, check=True)
+    netns.run(by_nft, ["nft", "-f", "-"], input=ops_text(ops, fam), text=True, check=True)
     with netns.enter(by_netlink):
-        writer = Netlink()
+        writer = Netlink(fam)
         try:
             writer.apply(ops)
         finally:
             writer.close()
-    got = listing(by_netlink)
-    assert got == listing(by_nft)
-    assert "10.244.1.9" in got and "only-in-1" in got and "only-in-0" not in got
+    got = listing(by_netlink, fam)
+    assert got == listing(by_nft, fam)
+    assert ("fd00:10:244:1::9" if fam == 6 else "10.244.1.9") in got
+    assert "only-in-1" in got and "only-in-0" not in got
 
 
 def test_a_refused_transaction_changes_nothing(namespaces: tuple[str, str]) -> None:
@@ -114,10 +133,14 @@ def test_uninstall_removes_the_table(namespaces: tuple[str, str]) -> None:
     for n in namespaces:
         netns.run(n, ["nft", "-f", "-"], input=render_full(old, elements, set(), {}), text=True, check=True)
     with netns.enter(ns):
-        steps = [s for s in uninstall.uninstall_steps() if s.label == "nft"]
-        assert [s.lines for s in steps] == [("nft table ip kube-proxy",)]
+        six = {sp.key: render_service(sp, CFGS[3]) for sp in ports(0, 6)}
+        elements6 = Elements()
+        elements6.replace((k, None, r) for k, r in six.items())
+        netns.run(ns, ["nft", "-f", "-"], input=render_full(six, elements6, set(), {}, 6), text=True, check=True)
+        steps = [s for s in uninstall.uninstall_steps() if s.label.startswith("nft")]
+        assert [s.lines for s in steps] == [("nft table ip kube-proxy",), ("nft table ip6 kube-proxy",)]
         for s in steps:
             s.run()
-        assert [s for s in uninstall.uninstall_steps() if s.label == "nft"] == []
+        assert [s for s in uninstall.uninstall_steps() if s.label.startswith("nft")] == []
     gone = netns.run(ns, ["nft", "list", "table", "ip", "kube-proxy"], capture_output=True, text=True)
     assert gone.returncode != 0 and "10.244.1.2" in listing(other)

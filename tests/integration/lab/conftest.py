@@ -4,9 +4,12 @@ lab_helpers.py.
 - `lab`: the network lab alone (no control plane), flannel_py with the etcd subnet manager;
 - `kube_lab`: with the control plane and flannel_py's kube subnet manager (`knet lab up`'s
   default): the Nodes' podCIDRs from the node IPAM controller are the node subnets;
-- `overlay_lab`: each of the two in turn, for the tests of traffic between pods and nodes (a module
-  runs all its tests with both by overriding `lab` and `pods`: test_lab_dataplane.py).
-`pods` / `overlay_pods`: a1, a2 on node1 and b1 on node2 of the lab they are asked for."""
+- `real_lab`: as `kube_lab` with the upstream control plane (`--control-plane real`:
+  kube-apiserver, kube-controller-manager); skipped when scripts/install-anchors has not built them;
+- `overlay_lab`: each of the three in turn, for the tests of traffic between pods and nodes (a module
+  runs all its tests with each by overriding `lab` and `pods`: test_lab_dataplane.py).
+`pods` / `overlay_pods` / `lab_pods` (the module's own `lab`): a1, a2 on node1 and b1 on node2 of the
+lab they are asked for."""
 
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ import secrets
 
 import pytest
 
+from knet_testing import anchors
 from lab import api
 from lab.net import state
 
@@ -35,7 +39,7 @@ def sweep_test_labs() -> None:
             api.down(name)
 
 
-SUBNET_MANAGERS = ("etcd", "kube")
+OVERLAY_LABS = ("etcd", "kube", "real")  # the <name>_lab fixtures
 _PODS: dict[str, dict[str, dict]] = {}  # lab name -> its session pods
 
 
@@ -63,7 +67,14 @@ def kube_lab(request: pytest.FixtureRequest) -> api.Lab:
     return _up(request, control_plane=True, subnet_manager="kube")
 
 
-@pytest.fixture(scope="session", params=SUBNET_MANAGERS)
+@pytest.fixture(scope="session")
+def real_lab(request: pytest.FixtureRequest) -> api.Lab:
+    if why := anchors.real_control_plane_missing():
+        pytest.skip(f"--control-plane real: {why}")
+    return _up(request, control_plane="real", subnet_manager="kube")
+
+
+@pytest.fixture(scope="session", params=OVERLAY_LABS)
 def overlay_lab(request: pytest.FixtureRequest) -> api.Lab:
     return request.getfixturevalue(f"{request.param}_lab")
 
@@ -84,6 +95,12 @@ def pods(lab: api.Lab) -> dict[str, dict]:
 @pytest.fixture(scope="session")
 def overlay_pods(overlay_lab: api.Lab) -> dict[str, dict]:
     return session_pods(overlay_lab)
+
+
+@pytest.fixture(scope="module")
+def lab_pods(lab: api.Lab) -> dict[str, dict]:
+    """The session pods of whichever lab the module's `lab` is (a module that overrides `lab`)."""
+    return session_pods(lab)
 
 
 @pytest.fixture(scope="session")

@@ -18,6 +18,18 @@ from lab.net import pods as runtime  # `pods` is the fixture of the session's po
 pytestmark = pytest.mark.integration
 
 
+@pytest.fixture(scope="module", params=("etcd", "real"))
+def lab(request: pytest.FixtureRequest) -> api.Lab:
+    """The lab runtime without a control plane, and beside the upstream one (`--control-plane
+    real`: its node agents and controllers must leave the runtime's own pods alone)."""
+    return request.getfixturevalue(f"{request.param}_lab")
+
+
+@pytest.fixture(scope="module")
+def pods(lab_pods: dict[str, dict]) -> dict[str, dict]:
+    return lab_pods
+
+
 def ipam_files(lab: api.Lab, node: str) -> set[str]:
     d = os.path.join(lab.node(node)["dir"], "ipam", topology.CNI_NETWORK)
     return {f for f in os.listdir(d) if f[0].isdigit()} if os.path.isdir(d) else set()
