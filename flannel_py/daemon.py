@@ -80,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--net-config-path", default=DEFAULT_NET_CONF,
                    help="kube subnet manager: the network config file (kube-flannel's ConfigMap key net-conf.json)")
     p.add_argument("--node-name", default=None, help="kube subnet manager: this node's name (default: $NODE_NAME)")
+    p.add_argument("--set-node-network-unavailable", default=True, action=argparse.BooleanOptionalAction,
+                   help="kube subnet manager: set the Node's NetworkUnavailable condition False once the subnet "
+                        "file is written (flanneld's default)")
     p.add_argument("--etcd-endpoints", default="http://127.0.0.1:2379", help="comma-separated etcd URLs")
     p.add_argument("--etcd-prefix", default=DEFAULT_PREFIX, help="key root (config at <prefix>/config)")
     p.add_argument("--etcd-cafile", default=None)

@@ -85,6 +85,20 @@ def annotation_patch(names: Annotations, attrs: LeaseAttrs, current: Mapping[str
     return {"metadata": {"annotations": changed}} if changed else None
 
 
+def network_available_patch(now: str) -> dict[str, Any]:
+    """The nodes/status patch flanneld sends once its subnet file is written (its CompleteLease,
+    --set-node-network-unavailable): the Node's NetworkUnavailable condition False, merged by type
+    beside the kubelet's conditions. `now`: RFC 3339 time."""
+    return {"status": {"conditions": [{
+        "type": "NetworkUnavailable", "status": "False", "reason": "FlannelIsUp",
+        "message": "Flannel is running on this node", "lastTransitionTime": now, "lastHeartbeatTime": now}]}}
+
+
+def network_available(node: Node) -> bool:
+    """The Node's NetworkUnavailable condition is already False (a restart has nothing to say)."""
+    return any(c.type == "NetworkUnavailable" and c.status == "False" for c in node.status.conditions)
+
+
 def pod_subnet(node: Node) -> IPv4Network | None:
     """The node's IPv4 pod subnet (the IPv4 one of podCIDRs on a dual-stack node); None when none
     is assigned yet (the model has checked that each value is a CIDR)."""

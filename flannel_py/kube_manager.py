@@ -9,6 +9,9 @@
 - everyone's leases: an informer on Nodes; each add/update/delete is one queue item and changes
   one entry of the lease map (keyed by node name).
 
+- once our subnet.env is written: our Node's NetworkUnavailable condition False, as flanneld
+  (--set-node-network-unavailable, on by default).
+
 API calls, and so the RBAC the DaemonSet needs: nodes list + watch (the informer), nodes get (our
 own Node, fresh, before patching it), nodes/status patch.
 """
@@ -30,6 +33,8 @@ from flannel_py.kube_annotations import (
     Annotations,
     annotation_patch,
     lease_of,
+    network_available,
+    network_available_patch,
     node_lease,
     own_ipv6_subnet,
     own_subnet,
@@ -200,7 +205,21 @@ class KubeSubnetManager:
         return Lease(subnet, attrs, ipv6_subnet)
 
     def start(self) -> None:
-        """The informer runs since network_config(); nothing more to start."""
+        """Called once our lease is configured and subnet.env written (the informer runs since
+        network_config()): flanneld's CompleteLease, the NetworkUnavailable condition False on our
+        Node. A failure is logged, not fatal (nor is it in flanneld): the overlay works without.
+        Unlike flanneld, a restart that finds it False already writes nothing."""
+        node = self.nodes.get(self.node)
+        if not self.args.set_node_network_unavailable or (node is not None and network_available(node)):
+            return
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        try:
+            kube_client.patch(self.api, "Node", self.node, network_available_patch(now), status=True)
+        except Exception as e:
+            log.error("setting the node condition NetworkUnavailable=False failed",
+                      extra={"node": self.node, "error": str(e)})
+        else:
+            log.info("node condition NetworkUnavailable=False", extra={"node": self.node})
 
     def handle(self, item: object) -> bool:
         """Apply one queue item to the lease map; True if the kernel may need changes."""

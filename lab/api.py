@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from knet import cgroups, netns
-from lab.bringup import controlplane, dns, kube_proxy, launch, netpol, proxy, real_control_plane
+from lab.bringup import controlplane, dns, flanneld, kube_proxy, launch, netpol, proxy, real_control_plane
 from lab.bringup import ingress as lab_ingress
 from lab.bringup import overlay as lab_overlay
 from lab.errors import LabError
@@ -141,14 +141,16 @@ def up(name: str = "knet", nodes: int = 3, cni_type: str = "knet-cni", recreate:
        progress: Progress = _quiet, root: str = topology.STATE_ROOT, agents: bool = True,
        overlay: str = "vxlan", control_plane: bool | str = False, proxy_mode: str | None = None,
        network_policy: bool = False, ingress: bool = False, subnet_manager: str | None = None,
-       ip_family: str = "ipv4") -> Lab:
+       ip_family: str = "ipv4", flannel: str = "py") -> Lab:
     """Build the lab; on any failure everything made so far is removed again. `control_plane`:
     also etcd, the API server, the controllers and the node agents (lab.bringup.controlplane);
     "real": kube-apiserver and kube-controller-manager instead (lab.bringup.real_control_plane).
     `subnet_manager` (vxlan and host-gw overlays): "kube" (the Nodes' podCIDRs; needs the
     control plane) or "etcd"; None: kube with the control plane, else etcd. `ip_family`: "ipv4"
     (the default), or "dual" (IPv4 primary): an IPv6 underlay, pod and service range beside the
-    IPv4 ones ("ipv6" alone is refused: flannel-py has no IPv6-only overlay)."""
+    IPv4 ones ("ipv6" alone is refused: flannel-py has no IPv6-only overlay). `flannel`: "py"
+    (flannel-py on every node), "real" (upstream flanneld on every node) or "real:N" (flanneld on
+    the last N nodes, flannel-py on the others; lab.bringup.flanneld)."""
     t0 = time.monotonic()
     p = topology.plan(name, nodes, cni_type, root, overlay, ip_family)
     manager = _subnet_manager(overlay, subnet_manager, bool(control_plane))
@@ -159,6 +161,7 @@ def up(name: str = "knet", nodes: int = 3, cni_type: str = "knet-cni", recreate:
             raise LabError("--ip-family dual with --control-plane real is not supported yet: kube-apiserver and "
                            "kube-controller-manager are started single-stack (lab/bringup/real_control_plane.py)")
         real_control_plane.check_anchors()
+    real_flannel = flanneld.nodes(flannel, p, manager)
     if exists(name, root):
         if not recreate:
             raise LabError(f"lab {name} already exists (knet lab down --name {name}, or --recreate)")
@@ -170,11 +173,13 @@ def up(name: str = "knet", nodes: int = 3, cni_type: str = "knet-cni", recreate:
     os.makedirs(p.state_dir, exist_ok=True)
     state.write_owner(name, root)  # before any namespace: leftovers always have an owner record
     progress(f"lab {name}: {nodes} node(s), cni plugin {cni_type}, state in {p.state_dir}")
+    if real_flannel:
+        progress(f"flannel: {flanneld.describe(real_flannel)}, flannel-py on the other nodes")
     try:
         kernel.build(p, progress)
         if control_plane == "real":  # the anchors' etcd, before the overlay would start Debian's
             real_control_plane.start_etcd(p, progress)
-        leases = lab_overlay.start(p, progress) if manager == "etcd" else {}
+        leases = lab_overlay.start(p, progress, flanneld_nodes=real_flannel) if manager == "etcd" else {}
         for n in p.nodes:
             os.makedirs(os.path.dirname(n.conflist_path), exist_ok=True)
             os.makedirs(n.ipam_dir, exist_ok=True)
@@ -184,6 +189,7 @@ def up(name: str = "knet", nodes: int = 3, cni_type: str = "knet-cni", recreate:
         progress(f"cni: {', '.join(n.conflist_path for n in p.nodes)}")
         desc = topology.describe(p)
         desc["subnet_manager"] = manager
+        desc["flanneld_nodes"] = real_flannel
         desc["agents"] = {}
         if agents and cni_type == "knet-cni":
             desc["agents"] = kernel.start_agents(p, progress)
@@ -191,18 +197,19 @@ def up(name: str = "knet", nodes: int = 3, cni_type: str = "knet-cni", recreate:
         state.save(desc, name, root)
         _record_leases(name, root, leases)
         if control_plane:  # after lab.json exists: the node agents read it
-            flannel: dict[str, launch.Daemon] = {}
+            flannel_daemons: dict[str, launch.Daemon] = {}
 
             def start_flannel(kubeconfigs: dict[str, str]) -> None:
-                flannel.update(lab_overlay.spawn_kube(p, kubeconfigs["flannel"]))
+                flannel_daemons.update(lab_overlay.spawn_kube(p, kubeconfigs["flannel"], real_flannel))
 
             start_cp = (real_control_plane.start_control_plane if control_plane == "real"
                         else controlplane.start_control_plane)
             cp = _record(name, root, "control_plane", start_cp(
                 p, progress, with_nodes=start_flannel if manager == "kube" else None))
             kubeconfigs = cp["kubeconfigs"]
-            if manager == "kube":  # every Node has its podCIDR now
-                _record_leases(name, root, lab_overlay.wait_kube(p, flannel, progress))
+            if manager == "kube":  # every Node has its podCIDR now (flanneld exits without one)
+                flannel_daemons.update(lab_overlay.spawn_flanneld_kube(p, kubeconfigs["flannel"], real_flannel))
+                _record_leases(name, root, lab_overlay.wait_kube(p, flannel_daemons, progress))
             _record(name, root, "dns", dns.start(p, kubeconfigs, progress))
             if proxy_mode in kube_proxy.MODES:  # upstream kube-proxy as the peer of kproxy's modes
                 _record(name, root, "proxy", {"mode": proxy_mode, "nodes": kube_proxy.start(

@@ -15,7 +15,7 @@ import sys
 from typing import Any
 
 from lab import api, observe
-from lab.bringup import controlplane, demo, kube_proxy
+from lab.bringup import controlplane, demo, flanneld, kube_proxy
 from lab.net import state
 
 DEFAULT_LAB = os.environ.get("KNET_LAB", "knet")
@@ -39,7 +39,8 @@ def cmd_up(args: argparse.Namespace) -> int:
                  control_plane=False if args.no_control_plane else args.control_plane,
                  proxy_mode=None if args.no_control_plane or args.proxy_mode == "none" else args.proxy_mode,
                  network_policy=not args.no_control_plane and not args.no_network_policy,
-                 ingress=not args.no_control_plane and not args.no_ingress, ip_family=args.ip_family)
+                 ingress=not args.no_control_plane and not args.no_ingress, ip_family=args.ip_family,
+                 flannel=args.flannel)
     if args.demo:
         return 0 if demo.run(lab, _say) else 1
     return 0
@@ -83,6 +84,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(json.dumps(data, indent=2, sort_keys=True))
         return 0
     manager = f" ({data['subnet_manager']} subnet manager)" if data.get("subnet_manager") else ""
+    manager += f" {flanneld.describe(data['flanneld_nodes'])}" if data.get("flanneld_nodes") else ""
     print(f"lab {data['name']}  overlay {data.get('overlay', '?')}{manager}  cni {data.get('cni_type', '?')}  "
           f"state {data['state_dir']}")
     print(f"  ctl {data['ctl']['ip']} ({data['ctl']['netns']})   "
@@ -188,6 +190,10 @@ def register(subparsers: Any) -> None:
                     help="where flannel_py gets each node's subnet: kube (default) = the Node's podCIDR from the "
                          "node IPAM controller, leases as Node annotations, as kube-flannel; etcd = leases in the "
                          "lab's etcd (the default with --no-control-plane)")
+    up.add_argument("--flannel", default=os.environ.get("KNET_LAB_FLANNEL", "py"), metavar=flanneld.CHOICES,
+                    help="py (default): flannel-py on every node; real: upstream flanneld (.anchors/bin, "
+                         "scripts/install-anchors) on every node; real:N: flanneld on the last N nodes, flannel-py "
+                         "on the others, one subnet manager (either)")
     up.add_argument("--proxy-mode", choices=["iptables", "userspace", "ebpf", "nftables", *kube_proxy.MODES, "none"],
                     default=os.environ.get("KNET_PROXY_MODE", "iptables"),
                     help="kproxy data path on every node (needs the control plane); kube-proxy-*: upstream "

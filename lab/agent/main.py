@@ -140,8 +140,12 @@ class Agent:
     # --- the Node --------------------------------------------------------------------------------
 
     def node_object(self) -> dict[str, Any]:
+        # The annotation kubelet registers every Node with (controller attach/detach, its default).
+        # Upstream flanneld (v0.28) panics on a Node without any annotation (a nil map).
         return {"apiVersion": "v1", "kind": "Node",
-                "metadata": {"name": self.node, "labels": {
+                "metadata": {"name": self.node,
+                             "annotations": {"volumes.kubernetes.io/controller-managed-attach-detach": "true"},
+                             "labels": {
                     "kubernetes.io/hostname": self.node, "kubernetes.io/os": "linux",
                     "kubernetes.io/arch": "amd64", "beta.kubernetes.io/os": "linux",
                     "beta.kubernetes.io/arch": "amd64"}},

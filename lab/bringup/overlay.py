@@ -13,6 +13,9 @@ overlay's MTU.
   ConfigMap carries (<state>/kube-flannel/net-conf.json).
 - etcd (`start`): flannel leases subnets from the lab's etcd (/coreos.com/network); started before
   the control plane, which it does not need.
+
+`flanneld_nodes` (`knet lab up --flannel real:N`): those nodes run upstream flanneld instead, on
+the same subnet manager (lab.bringup.flanneld).
 """
 
 from __future__ import annotations
@@ -22,10 +25,11 @@ import ipaddress
 import json
 import os
 import time
+from collections.abc import Collection
 
-from lab.bringup import etcd, launch
+from lab.bringup import etcd, flanneld, launch
 from lab.errors import LabError
-from lab.net import topology
+from lab.net import state, topology
 
 NETWORK_KEY = "/coreos.com/network/config"
 SUBNET_MANAGERS = ("kube", "etcd")
@@ -91,7 +95,8 @@ def leased(subnet_file: str) -> bool:
     return "FLANNEL_SUBNET" in read_subnet_env(subnet_file)
 
 
-def start(p: topology.Plan, progress=print, wait: float = 20.0) -> dict[str, dict]:
+def start(p: topology.Plan, progress=print, wait: float = 20.0, flanneld_nodes: Collection[str] = ()
+          ) -> dict[str, dict]:
     """Start flannel-py (etcd subnet manager) on every node; returns node -> {"pod_subnet", "mtu", "pid"}."""
     etcd.start(p, progress)
     etcd.put(p, NETWORK_KEY, json.dumps(network_config(p.overlay, p.ip_family)))
@@ -101,7 +106,7 @@ def start(p: topology.Plan, progress=print, wait: float = 20.0) -> dict[str, dic
     # 10.244.<i>.0/24 in a fresh lab — addresses a person can read. (Concurrent starts are
     # race-free too; flannel_py's own tests prove that.)
     for n in p.nodes:
-        daemon = _spawn(n, flannel_argv(n))
+        daemon = _spawn(n, flanneld.etcd_argv(n) if n.short in flanneld_nodes else flannel_argv(n))
         if not launch.wait_until(functools.partial(leased, n.subnet_file), [daemon], deadline - time.monotonic(),
                                  interval=0.02):
             raise OverlayError(f"no subnet lease for {n.short} within {wait:.0f}s (see {daemon.log})")
@@ -110,7 +115,7 @@ def start(p: topology.Plan, progress=print, wait: float = 20.0) -> dict[str, dic
     return out
 
 
-def spawn_kube(p: topology.Plan, kubeconfig: str) -> dict[str, launch.Daemon]:
+def spawn_kube(p: topology.Plan, kubeconfig: str, flanneld_nodes: Collection[str] = ()) -> dict[str, launch.Daemon]:
     """Start flannel-py (kube subnet manager) on every node at once: each takes its own Node's
     podCIDR, so there is no order to keep, and each waits for it by itself. Started while the
     control plane comes up, the daemons' start-up (~1-3 s of imports and a Node list each) runs
@@ -120,7 +125,15 @@ def spawn_kube(p: topology.Plan, kubeconfig: str) -> dict[str, launch.Daemon]:
     with open(conf, "w") as f:
         json.dump(net_conf(p.overlay, p.ip_family), f, indent=2)
         f.write("\n")
-    return {n.short: _spawn(n, kube_flannel_argv(n, kubeconfig, conf)) for n in p.nodes}
+    return {n.short: _spawn(n, kube_flannel_argv(n, kubeconfig, conf)) for n in p.nodes
+            if n.short not in flanneld_nodes}
+
+
+def spawn_flanneld_kube(p: topology.Plan, kubeconfig: str, nodes: Collection[str]) -> dict[str, launch.Daemon]:
+    """Start flanneld (kube subnet manager) on `nodes`, with spawn_kube's net-conf: only once their
+    Nodes have a podCIDR (flanneld exits without one; lab.bringup.flanneld)."""
+    return {n.short: _spawn(n, flanneld.kube_argv(n, kubeconfig, net_conf_path(p))) for n in p.nodes
+            if n.short in nodes}
 
 
 def wait_kube(p: topology.Plan, daemons: dict[str, launch.Daemon], progress=print,
@@ -142,7 +155,8 @@ def wait_kube(p: topology.Plan, daemons: dict[str, launch.Daemon], progress=prin
 
 def _spawn(n: topology.Node, argv: list[str]) -> launch.Daemon:
     os.makedirs(n.dir, exist_ok=True)
-    return launch.spawn(f"flannel-py on {n.short}", n.netns, argv, os.path.join(n.dir, "flannel.log"), OverlayError)
+    what = "flanneld" if flanneld.BINARY in argv else "flannel-py"
+    return launch.spawn(f"{what} on {n.short}", n.netns, argv, os.path.join(n.dir, "flannel.log"), OverlayError)
 
 
 def _lease(n: topology.Node, daemon: launch.Daemon) -> dict:
@@ -158,3 +172,45 @@ def _report(p: topology.Plan, manager: str, out: dict[str, dict], progress) -> N
     progress(f"overlay {p.overlay} ({manager} subnet manager): " + ", ".join(
         f"{k} {v['pod_subnet']}{' ' + v['pod_subnet6'] if 'pod_subnet6' in v else ''} (mtu {v['mtu']})"
         for k, v in sorted(out.items())))
+
+
+def switch(lab: str, node: str, daemon: str, root: str = topology.STATE_ROOT, wait: float = 30.0) -> int:
+    """Replace a node's flannel in place by `daemon` ("flannel-py" or "flanneld"), as an operator
+    moves a cluster node by node: SIGTERM to the recorded pid (both daemons leave the device,
+    routes and lease behind), the other daemon with the same subnet manager, waiting until it has
+    rewritten the node's subnet file. Records the new pid and the flanneld nodes; returns the pid."""
+    from lab.apiserver.main import stop_pid  # the server's module imports aiohttp (~1 s): only when needed
+
+    if daemon not in ("flannel-py", "flanneld"):
+        raise OverlayError(f"daemon must be flannel-py or flanneld, got {daemon!r}")
+    data = state.load(lab, root)
+    p = topology.plan(lab, len(data["nodes"]), data.get("cni_type", "knet-cni"), root, data["overlay"],
+                      data.get("ip_family", "ipv4"))
+    n = p.node(node)
+    manager, pid = data.get("subnet_manager"), data["nodes"][n.short].get("flannel_pid")
+    if manager not in SUBNET_MANAGERS or not pid:
+        raise OverlayError(f"lab {lab} runs no flannel on {n.short}")
+    if daemon == "flanneld":
+        flanneld.check_built(f"flanneld on {n.short}")
+    kubeconfig = (data.get("control_plane") or {}).get("kubeconfigs", {}).get("flannel", "")
+    if manager == "kube":
+        argv = (flanneld.kube_argv(n, kubeconfig, net_conf_path(p)) if daemon == "flanneld"
+                else kube_flannel_argv(n, kubeconfig, net_conf_path(p)))
+    else:
+        argv = flanneld.etcd_argv(n) if daemon == "flanneld" else flannel_argv(n)
+
+    def written() -> tuple[int, int]:
+        st = os.stat(n.subnet_file)
+        return st.st_ino, st.st_mtime_ns
+
+    before = written()
+    stop_pid(pid)
+    started = _spawn(n, argv)
+    if not launch.wait_until(lambda: leased(n.subnet_file) and written() != before, [started], wait, interval=0.05):
+        raise OverlayError(f"{daemon} on {n.short} did not write {n.subnet_file} within {wait:.0f}s "
+                           f"(see {started.log})")
+    with state.update(lab, root) as d:
+        d["nodes"][n.short]["flannel_pid"] = started.pid
+        others = [s for s in d.get("flanneld_nodes") or [] if s != n.short]
+        d["flanneld_nodes"] = sorted(others + ([n.short] if daemon == "flanneld" else []), key=lambda s: (len(s), s))
+    return started.pid

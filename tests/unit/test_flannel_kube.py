@@ -12,6 +12,8 @@ from flannel_py.config import ConfigError
 from flannel_py.kube_annotations import (
     Annotations,
     annotation_patch,
+    network_available,
+    network_available_patch,
     node_lease,
     own_ipv6_subnet,
     own_subnet,
@@ -153,3 +155,16 @@ def test_own_ipv6_subnet():
     assert own_ipv6_subnet(node(pod_cidr="10.244.5.0/24"), net) is None  # no IPv6 entry yet: the daemon waits
     with pytest.raises(ConfigError, match="not inside the IPv6Network"):
         own_ipv6_subnet(node(pod_cidrs=["10.244.5.0/24", "fd00:99::/64"]), net)
+
+
+def test_network_available_condition_is_flanneld_s():
+    # flanneld's CompleteLease (pkg/subnet/kube/kube.go): type, status, reason and message as it sends them
+    cond = network_available_patch("2026-01-02T03:04:05Z")["status"]["conditions"]
+    assert cond == [{"type": "NetworkUnavailable", "status": "False", "reason": "FlannelIsUp",
+                     "message": "Flannel is running on this node", "lastTransitionTime": "2026-01-02T03:04:05Z",
+                     "lastHeartbeatTime": "2026-01-02T03:04:05Z"}]
+    down = node()
+    assert not network_available(down)
+    up = Node.model_validate({**down.model_dump(by_alias=True, exclude_none=True),
+                              "status": {"conditions": cond}})
+    assert network_available(up)
