@@ -3,7 +3,9 @@ flannel_py's VXLAN for both families (flannel-v6.1 over the IPv6 underlay fd00:3
 nftables (both families). What a user sees: Nodes with a podCIDR of each family, pods with both addresses in
 status.podIPs, HTTP between pods over IPv6 on one node and across nodes with the pods' own
 addresses, a dual-stack Service with two clusterIPs and an EndpointSlice per family, a
-SingleStack IPv6 Service with an IPv6 clusterIP, and both clusterIPs reaching every backend."""
+SingleStack IPv6 Service with an IPv6 clusterIP, and both clusterIPs reaching every backend; in
+every proxy mode both clusterIPs and a NodePort over IPv6 from outside; kdns's AAAA per pod of a
+headless Service; a NetworkPolicy admitting only one IPv6 address."""
 
 from __future__ import annotations
 
@@ -55,12 +57,14 @@ class DualLab:
         return {k: sorted(v) for k, v in out.items()}
 
 
-@pytest.fixture(scope="module")
-def dual(request: pytest.FixtureRequest) -> Iterator[DualLab]:
+def start_dual_lab(request: pytest.FixtureRequest, proxy_mode: str, network_policy: bool = False) -> DualLab:
+    """A 2-node dual-stack lab with the pods of PODS running and Ready."""
     if os.geteuid() != 0:
         pytest.skip("the lab needs root (network namespaces)")
-    lab = api.up(new_lab_name(request), nodes=2, control_plane=True, ip_family="dual", proxy_mode="nftables")
+    lab = api.up(new_lab_name(request), nodes=2, control_plane=True, ip_family="dual", proxy_mode=proxy_mode,
+                 network_policy=network_policy)  # new_lab_name: the lab goes whatever happens
     d = DualLab(lab)
+    request.addfinalizer(d.api.close)
     for name, node in PODS.items():
         client.create(d.api, "Pod", {"metadata": {"name": name, "labels": {"app": "web"}}, "spec": {
             "nodeSelector": {"kubernetes.io/hostname": node},
@@ -72,10 +76,13 @@ def dual(request: pytest.FixtureRequest) -> Iterator[DualLab]:
         wait_for(lambda n=name: any(c["type"] == "Ready" and c["status"] == "True"
                                     for c in (d.pod(n).get("status") or {}).get("conditions") or []),
                  WAIT, f"pod {name} Ready")
-    try:
-        yield d
-    finally:
-        d.api.close()
+    return d
+
+
+@pytest.fixture(scope="module")
+def dual(request: pytest.FixtureRequest) -> Iterator[DualLab]:
+    """nftables, with the netpolicy daemons: the mode-independent checks and the policy run here."""
+    yield start_dual_lab(request, "nftables", network_policy=True)
 
 
 def test_ipv6_only_is_refused_with_the_reason() -> None:
@@ -155,3 +162,87 @@ def test_cluster_ip_over_ipv6_reaches_every_backend(dual: DualLab) -> None:
         if seen >= set(PODS) or (i >= 2 and seen == {None}):  # nothing answers: no point waiting
             break
     assert seen >= set(PODS), seen
+
+
+# --- every proxy mode: the Service paths a user takes over IPv6 --------------------------------
+
+def web_service(d: DualLab, name: str, **spec: object) -> dict:
+    return client.get(d.api, "Service", name, "default") or client.create(d.api, "Service", {
+        "metadata": {"name": name}, "spec": {"selector": {"app": "web"}, "ipFamilyPolicy": "PreferDualStack",
+                                             "ports": [{"name": "http", "port": 80, "targetPort": "http"}],
+                                             **spec}}, "default")
+
+
+def backends_seen(d: DualLab, where: str, url: str) -> set[str | None]:
+    """Who answers `url` from `where` over up to 30 requests (stops once every pod answered)."""
+    seen: set[str | None] = set()
+    for i in range(30):
+        seen.add(d.curl(where, url))
+        if seen >= set(PODS) or (i >= 2 and seen == {None}):  # nothing answers: no point waiting
+            break
+    return seen
+
+
+@pytest.fixture(scope="module", params=["nftables", "iptables", "ebpf", "userspace"])
+def dual_mode(request: pytest.FixtureRequest) -> Iterator[DualLab]:
+    """nftables reuses the module's lab; the other modes get a dual lab of their own."""
+    if request.param == "nftables":
+        yield request.getfixturevalue("dual")
+        return
+    yield start_dual_lab(request, request.param)
+
+
+def test_every_mode_serves_both_cluster_ips_and_a_node_port_over_ipv6(dual_mode: DualLab) -> None:
+    d = dual_mode
+    svc = web_service(d, "both", type="NodePort")
+    v4, v6 = svc["spec"]["clusterIPs"]
+    node_port = svc["spec"]["ports"][0]["nodePort"]
+    want = {"IPv4": sorted(d.ips(p)[0] for p in PODS), "IPv6": sorted(d.ipv6(p) for p in PODS)}
+    wait_for(lambda: d.slices("both") == want, WAIT, "both slices")
+    # A pod reaches every backend through either clusterIP (kproxy programs both families).
+    for url in (f"http://{v4}/hostname", f"http://[{v6}]/hostname"):
+        wait_for(lambda u=url: d.curl("a1", u), WAIT, f"{url} answering")
+        assert backends_seen(d, "a1", url) >= set(PODS), url
+    # From outside the cluster (the client namespace) to each node's IPv6 underlay address.
+    for short in ("node1", "node2"):
+        url = f"http://[{d.lab.node(short)['ip6']}]:{node_port}/hostname"
+        assert wait_for(lambda u=url: d.curl("client", u), WAIT, f"NodePort over IPv6 on {short}") in PODS
+
+
+def test_headless_service_answers_aaaa_per_ready_pod(dual: DualLab) -> None:
+    """kdns in the lab: a dual-stack headless Service's name has an AAAA per ready pod, asked from
+    a pod through the cluster DNS (the pod's resolv.conf)."""
+    client.create(dual.api, "Service", {"metadata": {"name": "web-hl"}, "spec": {
+        "clusterIP": "None", "selector": {"app": "web"}, "ipFamilyPolicy": "PreferDualStack",
+        "ports": [{"name": "http", "port": 8080}]}}, "default")
+    want6, want4 = {dual.ipv6(p) for p in PODS}, {dual.ips(p)[0] for p in PODS}
+
+    def answers(rtype: str) -> set[str]:
+        r = dual.lab.exec("a1", ["dig", "+short", "+time=2", "+tries=1", rtype, "web-hl.default.svc.cluster.local"])
+        return {line for line in r.stdout.split() if line} if r.returncode == 0 else set()
+    assert wait_for(lambda: answers("AAAA") == want6 or None, WAIT, "an AAAA per pod")
+    assert answers("A") == want4
+
+
+def test_policy_allowing_only_an_ipv6_block(dual: DualLab) -> None:
+    """netpolicy in the lab: a pod whose policy admits only a1's IPv6 address is reached by a1 over
+    IPv6, and by nothing else: not b1 over IPv6, not a1 over IPv4."""
+    client.create(dual.api, "Pod", {"metadata": {"name": "guarded", "labels": {"app": "guarded"}}, "spec": {
+        "nodeSelector": {"kubernetes.io/hostname": "node1"},
+        "containers": [{"name": "netexec", "image": AGNHOST, "args": ["netexec", "--http-port=8080"],
+                        "readinessProbe": {"httpGet": {"path": "/hostname", "port": 8080}, "periodSeconds": 1}}]}},
+                  "default")
+    wait_for(lambda: len(dual.ips("guarded")) == 2 and any(
+        c["type"] == "Ready" and c["status"] == "True"
+        for c in (dual.pod("guarded").get("status") or {}).get("conditions") or []), WAIT, "guarded Ready")
+    v4, v6 = dual.ips("guarded")
+    url6, url4 = f"http://[{v6}]:8080/hostname", f"http://{v4}:8080/hostname"
+    assert wait_for(lambda: dual.curl("b1", url6), WAIT, "b1 -> guarded before the policy") == "guarded"
+    client.create(dual.api, "NetworkPolicy", {
+        "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": {"name": "only-a1-v6"},
+        "spec": {"podSelector": {"matchLabels": {"app": "guarded"}}, "policyTypes": ["Ingress"],
+                 "ingress": [{"from": [{"ipBlock": {"cidr": f"{dual.ipv6('a1')}/128"}}]}]}}, "default")
+    wait_for(lambda: dual.curl("b1", url6) is None or None, WAIT, "b1 refused over IPv6 once the policy is in")
+    assert dual.curl("a1", url6) == "guarded"
+    assert dual.curl("a1", url4) is None  # a1's IPv4 address is not in the block
+    assert dual.curl("b1", url4) is None
