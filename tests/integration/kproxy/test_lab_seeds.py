@@ -41,14 +41,19 @@ Answers = list[tuple[float, str | None]]  # (when the request started, its answe
 # The seeds also against the upstream control plane (kube-apiserver, kube-controller-manager:
 # `knet lab up --control-plane real`), in one proxy mode: the data paths are the same.
 REAL = "iptables+real"
+# And in a dual-stack lab (`knet lab up --ip-family dual`, IPv4 primary): the seeds are written
+# over IPv4, which must behave the same beside IPv6 (kproxy then programs both families).
+DUAL = "nftables+dual"
 
 
-@pytest.fixture(scope="module", params=[*MODES, REAL])
+@pytest.fixture(scope="module", params=[*MODES, REAL, DUAL])
 def slab(request: pytest.FixtureRequest) -> Iterator[ServiceLab]:
-    mode, _, control_plane = request.param.partition("+")
-    if control_plane == "real" and (why := anchors.real_control_plane_missing()):
+    mode, _, variant = request.param.partition("+")
+    if variant == "real" and (why := anchors.real_control_plane_missing()):
         pytest.skip(f"--control-plane real: {why}")
-    lab = up_lab(request, nodes=2, control_plane=control_plane or True, proxy_mode=mode)
+    control_plane = "real" if variant == "real" else True
+    lab = up_lab(request, nodes=2, control_plane=control_plane, proxy_mode=mode,
+                 ip_family="dual" if variant == "dual" else "ipv4")
     s = ServiceLab(lab, mode)
     s.client_pod("client-node1", "node1")
     s.ready("role=client", 1)
