@@ -157,9 +157,6 @@ def up(name: str = "knet", nodes: int = 3, cni_type: str = "knet-cni", recreate:
     if control_plane not in (False, True, "lab", "real"):
         raise LabError(f"control plane must be lab or real, got {control_plane!r}")
     if control_plane == "real":
-        if topology.dual(ip_family):
-            raise LabError("--ip-family dual with --control-plane real is not supported yet: kube-apiserver and "
-                           "kube-controller-manager are started single-stack (lab/bringup/real_control_plane.py)")
         real_control_plane.check_anchors()
     real_flannel = flanneld.nodes(flannel, p, manager)
     if exists(name, root):

@@ -14,7 +14,8 @@ import shutil
 from dataclasses import dataclass, field
 from typing import Any
 
-from kubernetes.client import ApiClient
+from kubernetes.client import ApiClient, CoreV1Api
+from kubernetes.client.exceptions import ApiException
 
 from knet import cgroups
 from knet.kube import Informer, client
@@ -78,8 +79,23 @@ class Runtime:
         return client.get(self.api, kind, name, namespace) if name else None
 
     def token(self, namespace: str, service_account: str, audience: str, expiration: int) -> str | None:
-        """A bearer token of the ServiceAccount: the lab has no TokenRequest API, so this is the
-        lab's long-lived token of that ServiceAccount from `sa_tokens` (None without one)."""
+        """A bearer token of the ServiceAccount, as the kubelet gets one: from the API server's
+        TokenRequest API (kube-apiserver, `--control-plane real`); where that is not served
+        (knet-apiserver: 404), the lab's long-lived token of that ServiceAccount from `sa_tokens`
+        (None without one)."""
+        spec: dict[str, Any] = {"expirationSeconds": max(expiration, 600)}  # kube-apiserver's minimum
+        if audience:
+            spec["audiences"] = [audience]
+        try:
+            answer = CoreV1Api(self.api).create_namespaced_service_account_token(
+                service_account, namespace, {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+                                             "spec": spec}, _request_timeout=client.REQUEST_TIMEOUT)
+            if answer.status and answer.status.token:
+                return str(answer.status.token)
+        except ApiException as e:
+            if e.status != 404:
+                log.warning("TokenRequest for %s/%s: %s %s", namespace, service_account, e.status, e.reason)
+                return None
         if not self.sa_tokens:
             return None
         user = f"system:serviceaccount:{namespace}:{service_account}"

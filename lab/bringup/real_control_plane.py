@@ -138,7 +138,8 @@ def token_lines(tokens: dict[str, str]) -> str:
     return "\n".join(out) + "\n"
 
 
-def apiserver_argv(sdir: str, certs: pki.Pki, kubelet: tuple[str, str], sa: tuple[str, str]) -> list[str]:
+def apiserver_argv(sdir: str, certs: pki.Pki, kubelet: tuple[str, str], sa: tuple[str, str],
+                   ip_family: str = "ipv4") -> list[str]:
     """kube-apiserver's command line in the ctl namespace (pure but for the paths it names)."""
     return [
         anchor("kube-apiserver"), "--etcd-servers", "http://127.0.0.1:2379",
@@ -147,7 +148,7 @@ def apiserver_argv(sdir: str, certs: pki.Pki, kubelet: tuple[str, str], sa: tupl
         "--token-auth-file", os.path.join(sdir, "tokens.csv"), "--authorization-mode", "RBAC",
         "--service-account-issuer", "https://kubernetes.default.svc.cluster.local",
         "--service-account-key-file", sa[1], "--service-account-signing-key-file", sa[0],
-        "--service-cluster-ip-range", topology.SERVICE_CIDR, "--service-node-port-range", "30000-32767",
+        "--service-cluster-ip-range", topology.service_cidrs(ip_family), "--service-node-port-range", "30000-32767",
         "--allow-privileged=true",
         # The node agents answer at their InternalIP (their Hostname resolves nowhere).
         "--kubelet-client-certificate", kubelet[0], "--kubelet-client-key", kubelet[1],
@@ -156,14 +157,16 @@ def apiserver_argv(sdir: str, certs: pki.Pki, kubelet: tuple[str, str], sa: tupl
     ]
 
 
-def controller_manager_argv(sdir: str, kubeconfig: str, certs: pki.Pki, sa_key: str) -> list[str]:
+def controller_manager_argv(sdir: str, kubeconfig: str, certs: pki.Pki, sa_key: str,
+                            ip_family: str = "ipv4") -> list[str]:
     return [
         anchor("kube-controller-manager"), "--kubeconfig", kubeconfig,
         "--authentication-kubeconfig", kubeconfig, "--authorization-kubeconfig", kubeconfig,
         "--bind-address", "127.0.0.1", "--secure-port", str(KCM_PORT), "--leader-elect=false",
         "--use-service-account-credentials=true", "--service-account-private-key-file", sa_key,
-        "--root-ca-file", certs.ca_cert, "--service-cluster-ip-range", topology.SERVICE_CIDR,
-        "--cluster-cidr", topology.POD_CIDR, "--allocate-node-cidrs=true", "--node-cidr-mask-size", "24",
+        "--root-ca-file", certs.ca_cert, "--service-cluster-ip-range", topology.service_cidrs(ip_family),
+        "--cluster-cidr", topology.pod_cidrs(ip_family), "--allocate-node-cidrs=true",
+        *topology.node_cidr_mask_flags(ip_family),
         "--cert-dir", os.path.join(sdir, "kcm-certs"), "--profiling=false", "--v=1",
     ]
 
@@ -186,7 +189,7 @@ def start_control_plane(p: topology.Plan, progress: Progress = print, lb_pool: s
     certs = pki.ensure(os.path.join(sdir, "pki"), [topology.CTL_IP, service_ip])
     kubelet = pki.kubelet_client(os.path.join(sdir, "pki"))
     sa = service_account_key(os.path.join(sdir, "pki"))
-    apiserver = launch.spawn("kube-apiserver", p.ctl.netns, apiserver_argv(sdir, certs, kubelet, sa),
+    apiserver = launch.spawn("kube-apiserver", p.ctl.netns, apiserver_argv(sdir, certs, kubelet, sa, p.ip_family),
                              os.path.join(sdir, "apiserver.log"), RealControlPlaneError)
     relay, host_url = _start_relay(p, sdir)
     lab_url = f"https://{topology.CTL_IP}:{PORT}"
@@ -206,7 +209,8 @@ def start_control_plane(p: topology.Plan, progress: Progress = print, lb_pool: s
     progress(f"rbac: deploy/namespace.yaml, deploy/rbac.yaml and the ServiceAccounts applied with kubectl; "
              f"TokenRequest tokens ({TOKEN_DURATION}) for {', '.join(sorted(service_accounts()))}")
     kcm = launch.spawn("kube-controller-manager", p.ctl.netns,
-                       controller_manager_argv(sdir, kubeconfigs["kube-controller-manager"], certs, sa[0]),
+                       controller_manager_argv(sdir, kubeconfigs["kube-controller-manager"], certs, sa[0],
+                                               p.ip_family),
                        os.path.join(sdir, "controller-manager.log"), RealControlPlaneError)
     if p.overlay == "static":
         controlplane.create_static_nodes(kubeconfig, p)

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 import pytest
 
 from knet.kube import client
+from knet_testing import anchors
 from lab import api
 from lab.bringup import controlplane, overlay
 from lab.net import topology
@@ -57,12 +58,13 @@ class DualLab:
         return {k: sorted(v) for k, v in out.items()}
 
 
-def start_dual_lab(request: pytest.FixtureRequest, proxy_mode: str, network_policy: bool = False) -> DualLab:
+def start_dual_lab(request: pytest.FixtureRequest, proxy_mode: str, network_policy: bool = False,
+                   control_plane: bool | str = True) -> DualLab:
     """A 2-node dual-stack lab with the pods of PODS running and Ready."""
     if os.geteuid() != 0:
         pytest.skip("the lab needs root (network namespaces)")
-    lab = api.up(new_lab_name(request), nodes=2, control_plane=True, ip_family="dual", proxy_mode=proxy_mode,
-                 network_policy=network_policy)  # new_lab_name: the lab goes whatever happens
+    lab = api.up(new_lab_name(request), nodes=2, control_plane=control_plane, ip_family="dual",
+                 proxy_mode=proxy_mode, network_policy=network_policy)  # new_lab_name: it goes whatever happens
     d = DualLab(lab)
     request.addfinalizer(d.api.close)
     for name, node in PODS.items():
@@ -183,13 +185,17 @@ def backends_seen(d: DualLab, where: str, url: str) -> set[str | None]:
     return seen
 
 
-@pytest.fixture(scope="module", params=["nftables", "iptables", "ebpf", "userspace"])
+@pytest.fixture(scope="module", params=["nftables", "iptables", "ebpf", "userspace", "iptables+real"])
 def dual_mode(request: pytest.FixtureRequest) -> Iterator[DualLab]:
-    """nftables reuses the module's lab; the other modes get a dual lab of their own."""
+    """nftables reuses the module's lab; the other modes get a dual lab of their own; "+real":
+    kube-apiserver and kube-controller-manager configured dual-stack (`--control-plane real`)."""
     if request.param == "nftables":
         yield request.getfixturevalue("dual")
         return
-    yield start_dual_lab(request, request.param)
+    mode, _, variant = request.param.partition("+")
+    if variant == "real" and (why := anchors.real_control_plane_missing()):
+        pytest.skip(f"--control-plane real: {why}")
+    yield start_dual_lab(request, mode, control_plane=variant or True)
 
 
 def test_every_mode_serves_both_cluster_ips_and_a_node_port_over_ipv6(dual_mode: DualLab) -> None:
