@@ -18,6 +18,9 @@ is a forwarder miss relayed to unbound; kdns's peak next to unbound answering th
 names directly (the same unbound, on the same core: through kdns, both share it), then both at
 half of kdns's peak (dnsperf -Q) with every latency recorded, in `rounds` pairs alternating which
 goes first: the p99 kdns adds is the median of the pairs' differences (via kdns minus direct).
+Then all of it again with unbound moved to dnsperf's core ("apart"): the upstream under the same
+conditions in both runs and kdns on a core of its own, as in a cluster, whose upstream resolvers
+are other machines (two cores cannot give kdns, the upstream and the load generator one each).
 
 Pod level: glibc's resolver (`getent hosts`, 200 distinct external names in one process) with the
 lab's pod resolv.conf (search <ns>.svc.cluster.local svc.cluster.local cluster.local, ndots:5,
@@ -323,9 +326,14 @@ def run(seconds: float, rounds: int, server_cpu: int, client_cpu: int, udp_mode:
                     "coredns_p99_ms": pct(lat["coredns"]["latencies"], 99),
                     "coredns_cpu_us_per_query": cpu_us["coredns"], "coredns_rcodes": lat["coredns"]["rcodes"]}
         fwd = forwarding(tmp, client_cpu, port, seconds, rounds, kdns.pid)
+        # The same with the upstream away from kdns's core (beside dnsperf, in both runs), as in a
+        # cluster, where the upstream resolvers are other machines: kdns has its core to itself.
+        pin(unbound.pid, client_cpu)
+        apart = forwarding(tmp, client_cpu, port, seconds, rounds, kdns.pid)
+        pin(unbound.pid, server_cpu)
         pod = pod_level(tmp, port, rounds, external, metrics)
         return {
-            **fwd, **pod, **peer,
+            **fwd, **pod, **peer, **{f"apart_{k}": v for k, v in apart.items()},
             "kdns_qps": round(kdns_qps), "unbound_qps": round(unbound_qps),
             "ratio": round(kdns_qps / unbound_qps, 3) if unbound_qps else 0.0,
             "paired_ratio": round(paired, 3),
@@ -409,6 +417,13 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def pin(pid: int, cpu: int) -> None:
+    """Every thread of a running process onto one core."""
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(OSError):  # a thread that ended meanwhile
+            os.sched_setaffinity(int(tid), {cpu})
 
 
 def forwarding(tmp: str, client_cpu: int, port: int, seconds: float, rounds: int, kdns_pid: int) -> dict:
@@ -562,6 +577,11 @@ def main(argv: list[str] | None = None) -> int:
          f"via kdns {s['forward_p50_ms']} / {s['forward_p99_ms']} ms, direct {s['direct_p50_ms']} / "
          f"{s['direct_p99_ms']} ms; added p99 {s['forward_added_p99_ms']} ms (median of pairs "
          f"{s['forward_added_p99_rounds_ms']}; target < 1); lost {s['forward_half_lost']}"),
+        ("forwarding, the upstream apart from kdns (on dnsperf's core in both runs)",
+         f"kdns {s['apart_forward_qps']} qps {s['apart_forward_rounds']} vs directly "
+         f"{s['apart_upstream_direct_qps']} {s['apart_direct_rounds']}: ratio {s['apart_forward_ratio']}; "
+         f"at {s['apart_forward_half_qps']} qps added p99 {s['apart_forward_added_p99_ms']} ms "
+         f"{s['apart_forward_added_p99_rounds_ms']}; lost {s['apart_forward_lost']}/{s['apart_forward_half_lost']}"),
         ("kdns CPU per forwarded query", f"{s['forward_peak_cpu_us_per_query']} us at peak, "
          f"{s['forward_cpu_us_per_query']} us at half load (fewer queries per wake-up)"),
         (f"pod: getent hosts, {s['pod_names']} external names",
