@@ -6,10 +6,13 @@ Run against knet-apiserver and kube-apiserver alike (conftest)."""
 
 from __future__ import annotations
 
+import contextlib
+import http.client
 import json
+import ssl
 import threading
-import time
 import urllib.parse
+from collections.abc import Iterator
 
 import pytest
 from kubernetes import client
@@ -31,50 +34,77 @@ def watch(server, ns: str, **params: str) -> tuple[int, object]:
     return raw(server, f"/api/v1/namespaces/{ns}/configmaps?{urllib.parse.urlencode(params)}", token=OTHER_TOKEN)
 
 
+@contextlib.contextmanager
+def stream(server, ns: str, **params: str) -> Iterator[Iterator[dict]]:
+    """A watch read event by event as the server sends them."""
+    url = urllib.parse.urlsplit(server.url)
+    conn = http.client.HTTPSConnection(url.hostname, url.port, timeout=30,
+                                       context=ssl.create_default_context(cafile=server.ca))
+    conn.request("GET", f"/api/v1/namespaces/{ns}/configmaps?{urllib.parse.urlencode(params)}",
+                 headers={"Authorization": f"Bearer {OTHER_TOKEN}"})
+    resp = conn.getresponse()
+    assert resp.status == 200, resp.read()
+
+    def events() -> Iterator[dict]:
+        while line := resp.readline():
+            if line.strip():
+                yield json.loads(line)
+    try:
+        yield events()
+    finally:
+        conn.close()
+
+
+def name_of(event: dict) -> tuple[str, str | None]:
+    return event["type"], event["object"]["metadata"].get("name")
+
+
+def is_initial_end(event: dict) -> bool:
+    return event["type"] == "BOOKMARK" and \
+        (event["object"]["metadata"].get("annotations") or {}).get("k8s.io/initial-events-end") == "true"
+
+
 @pytest.mark.parametrize("rv", ["", "0"])
 def test_initial_events_then_the_end_bookmark_then_changes(api, ns, server, rv) -> None:
     core = client.CoreV1Api(api)
     for name in ("a", "b"):
         core.create_namespaced_config_map(ns, {"metadata": {"name": name, "labels": {"pick": "me"}}})
     core.create_namespaced_config_map(ns, {"metadata": {"name": "other"}})
-    result: list = []
-    params = {**WATCH_LIST, "labelSelector": "pick=me", "timeoutSeconds": "3"}
+    params = {**WATCH_LIST, "labelSelector": "pick=me", "timeoutSeconds": "30"}
     if rv:
         params["resourceVersion"] = rv
-    t = threading.Thread(target=lambda: result.append(watch(server, ns, **params)), daemon=True)
-    t.start()
-    time.sleep(1.0)
-    core.create_namespaced_config_map(ns, {"metadata": {"name": "c", "labels": {"pick": "me"}}})
-    t.join(15)
-    code, text = result[0]
-    events = lines_of(text)
-    assert code == 200, text
-    kinds = [(e["type"], e["object"]["metadata"].get("name")) for e in events]
-    end = next(i for i, e in enumerate(events) if e["type"] == "BOOKMARK" and
-               (e["object"]["metadata"].get("annotations") or {}).get("k8s.io/initial-events-end") == "true")
-    assert sorted(kinds[:end]) == [("ADDED", "a"), ("ADDED", "b")], kinds
-    mark = events[end]["object"]
-    assert mark["kind"] == "ConfigMap" and mark["apiVersion"] == "v1"
-    initial_rv = int(mark["metadata"]["resourceVersion"])
-    assert initial_rv >= max(int(e["object"]["metadata"]["resourceVersion"]) for e in events[:end])
-    after = [(t, n) for t, n in kinds[end + 1:] if t != "BOOKMARK"]
-    assert after == [("ADDED", "c")], kinds
+    with stream(server, ns, **params) as events:
+        initial = []
+        for e in events:
+            if is_initial_end(e):
+                mark = e["object"]
+                break
+            initial.append(e)
+        assert sorted(map(name_of, initial)) == [("ADDED", "a"), ("ADDED", "b")], initial
+        assert mark["kind"] == "ConfigMap" and mark["apiVersion"] == "v1"
+        assert int(mark["metadata"]["resourceVersion"]) >= \
+            max(int(e["object"]["metadata"]["resourceVersion"]) for e in initial)
+        # What changes after the initial state comes as changes.
+        core.create_namespaced_config_map(ns, {"metadata": {"name": "c", "labels": {"pick": "me"}}})
+        assert name_of(next(e for e in events if e["type"] != "BOOKMARK")) == ("ADDED", "c")
 
 
 def test_without_initial_events_only_changes_come(api, ns, server) -> None:
     core = client.CoreV1Api(api)
     core.create_namespaced_config_map(ns, {"metadata": {"name": "before", "labels": {"pick": "me"}}})
-    result: list = []
-    params = {**WATCH_LIST, "sendInitialEvents": "false", "labelSelector": "pick=me", "timeoutSeconds": "3"}
-    t = threading.Thread(target=lambda: result.append(watch(server, ns, **params)), daemon=True)
-    t.start()
-    time.sleep(1.0)
-    core.create_namespaced_config_map(ns, {"metadata": {"name": "after", "labels": {"pick": "me"}}})
-    t.join(15)
-    code, text = result[0]
-    assert code == 200, text
-    assert [(e["type"], e["object"]["metadata"].get("name")) for e in lines_of(text)
-            if e["type"] != "BOOKMARK"] == [("ADDED", "after")]
+    params = {**WATCH_LIST, "sendInitialEvents": "false", "labelSelector": "pick=me", "timeoutSeconds": "30"}
+    with stream(server, ns, **params) as events:
+        # No bookmark says when the watch is in place: write until a change comes through.
+        seen: list[dict] = []
+        reader = threading.Thread(target=lambda: seen.append(next(e for e in events if e["type"] != "BOOKMARK")),
+                                  daemon=True)
+        reader.start()
+        for i in range(60):
+            core.create_namespaced_config_map(ns, {"metadata": {"name": f"after-{i}", "labels": {"pick": "me"}}})
+            reader.join(0.5)
+            if seen:
+                break
+    assert seen and seen[0]["type"] == "ADDED" and seen[0]["object"]["metadata"]["name"].startswith("after-"), seen
 
 
 def test_the_initial_objects_come_without_a_bookmark_unless_bookmarks_are_allowed(api, ns, server) -> None:
