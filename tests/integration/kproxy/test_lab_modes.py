@@ -19,6 +19,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from knet.kube import client
+from knet_testing import anchors
 from kproxy import backend as backends
 from kproxy.metrics import KUBE_PROXY_NAMES, MODE_NAMES
 from lab import api
@@ -107,11 +108,18 @@ def up_lab(request: pytest.FixtureRequest, **kw) -> api.Lab:
     return api.up(new_lab_name(request), **kw)
 
 
-@pytest.fixture(scope="module", params=MODES)
+# Also against the upstream control plane (`knet lab up --control-plane real`: kube-apiserver and
+# kube-controller-manager), in one proxy mode: the daemons and their RBAC are what changes.
+REAL = "iptables+real"
+
+
+@pytest.fixture(scope="module", params=[*MODES, REAL])
 def slab(request: pytest.FixtureRequest) -> Iterator[ServiceLab]:
-    mode = request.param
+    mode, _, variant = request.param.partition("+")
+    if variant == "real" and (why := anchors.real_control_plane_missing()):
+        pytest.skip(f"--control-plane real: {why}")
     # the ingress controller (nginx) only in one mode's lab: it is proven on its own elsewhere
-    lab = up_lab(request, nodes=3, control_plane=True, proxy_mode=mode, ingress=mode == "iptables")
+    lab = up_lab(request, nodes=3, control_plane=variant or True, proxy_mode=mode, ingress=mode == "iptables")
     s = ServiceLab(lab, mode)
     s.deployment("web", 3)
     s.deployment("solo", 1, node="node1", labels={"app": "solo"})
