@@ -87,6 +87,8 @@ class Runtime:
         if audience:
             spec["audiences"] = [audience]
         try:
+            if self.api is None:  # no API server to ask (a runtime made for the pure parts)
+                raise ApiException(status=404)
             answer = CoreV1Api(self.api).create_namespaced_service_account_token(
                 service_account, namespace, {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
                                              "spec": spec}, _request_timeout=client.REQUEST_TIMEOUT)

@@ -356,9 +356,13 @@ def test_autopath_answers_a_pods_external_lookup_in_one_query(slab: ServiceLab) 
         for target, ns in (("client-node3", "default"), ("asker", "apath")):
             r = slab.lab.exec(target, ["cat", "/etc/resolv.conf"], namespace=ns)
             assert f"search {ns}.svc.cluster.local" in r.stdout and "ndots:5" in r.stdout, r.stdout
-            # kdns learns the pod's address from its informer: the first lookup may precede it
-            wait_for(lambda t=target, n=ns: slab.lab.exec(t, ["getent", "ahostsv4", "outside.lab"], namespace=n)
-                     .returncode == 0, 30, f"{target} resolving through kdns")
+            # kdns learns the pod's address from its pod informer (pods verified): lookups before
+            # that are not autopathed. Wait until one is, then count one lookup exactly.
+            def autopathed(t: str = target, n: str = ns) -> bool:
+                _, paths = counters()
+                slab.lab.exec(t, ["getent", "ahostsv4", "www.example.com"], namespace=n)
+                return counters()[1] > paths
+            wait_for(autopathed, 60, f"kdns to know {target}'s address (autopath)")
             before, autopaths = counters()
             r = slab.lab.exec(target, ["getent", "ahostsv4", "www.example.com"], namespace=ns)
             assert r.returncode == 0 and r.stdout.split()[:3] == ["192.168.33.100", "STREAM", "www.example.com"], \
